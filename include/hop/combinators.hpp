@@ -1,0 +1,453 @@
+#pragma once
+/// @file
+/// when_all, when_any (tasks) and as_completed, wait (futures).
+
+#include <hop/detail/executor.hpp>
+#include <hop/future.hpp>
+#include <hop/task.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace hop {
+
+namespace detail {
+
+/// A task's result as stored by a combinator: void becomes std::monostate.
+template <class T>
+using stored_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+/// What a group of children started by one combinator await share: a count
+/// of unfinished children (plus one held by the starter), the parent to
+/// resume, and a stop source that cancels every child.
+class fan_in {
+public:
+    explicit fan_in(std::size_t children) : m_remaining(children + 1) {}
+
+    /// Links the parent's token to the children's, remembers where to resume
+    /// it, and returns the children's token.
+    template <class P>
+    void attach(std::coroutine_handle<P> parent) {
+        m_resume.handle = parent;
+        m_executor = current_executor();
+        const std::stop_token& parent_token = token_of(parent.promise());
+        if (parent_token.stop_possible()) m_link.emplace(parent_token, stopper{&m_stop});
+    }
+    std::stop_token token() const noexcept { return m_stop.get_token(); }
+    void request_stop() noexcept { m_stop.request_stop(); }
+
+    /// The starter's share; true if the parent must suspend.
+    bool release_starter() noexcept { return m_remaining.fetch_sub(1, std::memory_order_acq_rel) != 1; }
+    /// A child's share: the last one resumes the parent on its executor.
+    void child_done() noexcept {
+        if (m_remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) resume_on(m_executor, m_resume);
+    }
+
+    /// Keeps the first failure; the first one also stops the siblings.
+    void fail(std::exception_ptr e) noexcept {
+        if (!m_failed.exchange(true, std::memory_order_acq_rel)) {
+            m_error = std::move(e);
+            m_stop.request_stop();
+        }
+    }
+    void rethrow_if_failed() const {
+        if (m_error) std::rethrow_exception(m_error);
+    }
+
+private:
+    struct stopper {
+        std::stop_source* s;
+        void operator()() const noexcept { s->request_stop(); }
+    };
+    std::atomic<std::size_t> m_remaining;
+    resume_item m_resume;
+    executor_base* m_executor = nullptr;
+    std::stop_source m_stop;
+    std::optional<std::stop_callback<stopper>> m_link;
+    std::atomic<bool> m_failed{false};
+    std::exception_ptr m_error;
+};
+
+/// Runs one child to its end and reports to the fan_in.
+template <class T, class OnValue, class OnError>
+detached_task fan_in_child(fan_in& f, task<T> t, OnValue on_value, OnError on_error) {
+    try {
+        if constexpr (std::is_void_v<T>) {
+            co_await std::move(t);
+            on_value(std::monostate{});
+        } else {
+            on_value(co_await std::move(t));
+        }
+    } catch (...) {
+        on_error(std::current_exception());
+    }
+    f.child_done();
+}
+
+template <class T, class OnValue, class OnError>
+void start_child(fan_in& f, task<T>& t, OnValue on_value, OnError on_error) {
+    if (!t.valid()) {
+        on_error(std::make_exception_ptr(std::invalid_argument("hop combinator: an empty (moved-from) task was given")));
+        f.child_done();
+        return;
+    }
+    auto child = fan_in_child<T>(f, std::move(t), std::move(on_value), std::move(on_error));
+    child.promise().m_stop_token = f.token();
+    child.release().resume();  // runs until its first suspension
+}
+
+template <class... T>
+class when_all_awaitable {
+public:
+    explicit when_all_awaitable(task<T>... ts) : m_tasks(std::move(ts)...), m_fan(sizeof...(T)) {}
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> parent) {
+        m_fan.attach(parent);
+        start_all(std::index_sequence_for<T...>{});
+        return m_fan.release_starter();
+    }
+    std::tuple<stored_t<T>...> await_resume() {
+        m_fan.rethrow_if_failed();
+        return collect(std::index_sequence_for<T...>{});
+    }
+
+private:
+    template <std::size_t... I>
+    void start_all(std::index_sequence<I...>) {
+        (start_child(m_fan, std::get<I>(m_tasks), [this](auto&& v) { std::get<I>(m_results).emplace(std::move(v)); },
+                     [this](std::exception_ptr e) { m_fan.fail(std::move(e)); }),
+         ...);
+    }
+    template <std::size_t... I>
+    std::tuple<stored_t<T>...> collect(std::index_sequence<I...>) {
+        return std::tuple<stored_t<T>...>(std::move(*std::get<I>(m_results))...);
+    }
+
+    std::tuple<task<T>...> m_tasks;
+    std::tuple<std::optional<stored_t<T>>...> m_results;
+    fan_in m_fan;
+};
+
+template <class T>
+class when_all_vector_awaitable {
+public:
+    explicit when_all_vector_awaitable(std::vector<task<T>> ts)
+        : m_tasks(std::move(ts)), m_results(m_tasks.size()), m_fan(m_tasks.size()) {}
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> parent) {
+        m_fan.attach(parent);
+        for (std::size_t i = 0; i < m_tasks.size(); ++i) {
+            start_child(m_fan, m_tasks[i], [this, i](auto&& v) { m_results[i].emplace(std::move(v)); },
+                        [this](std::exception_ptr e) { m_fan.fail(std::move(e)); });
+        }
+        return m_fan.release_starter();
+    }
+    auto await_resume() {
+        m_fan.rethrow_if_failed();
+        if constexpr (!std::is_void_v<T>) {
+            std::vector<T> out;
+            out.reserve(m_results.size());
+            for (auto& r : m_results) out.push_back(std::move(*r));
+            return out;
+        }
+    }
+
+private:
+    std::vector<task<T>> m_tasks;
+    std::vector<std::optional<stored_t<T>>> m_results;
+    fan_in m_fan;
+};
+
+}  // namespace detail
+
+/// `co_await hop::when_all(t1, t2, ...)` runs the tasks concurrently (each
+/// starts on the caller's thread and runs until it first suspends) and
+/// returns a tuple of their results (void becomes std::monostate). The first
+/// failure requests stop on the others; once all have ended it is rethrown.
+/// Resumes the caller on its own executor. Stop on the caller's token is
+/// passed on to every child.
+template <class... T>
+[[nodiscard]] detail::when_all_awaitable<T...> when_all(task<T>... tasks) {
+    return detail::when_all_awaitable<T...>(std::move(tasks)...);
+}
+
+/// As above for a vector: returns std::vector<T> in input order (nothing for
+/// void tasks).
+template <class T>
+[[nodiscard]] detail::when_all_vector_awaitable<T> when_all(std::vector<task<T>> tasks) {
+    return detail::when_all_vector_awaitable<T>(std::move(tasks));
+}
+
+/// The result of when_any: which task finished first, and its value.
+template <class T>
+struct when_any_result {
+    std::size_t index;
+    T value;
+};
+template <>
+struct when_any_result<void> {
+    std::size_t index;
+};
+
+namespace detail {
+
+template <class T>
+class when_any_awaitable {
+public:
+    explicit when_any_awaitable(std::vector<task<T>> ts) : m_tasks(std::move(ts)), m_fan(m_tasks.size()) {
+        if (m_tasks.empty()) throw std::invalid_argument("hop::when_any: the task list is empty");
+        for (std::size_t i = 0; i < m_tasks.size(); ++i) {
+            if (!m_tasks[i].valid()) {
+                throw std::invalid_argument("hop::when_any: tasks[" + std::to_string(i) + "] is empty (moved-from)");
+            }
+        }
+    }
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> parent) {
+        m_fan.attach(parent);
+        for (std::size_t i = 0; i < m_tasks.size(); ++i) {
+            start_child(
+                m_fan, m_tasks[i],
+                [this, i](auto&& v) {
+                    if (claim(i)) m_value.emplace(std::move(v));
+                },
+                [this, i](std::exception_ptr e) {
+                    if (claim(i)) m_error = std::move(e);
+                });
+        }
+        return m_fan.release_starter();
+    }
+    when_any_result<T> await_resume() {
+        if (m_error) std::rethrow_exception(m_error);
+        if constexpr (std::is_void_v<T>) {
+            return {m_winner.load(std::memory_order_relaxed)};
+        } else {
+            return {m_winner.load(std::memory_order_relaxed), std::move(*m_value)};
+        }
+    }
+
+private:
+    // The first child to end wins and cancels the others.
+    bool claim(std::size_t i) noexcept {
+        std::size_t none = npos;
+        if (!m_winner.compare_exchange_strong(none, i, std::memory_order_acq_rel)) return false;
+        m_fan.request_stop();
+        return true;
+    }
+    static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+    std::vector<task<T>> m_tasks;
+    fan_in m_fan;
+    std::atomic<std::size_t> m_winner{npos};
+    std::optional<stored_t<T>> m_value;
+    std::exception_ptr m_error;
+};
+
+}  // namespace detail
+
+/// `co_await hop::when_any(tasks)` runs the tasks concurrently; the first to
+/// end (with a value or an exception) wins. The others are cancelled through
+/// their stop token and awaited before this returns `{index, value}` (or
+/// rethrows the winner's exception). Resumes the caller on its own executor.
+/// @throws std::invalid_argument for an empty list or an empty task.
+template <class T>
+[[nodiscard]] detail::when_any_awaitable<T> when_any(std::vector<task<T>> tasks) {
+    return detail::when_any_awaitable<T>(std::move(tasks));
+}
+
+// ---- futures: as_completed and wait ---------------------------------------
+
+/// When hop::wait returns.
+enum class return_when { first_completed, first_exception, all_completed };
+
+/// The two sets hop::wait returns (Python's (done, not_done)), each in the
+/// order the futures were given.
+template <class T>
+struct wait_result {
+    std::vector<future<T>> done;
+    std::vector<future<T>> not_done;
+};
+
+namespace detail {
+
+using clock = std::chrono::steady_clock;
+
+/// Checks a timeout argument; `where` names the function for the message.
+std::optional<clock::time_point> deadline_after(std::optional<std::chrono::nanoseconds> timeout, const char* where);
+
+/// Index of the first repeated state (by identity), after checking none is
+/// null. Returns the unique indices in order.
+std::vector<std::size_t> unique_states(const std::vector<future_state_base*>& states, const char* where);
+
+/// Blocks until `when` holds for `states` or the deadline passes; returns
+/// one done flag per state.
+std::vector<bool> wait_states(const std::vector<future_state_base*>& states, return_when when,
+                              std::optional<clock::time_point> deadline);
+
+/// The engine behind as_completed: futures report here as they finish.
+class completion_queue {
+public:
+    static std::shared_ptr<completion_queue> create(const std::vector<future_state_base*>& states,
+                                                    std::optional<clock::time_point> deadline);
+    virtual ~completion_queue() = default;
+    /// Blocks for the next finished index; nullopt when all were yielded.
+    /// @throws timeout_error past the deadline.
+    virtual std::optional<std::size_t> next_blocking() = 0;
+    /// Non-blocking: the next finished index if there is one, or registers
+    /// `item` to be resumed on `ex` when there is (returns nullopt and sets
+    /// `suspended`). `exhausted` is set when all were yielded.
+    virtual std::optional<std::size_t> next_or_register(resume_item* item, executor_base* ex, bool& suspended,
+                                                        bool& exhausted) = 0;
+    /// After a registered wait resumed: the index, or throws timeout_error.
+    virtual std::optional<std::size_t> take_after_wake() = 0;
+};
+
+}  // namespace detail
+
+/// Yields futures as they finish (Python's as_completed). Iterate it with a
+/// plain `for` (blocks the thread) or, in a coroutine, with
+/// `while (auto f = co_await stream.next())` (does not block). A future given
+/// twice is yielded once. Past the timeout, both throw timeout_error.
+template <class T>
+class as_completed_stream {
+public:
+    as_completed_stream(std::vector<future<T>> futures, std::optional<std::chrono::nanoseconds> timeout)
+        : m_futures(std::move(futures)) {
+        std::vector<detail::future_state_base*> states;
+        states.reserve(m_futures.size());
+        for (auto& f : m_futures) states.push_back(f.native_state());
+        auto deadline = detail::deadline_after(timeout, "hop::as_completed");
+        auto keep = detail::unique_states(states, "hop::as_completed");
+        if (keep.size() != m_futures.size()) {
+            std::vector<future<T>> unique;
+            unique.reserve(keep.size());
+            for (auto i : keep) unique.push_back(std::move(m_futures[i]));
+            m_futures = std::move(unique);
+            states.clear();
+            for (auto& f : m_futures) states.push_back(f.native_state());
+        }
+        m_queue = detail::completion_queue::create(states, deadline);
+    }
+
+    class next_operation : private detail::resume_item {
+    public:
+        explicit next_operation(as_completed_stream& s) noexcept : m_stream(&s) {}
+        bool await_ready() const noexcept { return false; }
+        bool await_suspend(std::coroutine_handle<> h) {
+            handle = h;
+            bool suspended = false;
+            m_index = m_stream->m_queue->next_or_register(this, detail::current_executor(), suspended, m_exhausted);
+            m_waited = suspended;
+            return suspended;
+        }
+        std::optional<future<T>> await_resume() {
+            if (m_waited) m_index = m_stream->m_queue->take_after_wake();
+            if (!m_index) return std::nullopt;
+            return m_stream->m_futures[*m_index];
+        }
+
+    private:
+        as_completed_stream* m_stream;
+        std::optional<std::size_t> m_index;
+        bool m_waited = false;
+        bool m_exhausted = false;
+    };
+
+    /// The next finished future, or nullopt when all were yielded. Resumes the
+    /// caller on its own executor.
+    /// @throws timeout_error past the deadline.
+    next_operation next() noexcept { return next_operation{*this}; }
+
+    class iterator {
+    public:
+        using value_type = future<T>;
+        using difference_type = std::ptrdiff_t;
+        iterator() = default;
+        explicit iterator(as_completed_stream* s) : m_stream(s) { advance(); }
+        const future<T>& operator*() const { return m_current; }
+        iterator& operator++() {
+            advance();
+            return *this;
+        }
+        void operator++(int) { advance(); }
+        bool operator==(std::default_sentinel_t) const noexcept { return m_stream == nullptr; }
+
+    private:
+        void advance() {
+            auto i = m_stream->m_queue->next_blocking();
+            if (!i) {
+                m_stream = nullptr;
+                return;
+            }
+            m_current = m_stream->m_futures[*i];
+        }
+        as_completed_stream* m_stream = nullptr;
+        future<T> m_current;
+    };
+    /// Blocks for the first finished future.
+    iterator begin() { return iterator{this}; }
+    std::default_sentinel_t end() const noexcept { return {}; }
+
+private:
+    std::vector<future<T>> m_futures;
+    std::shared_ptr<detail::completion_queue> m_queue;
+};
+
+/// Futures in the order they finish.
+/// @throws std::invalid_argument for an invalid future (naming its index) or
+///         a negative timeout.
+template <class T>
+as_completed_stream<T> as_completed(std::vector<future<T>> futures) {
+    return as_completed_stream<T>(std::move(futures), std::nullopt);
+}
+template <class T, class Rep, class Period>
+as_completed_stream<T> as_completed(std::vector<future<T>> futures, std::chrono::duration<Rep, Period> timeout) {
+    return as_completed_stream<T>(std::move(futures),
+                                  std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+}
+
+/// Blocks the calling thread until `when` holds (Python's
+/// concurrent.futures.wait) or the timeout passes, and returns
+/// `{done, not_done}`; a timeout is not an error. first_exception returns at
+/// the first future that ends with an exception (cancellation is not one), or
+/// when all are done.
+/// @throws std::invalid_argument for an invalid future (naming its index) or
+///         a negative timeout.
+template <class T>
+wait_result<T> wait(const std::vector<future<T>>& futures, return_when when = return_when::all_completed,
+                    std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
+    std::vector<detail::future_state_base*> states;
+    states.reserve(futures.size());
+    for (auto& f : futures) states.push_back(f.native_state());
+    auto deadline = detail::deadline_after(timeout, "hop::wait");
+    auto keep = detail::unique_states(states, "hop::wait");
+    std::vector<detail::future_state_base*> unique;
+    unique.reserve(keep.size());
+    for (auto i : keep) unique.push_back(states[i]);
+    auto flags = detail::wait_states(unique, when, deadline);
+    wait_result<T> out;
+    for (std::size_t k = 0; k < keep.size(); ++k) (flags[k] ? out.done : out.not_done).push_back(futures[keep[k]]);
+    return out;
+}
+template <class T, class Rep, class Period>
+wait_result<T> wait(const std::vector<future<T>>& futures, return_when when,
+                    std::chrono::duration<Rep, Period> timeout) {
+    return wait(futures, when, std::optional<std::chrono::nanoseconds>(
+                                   std::chrono::duration_cast<std::chrono::nanoseconds>(timeout)));
+}
+
+}  // namespace hop

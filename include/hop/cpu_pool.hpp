@@ -1,0 +1,381 @@
+#pragma once
+/// @file
+/// hop::cpu_pool — a work-stealing thread pool for CPU-bound work
+/// (Python's ThreadPoolExecutor, without a GIL) — and hop::cpu().
+
+#include <hop/detail/executor.hpp>
+#include <hop/future.hpp>
+#include <hop/task.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <stop_token>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace hop {
+
+class cpu_pool;
+
+namespace detail {
+
+template <class T>
+struct is_task : std::false_type {};
+template <class T>
+struct is_task<task<T>> : std::true_type {};
+
+/// A submitted plain callable: its future's state and its queue node in one
+/// allocation.
+template <class R, class Fn>
+class job final : public future_state<R>, public work_item, public frame_allocated {
+public:
+    explicit job(Fn&& fn) : future_state<R>(&job::destroy, 2), m_fn(std::move(fn)) {
+        run = &job::do_run;
+        discard = &job::do_discard;
+    }
+
+private:
+    static void destroy(future_state_base* s) noexcept { delete static_cast<job*>(static_cast<future_state<R>*>(s)); }
+    static void do_run(work_item* w) noexcept {
+        auto* j = static_cast<job*>(w);
+        if (j->try_start()) {
+            try {
+                if constexpr (std::is_void_v<R>) {
+                    std::move(j->m_fn)();
+                    j->set_value();
+                } else {
+                    j->set_value(std::move(j->m_fn)());
+                }
+            } catch (...) {
+                j->complete_with_error(std::current_exception());
+            }
+        }
+        j->release();
+    }
+    static void do_discard(work_item* w) noexcept {
+        auto* j = static_cast<job*>(w);
+        j->cancel();
+        j->release();
+    }
+
+    Fn m_fn;
+};
+
+/// Prints an exception that nothing could receive to stderr (it is not lost
+/// silently, and it does not take the process down).
+void report_escaped_exception(const char* where) noexcept;
+
+/// A posted fire-and-forget callable.
+template <class Fn>
+struct posted_fn final : work_item, frame_allocated {
+    explicit posted_fn(Fn&& f) : fn(std::move(f)) {
+        run = [](work_item* w) noexcept {
+            auto* self = static_cast<posted_fn*>(w);
+            try {
+                self->fn();
+            } catch (...) {
+                report_escaped_exception("a callable passed to post()");
+            }
+            delete self;
+        };
+    }
+    Fn fn;
+};
+
+
+template <class T, class Fn, class Tuple>
+task<T> invoke_coroutine(Fn fn, Tuple args) {
+    // fn and args live in this frame for as long as the task they start runs.
+    co_return co_await std::apply(fn, std::move(args));
+}
+
+/// Shared state of cpu_pool::map: the inputs, one result slot per input and
+/// one queue node per chunk.
+template <class Fn, class Item, class R>
+class map_state final : public future_state<std::vector<R>> {
+public:
+    struct chunk : work_item {
+        map_state* owner = nullptr;
+        std::size_t begin = 0, end = 0;
+    };
+
+    map_state(Fn fn, std::vector<Item> items, std::size_t chunk_size)
+        : future_state<std::vector<R>>(&map_state::destroy, 2),
+          m_fn(std::move(fn)),
+          m_items(std::move(items)),
+          m_results(m_items.size()) {
+        this->enable_stop();
+        const std::size_t n = m_items.size();
+        const std::size_t count = (n + chunk_size - 1) / chunk_size;
+        m_chunks.resize(count);
+        for (std::size_t c = 0; c < count; ++c) {
+            auto& ch = m_chunks[c];
+            ch.owner = this;
+            ch.begin = c * chunk_size;
+            ch.end = std::min(n, ch.begin + chunk_size);
+            ch.run = &map_state::run_chunk;
+            ch.discard = &map_state::discard_chunk;
+        }
+        m_remaining.store(count, std::memory_order_relaxed);
+    }
+
+    std::vector<chunk>& chunks() noexcept { return m_chunks; }
+
+    /// Completes an empty map at once.
+    void finish_empty() {
+        this->try_start();
+        this->set_value(std::vector<R>{});
+        this->release();
+    }
+
+private:
+    static void destroy(future_state_base* s) noexcept {
+        delete static_cast<map_state*>(static_cast<future_state<std::vector<R>>*>(s));
+    }
+
+    static void run_chunk(work_item* w) noexcept {
+        auto& ch = *static_cast<chunk*>(w);
+        auto* self = ch.owner;
+        self->try_start();
+        if (self->status() == future_status::running) {
+            auto token = self->stop_source().get_token();
+            for (std::size_t i = ch.begin; i < ch.end; ++i) {
+                // Stop at a requested cancel and past the earliest failure so
+                // far; items before a failure still run, so the error that is
+                // rethrown is the first one in input order.
+                if (token.stop_requested() || i > self->m_first_failure.load(std::memory_order_acquire)) break;
+                try {
+                    self->m_results[i].emplace(std::invoke(std::as_const(self->m_fn), std::move(self->m_items[i])));
+                } catch (...) {
+                    self->record_failure(i, std::current_exception());
+                    break;
+                }
+            }
+        }
+        self->chunk_done();
+    }
+
+    static void discard_chunk(work_item* w) noexcept {
+        auto* self = static_cast<chunk*>(w)->owner;
+        self->cancel();
+        self->stop_source().request_stop();
+        self->chunk_done();
+    }
+
+    void record_failure(std::size_t i, std::exception_ptr e) noexcept {
+        std::lock_guard lock(m_failure_mutex);
+        if (i < m_first_failure.load(std::memory_order_relaxed)) {
+            m_first_failure.store(i, std::memory_order_release);
+            m_failure = std::move(e);
+        }
+    }
+
+    void chunk_done() noexcept {
+        if (m_remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+        if (this->status() == future_status::running) {
+            if (m_failure) {
+                this->complete_with_error(m_failure);
+            } else if (this->stop_source().stop_requested()) {
+                this->complete_with_error(std::make_exception_ptr(cancelled_error("hop::cpu_pool::map: cancelled")));
+            } else {
+                try {
+                    std::vector<R> out;
+                    out.reserve(m_results.size());
+                    for (auto& r : m_results) out.push_back(std::move(*r));
+                    this->set_value(std::move(out));
+                } catch (...) {
+                    this->complete_with_error(std::current_exception());
+                }
+            }
+        }
+        this->release();
+    }
+
+    Fn m_fn;
+    std::vector<Item> m_items;
+    std::vector<std::optional<R>> m_results;
+    std::vector<chunk> m_chunks;
+    std::atomic<std::size_t> m_remaining{0};
+    std::atomic<std::size_t> m_first_failure{static_cast<std::size_t>(-1)};
+    std::mutex m_failure_mutex;
+    std::exception_ptr m_failure;
+};
+
+}  // namespace detail
+
+/// A work-stealing pool of N threads for CPU-bound work.
+///
+/// Each worker has its own deque; work submitted from outside goes through a
+/// shared injection queue; idle workers steal, then park on a futex (no
+/// spinning while idle) and are woken one at a time. The destructor is
+/// `shutdown(true)`.
+///
+/// @code
+/// hop::cpu_pool pool{4};
+/// hop::future<int> f = pool.submit([](int a, int b) { return a + b; }, 2, 3);
+/// std::vector<long> r = pool.map(count_primes, ranges).get();
+/// @endcode
+class cpu_pool final : public detail::executor_base {
+public:
+    /// std::thread::hardware_concurrency() threads (at least 1).
+    cpu_pool();
+    /// @throws std::invalid_argument if `threads` is 0 (or absurdly large).
+    explicit cpu_pool(std::size_t threads);
+    /// shutdown(true): waits for queued and running work.
+    ~cpu_pool();
+
+    /// Number of worker threads.
+    std::size_t size() const noexcept;
+
+    class schedule_operation;
+    /// `co_await pool.schedule()` moves the calling coroutine onto a pool
+    /// thread. Resumes on a pool worker; costs nothing if the caller already
+    /// runs on this pool. A cancellation point: throws cancelled_error if the
+    /// task's stop was requested before or while it waited in the queue.
+    /// @throws executor_shutdown_error after shutdown().
+    schedule_operation schedule() noexcept;
+
+    /// Runs `fn()` on the pool, fire-and-forget. An exception escaping `fn`
+    /// is reported on stderr. Thread-safe.
+    /// @throws executor_shutdown_error after shutdown().
+    template <class F>
+    void post(F&& fn) {
+        using node = detail::posted_fn<std::decay_t<F>>;
+        auto* n = new node(std::decay_t<F>(std::forward<F>(fn)));
+        try {
+            post_item(n);
+        } catch (...) {
+            delete n;
+            throw;
+        }
+    }
+
+    /// Runs `fn(args...)` on the pool and returns a future for its result.
+    /// `fn` and the arguments are copied (or moved) into the job. If `fn`
+    /// returns a hop::task<T>, the task runs on the pool and the future is a
+    /// future<T> whose cancel() requests stop on the task's token.
+    /// @throws executor_shutdown_error after shutdown().
+    template <class F, class... A>
+    auto submit(F&& fn, A&&... args) {
+        using R = std::invoke_result_t<std::decay_t<F>&, std::decay_t<A>...>;
+        if constexpr (detail::is_task<R>::value) {
+            using T = typename R::value_type;
+            return detail::spawn_on<T>(*this, detail::invoke_coroutine<T>(std::decay_t<F>(std::forward<F>(fn)),
+                                                                           std::tuple<std::decay_t<A>...>(
+                                                                               std::forward<A>(args)...)));
+        } else {
+            auto bound = [f = std::decay_t<F>(std::forward<F>(fn)),
+                          tup = std::tuple<std::decay_t<A>...>(std::forward<A>(args)...)]() mutable -> R {
+                return std::apply(std::move(f), std::move(tup));
+            };
+            auto* j = new detail::job<R, decltype(bound)>(std::move(bound));
+            auto fut = detail::make_future<R>(j);
+            try {
+                post_item(j);
+            } catch (...) {
+                j->release();  // the queue's reference
+                throw;
+            }
+            return fut;
+        }
+    }
+
+    /// Applies `fn` to every item on the pool, in chunks of `chunk_size`
+    /// items (0: about four chunks per worker), and returns a future for the
+    /// results in input order. `fn` is called concurrently from several
+    /// threads through a const reference, each item passed as an rvalue. The
+    /// first failure in input order is rethrown by get(); chunks that had not
+    /// started by then are skipped. cancel() stops the chunks not yet
+    /// started and ends the future cancelled once the running ones return.
+    /// @throws executor_shutdown_error after shutdown().
+    template <class F, std::ranges::input_range Range>
+    auto map(F&& fn, Range&& items, std::size_t chunk_size = 0) {
+        using Item = std::ranges::range_value_t<Range>;
+        using Fn = std::decay_t<F>;
+        using R = std::invoke_result_t<const Fn&, Item&&>;
+        static_assert(!std::is_void_v<R>, "cpu_pool::map needs a function that returns a value; use submit() for void");
+        static_assert(!detail::is_task<R>::value,
+                      "cpu_pool::map takes plain functions; for coroutine functions use hop::map(fn, items, {...})");
+        std::vector<Item> in;
+        if constexpr (std::ranges::sized_range<Range>) in.reserve(std::ranges::size(items));
+        if constexpr (std::is_rvalue_reference_v<Range&&>) {
+            for (auto&& x : items) in.push_back(std::move(x));
+        } else {
+            for (auto&& x : items) in.push_back(x);
+        }
+        const std::size_t n = in.size();
+        if (chunk_size == 0) chunk_size = std::max<std::size_t>(1, n / (size() * 4));
+        using state = detail::map_state<Fn, Item, R>;
+        auto* s = new state(Fn(std::forward<F>(fn)), std::move(in), chunk_size);
+        auto fut = detail::make_future<std::vector<R>>(s);
+        if (n == 0) {
+            s->finish_empty();
+            return fut;
+        }
+        post_batch(s->chunks().data(), s->chunks().size(), sizeof(typename state::chunk));
+        return fut;
+    }
+
+    /// Stops taking new work (submit, post, map and schedule() then throw
+    /// executor_shutdown_error). With `cancel_pending`, jobs that have not
+    /// started are cancelled (their futures end cancelled); continuations of
+    /// coroutines that already run still run. With `wait`, blocks until the
+    /// queues are drained and the workers have exited (called on one of this
+    /// pool's own threads, it does not wait for that thread). Idempotent.
+    void shutdown(bool wait = true, bool cancel_pending = false);
+
+    /// True once shutdown() was called.
+    bool is_shutdown() const noexcept;
+
+    /// True if the calling thread is one of this pool's workers.
+    bool running_in_this_thread() const noexcept;
+
+    void post_item(detail::work_item* w) override;
+    void post_continuation(detail::work_item* w) noexcept override;
+
+private:
+    // Posts `count` items laid out `stride` bytes apart (map's chunks) in one go.
+    void post_batch(void* first, std::size_t count, std::size_t stride);
+
+    struct impl;
+    std::unique_ptr<impl> m_impl;
+};
+
+class cpu_pool::schedule_operation : private detail::resume_item {
+public:
+    explicit schedule_operation(cpu_pool& pool) noexcept : m_pool(&pool) {}
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        const std::stop_token& token = detail::token_of(h.promise());
+        m_token = &token;
+        if (token.stop_requested()) return false;
+        if (m_pool->running_in_this_thread()) return false;
+        handle = h;
+        m_pool->post_item(this);
+        return true;
+    }
+    void await_resume() const {
+        if (m_token && m_token->stop_requested()) throw cancelled_error("hop::cpu_pool::schedule: cancelled");
+    }
+
+private:
+    cpu_pool* m_pool;
+    const std::stop_token* m_token = nullptr;
+};
+
+inline cpu_pool::schedule_operation cpu_pool::schedule() noexcept { return schedule_operation{*this}; }
+
+/// The process-wide default pool (hardware_concurrency() threads), created at
+/// first use and shut down at exit.
+cpu_pool& cpu();
+
+}  // namespace hop

@@ -1,0 +1,99 @@
+#pragma once
+// The one internal interface every hop executor implements, plus the
+// thread-local "which executor am I running on" that the affinity rule reads.
+
+#include <coroutine>
+#include <cstddef>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+namespace hop::detail {
+
+/// An intrusive unit of work. Whoever owns the storage keeps it alive until
+/// `run` (or `discard`) has been called; executors never allocate for it.
+struct work_item {
+    work_item* next = nullptr;
+    /// Runs the work. Called exactly once unless `discard` is called instead.
+    void (*run)(work_item*) = nullptr;
+    /// For work that may be dropped (a pending job when a pool is shut down
+    /// with cancel_pending): marks it cancelled and releases it. Null for a
+    /// coroutine continuation, which must always run or its frame would leak.
+    void (*discard)(work_item*) = nullptr;
+};
+
+/// A work_item that resumes a coroutine.
+struct resume_item : work_item {
+    std::coroutine_handle<> handle;
+    resume_item() noexcept { run = &resume_item::do_run; }
+    static void do_run(work_item* w) noexcept { static_cast<resume_item*>(w)->handle.resume(); }
+};
+
+/// Base of cpu_pool, io_loop and the inline loop behind sync_wait.
+class executor_base {
+public:
+    executor_base() = default;
+    executor_base(const executor_base&) = delete;
+    executor_base& operator=(const executor_base&) = delete;
+
+    /// Queue work submitted from outside (submit, post, schedule).
+    /// Thread-safe; never blocks.
+    /// @throws hop::executor_shutdown_error once the executor has shut down.
+    virtual void post_item(work_item* w) = 0;
+
+    /// Queue the continuation of a coroutine that already runs under hop
+    /// (a child finished elsewhere, a future completed). Thread-safe, never
+    /// blocks, never throws: if the executor has already stopped for good the
+    /// continuation runs on the calling thread rather than being lost.
+    virtual void post_continuation(work_item* w) noexcept = 0;
+
+protected:
+    ~executor_base() = default;
+};
+
+/// The executor whose work the calling thread is running now, or null on a
+/// thread that belongs to no executor.
+executor_base* current_executor() noexcept;
+
+/// Sets the calling thread's executor; returns the previous one.
+executor_base* exchange_current_executor(executor_base* ex) noexcept;
+
+/// RAII for exchange_current_executor.
+class current_executor_scope {
+public:
+    explicit current_executor_scope(executor_base* ex) noexcept : m_prev(exchange_current_executor(ex)) {}
+    ~current_executor_scope() { exchange_current_executor(m_prev); }
+    current_executor_scope(const current_executor_scope&) = delete;
+    current_executor_scope& operator=(const current_executor_scope&) = delete;
+
+private:
+    executor_base* m_prev;
+};
+
+/// Resumes `h` on the calling thread through a per-thread trampoline, so a
+/// chain of inline completions (a resumed coroutine completing a future that
+/// resumes another ...) never recurses without bound.
+void resume_inline(std::coroutine_handle<> h) noexcept;
+
+/// Resumes the coroutine in `item` on `target`: inline when the calling thread
+/// already runs `target` (or there is no target), otherwise queued there.
+inline void resume_on(executor_base* target, resume_item& item) noexcept {
+    if (target == nullptr || target == current_executor()) {
+        resume_inline(item.handle);
+    } else {
+        target->post_continuation(&item);
+    }
+}
+
+// Coroutine frames and job nodes come from per-thread size-class caches
+// (cache-line rounded), not straight from the global heap.
+void* frame_allocate(std::size_t size);
+void frame_deallocate(void* p, std::size_t size) noexcept;
+
+/// Allocation policy shared by every hop promise type.
+struct frame_allocated {
+    static void* operator new(std::size_t size) { return frame_allocate(size); }
+    static void operator delete(void* p, std::size_t size) noexcept { frame_deallocate(p, size); }
+};
+
+}  // namespace hop::detail

@@ -1,0 +1,476 @@
+#pragma once
+/// @file
+/// hop::future<T> / hop::promise<T> and hop's error types.
+
+#include <hop/detail/executor.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace hop {
+
+/// Thrown by a cancelled operation, and by future::get() on a cancelled future.
+class cancelled_error : public std::runtime_error {
+public:
+    cancelled_error() : std::runtime_error("hop: operation cancelled") {}
+    explicit cancelled_error(const std::string& what) : std::runtime_error(what) {}
+};
+
+/// Thrown when a deadline passes (with_timeout, as_completed).
+class timeout_error : public std::runtime_error {
+public:
+    timeout_error() : std::runtime_error("hop: operation timed out") {}
+    explicit timeout_error(const std::string& what) : std::runtime_error(what) {}
+};
+
+/// Thrown when work is submitted to an executor that has been shut down.
+class executor_shutdown_error : public std::runtime_error {
+public:
+    explicit executor_shutdown_error(const std::string& what) : std::runtime_error(what) {}
+};
+
+/// Stored in a future whose promise was destroyed without a result.
+class broken_promise_error : public std::logic_error {
+public:
+    broken_promise_error() : std::logic_error("hop::promise destroyed without a value or an exception") {}
+};
+
+template <class T>
+class future;
+template <class T>
+class promise;
+
+namespace detail {
+
+/// The future's state machine. Every transition is in future_state_base.
+///
+///   pending ──try_start──▶ running ──begin_complete──▶ completing ──▶ finished
+///      │                      │ (coroutine job: cancel() requests stop and the
+///      │                      │  task ends in cancelled_error ──▶ cancelled)
+///      └──────cancel()────────┴──────────────────────────────────▶ cancelled
+///
+/// `completing` is private: one producer owns the value slot while it writes.
+enum class future_status : std::uint32_t { pending, running, completing, cancelled, finished };
+
+/// An intrusive callback run once the state is done.
+struct future_waiter {
+    future_waiter* next = nullptr;
+    void (*notify)(future_waiter*) noexcept = nullptr;
+};
+
+class future_state_base {
+public:
+    future_state_base(const future_state_base&) = delete;
+    future_state_base& operator=(const future_state_base&) = delete;
+
+    void add_ref() noexcept { m_refs.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept {
+        if (m_refs.fetch_sub(1, std::memory_order_acq_rel) == 1) m_destroy(this);
+    }
+    void add_handle() noexcept { m_handles.fetch_add(1, std::memory_order_relaxed); }
+    void drop_handle() noexcept { m_handles.fetch_sub(1, std::memory_order_relaxed); }
+    bool sole_handle() const noexcept { return m_handles.load(std::memory_order_relaxed) == 1; }
+
+    future_status status() const noexcept { return m_status.load(std::memory_order_acquire); }
+    bool done() const noexcept {
+        auto s = status();
+        return s == future_status::finished || s == future_status::cancelled;
+    }
+
+    /// pending -> running. False if the future was cancelled first.
+    bool try_start() noexcept {
+        auto expected = future_status::pending;
+        return m_status.compare_exchange_strong(expected, future_status::running, std::memory_order_acq_rel);
+    }
+
+    /// pending|running -> completing: the caller may now write the result.
+    /// False if the state is already done (cancelled, or set before).
+    bool begin_complete() noexcept;
+
+    /// completing -> finished|cancelled, then runs every waiter and wakes
+    /// blocked threads.
+    void end_complete(future_status final_status) noexcept;
+
+    /// Moves a pending future straight to cancelled. See future::cancel().
+    bool cancel() noexcept;
+
+    /// Registers `w`; false (and `w` untouched) if the state is already done.
+    bool add_waiter(future_waiter* w) noexcept;
+
+    void wait() const noexcept;
+    bool wait_for(std::chrono::nanoseconds timeout);
+
+    /// For a coroutine job: the stop source its task's token comes from.
+    std::stop_source& stop_source() noexcept { return m_stop; }
+    void enable_stop() { m_stop = std::stop_source(); }
+
+    std::exception_ptr error() const noexcept { return m_error; }
+    void set_error(std::exception_ptr e) noexcept { m_error = std::move(e); }
+
+    /// Finishes the state with `e`; a cancelled_error ends it as cancelled.
+    void complete_with_error(std::exception_ptr e) noexcept;
+
+    /// Throws what get() throws for a done state without a value.
+    void rethrow_if_failed() const;
+
+protected:
+    using destroy_fn = void (*)(future_state_base*) noexcept;
+    explicit future_state_base(destroy_fn destroy, std::uint32_t refs = 1) noexcept
+        : m_refs(refs), m_destroy(destroy) {}
+    ~future_state_base() = default;
+
+private:
+    std::atomic<std::uint32_t> m_refs;
+    std::atomic<std::uint32_t> m_handles{0};
+    std::atomic<future_status> m_status{future_status::pending};
+    std::atomic<future_waiter*> m_waiters{nullptr};
+    destroy_fn m_destroy;
+    std::exception_ptr m_error;
+    std::stop_source m_stop{std::nostopstate};
+};
+
+template <class T>
+class future_state : public future_state_base {
+public:
+    explicit future_state(destroy_fn destroy = &delete_self, std::uint32_t refs = 1) noexcept
+        : future_state_base(destroy, refs) {}
+    ~future_state() {
+        if (m_has_value) m_value.~T();
+    }
+
+    template <class... A>
+    void emplace_value(A&&... a) {
+        ::new (static_cast<void*>(std::addressof(m_value))) T(std::forward<A>(a)...);
+        m_has_value = true;
+    }
+    T& value() noexcept { return m_value; }
+
+    /// Sets a value unless the state is already done; returns whether it did.
+    template <class... A>
+    bool set_value(A&&... a) {
+        if (!begin_complete()) return false;
+        try {
+            emplace_value(std::forward<A>(a)...);
+        } catch (...) {
+            set_error(std::current_exception());
+            end_complete(future_status::finished);
+            throw;
+        }
+        end_complete(future_status::finished);
+        return true;
+    }
+
+    static void delete_self(future_state_base* s) noexcept { delete static_cast<future_state*>(s); }
+
+private:
+    union {
+        T m_value;
+    };
+    bool m_has_value = false;
+};
+
+template <>
+class future_state<void> : public future_state_base {
+public:
+    explicit future_state(destroy_fn destroy = &delete_self, std::uint32_t refs = 1) noexcept
+        : future_state_base(destroy, refs) {}
+    void emplace_value() noexcept {}
+    bool set_value() noexcept {
+        if (!begin_complete()) return false;
+        end_complete(future_status::finished);
+        return true;
+    }
+    static void delete_self(future_state_base* s) noexcept { delete static_cast<future_state*>(s); }
+};
+
+/// Makes a future from a state the caller already holds one reference to.
+template <class T>
+future<T> make_future(future_state<T>* s) noexcept;
+
+[[noreturn]] void throw_no_state(const char* where);
+
+}  // namespace detail
+
+/// An eager, thread-safe handle to a result being computed elsewhere
+/// (Python's concurrent.futures.Future). Cheap to copy; every copy sees the
+/// same result.
+///
+/// @code
+/// hop::future<int> f = pool.submit([] { return 6 * 7; });
+/// int v = f.get();                 // blocks this thread
+/// int w = co_await f;              // inside a coroutine: does not block
+/// @endcode
+template <class T>
+class future {
+public:
+    using value_type = T;
+
+    /// An invalid future (valid() is false); every other call throws
+    /// std::logic_error.
+    future() noexcept = default;
+    future(const future& o) noexcept : m_state(o.m_state) {
+        if (m_state) {
+            m_state->add_ref();
+            m_state->add_handle();
+        }
+    }
+    future(future&& o) noexcept : m_state(std::exchange(o.m_state, nullptr)) {}
+    future& operator=(future o) noexcept {
+        std::swap(m_state, o.m_state);
+        return *this;
+    }
+    ~future() { reset(); }
+
+    bool valid() const noexcept { return m_state != nullptr; }
+
+    /// True once the future has a value, an exception, or was cancelled.
+    bool done() const { return state("done")->done(); }
+    /// True if the future ended cancelled.
+    bool cancelled() const { return state("cancelled")->status() == detail::future_status::cancelled; }
+    /// True while the work behind the future is running.
+    bool running() const { return state("running")->status() == detail::future_status::running; }
+
+    /// Cancels the work if it has not started (returns true; the future is
+    /// then cancelled). For a running coroutine it requests stop: the task
+    /// ends with cancelled_error at its next cancellation point, and cancel()
+    /// returns true. Returns false for a plain job already running or a
+    /// future that already has a result; true if it is already cancelled.
+    bool cancel() { return state("cancel")->cancel(); }
+
+    /// Blocks the calling thread until done().
+    void wait() const { state("wait")->wait(); }
+
+    /// Blocks until done() or `timeout` has passed; returns done().
+    /// @throws std::invalid_argument for a negative timeout.
+    template <class Rep, class Period>
+    bool wait_for(std::chrono::duration<Rep, Period> timeout) const {
+        return state("wait_for")->wait_for(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+    }
+
+    /// Blocks until done, then returns the value or rethrows the exception.
+    /// @throws hop::cancelled_error if the future was cancelled.
+    decltype(auto) get() const& {
+        auto* s = state("get");
+        s->wait();
+        s->rethrow_if_failed();
+        if constexpr (!std::is_void_v<T>) return static_cast<const T&>(s->value());
+    }
+    /// As above; moves the value out when this is the only handle.
+    T get() && {
+        auto* s = state("get");
+        s->wait();
+        s->rethrow_if_failed();
+        if constexpr (!std::is_void_v<T>) return take_value(s);
+    }
+
+    /// Calls `cb(future)` once the future is done: on the thread that
+    /// completes it, or at once on this thread if it already is done. The
+    /// callback must not throw.
+    template <class F>
+    void on_done(F&& cb) const;
+
+    class awaiter;
+    /// Suspends without blocking a thread until done; resumes the caller on
+    /// the executor it was running on (inline if that is where the future
+    /// completed). Not a cancellation point: cancel the future instead.
+    awaiter operator co_await() const& noexcept { return awaiter{m_state, false}; }
+    awaiter operator co_await() && noexcept { return awaiter{std::exchange(m_state, nullptr), true}; }
+
+    /// For the implementation and tests: the shared state.
+    detail::future_state<T>* native_state() const noexcept { return m_state; }
+
+private:
+    friend future detail::make_future<T>(detail::future_state<T>*) noexcept;
+    explicit future(detail::future_state<T>* s) noexcept : m_state(s) { m_state->add_handle(); }
+
+    detail::future_state<T>* state(const char* where) const {
+        if (!m_state) detail::throw_no_state(where);
+        return m_state;
+    }
+    void reset() noexcept {
+        if (auto* s = std::exchange(m_state, nullptr)) {
+            s->drop_handle();
+            s->release();
+        }
+    }
+    static auto take_value(detail::future_state<T>* s) -> std::conditional_t<std::is_void_v<T>, int, T>
+        requires(!std::is_void_v<T>)
+    {
+        if (s->sole_handle()) return std::move(s->value());
+        if constexpr (std::is_copy_constructible_v<T>) {
+            return s->value();
+        } else {
+            throw std::logic_error("hop::future<T>::get() &&: T is move-only and another copy of this future exists");
+        }
+    }
+
+    detail::future_state<T>* m_state = nullptr;
+};
+
+template <class T>
+class future<T>::awaiter : private detail::future_waiter, private detail::resume_item {
+public:
+    awaiter(detail::future_state<T>* s, bool owns) noexcept : m_state(s), m_owns(owns) {}
+    awaiter(const awaiter&) = delete;
+    awaiter& operator=(const awaiter&) = delete;
+    ~awaiter() {
+        if (m_owns && m_state) {
+            m_state->drop_handle();
+            m_state->release();
+        }
+    }
+
+    bool await_ready() const {
+        if (!m_state) detail::throw_no_state("co_await");
+        return m_state->done();
+    }
+    bool await_suspend(std::coroutine_handle<> h) noexcept {
+        handle = h;
+        m_executor = detail::current_executor();
+        future_waiter::notify = &awaiter::on_notify;
+        return m_state->add_waiter(this);
+    }
+    decltype(auto) await_resume() {
+        m_state->rethrow_if_failed();
+        if constexpr (std::is_void_v<T>) {
+            return;
+        } else if constexpr (std::is_copy_constructible_v<T>) {
+            if (m_owns) return T(future::take_value(m_state));
+            return T(m_state->value());
+        } else {
+            if (!m_owns) throw std::logic_error("hop::future<T>: co_await a move-only T needs std::move(future)");
+            return T(future::take_value(m_state));
+        }
+    }
+
+private:
+    static void on_notify(detail::future_waiter* w) noexcept {
+        auto* self = static_cast<awaiter*>(w);
+        detail::resume_on(self->m_executor, *self);
+    }
+
+    detail::future_state<T>* m_state;
+    bool m_owns;
+    detail::executor_base* m_executor = nullptr;
+};
+
+namespace detail {
+
+template <class T>
+future<T> make_future(future_state<T>* s) noexcept {
+    return future<T>(s);
+}
+
+template <class T, class F>
+struct on_done_node final : future_waiter {
+    on_done_node(future<T> f, F&& cb) : fut(std::move(f)), fn(std::forward<F>(cb)) {
+        notify = &on_done_node::run;
+    }
+    static void run(future_waiter* w) noexcept {
+        auto* self = static_cast<on_done_node*>(w);
+        self->fn(std::as_const(self->fut));
+        delete self;
+    }
+    future<T> fut;
+    std::decay_t<F> fn;
+};
+
+}  // namespace detail
+
+template <class T>
+template <class F>
+void future<T>::on_done(F&& cb) const {
+    auto* s = state("on_done");
+    auto* node = new detail::on_done_node<T, F>(*this, std::forward<F>(cb));
+    if (!s->add_waiter(node)) detail::on_done_node<T, F>::run(node);
+}
+
+/// The producing side of a future (std::promise-like, thread-safe).
+/// Destroying a promise that never produced a result completes its future
+/// with broken_promise_error.
+template <class T>
+class promise {
+public:
+    promise() : m_state(new detail::future_state<T>()) {}
+    promise(promise&& o) noexcept
+        : m_state(std::exchange(o.m_state, nullptr)), m_retrieved(o.m_retrieved) {}
+    promise& operator=(promise&& o) noexcept {
+        if (this != &o) {
+            abandon();
+            m_state = std::exchange(o.m_state, nullptr);
+            m_retrieved = o.m_retrieved;
+        }
+        return *this;
+    }
+    ~promise() { abandon(); }
+
+    /// The future; callable once.
+    /// @throws std::logic_error on a second call.
+    future<T> get_future() {
+        auto* s = state("get_future");
+        if (m_retrieved) throw std::logic_error("hop::promise::get_future: the future was already retrieved");
+        m_retrieved = true;
+        s->add_ref();
+        return detail::make_future(s);
+    }
+
+    /// Sets the value. If the future was cancelled first, the value is
+    /// dropped silently (the consumer no longer wants it).
+    /// @throws std::logic_error if a result was already set.
+    template <class... A>
+    void set_value(A&&... a) {
+        auto* s = state("set_value");
+        if (s->status() == detail::future_status::cancelled) return;
+        if (!s->set_value(std::forward<A>(a)...)) {
+            if (s->status() != detail::future_status::cancelled) already_set("set_value");
+        }
+    }
+
+    /// Sets an exception (a null one is refused with std::invalid_argument).
+    void set_exception(std::exception_ptr e) {
+        auto* s = state("set_exception");
+        if (!e) throw std::invalid_argument("hop::promise::set_exception: the exception_ptr is null");
+        if (s->status() == detail::future_status::cancelled) return;
+        if (!s->begin_complete()) {
+            if (s->status() != detail::future_status::cancelled) already_set("set_exception");
+            return;
+        }
+        s->set_error(std::move(e));
+        s->end_complete(detail::future_status::finished);
+    }
+
+    /// True once the consumer cancelled the future, so a producer can give
+    /// up early.
+    bool is_cancelled() const { return state("is_cancelled")->status() == detail::future_status::cancelled; }
+
+private:
+    detail::future_state<T>* state(const char* where) const {
+        if (!m_state) detail::throw_no_state(where);
+        return m_state;
+    }
+    [[noreturn]] static void already_set(const char* where) {
+        throw std::logic_error(std::string("hop::promise::") + where + ": a result was already set");
+    }
+    void abandon() noexcept {
+        if (auto* s = std::exchange(m_state, nullptr)) {
+            if (s->begin_complete()) {
+                s->set_error(std::make_exception_ptr(broken_promise_error()));
+                s->end_complete(detail::future_status::finished);
+            }
+            s->release();
+        }
+    }
+
+    detail::future_state<T>* m_state;
+    bool m_retrieved = false;
+};
+
+}  // namespace hop

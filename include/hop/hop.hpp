@@ -1,0 +1,9 @@
+#pragma once
+/// @file
+/// Everything hop offers, in one include.
+
+#include <hop/combinators.hpp>
+#include <hop/cpu_pool.hpp>
+#include <hop/future.hpp>
+#include <hop/task.hpp>
+#include <hop/task_group.hpp>

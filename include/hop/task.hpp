@@ -1,0 +1,390 @@
+#pragma once
+/// @file
+/// hop::task<T> (lazy coroutine), hop::sync_wait, hop::spawn, hop::get_stop_token.
+
+#include <hop/detail/awaitable_traits.hpp>
+#include <hop/detail/executor.hpp>
+#include <hop/future.hpp>
+
+#include <atomic>
+#include <coroutine>
+#include <exception>
+#include <stop_token>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+namespace hop {
+
+template <class T = void>
+class task;
+
+namespace detail {
+
+/// Fields every hop coroutine promise carries: the stop token (inherited from
+/// the awaiting parent, or given by a future or group).
+struct promise_base : frame_allocated {
+    std::stop_token m_stop_token;
+};
+
+/// The stop token of the coroutine whose promise is `p` (empty for a
+/// coroutine that is not a hop one).
+template <class P>
+const std::stop_token& token_of(P& p) noexcept {
+    if constexpr (std::is_base_of_v<promise_base, P>) {
+        return static_cast<promise_base&>(p).m_stop_token;
+    } else {
+        static const std::stop_token none;
+        return none;
+    }
+}
+
+// The handshake between a task and its awaiter. The awaiter starts the child
+// with a plain resume() and returns `false` from await_suspend when the child
+// finished synchronously, so a loop of synchronous co_awaits never nests a
+// stack frame, even at -O0 where GCC emits no tail call (libcoro #273).
+enum : std::uint8_t { task_running = 0, task_finished = 1, task_parent_suspended = 2 };
+
+template <class T>
+class task_promise;
+
+class task_promise_base : public promise_base {
+public:
+    std::suspend_always initial_suspend() const noexcept { return {}; }
+
+    struct final_awaiter {
+        bool await_ready() const noexcept { return false; }
+        template <class P>
+        std::coroutine_handle<> await_suspend(std::coroutine_handle<P> self) noexcept {
+            task_promise_base& p = self.promise();
+            if (p.m_flag.exchange(task_finished, std::memory_order_acq_rel) != task_parent_suspended) {
+                return std::noop_coroutine();  // the parent's await_suspend continues it
+            }
+            auto* ex = p.m_continuation_executor;
+            if (ex == nullptr || ex == current_executor()) return p.m_continuation.handle;
+            ex->post_continuation(&p.m_continuation);
+            return std::noop_coroutine();
+        }
+        void await_resume() const noexcept {}
+    };
+    final_awaiter final_suspend() const noexcept { return {}; }
+
+    /// Starts the child on the calling thread; true if the parent must suspend.
+    template <class P>
+    bool start(std::coroutine_handle<> self, std::coroutine_handle<P> parent) noexcept {
+        m_continuation.handle = parent;
+        m_continuation_executor = current_executor();
+        m_stop_token = token_of(parent.promise());
+        m_flag.store(task_running, std::memory_order_relaxed);
+        self.resume();
+        return m_flag.exchange(task_parent_suspended, std::memory_order_acq_rel) != task_finished;
+    }
+
+    /// For drivers that start a task without a parent coroutine.
+    void set_stop_token(std::stop_token t) noexcept { m_stop_token = std::move(t); }
+
+private:
+    resume_item m_continuation;
+    executor_base* m_continuation_executor = nullptr;
+    std::atomic<std::uint8_t> m_flag{task_running};
+};
+
+template <class T>
+class task_promise final : public task_promise_base {
+public:
+    task<T> get_return_object() noexcept;
+    template <class U>
+        requires std::is_convertible_v<U&&, T>
+    void return_value(U&& v) {
+        m_result.template emplace<1>(std::forward<U>(v));
+    }
+    void unhandled_exception() noexcept { m_result.template emplace<2>(std::current_exception()); }
+    T take_result() {
+        if (m_result.index() == 2) std::rethrow_exception(std::get<2>(m_result));
+        return std::move(std::get<1>(m_result));
+    }
+
+private:
+    std::variant<std::monostate, T, std::exception_ptr> m_result;
+};
+
+template <>
+class task_promise<void> final : public task_promise_base {
+public:
+    task<void> get_return_object() noexcept;
+    void return_void() noexcept {}
+    void unhandled_exception() noexcept { m_error = std::current_exception(); }
+    void take_result() {
+        if (m_error) std::rethrow_exception(m_error);
+    }
+
+private:
+    std::exception_ptr m_error;
+};
+
+[[noreturn]] void throw_task_misuse(const char* what);
+
+}  // namespace detail
+
+/// A lazy, move-only coroutine. Nothing runs until it is awaited (or handed
+/// to spawn / sync_wait); its result or exception goes to the awaiter.
+///
+/// Awaiting a task starts it on the caller's thread; when it finishes, the
+/// caller resumes on the executor it was on when it awaited (inline if the
+/// task ends there, queued there otherwise). The task inherits the caller's
+/// stop token.
+///
+/// @code
+/// hop::task<int> answer() { co_return 42; }
+/// hop::task<> caller() { int v = co_await answer(); }
+/// @endcode
+template <class T>
+class [[nodiscard]] task {
+public:
+    using promise_type = detail::task_promise<T>;
+    using value_type = T;
+    using handle_type = std::coroutine_handle<promise_type>;
+
+    task() noexcept = default;
+    explicit task(handle_type h) noexcept : m_handle(h) {}
+    task(task&& o) noexcept : m_handle(std::exchange(o.m_handle, nullptr)) {}
+    task& operator=(task&& o) noexcept {
+        if (this != &o) {
+            if (m_handle) m_handle.destroy();
+            m_handle = std::exchange(o.m_handle, nullptr);
+        }
+        return *this;
+    }
+    task(const task&) = delete;
+    task& operator=(const task&) = delete;
+    ~task() {
+        if (m_handle) m_handle.destroy();
+    }
+
+    bool valid() const noexcept { return static_cast<bool>(m_handle); }
+
+    class awaiter {
+    public:
+        explicit awaiter(handle_type h) noexcept : m_handle(h) {}
+        bool await_ready() const {
+            if (!m_handle) detail::throw_task_misuse("co_await on an empty (moved-from or default) hop::task");
+            if (m_handle.done()) detail::throw_task_misuse("co_await on a hop::task that was already awaited");
+            return false;
+        }
+        template <class P>
+        bool await_suspend(std::coroutine_handle<P> parent) noexcept {
+            return m_handle.promise().start(m_handle, parent);
+        }
+        T await_resume() { return m_handle.promise().take_result(); }
+
+    private:
+        handle_type m_handle;
+    };
+
+    awaiter operator co_await() & noexcept { return awaiter{m_handle}; }
+    awaiter operator co_await() && noexcept { return awaiter{m_handle}; }
+
+    /// For drivers (spawn, sync_wait, combinators): give up ownership.
+    handle_type release() noexcept { return std::exchange(m_handle, nullptr); }
+    handle_type handle() const noexcept { return m_handle; }
+
+private:
+    handle_type m_handle;
+};
+
+namespace detail {
+template <class T>
+task<T> task_promise<T>::get_return_object() noexcept {
+    return task<T>{std::coroutine_handle<task_promise<T>>::from_promise(*this)};
+}
+inline task<void> task_promise<void>::get_return_object() noexcept {
+    return task<void>{std::coroutine_handle<task_promise<void>>::from_promise(*this)};
+}
+
+/// A fire-and-forget coroutine used by drivers: starts suspended, frees its
+/// own frame at the end. Its body must not let an exception escape.
+class detached_task {
+public:
+    struct promise_type : promise_base {
+        resume_item m_item;
+        future_state_base* m_state = nullptr;  // set by spawn_on, for discard
+        detached_task get_return_object() noexcept {
+            auto h = std::coroutine_handle<promise_type>::from_promise(*this);
+            m_item.handle = h;
+            return detached_task{h};
+        }
+        std::suspend_always initial_suspend() const noexcept { return {}; }
+        std::suspend_never final_suspend() const noexcept { return {}; }
+        void return_void() const noexcept {}
+        [[noreturn]] void unhandled_exception() const noexcept { std::terminate(); }
+    };
+    using handle_type = std::coroutine_handle<promise_type>;
+
+    explicit detached_task(handle_type h) noexcept : m_handle(h) {}
+    detached_task(detached_task&& o) noexcept : m_handle(std::exchange(o.m_handle, nullptr)) {}
+    detached_task(const detached_task&) = delete;
+    ~detached_task() {
+        if (m_handle) m_handle.destroy();
+    }
+    promise_type& promise() const noexcept { return m_handle.promise(); }
+    /// Hands the frame over (to an executor queue or a direct resume()).
+    handle_type release() noexcept { return std::exchange(m_handle, nullptr); }
+
+private:
+    handle_type m_handle;
+};
+
+/// Runs `aw` to completion and stores its outcome in `s` (whose reference
+/// this driver owns). Skips the work if the future was cancelled first.
+template <class T, class Awaitable>
+detached_task drive_into(future_state<T>* s, Awaitable aw) {
+    struct releaser {
+        future_state<T>* s;
+        ~releaser() { s->release(); }
+    } r{s};
+    if (!s->try_start()) co_return;
+    try {
+        if constexpr (std::is_void_v<T>) {
+            co_await std::move(aw);
+            s->set_value();
+        } else {
+            s->set_value(co_await std::move(aw));
+        }
+    } catch (...) {
+        s->complete_with_error(std::current_exception());
+    }
+}
+
+/// The executor-agnostic part of spawn: starts `aw` on `ex` and returns its
+/// future. The driver's frame is queued on `ex`; no thread blocks.
+template <class T, class Awaitable>
+future<T> spawn_on(executor_base& ex, Awaitable aw) {
+    auto* s = new future_state<T>(&future_state<T>::delete_self, 2);
+    s->enable_stop();
+    auto driver = drive_into<T>(s, std::move(aw));
+    driver.promise().m_stop_token = s->stop_source().get_token();
+    auto& p = driver.promise();
+    p.m_state = s;
+    // Dropped by a pool shut down with cancel_pending: cancel the future, then
+    // let the driver run to its end (it sees the cancellation and frees itself).
+    p.m_item.discard = [](work_item* w) noexcept {
+        auto* item = static_cast<resume_item*>(w);
+        auto h = detached_task::handle_type::from_address(item->handle.address());
+        h.promise().m_state->cancel();
+        item->handle.resume();
+    };
+    auto fut = make_future(s);
+    try {
+        ex.post_item(&p.m_item);
+    } catch (...) {
+        s->release();  // the driver's reference: its body never ran
+        throw;
+    }
+    driver.release();
+    return fut;
+}
+
+/// The inline loop that sync_wait drives on the calling thread.
+class blocking_loop final : public executor_base {
+public:
+    blocking_loop();
+    ~blocking_loop();
+    void post_item(work_item* w) override;
+    void post_continuation(work_item* w) noexcept override;
+    /// Runs queued work on this thread until finish() is called.
+    void run_until_finished() noexcept;
+    /// Thread-safe.
+    void finish() noexcept;
+
+private:
+    struct impl;
+    impl* m_impl = nullptr;
+};
+
+template <class R>
+struct sync_wait_result {
+    std::variant<std::monostate, std::conditional_t<std::is_void_v<R>, std::monostate, R>, std::exception_ptr> v;
+};
+
+template <class R, class Awaitable>
+detached_task sync_wait_driver(blocking_loop& loop, sync_wait_result<R>& out, Awaitable&& aw) {
+    try {
+        if constexpr (std::is_void_v<R>) {
+            co_await std::forward<Awaitable>(aw);
+            out.v.template emplace<1>();
+        } else {
+            out.v.template emplace<1>(co_await std::forward<Awaitable>(aw));
+        }
+    } catch (...) {
+        out.v.template emplace<2>(std::current_exception());
+    }
+    loop.finish();
+}
+
+}  // namespace detail
+
+/// Blocks the calling thread until `aw` (a task, future, combinator, or any
+/// awaitable) completes, running hop work that must resume on this thread
+/// meanwhile. Returns the value or rethrows the exception.
+///
+/// Do not call it on an io_loop thread or from a pool job that the awaited
+/// work needs: the thread blocks.
+/// @code
+/// int v = hop::sync_wait(answer());
+/// @endcode
+template <class Awaitable>
+auto sync_wait(Awaitable&& aw) -> detail::await_result_t<Awaitable> {
+    using R = detail::await_result_t<Awaitable>;
+    detail::blocking_loop loop;
+    detail::sync_wait_result<R> out;
+    {
+        detail::current_executor_scope scope(&loop);
+        auto driver = detail::sync_wait_driver<R>(loop, out, std::forward<Awaitable>(aw));
+        driver.release().resume();
+        loop.run_until_finished();
+    }
+    if (out.v.index() == 2) std::rethrow_exception(std::get<2>(out.v));
+    if constexpr (!std::is_void_v<R>) return std::move(std::get<1>(out.v));
+}
+
+/// Starts `t` on executor `ex` now (it runs there, not on the caller) and
+/// returns a future for its result. future::cancel() requests stop on the
+/// task's stop token (or drops it if it has not started).
+/// @throws hop::executor_shutdown_error if `ex` has been shut down.
+template <class Executor, class T>
+future<T> spawn(Executor& ex, task<T> t) {
+    if (!t.valid()) throw std::invalid_argument("hop::spawn: the task is empty (moved-from or default-constructed)");
+    return detail::spawn_on<T>(static_cast<detail::executor_base&>(ex), std::move(t));
+}
+
+/// `co_await hop::get_stop_token()` reads the running task's stop token.
+/// Completes at once, on the same thread.
+struct get_stop_token_awaiter {
+    std::stop_token m_token;
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) noexcept {
+        m_token = detail::token_of(h.promise());
+        return false;
+    }
+    std::stop_token await_resume() noexcept { return std::move(m_token); }
+};
+inline get_stop_token_awaiter get_stop_token() noexcept { return {}; }
+
+/// `co_await hop::cancellation_point()` throws cancelled_error if the running
+/// task's stop was requested; otherwise it does nothing.
+struct cancellation_point_awaiter {
+    bool m_stop = false;
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) noexcept {
+        m_stop = detail::token_of(h.promise()).stop_requested();
+        return false;
+    }
+    void await_resume() const {
+        if (m_stop) throw cancelled_error();
+    }
+};
+inline cancellation_point_awaiter cancellation_point() noexcept { return {}; }
+
+}  // namespace hop

@@ -1,0 +1,467 @@
+// cpu_pool: per-worker Chase-Lev deques, one injection queue for work from
+// outside, and futex parking with one-at-a-time wakeups.
+//
+// Wakeup protocol (after Tokio's idle.rs): `m_searching` counts awake
+// workers that are looking for work; `m_idle` holds parked ones. Whoever
+// makes work visible wakes one parked worker only if nobody is searching, so
+// a burst of submissions wakes workers one by one, never all at once. A
+// worker about to park first leaves the searching count, then looks at every
+// queue once more (all seq_cst), so a push that saw "somebody is searching"
+// is always found by that somebody.
+
+#include <hop/cpu_pool.hpp>
+
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+namespace hop {
+
+namespace detail {
+
+void report_escaped_exception(const char* where) noexcept {
+    try {
+        throw;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "hop: exception escaped %s: %s\n", where, e.what());
+    } catch (...) {
+        std::fprintf(stderr, "hop: unknown exception escaped %s\n", where);
+    }
+}
+
+namespace {
+
+/// Chase-Lev work-stealing deque ("Correct and Efficient Work-Stealing for
+/// Weak Memory Models", Lê et al. 2013), written with seq_cst operations in
+/// place of the paper's fences so ThreadSanitizer can follow it.
+class ws_deque {
+public:
+    ws_deque() : m_ring(new ring(256)) { m_rings.emplace_back(m_ring.load(std::memory_order_relaxed)); }
+
+    /// Owner thread only.
+    void push(work_item* w) {
+        auto b = m_bottom.load(std::memory_order_relaxed);
+        auto t = m_top.load(std::memory_order_acquire);
+        ring* r = m_ring.load(std::memory_order_relaxed);
+        if (b - t > r->capacity - 1) r = grow(r, b, t);
+        r->put(b, w);
+        m_bottom.store(b + 1, std::memory_order_seq_cst);
+    }
+
+    /// Owner thread only; newest first.
+    work_item* pop() {
+        auto b = m_bottom.load(std::memory_order_relaxed) - 1;
+        ring* r = m_ring.load(std::memory_order_relaxed);
+        m_bottom.store(b, std::memory_order_seq_cst);
+        auto t = m_top.load(std::memory_order_seq_cst);
+        if (t > b) {
+            m_bottom.store(b + 1, std::memory_order_relaxed);
+            return nullptr;
+        }
+        work_item* w = r->get(b);
+        if (t == b) {  // the last item: race the thieves for it
+            if (!m_top.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+                w = nullptr;
+            }
+            m_bottom.store(b + 1, std::memory_order_relaxed);
+        }
+        return w;
+    }
+
+    /// Any thread; oldest first. Null if empty or the race was lost.
+    work_item* steal() {
+        auto t = m_top.load(std::memory_order_seq_cst);
+        auto b = m_bottom.load(std::memory_order_seq_cst);
+        if (t >= b) return nullptr;
+        ring* r = m_ring.load(std::memory_order_acquire);
+        work_item* w = r->get(t);
+        if (!m_top.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+            return nullptr;
+        }
+        return w;
+    }
+
+    bool looks_empty() const {
+        return m_top.load(std::memory_order_seq_cst) >= m_bottom.load(std::memory_order_seq_cst);
+    }
+
+private:
+    struct ring {
+        explicit ring(std::int64_t cap) : capacity(cap), slots(new std::atomic<work_item*>[static_cast<std::size_t>(cap)]) {}
+        work_item* get(std::int64_t i) const { return slots[i & (capacity - 1)].load(std::memory_order_relaxed); }
+        void put(std::int64_t i, work_item* w) { slots[i & (capacity - 1)].store(w, std::memory_order_relaxed); }
+        std::int64_t capacity;
+        std::unique_ptr<std::atomic<work_item*>[]> slots;
+    };
+
+    ring* grow(ring* old, std::int64_t b, std::int64_t t) {
+        auto* r = new ring(old->capacity * 2);
+        for (auto i = t; i < b; ++i) r->put(i, old->get(i));
+        m_rings.emplace_back(r);  // old rings stay alive: a thief may still read them
+        m_ring.store(r, std::memory_order_release);
+        return r;
+    }
+
+    alignas(64) std::atomic<std::int64_t> m_top{0};
+    alignas(64) std::atomic<std::int64_t> m_bottom{0};
+    std::atomic<ring*> m_ring;
+    std::vector<std::unique_ptr<ring>> m_rings;
+};
+
+}  // namespace
+}  // namespace detail
+
+namespace {
+constexpr std::size_t max_threads = 4096;
+// Every this many items a worker looks at the injection queue before its own
+// deque, so work from outside is not starved by a busy local queue.
+constexpr std::uint32_t global_queue_interval = 61;
+}  // namespace
+
+struct cpu_pool::impl {
+    struct worker {
+        detail::ws_deque deque;
+        alignas(64) std::atomic<std::uint32_t> wake{0};  // futex word: 1 = woken
+        bool parked = false;                            // guarded by idle_mutex
+        bool searching = false;                         // owner thread only
+        std::uint32_t tick = 0;
+        std::uint64_t rng = 0;
+        std::thread thread;
+    };
+
+    cpu_pool* owner = nullptr;
+    std::vector<std::unique_ptr<worker>> workers;
+
+    std::mutex inject_mutex;
+    detail::work_item* inject_head = nullptr;
+    detail::work_item* inject_tail = nullptr;
+    std::atomic<std::size_t> inject_len{0};
+    std::size_t live_workers = 0;  // guarded by inject_mutex
+    bool all_exited = false;       // guarded by inject_mutex
+
+    std::mutex idle_mutex;
+    std::vector<worker*> idle;  // parked workers, LIFO
+
+    alignas(64) std::atomic<std::uint32_t> searching{0};
+    std::atomic<std::uint32_t> idle_count{0};
+    std::atomic<bool> shutdown_flag{false};
+    std::mutex join_mutex;
+
+    static thread_local worker* tl_worker;
+    static thread_local impl* tl_pool;
+
+    // ---- queues ----------------------------------------------------------
+
+    void inject(detail::work_item* first, detail::work_item* last, std::size_t n) noexcept {
+        last->next = nullptr;
+        if (inject_tail) {
+            inject_tail->next = first;
+        } else {
+            inject_head = first;
+        }
+        inject_tail = last;
+        inject_len.fetch_add(n, std::memory_order_seq_cst);
+    }
+
+    detail::work_item* pop_injected() {
+        if (inject_len.load(std::memory_order_seq_cst) == 0) return nullptr;
+        std::lock_guard lock(inject_mutex);
+        auto* w = inject_head;
+        if (!w) return nullptr;
+        inject_head = w->next;
+        if (!inject_head) inject_tail = nullptr;
+        inject_len.fetch_sub(1, std::memory_order_relaxed);
+        return w;
+    }
+
+    bool any_work_visible() const {
+        if (inject_len.load(std::memory_order_seq_cst) != 0) return true;
+        for (auto& w : workers) {
+            if (!w->deque.looks_empty()) return true;
+        }
+        return false;
+    }
+
+    detail::work_item* steal(worker& self) {
+        const auto n = workers.size();
+        if (n <= 1) return nullptr;
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        const auto start = static_cast<std::size_t>(self.rng % n);
+        for (int round = 0; round < 2; ++round) {
+            for (std::size_t k = 0; k < n; ++k) {
+                auto& victim = *workers[(start + k) % n];
+                if (&victim == &self) continue;
+                if (auto* w = victim.deque.steal()) return w;
+            }
+        }
+        return nullptr;
+    }
+
+    // ---- waking ----------------------------------------------------------
+
+    /// Wakes one parked worker if nobody is already looking for work.
+    void notify_one() {
+        if (searching.load(std::memory_order_seq_cst) != 0 || idle_count.load(std::memory_order_seq_cst) == 0) return;
+        worker* w = nullptr;
+        {
+            std::lock_guard lock(idle_mutex);
+            if (idle.empty()) return;
+            w = idle.back();
+            idle.pop_back();
+            w->parked = false;
+            idle_count.fetch_sub(1, std::memory_order_seq_cst);
+            searching.fetch_add(1, std::memory_order_seq_cst);  // on its behalf: it wakes up searching
+        }
+        w->wake.store(1, std::memory_order_release);
+        w->wake.notify_one();
+    }
+
+    void wake_all() {
+        std::vector<worker*> woken;
+        {
+            std::lock_guard lock(idle_mutex);
+            woken.swap(idle);
+            for (auto* w : woken) {
+                w->parked = false;
+                idle_count.fetch_sub(1, std::memory_order_seq_cst);
+                searching.fetch_add(1, std::memory_order_seq_cst);
+            }
+        }
+        for (auto* w : woken) {
+            w->wake.store(1, std::memory_order_release);
+            w->wake.notify_one();
+        }
+    }
+
+    // ---- the worker ------------------------------------------------------
+
+    detail::work_item* find_local(worker& self) {
+        if (++self.tick % global_queue_interval == 0) {
+            if (auto* w = pop_injected()) return w;
+        }
+        if (auto* w = self.deque.pop()) return w;
+        return nullptr;
+    }
+
+    void start_searching(worker& self) {
+        if (!self.searching) {
+            self.searching = true;
+            searching.fetch_add(1, std::memory_order_seq_cst);
+        }
+    }
+
+    void stop_searching(worker& self) {
+        if (self.searching) {
+            self.searching = false;
+            // The last searcher found work: there may be more, so hand the
+            // search on to one parked worker.
+            if (searching.fetch_sub(1, std::memory_order_seq_cst) == 1) notify_one();
+        }
+    }
+
+    /// Parks until woken. Returns having been counted as searching again.
+    void park(worker& self) {
+        {
+            std::lock_guard lock(idle_mutex);
+            self.parked = true;
+            idle.push_back(&self);
+            idle_count.fetch_add(1, std::memory_order_seq_cst);
+        }
+        self.searching = false;
+        searching.fetch_sub(1, std::memory_order_seq_cst);
+        if (any_work_visible() || shutdown_flag.load(std::memory_order_seq_cst)) {
+            std::lock_guard lock(idle_mutex);
+            if (self.parked) {  // nobody woke us yet: take ourselves off the list
+                self.parked = false;
+                std::erase(idle, &self);
+                idle_count.fetch_sub(1, std::memory_order_seq_cst);
+                searching.fetch_add(1, std::memory_order_seq_cst);
+                self.searching = true;
+                return;
+            }
+        }
+        while (self.wake.load(std::memory_order_acquire) == 0) self.wake.wait(0, std::memory_order_acquire);
+        self.wake.store(0, std::memory_order_relaxed);
+        self.searching = true;  // the waker counted us
+    }
+
+    /// During shutdown: exits if nothing is left to run. Returns true to exit.
+    bool try_exit(worker& self) {
+        std::lock_guard lock(inject_mutex);
+        if (inject_head != nullptr || !self.deque.looks_empty()) return false;
+        if (--live_workers == 0) all_exited = true;
+        return true;
+    }
+
+    void run_worker(worker& self, std::size_t index) {
+        tl_worker = &self;
+        tl_pool = this;
+        detail::current_executor_scope scope(owner);
+        self.rng = 0x9E3779B97F4A7C15ull * (index + 1);
+        for (;;) {
+            detail::work_item* w = find_local(self);
+            if (!w) {
+                start_searching(self);
+                w = pop_injected();
+                if (!w) w = steal(self);
+            }
+            if (w) {
+                stop_searching(self);
+                w->run(w);
+                continue;
+            }
+            if (shutdown_flag.load(std::memory_order_seq_cst)) {
+                if (try_exit(self)) {
+                    stop_searching(self);
+                    break;
+                }
+                continue;
+            }
+            park(self);
+        }
+        tl_worker = nullptr;
+        tl_pool = nullptr;
+    }
+};
+
+thread_local cpu_pool::impl::worker* cpu_pool::impl::tl_worker = nullptr;
+thread_local cpu_pool::impl* cpu_pool::impl::tl_pool = nullptr;
+
+cpu_pool::cpu_pool() : cpu_pool(std::max(1u, std::thread::hardware_concurrency())) {}
+
+cpu_pool::cpu_pool(std::size_t threads) : m_impl(std::make_unique<impl>()) {
+    if (threads == 0) throw std::invalid_argument("hop::cpu_pool: thread count 0 is not allowed (need at least 1)");
+    if (threads > max_threads) {
+        throw std::invalid_argument("hop::cpu_pool: thread count " + std::to_string(threads) + " exceeds the limit of " +
+                                    std::to_string(max_threads));
+    }
+    auto& i = *m_impl;
+    i.owner = this;
+    i.workers.reserve(threads);
+    for (std::size_t k = 0; k < threads; ++k) i.workers.push_back(std::make_unique<impl::worker>());
+    i.live_workers = threads;
+    // Workers start out searching; with nothing to find they park at once.
+    i.searching.store(static_cast<std::uint32_t>(threads), std::memory_order_relaxed);
+    for (auto& w : i.workers) w->searching = true;
+    for (std::size_t k = 0; k < threads; ++k) {
+        try {
+            i.workers[k]->thread = std::thread([&i, k] { i.run_worker(*i.workers[k], k); });
+        } catch (...) {
+            // Threads that never started will not search or run anything.
+            {
+                std::lock_guard lock(i.inject_mutex);
+                i.live_workers -= threads - k;
+            }
+            i.searching.fetch_sub(static_cast<std::uint32_t>(threads - k), std::memory_order_seq_cst);
+            i.workers.resize(k);
+            shutdown(true);
+            throw;
+        }
+    }
+}
+
+cpu_pool::~cpu_pool() { shutdown(true); }
+
+std::size_t cpu_pool::size() const noexcept { return m_impl->workers.size(); }
+
+bool cpu_pool::is_shutdown() const noexcept { return m_impl->shutdown_flag.load(std::memory_order_acquire); }
+
+bool cpu_pool::running_in_this_thread() const noexcept { return impl::tl_pool == m_impl.get(); }
+
+void cpu_pool::post_item(detail::work_item* w) {
+    if (m_impl->shutdown_flag.load(std::memory_order_acquire)) {
+        throw executor_shutdown_error("hop::cpu_pool: work submitted after shutdown()");
+    }
+    post_continuation(w);
+}
+
+void cpu_pool::post_continuation(detail::work_item* w) noexcept {
+    auto& i = *m_impl;
+    if (impl::tl_pool == &i) {
+        impl::tl_worker->deque.push(w);
+    } else {
+        std::unique_lock lock(i.inject_mutex);
+        if (i.all_exited) {
+            // Nobody is left to run it; running it here beats leaking a frame.
+            lock.unlock();
+            w->run(w);
+            return;
+        }
+        i.inject(w, w, 1);
+    }
+    i.notify_one();
+}
+
+void cpu_pool::post_batch(void* first, std::size_t count, std::size_t stride) {
+    auto& i = *m_impl;
+    if (i.shutdown_flag.load(std::memory_order_acquire)) {
+        throw executor_shutdown_error("hop::cpu_pool: work submitted after shutdown()");
+    }
+    auto* base = static_cast<unsigned char*>(first);
+    auto at = [&](std::size_t k) { return reinterpret_cast<detail::work_item*>(base + k * stride); };
+    if (impl::tl_pool == &i) {
+        for (std::size_t k = 0; k < count; ++k) impl::tl_worker->deque.push(at(k));
+    } else {
+        for (std::size_t k = 0; k + 1 < count; ++k) at(k)->next = at(k + 1);
+        std::lock_guard lock(i.inject_mutex);
+        i.inject(at(0), at(count - 1), count);
+    }
+    // Several items: wake up to that many helpers, one at a time.
+    for (std::size_t k = 0; k < std::min(count, i.workers.size()); ++k) {
+        auto before = i.idle_count.load(std::memory_order_seq_cst);
+        i.notify_one();
+        if (i.idle_count.load(std::memory_order_seq_cst) == before) break;
+    }
+}
+
+void cpu_pool::shutdown(bool wait, bool cancel_pending) {
+    auto& i = *m_impl;
+    i.shutdown_flag.store(true, std::memory_order_seq_cst);
+    if (cancel_pending) {
+        // Take everything queued; drop what may be dropped, put back the rest
+        // (coroutine continuations must run or their frames leak).
+        std::vector<detail::work_item*> keep, drop;
+        {
+            std::lock_guard lock(i.inject_mutex);
+            for (auto* w = i.inject_head; w;) {
+                auto* next = w->next;
+                (w->discard ? drop : keep).push_back(w);
+                w = next;
+            }
+            i.inject_head = i.inject_tail = nullptr;
+            i.inject_len.store(0, std::memory_order_seq_cst);
+        }
+        for (auto& wk : i.workers) {
+            while (auto* w = wk->deque.steal()) (w->discard ? drop : keep).push_back(w);
+        }
+        if (!keep.empty()) {
+            std::unique_lock lock(i.inject_mutex);
+            if (i.all_exited) {
+                lock.unlock();
+                for (auto* w : keep) w->run(w);
+            } else {
+                for (std::size_t k = 0; k + 1 < keep.size(); ++k) keep[k]->next = keep[k + 1];
+                i.inject(keep.front(), keep.back(), keep.size());
+            }
+        }
+        for (auto* w : drop) w->discard(w);
+    }
+    i.wake_all();
+    if (!wait) return;
+    std::lock_guard lock(i.join_mutex);
+    for (auto& w : i.workers) {
+        if (w->thread.joinable() && w->thread.get_id() != std::this_thread::get_id()) w->thread.join();
+    }
+}
+
+cpu_pool& cpu() {
+    static cpu_pool pool;
+    return pool;
+}
+
+}  // namespace hop

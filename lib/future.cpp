@@ -1,0 +1,157 @@
+// The future state machine: every transition of future_status lives here.
+
+#include <hop/future.hpp>
+#include <hop/task.hpp>
+
+#include <condition_variable>
+#include <mutex>
+#include <string>
+
+namespace hop::detail {
+
+namespace {
+// Stored in m_waiters once the state is done: no waiter can be added after.
+future_waiter done_marker_storage;
+future_waiter* const done_marker = &done_marker_storage;
+}  // namespace
+
+bool future_state_base::begin_complete() noexcept {
+    auto s = m_status.load(std::memory_order_acquire);
+    while (s == future_status::pending || s == future_status::running) {
+        if (m_status.compare_exchange_weak(s, future_status::completing, std::memory_order_acq_rel)) return true;
+    }
+    return false;
+}
+
+void future_state_base::end_complete(future_status final_status) noexcept {
+    m_status.store(final_status, std::memory_order_release);
+    auto* list = m_waiters.exchange(done_marker, std::memory_order_acq_rel);
+    // Waiters were pushed LIFO; run them in registration order.
+    future_waiter* ordered = nullptr;
+    while (list) {
+        auto* next = list->next;
+        list->next = ordered;
+        ordered = list;
+        list = next;
+    }
+    while (ordered) {
+        auto* next = ordered->next;
+        ordered->notify(ordered);
+        ordered = next;
+    }
+    m_status.notify_all();
+}
+
+bool future_state_base::cancel() noexcept {
+    auto s = m_status.load(std::memory_order_acquire);
+    for (;;) {
+        switch (s) {
+            case future_status::pending:
+                if (m_status.compare_exchange_weak(s, future_status::completing, std::memory_order_acq_rel)) {
+                    end_complete(future_status::cancelled);
+                    return true;
+                }
+                continue;
+            case future_status::running:
+                if (m_stop.stop_possible()) {
+                    m_stop.request_stop();
+                    return true;
+                }
+                return false;
+            case future_status::cancelled:
+                return true;
+            case future_status::completing:
+            case future_status::finished:
+                return false;
+        }
+    }
+}
+
+bool future_state_base::add_waiter(future_waiter* w) noexcept {
+    auto* head = m_waiters.load(std::memory_order_acquire);
+    do {
+        if (head == done_marker) return false;
+        w->next = head;
+    } while (!m_waiters.compare_exchange_weak(head, w, std::memory_order_acq_rel, std::memory_order_acquire));
+    return true;
+}
+
+void future_state_base::wait() const noexcept {
+    for (;;) {
+        auto s = m_status.load(std::memory_order_acquire);
+        if (s == future_status::finished || s == future_status::cancelled) return;
+        m_status.wait(s, std::memory_order_acquire);
+    }
+}
+
+namespace {
+struct timed_waiter final : future_waiter {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool done = false;
+    std::atomic<int> refs{2};  // the waiter list's and the blocked thread's
+    void release() noexcept {
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+    static void on_notify(future_waiter* w) noexcept {
+        auto* self = static_cast<timed_waiter*>(w);
+        {
+            std::lock_guard lock(self->mutex);
+            self->done = true;
+            self->cv.notify_all();
+        }
+        self->release();
+    }
+};
+}  // namespace
+
+bool future_state_base::wait_for(std::chrono::nanoseconds timeout) {
+    if (timeout < std::chrono::nanoseconds::zero()) {
+        throw std::invalid_argument("hop::future::wait_for: negative timeout " + std::to_string(timeout.count()) +
+                                    "ns");
+    }
+    if (done()) return true;
+    auto* w = new timed_waiter;
+    w->notify = &timed_waiter::on_notify;
+    if (!add_waiter(w)) {
+        delete w;
+        return true;
+    }
+    bool ok;
+    {
+        std::unique_lock lock(w->mutex);
+        ok = w->cv.wait_for(lock, timeout, [&] { return w->done; });
+    }
+    w->release();
+    return ok;
+}
+
+void future_state_base::complete_with_error(std::exception_ptr e) noexcept {
+    if (!begin_complete()) return;
+    bool is_cancel = false;
+    try {
+        std::rethrow_exception(e);
+    } catch (const cancelled_error&) {
+        is_cancel = true;
+    } catch (...) {
+    }
+    m_error = std::move(e);
+    end_complete(is_cancel ? future_status::cancelled : future_status::finished);
+}
+
+void future_state_base::rethrow_if_failed() const {
+    if (status() == future_status::cancelled) {
+        if (m_error) std::rethrow_exception(m_error);
+        throw cancelled_error("hop::future: the future was cancelled");
+    }
+    if (m_error) std::rethrow_exception(m_error);
+}
+
+void throw_no_state(const char* where) {
+    throw std::logic_error(std::string("hop::future::") + where +
+                           ": the future has no state (default-constructed or moved-from)");
+}
+
+void throw_task_misuse(const char* what) { throw std::logic_error(what); }
+
+}  // namespace hop::detail

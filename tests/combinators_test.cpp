@@ -1,0 +1,7 @@
+#include <hop/combinators.hpp>
+
+#include <doctest/doctest.h>
+
+TEST_SUITE("combinators") {
+TEST_CASE("header compiles on its own") { CHECK(true); }
+}
