@@ -6,4 +6,6 @@
 #include <hop/cpu_pool.hpp>
 #include <hop/future.hpp>
 #include <hop/task.hpp>
+#include <hop/io_loop.hpp>
 #include <hop/task_group.hpp>
+#include <hop/time.hpp>

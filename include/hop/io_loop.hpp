@@ -1,0 +1,214 @@
+#pragma once
+/// @file
+/// hop::io_loop — the event loop IO-bound coroutines run on (io_uring, or
+/// epoll through standalone Asio) — plus hop::run, current_loop and
+/// default_loop.
+
+#include <hop/detail/executor.hpp>
+#include <hop/future.hpp>
+#include <hop/task.hpp>
+
+#include <cstddef>
+#include <memory>
+#include <stdexcept>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace asio {
+class io_context;
+}
+
+namespace hop {
+
+/// Which kernel interface an io_loop uses.
+enum class backend {
+    automatic,  ///< io_uring where it can start, else epoll; HOP_BACKEND overrides
+    io_uring,   ///< io_uring through liburing (throws if it cannot start)
+    epoll,      ///< readiness through standalone Asio's io_context
+};
+
+/// Options for an io_loop.
+struct io_loop_options {
+    hop::backend backend = hop::backend::automatic;
+    /// io_uring submission queue entries (a power of two, 1 to 32768).
+    unsigned queue_depth = 256;
+};
+
+namespace detail {
+class loop_core;
+}
+
+/// A single-threaded event loop: owns IO and timers, runs the coroutines
+/// that are on it. Every member is for the thread that runs the loop except
+/// where it says "thread-safe".
+///
+/// @code
+/// hop::io_loop loop;
+/// auto f = loop.spawn(main_task());
+/// f.on_done([&](auto&) { loop.stop(); });
+/// loop.run();
+/// @endcode
+class io_loop final : public detail::executor_base {
+public:
+    /// The automatic backend.
+    io_loop();
+    /// @throws std::invalid_argument for a bad queue_depth (naming it).
+    /// @throws std::system_error if the requested backend cannot start.
+    explicit io_loop(const io_loop_options& options);
+    /// An epoll-backend loop hosted on a program's own asio::io_context:
+    /// hop's work runs as handlers on it (serialised, even when several
+    /// threads run the context). run()/poll() then drive that context.
+    explicit io_loop(asio::io_context& host);
+    /// Cancels every timer and operation still pending, lets the coroutines
+    /// waiting on them end (they see cancelled_error), reaps every kernel
+    /// completion, and frees what the loop owns.
+    ~io_loop();
+
+    io_loop(const io_loop&) = delete;
+    io_loop& operator=(const io_loop&) = delete;
+
+    /// "io_uring" or "epoll".
+    std::string_view backend_name() const noexcept;
+    hop::backend backend_kind() const noexcept;
+
+    /// Runs until stop(). Returns the number of handlers run.
+    std::size_t run();
+    /// Waits for at least one event, runs what is ready, returns the number
+    /// of handlers run (0 if stopped).
+    std::size_t run_once();
+    /// Runs what is ready without blocking; returns the number of handlers run.
+    std::size_t poll();
+    /// Makes run() return (and run_once() not block) soon. Thread-safe.
+    void stop() noexcept;
+    /// True after stop() until restart().
+    bool stopped() const noexcept;
+    /// Clears the stopped state so run() can be called again.
+    void restart() noexcept;
+
+    /// An fd that becomes readable when the loop has work, so a program's
+    /// own poll()/epoll loop can drive hop: wait for it, then call poll().
+    /// @throws std::logic_error on a loop hosted on an asio::io_context.
+    int native_handle();
+
+    /// Queues `fn()` to run on the loop. Thread-safe. An exception escaping
+    /// `fn` is reported on stderr.
+    template <class F>
+    void post(F&& fn);
+
+    class schedule_operation;
+    /// `co_await loop.schedule()` moves the caller onto the loop's thread
+    /// (free if it already is there). A cancellation point.
+    /// @throws executor_shutdown_error if the loop is being destroyed.
+    schedule_operation schedule() noexcept;
+
+    /// Starts `t` on this loop now and returns its future. The loop must be
+    /// run for it to progress. future::cancel() requests stop on its token.
+    template <class T>
+    future<T> spawn(task<T> t) {
+        if (!t.valid()) throw std::invalid_argument("hop::io_loop::spawn: the task is empty (moved-from or default)");
+        return detail::spawn_on<T>(*this, std::move(t));
+    }
+
+    /// True if the calling thread is running this loop now.
+    bool running_in_this_thread() const noexcept;
+
+    void post_item(detail::work_item* w) override;
+    void post_continuation(detail::work_item* w) noexcept override;
+
+    /// For the implementation (timers, IO operations).
+    detail::loop_core& core() noexcept { return *m_core; }
+
+private:
+    std::unique_ptr<detail::loop_core> m_core;
+};
+
+class io_loop::schedule_operation : private detail::resume_item {
+public:
+    explicit schedule_operation(io_loop& loop) noexcept : m_loop(&loop) {}
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        const std::stop_token& token = detail::token_of(h.promise());
+        m_token = &token;
+        if (token.stop_requested() || m_loop->running_in_this_thread()) return false;
+        handle = h;
+        m_loop->post_item(this);
+        return true;
+    }
+    void await_resume() const {
+        if (m_token && m_token->stop_requested()) throw cancelled_error("hop::io_loop::schedule: cancelled");
+    }
+
+private:
+    io_loop* m_loop;
+    const std::stop_token* m_token = nullptr;
+};
+
+inline io_loop::schedule_operation io_loop::schedule() noexcept { return schedule_operation{*this}; }
+
+namespace detail {
+void report_escaped_exception(const char* where) noexcept;
+
+template <class Fn>
+struct loop_posted_fn final : work_item, frame_allocated {
+    explicit loop_posted_fn(Fn&& f) : fn(std::move(f)) {
+        run = [](work_item* w) noexcept {
+            auto* self = static_cast<loop_posted_fn*>(w);
+            try {
+                self->fn();
+            } catch (...) {
+                report_escaped_exception("a callable passed to io_loop::post()");
+            }
+            delete self;
+        };
+        discard = [](work_item* w) noexcept { delete static_cast<loop_posted_fn*>(w); };
+    }
+    Fn fn;
+};
+}  // namespace detail
+
+template <class F>
+void io_loop::post(F&& fn) {
+    using node = detail::loop_posted_fn<std::decay_t<F>>;
+    auto* n = new node(std::decay_t<F>(std::forward<F>(fn)));
+    try {
+        post_item(n);
+    } catch (...) {
+        delete n;
+        throw;
+    }
+}
+
+/// The loop running on the calling thread, or null.
+io_loop* current_loop() noexcept;
+
+/// A process-wide loop running on a background thread, started at first
+/// use; IO and timers awaited on a thread without a loop use it.
+io_loop& default_loop();
+
+/// The loop IO and timers awaited on this thread use: current_loop(), or
+/// default_loop() on a thread that runs none.
+io_loop& this_thread_loop();
+
+namespace detail {
+/// Runs a fresh loop on this thread until `f` is done (hop::run's engine).
+void run_loop_until(io_loop& loop, future_state_base& f);
+}  // namespace detail
+
+/// asyncio.run: makes an io_loop on this thread, runs `t` to completion on
+/// it, and returns its value or rethrows its exception. Work still pending
+/// on the loop when `t` ends is cancelled when the loop is destroyed.
+template <class T>
+T run(task<T> t) {
+    io_loop loop;
+    auto f = loop.spawn(std::move(t));
+    detail::run_loop_until(loop, *f.native_state());
+    if constexpr (std::is_void_v<T>) {
+        std::move(f).get();
+    } else {
+        return std::move(f).get();
+    }
+}
+
+}  // namespace hop

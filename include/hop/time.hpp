@@ -1,0 +1,241 @@
+#pragma once
+/// @file
+/// hop::sleep_for, hop::sleep_until, hop::with_timeout.
+
+#include <hop/combinators.hpp>
+#include <hop/detail/timer.hpp>
+#include <hop/io_loop.hpp>
+#include <hop/task.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace hop {
+
+namespace detail {
+
+/// Timer plumbing that must run on the loop thread (lib/time.cpp).
+void timer_arm(io_loop& loop, timer_node* t);
+void timer_disarm(io_loop& loop, timer_node* t) noexcept;
+/// True while `loop` is being destroyed (new waits are cancelled at once).
+bool loop_closing(io_loop& loop) noexcept;
+
+/// The awaiter behind sleep_until. Lives in the coroutine frame: the timer
+/// is a node in the loop's heap, nothing is allocated.
+///
+/// Resumption happens exactly once, by whichever wins the state CAS: the
+/// loop firing the timer, or the stop callback (which only posts a cancel
+/// item to the loop: it never resumes inline).
+class sleep_operation : private timer_node {
+public:
+    sleep_operation(io_loop& loop, loop_clock::time_point deadline) noexcept : m_loop(&loop) {
+        this->deadline = deadline;
+        this->fire = &sleep_operation::on_fire;
+        m_arm.self = this;
+        m_arm.run = &sleep_operation::on_arm;
+        m_cancel.self = this;
+        m_cancel.run = &sleep_operation::on_cancel;
+    }
+    sleep_operation(const sleep_operation&) = delete;
+    sleep_operation& operator=(const sleep_operation&) = delete;
+
+    bool await_ready() const noexcept { return false; }
+
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        const std::stop_token& token = token_of(h.promise());
+        if (token.stop_requested() || loop_closing(*m_loop)) {
+            m_outcome = outcome::cancelled;
+            return false;
+        }
+        if (this->deadline <= loop_clock::now()) return false;
+        m_resume.handle = h;
+        m_executor = current_executor();
+        // The callback is registered before the timer is armed, so once the
+        // timer is armed nothing here touches `this` again.
+        if (token.stop_possible()) m_callback.emplace(token, canceller{this});
+        if (m_loop->running_in_this_thread()) {
+            on_arm(&m_arm);
+        } else {
+            try {
+                m_loop->post_item(&m_arm);
+            } catch (...) {
+                m_callback.reset();
+                throw;
+            }
+        }
+        return true;
+    }
+
+    void await_resume() {
+        m_callback.reset();
+        if (m_outcome == outcome::cancelled) throw cancelled_error("hop::sleep: cancelled");
+    }
+
+private:
+    enum class outcome : int { waiting, fired, cancelled };
+    enum : int { st_waiting = 0, st_done = 1, st_cancel_requested = 2 };
+
+    struct canceller {
+        sleep_operation* op;
+        void operator()() const noexcept {
+            int expected = st_waiting;
+            if (op->m_state.compare_exchange_strong(expected, st_cancel_requested, std::memory_order_acq_rel)) {
+                op->m_loop->post_continuation(&op->m_cancel);
+            }
+        }
+    };
+
+    struct op_item : work_item {
+        sleep_operation* self = nullptr;
+    };
+
+    // Loop thread: put the timer in the heap (unless a cancel got there first).
+    static void on_arm(work_item* w) noexcept {
+        auto* self = static_cast<op_item*>(w)->self;
+        if (self->m_cancel_ran) {
+            self->finish(outcome::cancelled);
+            return;
+        }
+        self->m_armed = true;
+        timer_arm(*self->m_loop, self);
+    }
+
+    // Loop thread: the deadline passed, or the loop is being destroyed.
+    static void on_fire(timer_node* t, bool aborted) noexcept {
+        auto* self = static_cast<sleep_operation*>(t);
+        int expected = st_waiting;
+        if (self->m_state.compare_exchange_strong(expected, st_done, std::memory_order_acq_rel)) {
+            self->finish(aborted ? outcome::cancelled : outcome::fired);
+        }
+        // Otherwise a cancel item is queued and will resume it.
+    }
+
+    // Loop thread: stop was requested.
+    static void on_cancel(work_item* w) noexcept {
+        auto* self = static_cast<op_item*>(w)->self;
+        if (!self->m_armed) {  // the arm item is still queued: it finishes
+            self->m_cancel_ran = true;
+            return;
+        }
+        timer_disarm(*self->m_loop, self);
+        self->finish(outcome::cancelled);
+    }
+
+    void finish(outcome o) noexcept {
+        m_outcome = o;
+        resume_on(m_executor, m_resume);
+    }
+
+    io_loop* m_loop;
+    executor_base* m_executor = nullptr;
+    resume_item m_resume;
+    op_item m_arm;
+    op_item m_cancel;
+    std::atomic<int> m_state{st_waiting};
+    bool m_armed = false;
+    bool m_cancel_ran = false;
+    outcome m_outcome = outcome::waiting;
+    std::optional<std::stop_callback<canceller>> m_callback;
+};
+
+[[noreturn]] void throw_negative_duration(const char* where, long long ns);
+
+template <class Awaitable>
+task<await_result_t<Awaitable>> as_task(Awaitable aw) {
+    co_return co_await std::move(aw);
+}
+
+template <class T>
+task<std::optional<stored_t<T>>> value_or_empty(task<T> t) {
+    if constexpr (std::is_void_v<T>) {
+        co_await std::move(t);
+        co_return std::monostate{};
+    } else {
+        co_return co_await std::move(t);
+    }
+}
+
+template <class T>
+task<std::optional<stored_t<T>>> empty_after(loop_clock::duration d);
+
+template <class T>
+task<T> with_timeout_impl(loop_clock::duration d, task<T> inner);
+
+}  // namespace detail
+
+/// `co_await hop::sleep_until(tp)` suspends until `tp` (at once if it has
+/// passed). Timed by the caller's loop (hop::this_thread_loop()); resumes
+/// the caller on its own executor. A cancellation point: stop requested
+/// before or during the wait throws cancelled_error (the timer is removed
+/// from the loop first).
+inline detail::sleep_operation sleep_until(std::chrono::steady_clock::time_point tp) {
+    return detail::sleep_operation(this_thread_loop(), tp);
+}
+
+/// `co_await hop::sleep_for(d)`: sleep_until(now + d).
+/// @throws std::invalid_argument for a negative duration (naming it).
+template <class Rep, class Period>
+detail::sleep_operation sleep_for(std::chrono::duration<Rep, Period> d) {
+    if (d < std::chrono::duration<Rep, Period>::zero()) {
+        detail::throw_negative_duration("hop::sleep_for",
+                                        std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+    }
+    auto now = std::chrono::steady_clock::now();
+    auto dd = std::chrono::duration_cast<std::chrono::steady_clock::duration>(d);
+    auto tp = dd > std::chrono::steady_clock::time_point::max() - now ? std::chrono::steady_clock::time_point::max()
+                                                                      : now + dd;
+    return sleep_until(tp);
+}
+
+/// `co_await hop::with_timeout(d, aw)` awaits `aw` (a task or any awaitable)
+/// for at most `d`. Past the deadline the inner operation is cancelled
+/// through its stop token and awaited, then timeout_error is thrown. Stop
+/// on the caller's token cancels the inner operation (cancelled_error).
+/// @throws std::invalid_argument for a negative duration.
+template <class Rep, class Period, class Awaitable>
+auto with_timeout(std::chrono::duration<Rep, Period> d, Awaitable&& aw) {
+    using R = detail::await_result_t<Awaitable>;
+    if (d < std::chrono::duration<Rep, Period>::zero()) {
+        detail::throw_negative_duration("hop::with_timeout",
+                                        std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+    }
+    auto dd = std::chrono::duration_cast<detail::loop_clock::duration>(d);
+    if constexpr (std::is_same_v<std::remove_cvref_t<Awaitable>, task<R>>) {
+        return detail::with_timeout_impl<R>(dd, std::forward<Awaitable>(aw));
+    } else {
+        return detail::with_timeout_impl<R>(dd, detail::as_task(std::forward<Awaitable>(aw)));
+    }
+}
+
+namespace detail {
+
+template <class T>
+task<std::optional<stored_t<T>>> empty_after(loop_clock::duration d) {
+    co_await sleep_for(d);
+    co_return std::nullopt;
+}
+
+template <class T>
+task<T> with_timeout_impl(loop_clock::duration d, task<T> inner) {
+    std::vector<task<std::optional<stored_t<T>>>> racers;
+    racers.push_back(value_or_empty(std::move(inner)));
+    racers.push_back(empty_after<T>(d));
+    auto r = co_await when_any(std::move(racers));
+    if (r.index == 1) {
+        throw timeout_error("hop::with_timeout: timed out after " +
+                            std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()) + "ns");
+    }
+    if constexpr (!std::is_void_v<T>) co_return std::move(*r.value);
+}
+
+}  // namespace detail
+
+}  // namespace hop

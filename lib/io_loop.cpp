@@ -1,0 +1,310 @@
+// io_loop: the backend-independent core (queues, timer heap, stop), the one
+// place a backend is chosen, hop::run, current_loop and default_loop.
+
+#include "loop_core.hpp"
+
+#include <hop/io_loop.hpp>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <system_error>
+#include <thread>
+
+namespace hop {
+
+namespace detail {
+
+namespace {
+thread_local loop_core* tl_core = nullptr;
+}  // namespace
+
+loop_core* current_core() noexcept { return tl_core; }
+
+void throw_errno(int err, const char* what) {
+    if (err < 0) err = -err;
+    throw std::system_error(err, std::generic_category(), what);
+}
+
+loop_core::running_scope::running_scope(loop_core& c) noexcept
+    : m_core(c), m_exec(&c.owner()), m_prev_loop(tl_core), m_nested(tl_core == &c) {
+    tl_core = &c;
+    m_core.m_running_threads.fetch_add(1, std::memory_order_relaxed);
+}
+
+loop_core::running_scope::~running_scope() {
+    m_core.m_running_threads.fetch_sub(1, std::memory_order_relaxed);
+    tl_core = m_prev_loop;
+}
+
+bool loop_core::running_in_this_thread() const noexcept { return tl_core == this; }
+
+void loop_core::post(work_item* w) noexcept {
+    w->next = nullptr;
+    if (tl_core == this) {
+        if (m_local_tail) {
+            m_local_tail->next = w;
+        } else {
+            m_local_head = w;
+        }
+        m_local_tail = w;
+        return;
+    }
+    // The wake happens under the lock: once the item is visible the loop may
+    // run it and be destroyed, and the destructor takes this lock before it
+    // frees the backend, so no poster is still inside wake() then.
+    std::lock_guard lock(m_remote_mutex);
+    if (m_remote_tail) {
+        m_remote_tail->next = w;
+    } else {
+        m_remote_head = w;
+    }
+    m_remote_tail = w;
+    m_remote_count.fetch_add(1, std::memory_order_seq_cst);
+    m_backend->wake();
+}
+
+std::size_t loop_core::run_ready() {
+    // Everything queued before this call runs now; what it queues waits for
+    // the next turn, so a coroutine that keeps yielding cannot starve IO.
+    if (m_remote_count.load(std::memory_order_seq_cst) != 0) {
+        work_item* head;
+        work_item* tail;
+        {
+            std::lock_guard lock(m_remote_mutex);
+            head = std::exchange(m_remote_head, nullptr);
+            tail = std::exchange(m_remote_tail, nullptr);
+            m_remote_count.store(0, std::memory_order_seq_cst);
+        }
+        if (head) {
+            if (m_local_tail) {
+                m_local_tail->next = head;
+            } else {
+                m_local_head = head;
+            }
+            m_local_tail = tail;
+        }
+    }
+    std::size_t n = 0;
+    work_item* batch = std::exchange(m_local_head, nullptr);
+    m_local_tail = nullptr;
+    while (batch) {
+        auto* next = batch->next;
+        batch->run(batch);
+        ++n;
+        batch = next;
+    }
+    return n + fire_expired();
+}
+
+std::size_t loop_core::fire_expired() {
+    if (m_heap.empty()) return 0;
+    std::size_t n = 0;
+    const auto now = loop_clock::now();
+    while (!m_heap.empty() && m_heap.front()->deadline <= now) {
+        auto* t = m_heap.front();
+        remove_timer(t);
+        t->fire(t, false);
+        ++n;
+    }
+    return n;
+}
+
+void loop_core::add_timer(timer_node* t) {
+    const bool was_first = m_heap.empty() || earlier(t, m_heap.front());
+    t->seq = ++m_timer_seq;
+    t->heap_index = m_heap.size();
+    m_heap.push_back(t);
+    sift_up(t->heap_index);
+    if (was_first) m_backend->deadline_changed();
+}
+
+bool loop_core::remove_timer(timer_node* t) noexcept {
+    const auto i = t->heap_index;
+    if (i == timer_node::not_queued) return false;
+    t->heap_index = timer_node::not_queued;
+    auto* last = m_heap.back();
+    m_heap.pop_back();
+    if (i < m_heap.size()) {
+        m_heap[i] = last;
+        last->heap_index = i;
+        sift_up(i);
+        sift_down(last->heap_index);
+    }
+    return true;
+}
+
+void loop_core::sift_up(std::size_t i) noexcept {
+    auto* t = m_heap[i];
+    while (i > 0) {
+        auto parent = (i - 1) / 2;
+        if (!earlier(t, m_heap[parent])) break;
+        m_heap[i] = m_heap[parent];
+        m_heap[i]->heap_index = i;
+        i = parent;
+    }
+    m_heap[i] = t;
+    t->heap_index = i;
+}
+
+void loop_core::sift_down(std::size_t i) noexcept {
+    const auto n = m_heap.size();
+    auto* t = m_heap[i];
+    for (;;) {
+        auto child = 2 * i + 1;
+        if (child >= n) break;
+        if (child + 1 < n && earlier(m_heap[child + 1], m_heap[child])) ++child;
+        if (!earlier(m_heap[child], t)) break;
+        m_heap[i] = m_heap[child];
+        m_heap[i]->heap_index = i;
+        i = child;
+    }
+    m_heap[i] = t;
+    t->heap_index = i;
+}
+
+void loop_core::abort_timers() noexcept {
+    while (!m_heap.empty()) {
+        auto* t = m_heap.back();
+        remove_timer(t);
+        t->fire(t, true);
+    }
+}
+
+namespace {
+
+constexpr unsigned max_queue_depth = 32768;
+
+hop::backend backend_from_env() {
+    const char* v = std::getenv("HOP_BACKEND");
+    if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0 || std::strcmp(v, "automatic") == 0) {
+        return hop::backend::automatic;
+    }
+    if (std::strcmp(v, "io_uring") == 0) return hop::backend::io_uring;
+    if (std::strcmp(v, "epoll") == 0) return hop::backend::epoll;
+    throw std::invalid_argument(std::string("hop: HOP_BACKEND='") + v +
+                                "' is not a backend (use io_uring, epoll or auto)");
+}
+
+/// The one place a backend is chosen.
+std::unique_ptr<loop_backend> make_backend(loop_core& core, const io_loop_options& options) {
+    if (options.queue_depth == 0 || options.queue_depth > max_queue_depth) {
+        throw std::invalid_argument("hop::io_loop: queue_depth " + std::to_string(options.queue_depth) +
+                                    " is out of range (1 to " + std::to_string(max_queue_depth) + ")");
+    }
+    auto want = options.backend;
+    if (want == hop::backend::automatic) want = backend_from_env();
+    switch (want) {
+        case hop::backend::io_uring:
+            if (!uring_compiled_in()) {
+                throw std::system_error(ENOSYS, std::generic_category(),
+                                        "hop::io_loop: this build of hop has no io_uring backend");
+            }
+            return make_uring_backend(core, options.queue_depth);
+        case hop::backend::epoll:
+            return make_asio_backend(core, nullptr);
+        case hop::backend::automatic:
+            break;
+    }
+    if (uring_compiled_in()) {
+        try {
+            return make_uring_backend(core, options.queue_depth);
+        } catch (const std::system_error&) {
+            // ENOSYS (old kernel), EPERM (seccomp, io_uring_disabled), ENOMEM
+            // (locked-memory limit): fall back to readiness.
+        }
+    }
+    return make_asio_backend(core, nullptr);
+}
+
+}  // namespace
+
+void run_loop_until(io_loop& loop, future_state_base& f) {
+    while (!f.done()) {
+        loop.run_once();
+    }
+}
+
+}  // namespace detail
+
+io_loop::io_loop() : io_loop(io_loop_options{}) {}
+
+io_loop::io_loop(const io_loop_options& options) : m_core(std::make_unique<detail::loop_core>(*this)) {
+    m_core->set_backend(detail::make_backend(*m_core, options));
+}
+
+io_loop::io_loop(asio::io_context& host) : m_core(std::make_unique<detail::loop_core>(*this)) {
+    m_core->set_backend(detail::make_asio_backend(*m_core, &host));
+}
+
+io_loop::~io_loop() {
+    auto& core = *m_core;
+    core.set_closing();
+    {
+        // The destroying thread acts as the loop thread while it winds down:
+        // waiting coroutines are resumed with cancelled_error and allowed to
+        // finish; in-flight kernel operations are cancelled and reaped.
+        detail::loop_core::running_scope scope(core);
+        for (int round = 0; round < 10000; ++round) {
+            core.abort_timers();
+            core.run_ready();
+            core.backend().drain_for_shutdown();
+            if (!core.has_local_work() && !core.has_remote_work() && core.timer_count() == 0) break;
+        }
+    }
+    core.quiesce_posters();
+    core.set_backend(nullptr);
+}
+
+std::string_view io_loop::backend_name() const noexcept { return m_core->backend().name(); }
+hop::backend io_loop::backend_kind() const noexcept { return m_core->backend().kind(); }
+
+std::size_t io_loop::run() { return m_core->backend().run(); }
+std::size_t io_loop::run_once() { return m_core->backend().run_once(); }
+std::size_t io_loop::poll() { return m_core->backend().poll(); }
+void io_loop::stop() noexcept { m_core->request_stop(); }
+bool io_loop::stopped() const noexcept { return m_core->stopped(); }
+void io_loop::restart() noexcept { m_core->restart(); }
+int io_loop::native_handle() { return m_core->backend().native_handle(); }
+bool io_loop::running_in_this_thread() const noexcept { return m_core->running_in_this_thread(); }
+
+void io_loop::post_item(detail::work_item* w) {
+    if (m_core->closing()) throw executor_shutdown_error("hop::io_loop: work posted to a loop being destroyed");
+    m_core->post(w);
+}
+
+void io_loop::post_continuation(detail::work_item* w) noexcept { m_core->post(w); }
+
+io_loop* current_loop() noexcept {
+    auto* c = detail::current_core();
+    return c ? &c->owner() : nullptr;
+}
+
+namespace {
+struct default_loop_holder {
+    io_loop loop;
+    std::thread thread;
+    default_loop_holder() {
+        thread = std::thread([this] {
+            while (!loop.stopped()) loop.run();
+        });
+    }
+    ~default_loop_holder() {
+        loop.stop();
+        if (thread.joinable()) thread.join();
+    }
+};
+}  // namespace
+
+io_loop& default_loop() {
+    static default_loop_holder holder;
+    return holder.loop;
+}
+
+io_loop& this_thread_loop() {
+    if (auto* l = current_loop()) return *l;
+    return default_loop();
+}
+
+}  // namespace hop

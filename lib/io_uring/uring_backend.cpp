@@ -1,0 +1,304 @@
+// The io_uring backend. One ring per loop; operations are prepared straight
+// into the submission queue and submitted once per loop turn (the submit is
+// folded into the wait); completions are drained in batches.
+//
+// Cross-thread wakeup: a read on an eventfd is kept armed in the ring;
+// other threads write the eventfd only when the loop is about to sleep
+// (m_sleeping), so a busy loop pays no syscall per post.
+
+#include "uring_backend.hpp"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
+#include <optional>
+#include <system_error>
+
+namespace hop::detail {
+
+namespace {
+// user_data values below 4096 are never operation addresses.
+constexpr __u64 wake_tag = 1;
+constexpr __u64 timeout_tag = 2;
+constexpr __u64 cancel_tag = 3;
+
+__kernel_timespec to_timespec(loop_clock::duration d) {
+    if (d < loop_clock::duration::zero()) d = loop_clock::duration::zero();
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+    __kernel_timespec ts{};
+    ts.tv_sec = ns / 1'000'000'000;
+    ts.tv_nsec = ns % 1'000'000'000;
+    return ts;
+}
+}  // namespace
+
+class uring_backend final : public loop_backend {
+public:
+    uring_backend(loop_core& core, unsigned depth) : m_core(core) {
+        io_uring_params p{};
+        // Task work runs when the loop enters the kernel anyway: no IPIs.
+        p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
+        int r = io_uring_queue_init_params(depth, &m_ring, &p);
+        if (r == -EINVAL) {
+            p = io_uring_params{};
+            r = io_uring_queue_init_params(depth, &m_ring, &p);
+        }
+        if (r < 0) throw_errno(r, "hop::io_loop: io_uring_queue_init");
+        m_wake_fd = ::eventfd(0, EFD_CLOEXEC);
+        if (m_wake_fd < 0) {
+            int e = errno;
+            io_uring_queue_exit(&m_ring);
+            throw_errno(e, "hop::io_loop: eventfd");
+        }
+    }
+
+    ~uring_backend() override {
+        cancel_everything_and_reap();
+        if (m_notify_fd >= 0) ::close(m_notify_fd);
+        ::close(m_wake_fd);
+        io_uring_queue_exit(&m_ring);
+    }
+
+    const char* name() const noexcept override { return "io_uring"; }
+    hop::backend kind() const noexcept override { return hop::backend::io_uring; }
+
+    std::size_t run() override {
+        loop_core::running_scope scope(m_core);
+        std::size_t n = 0;
+        while (!m_core.stopped()) n += turn(true);
+        return n;
+    }
+
+    std::size_t run_once() override {
+        loop_core::running_scope scope(m_core);
+        if (m_core.stopped()) return 0;
+        return turn(true);
+    }
+
+    std::size_t poll() override {
+        loop_core::running_scope scope(m_core);
+        if (m_notify_fd >= 0) {
+            eventfd_t v;
+            (void)::eventfd_read(m_notify_fd, &v);  // re-armed by the next CQE
+        }
+        std::size_t n = turn(false);
+        if (m_notify_fd >= 0) {
+            // The host sleeps on the notify fd now: from here on a post from
+            // another thread must produce a CQE to wake it.
+            m_sleeping.store(true, std::memory_order_seq_cst);
+            if (m_core.has_ready_work() && m_sleeping.exchange(false, std::memory_order_seq_cst)) signal_wake();
+        }
+        return n;
+    }
+
+    void wake() noexcept override {
+        if (m_sleeping.exchange(false, std::memory_order_seq_cst)) signal_wake();
+    }
+
+    void deadline_changed() noexcept override {
+        if (m_notify_fd >= 0) m_timeout_dirty = true;
+    }
+
+    int native_handle() override {
+        if (m_notify_fd < 0) {
+            int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+            if (fd < 0) throw_errno(errno, "hop::io_loop::native_handle: eventfd");
+            int r = io_uring_register_eventfd(&m_ring, fd);
+            if (r < 0) {
+                ::close(fd);
+                throw_errno(r, "hop::io_loop::native_handle: io_uring_register_eventfd");
+            }
+            m_notify_fd = fd;
+            m_timeout_dirty = true;
+            // Arm the wake read and the first timeout now, so the fd reports
+            // work that arrives before the first poll().
+            arm_wake();
+            arm_timeout();
+            io_uring_submit(&m_ring);
+            m_sleeping.store(true, std::memory_order_seq_cst);
+            if (m_core.has_ready_work() && m_sleeping.exchange(false, std::memory_order_seq_cst)) signal_wake();
+        }
+        return m_notify_fd;
+    }
+
+    void drain_for_shutdown() override {
+        if (m_inflight == 0) return;
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+        io_uring_sqe_set_data64(sqe, cancel_tag);
+        // Every cancelled operation still posts its own completion: reap
+        // until each one has, and only then may its frame go away.
+        while (m_inflight != 0) {
+            int r = io_uring_submit_and_wait(&m_ring, 1);
+            if (r < 0 && r != -EINTR && r != -EBUSY && r != -ETIME) break;
+            reap();
+            m_core.run_ready();
+        }
+    }
+
+    // ---- for operations ---------------------------------------------------
+
+    io_uring_sqe* get_sqe() {
+        io_uring_sqe* sqe = io_uring_get_sqe(&m_ring);
+        if (sqe == nullptr) {
+            io_uring_submit(&m_ring);
+            sqe = io_uring_get_sqe(&m_ring);
+            if (sqe == nullptr) throw_errno(EBUSY, "hop::io_loop: io_uring submission queue full");
+        }
+        return sqe;
+    }
+    void track(io_uring_sqe* sqe, uring_op* op) noexcept {
+        io_uring_sqe_set_data(sqe, op);
+        ++m_inflight;
+    }
+
+private:
+    void signal_wake() noexcept { (void)::eventfd_write(m_wake_fd, 1); }
+
+    void arm_wake() {
+        if (m_wake_armed) return;
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_read(sqe, m_wake_fd, &m_wake_buf, sizeof m_wake_buf, 0);
+        io_uring_sqe_set_data64(sqe, wake_tag);
+        m_wake_armed = true;
+    }
+
+    // With a native handle the kernel itself must wake the host at the next
+    // deadline: one IORING_OP_TIMEOUT for the earliest timer.
+    void arm_timeout() {
+        if (!m_timeout_dirty) return;
+        m_timeout_dirty = false;
+        auto d = m_core.next_deadline();
+        if (!d || (m_armed_deadline && *m_armed_deadline <= *d)) return;
+        auto since_epoch = d->time_since_epoch();
+        m_timeout_ts = to_timespec(since_epoch);
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_timeout(sqe, &m_timeout_ts, 0, IORING_TIMEOUT_ABS);
+        io_uring_sqe_set_data64(sqe, timeout_tag);
+        m_armed_deadline = d;
+        ++m_timeouts_inflight;
+    }
+
+    std::size_t turn(bool may_block) {
+        std::size_t n = m_core.run_ready();
+        arm_wake();
+        arm_timeout();
+        bool block = may_block && n == 0 && !m_core.has_ready_work() && !m_core.stopped();
+        if (block) {
+            m_sleeping.store(true, std::memory_order_seq_cst);
+            if (m_core.has_remote_work() || m_core.stopped()) {
+                m_sleeping.store(false, std::memory_order_seq_cst);
+                block = false;
+            }
+        }
+        int r;
+        if (block) {
+            auto deadline = m_core.next_deadline();
+            io_uring_cqe* cqe = nullptr;
+            if (deadline) {
+                auto ts = to_timespec(*deadline - loop_clock::now());
+                r = io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, &ts, nullptr);
+            } else {
+                r = io_uring_submit_and_wait(&m_ring, 1);
+            }
+            m_sleeping.store(false, std::memory_order_seq_cst);
+        } else {
+            r = io_uring_sq_ready(&m_ring) != 0 ? io_uring_submit(&m_ring) : 0;
+        }
+        if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN) {
+            throw_errno(r, "hop::io_loop: io_uring_enter");
+        }
+        n += reap();
+        n += m_core.run_ready();
+        return n;
+    }
+
+    std::size_t reap() {
+        std::size_t total = 0;
+        for (;;) {
+            io_uring_cqe* cqes[64];
+            unsigned count = io_uring_peek_batch_cqe(&m_ring, cqes, 64);
+            if (count == 0) break;
+            struct completion {
+                __u64 data;
+                int res;
+                unsigned flags;
+            } batch[64];
+            for (unsigned i = 0; i < count; ++i) batch[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+            io_uring_cq_advance(&m_ring, count);
+            for (unsigned i = 0; i < count; ++i) dispatch(batch[i].data, batch[i].res, batch[i].flags);
+            total += count;
+        }
+        return total;
+    }
+
+    void dispatch(__u64 data, int res, unsigned flags) noexcept {
+        switch (data) {
+            case wake_tag:
+                m_wake_armed = false;
+                return;
+            case timeout_tag:
+                --m_timeouts_inflight;
+                m_armed_deadline.reset();
+                m_timeout_dirty = true;
+                return;
+            case cancel_tag:
+            case LIBURING_UDATA_TIMEOUT:
+                return;
+            default:
+                break;
+        }
+        --m_inflight;
+        auto* op = reinterpret_cast<uring_op*>(static_cast<std::uintptr_t>(data));
+        op->complete(op, res, flags);
+    }
+
+    void cancel_everything_and_reap() noexcept {
+        try {
+            loop_core::running_scope scope(m_core);
+            if (m_wake_armed || m_timeouts_inflight != 0 || m_inflight != 0) {
+                io_uring_sqe* sqe = get_sqe();
+                io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+                io_uring_sqe_set_data64(sqe, cancel_tag);
+            }
+            for (int i = 0; i < 1000 && (m_wake_armed || m_timeouts_inflight != 0 || m_inflight != 0); ++i) {
+                int r = io_uring_submit_and_wait(&m_ring, 1);
+                if (r < 0 && r != -EINTR && r != -EBUSY && r != -ETIME) break;
+                reap();
+            }
+        } catch (...) {
+        }
+    }
+
+    loop_core& m_core;
+    io_uring m_ring{};
+    int m_wake_fd = -1;
+    int m_notify_fd = -1;
+    std::atomic<bool> m_sleeping{false};
+    eventfd_t m_wake_buf = 0;
+    bool m_wake_armed = false;
+    bool m_timeout_dirty = false;
+    std::optional<loop_clock::time_point> m_armed_deadline;
+    __kernel_timespec m_timeout_ts{};
+    std::size_t m_timeouts_inflight = 0;
+    std::size_t m_inflight = 0;
+};
+
+std::unique_ptr<loop_backend> make_uring_backend(loop_core& core, unsigned queue_depth) {
+    return std::make_unique<uring_backend>(core, queue_depth);
+}
+
+bool uring_compiled_in() noexcept { return true; }
+
+uring_backend* uring_of(loop_core& core) noexcept { return dynamic_cast<uring_backend*>(&core.backend()); }
+io_uring_sqe* uring_get_sqe(uring_backend& b) { return b.get_sqe(); }
+void uring_track(uring_backend& b, io_uring_sqe* sqe, uring_op* op) noexcept { b.track(sqe, op); }
+void uring_cancel(uring_backend& b, uring_op* op) {
+    io_uring_sqe* sqe = b.get_sqe();
+    io_uring_prep_cancel(sqe, op, 0);
+    io_uring_sqe_set_data64(sqe, cancel_tag);
+}
+
+}  // namespace hop::detail
