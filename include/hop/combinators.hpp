@@ -92,6 +92,9 @@ detached_task fan_in_child(fan_in& f, task<T> t, OnValue on_value, OnError on_er
     } catch (...) {
         on_error(std::current_exception());
     }
+    // Free the child's frame (and the arguments it owns) before the parent
+    // can resume: a combinator returns only once its children have ended.
+    t = task<T>();
     f.child_done();
 }
 
@@ -286,6 +289,17 @@ namespace detail {
 
 using clock = std::chrono::steady_clock;
 
+/// `d` in nanoseconds, saturated rather than overflowing: a timeout too long
+/// to count (e.g. hours::max()) becomes nanoseconds::max(), i.e. no deadline.
+template <class Rep, class Period>
+std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) {
+    using ns = std::chrono::nanoseconds;
+    using fns = std::chrono::duration<double, std::nano>;
+    if (fns(d) >= fns(ns::max())) return ns::max();
+    if (fns(d) <= fns(ns::min())) return ns::min();
+    return std::chrono::duration_cast<ns>(d);
+}
+
 /// Checks a timeout argument; `where` names the function for the message.
 std::optional<clock::time_point> deadline_after(std::optional<std::chrono::nanoseconds> timeout, const char* where);
 
@@ -416,8 +430,7 @@ as_completed_stream<T> as_completed(std::vector<future<T>> futures) {
 }
 template <class T, class Rep, class Period>
 as_completed_stream<T> as_completed(std::vector<future<T>> futures, std::chrono::duration<Rep, Period> timeout) {
-    return as_completed_stream<T>(std::move(futures),
-                                  std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+    return as_completed_stream<T>(std::move(futures), detail::saturating_ns(timeout));
 }
 
 /// Blocks the calling thread until `when` holds (Python's
@@ -446,8 +459,7 @@ wait_result<T> wait(const std::vector<future<T>>& futures, return_when when = re
 template <class T, class Rep, class Period>
 wait_result<T> wait(const std::vector<future<T>>& futures, return_when when,
                     std::chrono::duration<Rep, Period> timeout) {
-    return wait(futures, when, std::optional<std::chrono::nanoseconds>(
-                                   std::chrono::duration_cast<std::chrono::nanoseconds>(timeout)));
+    return wait(futures, when, std::optional<std::chrono::nanoseconds>(detail::saturating_ns(timeout)));
 }
 
 }  // namespace hop

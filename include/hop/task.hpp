@@ -310,10 +310,10 @@ template <class R, class Awaitable>
 detached_task sync_wait_driver(blocking_loop& loop, sync_wait_result<R>& out, Awaitable&& aw) {
     try {
         if constexpr (std::is_void_v<R>) {
-            co_await std::forward<Awaitable>(aw);
+            co_await static_cast<Awaitable&&>(aw);
             out.v.template emplace<1>();
         } else {
-            out.v.template emplace<1>(co_await std::forward<Awaitable>(aw));
+            out.v.template emplace<1>(co_await static_cast<Awaitable&&>(aw));
         }
     } catch (...) {
         out.v.template emplace<2>(std::current_exception());

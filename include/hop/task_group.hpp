@@ -65,6 +65,9 @@ detached_task group_child(std::shared_ptr<group_state> g, std::uint64_t id, futu
             s->complete_with_error(error);
         }
     }
+    // Free the child's frame (and the arguments it owns) before wait() can
+    // return: once it does, every child has ended.
+    t = task<T>();
     s->release();
     g->child_ended(id, std::move(error));
 }
