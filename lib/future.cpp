@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <string>
+#include <thread>
 
 namespace hop::detail {
 
@@ -42,6 +43,15 @@ void future_state_base::end_complete(future_status final_status) noexcept {
     m_status.notify_all();
 }
 
+future_status future_state_base::settled_status() const noexcept {
+    auto s = status();
+    while (s == future_status::completing) {
+        std::this_thread::yield();
+        s = status();
+    }
+    return s;
+}
+
 bool future_state_base::cancel() noexcept {
     auto s = m_status.load(std::memory_order_acquire);
     for (;;) {
@@ -61,6 +71,9 @@ bool future_state_base::cancel() noexcept {
             case future_status::cancelled:
                 return true;
             case future_status::completing:
+                // Maybe another cancel() mid-way: answer as for its outcome.
+                s = settled_status();
+                continue;
             case future_status::finished:
                 return false;
         }
@@ -111,6 +124,15 @@ bool future_state_base::wait_for(std::chrono::nanoseconds timeout) {
                                     "ns");
     }
     if (done()) return true;
+    if (timeout == std::chrono::nanoseconds::zero()) return false;  // a poll: no waiter to leave behind
+    // now + timeout past what steady_clock holds would wrap into the past (and
+    // libstdc++'s wait_for would return at once): that is no deadline at all.
+    const auto now = std::chrono::steady_clock::now();
+    if (timeout >= std::chrono::steady_clock::time_point::max() - now) {
+        wait();
+        return true;
+    }
+    const auto deadline = now + timeout;
     auto* w = new timed_waiter;
     w->notify = &timed_waiter::on_notify;
     if (!add_waiter(w)) {
@@ -120,7 +142,7 @@ bool future_state_base::wait_for(std::chrono::nanoseconds timeout) {
     bool ok;
     {
         std::unique_lock lock(w->mutex);
-        ok = w->cv.wait_for(lock, timeout, [&] { return w->done; });
+        ok = w->cv.wait_until(lock, deadline, [&] { return w->done; });
     }
     w->release();
     return ok;

@@ -80,6 +80,9 @@ public:
     bool sole_handle() const noexcept { return m_handles.load(std::memory_order_relaxed) == 1; }
 
     future_status status() const noexcept { return m_status.load(std::memory_order_acquire); }
+    /// status(), but never `completing`: waits out a producer (or a cancel())
+    /// that is between begin_complete and end_complete, which is brief.
+    future_status settled_status() const noexcept;
     bool done() const noexcept {
         auto s = status();
         return s == future_status::finished || s == future_status::cancelled;
@@ -248,11 +251,20 @@ public:
     /// Blocks the calling thread until done().
     void wait() const { state("wait")->wait(); }
 
-    /// Blocks until done() or `timeout` has passed; returns done().
+    /// Blocks until done() or `timeout` has passed; returns done(). A timeout
+    /// too long for std::chrono::nanoseconds (e.g. hours::max()) means no
+    /// deadline.
     /// @throws std::invalid_argument for a negative timeout.
     template <class Rep, class Period>
     bool wait_for(std::chrono::duration<Rep, Period> timeout) const {
-        return state("wait_for")->wait_for(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+        auto* s = state("wait_for");
+        using ns = std::chrono::nanoseconds;
+        // Saturate instead of letting duration_cast overflow (UB, and a huge
+        // timeout would wrap around to a negative one).
+        using fns = std::chrono::duration<double, std::nano>;
+        if (fns(timeout) >= fns(ns::max())) return s->wait_for(ns::max());
+        if (fns(timeout) <= fns(ns::min())) return s->wait_for(ns::min());
+        return s->wait_for(std::chrono::duration_cast<ns>(timeout));
     }
 
     /// Blocks until done, then returns the value or rethrows the exception.
@@ -430,7 +442,8 @@ public:
         auto* s = state("set_value");
         if (s->status() == detail::future_status::cancelled) return;
         if (!s->set_value(std::forward<A>(a)...)) {
-            if (s->status() != detail::future_status::cancelled) already_set("set_value");
+            // A concurrent cancel() may still be completing: not a double set.
+            if (s->settled_status() != detail::future_status::cancelled) already_set("set_value");
         }
     }
 
@@ -440,7 +453,7 @@ public:
         if (!e) throw std::invalid_argument("hop::promise::set_exception: the exception_ptr is null");
         if (s->status() == detail::future_status::cancelled) return;
         if (!s->begin_complete()) {
-            if (s->status() != detail::future_status::cancelled) already_set("set_exception");
+            if (s->settled_status() != detail::future_status::cancelled) already_set("set_exception");
             return;
         }
         s->set_error(std::move(e));
