@@ -11,6 +11,7 @@
 
 #include <hop/cpu_pool.hpp>
 
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -141,6 +142,10 @@ struct cpu_pool::impl {
     std::atomic<std::size_t> inject_len{0};
     std::size_t live_workers = 0;  // guarded by inject_mutex
     bool all_exited = false;       // guarded by inject_mutex
+    // Pool threads blocked in shutdown(true), and their wakeup when a worker
+    // exits (guarded by inject_mutex).
+    std::size_t shutdown_waiters = 0;
+    std::condition_variable exit_cv;
 
     std::mutex idle_mutex;
     std::vector<worker*> idle;  // parked workers, LIFO
@@ -295,6 +300,7 @@ struct cpu_pool::impl {
         std::lock_guard lock(inject_mutex);
         if (inject_head != nullptr || !self.deque.looks_empty()) return false;
         if (--live_workers == 0) all_exited = true;
+        exit_cv.notify_all();
         return true;
     }
 
@@ -358,7 +364,9 @@ cpu_pool::cpu_pool(std::size_t threads) : m_impl(std::make_unique<impl>()) {
                 i.live_workers -= threads - k;
             }
             i.searching.fetch_sub(static_cast<std::uint32_t>(threads - k), std::memory_order_seq_cst);
-            i.workers.resize(k);
+            // The unstarted workers stay in `workers` (empty deques, never
+            // parked): resizing it here would race with the running workers,
+            // which read it while they steal.
             shutdown(true);
             throw;
         }
@@ -453,6 +461,18 @@ void cpu_pool::shutdown(bool wait, bool cancel_pending) {
     }
     i.wake_all();
     if (!wait) return;
+    if (impl::tl_pool == &i) {
+        // On one of our own workers: it cannot join itself, and joining the
+        // others would deadlock against a thread that is joining this one
+        // (the destructor) or against another worker doing the same. Wait
+        // instead until every other worker has exited or waits here too.
+        std::unique_lock lock(i.inject_mutex);
+        ++i.shutdown_waiters;
+        i.exit_cv.notify_all();
+        i.exit_cv.wait(lock, [&i] { return i.live_workers <= i.shutdown_waiters; });
+        --i.shutdown_waiters;
+        return;
+    }
     std::lock_guard lock(i.join_mutex);
     for (auto& w : i.workers) {
         if (w->thread.joinable() && w->thread.get_id() != std::this_thread::get_id()) w->thread.join();

@@ -114,7 +114,8 @@ public:
           m_results(m_items.size()) {
         this->enable_stop();
         const std::size_t n = m_items.size();
-        const std::size_t count = (n + chunk_size - 1) / chunk_size;
+        // Not (n + chunk_size - 1) / chunk_size: that overflows for a huge chunk_size.
+        const std::size_t count = n / chunk_size + (n % chunk_size != 0 ? 1 : 0);
         m_chunks.resize(count);
         for (std::size_t c = 0; c < count; ++c) {
             auto& ch = m_chunks[c];
@@ -312,6 +313,7 @@ public:
             for (auto&& x : items) in.push_back(x);
         }
         const std::size_t n = in.size();
+        if (n == 0 && is_shutdown()) throw executor_shutdown_error("hop::cpu_pool: work submitted after shutdown()");
         if (chunk_size == 0) chunk_size = std::max<std::size_t>(1, n / (size() * 4));
         using state = detail::map_state<Fn, Item, R>;
         auto* s = new state(Fn(std::forward<F>(fn)), std::move(in), chunk_size);
@@ -320,7 +322,12 @@ public:
             s->finish_empty();
             return fut;
         }
-        post_batch(s->chunks().data(), s->chunks().size(), sizeof(typename state::chunk));
+        try {
+            post_batch(s->chunks().data(), s->chunks().size(), sizeof(typename state::chunk));
+        } catch (...) {
+            s->release();  // the chunks' reference: none of them was queued
+            throw;
+        }
         return fut;
     }
 
@@ -329,7 +336,8 @@ public:
     /// started are cancelled (their futures end cancelled); continuations of
     /// coroutines that already run still run. With `wait`, blocks until the
     /// queues are drained and the workers have exited (called on one of this
-    /// pool's own threads, it does not wait for that thread). Idempotent.
+    /// pool's own threads, it does not wait for that thread, nor for other
+    /// workers blocked in shutdown() themselves). Idempotent.
     void shutdown(bool wait = true, bool cancel_pending = false);
 
     /// True once shutdown() was called.
