@@ -222,6 +222,11 @@ std::unique_ptr<loop_backend> make_backend(loop_core& core, const io_loop_option
 
 void run_loop_until(io_loop& loop, future_state_base& f) {
     while (!f.done()) {
+        // A stopped loop's run_once() returns at once: without this check a
+        // stop() inside the task would spin here forever.
+        if (loop.stopped()) {
+            throw std::logic_error("hop::run: the loop was stopped (io_loop::stop()) before the task finished");
+        }
         loop.run_once();
     }
 }

@@ -17,7 +17,7 @@ bool semaphore::try_acquire() noexcept {
 
 void semaphore::release(std::ptrdiff_t n) {
     if (n < 1) throw std::invalid_argument("hop::semaphore::release: count " + std::to_string(n) + " is less than 1");
-    detail::waiter_list woken;
+    detail::wake_list woken;
     {
         std::lock_guard lock(m_mutex);
         // Hand units straight to waiters, oldest first; the rest are banked.
@@ -27,7 +27,7 @@ void semaphore::release(std::ptrdiff_t n) {
         }
         m_count += n;
     }
-    while (auto* w = woken.pop_front()) detail::wake_waiter(w);
+    woken.wake_all();
 }
 
 std::ptrdiff_t semaphore::available() const noexcept {
@@ -60,13 +60,13 @@ bool async_mutex::is_locked() const noexcept {
 }
 
 void event::set() {
-    detail::waiter_list woken;
+    detail::wake_list woken;
     {
         std::lock_guard lock(m_mutex);
         m_set = true;
         while (auto* w = m_waiters.pop_front()) woken.push_back(w);
     }
-    while (auto* w = woken.pop_front()) detail::wake_waiter(w);
+    woken.wake_all();
 }
 
 void event::reset() noexcept {

@@ -199,6 +199,8 @@ void run_loop_until(io_loop& loop, future_state_base& f);
 /// asyncio.run: makes an io_loop on this thread, runs `t` to completion on
 /// it, and returns its value or rethrows its exception. Work still pending
 /// on the loop when `t` ends is cancelled when the loop is destroyed.
+/// @throws std::logic_error if the loop is stopped (current_loop()->stop())
+/// before `t` ends; `t` is then cancelled.
 template <class T>
 T run(task<T> t) {
     io_loop loop;

@@ -350,19 +350,18 @@ public:
     /// Closes the channel: waiting senders fail with channel_closed_error,
     /// receivers drain what is buffered and then get nullopt. Idempotent.
     void close() {
-        detail::waiter_list senders, receivers;
+        detail::wake_list woken;
         {
             std::lock_guard lock(m_mutex);
             if (m_closed) return;
             m_closed = true;
-            while (auto* s = m_senders.pop_front()) {
-                static_cast<send_operation*>(s)->m_closed = true;
-                senders.push_back(s);
+            while (auto* s = pop_sender()) {
+                s->m_closed = true;
+                woken.push_back(s);
             }
-            while (auto* r = m_receivers.pop_front()) receivers.push_back(r);
+            while (auto* r = m_receivers.pop_front()) woken.push_back(r);
         }
-        while (auto* s = senders.pop_front()) detail::wake_waiter(s);
-        while (auto* r = receivers.pop_front()) detail::wake_waiter(r);
+        woken.wake_all();
     }
 
     bool is_closed() const {

@@ -153,6 +153,13 @@ task<await_result_t<Awaitable>> as_task(Awaitable aw) {
     co_return co_await std::move(aw);
 }
 
+// For an awaitable that cannot move: awaited where it is, as an lvalue (GCC
+// 12 copies an xvalue operand of co_await, which a pinned type forbids).
+template <class Awaitable>
+task<await_result_t<Awaitable&>> as_task_pinned(Awaitable& aw) {
+    co_return co_await aw;
+}
+
 template <class T>
 task<std::optional<stored_t<T>>> value_or_empty(task<T> t) {
     if constexpr (std::is_void_v<T>) {
@@ -199,19 +206,30 @@ detail::sleep_operation sleep_for(std::chrono::duration<Rep, Period> d) {
 /// for at most `d`. Past the deadline the inner operation is cancelled
 /// through its stop token and awaited, then timeout_error is thrown. Stop
 /// on the caller's token cancels the inner operation (cancelled_error).
+///
+/// A task, or an awaitable that can be moved or copied, is taken into the
+/// returned task. One that cannot move (hop's sleeps and IO operations stay
+/// where they were made) is referenced: co_await the result in the same
+/// full expression, `co_await hop::with_timeout(1s, hop::sleep_for(1h));`.
 /// @throws std::invalid_argument for a negative duration.
 template <class Rep, class Period, class Awaitable>
 auto with_timeout(std::chrono::duration<Rep, Period> d, Awaitable&& aw) {
     using R = detail::await_result_t<Awaitable>;
+    using A = std::remove_cvref_t<Awaitable>;
     if (d < std::chrono::duration<Rep, Period>::zero()) {
         detail::throw_negative_duration("hop::with_timeout",
                                         std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
     }
     auto dd = std::chrono::duration_cast<detail::loop_clock::duration>(d);
-    if constexpr (std::is_same_v<std::remove_cvref_t<Awaitable>, task<R>>) {
+    if constexpr (std::is_same_v<A, task<R>>) {
         return detail::with_timeout_impl<R>(dd, std::forward<Awaitable>(aw));
+    } else if constexpr (std::is_constructible_v<A, Awaitable&&>) {
+        return detail::with_timeout_impl<R>(dd, detail::as_task<A>(std::forward<Awaitable>(aw)));
     } else {
-        return detail::with_timeout_impl<R>(dd, detail::as_task(std::forward<Awaitable>(aw)));
+        // Pinned: the operation stays where the caller made it (a temporary
+        // of the caller's co_await expression, alive across the suspension).
+        using pinned_result = detail::await_result_t<std::remove_reference_t<Awaitable>&>;
+        return detail::with_timeout_impl<pinned_result>(dd, detail::as_task_pinned(aw));
     }
 }
 

@@ -58,18 +58,26 @@ public:
     const char* name() const noexcept override { return "epoll"; }
     hop::backend kind() const noexcept override { return hop::backend::epoll; }
 
+    // The context is restarted before the core's stop flag is read: a stop()
+    // that lands after the read stops the restarted context, so run() still
+    // returns (read first, a stop in between would be undone by restart()).
     std::size_t run() override {
+        if (m_ctx.stopped()) m_ctx.restart();
         if (m_core.stopped()) return 0;
         auto guard = asio::make_work_guard(m_ctx);
-        if (m_ctx.stopped()) m_ctx.restart();
-        return m_ctx.run();
+        const handler_counts before = counts();
+        return handlers_since(before, m_ctx.run());
     }
 
     std::size_t run_once() override {
+        if (m_ctx.stopped()) m_ctx.restart();
         if (m_core.stopped()) return 0;
         auto guard = asio::make_work_guard(m_ctx);
-        if (m_ctx.stopped()) m_ctx.restart();
-        return m_ctx.run_one();
+        const handler_counts before = counts();
+        std::size_t n = m_ctx.run_one();
+        // The one event may only have been hop's timer: run what it made ready.
+        n += m_ctx.poll();
+        return handlers_since(before, n);
     }
 
     std::size_t poll() override {
@@ -78,21 +86,26 @@ public:
             (void)::eventfd_read(m_event_fd, &v);
             std::uint64_t expirations;
             (void)::read(m_timer_fd, &expirations, sizeof expirations);
-            epoll_event ev[8];
-            while (::epoll_wait(m_epoll_fd, ev, 8, 0) > 0) {
-            }
+            // The host woke on our timerfd: run the due timers now rather than
+            // rely on asio's own timer, whose expiry is rounded differently
+            // and may not have passed yet (the host would then sleep forever).
+            if (auto d = m_core.next_deadline(); d && *d <= loop_clock::now()) schedule_drain(false);
         }
         if (m_ctx.stopped()) m_ctx.restart();
-        return m_ctx.poll();
+        const handler_counts before = counts();
+        const std::size_t n = m_ctx.poll();
+        if (m_event_fd >= 0) arm_native_timer();
+        return handlers_since(before, n);
     }
 
     void wake() noexcept override {
+        // Always queue a drain, also when stopped: work posted now must run
+        // after restart(), and nothing else would queue it.
+        schedule_drain();
         if (m_core.stopped()) {
             m_ctx.stop();
             signal_native();
-            return;
         }
-        schedule_drain();
     }
 
     void deadline_changed() noexcept override { m_deadline_dirty = true; }
@@ -139,36 +152,63 @@ public:
     }
 
 private:
-    void schedule_drain() noexcept {
+    // What io_loop::run() & co. return is the number of hop handlers (posted
+    // callables, resumed coroutines, fired timers) plus, on a host's context,
+    // the host's own handlers — not this backend's internal drain and timer
+    // handlers. Atomic: a host may run its context on several threads.
+    struct handler_counts {
+        std::size_t hop;
+        std::size_t internal;
+    };
+    handler_counts counts() const noexcept {
+        return {m_hop_handlers.load(std::memory_order_relaxed), m_internal_handlers.load(std::memory_order_relaxed)};
+    }
+    std::size_t handlers_since(handler_counts before, std::size_t asio_handlers) const noexcept {
+        const handler_counts now = counts();
+        const std::size_t internal = now.internal - before.internal;
+        const std::size_t host = asio_handlers > internal ? asio_handlers - internal : 0;
+        return host + (now.hop - before.hop);
+    }
+
+    // `signal`: make the native handle readable (not needed when the caller
+    // is about to poll the context itself).
+    void schedule_drain(bool signal = true) noexcept {
         if (m_drain_scheduled.exchange(true, std::memory_order_seq_cst)) return;
         try {
             asio::post(m_ctx, [s = m_shared] {
                 std::unique_lock lock(s->mutex);
                 if (auto* self = s->self) {
                     lock.unlock();
+                    self->m_internal_handlers.fetch_add(1, std::memory_order_relaxed);
                     self->drain();
                 }
             });
         } catch (...) {
             m_drain_scheduled.store(false, std::memory_order_seq_cst);
         }
-        signal_native();
+        if (signal) signal_native();
     }
 
     void drain() {
         {
             loop_core::running_scope scope(m_core);
-            m_core.run_ready();
+            m_hop_handlers.fetch_add(m_core.run_ready(), std::memory_order_relaxed);
             update_timer();
         }
         // Cleared only now (it stayed set during the drain, so no second
         // drain could start on another host thread), then re-checked so a
         // post that saw it still set is not lost.
         m_drain_scheduled.store(false, std::memory_order_seq_cst);
-        if (m_core.has_remote_work() || m_core.has_local_work()) schedule_drain();
+        if (m_core.has_remote_work() || m_core.has_local_work() || m_timer_fired.load(std::memory_order_seq_cst)) {
+            schedule_drain();
+        }
     }
 
     void update_timer() {
+        if (m_timer_fired.exchange(false, std::memory_order_seq_cst)) {
+            m_armed.reset();
+            m_deadline_dirty = true;
+        }
         if (!m_deadline_dirty && m_armed == m_core.next_deadline()) return;
         m_deadline_dirty = false;
         auto d = m_core.next_deadline();
@@ -179,20 +219,22 @@ private:
             return;
         }
         m_timer.expires_at(*d);
-        m_timer.async_wait([s = m_shared, when = *d](const std::error_code& ec) {
-            if (ec) return;
+        m_timer.async_wait([s = m_shared](const std::error_code& ec) {
             std::unique_lock lock(s->mutex);
             if (auto* self = s->self) {
                 lock.unlock();
-                self->on_timer(when);
+                self->m_internal_handlers.fetch_add(1, std::memory_order_relaxed);
+                if (!ec) self->on_timer();
             }
         });
         arm_native_timer();
     }
 
-    void on_timer(loop_clock::time_point when) {
-        if (m_armed == when) m_armed.reset();
-        m_deadline_dirty = true;
+    // A host thread other than the one draining may run this: it touches
+    // no loop state, only flags the expiry for the next drain (which
+    // re-arms), so a drain running elsewhere right now cannot miss it.
+    void on_timer() noexcept {
+        m_timer_fired.store(true, std::memory_order_seq_cst);
         schedule_drain();
     }
 
@@ -219,6 +261,9 @@ private:
     std::shared_ptr<shared> m_shared;
     bool m_hosted;
     std::atomic<bool> m_drain_scheduled{false};
+    std::atomic<bool> m_timer_fired{false};
+    std::atomic<std::size_t> m_hop_handlers{0};
+    std::atomic<std::size_t> m_internal_handlers{0};
     bool m_deadline_dirty = false;
     std::optional<loop_clock::time_point> m_armed;
     int m_epoll_fd = -1;

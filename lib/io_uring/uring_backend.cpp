@@ -85,6 +85,12 @@ public:
         }
         std::size_t n = turn(false);
         if (m_notify_fd >= 0) {
+            // The turn may have reaped the wake read's or the timeout's CQE,
+            // or added an earlier timer: put both back in the kernel before
+            // the host sleeps, or nothing would make the fd readable again.
+            arm_wake();
+            arm_timeout();
+            if (io_uring_sq_ready(&m_ring) != 0) (void)io_uring_submit(&m_ring);
             // The host sleeps on the notify fd now: from here on a post from
             // another thread must produce a CQE to wake it.
             m_sleeping.store(true, std::memory_order_seq_cst);
@@ -215,6 +221,8 @@ private:
         return n;
     }
 
+    // Returns the number of operations completed (the backend's own CQEs —
+    // wakeups, timeouts, cancels — are not handlers and are not counted).
     std::size_t reap() {
         std::size_t total = 0;
         for (;;) {
@@ -228,42 +236,49 @@ private:
             } batch[64];
             for (unsigned i = 0; i < count; ++i) batch[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
             io_uring_cq_advance(&m_ring, count);
-            for (unsigned i = 0; i < count; ++i) dispatch(batch[i].data, batch[i].res, batch[i].flags);
-            total += count;
+            for (unsigned i = 0; i < count; ++i) total += dispatch(batch[i].data, batch[i].res, batch[i].flags);
         }
         return total;
     }
 
-    void dispatch(__u64 data, int res, unsigned flags) noexcept {
+    // True if the CQE completed an operation (a handler ran).
+    bool dispatch(__u64 data, int res, unsigned flags) noexcept {
         switch (data) {
             case wake_tag:
                 m_wake_armed = false;
-                return;
+                return false;
             case timeout_tag:
                 --m_timeouts_inflight;
                 m_armed_deadline.reset();
                 m_timeout_dirty = true;
-                return;
+                return false;
             case cancel_tag:
             case LIBURING_UDATA_TIMEOUT:
-                return;
+                return false;
             default:
                 break;
         }
         --m_inflight;
         auto* op = reinterpret_cast<uring_op*>(static_cast<std::uintptr_t>(data));
         op->complete(op, res, flags);
+        return true;
     }
 
     void cancel_everything_and_reap() noexcept {
         try {
             loop_core::running_scope scope(m_core);
+            // IORING_ASYNC_CANCEL_ANY needs Linux 5.19; older kernels refuse
+            // it, so nothing here may depend on it: the wake read (the only
+            // internal request that writes to our memory) is ended by
+            // writing its eventfd, and the timeouts are not waited for (the
+            // kernel copied their timespec; they go with the ring).
+            if (m_wake_armed) signal_wake();
             if (m_wake_armed || m_timeouts_inflight != 0 || m_inflight != 0) {
                 io_uring_sqe* sqe = get_sqe();
                 io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
                 io_uring_sqe_set_data64(sqe, cancel_tag);
             }
-            for (int i = 0; i < 1000 && (m_wake_armed || m_timeouts_inflight != 0 || m_inflight != 0); ++i) {
+            for (int i = 0; i < 1000 && (m_wake_armed || m_inflight != 0); ++i) {
                 int r = io_uring_submit_and_wait(&m_ring, 1);
                 if (r < 0 && r != -EINTR && r != -EBUSY && r != -ETIME) break;
                 reap();
