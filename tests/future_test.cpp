@@ -1030,4 +1030,28 @@ TEST_CASE("race: co_await from many coroutines, completed on a pool") {
     }
 }
 
+namespace {
+hop::task<int> third_of(hop::future<std::vector<std::unique_ptr<int>>> f) {
+    auto v = co_await std::move(f);
+    co_return *v.at(2);
+}
+}  // namespace
+
+TEST_CASE("a container of move-only values is moved out, never copied") {
+    // std::vector<std::unique_ptr<int>> claims to be copy constructible; the
+    // future must not try to copy it (that would not compile).
+    hop::cpu_pool pool{2};
+    std::vector<int> in{1, 2, 3};
+    auto make = [](int x) { return std::make_unique<int>(x); };
+    auto v = pool.map(make, in).get();
+    REQUIRE(v.size() == 3);
+    CHECK(*v[0] == 1);
+    CHECK(hop::sync_wait(third_of(pool.map(make, in))) == 3);
+    auto shared = pool.map(make, in);
+    auto copy = shared;
+    shared.wait();
+    CHECK_THROWS_WITH_AS(std::move(shared).get(), doctest::Contains("move-only"), std::logic_error);
+    CHECK(*copy.get().at(1) == 2);  // lvalue get() reads it in place
+}
+
 }  // TEST_SUITE

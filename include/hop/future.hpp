@@ -50,6 +50,18 @@ class promise;
 
 namespace detail {
 
+/// std::is_copy_constructible, but also false for a container of move-only
+/// elements (std::vector<std::unique_ptr<X>> claims to be copyable and fails
+/// only when the copy is instantiated).
+template <class T, class = void>
+struct copyable : std::is_copy_constructible<T> {};
+template <class T>
+struct copyable<T, std::void_t<typename T::value_type>>
+    : std::bool_constant<std::is_copy_constructible_v<T> &&
+                         (std::is_same_v<typename T::value_type, T> || copyable<typename T::value_type>::value)> {};
+template <class T>
+inline constexpr bool copyable_v = copyable<T>::value;
+
 /// The future's state machine. Every transition is in future_state_base.
 ///
 ///   pending ──try_start──▶ running ──begin_complete──▶ completing ──▶ finished
@@ -317,7 +329,7 @@ private:
         requires(!std::is_void_v<T>)
     {
         if (s->sole_handle()) return std::move(s->value());
-        if constexpr (std::is_copy_constructible_v<T>) {
+        if constexpr (detail::copyable_v<T>) {
             return s->value();
         } else {
             throw std::logic_error("hop::future<T>::get() &&: T is move-only and another copy of this future exists");
@@ -354,7 +366,7 @@ public:
         m_state->rethrow_if_failed();
         if constexpr (std::is_void_v<T>) {
             return;
-        } else if constexpr (std::is_copy_constructible_v<T>) {
+        } else if constexpr (detail::copyable_v<T>) {
             if (m_owns) return T(future::take_value(m_state));
             return T(m_state->value());
         } else {
