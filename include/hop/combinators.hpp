@@ -9,6 +9,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <functional>
+#include <ranges>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -27,6 +29,11 @@ namespace detail {
 /// A task's result as stored by a combinator: void becomes std::monostate.
 template <class T>
 using stored_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+template <class T>
+inline constexpr bool is_task_v = false;
+template <class T>
+inline constexpr bool is_task_v<task<T>> = true;
 
 /// What a group of children started by one combinator await share: a count
 /// of unfinished children (plus one held by the starter), the parent to
@@ -270,6 +277,92 @@ private:
 template <class T>
 [[nodiscard]] detail::when_any_awaitable<T> when_any(std::vector<task<T>> tasks) {
     return detail::when_any_awaitable<T>(std::move(tasks));
+}
+
+// ---- map over coroutine functions -------------------------------------------
+
+/// Options for hop::map.
+struct map_options {
+    /// At most this many calls of `fn` in flight at once (at least 1).
+    std::size_t max_concurrency = 100;
+};
+
+namespace detail {
+
+template <class Fn, class Item, class R>
+struct map_shared {
+    Fn fn;
+    std::vector<Item> items;
+    std::vector<std::optional<stored_t<R>>> results;
+    std::atomic<std::size_t> claim{0};  // workers may run on several threads
+};
+
+// One of max_concurrency workers: claims the next index, awaits fn(item),
+// stores the result, until the items run out or a stop is requested (the
+// first failure stops every worker through when_all).
+template <class Fn, class Item, class R>
+task<void> map_worker(map_shared<Fn, Item, R>& m) {
+    for (;;) {
+        co_await cancellation_point();
+        const std::size_t i = m.claim.fetch_add(1, std::memory_order_relaxed);
+        if (i >= m.items.size()) co_return;
+        task<R> call = std::invoke(m.fn, std::move(m.items[i]));
+        if constexpr (std::is_void_v<R>) {
+            co_await std::move(call);
+            m.results[i].emplace();
+        } else {
+            m.results[i].emplace(co_await std::move(call));
+        }
+    }
+}
+
+template <class Fn, class Item, class R>
+task<std::conditional_t<std::is_void_v<R>, void, std::vector<R>>> map_impl(Fn fn, std::vector<Item> items,
+                                                                          std::size_t workers) {
+    map_shared<Fn, Item, R> m{std::move(fn), std::move(items), {}, {}};
+    m.results.resize(m.items.size());
+    workers = std::min(workers, m.items.size());
+    std::vector<task<void>> ws;
+    ws.reserve(workers);
+    for (std::size_t k = 0; k < workers; ++k) ws.push_back(map_worker(m));
+    co_await when_all(std::move(ws));
+    if constexpr (!std::is_void_v<R>) {
+        std::vector<R> out;
+        out.reserve(m.results.size());
+        for (auto& r : m.results) out.push_back(std::move(*r));
+        co_return out;
+    }
+}
+
+}  // namespace detail
+
+/// `co_await hop::map(fn, items, {.max_concurrency = N})` calls the coroutine
+/// function `fn` (returning hop::task<R>) on every item with at most N calls
+/// in flight, and returns the results in input order (nothing for void).
+/// The calls run concurrently on the caller's executor (each may hop
+/// elsewhere); the first failure cancels the calls in flight, starts no new
+/// ones, and is rethrown once they have ended. Stop on the caller's token
+/// cancels them too. `fn` and the items are kept alive until the end.
+/// @throws std::invalid_argument if max_concurrency is 0.
+template <class F, std::ranges::input_range Range>
+auto map(F&& fn, Range&& items, map_options options = {}) {
+    using Item = std::ranges::range_value_t<Range>;
+    using Fn = std::decay_t<F>;
+    using T = std::invoke_result_t<Fn&, Item&&>;
+    static_assert(detail::is_task_v<T>, "hop::map needs a coroutine function returning hop::task<R>; for plain "
+                                        "functions use cpu_pool::map");
+    using R = typename T::value_type;
+    if (options.max_concurrency == 0) {
+        throw std::invalid_argument("hop::map: max_concurrency 0 is not allowed (need at least 1)");
+    }
+    std::vector<Item> in;
+    if constexpr (std::ranges::sized_range<Range>) in.reserve(std::ranges::size(items));
+    if constexpr (std::is_rvalue_reference_v<Range&&>) {
+        for (auto&& x : items) in.push_back(std::move(x));
+    } else {
+        for (auto&& x : items) in.push_back(x);
+    }
+    return detail::map_impl<Fn, Item, R>(Fn(std::forward<F>(fn)), std::move(in), options.max_concurrency);
 }
 
 // ---- futures: as_completed and wait ---------------------------------------
