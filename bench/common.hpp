@@ -1,0 +1,223 @@
+#pragma once
+// Shared by the benchmarks: command-line options, timing, running one side of
+// a comparison in its own child process (so its peak RSS and CPU time are its
+// own, not the sum of both libraries), and the "name | hop | asio | ratio"
+// table.
+
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+// Asio is a reference here, not our code: its warnings are not ours to fix.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpedantic"
+#pragma GCC diagnostic ignored "-Wshadow"
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#include <asio.hpp>
+#pragma GCC diagnostic pop
+
+namespace bench {
+
+using clock = std::chrono::steady_clock;
+
+inline double seconds_since(clock::time_point t0) {
+    return std::chrono::duration<double>(clock::now() - t0).count();
+}
+
+/// The machine's core count (at least 1).
+inline std::size_t core_count() { return std::max(1u, std::thread::hardware_concurrency()); }
+
+struct options {
+    bool quick = false;           ///< smaller counts, for smoke runs
+    std::size_t threads = 0;      ///< pool threads; 0 until parsed (then the core count)
+    std::string only;             ///< run only the section with this name ("" = all)
+
+    bool wants(const char* section) const { return only.empty() || only == section; }
+};
+
+/// Parses --quick, --threads N and --only SECTION (one of `sections`).
+/// @throws std::invalid_argument naming the bad argument.
+inline options parse_options(int argc, char** argv, std::initializer_list<const char*> sections) {
+    options o;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "--quick") {
+            o.quick = true;
+        } else if (a == "--threads") {
+            if (i + 1 >= argc) throw std::invalid_argument("--threads needs a value, e.g. --threads 2");
+            std::string v = argv[++i];
+            char* end = nullptr;
+            errno = 0;
+            unsigned long n = std::strtoul(v.c_str(), &end, 10);
+            if (v.empty() || *end != '\0' || errno != 0 || n == 0 || n > 1024 || v[0] == '-') {
+                throw std::invalid_argument("--threads " + v + ": expected a whole number from 1 to 1024");
+            }
+            o.threads = n;
+        } else if (a == "--only") {
+            if (i + 1 >= argc) throw std::invalid_argument("--only needs a section name");
+            o.only = argv[++i];
+            bool known = false;
+            std::string names;
+            for (const char* s : sections) {
+                known = known || o.only == s;
+                names += std::string(names.empty() ? "" : ", ") + s;
+            }
+            if (!known) throw std::invalid_argument("--only " + o.only + ": expected one of " + names);
+        } else {
+            throw std::invalid_argument("unknown argument '" + a + "'");
+        }
+    }
+    if (o.threads == 0) o.threads = core_count();
+    return o;
+}
+
+/// What one side of a comparison reports back from its child process.
+struct sample {
+    double seconds = 0;          ///< wall time of the measured part
+    std::uint64_t check = 0;     ///< a checksum of the results, compared between sides
+};
+
+/// A sample plus what the kernel says the child used.
+struct measured {
+    sample s;
+    double peak_rss_mib = 0;     ///< ru_maxrss of the child
+    double cpu_seconds = 0;      ///< user + system time of the child
+};
+
+/// Runs `fn() -> sample` in a forked child and returns its sample with the
+/// child's peak RSS and CPU time (from wait4's rusage). Call it only while the
+/// process runs no other thread: every pool is created and destroyed inside
+/// `fn`, in the child.
+/// @throws std::runtime_error if the child fails (its message is passed on).
+template <class Fn>
+measured run_isolated(Fn fn) {
+    struct payload {
+        sample s;
+        bool ok;
+        char error[256];
+    };
+    int fds[2];
+    if (::pipe(fds) != 0) throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
+    std::fflush(stdout);
+    std::fflush(stderr);
+    pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
+    if (pid == 0) {
+        ::close(fds[0]);
+        payload p{};
+        try {
+            p.s = fn();
+            p.ok = true;
+        } catch (const std::exception& e) {
+            std::snprintf(p.error, sizeof p.error, "%s", e.what());
+        } catch (...) {
+            std::snprintf(p.error, sizeof p.error, "unknown exception");
+        }
+        // Smaller than PIPE_BUF: one write, never split.
+        ssize_t w = ::write(fds[1], &p, sizeof p);
+        ::_exit(p.ok && w == static_cast<ssize_t>(sizeof p) ? 0 : 1);
+    }
+    ::close(fds[1]);
+    payload p{};
+    std::size_t got = 0;
+    while (got < sizeof p) {
+        ssize_t r = ::read(fds[0], reinterpret_cast<char*>(&p) + got, sizeof p - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += static_cast<std::size_t>(r);
+    }
+    ::close(fds[0]);
+    int status = 0;
+    rusage ru{};
+    while (::wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
+    }
+    if (got != sizeof p || !p.ok || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        std::string why = got == sizeof p && p.error[0] ? p.error : "the child died (status " + std::to_string(status) + ")";
+        throw std::runtime_error("benchmark child failed: " + why);
+    }
+    measured m;
+    m.s = p.s;
+    m.peak_rss_mib = static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+    m.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                    static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    return m;
+}
+
+/// Runs every side `rounds` times, alternating (a b c a b c ...), each run in
+/// its own child, so background load on a shared machine falls on all sides
+/// alike. Per side: seconds and CPU time are summed over the rounds, peak RSS
+/// is the largest; the checks must agree between rounds.
+/// @throws std::runtime_error if a run fails or a round's check differs.
+template <class... Fn>
+std::array<measured, sizeof...(Fn)> run_interleaved(std::size_t rounds, Fn... sides) {
+    std::array<measured, sizeof...(Fn)> total{};
+    for (std::size_t r = 0; r < rounds; ++r) {
+        std::size_t k = 0;
+        auto one = [&](auto& fn) {
+            measured m = run_isolated(fn);
+            measured& t = total[k++];
+            if (r > 0 && m.s.check != t.s.check) throw std::runtime_error("a benchmark gave different results in two rounds");
+            t.s.seconds += m.s.seconds;
+            t.s.check = m.s.check;
+            t.cpu_seconds += m.cpu_seconds;
+            t.peak_rss_mib = std::max(t.peak_rss_mib, m.peak_rss_mib);
+        };
+        (one(sides), ...);
+    }
+    return total;
+}
+
+/// This process's own peak RSS in MiB (getrusage).
+inline double self_peak_rss_mib() {
+    rusage ru{};
+    ::getrusage(RUSAGE_SELF, &ru);
+    return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+/// Which way is better for a row's figure.
+enum class better { lower, higher };
+
+inline void print_table_header(const char* title) {
+    std::printf("\n%s\n", title);
+    std::printf("%-46s | %14s | %14s | %7s\n", "benchmark", "hop", "asio", "ratio");
+    std::printf("%s\n", std::string(46 + 3 + 14 + 3 + 14 + 3 + 7, '-').c_str());
+}
+
+/// Prints "name | hop | asio | ratio". The ratio is how many times better hop
+/// is: asio/hop for lower-is-better figures, hop/asio for higher-is-better
+/// ones; above 1 means hop wins.
+inline void print_row(const std::string& name, double hop, double asio, better b, int decimals = 1) {
+    double ratio = b == better::lower ? asio / hop : hop / asio;
+    std::printf("%-46s | %14.*f | %14.*f | %6.2fx\n", name.c_str(), decimals, hop, decimals, asio, ratio);
+}
+
+/// A row where hop and asio share one figure (a common baseline).
+inline void print_note_row(const std::string& name, double value, int decimals = 1) {
+    std::printf("%-46s | %14.*f | %14.*f | %7s\n", name.c_str(), decimals, value, decimals, value, "-");
+}
+
+/// Throws unless both sides computed the same results.
+inline void check_same(const char* what, const measured& hop, const measured& asio) {
+    if (hop.s.check != asio.s.check) {
+        throw std::runtime_error(std::string(what) + ": hop and asio computed different results (checksum " +
+                                 std::to_string(hop.s.check) + " vs " + std::to_string(asio.s.check) + ")");
+    }
+}
+
+}  // namespace bench
