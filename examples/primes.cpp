@@ -209,7 +209,7 @@ int main(int argc, char** argv) {
     std::uint64_t chunks = 256;
     std::uint64_t threads = std::max(1u, std::thread::hardware_concurrency());
     try {
-        for (int i = 1; i < argc; ++i) {
+        for (int i = 1; i < argc; i += 2) {  // every option takes one value
             std::string a = argv[i];
             const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
             if (a == "--limit") {
@@ -221,7 +221,6 @@ int main(int argc, char** argv) {
             } else {
                 throw std::invalid_argument("unknown argument '" + a + "'");
             }
-            ++i;
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "primes: %s\nusage: primes [--limit N] [--chunks N] [--threads N]\n", e.what());

@@ -11,6 +11,8 @@
 
 #include <hop/cpu_pool.hpp>
 
+#include "spin.hpp"
+
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -223,7 +225,7 @@ struct cpu_pool::impl {
             searching.fetch_add(1, std::memory_order_seq_cst);  // on its behalf: it wakes up searching
         }
         w->wake.store(1, std::memory_order_release);
-        w->wake.notify_one();
+        detail::futex_wake(w->wake);
     }
 
     void wake_all() {
@@ -239,7 +241,7 @@ struct cpu_pool::impl {
         }
         for (auto* w : woken) {
             w->wake.store(1, std::memory_order_release);
-            w->wake.notify_one();
+            detail::futex_wake(w->wake);
         }
     }
 
@@ -290,7 +292,7 @@ struct cpu_pool::impl {
                 return;
             }
         }
-        while (self.wake.load(std::memory_order_acquire) == 0) self.wake.wait(0, std::memory_order_acquire);
+        while (self.wake.load(std::memory_order_acquire) == 0) detail::futex_wait(self.wake, 0);
         self.wake.store(0, std::memory_order_relaxed);
         self.searching = true;  // the waker counted us
     }
@@ -326,6 +328,13 @@ struct cpu_pool::impl {
                     stop_searching(self);
                     break;
                 }
+                continue;
+            }
+            // Still counted as searching, so pushers leave the parked workers
+            // be: more work within the spin budget comes to this one.
+            if (detail::spin_until([&] {
+                    return any_work_visible() || shutdown_flag.load(std::memory_order_relaxed);
+                })) {
                 continue;
             }
             park(self);

@@ -4,9 +4,12 @@
 #include <hop/detail/executor.hpp>
 #include <hop/task.hpp>
 
+#include "spin.hpp"
+
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 
 #ifndef HOP_FRAME_CACHE
@@ -115,49 +118,70 @@ void frame_deallocate(void* p, std::size_t size) noexcept {
     ::operator delete(p);
 }
 
+// The loop behind sync_wait. Posters notify only a loop that really sleeps,
+// and do it after unlocking, holding the impl alive through a shared_ptr:
+// notifying under the lock made the woken thread block again on the mutex.
 struct blocking_loop::impl {
     std::mutex mutex;
     std::condition_variable cv;
     work_item* head = nullptr;
     work_item* tail = nullptr;
     bool finished = false;
+    bool sleeping = false;            // guarded by mutex: the loop waits on cv
+    std::atomic<bool> ready{false};   // a hint for the spin before sleeping
 };
 
-blocking_loop::blocking_loop() : m_impl(new impl) {}
-blocking_loop::~blocking_loop() { delete m_impl; }
+blocking_loop::blocking_loop() : m_impl(std::make_shared<impl>()) {}
+blocking_loop::~blocking_loop() = default;
 
 void blocking_loop::post_item(work_item* w) { post_continuation(w); }
 
 void blocking_loop::post_continuation(work_item* w) noexcept {
-    auto& i = *m_impl;
+    std::shared_ptr<impl> keep = m_impl;
     w->next = nullptr;
-    std::lock_guard lock(i.mutex);
-    if (i.tail) {
-        i.tail->next = w;
-    } else {
-        i.head = w;
+    bool wake;
+    {
+        std::lock_guard lock(keep->mutex);
+        if (keep->tail) {
+            keep->tail->next = w;
+        } else {
+            keep->head = w;
+        }
+        keep->tail = w;
+        keep->ready.store(true, std::memory_order_release);
+        wake = std::exchange(keep->sleeping, false);
     }
-    i.tail = w;
-    i.cv.notify_one();
+    if (wake) keep->cv.notify_one();
 }
 
 void blocking_loop::finish() noexcept {
-    auto& i = *m_impl;
-    std::lock_guard lock(i.mutex);
-    i.finished = true;
-    i.cv.notify_one();
+    std::shared_ptr<impl> keep = m_impl;
+    bool wake;
+    {
+        std::lock_guard lock(keep->mutex);
+        keep->finished = true;
+        keep->ready.store(true, std::memory_order_release);
+        wake = std::exchange(keep->sleeping, false);
+    }
+    if (wake) keep->cv.notify_one();
 }
 
 void blocking_loop::run_until_finished() noexcept {
     auto& i = *m_impl;
     for (;;) {
+        spin_until([&] { return i.ready.load(std::memory_order_acquire); });
         work_item* batch = nullptr;
         {
             std::unique_lock lock(i.mutex);
-            i.cv.wait(lock, [&] { return i.head != nullptr || i.finished; });
+            while (i.head == nullptr && !i.finished) {
+                i.sleeping = true;
+                i.cv.wait(lock);
+            }
+            i.sleeping = false;
             if (i.head == nullptr) return;  // finished and drained
             batch = std::exchange(i.head, nullptr);
             i.tail = nullptr;
+            i.ready.store(false, std::memory_order_relaxed);
         }
         while (batch) {
             auto* next = batch->next;

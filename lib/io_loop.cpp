@@ -28,7 +28,7 @@ void throw_errno(int err, const char* what) {
 }
 
 loop_core::running_scope::running_scope(loop_core& c) noexcept
-    : m_core(c), m_exec(&c.owner()), m_prev_loop(tl_core), m_nested(tl_core == &c) {
+    : m_core(c), m_exec(&c.owner()), m_prev_loop(tl_core) {
     tl_core = &c;
     m_core.m_running_threads.fetch_add(1, std::memory_order_relaxed);
 }

@@ -115,7 +115,6 @@ public:
         loop_core& m_core;
         current_executor_scope m_exec;
         loop_core* m_prev_loop;
-        bool m_nested;
     };
     bool running_in_this_thread() const noexcept;
 

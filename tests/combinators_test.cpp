@@ -844,7 +844,7 @@ TEST_CASE("map: void coroutine functions, and a bad limit") {
     hop::sync_wait(map_void(n, {1, 2, 3, 4, 5}));
     CHECK(n.load() == 5);
     auto fn = [](int x) { return count_call(nullptr, x); };
-    CHECK_THROWS_WITH_AS(hop::map(fn, std::vector<int>{1}, {.max_concurrency = 0}),
+    CHECK_THROWS_WITH_AS((void)hop::map(fn, std::vector<int>{1}, {.max_concurrency = 0}),
                          doctest::Contains("max_concurrency 0"), std::invalid_argument);
 }
 

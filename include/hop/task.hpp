@@ -9,6 +9,7 @@
 #include <atomic>
 #include <coroutine>
 #include <exception>
+#include <memory>
 #include <stop_token>
 #include <type_traits>
 #include <utility>
@@ -298,7 +299,7 @@ public:
 
 private:
     struct impl;
-    impl* m_impl = nullptr;
+    std::shared_ptr<impl> m_impl;
 };
 
 template <class R>

@@ -5,6 +5,7 @@
 // earliest deadline.
 
 #include "../loop_core.hpp"
+#include "../spin.hpp"
 
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
@@ -192,8 +193,18 @@ private:
     void drain() {
         {
             loop_core::running_scope scope(m_core);
-            m_hop_handlers.fetch_add(m_core.run_ready(), std::memory_order_relaxed);
-            update_timer();
+            for (;;) {
+                m_hop_handlers.fetch_add(m_core.run_ready(), std::memory_order_relaxed);
+                update_timer();
+                if (m_core.has_local_work()) continue;
+                // On a context of our own, wait a little for more posts here
+                // rather than going back through Asio's queue and its wakeup.
+                // A host's context is left alone: its other handlers come first.
+                if (m_hosted || !spin_until([&] { return m_core.has_remote_work(); },
+                                            std::chrono::microseconds(10))) {
+                    break;
+                }
+            }
         }
         // Cleared only now (it stayed set during the drain, so no second
         // drain could start on another host thread), then re-checked so a

@@ -8,9 +8,12 @@
 
 #include "uring_backend.hpp"
 
+#include "../spin.hpp"
+
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <ctime>
 #include <optional>
@@ -100,7 +103,11 @@ public:
     }
 
     void wake() noexcept override {
-        if (m_sleeping.exchange(false, std::memory_order_seq_cst)) signal_wake();
+        // A load first: a loop that is awake costs the poster no write to
+        // the shared line.
+        if (m_sleeping.load(std::memory_order_seq_cst) && m_sleeping.exchange(false, std::memory_order_seq_cst)) {
+            signal_wake();
+        }
     }
 
     void deadline_changed() noexcept override {
@@ -192,6 +199,23 @@ private:
         arm_wake();
         arm_timeout();
         bool block = may_block && n == 0 && !m_core.has_ready_work() && !m_core.stopped();
+        if (block) {
+            // Let the kernel start what is queued, then look for work a little
+            // before paying for a sleep and a wakeup.
+            if (io_uring_sq_ready(&m_ring) != 0) io_uring_submit(&m_ring);
+            auto budget = spin_budget;
+            if (auto d = m_core.next_deadline()) {
+                budget = std::min(budget, std::chrono::duration_cast<std::chrono::nanoseconds>(*d - loop_clock::now()));
+            }
+            if (budget.count() > 0 && spin_until(
+                                          [&] {
+                                              return m_core.has_remote_work() || m_core.stopped() ||
+                                                     io_uring_cq_ready(&m_ring) != 0;
+                                          },
+                                          budget)) {
+                block = false;
+            }
+        }
         if (block) {
             m_sleeping.store(true, std::memory_order_seq_cst);
             if (m_core.has_remote_work() || m_core.stopped()) {
