@@ -382,7 +382,11 @@ cpu_pool::cpu_pool(std::size_t threads) : m_impl(std::make_unique<impl>()) {
     }
 }
 
-cpu_pool::~cpu_pool() { shutdown(true); }
+cpu_pool::~cpu_pool() {
+    shutdown(true);
+    // Outside posters wake the pool under this mutex: wait out any still inside.
+    std::lock_guard lock(m_impl->inject_mutex);
+}
 
 std::size_t cpu_pool::size() const noexcept { return m_impl->workers.size(); }
 
@@ -397,20 +401,26 @@ void cpu_pool::post_item(detail::work_item* w) {
     post_continuation(w);
 }
 
+// From outside the pool the wakeup happens under inject_mutex: once the item
+// is visible, the pool may run it, finish, and be destroyed, and the
+// destructor takes that mutex before it frees anything, so no poster is
+// still touching the pool then. A worker posting to its own pool needs no
+// such care: the pool cannot be destroyed under its own running worker.
 void cpu_pool::post_continuation(detail::work_item* w) noexcept {
     auto& i = *m_impl;
     if (impl::tl_pool == &i) {
         impl::tl_worker->deque.push(w);
-    } else {
-        std::unique_lock lock(i.inject_mutex);
-        if (i.all_exited) {
-            // Nobody is left to run it; running it here beats leaking a frame.
-            lock.unlock();
-            w->run(w);
-            return;
-        }
-        i.inject(w, w, 1);
+        i.notify_one();
+        return;
     }
+    std::unique_lock lock(i.inject_mutex);
+    if (i.all_exited) {
+        // Nobody is left to run it; running it here beats leaking a frame.
+        lock.unlock();
+        w->run(w);
+        return;
+    }
+    i.inject(w, w, 1);
     i.notify_one();
 }
 
@@ -423,17 +433,15 @@ void cpu_pool::post_batch(void* first, std::size_t count, std::size_t stride) {
     auto at = [&](std::size_t k) { return reinterpret_cast<detail::work_item*>(base + k * stride); };
     if (impl::tl_pool == &i) {
         for (std::size_t k = 0; k < count; ++k) impl::tl_worker->deque.push(at(k));
-    } else {
-        for (std::size_t k = 0; k + 1 < count; ++k) at(k)->next = at(k + 1);
-        std::lock_guard lock(i.inject_mutex);
-        i.inject(at(0), at(count - 1), count);
-    }
-    // Several items: wake up to that many helpers, one at a time.
-    for (std::size_t k = 0; k < std::min(count, i.workers.size()); ++k) {
-        auto before = i.idle_count.load(std::memory_order_seq_cst);
         i.notify_one();
-        if (i.idle_count.load(std::memory_order_seq_cst) == before) break;
+        return;
     }
+    for (std::size_t k = 0; k + 1 < count; ++k) at(k)->next = at(k + 1);
+    std::lock_guard lock(i.inject_mutex);
+    i.inject(at(0), at(count - 1), count);
+    // One wakeup; a woken worker that finds work hands the search on to the
+    // next (stop_searching), so several chunks bring in helpers one by one.
+    i.notify_one();
 }
 
 void cpu_pool::shutdown(bool wait, bool cancel_pending) {
