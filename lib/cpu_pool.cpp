@@ -122,6 +122,8 @@ constexpr std::size_t max_threads = 4096;
 // Every this many items a worker looks at the injection queue before its own
 // deque, so work from outside is not starved by a busy local queue.
 constexpr std::uint32_t global_queue_interval = 61;
+// At most this many injected items move to a worker's deque in one go.
+constexpr std::size_t max_inject_batch = 32;
 }  // namespace
 
 struct cpu_pool::impl {
@@ -138,7 +140,7 @@ struct cpu_pool::impl {
     cpu_pool* owner = nullptr;
     std::vector<std::unique_ptr<worker>> workers;
 
-    std::mutex inject_mutex;
+    detail::spin_mutex inject_mutex;
     detail::work_item* inject_head = nullptr;
     detail::work_item* inject_tail = nullptr;
     std::atomic<std::size_t> inject_len{0};
@@ -147,7 +149,7 @@ struct cpu_pool::impl {
     // Pool threads blocked in shutdown(true), and their wakeup when a worker
     // exits (guarded by inject_mutex).
     std::size_t shutdown_waiters = 0;
-    std::condition_variable exit_cv;
+    std::condition_variable_any exit_cv;
 
     std::mutex idle_mutex;
     std::vector<worker*> idle;  // parked workers, LIFO
@@ -173,15 +175,41 @@ struct cpu_pool::impl {
         inject_len.fetch_add(n, std::memory_order_seq_cst);
     }
 
-    detail::work_item* pop_injected() {
+    /// Takes the oldest injected item for `self` to run, and a fair share of
+    /// the ones behind it onto self's deque (where idle workers can steal
+    /// them): one lock per batch instead of one per item.
+    detail::work_item* pop_injected(worker& self) {
         if (inject_len.load(std::memory_order_seq_cst) == 0) return nullptr;
-        std::lock_guard lock(inject_mutex);
-        auto* w = inject_head;
-        if (!w) return nullptr;
-        inject_head = w->next;
-        if (!inject_head) inject_tail = nullptr;
-        inject_len.fetch_sub(1, std::memory_order_relaxed);
-        return w;
+        detail::work_item* first;
+        detail::work_item* rest;
+        std::size_t taken = 0;
+        {
+            std::lock_guard lock(inject_mutex);
+            first = inject_head;
+            if (!first) return nullptr;
+            const std::size_t len = inject_len.load(std::memory_order_relaxed);
+            const std::size_t want = std::min<std::size_t>(max_inject_batch, len / workers.size());
+            rest = first->next;
+            auto* last = first;
+            while (taken < want && last->next) {
+                last = last->next;
+                ++taken;
+            }
+            inject_head = last->next;
+            if (!inject_head) inject_tail = nullptr;
+            last->next = nullptr;
+            if (taken == 0) rest = nullptr;
+            inject_len.fetch_sub(taken + 1, std::memory_order_relaxed);
+        }
+        // Newest first, so the owner pops them back in submission order.
+        detail::work_item* batch[max_inject_batch];
+        for (std::size_t k = 0; k < taken; ++k) {
+            batch[k] = rest;
+            rest = rest->next;
+        }
+        for (std::size_t k = taken; k-- > 0;) self.deque.push(batch[k]);
+        if (taken != 0) notify_one();
+        return first;
     }
 
     bool any_work_visible() const {
@@ -249,7 +277,7 @@ struct cpu_pool::impl {
 
     detail::work_item* find_local(worker& self) {
         if (++self.tick % global_queue_interval == 0) {
-            if (auto* w = pop_injected()) return w;
+            if (auto* w = pop_injected(self)) return w;
         }
         if (auto* w = self.deque.pop()) return w;
         return nullptr;
@@ -315,7 +343,7 @@ struct cpu_pool::impl {
             detail::work_item* w = find_local(self);
             if (!w) {
                 start_searching(self);
-                w = pop_injected();
+                w = pop_injected(self);
                 if (!w) w = steal(self);
             }
             if (w) {

@@ -11,6 +11,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #ifndef HOP_FRAME_CACHE
 #define HOP_FRAME_CACHE 1
@@ -63,21 +64,55 @@ namespace {
 constexpr std::size_t frame_granule = 64;  // cache line
 constexpr std::size_t frame_classes = 32;  // frames up to 2 KiB are cached
 constexpr std::size_t frames_per_class = 64;
+constexpr std::size_t depot_batch = 32;      // frames moved to/from the depot at once
+constexpr std::size_t depot_batches = 64;    // per class; beyond that frames go back to the heap
+
+struct frame_node {
+    frame_node* next;
+};
+
+// Where per-thread caches trade whole batches of frames. Work often frees
+// on another thread than the one that allocated (a job submitted from one
+// thread runs on a pool worker): without it the freeing thread's cache
+// overflows into free() and the allocating one always calls malloc(), both
+// on the same heap arena, and the two contend on its lock.
+struct frame_depot {
+    std::mutex mutex;
+    std::vector<frame_node*> batches[frame_classes];  // each a list of depot_batch frames
+
+    bool put(std::size_t c, frame_node* batch) {
+        std::lock_guard lock(mutex);
+        if (batches[c].size() >= depot_batches) return false;
+        batches[c].push_back(batch);
+        return true;
+    }
+    frame_node* take(std::size_t c) {
+        std::lock_guard lock(mutex);
+        if (batches[c].empty()) return nullptr;
+        auto* b = batches[c].back();
+        batches[c].pop_back();
+        return b;
+    }
+};
+
+frame_depot& depot() {
+    static frame_depot* d = new frame_depot;  // never destroyed: threads may free during exit
+    return *d;
+}
+
+void free_list(frame_node* n) noexcept {
+    while (n) {
+        auto* next = n->next;
+        ::operator delete(n);
+        n = next;
+    }
+}
 
 struct frame_cache {
-    struct node {
-        node* next;
-    };
-    node* heads[frame_classes] = {};
+    frame_node* heads[frame_classes] = {};
     std::uint32_t counts[frame_classes] = {};
     ~frame_cache() {
-        for (auto*& head : heads) {
-            while (head) {
-                auto* n = head;
-                head = head->next;
-                ::operator delete(n);
-            }
-        }
+        for (auto* head : heads) free_list(head);
     }
 };
 thread_local frame_cache tl_frames;
@@ -90,6 +125,12 @@ void* frame_allocate(std::size_t size) {
         auto c = class_of(size);
         if (c < frame_classes) {
             auto& cache = tl_frames;
+            if (cache.heads[c] == nullptr) {
+                if (auto* batch = depot().take(c)) {
+                    cache.heads[c] = batch;
+                    cache.counts[c] = depot_batch;
+                }
+            }
             if (auto* n = cache.heads[c]) {
                 cache.heads[c] = n->next;
                 --cache.counts[c];
@@ -106,13 +147,26 @@ void frame_deallocate(void* p, std::size_t size) noexcept {
         auto c = class_of(size);
         if (c < frame_classes) {
             auto& cache = tl_frames;
-            if (cache.counts[c] < frames_per_class) {
-                auto* n = static_cast<frame_cache::node*>(p);
-                n->next = cache.heads[c];
-                cache.heads[c] = n;
-                ++cache.counts[c];
-                return;
+            auto* n = static_cast<frame_node*>(p);
+            if (cache.counts[c] >= frames_per_class) {
+                // Hand a batch to the depot for threads that allocate more
+                // than they free.
+                frame_node* batch = cache.heads[c];
+                frame_node* last = batch;
+                for (std::size_t k = 1; k < depot_batch; ++k) last = last->next;
+                cache.heads[c] = last->next;
+                last->next = nullptr;
+                cache.counts[c] -= depot_batch;
+                try {
+                    if (!depot().put(c, batch)) free_list(batch);
+                } catch (...) {
+                    free_list(batch);
+                }
             }
+            n->next = cache.heads[c];
+            cache.heads[c] = n;
+            ++cache.counts[c];
+            return;
         }
     }
     ::operator delete(p);

@@ -6,6 +6,7 @@
 // is small and fixed, so an idle executor still sleeps almost at once.
 
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -37,6 +38,32 @@ bool spin_until(Pred&& pred, std::chrono::nanoseconds budget = spin_budget) {
         if ((i & 31) == 0 && std::chrono::steady_clock::now() >= deadline) return false;
     }
 }
+
+/// A test-and-test-and-set lock for critical sections of a few instructions
+/// that several threads hit at a high rate (the pool's injection queue): a
+/// std::mutex there put the losers to sleep in the kernel and paid a futex
+/// wake on every unlock. Waiters spin briefly, then yield the CPU so a
+/// preempted holder can finish.
+class spin_mutex {
+public:
+    void lock() noexcept {
+        for (unsigned i = 0;; ++i) {
+            if (try_lock()) return;
+            if (i < 128) {
+                cpu_relax();
+            } else {
+                ::sched_yield();
+            }
+        }
+    }
+    bool try_lock() noexcept {
+        return !m_locked.load(std::memory_order_relaxed) && !m_locked.exchange(true, std::memory_order_acquire);
+    }
+    void unlock() noexcept { m_locked.store(false, std::memory_order_release); }
+
+private:
+    std::atomic<bool> m_locked{false};
+};
 
 /// Sleeps while `*word == expected` (returns at once otherwise, and may
 /// return spuriously). Unlike std::atomic::wait it does not sched_yield first.
