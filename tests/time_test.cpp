@@ -15,11 +15,39 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
+
+// Every allocation in this binary is counted per thread, to prove that a
+// timer await allocates nothing (its state lives in the coroutine frame).
+namespace {
+thread_local std::size_t tl_allocations = 0;
+void* counted_alloc(std::size_t n, std::size_t align) {
+    ++tl_allocations;
+    n = n == 0 ? 1 : n;
+    void* p = align <= alignof(std::max_align_t) ? std::malloc(n) : std::aligned_alloc(align, (n + align - 1) / align * align);
+    if (!p) throw std::bad_alloc();
+    return p;
+}
+}  // namespace
+void* operator new(std::size_t n) { return counted_alloc(n, alignof(std::max_align_t)); }
+void* operator new[](std::size_t n) { return counted_alloc(n, alignof(std::max_align_t)); }
+void* operator new(std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
+void* operator new[](std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 
 using namespace std::chrono_literals;
 using hop_test::for_each_backend;
@@ -65,9 +93,32 @@ hop::task<void> ordered_sleeper(steady::time_point tp, int id, std::vector<int>&
     out.push_back(id);
 }
 
+/// Sleeps `n` times on the loop thread after a warm-up; returns how many
+/// allocations this thread made during those `n` sleeps.
+hop::task<std::size_t> allocations_per_sleeps(int n) {
+    for (int i = 0; i < 16; ++i) co_await hop::sleep_for(20us);  // warm-up: heap capacity, Asio's handler cache
+    const std::size_t before = tl_allocations;
+    for (int i = 0; i < n; ++i) co_await hop::sleep_for(20us);
+    co_return tl_allocations - before;
+}
+
 }  // namespace
 
 TEST_SUITE("time") {
+
+TEST_CASE("a timer await allocates nothing: its state lives in the coroutine frame") {
+    const std::size_t before = tl_allocations;
+    auto probe = std::make_unique<int>(1);
+    REQUIRE(tl_allocations == before + 1);  // the counting operator new is the one in use
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{{.backend = b}};
+        auto f = loop.spawn(allocations_per_sleeps(500));
+        f.on_done([&loop](const hop::future<std::size_t>&) { loop.stop(); });
+        loop.run();  // on this thread: the sleeps above run here
+        REQUIRE(f.done());
+        CHECK(f.get() == 0);
+    });
+}
 
 TEST_CASE("timers fire in deadline order, equal deadlines in FIFO order") {
     // Offsets from a common base, in spawn order (id = index).

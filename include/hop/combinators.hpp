@@ -382,17 +382,6 @@ namespace detail {
 
 using clock = std::chrono::steady_clock;
 
-/// `d` in nanoseconds, saturated rather than overflowing: a timeout too long
-/// to count (e.g. hours::max()) becomes nanoseconds::max(), i.e. no deadline.
-template <class Rep, class Period>
-std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) {
-    using ns = std::chrono::nanoseconds;
-    using fns = std::chrono::duration<double, std::nano>;
-    if (fns(d) >= fns(ns::max())) return ns::max();
-    if (fns(d) <= fns(ns::min())) return ns::min();
-    return std::chrono::duration_cast<ns>(d);
-}
-
 /// Checks a timeout argument; `where` names the function for the message.
 std::optional<clock::time_point> deadline_after(std::optional<std::chrono::nanoseconds> timeout, const char* where);
 

@@ -62,6 +62,17 @@ struct copyable<T, std::void_t<typename T::value_type>>
 template <class T>
 inline constexpr bool copyable_v = copyable<T>::value;
 
+/// `d` in nanoseconds, saturated rather than overflowing: a timeout too long
+/// to count (e.g. hours::max()) becomes nanoseconds::max(), i.e. no deadline.
+template <class Rep, class Period>
+std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) {
+    using ns = std::chrono::nanoseconds;
+    using fns = std::chrono::duration<double, std::nano>;
+    if (fns(d) >= fns(ns::max())) return ns::max();
+    if (fns(d) <= fns(ns::min())) return ns::min();
+    return std::chrono::duration_cast<ns>(d);
+}
+
 /// The future's state machine. Every transition is in future_state_base.
 ///
 ///   pending ──try_start──▶ running ──begin_complete──▶ completing ──▶ finished
@@ -269,14 +280,9 @@ public:
     /// @throws std::invalid_argument for a negative timeout.
     template <class Rep, class Period>
     bool wait_for(std::chrono::duration<Rep, Period> timeout) const {
-        auto* s = state("wait_for");
-        using ns = std::chrono::nanoseconds;
-        // Saturate instead of letting duration_cast overflow (UB, and a huge
-        // timeout would wrap around to a negative one).
-        using fns = std::chrono::duration<double, std::nano>;
-        if (fns(timeout) >= fns(ns::max())) return s->wait_for(ns::max());
-        if (fns(timeout) <= fns(ns::min())) return s->wait_for(ns::min());
-        return s->wait_for(std::chrono::duration_cast<ns>(timeout));
+        // Saturate: duration_cast would overflow (UB) and wrap a huge timeout
+        // around to a negative one.
+        return state("wait_for")->wait_for(detail::saturating_ns(timeout));
     }
 
     /// Blocks until done, then returns the value or rethrows the exception.

@@ -193,10 +193,10 @@ template <class Rep, class Period>
 detail::sleep_operation sleep_for(std::chrono::duration<Rep, Period> d) {
     if (d < std::chrono::duration<Rep, Period>::zero()) {
         detail::throw_negative_duration("hop::sleep_for",
-                                        std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+                                        detail::saturating_ns(d).count());
     }
     auto now = std::chrono::steady_clock::now();
-    auto dd = std::chrono::duration_cast<std::chrono::steady_clock::duration>(d);
+    auto dd = detail::saturating_ns(d);
     auto tp = dd > std::chrono::steady_clock::time_point::max() - now ? std::chrono::steady_clock::time_point::max()
                                                                       : now + dd;
     return sleep_until(tp);
@@ -218,9 +218,9 @@ auto with_timeout(std::chrono::duration<Rep, Period> d, Awaitable&& aw) {
     using A = std::remove_cvref_t<Awaitable>;
     if (d < std::chrono::duration<Rep, Period>::zero()) {
         detail::throw_negative_duration("hop::with_timeout",
-                                        std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+                                        detail::saturating_ns(d).count());
     }
-    auto dd = std::chrono::duration_cast<detail::loop_clock::duration>(d);
+    auto dd = std::chrono::duration_cast<detail::loop_clock::duration>(detail::saturating_ns(d));
     if constexpr (std::is_same_v<A, task<R>>) {
         return detail::with_timeout_impl<R>(dd, std::forward<Awaitable>(aw));
     } else if constexpr (std::is_constructible_v<A, Awaitable&&>) {
