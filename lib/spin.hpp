@@ -34,8 +34,12 @@ bool spin_until(Pred&& pred, std::chrono::nanoseconds budget = spin_budget) {
     const auto deadline = std::chrono::steady_clock::now() + budget;
     for (unsigned i = 1;; ++i) {
         if (pred()) return true;
-        cpu_relax();
-        if ((i & 31) == 0 && std::chrono::steady_clock::now() >= deadline) return false;
+        // Yield rather than pause: on a machine with more runnable threads
+        // than cores the spinner then gives its core to them (a spinning
+        // worker must not slow the thread that feeds it); on an idle core
+        // sched_yield returns at once and the spin costs only itself.
+        ::sched_yield();
+        if ((i & 3) == 0 && std::chrono::steady_clock::now() >= deadline) return false;
     }
 }
 

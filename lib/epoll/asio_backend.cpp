@@ -208,9 +208,11 @@ private:
         }
         // Cleared only now (it stayed set during the drain, so no second
         // drain could start on another host thread), then re-checked so a
-        // post that saw it still set is not lost.
+        // post that saw it still set is not lost. Only thread-safe state is
+        // read after the clear: another host thread may be draining already.
+        // (The local queue is empty here: the loop above runs it dry.)
         m_drain_scheduled.store(false, std::memory_order_seq_cst);
-        if (m_core.has_remote_work() || m_core.has_local_work() || m_timer_fired.load(std::memory_order_seq_cst)) {
+        if (m_core.has_remote_work() || m_timer_fired.load(std::memory_order_seq_cst)) {
             schedule_drain();
         }
     }
