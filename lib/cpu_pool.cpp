@@ -24,17 +24,6 @@
 namespace hop {
 
 namespace detail {
-
-void report_escaped_exception(const char* where) noexcept {
-    try {
-        throw;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "hop: exception escaped %s: %s\n", where, e.what());
-    } catch (...) {
-        std::fprintf(stderr, "hop: unknown exception escaped %s\n", where);
-    }
-}
-
 namespace {
 
 /// Chase-Lev work-stealing deque ("Correct and Efficient Work-Stealing for

@@ -8,6 +8,8 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <exception>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -24,6 +26,17 @@ thread_local executor_base* tl_current = nullptr;
 }  // namespace
 
 executor_base* current_executor() noexcept { return tl_current; }
+
+void report_escaped_exception(const char* where) noexcept {
+    try {
+        throw;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "hop: exception escaped %s: %s\n", where, e.what());
+    } catch (...) {
+        std::fprintf(stderr, "hop: unknown exception escaped %s\n", where);
+    }
+}
+
 
 executor_base* exchange_current_executor(executor_base* ex) noexcept {
     auto* prev = tl_current;

@@ -355,13 +355,7 @@ auto map(F&& fn, Range&& items, map_options options = {}) {
     if (options.max_concurrency == 0) {
         throw std::invalid_argument("hop::map: max_concurrency 0 is not allowed (need at least 1)");
     }
-    std::vector<Item> in;
-    if constexpr (std::ranges::sized_range<Range>) in.reserve(std::ranges::size(items));
-    if constexpr (std::is_rvalue_reference_v<Range&&>) {
-        for (auto&& x : items) in.push_back(std::move(x));
-    } else {
-        for (auto&& x : items) in.push_back(x);
-    }
+    std::vector<Item> in = detail::to_owned_vector(std::forward<Range>(items));
     return detail::map_impl<Fn, Item, R>(Fn(std::forward<F>(fn)), std::move(in), options.max_concurrency);
 }
 

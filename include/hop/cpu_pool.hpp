@@ -69,28 +69,6 @@ private:
     Fn m_fn;
 };
 
-/// Prints an exception that nothing could receive to stderr (it is not lost
-/// silently, and it does not take the process down).
-void report_escaped_exception(const char* where) noexcept;
-
-/// A posted fire-and-forget callable.
-template <class Fn>
-struct posted_fn final : work_item, frame_allocated {
-    explicit posted_fn(Fn&& f) : fn(std::move(f)) {
-        run = [](work_item* w) noexcept {
-            auto* self = static_cast<posted_fn*>(w);
-            try {
-                self->fn();
-            } catch (...) {
-                report_escaped_exception("a callable passed to post()");
-            }
-            delete self;
-        };
-    }
-    Fn fn;
-};
-
-
 template <class T, class Fn, class Tuple>
 task<T> invoke_coroutine(Fn fn, Tuple args) {
     // fn and args live in this frame for as long as the task they start runs.
@@ -249,14 +227,7 @@ public:
     /// @throws executor_shutdown_error after shutdown().
     template <class F>
     void post(F&& fn) {
-        using node = detail::posted_fn<std::decay_t<F>>;
-        auto* n = new node(std::decay_t<F>(std::forward<F>(fn)));
-        try {
-            post_item(n);
-        } catch (...) {
-            delete n;
-            throw;
-        }
+        detail::post_callable(*this, std::forward<F>(fn), "a callable passed to cpu_pool::post()");
     }
 
     /// Runs `fn(args...)` on the pool and returns a future for its result.
@@ -305,13 +276,7 @@ public:
         static_assert(!std::is_void_v<R>, "cpu_pool::map needs a function that returns a value; use submit() for void");
         static_assert(!detail::is_task<R>::value,
                       "cpu_pool::map takes plain functions; for coroutine functions use hop::map(fn, items, {...})");
-        std::vector<Item> in;
-        if constexpr (std::ranges::sized_range<Range>) in.reserve(std::ranges::size(items));
-        if constexpr (std::is_rvalue_reference_v<Range&&>) {
-            for (auto&& x : items) in.push_back(std::move(x));
-        } else {
-            for (auto&& x : items) in.push_back(x);
-        }
+        std::vector<Item> in = detail::to_owned_vector(std::forward<Range>(items));
         const std::size_t n = in.size();
         if (n == 0 && is_shutdown()) throw executor_shutdown_error("hop::cpu_pool: work submitted after shutdown()");
         if (chunk_size == 0) chunk_size = std::max<std::size_t>(1, n / (size() * 4));

@@ -147,37 +147,9 @@ private:
 
 inline io_loop::schedule_operation io_loop::schedule() noexcept { return schedule_operation{*this}; }
 
-namespace detail {
-void report_escaped_exception(const char* where) noexcept;
-
-template <class Fn>
-struct loop_posted_fn final : work_item, frame_allocated {
-    explicit loop_posted_fn(Fn&& f) : fn(std::move(f)) {
-        run = [](work_item* w) noexcept {
-            auto* self = static_cast<loop_posted_fn*>(w);
-            try {
-                self->fn();
-            } catch (...) {
-                report_escaped_exception("a callable passed to io_loop::post()");
-            }
-            delete self;
-        };
-        discard = [](work_item* w) noexcept { delete static_cast<loop_posted_fn*>(w); };
-    }
-    Fn fn;
-};
-}  // namespace detail
-
 template <class F>
 void io_loop::post(F&& fn) {
-    using node = detail::loop_posted_fn<std::decay_t<F>>;
-    auto* n = new node(std::decay_t<F>(std::forward<F>(fn)));
-    try {
-        post_item(n);
-    } catch (...) {
-        delete n;
-        throw;
-    }
+    detail::post_callable(*this, std::forward<F>(fn), "a callable passed to io_loop::post()");
 }
 
 /// The loop running on the calling thread, or null.

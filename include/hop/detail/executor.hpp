@@ -5,8 +5,10 @@
 #include <coroutine>
 #include <cstddef>
 #include <new>
+#include <ranges>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace hop::detail {
 
@@ -50,6 +52,10 @@ public:
 protected:
     ~executor_base() = default;
 };
+
+/// Prints an exception that nothing could receive to stderr (it is not lost
+/// silently, and it does not take the process down).
+void report_escaped_exception(const char* where) noexcept;
 
 /// The executor whose work the calling thread is running now, or null on a
 /// thread that belongs to no executor.
@@ -95,5 +101,51 @@ struct frame_allocated {
     static void* operator new(std::size_t size) { return frame_allocate(size); }
     static void operator delete(void* p, std::size_t size) noexcept { frame_deallocate(p, size); }
 };
+
+/// A fire-and-forget callable queued on an executor (cpu_pool::post,
+/// io_loop::post). An exception escaping it is reported, not lost.
+template <class Fn>
+struct posted_fn final : work_item, frame_allocated {
+    posted_fn(Fn&& f, const char* where_) : fn(std::move(f)), where(where_) {
+        run = [](work_item* w) noexcept {
+            auto* self = static_cast<posted_fn*>(w);
+            try {
+                self->fn();
+            } catch (...) {
+                report_escaped_exception(self->where);
+            }
+            delete self;
+        };
+    }
+    Fn fn;
+    const char* where;
+};
+
+/// Queues `fn()` on `ex` (post_item: throws executor_shutdown_error after
+/// shutdown, and then nothing is leaked).
+template <class F>
+void post_callable(executor_base& ex, F&& fn, const char* where) {
+    auto* n = new posted_fn<std::decay_t<F>>(std::decay_t<F>(std::forward<F>(fn)), where);
+    try {
+        ex.post_item(n);
+    } catch (...) {
+        delete n;
+        throw;
+    }
+}
+
+/// The items of any input range, copied (or moved, from an rvalue range)
+/// into a vector that a combinator owns for as long as it runs.
+template <class Range>
+auto to_owned_vector(Range&& items) {
+    std::vector<std::ranges::range_value_t<Range>> out;
+    if constexpr (std::ranges::sized_range<Range>) out.reserve(std::ranges::size(items));
+    if constexpr (std::is_rvalue_reference_v<Range&&>) {
+        for (auto&& x : items) out.push_back(std::move(x));
+    } else {
+        for (auto&& x : items) out.push_back(x);
+    }
+    return out;
+}
 
 }  // namespace hop::detail
