@@ -97,17 +97,20 @@ void future_state_base::wait() const noexcept {
     }
 }
 
-namespace {
-struct timed_waiter final : future_waiter {
+// One blocking waiter per state, shared by every wait_for on it and created
+// at the first: a polling loop (`while (!f.wait_for(100ms))`) must not leave
+// a node behind per call. It lives until both the state is gone and the
+// completion has notified it.
+struct blocking_waiter final : future_waiter {
     std::mutex mutex;
     std::condition_variable cv;
     bool done = false;
-    std::atomic<int> refs{2};  // the waiter list's and the blocked thread's
+    std::atomic<int> refs{2};  // the waiter list's and the state's
     void release() noexcept {
         if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
     }
     static void on_notify(future_waiter* w) noexcept {
-        auto* self = static_cast<timed_waiter*>(w);
+        auto* self = static_cast<blocking_waiter*>(w);
         {
             std::lock_guard lock(self->mutex);
             self->done = true;
@@ -116,7 +119,8 @@ struct timed_waiter final : future_waiter {
         self->release();
     }
 };
-}  // namespace
+
+void release_blocking_waiter(blocking_waiter* w) noexcept { w->release(); }
 
 bool future_state_base::wait_for(std::chrono::nanoseconds timeout) {
     if (timeout < std::chrono::nanoseconds::zero()) {
@@ -124,7 +128,7 @@ bool future_state_base::wait_for(std::chrono::nanoseconds timeout) {
                                     "ns");
     }
     if (done()) return true;
-    if (timeout == std::chrono::nanoseconds::zero()) return false;  // a poll: no waiter to leave behind
+    if (timeout == std::chrono::nanoseconds::zero()) return false;  // a poll
     // now + timeout past what steady_clock holds would wrap into the past (and
     // libstdc++'s wait_for would return at once): that is no deadline at all.
     const auto now = std::chrono::steady_clock::now();
@@ -133,19 +137,25 @@ bool future_state_base::wait_for(std::chrono::nanoseconds timeout) {
         return true;
     }
     const auto deadline = now + timeout;
-    auto* w = new timed_waiter;
-    w->notify = &timed_waiter::on_notify;
-    if (!add_waiter(w)) {
-        delete w;
-        return true;
+    auto* w = m_blocking.load(std::memory_order_acquire);
+    if (w == nullptr) {
+        auto* fresh = new blocking_waiter;
+        fresh->notify = &blocking_waiter::on_notify;
+        if (m_blocking.compare_exchange_strong(w, fresh, std::memory_order_acq_rel)) {
+            w = fresh;
+            if (!add_waiter(w)) {
+                // Already done: nothing will notify it, so mark it here.
+                std::lock_guard lock(w->mutex);
+                w->done = true;
+                w->refs.fetch_sub(1, std::memory_order_relaxed);  // the list's share
+            }
+        } else {
+            delete fresh;  // another thread installed one first: `w` is it
+        }
     }
-    bool ok;
-    {
-        std::unique_lock lock(w->mutex);
-        ok = w->cv.wait_until(lock, deadline, [&] { return w->done; });
-    }
-    w->release();
-    return ok;
+    // The state (so `w`) stays alive: the caller holds a future handle.
+    std::unique_lock lock(w->mutex);
+    return w->cv.wait_until(lock, deadline, [&] { return w->done; });
 }
 
 void future_state_base::complete_with_error(std::exception_ptr e) noexcept {

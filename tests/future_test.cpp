@@ -1054,4 +1054,32 @@ TEST_CASE("a container of move-only values is moved out, never copied") {
     CHECK(*copy.get().at(1) == 2);  // lvalue get() reads it in place
 }
 
+TEST_CASE("wait_for polled from many threads shares one waiter and wakes them all") {
+    hop::promise<int> p;
+    auto f = p.get_future();
+    std::atomic<int> timed_out{0};
+    std::atomic<int> finished{0};
+    std::vector<std::thread> pollers;
+    for (int k = 0; k < 4; ++k) {
+        pollers.emplace_back([&] {
+            bool counted = false;
+            while (!f.wait_for(100us)) {
+                if (!counted) {
+                    counted = true;
+                    timed_out.fetch_add(1);
+                }
+            }
+            finished.fetch_add(1);
+        });
+    }
+    // Set only once every poller has timed out at least once (so each has
+    // used the shared waiter before it is notified).
+    while (timed_out.load() < 4) std::this_thread::yield();
+    p.set_value(7);
+    for (auto& t : pollers) t.join();
+    CHECK(finished.load() == 4);
+    CHECK(f.wait_for(1s));
+    CHECK(f.get() == 7);
+}
+
 }  // TEST_SUITE

@@ -83,6 +83,9 @@ std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) {
 /// `completing` is private: one producer owns the value slot while it writes.
 enum class future_status : std::uint32_t { pending, running, completing, cancelled, finished };
 
+struct blocking_waiter;
+void release_blocking_waiter(blocking_waiter* w) noexcept;
+
 /// An intrusive callback run once the state is done.
 struct future_waiter {
     future_waiter* next = nullptr;
@@ -151,7 +154,9 @@ protected:
     using destroy_fn = void (*)(future_state_base*) noexcept;
     explicit future_state_base(destroy_fn destroy, std::uint32_t refs = 1) noexcept
         : m_refs(refs), m_destroy(destroy) {}
-    ~future_state_base() = default;
+    ~future_state_base() {
+        if (auto* w = m_blocking.load(std::memory_order_acquire)) release_blocking_waiter(w);
+    }
 
 private:
     std::atomic<std::uint32_t> m_refs;
@@ -161,6 +166,7 @@ private:
     destroy_fn m_destroy;
     std::exception_ptr m_error;
     std::stop_source m_stop{std::nostopstate};
+    std::atomic<blocking_waiter*> m_blocking{nullptr};  // shared by wait_for calls
 };
 
 template <class T>
