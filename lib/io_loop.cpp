@@ -220,6 +220,16 @@ std::unique_ptr<loop_backend> make_backend(loop_core& core, const io_loop_option
 
 }  // namespace
 
+void fd_wait_start(io_loop& loop, fd_wait_operation& op) { loop.core().backend().start_fd_wait(op); }
+void fd_wait_cancel(io_loop& loop, fd_wait_operation& op) noexcept { loop.core().backend().cancel_fd_wait(op); }
+
+unsigned fd_wait_operation::await_resume() {
+    m_callback.reset();
+    if (m_result == -ECANCELED) throw cancelled_error("hop: wait on fd " + std::to_string(m_fd) + " cancelled");
+    if (m_result < 0) throw_errno(m_result, "hop: wait on fd");
+    return static_cast<unsigned>(m_result);
+}
+
 void run_loop_until(io_loop& loop, future_state_base& f) {
     while (!f.done()) {
         // A stopped loop's run_once() returns at once: without this check a

@@ -5,6 +5,7 @@
 // make_backend() in io_loop.cpp.
 
 #include <hop/detail/executor.hpp>
+#include <hop/detail/fd_wait.hpp>
 #include <hop/detail/timer.hpp>
 #include <hop/io_loop.hpp>
 
@@ -44,6 +45,12 @@ public:
 
     /// See io_loop::native_handle.
     virtual int native_handle() = 0;
+
+    /// Starts / cancels a readiness wait (hop/detail/fd_wait.hpp). Loop
+    /// thread; never block. The wait's own completion always follows a
+    /// cancel (with -ECANCELED, or the ready events if they came first).
+    virtual void start_fd_wait(fd_wait_operation& op) noexcept = 0;
+    virtual void cancel_fd_wait(fd_wait_operation& op) noexcept = 0;
 
     /// Called from the loop's destructor, on the destroying thread, after
     /// every timer was aborted: cancels in-flight kernel operations and reaps

@@ -4,6 +4,7 @@
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 #include <hop/time.hpp>
+#include <hop/detail/fd_wait.hpp>
 
 #include "support/backend.hpp"
 #include "support/counted.hpp"
@@ -31,6 +32,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <latch>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -814,6 +816,113 @@ TEST_CASE("hop work on an asio::io_context run by several threads stays serialis
     CHECK(finished == 200);
     CHECK(done == 200);
     CHECK(overlaps == 0);
+}
+
+// ---- readiness waits: the loop's first kernel operation ---------------------
+
+namespace {
+
+struct pipe_fds {
+    int r = -1, w = -1;
+    pipe_fds() {
+        int p[2];
+        REQUIRE(::pipe(p) == 0);
+        r = p[0];
+        w = p[1];
+    }
+    ~pipe_fds() {
+        ::close(r);
+        ::close(w);
+    }
+    pipe_fds(const pipe_fds&) = delete;
+    pipe_fds& operator=(const pipe_fds&) = delete;
+};
+
+hop::task<unsigned> wait_readable(int fd, hop_test::counted) { co_return co_await hop::detail::wait_fd(fd, POLLIN); }
+
+hop::task<unsigned> wait_with_timeout(int fd) {
+    hop_test::counters unused;
+    co_return co_await hop::with_timeout(10ms, wait_readable(fd, hop_test::counted{unused}));
+}
+
+template <class T>
+void run_until_done(hop::io_loop& loop, const hop::future<T>& f) {
+    while (!f.done()) loop.run_once();
+}
+
+}  // namespace
+
+TEST_CASE("a readiness wait completes when the fd becomes ready") {
+    for_each_backend([](hop::backend b) {
+        pipe_fds p;
+        hop_test::counters c;
+        hop::io_loop loop{options_for(b)};
+        auto f = loop.spawn(wait_readable(p.r, hop_test::counted{c}));
+        loop.poll();  // armed in the kernel now, nothing ready
+        CHECK_FALSE(f.done());
+        REQUIRE(::write(p.w, "x", 1) == 1);
+        run_until_done(loop, f);
+        CHECK((f.get() & POLLIN) != 0);
+        CHECK(c.alive() == 0);
+    });
+}
+
+TEST_CASE("cancelling an in-flight wait cancels it in the kernel and resumes only after its completion") {
+    for_each_backend([](hop::backend b) {
+        pipe_fds p;
+        hop_test::counters c;
+        hop::io_loop loop{options_for(b)};
+        auto f = loop.spawn(wait_readable(p.r, hop_test::counted{c}));
+        loop.poll();
+        loop.poll();
+        REQUIRE_FALSE(f.done());
+        CHECK(f.cancel());  // from this thread; the loop is not running now
+        run_until_done(loop, f);
+        CHECK(f.cancelled());
+        CHECK_THROWS_AS(f.get(), hop::cancelled_error);
+        CHECK(c.alive() == 0);
+        // The cancelled wait took nothing: data written now is there for the next.
+        REQUIRE(::write(p.w, "y", 1) == 1);
+        auto g = loop.spawn(wait_readable(p.r, hop_test::counted{c}));
+        run_until_done(loop, g);
+        CHECK((g.get() & POLLIN) != 0);
+        char ch = 0;
+        CHECK(::read(p.r, &ch, 1) == 1);
+        CHECK(ch == 'y');
+    });
+}
+
+TEST_CASE("with_timeout on a readiness wait cancels the wait and throws timeout_error") {
+    for_each_backend([](hop::backend b) {
+        pipe_fds p;
+        hop::io_loop loop{options_for(b)};
+        auto f = loop.spawn(wait_with_timeout(p.r));
+        run_until_done(loop, f);
+        CHECK_THROWS_AS(f.get(), hop::timeout_error);
+    });
+}
+
+TEST_CASE("destroying a loop with waits in flight ends them cancelled and frees every frame") {
+    for_each_backend([](hop::backend b) {
+        // One pipe per wait: the epoll backend registers an fd once (two
+        // concurrent waits on one fd are for the socket types to share).
+        std::vector<std::unique_ptr<pipe_fds>> pipes;
+        for (int i = 0; i < 10; ++i) pipes.push_back(std::make_unique<pipe_fds>());
+        hop_test::counters c;
+        std::vector<hop::future<unsigned>> fs;
+        {
+            hop::io_loop loop{options_for(b)};
+            for (auto& p : pipes) fs.push_back(loop.spawn(wait_readable(p->r, hop_test::counted{c})));
+            loop.poll();
+            loop.poll();
+            CHECK(c.alive() == 10);
+        }
+        CHECK(c.alive() == 0);
+        for (auto& f : fs) {
+            REQUIRE(f.done());
+            CHECK(f.cancelled());
+        }
+    });
 }
 
 }  // TEST_SUITE

@@ -1,4 +1,5 @@
 #include <hop/time.hpp>
+#include <hop/detail/fd_wait.hpp>
 
 #include <hop/cpu_pool.hpp>
 #include <hop/future.hpp>
@@ -22,6 +23,8 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <poll.h>
+#include <unistd.h>
 #include <vector>
 
 // Every allocation in this binary is counted per thread, to prove that a
@@ -131,9 +134,34 @@ hop::task<std::size_t> allocations_per_sleeps(int n) {
     co_return tl_allocations - before;
 }
 
+/// The same for readiness waits on an fd that stays readable.
+hop::task<std::size_t> allocations_per_fd_waits(int fd, int n) {
+    for (int i = 0; i < 16; ++i) co_await hop::detail::wait_fd(fd, POLLIN);
+    const std::size_t before = tl_allocations;
+    for (int i = 0; i < n; ++i) co_await hop::detail::wait_fd(fd, POLLIN);
+    co_return tl_allocations - before;
+}
+
 }  // namespace
 
 TEST_SUITE("time") {
+
+TEST_CASE("an io_uring readiness wait allocates nothing: the operation lives in the coroutine frame") {
+    for_each_backend([](hop::backend b) {
+        if (b != hop::backend::io_uring) return;  // epoll keeps one Asio registration per wait
+        int p[2];
+        REQUIRE(::pipe(p) == 0);
+        REQUIRE(::write(p[1], "x", 1) == 1);  // readable from now on
+        hop::io_loop loop{{.backend = b}};
+        auto f = loop.spawn(allocations_per_fd_waits(p[0], 500));
+        f.on_done([&loop](const hop::future<std::size_t>&) { loop.stop(); });
+        loop.run();
+        REQUIRE(f.done());
+        CHECK(f.get() == 0);
+        ::close(p[0]);
+        ::close(p[1]);
+    });
+}
 
 TEST_CASE("a timer await allocates nothing: its state lives in the coroutine frame") {
     const std::size_t before = tl_allocations;

@@ -10,8 +10,10 @@
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
+#include <asio/posix/stream_descriptor.hpp>
 #include <asio/steady_timer.hpp>
 
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
@@ -20,7 +22,9 @@
 #include <cerrno>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
+#include <system_error>
 
 namespace hop::detail {
 
@@ -150,6 +154,110 @@ public:
         // backend's handlers on the context, which check `shared` first.
         m_timer.cancel();
         m_armed.reset();
+        // Readiness waits still registered: deregister each (its handler, if
+        // the context ever runs it, is told to do nothing) and end it
+        // cancelled, so the coroutine waiting on it unwinds and is freed.
+        while (m_waits) {
+            fd_wait_operation* op = m_waits;
+            auto& w = wait_of(*op);
+            {
+                std::lock_guard lock(w.ctrl->mutex);
+                w.ctrl->abandoned = true;
+            }
+            finish_wait(*op, -ECANCELED);
+        }
+    }
+
+    // ---- readiness waits ----------------------------------------------------
+
+    // Shared by a wait and its Asio handler, which may run on any host thread
+    // (or never, if the context is destroyed first).
+    struct wait_ctrl {
+        std::mutex mutex;
+        bool abandoned = false;
+        int result = 0;
+        fd_wait_operation* op = nullptr;
+        asio_backend* backend = nullptr;
+        asio::posix::stream_descriptor desc;
+        struct done_item : work_item {
+            wait_ctrl* ctrl = nullptr;
+        } done;
+        explicit wait_ctrl(asio::io_context& ctx, int fd) : desc(ctx, fd) {}
+    };
+    struct epoll_wait {
+        std::shared_ptr<wait_ctrl> ctrl;
+    };
+    static_assert(sizeof(epoll_wait) <= sizeof(fd_wait_operation::backend_storage));
+    static epoll_wait& wait_of(fd_wait_operation& op) noexcept {
+        return *std::launder(reinterpret_cast<epoll_wait*>(op.backend_storage));
+    }
+
+    void start_fd_wait(fd_wait_operation& op) noexcept override {
+        std::shared_ptr<wait_ctrl> ctrl;
+        try {
+            ctrl = std::make_shared<wait_ctrl>(m_ctx, op.fd());
+        } catch (const std::system_error& e) {
+            op.complete(-e.code().value());
+            return;
+        } catch (...) {
+            op.complete(-ENOMEM);
+            return;
+        }
+        ctrl->op = &op;
+        ctrl->backend = this;
+        ctrl->done.ctrl = ctrl.get();
+        ctrl->done.run = [](work_item* w) noexcept {
+            auto* c = static_cast<wait_ctrl::done_item*>(w)->ctrl;
+            c->backend->finish_wait(*c->op, c->result);
+        };
+        ::new (static_cast<void*>(op.backend_storage)) epoll_wait{ctrl};
+        // Link first: the handler may run on another host thread at once.
+        op.prev_in_flight = nullptr;
+        op.next_in_flight = m_waits;
+        if (m_waits) m_waits->prev_in_flight = &op;
+        m_waits = &op;
+        const auto type = (op.events() & POLLIN) ? asio::posix::stream_descriptor::wait_read
+                                                 : asio::posix::stream_descriptor::wait_write;
+        try {
+            ctrl->desc.async_wait(type, [ctrl](const std::error_code& ec) {
+                std::lock_guard lock(ctrl->mutex);
+                if (ctrl->abandoned) return;
+                ctrl->result = !ec ? ((ctrl->op->events() & POLLIN) ? POLLIN : POLLOUT)
+                               : ec == asio::error::operation_aborted ? -ECANCELED
+                                                                      : -ec.value();
+                // Back to hop's serialised drain (under the mutex: a loop being
+                // destroyed abandons the wait under it first).
+                ctrl->backend->m_core.post(&ctrl->done);
+            });
+        } catch (...) {
+            finish_wait(op, -ENOMEM);
+        }
+    }
+
+    void cancel_fd_wait(fd_wait_operation& op) noexcept override {
+        // Deregistration: the handler then runs with operation_aborted (or
+        // with readiness, if that was already queued) and ends the wait.
+        std::error_code ignored;
+        wait_of(op).ctrl->desc.cancel(ignored);
+    }
+
+    // Loop thread: unlink, deregister without closing the caller's fd, resume.
+    void finish_wait(fd_wait_operation& op, int result) noexcept {
+        if (op.prev_in_flight) {
+            op.prev_in_flight->next_in_flight = op.next_in_flight;
+        } else {
+            m_waits = op.next_in_flight;
+        }
+        if (op.next_in_flight) op.next_in_flight->prev_in_flight = op.prev_in_flight;
+        op.next_in_flight = op.prev_in_flight = nullptr;
+        auto& w = wait_of(op);
+        {
+            std::error_code ignored;
+            w.ctrl->desc.cancel(ignored);
+            (void)w.ctrl->desc.release();
+        }
+        w.~epoll_wait();
+        op.complete(result);
     }
 
 private:
@@ -268,6 +376,7 @@ private:
     }
 
     loop_core& m_core;
+    fd_wait_operation* m_waits = nullptr;  // readiness waits in flight (loop thread)
     std::unique_ptr<asio::io_context> m_owned;
     asio::io_context& m_ctx;
     asio::steady_timer m_timer;

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <ctime>
+#include <new>
 #include <optional>
 #include <system_error>
 
@@ -148,6 +149,39 @@ public:
             if (r < 0 && r != -EINTR && r != -EBUSY && r != -ETIME) break;
             reap();
             m_core.run_ready();
+        }
+    }
+
+    // ---- readiness waits ----------------------------------------------------
+
+    struct uring_fd_wait : uring_op {
+        fd_wait_operation* owner = nullptr;
+    };
+    static_assert(sizeof(uring_fd_wait) <= sizeof(fd_wait_operation::backend_storage));
+
+    void start_fd_wait(fd_wait_operation& op) noexcept override {
+        auto* u = ::new (static_cast<void*>(op.backend_storage)) uring_fd_wait;
+        u->owner = &op;
+        u->complete = [](uring_op* o, int res, unsigned) noexcept {
+            static_cast<uring_fd_wait*>(o)->owner->complete(res);
+        };
+        try {
+            io_uring_sqe* sqe = get_sqe();
+            io_uring_prep_poll_add(sqe, op.fd(), op.events());
+            track(sqe, u);
+        } catch (...) {
+            op.complete(-EBUSY);
+        }
+    }
+
+    void cancel_fd_wait(fd_wait_operation& op) noexcept override {
+        auto* u = std::launder(reinterpret_cast<uring_fd_wait*>(op.backend_storage));
+        try {
+            io_uring_sqe* sqe = get_sqe();
+            io_uring_prep_cancel(sqe, static_cast<uring_op*>(u), 0);
+            io_uring_sqe_set_data64(sqe, cancel_tag);
+        } catch (...) {
+            // No SQE: the wait ends when the fd is ready or the loop is destroyed.
         }
     }
 
