@@ -7,6 +7,7 @@
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 #include <hop/io_loop.hpp>
+#include <hop/net.hpp>
 #include <hop/sync.hpp>
 #include <hop/task_group.hpp>
 #include <hop/time.hpp>

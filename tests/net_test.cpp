@@ -1,0 +1,83 @@
+#include <hop/net.hpp>
+
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+TEST_SUITE("net") {
+
+TEST_CASE("endpoint::parse reads IPv4 and IPv6 and writes them back") {
+    auto a = hop::endpoint::parse("127.0.0.1:8080");
+    CHECK(a.is_v4());
+    CHECK_FALSE(a.is_v6());
+    CHECK(a.port() == 8080);
+    CHECK(a.address() == "127.0.0.1");
+    CHECK(a.to_string() == "127.0.0.1:8080");
+    CHECK(a == hop::endpoint::loopback_v4(8080));
+    CHECK(a.size() == sizeof(sockaddr_in));
+
+    auto b = hop::endpoint::parse("[::1]:80");
+    CHECK(b.is_v6());
+    CHECK(b.port() == 80);
+    CHECK(b.address() == "::1");
+    CHECK(b.to_string() == "[::1]:80");
+    CHECK(b == hop::endpoint::loopback_v6(80));
+    CHECK(b.size() == sizeof(sockaddr_in6));
+
+    CHECK(hop::endpoint::parse("0.0.0.0:0") == hop::endpoint::any_v4(0));
+    CHECK(hop::endpoint::parse("[::]:65535") == hop::endpoint::any_v6(65535));
+    CHECK(hop::endpoint::parse("[fe80::1%1]:9").to_string() == "[fe80::1%1]:9");
+    for (const char* text : {"10.1.2.3:1", "255.255.255.255:65535", "[2001:db8::7]:443", "[::ffff:1.2.3.4]:5"}) {
+        CHECK(hop::endpoint::parse(text).to_string() == text);
+    }
+    CHECK(hop::endpoint{} == hop::endpoint::any_v4(0));
+    CHECK(a.with_port(1).port() == 1);
+    CHECK(a.with_port(1).address() == "127.0.0.1");
+    CHECK_FALSE(a == b);
+    CHECK_FALSE(a == a.with_port(8081));
+}
+
+TEST_CASE("endpoint::parse refuses garbage with std::invalid_argument naming the text") {
+    for (const char* text :
+         {"", ":", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:+80", "127.0.0.1:8o",
+          "127.0.0.1: 80", "1.2.3:80", "1.2.3.4.5:80", "256.0.0.1:80", "localhost:80", "::1:80", "[::1]", "[::1]80",
+          "[::1:80", "[]:80", "[1.2.3.4]:80", "[::1%]:80", "[fe80::1%no-such-interface]:80", "[::1]:123456",
+          "example.com:443", " 127.0.0.1:80"}) {
+        CAPTURE(text);
+        try {
+            (void)hop::endpoint::parse(text);
+            FAIL("accepted: " << text);
+        } catch (const std::invalid_argument& e) {
+            CHECK(std::string(e.what()).find("'" + std::string(text) + "'") != std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("endpoint::from_sockaddr takes IPv4 and IPv6 and refuses the rest") {
+    sockaddr_in in{};
+    in.sin_family = AF_INET;
+    in.sin_port = htons(7);
+    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    auto e = hop::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&in), sizeof in);
+    CHECK(e.to_string() == "127.0.0.1:7");
+    CHECK(std::memcmp(e.data(), &in, sizeof in) == 0);
+
+    sockaddr_in6 in6{};
+    in6.sin6_family = AF_INET6;
+    in6.sin6_port = htons(9);
+    in6.sin6_addr = in6addr_loopback;
+    CHECK(hop::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&in6), sizeof in6).to_string() == "[::1]:9");
+
+    sockaddr unix_like{};
+    unix_like.sa_family = AF_UNIX;
+    CHECK_THROWS_WITH_AS(hop::endpoint::from_sockaddr(&unix_like, sizeof unix_like), doctest::Contains("family 1"),
+                         std::invalid_argument);
+    CHECK_THROWS_AS(hop::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&in), 4), std::invalid_argument);
+    CHECK_THROWS_AS(hop::endpoint::from_sockaddr(nullptr, 0), std::invalid_argument);
+}
+
+}  // TEST_SUITE
