@@ -1,11 +1,18 @@
 #include <hop/net.hpp>
 
+#include <hop/file.hpp>
+
+#include <netdb.h>
+
 #include <arpa/inet.h>
 #include <net/if.h>
 
+#include <cerrno>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <vector>
 
 namespace hop {
 
@@ -156,5 +163,51 @@ bool operator==(const endpoint& a, const endpoint& b) noexcept {
            std::memcmp(&a.m_addr.v6.sin6_addr, &b.m_addr.v6.sin6_addr, sizeof(in6_addr)) == 0 &&
            a.m_addr.v6.sin6_scope_id == b.m_addr.v6.sin6_scope_id;
 }
+
+namespace detail {
+
+namespace {
+class gai_category_impl final : public std::error_category {
+public:
+    const char* name() const noexcept override { return "getaddrinfo"; }
+    std::string message(int code) const override { return ::gai_strerror(code); }
+};
+const std::error_category& gai_category() {
+    static gai_category_impl c;
+    return c;
+}
+}  // namespace
+
+future<std::vector<endpoint>> resolve_blocking(std::string host, std::uint16_t port) {
+    if (host.empty()) throw std::invalid_argument("hop::resolve: the host name is empty");
+    if (host.find('\0') != std::string::npos) {
+        throw std::invalid_argument("hop::resolve: the host name contains a NUL byte");
+    }
+    return run_blocking([host = std::move(host), port]() {
+        addrinfo hints{};
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_ADDRCONFIG;
+        addrinfo* list = nullptr;
+        const std::string service = std::to_string(port);
+        int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &list);
+        if (rc == EAI_SYSTEM) {
+            throw std::system_error(errno, std::generic_category(), "hop::resolve: '" + host + "'");
+        }
+        if (rc != 0) throw std::system_error(rc, gai_category(), "hop::resolve: '" + host + "'");
+        std::vector<endpoint> out;
+        for (auto* a = list; a; a = a->ai_next) {
+            if (a->ai_family != AF_INET && a->ai_family != AF_INET6) continue;
+            auto e = endpoint::from_sockaddr(a->ai_addr, a->ai_addrlen);
+            bool seen = false;
+            for (auto& x : out) seen = seen || x == e;
+            if (!seen) out.push_back(e);
+        }
+        ::freeaddrinfo(list);
+        return out;
+    });
+}
+
+}  // namespace detail
 
 }  // namespace hop

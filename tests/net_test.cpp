@@ -1,5 +1,9 @@
 #include <hop/net.hpp>
 
+#include <hop/file.hpp>
+#include <hop/io_loop.hpp>
+#include <hop/task.hpp>
+
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -7,6 +11,9 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <chrono>
+#include <future>
+#include <vector>
 
 TEST_SUITE("net") {
 
@@ -78,6 +85,52 @@ TEST_CASE("endpoint::from_sockaddr takes IPv4 and IPv6 and refuses the rest") {
                          std::invalid_argument);
     CHECK_THROWS_AS(hop::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&in), 4), std::invalid_argument);
     CHECK_THROWS_AS(hop::endpoint::from_sockaddr(nullptr, 0), std::invalid_argument);
+}
+
+// Lookups here use only names /etc/hosts answers and numeric addresses:
+// tests never send a query off this machine.
+namespace {
+hop::task<std::vector<hop::endpoint>> lookup(std::string host, std::uint16_t port) {
+    co_return co_await hop::resolve(std::move(host), port);
+}
+hop::task<int> wait_abandoned(hop::future<int> f) {
+    co_return co_await hop::detail::abandonable_awaiter<int>(std::move(f));
+}
+}  // namespace
+
+TEST_CASE("resolve: localhost and numeric addresses, with the port") {
+    auto eps = hop::run(lookup("localhost", 8080));
+    REQUIRE_FALSE(eps.empty());
+    bool loopback = false;
+    for (auto& e : eps) {
+        CHECK(e.port() == 8080);
+        loopback = loopback || e == hop::endpoint::loopback_v4(8080) || e == hop::endpoint::loopback_v6(8080);
+    }
+    CHECK(loopback);
+    auto one = hop::sync_wait(lookup("127.0.0.1", 80));
+    REQUIRE(one.size() == 1);
+    CHECK(one[0] == hop::endpoint::loopback_v4(80));
+}
+
+TEST_CASE("resolve: bad names are refused before any lookup") {
+    CHECK_THROWS_WITH_AS(hop::resolve("", 80), doctest::Contains("empty"), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(hop::resolve(std::string("a\0b", 3), 80), doctest::Contains("NUL"), std::invalid_argument);
+}
+
+TEST_CASE("a wait on blocking work is a cancellation point: the caller leaves, the work ends on its own") {
+    std::promise<int> gate;
+    std::shared_future<int> opened = gate.get_future().share();
+    auto blocked = hop::run_blocking([opened] { return opened.get() + 1; });
+    hop::io_loop loop;
+    auto waiting = loop.spawn(wait_abandoned(blocked));
+    loop.poll();
+    REQUIRE_FALSE(waiting.done());
+    CHECK(waiting.cancel());
+    while (!waiting.done()) loop.run_once();
+    CHECK(waiting.cancelled());
+    CHECK_FALSE(blocked.done());  // still blocked: nobody interrupted the call
+    gate.set_value(41);
+    CHECK(blocked.get() == 42);  // and it finished on its own
 }
 
 }  // TEST_SUITE

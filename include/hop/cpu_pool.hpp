@@ -6,6 +6,7 @@
 #include <hop/detail/executor.hpp>
 #include <hop/future.hpp>
 #include <hop/task.hpp>
+#include <hop/detail/job.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -26,54 +27,6 @@ namespace hop {
 class cpu_pool;
 
 namespace detail {
-
-template <class T>
-struct is_task : std::false_type {};
-template <class T>
-struct is_task<task<T>> : std::true_type {};
-
-/// A submitted plain callable: its future's state and its queue node in one
-/// allocation.
-template <class R, class Fn>
-class job final : public future_state<R>, public work_item, public frame_allocated {
-public:
-    explicit job(Fn&& fn) : future_state<R>(&job::destroy, 2), m_fn(std::move(fn)) {
-        run = &job::do_run;
-        discard = &job::do_discard;
-    }
-
-private:
-    static void destroy(future_state_base* s) noexcept { delete static_cast<job*>(static_cast<future_state<R>*>(s)); }
-    static void do_run(work_item* w) noexcept {
-        auto* j = static_cast<job*>(w);
-        if (j->try_start()) {
-            try {
-                if constexpr (std::is_void_v<R>) {
-                    std::move(j->m_fn)();
-                    j->set_value();
-                } else {
-                    j->set_value(std::move(j->m_fn)());
-                }
-            } catch (...) {
-                j->complete_with_error(std::current_exception());
-            }
-        }
-        j->release();
-    }
-    static void do_discard(work_item* w) noexcept {
-        auto* j = static_cast<job*>(w);
-        j->cancel();
-        j->release();
-    }
-
-    Fn m_fn;
-};
-
-template <class T, class Fn, class Tuple>
-task<T> invoke_coroutine(Fn fn, Tuple args) {
-    // fn and args live in this frame for as long as the task they start runs.
-    co_return co_await std::apply(fn, std::move(args));
-}
 
 /// Shared state of cpu_pool::map: the inputs, one result slot per input and
 /// one queue node per chunk.
@@ -237,27 +190,7 @@ public:
     /// @throws executor_shutdown_error after shutdown().
     template <class F, class... A>
     auto submit(F&& fn, A&&... args) {
-        using R = std::invoke_result_t<std::decay_t<F>&, std::decay_t<A>...>;
-        if constexpr (detail::is_task<R>::value) {
-            using T = typename R::value_type;
-            return detail::spawn_on<T>(*this, detail::invoke_coroutine<T>(std::decay_t<F>(std::forward<F>(fn)),
-                                                                           std::tuple<std::decay_t<A>...>(
-                                                                               std::forward<A>(args)...)));
-        } else {
-            auto bound = [f = std::decay_t<F>(std::forward<F>(fn)),
-                          tup = std::tuple<std::decay_t<A>...>(std::forward<A>(args)...)]() mutable -> R {
-                return std::apply(std::move(f), std::move(tup));
-            };
-            auto* j = new detail::job<R, decltype(bound)>(std::move(bound));
-            auto fut = detail::make_future<R>(j);
-            try {
-                post_item(j);
-            } catch (...) {
-                j->release();  // the queue's reference
-                throw;
-            }
-            return fut;
-        }
+        return detail::submit_to(*this, std::forward<F>(fn), std::forward<A>(args)...);
     }
 
     /// Applies `fn` to every item on the pool, in chunks of `chunk_size`

@@ -4,6 +4,7 @@
 
 #include <hop/combinators.hpp>
 #include <hop/cpu_pool.hpp>
+#include <hop/file.hpp>
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 #include <hop/io_loop.hpp>
