@@ -167,7 +167,7 @@ public:
     /// Number of worker threads.
     std::size_t size() const noexcept;
 
-    class schedule_operation;
+    using schedule_operation = detail::schedule_awaiter<cpu_pool>;
     /// `co_await pool.schedule()` moves the calling coroutine onto a pool
     /// thread. Resumes on a pool worker; costs nothing if the caller already
     /// runs on this pool. A cancellation point: throws cancelled_error if the
@@ -255,30 +255,7 @@ private:
     std::unique_ptr<impl> m_impl;
 };
 
-class cpu_pool::schedule_operation : private detail::resume_item {
-public:
-    explicit schedule_operation(cpu_pool& pool) noexcept : m_pool(&pool) {}
-    bool await_ready() const noexcept { return false; }
-    template <class P>
-    bool await_suspend(std::coroutine_handle<P> h) {
-        const std::stop_token& token = detail::token_of(h.promise());
-        m_token = &token;
-        if (token.stop_requested()) return false;
-        if (m_pool->running_in_this_thread()) return false;
-        handle = h;
-        m_pool->post_item(this);
-        return true;
-    }
-    void await_resume() const {
-        if (m_token && m_token->stop_requested()) throw cancelled_error("hop::cpu_pool::schedule: cancelled");
-    }
-
-private:
-    cpu_pool* m_pool;
-    const std::stop_token* m_token = nullptr;
-};
-
-inline cpu_pool::schedule_operation cpu_pool::schedule() noexcept { return schedule_operation{*this}; }
+inline cpu_pool::schedule_operation cpu_pool::schedule() noexcept { return {*this, "hop::cpu_pool::schedule"}; }
 
 /// The process-wide default pool (hardware_concurrency() threads), created at
 /// first use and shut down at exit.

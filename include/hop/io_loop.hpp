@@ -96,7 +96,7 @@ public:
     template <class F>
     void post(F&& fn);
 
-    class schedule_operation;
+    using schedule_operation = detail::schedule_awaiter<io_loop>;
     /// `co_await loop.schedule()` moves the caller onto the loop's thread
     /// (free if it already is there). A cancellation point.
     /// @throws executor_shutdown_error if the loop is being destroyed.
@@ -123,29 +123,7 @@ private:
     std::unique_ptr<detail::loop_core> m_core;
 };
 
-class io_loop::schedule_operation : private detail::resume_item {
-public:
-    explicit schedule_operation(io_loop& loop) noexcept : m_loop(&loop) {}
-    bool await_ready() const noexcept { return false; }
-    template <class P>
-    bool await_suspend(std::coroutine_handle<P> h) {
-        const std::stop_token& token = detail::token_of(h.promise());
-        m_token = &token;
-        if (token.stop_requested() || m_loop->running_in_this_thread()) return false;
-        handle = h;
-        m_loop->post_item(this);
-        return true;
-    }
-    void await_resume() const {
-        if (m_token && m_token->stop_requested()) throw cancelled_error("hop::io_loop::schedule: cancelled");
-    }
-
-private:
-    io_loop* m_loop;
-    const std::stop_token* m_token = nullptr;
-};
-
-inline io_loop::schedule_operation io_loop::schedule() noexcept { return schedule_operation{*this}; }
+inline io_loop::schedule_operation io_loop::schedule() noexcept { return {*this, "hop::io_loop::schedule"}; }
 
 template <class F>
 void io_loop::post(F&& fn) {

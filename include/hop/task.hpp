@@ -11,6 +11,7 @@
 #include <exception>
 #include <memory>
 #include <stop_token>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -357,6 +358,38 @@ future<T> spawn(Executor& ex, task<T> t) {
     if (!t.valid()) throw std::invalid_argument("hop::spawn: the task is empty (moved-from or default-constructed)");
     return detail::spawn_on<T>(static_cast<detail::executor_base&>(ex), std::move(t));
 }
+
+namespace detail {
+
+/// `co_await ex.schedule()` for any executor with running_in_this_thread()
+/// and post_item(): resumes the caller on `ex` (free if it already runs
+/// there). A cancellation point: stop requested before, or while queued,
+/// throws cancelled_error naming `what`.
+template <class Executor>
+class schedule_awaiter : private resume_item {
+public:
+    schedule_awaiter(Executor& ex, const char* what) noexcept : m_executor(&ex), m_what(what) {}
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        const std::stop_token& token = token_of(h.promise());
+        m_token = &token;
+        if (token.stop_requested() || m_executor->running_in_this_thread()) return false;
+        handle = h;
+        m_executor->post_item(this);
+        return true;
+    }
+    void await_resume() const {
+        if (m_token && m_token->stop_requested()) throw cancelled_error(std::string(m_what) + ": cancelled");
+    }
+
+private:
+    Executor* m_executor;
+    const char* m_what;
+    const std::stop_token* m_token = nullptr;
+};
+
+}  // namespace detail
 
 /// `co_await hop::get_stop_token()` reads the running task's stop token.
 /// Completes at once, on the same thread.
