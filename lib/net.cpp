@@ -54,8 +54,7 @@ endpoint endpoint::parse(std::string_view text) {
         auto rest = text.substr(close + 1);
         if (rest.empty() || rest.front() != ':') bad_endpoint(text, "a ':port' must follow ']'");
         port_text = rest.substr(1);
-        std::memset(&e.m_addr, 0, sizeof e.m_addr);
-        e.m_addr.v6.sin6_family = AF_INET6;
+        e.reset_v6(in6addr_any);
         std::string h(host);
         if (auto pct = h.find('%'); pct != std::string::npos) {
             std::string scope = h.substr(pct + 1);
@@ -110,9 +109,7 @@ endpoint endpoint::loopback_v4(std::uint16_t port) noexcept {
 
 endpoint endpoint::loopback_v6(std::uint16_t port) noexcept {
     endpoint e;
-    std::memset(&e.m_addr, 0, sizeof e.m_addr);
-    e.m_addr.v6.sin6_family = AF_INET6;
-    e.m_addr.v6.sin6_addr = in6addr_loopback;
+    e.reset_v6(in6addr_loopback);
     return e.with_port(port);
 }
 
@@ -120,10 +117,14 @@ endpoint endpoint::any_v4(std::uint16_t port) noexcept { return endpoint{}.with_
 
 endpoint endpoint::any_v6(std::uint16_t port) noexcept {
     endpoint e;
-    std::memset(&e.m_addr, 0, sizeof e.m_addr);
-    e.m_addr.v6.sin6_family = AF_INET6;
-    e.m_addr.v6.sin6_addr = in6addr_any;
+    e.reset_v6(in6addr_any);
     return e.with_port(port);
+}
+
+void endpoint::reset_v6(const in6_addr& address) noexcept {
+    std::memset(&m_addr, 0, sizeof m_addr);
+    m_addr.v6.sin6_family = AF_INET6;
+    m_addr.v6.sin6_addr = address;
 }
 
 std::uint16_t endpoint::port() const noexcept { return ntohs(is_v4() ? m_addr.v4.sin_port : m_addr.v6.sin6_port); }

@@ -64,6 +64,9 @@ public:
     friend bool operator==(const endpoint& a, const endpoint& b) noexcept;
 
 private:
+    // Makes this an IPv6 endpoint for `address`, port 0, no scope.
+    void reset_v6(const in6_addr& address) noexcept;
+
     union {
         sockaddr_in v4;
         sockaddr_in6 v6;
