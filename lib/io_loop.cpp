@@ -3,7 +3,10 @@
 
 #include "loop_core.hpp"
 
+#include <hop/detail/fd_wait.hpp>
 #include <hop/io_loop.hpp>
+
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -220,14 +223,36 @@ std::unique_ptr<loop_backend> make_backend(loop_core& core, const io_loop_option
 
 }  // namespace
 
-void fd_wait_start(io_loop& loop, fd_wait_operation& op) { loop.core().backend().start_fd_wait(op); }
-void fd_wait_cancel(io_loop& loop, fd_wait_operation& op) noexcept { loop.core().backend().cancel_fd_wait(op); }
+void io_start(io_loop& loop, io_operation& op) noexcept { loop.core().backend().start_io(op); }
+void io_cancel(io_loop& loop, io_operation& op) noexcept { loop.core().backend().cancel_io(op); }
+
+void io_close_fd(io_loop* loop, int fd, fd_registration* reg) noexcept {
+    if (fd < 0) return;
+    if (loop == nullptr) {
+        ::close(fd);
+        return;
+    }
+    if (loop->running_in_this_thread()) {
+        loop->core().backend().close_fd(fd, reg);
+        return;
+    }
+    // Another thread: the loop owns the fd's operations and registration.
+    // Until the posted close runs the fd stays open, so its number cannot be
+    // reused under an operation still in flight.
+    try {
+        loop->post([loop, fd, reg] { loop->core().backend().close_fd(fd, reg); });
+    } catch (...) {
+        // The loop is being destroyed (its registrations go with it) or
+        // memory ran out: close here.
+        ::close(fd);
+    }
+}
 
 unsigned fd_wait_operation::await_resume() {
-    m_callback.reset();
-    if (m_result == -ECANCELED) throw cancelled_error("hop: wait on fd " + std::to_string(m_fd) + " cancelled");
-    if (m_result < 0) throw_errno(m_result, "hop: wait on fd");
-    return static_cast<unsigned>(m_result);
+    const int r = take_result();
+    if (r == -ECANCELED) throw cancelled_error("hop: wait on fd " + std::to_string(io.fd) + " cancelled");
+    if (r < 0) throw_errno(r, "hop: wait on fd");
+    return static_cast<unsigned>(r);
 }
 
 void run_loop_until(io_loop& loop, future_state_base& f) {

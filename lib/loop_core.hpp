@@ -5,7 +5,7 @@
 // make_backend() in io_loop.cpp.
 
 #include <hop/detail/executor.hpp>
-#include <hop/detail/fd_wait.hpp>
+#include <hop/detail/io_op.hpp>
 #include <hop/detail/timer.hpp>
 #include <hop/io_loop.hpp>
 
@@ -19,6 +19,11 @@
 namespace hop::detail {
 
 class loop_core;
+
+/// Base of a backend's per-fd state (see io_op.hpp).
+struct fd_registration {
+    virtual ~fd_registration() = default;
+};
 
 /// What a backend provides. Every function is for the loop thread unless it
 /// says "thread-safe".
@@ -46,11 +51,17 @@ public:
     /// See io_loop::native_handle.
     virtual int native_handle() = 0;
 
-    /// Starts / cancels a readiness wait (hop/detail/fd_wait.hpp). Loop
-    /// thread; never block. The wait's own completion always follows a
-    /// cancel (with -ECANCELED, or the ready events if they came first).
-    virtual void start_fd_wait(fd_wait_operation& op) noexcept = 0;
-    virtual void cancel_fd_wait(fd_wait_operation& op) noexcept = 0;
+    /// Starts / cancels an IO operation (hop/detail/io_op.hpp). Loop
+    /// thread; never block. start_io may complete the operation before it
+    /// returns. The operation's own completion always follows a cancel
+    /// (with -ECANCELED, or its result if that came first).
+    virtual void start_io(io_operation& op) noexcept = 0;
+    virtual void cancel_io(io_operation& op) noexcept = 0;
+    /// Loop thread: ends the operations in flight on `fd` (-ECANCELED),
+    /// drops its registration `reg` (may be null) and closes `fd`.
+    virtual void close_fd(int fd, fd_registration* reg) noexcept = 0;
+    /// Whether sockets for this backend are made non-blocking.
+    virtual bool wants_nonblocking() const noexcept = 0;
 
     /// Called from the loop's destructor, on the destroying thread, after
     /// every timer was aborted: cancels in-flight kernel operations and reaps

@@ -1,22 +1,37 @@
 #pragma once
 /// @file
-/// Networking. For now: hop::endpoint (IPv4 and IPv6 socket addresses) and
-/// hop::resolve. tcp_stream, tcp_listener and udp_socket are not available
-/// yet.
+/// Networking: hop::endpoint, hop::resolve, tcp_stream, tcp_listener,
+/// udp_socket.
+///
+/// A socket belongs to the loop it was made on (hop::this_thread_loop() at
+/// connect / bind / accept): its operations run there, and resume the caller
+/// on the caller's own executor, so a coroutine on the CPU pool may use a
+/// socket too. Every operation is a cancellation point: a stop request
+/// cancels it in the kernel, and the socket stays usable (a cancelled
+/// read_exact / write_all may have moved part of its bytes). One read and
+/// one write may be in flight on a socket at the same time. A socket must
+/// not be moved while an operation on it is in flight, nor outlive its loop.
 
 #include <hop/detail/executor.hpp>
+#include <hop/detail/io_op.hpp>
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <optional>
+#include <stdexcept>
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace hop {
@@ -171,5 +186,294 @@ future<std::vector<endpoint>> resolve_blocking(std::string host, std::uint16_t p
 inline detail::abandonable_awaiter<std::vector<endpoint>> resolve(std::string host, std::uint16_t port) {
     return detail::abandonable_awaiter<std::vector<endpoint>>(detail::resolve_blocking(std::move(host), port));
 }
+
+/// read_exact reached the end of the stream before the buffer was full.
+class end_of_stream_error : public std::runtime_error {
+public:
+    end_of_stream_error(const std::string& what, std::size_t bytes_read)
+        : std::runtime_error(what), m_bytes_read(bytes_read) {}
+    /// How many bytes did arrive (they are in the buffer).
+    std::size_t bytes_read() const noexcept { return m_bytes_read; }
+
+private:
+    std::size_t m_bytes_read;
+};
+
+class tcp_stream;
+
+namespace detail {
+
+/// Anything contiguous of bytes: std::string, std::string_view,
+/// std::vector<char>, std::array<std::byte, N>, std::span<unsigned char>...
+template <class R>
+concept byte_buffer = requires(R& r) {
+    std::data(r);
+    std::size(r);
+} && sizeof(*std::data(std::declval<R&>())) == 1 &&
+    std::is_trivially_copyable_v<std::remove_cvref_t<decltype(*std::data(std::declval<R&>()))>>;
+
+template <class R>
+concept mutable_byte_buffer =
+    byte_buffer<R> && !std::is_const_v<std::remove_reference_t<decltype(*std::data(std::declval<R&>()))>>;
+
+/// The fd, the loop and the loop's registration of the fd: what every
+/// socket type holds.
+class socket_handle {
+public:
+    socket_handle() noexcept = default;
+    socket_handle(int fd, io_loop& loop) noexcept : m_fd(fd), m_loop(&loop) {}
+    socket_handle(socket_handle&& o) noexcept
+        : m_fd(std::exchange(o.m_fd, -1)), m_loop(o.m_loop), m_reg(std::exchange(o.m_reg, nullptr)) {}
+    socket_handle& operator=(socket_handle&& o) noexcept {
+        if (this != &o) {
+            close();
+            m_fd = std::exchange(o.m_fd, -1);
+            m_loop = o.m_loop;
+            m_reg = std::exchange(o.m_reg, nullptr);
+        }
+        return *this;
+    }
+    ~socket_handle() { close(); }
+
+    void close() noexcept {
+        if (m_fd >= 0) io_close_fd(m_loop, std::exchange(m_fd, -1), std::exchange(m_reg, nullptr));
+    }
+    int fd() const noexcept { return m_fd; }
+    bool is_open() const noexcept { return m_fd >= 0; }
+    io_loop& loop() const noexcept { return *m_loop; }
+    fd_registration** reg() noexcept { return &m_reg; }
+    /// The loop. @throws std::system_error (EBADF) naming `what` if closed.
+    io_loop& checked_loop(const char* what) const;
+
+private:
+    int m_fd = -1;
+    io_loop* m_loop = nullptr;
+    fd_registration* m_reg = nullptr;
+};
+
+/// read_some / write_some / read_exact / write_all.
+class transfer_operation : public io_operation {
+public:
+    enum class mode : std::uint8_t { read_some, write_some, read_exact, write_all };
+    transfer_operation(socket_handle& s, mode m, void* data, std::size_t size, const char* what);
+    /// An empty read_exact / write_all has nothing to do.
+    bool await_ready() const noexcept { return m_ready; }
+    /// Bytes moved (read_some: 0 at end of stream).
+    /// @throws std::system_error with the errno; cancelled_error;
+    ///         end_of_stream_error (read_exact).
+    std::size_t await_resume();
+
+private:
+    const char* m_what;
+    mode m_mode;
+    bool m_ready = false;
+};
+
+class accept_operation : public io_operation {
+public:
+    explicit accept_operation(socket_handle& s);
+    /// @throws std::system_error (EMFILE when out of descriptors...).
+    tcp_stream await_resume();
+
+private:
+    sockaddr_storage m_peer{};
+};
+
+/// udp send_to.
+class send_to_operation : public io_operation {
+public:
+    send_to_operation(socket_handle& s, const void* data, std::size_t size, const endpoint& to);
+    std::size_t await_resume();
+
+private:
+    iovec m_iov{};
+    msghdr m_msg{};
+    sockaddr_storage m_to{};
+};
+
+}  // namespace detail
+
+/// What udp_socket::recv_from gives: `auto [size, from] = co_await u.recv_from(buf);`
+struct recv_result {
+    std::size_t size = 0;
+    endpoint from;
+};
+
+namespace detail {
+class recv_from_operation : public io_operation {
+public:
+    recv_from_operation(socket_handle& s, void* data, std::size_t size);
+    recv_result await_resume();
+
+private:
+    iovec m_iov{};
+    msghdr m_msg{};
+    sockaddr_storage m_from{};
+};
+}  // namespace detail
+
+/// A connected TCP socket.
+///
+/// @code
+/// auto c = co_await hop::tcp_stream::connect(hop::endpoint::parse("127.0.0.1:8080"));
+/// co_await c.write_all(std::string_view("ping"));
+/// char buf[4];
+/// co_await c.read_exact(buf);
+/// @endcode
+class tcp_stream {
+public:
+    /// Not connected (is_open() is false).
+    tcp_stream() noexcept = default;
+    tcp_stream(tcp_stream&&) noexcept = default;
+    tcp_stream& operator=(tcp_stream&&) noexcept = default;
+    ~tcp_stream() = default;
+
+    /// Connects to `peer` on the caller's loop.
+    /// @throws std::system_error (ECONNREFUSED, ENETUNREACH, ...) naming
+    ///         the endpoint; cancelled_error.
+    static task<tcp_stream> connect(endpoint peer);
+    /// Resolves `host` and tries its addresses in turn, happy-eyeballs
+    /// style: the next attempt starts 250 ms after the previous one or as
+    /// soon as it fails; the first to connect wins and the rest are
+    /// cancelled.
+    /// @throws std::invalid_argument for an empty host; std::system_error
+    ///         naming the host (the last error) if none connects.
+    static task<tcp_stream> connect(std::string host, std::uint16_t port);
+    /// Adopts a connected TCP socket (it is made non-blocking as the loop
+    /// needs, and closed by this object). Bound to the caller's loop.
+    /// @throws std::invalid_argument for a negative fd.
+    static tcp_stream adopt(int fd);
+
+    /// `co_await s.read_some(buf)`: at least one byte, as many as are
+    /// there; 0 at the end of the stream (and for an empty buffer).
+    template <detail::mutable_byte_buffer B>
+    detail::transfer_operation read_some(B&& buf) {
+        return {m_handle, detail::transfer_operation::mode::read_some, std::data(buf), std::size(buf) * 1,
+                "hop::tcp_stream::read_some"};
+    }
+    /// Fills the whole buffer. @throws end_of_stream_error if the stream
+    /// ends first (the bytes that came are in the buffer).
+    template <detail::mutable_byte_buffer B>
+    detail::transfer_operation read_exact(B&& buf) {
+        return {m_handle, detail::transfer_operation::mode::read_exact, std::data(buf), std::size(buf) * 1,
+                "hop::tcp_stream::read_exact"};
+    }
+    /// Sends some of the bytes; returns how many.
+    template <detail::byte_buffer B>
+    detail::transfer_operation write_some(const B& bytes) {
+        return {m_handle, detail::transfer_operation::mode::write_some,
+                const_cast<void*>(static_cast<const void*>(std::data(bytes))), std::size(bytes) * 1,
+                "hop::tcp_stream::write_some"};
+    }
+    /// Sends all the bytes (the peer closing first: EPIPE / ECONNRESET as
+    /// std::system_error; never SIGPIPE).
+    template <detail::byte_buffer B>
+    detail::transfer_operation write_all(const B& bytes) {
+        return {m_handle, detail::transfer_operation::mode::write_all,
+                const_cast<void*>(static_cast<const void*>(std::data(bytes))), std::size(bytes) * 1,
+                "hop::tcp_stream::write_all"};
+    }
+
+    /// Sends FIN: the peer's reads end; this side can still read.
+    void shutdown_write();
+    /// Closes the socket. Operations in flight on it end (cancelled_error).
+    /// Closing twice, or a closed stream, is allowed.
+    void close() noexcept { m_handle.close(); }
+    bool is_open() const noexcept { return m_handle.is_open(); }
+    /// TCP_NODELAY: send small writes at once.
+    void set_nodelay(bool on);
+    endpoint local_endpoint() const;
+    endpoint remote_endpoint() const;
+    int native_handle() const noexcept { return m_handle.fd(); }
+
+private:
+    friend class detail::accept_operation;
+    friend class tcp_listener;
+    explicit tcp_stream(detail::socket_handle h) noexcept : m_handle(std::move(h)) {}
+    detail::socket_handle m_handle;
+};
+
+/// tcp_listener::bind options.
+struct listen_options {
+    int backlog = 1024;
+    /// SO_REUSEPORT: several listeners (threads, processes) on one port.
+    bool reuse_port = false;
+    /// SO_REUSEADDR (on by default: a restarted server can bind at once).
+    bool reuse_address = true;
+};
+
+/// A listening TCP socket.
+///
+/// @code
+/// auto lis = hop::tcp_listener::bind(hop::endpoint::parse("127.0.0.1:0"));
+/// auto port = lis.local_endpoint().port();
+/// hop::tcp_stream conn = co_await lis.accept();
+/// @endcode
+class tcp_listener {
+public:
+    tcp_listener() noexcept = default;
+    tcp_listener(tcp_listener&&) noexcept = default;
+    tcp_listener& operator=(tcp_listener&&) noexcept = default;
+    ~tcp_listener() = default;
+
+    /// Binds and listens on the caller's loop (port 0: the kernel picks one;
+    /// see local_endpoint()).
+    /// @throws std::invalid_argument for a backlog < 1; std::system_error
+    ///         (EADDRINUSE, EACCES...) naming the endpoint.
+    static tcp_listener bind(const endpoint& local, const listen_options& options = {});
+
+    /// `co_await lis.accept()`: the next connection, bound to the
+    /// listener's loop. @throws std::system_error (EMFILE...): the listener
+    /// stays usable.
+    detail::accept_operation accept();
+
+    endpoint local_endpoint() const;
+    void close() noexcept { m_handle.close(); }
+    bool is_open() const noexcept { return m_handle.is_open(); }
+    int native_handle() const noexcept { return m_handle.fd(); }
+
+private:
+    explicit tcp_listener(detail::socket_handle h) noexcept : m_handle(std::move(h)) {}
+    detail::socket_handle m_handle;
+};
+
+/// A UDP socket.
+///
+/// @code
+/// auto u = hop::udp_socket::bind(hop::endpoint::parse("127.0.0.1:0"));
+/// co_await u.send_to(std::string_view("hi"), peer);
+/// char buf[1500];
+/// auto [size, from] = co_await u.recv_from(buf);
+/// @endcode
+class udp_socket {
+public:
+    udp_socket() noexcept = default;
+    udp_socket(udp_socket&&) noexcept = default;
+    udp_socket& operator=(udp_socket&&) noexcept = default;
+    ~udp_socket() = default;
+
+    /// @throws std::system_error naming the endpoint.
+    static udp_socket bind(const endpoint& local);
+
+    /// Sends one datagram. @throws std::system_error (EMSGSIZE...).
+    template <detail::byte_buffer B>
+    detail::send_to_operation send_to(const B& bytes, const endpoint& to) {
+        return {m_handle, std::data(bytes), std::size(bytes) * 1, to};
+    }
+    /// Receives one datagram (the part that fits in `buf`).
+    template <detail::mutable_byte_buffer B>
+    detail::recv_from_operation recv_from(B&& buf) {
+        return {m_handle, std::data(buf), std::size(buf) * 1};
+    }
+
+    endpoint local_endpoint() const;
+    void close() noexcept { m_handle.close(); }
+    bool is_open() const noexcept { return m_handle.is_open(); }
+    int native_handle() const noexcept { return m_handle.fd(); }
+
+private:
+    explicit udp_socket(detail::socket_handle h) noexcept : m_handle(std::move(h)) {}
+    detail::socket_handle m_handle;
+};
 
 }  // namespace hop

@@ -7,6 +7,8 @@
 #include "../loop_core.hpp"
 #include "../spin.hpp"
 
+#include <hop/file.hpp>
+
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
@@ -16,6 +18,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -25,6 +28,7 @@
 #include <new>
 #include <optional>
 #include <system_error>
+#include <vector>
 
 namespace hop::detail {
 
@@ -54,6 +58,9 @@ public:
             std::lock_guard lock(m_shared->mutex);
             m_shared->self = nullptr;
         }
+        // Sockets still open hold registrations: their descriptors must go
+        // before the context does (the fds stay open for their owners).
+        while (m_regs) unregister(*m_regs);
         m_timer.cancel();
         if (m_epoll_fd >= 0) ::close(m_epoll_fd);
         if (m_event_fd >= 0) ::close(m_event_fd);
@@ -154,110 +161,403 @@ public:
         // backend's handlers on the context, which check `shared` first.
         m_timer.cancel();
         m_armed.reset();
-        // Readiness waits still registered: deregister each (its handler, if
-        // the context ever runs it, is told to do nothing) and end it
-        // cancelled, so the coroutine waiting on it unwinds and is freed.
-        while (m_waits) {
-            fd_wait_operation* op = m_waits;
-            auto& w = wait_of(*op);
-            {
-                std::lock_guard lock(w.ctrl->mutex);
-                w.ctrl->abandoned = true;
+        // Operations waiting for readiness end cancelled, so the coroutines
+        // waiting on them unwind and are freed; calls running on the
+        // blocking pool are waited for (they write into those frames).
+        // (What the failed operations resume may close other sockets: hold
+        // every registration while going through them.)
+        std::vector<reg_ref> held;
+        for (epoll_reg* r = m_regs; r != nullptr; r = r->next_live) {
+            if (!r->readers.empty() || !r->writers.empty()) held.emplace_back(r);
+        }
+        for (auto& h : held) {
+            fail_queue(*h.r, h.r->readers, -ECANCELED);
+            fail_queue(*h.r, h.r->writers, -ECANCELED);
+        }
+        held.clear();
+        m_core.run_ready();
+        while (m_blocking_calls.load(std::memory_order_acquire) != 0) {
+            std::size_t n = m_blocking_calls.load(std::memory_order_acquire);
+            if (n != 0) m_blocking_calls.wait(n, std::memory_order_acquire);
+            m_core.run_ready();
+        }
+        m_core.run_ready();
+    }
+
+    // ---- IO operations ------------------------------------------------------
+
+    // An fd's registration: its Asio descriptor (registered with epoll once,
+    // for the fd's lifetime) and the operations waiting for it to be
+    // readable / writable, in order. Reference-counted: the owner (a socket,
+    // or one readiness wait) and each async_wait handler Asio holds.
+    struct op_queue {
+        io_operation* head = nullptr;
+        io_operation* tail = nullptr;
+        bool empty() const noexcept { return head == nullptr; }
+    };
+    struct epoll_reg final : fd_registration {
+        struct ready_item : work_item {
+            epoll_reg* reg = nullptr;
+            bool write = false;
+            std::error_code ec;
+        };
+        epoll_reg(asio_backend& b, int fd) : backend(&b), desc(b.m_ctx, fd) {}
+        asio_backend* backend;
+        asio::posix::stream_descriptor desc;
+        std::atomic<int> refs{1};
+        bool dead = false;
+        bool read_armed = false;
+        bool write_armed = false;
+        op_queue readers;
+        op_queue writers;
+        ready_item read_ready;   // hosted contexts: a handler's result, back to the loop
+        ready_item write_ready;
+        epoll_reg* next_live = nullptr;
+        epoll_reg* prev_live = nullptr;
+    };
+    // Holds a reference for an async_wait handler (released when Asio
+    // destroys the handler, run or not).
+    struct reg_ref {
+        epoll_reg* r;
+        explicit reg_ref(epoll_reg* reg) noexcept : r(reg) { r->refs.fetch_add(1, std::memory_order_relaxed); }
+        reg_ref(reg_ref&& o) noexcept : r(std::exchange(o.r, nullptr)) {}
+        reg_ref(const reg_ref& o) noexcept : r(o.r) { r->refs.fetch_add(1, std::memory_order_relaxed); }
+        reg_ref& operator=(const reg_ref&) = delete;
+        ~reg_ref() {
+            if (r) release_reg(r);
+        }
+    };
+    static void release_reg(epoll_reg* r) noexcept {
+        if (r->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete r;
+    }
+
+    struct epoll_io {
+        epoll_reg* reg = nullptr;  // while queued on it
+        bool owns_reg = false;     // a one-off registration (wait_fd without a socket)
+        bool queued = false;
+        bool connecting = false;   // connect() said EINPROGRESS
+        // File calls on the blocking pool:
+        struct call_item : work_item {
+            io_operation* op = nullptr;
+            asio_backend* backend = nullptr;
+            int result = 0;
+        } call;
+    };
+    static_assert(sizeof(epoll_io) <= sizeof(io_operation::backend_storage));
+    static epoll_io& io_of(io_operation& op) noexcept {
+        return *std::launder(reinterpret_cast<epoll_io*>(op.backend_storage));
+    }
+
+    void start_io(io_operation& op) noexcept override {
+        auto* e = ::new (static_cast<void*>(op.backend_storage)) epoll_io;
+        switch (op.io.kind) {
+            case io_kind::read_at:
+            case io_kind::write_at:
+            case io_kind::fsync:
+                start_blocking_call(op, *e);
+                return;
+            case io_kind::poll:
+                enqueue(op, (op.io.events & POLLIN) == 0);
+                return;
+            case io_kind::connect: {
+                int r = ::connect(op.io.fd, op.io.addr, op.io.addrlen);
+                if (r == 0) {
+                    op.complete(0);
+                } else if (errno == EINPROGRESS || errno == EAGAIN) {
+                    e->connecting = true;
+                    enqueue(op, true);
+                } else {
+                    op.complete(-errno);
+                }
+                return;
             }
-            finish_wait(*op, -ECANCELED);
+            default:
+                break;
+        }
+        const int r = attempt(op);
+        if (r == -EAGAIN) {
+            enqueue(op, is_write(op));
+        } else {
+            op.complete(r);
         }
     }
 
-    // ---- readiness waits ----------------------------------------------------
-
-    // Shared by a wait and its Asio handler, which may run on any host thread
-    // (or never, if the context is destroyed first).
-    struct wait_ctrl {
-        std::mutex mutex;
-        bool abandoned = false;
-        int result = 0;
-        fd_wait_operation* op = nullptr;
-        asio_backend* backend = nullptr;
-        asio::posix::stream_descriptor desc;
-        struct done_item : work_item {
-            wait_ctrl* ctrl = nullptr;
-        } done;
-        explicit wait_ctrl(asio::io_context& ctx, int fd) : desc(ctx, fd) {}
-    };
-    struct epoll_wait {
-        std::shared_ptr<wait_ctrl> ctrl;
-    };
-    static_assert(sizeof(epoll_wait) <= sizeof(fd_wait_operation::backend_storage));
-    static epoll_wait& wait_of(fd_wait_operation& op) noexcept {
-        return *std::launder(reinterpret_cast<epoll_wait*>(op.backend_storage));
+    void cancel_io(io_operation& op) noexcept override {
+        auto& e = io_of(op);
+        if (!e.queued) return;  // a blocking call: it ends on its own
+        epoll_reg& r = *e.reg;
+        unlink(is_write(op) ? r.writers : r.readers, op);
+        finish_queued(op, -ECANCELED);
     }
 
-    void start_fd_wait(fd_wait_operation& op) noexcept override {
-        std::shared_ptr<wait_ctrl> ctrl;
+    void close_fd(int fd, fd_registration* reg) noexcept override {
+        if (auto* r = static_cast<epoll_reg*>(reg)) unregister(*r);
+        ::close(fd);
+    }
+
+    bool wants_nonblocking() const noexcept override { return true; }
+
+    // ---- the parts ----------------------------------------------------------
+
+    static bool is_write(const io_operation& op) noexcept {
+        switch (op.io.kind) {
+            case io_kind::send:
+            case io_kind::sendmsg:
+            case io_kind::connect:
+                return true;
+            case io_kind::poll:
+                return (op.io.events & POLLIN) == 0;
+            default:
+                return false;
+        }
+    }
+
+    // One non-blocking try of the call: its result or -errno.
+    static int attempt(io_operation& op) noexcept {
+        auto& io = op.io;
+        auto* buf = static_cast<char*>(io.buf) + io.done;
+        const std::size_t left = std::min<std::size_t>(io.len - io.done, std::size_t{1} << 30);
+        ssize_t r = -1;
+        switch (io.kind) {
+            case io_kind::recv:
+                r = ::recv(io.fd, buf, left, io.flags | MSG_DONTWAIT);
+                break;
+            case io_kind::send:
+                r = ::send(io.fd, buf, left, io.flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+                break;
+            case io_kind::accept: {
+                socklen_t* len = io.addr ? &io.addrlen : nullptr;
+                r = ::accept4(io.fd, io.addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                break;
+            }
+            case io_kind::recvmsg:
+                r = ::recvmsg(io.fd, io.msg, io.flags | MSG_DONTWAIT);
+                break;
+            case io_kind::sendmsg:
+                r = ::sendmsg(io.fd, io.msg, io.flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+                break;
+            case io_kind::connect: {
+                int err = 0;
+                socklen_t len = sizeof err;
+                if (::getsockopt(io.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return -errno;
+                return -err;
+            }
+            default:
+                return -EINVAL;
+        }
+        if (r >= 0) return static_cast<int>(r);
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
+
+    epoll_reg* registration_for(io_operation& op, bool& one_off) {
+        one_off = false;
+        if (op.io.reg != nullptr && *op.io.reg != nullptr) return static_cast<epoll_reg*>(*op.io.reg);
+        auto* r = new epoll_reg(*this, op.io.fd);  // registers with epoll: may throw (EPERM for a file)
+        r->next_live = m_regs;
+        if (m_regs) m_regs->prev_live = r;
+        m_regs = r;
+        if (op.io.reg != nullptr) {
+            *op.io.reg = r;
+        } else {
+            one_off = true;
+        }
+        return r;
+    }
+
+    void enqueue(io_operation& op, bool write) noexcept {
+        auto& e = io_of(op);
+        epoll_reg* r;
         try {
-            ctrl = std::make_shared<wait_ctrl>(m_ctx, op.fd());
-        } catch (const std::system_error& e) {
-            op.complete(-e.code().value());
+            r = registration_for(op, e.owns_reg);
+        } catch (const std::system_error& ex) {
+            op.complete(-ex.code().value());
             return;
         } catch (...) {
             op.complete(-ENOMEM);
             return;
         }
-        ctrl->op = &op;
-        ctrl->backend = this;
-        ctrl->done.ctrl = ctrl.get();
-        ctrl->done.run = [](work_item* w) noexcept {
-            auto* c = static_cast<wait_ctrl::done_item*>(w)->ctrl;
-            c->backend->finish_wait(*c->op, c->result);
-        };
-        ::new (static_cast<void*>(op.backend_storage)) epoll_wait{ctrl};
-        // Link first: the handler may run on another host thread at once.
-        op.prev_in_flight = nullptr;
-        op.next_in_flight = m_waits;
-        if (m_waits) m_waits->prev_in_flight = &op;
-        m_waits = &op;
-        const auto type = (op.events() & POLLIN) ? asio::posix::stream_descriptor::wait_read
-                                                 : asio::posix::stream_descriptor::wait_write;
-        try {
-            ctrl->desc.async_wait(type, [ctrl](const std::error_code& ec) {
-                std::lock_guard lock(ctrl->mutex);
-                if (ctrl->abandoned) return;
-                ctrl->result = !ec ? ((ctrl->op->events() & POLLIN) ? POLLIN : POLLOUT)
-                               : ec == asio::error::operation_aborted ? -ECANCELED
-                                                                      : -ec.value();
-                // Back to hop's serialised drain (under the mutex: a loop being
-                // destroyed abandons the wait under it first).
-                ctrl->backend->m_core.post(&ctrl->done);
-            });
-        } catch (...) {
-            finish_wait(op, -ENOMEM);
+        e.reg = r;
+        e.queued = true;
+        op_queue& q = write ? r->writers : r->readers;
+        op.next_in_flight = nullptr;
+        op.prev_in_flight = q.tail;
+        if (q.tail) {
+            q.tail->next_in_flight = &op;
+        } else {
+            q.head = &op;
         }
+        q.tail = &op;
+        arm(*r, write);
     }
 
-    void cancel_fd_wait(fd_wait_operation& op) noexcept override {
-        // Deregistration: the handler then runs with operation_aborted (or
-        // with readiness, if that was already queued) and ends the wait.
-        std::error_code ignored;
-        wait_of(op).ctrl->desc.cancel(ignored);
-    }
-
-    // Loop thread: unlink, deregister without closing the caller's fd, resume.
-    void finish_wait(fd_wait_operation& op, int result) noexcept {
+    static void unlink(op_queue& q, io_operation& op) noexcept {
         if (op.prev_in_flight) {
             op.prev_in_flight->next_in_flight = op.next_in_flight;
         } else {
-            m_waits = op.next_in_flight;
+            q.head = op.next_in_flight;
         }
-        if (op.next_in_flight) op.next_in_flight->prev_in_flight = op.prev_in_flight;
+        if (op.next_in_flight) {
+            op.next_in_flight->prev_in_flight = op.prev_in_flight;
+        } else {
+            q.tail = op.prev_in_flight;
+        }
         op.next_in_flight = op.prev_in_flight = nullptr;
-        auto& w = wait_of(op);
-        {
-            std::error_code ignored;
-            w.ctrl->desc.cancel(ignored);
-            (void)w.ctrl->desc.release();
+    }
+
+    // The op is off its queue: drop a one-off registration, then complete.
+    void finish_queued(io_operation& op, int result) noexcept {
+        auto& e = io_of(op);
+        e.queued = false;
+        if (e.owns_reg) {
+            e.owns_reg = false;
+            unregister(*e.reg);
         }
-        w.~epoll_wait();
+        e.reg = nullptr;
         op.complete(result);
+    }
+
+    void fail_queue(epoll_reg&, op_queue& q, int result) noexcept {
+        while (io_operation* op = q.head) {
+            unlink(q, *op);
+            finish_queued(*op, result);
+        }
+    }
+
+    // Ends the registration: queued operations fail, the fd leaves epoll
+    // (it is not closed here), the owner's reference goes.
+    void unregister(epoll_reg& r) noexcept {
+        if (r.dead) return;
+        r.dead = true;
+        if (r.prev_live) {
+            r.prev_live->next_live = r.next_live;
+        } else {
+            m_regs = r.next_live;
+        }
+        if (r.next_live) r.next_live->prev_live = r.prev_live;
+        r.next_live = r.prev_live = nullptr;
+        fail_queue(r, r.readers, -ECANCELED);
+        fail_queue(r, r.writers, -ECANCELED);
+        std::error_code ignored;
+        r.desc.cancel(ignored);
+        (void)r.desc.release();
+        release_reg(&r);
+    }
+
+    void arm(epoll_reg& r, bool write) noexcept {
+        bool& armed = write ? r.write_armed : r.read_armed;
+        if (armed || r.dead) return;
+        armed = true;
+        try {
+            const auto type =
+                write ? asio::posix::stream_descriptor::wait_write : asio::posix::stream_descriptor::wait_read;
+            if (!m_hosted) {
+                r.desc.async_wait(type, [ref = reg_ref(&r), write](const std::error_code& ec) {
+                    ref.r->backend->on_ready_here(*ref.r, write, ec);
+                });
+            } else {
+                // The handler may outlive this backend: it checks `shared`.
+                r.desc.async_wait(type, [ref = reg_ref(&r), write, s = m_shared](const std::error_code& ec) {
+                    std::lock_guard lock(s->mutex);
+                    if (s->self != nullptr) s->self->hand_over(*ref.r, write, ec);
+                });
+            }
+        } catch (...) {
+            armed = false;
+            fail_queue(r, write ? r.writers : r.readers, -ENOMEM);
+        }
+    }
+
+    // Asio's handler on our own context: runs on the loop thread.
+    void on_ready_here(epoll_reg& r, bool write, const std::error_code& ec) noexcept {
+        m_internal_handlers.fetch_add(1, std::memory_order_relaxed);
+        loop_core::running_scope scope(m_core);
+        on_ready(r, write, ec);
+    }
+
+    // Asio's handler on a host's context may run on any host thread: it
+    // hands over to the loop's serialised drain (under `shared`'s mutex).
+    void hand_over(epoll_reg& r, bool write, const std::error_code& ec) noexcept {
+        m_internal_handlers.fetch_add(1, std::memory_order_relaxed);
+        auto& item = write ? r.write_ready : r.read_ready;
+        r.refs.fetch_add(1, std::memory_order_relaxed);  // the item's
+        item.reg = &r;
+        item.write = write;
+        item.ec = ec;
+        item.run = [](work_item* w) noexcept {
+            auto* it = static_cast<epoll_reg::ready_item*>(w);
+            epoll_reg* reg = it->reg;
+            reg->backend->on_ready(*reg, it->write, it->ec);
+            release_reg(reg);
+        };
+        m_core.post(&item);
+    }
+
+    // Loop thread: the fd is ready (or failed) in one direction: retry the
+    // queued calls in order until one would block again.
+    void on_ready(epoll_reg& r, bool write, const std::error_code& ec) noexcept {
+        (write ? r.write_armed : r.read_armed) = false;
+        if (r.dead) return;
+        op_queue& q = write ? r.writers : r.readers;
+        if (ec == asio::error::operation_aborted) {
+            if (!q.empty()) arm(r, write);
+            return;
+        }
+        // Held across the retries: what they resume may close the fd.
+        reg_ref hold(&r);
+        std::size_t handled = 0;
+        while (!r.dead && !q.empty()) {
+            io_operation& op = *q.head;
+            int res;
+            if (ec) {
+                res = -ec.value();
+            } else if (op.io.kind == io_kind::poll) {
+                res = static_cast<int>(write ? POLLOUT : POLLIN);
+            } else {
+                res = attempt(op);
+                if (res == -EAGAIN) break;  // the rest would block too
+            }
+            unlink(q, op);
+            ++handled;
+            finish_queued(op, res);
+        }
+        m_hop_handlers.fetch_add(handled, std::memory_order_relaxed);
+        if (!r.dead && !q.empty()) arm(r, write);
+    }
+
+    // pread / pwrite / fsync on the blocking pool; the result comes back to
+    // the loop as a posted item.
+    void start_blocking_call(io_operation& op, epoll_io& e) noexcept {
+        e.call.op = &op;
+        e.call.backend = this;
+        e.call.run = [](work_item* w) noexcept {
+            auto* c = static_cast<epoll_io::call_item*>(w);
+            auto& io = c->op->io;
+            auto* buf = static_cast<char*>(io.buf) + io.done;
+            const std::size_t left = std::min<std::size_t>(io.len - io.done, std::size_t{1} << 30);
+            const auto off = static_cast<off_t>(io.offset + io.done);
+            ssize_t r = 0;
+            switch (io.kind) {
+                case io_kind::read_at:
+                    r = ::pread(io.fd, buf, left, off);
+                    break;
+                case io_kind::write_at:
+                    r = ::pwrite(io.fd, buf, left, off);
+                    break;
+                default:
+                    r = (io.flags & 1) ? ::fdatasync(io.fd) : ::fsync(io.fd);
+                    break;
+            }
+            c->result = r >= 0 ? static_cast<int>(r) : -errno;
+            c->run = [](work_item* w2) noexcept {
+                auto* c2 = static_cast<epoll_io::call_item*>(w2);
+                asio_backend* b = c2->backend;
+                c2->op->complete(c2->result);  // may start the next part (all)
+                if (b->m_blocking_calls.fetch_sub(1, std::memory_order_acq_rel) == 1) b->m_blocking_calls.notify_all();
+            };
+            c->backend->m_core.post(c);
+        };
+        m_blocking_calls.fetch_add(1, std::memory_order_acq_rel);
+        blocking_executor().post_continuation(&e.call);
     }
 
 private:
@@ -376,7 +676,8 @@ private:
     }
 
     loop_core& m_core;
-    fd_wait_operation* m_waits = nullptr;  // readiness waits in flight (loop thread)
+    epoll_reg* m_regs = nullptr;  // live registrations (loop thread)
+    std::atomic<std::size_t> m_blocking_calls{0};
     std::unique_ptr<asio::io_context> m_owned;
     asio::io_context& m_ctx;
     asio::steady_timer m_timer;

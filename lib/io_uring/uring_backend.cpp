@@ -10,7 +10,9 @@
 
 #include "../spin.hpp"
 
+#include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -138,13 +140,14 @@ public:
     }
 
     void drain_for_shutdown() override {
-        if (m_inflight == 0) return;
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
-        io_uring_sqe_set_data64(sqe, cancel_tag);
         // Every cancelled operation still posts its own completion: reap
-        // until each one has, and only then may its frame go away.
+        // until each one has, and only then may its frame go away. The
+        // cancel is repeated: what the reaped completions resume may have
+        // started something after it.
         while (m_inflight != 0) {
+            io_uring_sqe* sqe = get_sqe();
+            io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+            io_uring_sqe_set_data64(sqe, cancel_tag);
             int r = io_uring_submit_and_wait(&m_ring, 1);
             if (r < 0 && r != -EINTR && r != -EBUSY && r != -ETIME) break;
             reap();
@@ -152,38 +155,76 @@ public:
         }
     }
 
-    // ---- readiness waits ----------------------------------------------------
+    // ---- IO operations --------------------------------------------------
 
-    struct uring_fd_wait : uring_op {
-        fd_wait_operation* owner = nullptr;
+    // A socket's registration here: how many of its operations are in
+    // flight, so close_fd knows whether it must cancel anything first.
+    struct uring_reg final : fd_registration {
+        unsigned inflight = 0;
+        bool closed = false;
     };
-    static_assert(sizeof(uring_fd_wait) <= sizeof(fd_wait_operation::backend_storage));
 
-    void start_fd_wait(fd_wait_operation& op) noexcept override {
-        auto* u = ::new (static_cast<void*>(op.backend_storage)) uring_fd_wait;
-        u->owner = &op;
-        u->complete = [](uring_op* o, int res, unsigned) noexcept {
-            static_cast<uring_fd_wait*>(o)->owner->complete(res);
-        };
-        try {
-            io_uring_sqe* sqe = get_sqe();
-            io_uring_prep_poll_add(sqe, op.fd(), op.events());
-            track(sqe, u);
-        } catch (...) {
-            op.complete(-EBUSY);
-        }
+    struct uring_io : uring_op {
+        io_operation* owner = nullptr;
+        uring_backend* backend = nullptr;
+        uring_reg* reg = nullptr;
+        bool polling = false;  // waiting for readiness after an -EAGAIN
+    };
+    static_assert(sizeof(uring_io) <= sizeof(io_operation::backend_storage));
+    static uring_io& io_of(io_operation& op) noexcept {
+        return *std::launder(reinterpret_cast<uring_io*>(op.backend_storage));
     }
 
-    void cancel_fd_wait(fd_wait_operation& op) noexcept override {
-        auto* u = std::launder(reinterpret_cast<uring_fd_wait*>(op.backend_storage));
+    void start_io(io_operation& op) noexcept override {
+        auto* u = ::new (static_cast<void*>(op.backend_storage)) uring_io;
+        u->owner = &op;
+        u->backend = this;
+        u->complete = &uring_backend::on_io_complete;
+        if (op.io.reg != nullptr) {
+            if (*op.io.reg == nullptr) {
+                auto* r = new (std::nothrow) uring_reg;
+                if (r == nullptr) {
+                    op.complete(-ENOMEM);
+                    return;
+                }
+                *op.io.reg = r;
+            }
+            u->reg = static_cast<uring_reg*>(*op.io.reg);
+        }
+        submit_io(*u, false);
+    }
+
+    void cancel_io(io_operation& op) noexcept override {
         try {
             io_uring_sqe* sqe = get_sqe();
-            io_uring_prep_cancel(sqe, static_cast<uring_op*>(u), 0);
+            io_uring_prep_cancel(sqe, static_cast<uring_op*>(&io_of(op)), 0);
             io_uring_sqe_set_data64(sqe, cancel_tag);
         } catch (...) {
-            // No SQE: the wait ends when the fd is ready or the loop is destroyed.
+            // No SQE: the operation ends on its own or when the loop is destroyed.
         }
     }
+
+    void close_fd(int fd, fd_registration* reg) noexcept override {
+        auto* r = static_cast<uring_reg*>(reg);
+        if (r != nullptr && r->inflight != 0) {
+            // Cancel by fd, submitted now: it must reach the kernel while
+            // the fd number still names this socket. Poll-armed socket
+            // operations are cancelled inside the submit; their CQEs follow.
+            try {
+                io_uring_sqe* sqe = get_sqe();
+                io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+                io_uring_sqe_set_data64(sqe, cancel_tag);
+                io_uring_submit(&m_ring);
+            } catch (...) {
+            }
+            r->closed = true;  // the last completion frees it
+        } else {
+            delete r;
+        }
+        ::close(fd);
+    }
+
+    bool wants_nonblocking() const noexcept override { return false; }
 
     // ---- for operations ---------------------------------------------------
 
@@ -202,6 +243,93 @@ public:
     }
 
 private:
+    // Prepares the SQE for the operation's next step: its call, or (after
+    // an -EAGAIN on a non-blocking fd) a readiness poll first.
+    void submit_io(uring_io& u, bool poll_first) noexcept {
+        io_operation& op = *u.owner;
+        auto& io = op.io;
+        u.polling = poll_first;
+        io_uring_sqe* sqe;
+        try {
+            sqe = get_sqe();
+        } catch (...) {
+            op.complete(-EBUSY);
+            return;
+        }
+        auto* buf = static_cast<char*>(io.buf) + io.done;
+        const auto left = static_cast<unsigned>(std::min<std::size_t>(io.len - io.done, 1u << 30));
+        if (poll_first) {
+            const bool out = io.kind == io_kind::send || io.kind == io_kind::sendmsg || io.kind == io_kind::connect;
+            io_uring_prep_poll_add(sqe, io.fd, out ? POLLOUT : POLLIN);
+        } else {
+            switch (io.kind) {
+                case io_kind::poll:
+                    io_uring_prep_poll_add(sqe, io.fd, io.events);
+                    break;
+                case io_kind::recv:
+                    io_uring_prep_recv(sqe, io.fd, buf, left, io.flags);
+                    break;
+                case io_kind::send:
+                    io_uring_prep_send(sqe, io.fd, buf, left, io.flags | MSG_NOSIGNAL);
+                    break;
+                case io_kind::accept:
+                    io_uring_prep_accept(sqe, io.fd, io.addr, io.addr ? &io.addrlen : nullptr, SOCK_CLOEXEC);
+                    break;
+                case io_kind::connect:
+                    io_uring_prep_connect(sqe, io.fd, io.addr, io.addrlen);
+                    break;
+                case io_kind::recvmsg:
+                    io_uring_prep_recvmsg(sqe, io.fd, io.msg, static_cast<unsigned>(io.flags));
+                    break;
+                case io_kind::sendmsg:
+                    io_uring_prep_sendmsg(sqe, io.fd, io.msg, static_cast<unsigned>(io.flags) | MSG_NOSIGNAL);
+                    break;
+                case io_kind::read_at:
+                    io_uring_prep_read(sqe, io.fd, buf, left, io.offset + io.done);
+                    break;
+                case io_kind::write_at:
+                    io_uring_prep_write(sqe, io.fd, buf, left, io.offset + io.done);
+                    break;
+                case io_kind::fsync:
+                    io_uring_prep_fsync(sqe, io.fd, static_cast<unsigned>(io.flags));
+                    break;
+            }
+        }
+        if (u.reg) ++u.reg->inflight;
+        track(sqe, &u);
+    }
+
+    static void on_io_complete(uring_op* o, int res, unsigned) noexcept {
+        auto& u = *static_cast<uring_io*>(o);
+        io_operation& op = *u.owner;
+        if (u.reg != nullptr) {
+            --u.reg->inflight;
+            if (u.reg->closed) {
+                // The socket was closed under the operation: whatever it did
+                // after all, it reports the close.
+                if (u.reg->inflight == 0) delete u.reg;
+                u.reg = nullptr;
+                if (res >= 0 && op.io.kind == io_kind::accept) ::close(res);
+                op.complete(-ECANCELED);
+                return;
+            }
+        }
+        if (u.polling) {
+            // The fd is ready (or failed): now the call itself.
+            if (res < 0) {
+                op.complete(res);
+            } else {
+                u.backend->submit_io(u, false);
+            }
+            return;
+        }
+        if (res == -EAGAIN && op.io.kind != io_kind::poll) {
+            u.backend->submit_io(u, true);  // a non-blocking fd (adopted): poll, then retry
+            return;
+        }
+        op.complete(res);
+    }
+
     void signal_wake() noexcept { (void)::eventfd_write(m_wake_fd, 1); }
 
     void arm_wake() {

@@ -1,0 +1,356 @@
+// tcp_stream, tcp_listener, udp_socket: the sockets over io_operation.
+
+#include <hop/net.hpp>
+
+#include <hop/sync.hpp>
+#include <hop/task_group.hpp>
+#include <hop/time.hpp>
+
+#include "loop_core.hpp"
+
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <vector>
+
+namespace hop {
+
+namespace {
+
+[[noreturn]] void throw_sys(int err, const std::string& what) {
+    throw std::system_error(err, std::generic_category(), what);
+}
+
+std::string on_fd(const char* what, int fd) { return std::string(what) + " (fd " + std::to_string(fd) + ")"; }
+
+// A new socket for `loop`'s backend (non-blocking for epoll; io_uring's
+// native operations want a blocking one), close-on-exec.
+detail::socket_handle open_socket(io_loop& loop, int family, int type, const char* what) {
+    int flags = SOCK_CLOEXEC | (loop.core().backend().wants_nonblocking() ? SOCK_NONBLOCK : 0);
+    int fd = ::socket(family, type | flags, 0);
+    if (fd < 0) throw_sys(errno, std::string(what) + ": socket()");
+    return detail::socket_handle(fd, loop);
+}
+
+endpoint sock_name(int fd, bool peer, const char* what) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    int r = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
+                 : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    if (r != 0) throw_sys(errno, on_fd(what, fd));
+    return endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+}
+
+void set_int_option(int fd, int level, int name, int value, const char* what) {
+    if (::setsockopt(fd, level, name, &value, sizeof value) != 0) throw_sys(errno, on_fd(what, fd));
+}
+
+// The connect step, in the connecting coroutine's frame.
+class connect_operation : public detail::io_operation {
+public:
+    connect_operation(detail::socket_handle& s, const endpoint& peer) : io_operation(s.loop()) {
+        std::memcpy(&m_peer, peer.data(), peer.size());
+        io.kind = detail::io_kind::connect;
+        io.fd = s.fd();
+        io.addr = reinterpret_cast<sockaddr*>(&m_peer);
+        io.addrlen = peer.size();
+        io.reg = s.reg();
+    }
+    int await_resume() noexcept { return take_result(); }
+
+private:
+    sockaddr_storage m_peer{};
+};
+
+}  // namespace
+
+namespace detail {
+
+io_loop& socket_handle::checked_loop(const char* what) const {
+    if (m_fd < 0) {
+        throw std::system_error(EBADF, std::generic_category(), std::string(what) + ": the socket is not open");
+    }
+    return *m_loop;
+}
+
+// ---- transfers ---------------------------------------------------------
+
+transfer_operation::transfer_operation(socket_handle& s, mode m, void* data, std::size_t size, const char* what)
+    : io_operation(s.checked_loop(what)), m_what(what), m_mode(m) {
+    const bool reading = m == mode::read_some || m == mode::read_exact;
+    io.kind = reading ? io_kind::recv : io_kind::send;
+    io.all = m == mode::read_exact || m == mode::write_all;
+    io.fd = s.fd();
+    io.buf = data;
+    io.len = size;
+    io.reg = s.reg();
+    m_ready = io.all && size == 0;
+}
+
+std::size_t transfer_operation::await_resume() {
+    if (m_ready) return 0;
+    const int r = take_result();
+    if (r == -ECANCELED) throw cancelled_error(on_fd(m_what, io.fd) + ": cancelled");
+    if (r < 0) throw_sys(-r, on_fd(m_what, io.fd));
+    switch (m_mode) {
+        case mode::read_exact:
+            if (io.done < io.len) {
+                throw end_of_stream_error(on_fd(m_what, io.fd) + ": end of stream after " + std::to_string(io.done) +
+                                              " of " + std::to_string(io.len) + " bytes",
+                                          io.done);
+            }
+            return io.done;
+        case mode::write_all:
+            return io.done;
+        default:
+            return static_cast<std::size_t>(r);
+    }
+}
+
+// ---- accept -------------------------------------------------------------
+
+accept_operation::accept_operation(socket_handle& s) : io_operation(s.checked_loop("hop::tcp_listener::accept")) {
+    io.kind = io_kind::accept;
+    io.fd = s.fd();
+    io.addr = reinterpret_cast<sockaddr*>(&m_peer);
+    io.addrlen = sizeof m_peer;
+    io.reg = s.reg();
+}
+
+tcp_stream accept_operation::await_resume() {
+    const int r = take_result();
+    if (r == -ECANCELED) throw cancelled_error(on_fd("hop::tcp_listener::accept", io.fd) + ": cancelled");
+    if (r < 0) {
+        std::string where;
+        try {
+            where = " on " + sock_name(io.fd, false, "hop::tcp_listener::accept").to_string();
+        } catch (...) {
+        }
+        throw_sys(-r, on_fd("hop::tcp_listener::accept", io.fd) + where);
+    }
+    return tcp_stream(socket_handle(r, loop()));
+}
+
+// ---- udp ------------------------------------------------------------------
+
+send_to_operation::send_to_operation(socket_handle& s, const void* data, std::size_t size, const endpoint& to)
+    : io_operation(s.checked_loop("hop::udp_socket::send_to")) {
+    std::memcpy(&m_to, to.data(), to.size());
+    m_iov.iov_base = const_cast<void*>(data);
+    m_iov.iov_len = size;
+    m_msg.msg_name = &m_to;
+    m_msg.msg_namelen = to.size();
+    m_msg.msg_iov = &m_iov;
+    m_msg.msg_iovlen = 1;
+    io.kind = io_kind::sendmsg;
+    io.fd = s.fd();
+    io.msg = &m_msg;
+    io.reg = s.reg();
+}
+
+std::size_t send_to_operation::await_resume() {
+    const int r = take_result();
+    if (r == -ECANCELED) throw cancelled_error(on_fd("hop::udp_socket::send_to", io.fd) + ": cancelled");
+    if (r < 0) {
+        auto to = endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&m_to), m_msg.msg_namelen);
+        throw_sys(-r, on_fd("hop::udp_socket::send_to", io.fd) + " to " + to.to_string());
+    }
+    return static_cast<std::size_t>(r);
+}
+
+recv_from_operation::recv_from_operation(socket_handle& s, void* data, std::size_t size)
+    : io_operation(s.checked_loop("hop::udp_socket::recv_from")) {
+    m_iov.iov_base = data;
+    m_iov.iov_len = size;
+    m_msg.msg_name = &m_from;
+    m_msg.msg_namelen = sizeof m_from;
+    m_msg.msg_iov = &m_iov;
+    m_msg.msg_iovlen = 1;
+    io.kind = io_kind::recvmsg;
+    io.fd = s.fd();
+    io.msg = &m_msg;
+    io.reg = s.reg();
+}
+
+recv_result recv_from_operation::await_resume() {
+    const int r = take_result();
+    if (r == -ECANCELED) throw cancelled_error(on_fd("hop::udp_socket::recv_from", io.fd) + ": cancelled");
+    if (r < 0) throw_sys(-r, on_fd("hop::udp_socket::recv_from", io.fd));
+    recv_result out;
+    out.size = static_cast<std::size_t>(r);
+    out.from = endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&m_from), m_msg.msg_namelen);
+    return out;
+}
+
+}  // namespace detail
+
+// ---- tcp_stream ---------------------------------------------------------------
+
+task<tcp_stream> tcp_stream::connect(endpoint peer) {
+    io_loop& loop = this_thread_loop();
+    auto h = open_socket(loop, peer.is_v4() ? AF_INET : AF_INET6, SOCK_STREAM, "hop::tcp_stream::connect");
+    int r;
+    {
+        connect_operation op(h, peer);
+        r = co_await op;
+    }
+    if (r == -ECANCELED) throw cancelled_error("hop::tcp_stream::connect to " + peer.to_string() + ": cancelled");
+    if (r < 0) throw_sys(-r, "hop::tcp_stream::connect to " + peer.to_string());
+    co_return tcp_stream(std::move(h));
+}
+
+namespace {
+
+// Happy eyeballs (RFC 8305, simplified): attempt i starts when attempt i-1
+// failed or 250 ms after it started, whichever is first; the first
+// connection wins and the other attempts are cancelled. All on one loop.
+struct connect_race {
+    std::vector<endpoint> targets;
+    std::vector<std::unique_ptr<event>> failed;  // failed[i]: attempt i is out
+    event decided;
+    std::optional<tcp_stream> winner;
+    std::exception_ptr last_error;
+    std::size_t failures = 0;
+};
+
+constexpr auto attempt_delay = std::chrono::milliseconds(250);
+
+task<> connect_attempt(connect_race& race, std::size_t i) {
+    try {
+        if (i > 0) {
+            try {
+                co_await with_timeout(attempt_delay, race.failed[i - 1]->wait());
+            } catch (const timeout_error&) {
+            }
+        }
+        tcp_stream s = co_await tcp_stream::connect(race.targets[i]);
+        if (!race.winner) {
+            race.winner = std::move(s);
+            race.decided.set();
+        }
+    } catch (const cancelled_error&) {
+        // Another attempt won.
+    } catch (...) {
+        race.last_error = std::current_exception();
+        race.failed[i]->set();
+        if (++race.failures == race.targets.size()) race.decided.set();
+    }
+}
+
+}  // namespace
+
+task<tcp_stream> tcp_stream::connect(std::string host, std::uint16_t port) {
+    if (host.empty()) throw std::invalid_argument("hop::tcp_stream::connect: the host name is empty");
+    std::vector<endpoint> targets = co_await resolve(host, port);
+    if (targets.empty()) throw_sys(EADDRNOTAVAIL, "hop::tcp_stream::connect: '" + host + "' has no address");
+    if (targets.size() == 1) co_return co_await connect(targets.front());
+
+    io_loop& loop = this_thread_loop();
+    connect_race race;
+    race.targets = std::move(targets);
+    for (std::size_t i = 0; i < race.targets.size(); ++i) race.failed.push_back(std::make_unique<event>());
+    task_group group;
+    for (std::size_t i = 0; i < race.targets.size(); ++i) group.spawn(loop, connect_attempt(race, i));
+    std::exception_ptr stopped;
+    try {
+        co_await race.decided.wait();
+    } catch (...) {
+        stopped = std::current_exception();  // the caller's stop: the attempts go too
+    }
+    group.cancel();
+    co_await group.wait();
+    if (stopped) std::rethrow_exception(stopped);
+    if (race.winner) co_return std::move(*race.winner);
+    try {
+        std::rethrow_exception(race.last_error);
+    } catch (const std::system_error& e) {
+        throw std::system_error(e.code(), "hop::tcp_stream::connect to '" + host + "' port " + std::to_string(port) +
+                                              ": no address connected; the last error");
+    }
+}
+
+tcp_stream tcp_stream::adopt(int fd) {
+    if (fd < 0) throw std::invalid_argument("hop::tcp_stream::adopt: invalid fd " + std::to_string(fd));
+    io_loop& loop = this_thread_loop();
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) throw_sys(errno, on_fd("hop::tcp_stream::adopt", fd));
+    if (type != SOCK_STREAM) {
+        throw std::invalid_argument("hop::tcp_stream::adopt: fd " + std::to_string(fd) + " is not a stream socket");
+    }
+    int fl = ::fcntl(fd, F_GETFL);
+    if (fl < 0) throw_sys(errno, on_fd("hop::tcp_stream::adopt", fd));
+    const bool nb = loop.core().backend().wants_nonblocking();
+    const int want = nb ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+    if (want != fl && ::fcntl(fd, F_SETFL, want) != 0) throw_sys(errno, on_fd("hop::tcp_stream::adopt", fd));
+    return tcp_stream(detail::socket_handle(fd, loop));
+}
+
+void tcp_stream::shutdown_write() {
+    m_handle.checked_loop("hop::tcp_stream::shutdown_write");
+    if (::shutdown(m_handle.fd(), SHUT_WR) != 0) throw_sys(errno, on_fd("hop::tcp_stream::shutdown_write", m_handle.fd()));
+}
+
+void tcp_stream::set_nodelay(bool on) {
+    m_handle.checked_loop("hop::tcp_stream::set_nodelay");
+    set_int_option(m_handle.fd(), IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, "hop::tcp_stream::set_nodelay");
+}
+
+endpoint tcp_stream::local_endpoint() const {
+    m_handle.checked_loop("hop::tcp_stream::local_endpoint");
+    return sock_name(m_handle.fd(), false, "hop::tcp_stream::local_endpoint");
+}
+
+endpoint tcp_stream::remote_endpoint() const {
+    m_handle.checked_loop("hop::tcp_stream::remote_endpoint");
+    return sock_name(m_handle.fd(), true, "hop::tcp_stream::remote_endpoint");
+}
+
+// ---- tcp_listener -------------------------------------------------------------
+
+tcp_listener tcp_listener::bind(const endpoint& local, const listen_options& options) {
+    if (options.backlog < 1) {
+        throw std::invalid_argument("hop::tcp_listener::bind: backlog " + std::to_string(options.backlog) +
+                                    " (it must be at least 1)");
+    }
+    io_loop& loop = this_thread_loop();
+    const std::string what = "hop::tcp_listener::bind " + local.to_string();
+    auto h = open_socket(loop, local.is_v4() ? AF_INET : AF_INET6, SOCK_STREAM, what.c_str());
+    if (options.reuse_address) set_int_option(h.fd(), SOL_SOCKET, SO_REUSEADDR, 1, what.c_str());
+    if (options.reuse_port) set_int_option(h.fd(), SOL_SOCKET, SO_REUSEPORT, 1, what.c_str());
+    if (::bind(h.fd(), local.data(), local.size()) != 0) throw_sys(errno, what);
+    if (::listen(h.fd(), options.backlog) != 0) throw_sys(errno, what + ": listen");
+    return tcp_listener(std::move(h));
+}
+
+detail::accept_operation tcp_listener::accept() { return detail::accept_operation(m_handle); }
+
+endpoint tcp_listener::local_endpoint() const {
+    m_handle.checked_loop("hop::tcp_listener::local_endpoint");
+    return sock_name(m_handle.fd(), false, "hop::tcp_listener::local_endpoint");
+}
+
+// ---- udp_socket ---------------------------------------------------------------
+
+udp_socket udp_socket::bind(const endpoint& local) {
+    io_loop& loop = this_thread_loop();
+    const std::string what = "hop::udp_socket::bind " + local.to_string();
+    auto h = open_socket(loop, local.is_v4() ? AF_INET : AF_INET6, SOCK_DGRAM, what.c_str());
+    if (::bind(h.fd(), local.data(), local.size()) != 0) throw_sys(errno, what);
+    return udp_socket(std::move(h));
+}
+
+endpoint udp_socket::local_endpoint() const {
+    m_handle.checked_loop("hop::udp_socket::local_endpoint");
+    return sock_name(m_handle.fd(), false, "hop::udp_socket::local_endpoint");
+}
+
+}  // namespace hop

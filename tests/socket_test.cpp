@@ -1,0 +1,3 @@
+#include <hop/net.hpp>
+
+#include <doctest/doctest.h>
