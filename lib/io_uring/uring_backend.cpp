@@ -18,9 +18,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <ctime>
+#include <memory>
 #include <new>
 #include <optional>
 #include <system_error>
+#include <utility>
 
 namespace hop::detail {
 
@@ -159,16 +161,38 @@ public:
 
     // A socket's registration here: how many of its operations are in
     // flight, so close_fd knows whether it must cancel anything first.
+    struct accept_state;
     struct uring_reg final : fd_registration {
         unsigned inflight = 0;
         bool closed = false;
+        std::unique_ptr<accept_state> acceptor;  // a listener's multishot accept
+        ~uring_reg() override;
+    };
+
+    // A listener's multishot accept: one SQE keeps accepting; connections
+    // go to the waiting accept() calls in order, or wait here (at most
+    // max_ready; then the multishot is cancelled until they are taken).
+    struct accept_state : uring_op {
+        static constexpr std::size_t max_ready = 64;
+        uring_backend* backend = nullptr;
+        uring_reg* reg = nullptr;
+        int fd = -1;
+        bool armed = false;
+        bool cancelling = false;
+        io_operation* head = nullptr;  // waiting accept operations
+        io_operation* tail = nullptr;
+        int ready[max_ready];
+        std::size_t ready_head = 0;
+        std::size_t ready_count = 0;
+        int error = 0;  // a failure no accept() was waiting for
     };
 
     struct uring_io : uring_op {
         io_operation* owner = nullptr;
         uring_backend* backend = nullptr;
         uring_reg* reg = nullptr;
-        bool polling = false;  // waiting for readiness after an -EAGAIN
+        bool polling = false;         // waiting for readiness after an -EAGAIN
+        bool waiting_accept = false;  // queued on the listener's multishot accept
     };
     static_assert(sizeof(uring_io) <= sizeof(io_operation::backend_storage));
     static uring_io& io_of(io_operation& op) noexcept {
@@ -191,10 +215,21 @@ public:
             }
             u->reg = static_cast<uring_reg*>(*op.io.reg);
         }
+        if (op.io.kind == io_kind::accept && u->reg != nullptr && m_multishot_accept) {
+            start_accept(op, *u->reg);
+            return;
+        }
         submit_io(*u, false);
     }
 
     void cancel_io(io_operation& op) noexcept override {
+        auto& u = io_of(op);
+        if (u.waiting_accept) {
+            accept_state& a = *u.reg->acceptor;
+            unlink_accept(a, op);
+            op.complete(-ECANCELED);
+            return;
+        }
         try {
             io_uring_sqe* sqe = get_sqe();
             io_uring_prep_cancel(sqe, static_cast<uring_op*>(&io_of(op)), 0);
@@ -218,10 +253,146 @@ public:
             } catch (...) {
             }
             r->closed = true;  // the last completion frees it
+            if (r->acceptor) fail_accepts(*r->acceptor, -ECANCELED);
         } else {
             delete r;
         }
         ::close(fd);
+    }
+
+    // ---- multishot accept ---------------------------------------------------
+
+    void start_accept(io_operation& op, uring_reg& reg) noexcept {
+        if (!reg.acceptor) {
+            reg.acceptor.reset(new (std::nothrow) accept_state);
+            if (!reg.acceptor) {
+                op.complete(-ENOMEM);
+                return;
+            }
+            auto& a = *reg.acceptor;
+            a.backend = this;
+            a.reg = &reg;
+            a.fd = op.io.fd;
+            a.complete = &uring_backend::on_accept_cqe;
+        }
+        accept_state& a = *reg.acceptor;
+        if (a.ready_count != 0) {
+            int fd = a.ready[a.ready_head];
+            a.ready_head = (a.ready_head + 1) % accept_state::max_ready;
+            --a.ready_count;
+            rearm_accept(a);
+            op.complete(fd);
+            return;
+        }
+        if (a.error != 0) {
+            op.complete(-std::exchange(a.error, 0));
+            return;
+        }
+        auto& u = io_of(op);
+        u.waiting_accept = true;
+        op.next_in_flight = nullptr;
+        op.prev_in_flight = a.tail;
+        if (a.tail) {
+            a.tail->next_in_flight = &op;
+        } else {
+            a.head = &op;
+        }
+        a.tail = &op;
+        rearm_accept(a);
+    }
+
+    void unlink_accept(accept_state& a, io_operation& op) noexcept {
+        if (op.prev_in_flight) {
+            op.prev_in_flight->next_in_flight = op.next_in_flight;
+        } else {
+            a.head = op.next_in_flight;
+        }
+        if (op.next_in_flight) {
+            op.next_in_flight->prev_in_flight = op.prev_in_flight;
+        } else {
+            a.tail = op.prev_in_flight;
+        }
+        op.next_in_flight = op.prev_in_flight = nullptr;
+        io_of(op).waiting_accept = false;
+    }
+
+    void fail_accepts(accept_state& a, int result) noexcept {
+        while (io_operation* op = a.head) {
+            unlink_accept(a, *op);
+            op->complete(result);
+        }
+    }
+
+    // Arms the multishot SQE when someone waits and nothing is queued.
+    void rearm_accept(accept_state& a) noexcept {
+        if (a.armed || a.reg->closed || a.head == nullptr) return;
+        io_uring_sqe* sqe;
+        try {
+            sqe = get_sqe();
+        } catch (...) {
+            fail_accepts(a, -EBUSY);
+            return;
+        }
+        io_uring_prep_multishot_accept(sqe, a.fd, nullptr, nullptr, SOCK_CLOEXEC);
+        a.armed = true;
+        ++a.reg->inflight;
+        track(sqe, &a);
+    }
+
+    static void on_accept_cqe(uring_op* o, int res, unsigned flags) noexcept {
+        auto& a = *static_cast<accept_state*>(o);
+        uring_backend& b = *a.backend;
+        uring_reg& reg = *a.reg;
+        const bool more = (flags & IORING_CQE_F_MORE) != 0;
+        if (!more) {
+            a.armed = false;
+            a.cancelling = false;
+            --reg.inflight;
+        }
+        if (reg.closed) {
+            if (res >= 0) ::close(res);
+            b.fail_accepts(a, -ECANCELED);
+            if (!more && reg.inflight == 0) delete &reg;
+            return;
+        }
+        if (res == -EINVAL && !more && b.m_multishot_accept) {
+            // A kernel without multishot accept (before 5.19): one accept
+            // SQE per call from now on.
+            b.m_multishot_accept = false;
+            while (io_operation* op = a.head) {
+                b.unlink_accept(a, *op);
+                b.submit_io(io_of(*op), false);
+            }
+            return;
+        }
+        if (res >= 0) {
+            if (io_operation* op = a.head) {
+                b.unlink_accept(a, *op);
+                op->complete(res);
+            } else {
+                a.ready[(a.ready_head + a.ready_count) % accept_state::max_ready] = res;
+                ++a.ready_count;
+                if (a.ready_count == accept_state::max_ready && more && !a.cancelling) {
+                    // Nobody takes them: leave the rest in the kernel's backlog.
+                    a.cancelling = true;
+                    try {
+                        io_uring_sqe* sqe = b.get_sqe();
+                        io_uring_prep_cancel(sqe, &a, 0);
+                        io_uring_sqe_set_data64(sqe, cancel_tag);
+                    } catch (...) {
+                    }
+                }
+            }
+        } else if (res != -ECANCELED) {
+            // EMFILE, ENFILE, ENOMEM...: the first waiting accept reports it.
+            if (io_operation* op = a.head) {
+                b.unlink_accept(a, *op);
+                op->complete(res);
+            } else {
+                a.error = res;
+            }
+        }
+        if (!more) b.rearm_accept(a);
     }
 
     bool wants_nonblocking() const noexcept override { return false; }
@@ -444,7 +615,7 @@ private:
             default:
                 break;
         }
-        --m_inflight;
+        if ((flags & IORING_CQE_F_MORE) == 0) --m_inflight;  // a multishot goes on
         auto* op = reinterpret_cast<uring_op*>(static_cast<std::uintptr_t>(data));
         op->complete(op, res, flags);
         return true;
@@ -485,7 +656,17 @@ private:
     __kernel_timespec m_timeout_ts{};
     std::size_t m_timeouts_inflight = 0;
     std::size_t m_inflight = 0;
+    bool m_multishot_accept = true;  // cleared on a kernel without it
 };
+
+uring_backend::uring_reg::~uring_reg() {
+    if (acceptor) {
+        // Connections accepted that no accept() took.
+        for (std::size_t i = 0; i < acceptor->ready_count; ++i) {
+            ::close(acceptor->ready[(acceptor->ready_head + i) % accept_state::max_ready]);
+        }
+    }
+}
 
 std::unique_ptr<loop_backend> make_uring_backend(loop_core& core, unsigned queue_depth) {
     return std::make_unique<uring_backend>(core, queue_depth);
