@@ -1,12 +1,26 @@
-// The blocking pool behind run_blocking.
+// hop::file, and the blocking pool behind run_blocking.
 
 #include <hop/file.hpp>
 
+#include <hop/io_loop.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if __has_include(<linux/io_uring.h>)
+#include <linux/io_uring.h>
+#endif
+
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 
 namespace hop::detail {
@@ -78,3 +92,152 @@ executor_base& blocking_executor() {
 }
 
 }  // namespace hop::detail
+
+namespace hop {
+
+namespace {
+
+#ifdef IORING_FSYNC_DATASYNC
+constexpr int fsync_datasync = IORING_FSYNC_DATASYNC;
+#else
+constexpr int fsync_datasync = 1;  // the kernel's value (linux/io_uring.h)
+#endif
+
+// Linux moves at most this many bytes in one read or write (MAX_RW_COUNT);
+// a longer read_at is a short read, as pread would make it.
+constexpr std::size_t max_single_transfer = 0x7ffff000;
+
+int open_flags(open_mode mode) {
+    switch (mode) {
+        case open_mode::read:
+            return O_RDONLY | O_CLOEXEC;
+        case open_mode::write:
+            return O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+        case open_mode::read_write:
+            return O_RDWR | O_CREAT | O_CLOEXEC;
+        case open_mode::append:
+            return O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC;
+    }
+    throw std::invalid_argument("hop::file::open: open_mode " + std::to_string(static_cast<int>(mode)) +
+                                " is not read, write, read_write or append");
+}
+
+// "hop::file::read_at (fd 7, '/tmp/x')"
+std::string describe(const char* what, int fd, const std::string& path) {
+    return std::string(what) + " (fd " + std::to_string(fd) + ", '" + path + "')";
+}
+
+}  // namespace
+
+task<file> file::open(std::string path, open_mode mode) {
+    const int flags = open_flags(mode);
+    if (path.empty()) throw std::invalid_argument("hop::file::open: the path is empty");
+    if (path.find('\0') != std::string::npos) {
+        throw std::invalid_argument("hop::file::open: the path contains a NUL byte");
+    }
+    io_loop& loop = this_thread_loop();
+    co_await cancellation_point();
+    file f = co_await run_blocking(&file::open_now, std::move(path), flags, &loop);
+    co_return f;
+}
+
+file file::open_now(std::string path, int flags, io_loop* loop) {
+    const int fd = ::openat(AT_FDCWD, path.c_str(), flags, 0644);
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "hop::file::open: '" + path + "'");
+    return file(fd, *loop, std::move(path));
+}
+
+std::uint64_t file::size() const {
+    if (!is_open()) throw std::system_error(EBADF, std::generic_category(), "hop::file::size: the file is not open");
+    struct stat st {};
+    if (::fstat(m_fd, &st) != 0) {
+        throw std::system_error(errno, std::generic_category(), describe("hop::file::size", m_fd, m_path));
+    }
+    return static_cast<std::uint64_t>(st.st_size);
+}
+
+void file::close() noexcept {
+    if (m_fd < 0) return;
+    // Linux frees the descriptor even when close fails (EINTR, EIO): never retry.
+    (void)::close(std::exchange(m_fd, -1));
+    m_loop = nullptr;
+    m_path.clear();
+}
+
+namespace detail {
+
+io_loop& file_operation::loop_of(const file& f, const char* what) {
+    if (!f.is_open()) {
+        throw std::system_error(EBADF, std::generic_category(), std::string(what) + ": the file is not open");
+    }
+    return *f.m_loop;
+}
+
+file_operation::file_operation(const file& f, mode m, void* data, std::size_t size, std::int64_t offset,
+                               const char* what)
+    : io_operation(loop_of(f, what)), m_file(&f), m_what(what), m_mode(m) {
+    if (offset < 0) {
+        throw std::invalid_argument(std::string(what) + ": offset " + std::to_string(offset) + " is negative");
+    }
+    io.fd = f.m_fd;
+    io.buf = data;
+    io.offset = static_cast<std::uint64_t>(offset);
+    switch (m) {
+        case mode::read_some:
+            io.kind = io_kind::read_at;
+            io.len = size < max_single_transfer ? size : max_single_transfer;
+            break;
+        case mode::read_exact:
+            io.kind = io_kind::read_at;
+            io.len = size;
+            io.all = true;
+            break;
+        case mode::write_all:
+            io.kind = io_kind::write_at;
+            io.len = size;
+            io.all = true;
+            break;
+        case mode::sync:
+            io.kind = io_kind::fsync;
+            break;
+        case mode::sync_data:
+            io.kind = io_kind::fsync;
+            io.flags = fsync_datasync;
+            break;
+    }
+}
+
+std::size_t file_operation::await_resume() {
+    const int r = take_result();
+    if (r == -ECANCELED) throw cancelled_error(std::string(m_what) + ": cancelled");
+    if (r < 0) throw std::system_error(-r, std::generic_category(), describe(m_what, io.fd, m_file->path()));
+    switch (m_mode) {
+        case mode::read_some:
+            return static_cast<std::size_t>(r);
+        case mode::read_exact:
+            if (io.done < io.len) {
+                throw end_of_stream_error(describe(m_what, io.fd, m_file->path()) + ": the file ended after " +
+                                              std::to_string(io.done) + " of " + std::to_string(io.len) +
+                                              " bytes from offset " + std::to_string(io.offset),
+                                          io.done);
+            }
+            return io.done;
+        case mode::write_all:
+            // A write that moves nothing without an error (never seen on a
+            // regular file) must not pass for a complete one.
+            if (io.done < io.len) {
+                throw std::system_error(EIO, std::generic_category(),
+                                        describe(m_what, io.fd, m_file->path()) + ": wrote only " +
+                                            std::to_string(io.done) + " of " + std::to_string(io.len) + " bytes");
+            }
+            return io.done;
+        case mode::sync:
+        case mode::sync_data:
+            break;
+    }
+    return 0;
+}
+
+}  // namespace detail
+
+}  // namespace hop

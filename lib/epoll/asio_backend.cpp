@@ -175,11 +175,12 @@ public:
             fail_queue(*h.r, h.r->writers, -ECANCELED);
         }
         held.clear();
-        m_core.run_ready();
-        while (m_blocking_calls.load(std::memory_order_acquire) != 0) {
-            std::size_t n = m_blocking_calls.load(std::memory_order_acquire);
-            if (n != 0) m_blocking_calls.wait(n, std::memory_order_acquire);
-            m_core.run_ready();
+        // A pool thread posts its result first and only then counts the
+        // call as over: at zero, every result is in the queue.
+        for (;;) {
+            const std::size_t n = m_blocking_calls.load(std::memory_order_acquire);
+            if (n == 0) break;
+            m_blocking_calls.wait(n, std::memory_order_acquire);
         }
         m_core.run_ready();
     }
@@ -550,11 +551,11 @@ public:
             c->result = r >= 0 ? static_cast<int>(r) : -errno;
             c->run = [](work_item* w2) noexcept {
                 auto* c2 = static_cast<epoll_io::call_item*>(w2);
-                asio_backend* b = c2->backend;
                 c2->op->complete(c2->result);  // may start the next part (all)
-                if (b->m_blocking_calls.fetch_sub(1, std::memory_order_acq_rel) == 1) b->m_blocking_calls.notify_all();
             };
-            c->backend->m_core.post(c);
+            asio_backend* b = c->backend;  // `c` may be gone once posted
+            b->m_core.post(c);
+            if (b->m_blocking_calls.fetch_sub(1, std::memory_order_acq_rel) == 1) b->m_blocking_calls.notify_all();
         };
         m_blocking_calls.fetch_add(1, std::memory_order_acq_rel);
         blocking_executor().post_continuation(&e.call);
