@@ -31,8 +31,11 @@ enum class backend {
 /// Options for an io_loop.
 struct io_loop_options {
     hop::backend backend = hop::backend::automatic;
-    /// io_uring submission queue entries (a power of two, 1 to 32768).
-    unsigned queue_depth = 256;
+    /// io_uring submission queue entries (a power of two, 1 to 32768). The
+    /// queue is submitted whenever it fills, so this bounds a batch, not
+    /// the operations in flight. Small batches measured best (10,000
+    /// connections: 32 -> 665 ms, 256 -> 870 ms, 4096 -> 1780 ms).
+    unsigned queue_depth = 32;
 };
 
 namespace detail {

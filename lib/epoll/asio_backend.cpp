@@ -473,6 +473,9 @@ public:
         m_internal_handlers.fetch_add(1, std::memory_order_relaxed);
         loop_core::running_scope scope(m_core);
         on_ready(r, write, ec);
+        // This ran outside drain(): what the resumed coroutines queued here
+        // (a spawn, a timer) needs a drain too, or the loop would sleep on it.
+        if (m_core.has_local_work() || m_deadline_dirty) schedule_drain(false);
     }
 
     // Asio's handler on a host's context may run on any host thread: it
@@ -506,8 +509,12 @@ public:
         // Held across the retries: what they resume may close the fd.
         reg_ref hold(&r);
         std::size_t handled = 0;
+        // Only what was queued before this event: an operation queued while
+        // it runs has just tried its call and found nothing.
+        io_operation* last = q.tail;
         while (!r.dead && !q.empty()) {
             io_operation& op = *q.head;
+            const bool was_last = &op == last;
             int res;
             if (ec) {
                 res = -ec.value();
@@ -520,6 +527,7 @@ public:
             unlink(q, op);
             ++handled;
             finish_queued(op, res);
+            if (was_last) break;
         }
         m_hop_handlers.fetch_add(handled, std::memory_order_relaxed);
         if (!r.dead && !q.empty()) arm(r, write);
