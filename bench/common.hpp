@@ -23,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 // Asio is a reference here, not our code: its warnings are not ours to fix.
 #pragma GCC diagnostic push
@@ -91,6 +92,9 @@ inline options parse_options(int argc, char** argv, std::initializer_list<const 
 struct sample {
     double seconds = 0;          ///< wall time of the measured part
     std::uint64_t check = 0;     ///< a checksum of the results, compared between sides
+    double user_seconds = 0;     ///< user CPU time of the measured part, if the side measured it
+    double system_seconds = 0;   ///< system CPU time of the measured part, if the side measured it
+    double value = 0;            ///< any other figure the side measured (e.g. bytes per connection)
 };
 
 /// A sample plus what the kernel says the child used.
@@ -181,6 +185,79 @@ std::array<measured, sizeof...(Fn)> run_interleaved(std::size_t rounds, Fn... si
         (one(sides), ...);
     }
     return total;
+}
+
+/// Runs every side `rounds` times, alternating like run_interleaved, but keeps
+/// every round: result[side][round]. For figures reported as a median or best
+/// of the rounds rather than a sum.
+/// @throws std::runtime_error if a run fails or a round's check differs.
+template <class... Fn>
+std::array<std::vector<measured>, sizeof...(Fn)> run_rounds(std::size_t rounds, Fn... sides) {
+    std::array<std::vector<measured>, sizeof...(Fn)> all{};
+    for (std::size_t r = 0; r < rounds; ++r) {
+        std::size_t k = 0;
+        auto one = [&](auto& fn) {
+            measured m = run_isolated(fn);
+            auto& runs = all[k++];
+            if (!runs.empty() && m.s.check != runs.front().s.check) {
+                throw std::runtime_error("a benchmark gave different results in two rounds");
+            }
+            runs.push_back(m);
+        };
+        (one(sides), ...);
+    }
+    return all;
+}
+
+/// The median of `fig(m)` over the runs (the mean of the middle two for an
+/// even count). @throws std::invalid_argument for no runs.
+template <class Fig>
+double median_of(const std::vector<measured>& runs, Fig fig) {
+    if (runs.empty()) throw std::invalid_argument("median_of: no runs");
+    std::vector<double> v;
+    v.reserve(runs.size());
+    for (const auto& m : runs) v.push_back(fig(m));
+    std::sort(v.begin(), v.end());
+    std::size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/// User and system CPU time this process has used so far (all its threads).
+struct cpu_times {
+    double user = 0;
+    double system = 0;
+};
+inline cpu_times process_cpu_times() {
+    rusage ru{};
+    ::getrusage(RUSAGE_SELF, &ru);
+    return {static_cast<double>(ru.ru_utime.tv_sec) + static_cast<double>(ru.ru_utime.tv_usec) / 1e6,
+            static_cast<double>(ru.ru_stime.tv_sec) + static_cast<double>(ru.ru_stime.tv_usec) / 1e6};
+}
+
+/// This process's resident set size now, in bytes (/proc/self/statm).
+/// @throws std::runtime_error if it cannot be read.
+inline std::size_t current_rss_bytes() {
+    std::FILE* f = std::fopen("/proc/self/statm", "r");
+    if (!f) throw std::runtime_error(std::string("/proc/self/statm: ") + std::strerror(errno));
+    unsigned long size = 0, resident = 0;
+    int got = std::fscanf(f, "%lu %lu", &size, &resident);
+    std::fclose(f);
+    if (got != 2) throw std::runtime_error("/proc/self/statm: unexpected contents");
+    return static_cast<std::size_t>(resident) * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to its hard limit and
+/// returns the new soft limit (how many descriptors it may have open).
+inline std::size_t raise_fd_limit() {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) throw std::runtime_error(std::string("getrlimit: ") + std::strerror(errno));
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            throw std::runtime_error(std::string("setrlimit(RLIMIT_NOFILE): ") + std::strerror(errno));
+        }
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? static_cast<std::size_t>(1) << 20 : static_cast<std::size_t>(rl.rlim_cur);
 }
 
 /// This process's own peak RSS in MiB (getrusage).
