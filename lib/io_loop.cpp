@@ -287,9 +287,12 @@ io_loop::~io_loop() {
         // finish; in-flight kernel operations are cancelled and reaped.
         detail::loop_core::running_scope scope(core);
         for (int round = 0; round < 10000; ++round) {
+            // Kernel operations first: a coroutine unwound by an aborted
+            // timer may close a socket, and its peer's pending read would
+            // then end with the close instead of being cancelled.
+            core.backend().drain_for_shutdown();
             core.abort_timers();
             core.run_ready();
-            core.backend().drain_for_shutdown();
             if (!core.has_local_work() && !core.has_remote_work() && core.timer_count() == 0) break;
         }
     }

@@ -92,7 +92,7 @@ transfer_operation::transfer_operation(socket_handle& s, mode m, void* data, std
     io.buf = data;
     io.len = size;
     io.reg = s.reg();
-    m_ready = io.all && size == 0;
+    m_ready = size == 0;  // nothing to move: no call at all
 }
 
 std::size_t transfer_operation::await_resume() {
@@ -251,7 +251,14 @@ task<tcp_stream> tcp_stream::connect(std::string host, std::uint16_t port) {
     if (host.empty()) throw std::invalid_argument("hop::tcp_stream::connect: the host name is empty");
     std::vector<endpoint> targets = co_await resolve(host, port);
     if (targets.empty()) throw_sys(EADDRNOTAVAIL, "hop::tcp_stream::connect: '" + host + "' has no address");
-    if (targets.size() == 1) co_return co_await connect(targets.front());
+    if (targets.size() == 1) {
+        try {
+            co_return co_await connect(targets.front());
+        } catch (const std::system_error& e) {
+            throw std::system_error(e.code(), "hop::tcp_stream::connect to '" + host + "' (" +
+                                                  targets.front().to_string() + ")");
+        }
+    }
 
     io_loop& loop = this_thread_loop();
     connect_race race;
@@ -273,7 +280,7 @@ task<tcp_stream> tcp_stream::connect(std::string host, std::uint16_t port) {
         std::rethrow_exception(race.last_error);
     } catch (const std::system_error& e) {
         throw std::system_error(e.code(), "hop::tcp_stream::connect to '" + host + "' port " + std::to_string(port) +
-                                              ": no address connected; the last error");
+                                              ": no address connected; the last error, " + e.what());
     }
 }
 

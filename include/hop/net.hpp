@@ -232,7 +232,7 @@ class transfer_operation : public io_operation {
 public:
     enum class mode : std::uint8_t { read_some, write_some, read_exact, write_all };
     transfer_operation(socket_handle& s, mode m, void* data, std::size_t size, const char* what);
-    /// An empty read_exact / write_all has nothing to do.
+    /// An empty buffer has nothing to move: 0 at once, no call.
     bool await_ready() const noexcept { return m_ready; }
     /// Bytes moved (read_some: 0 at end of stream).
     /// @throws std::system_error with the errno; cancelled_error;

@@ -327,6 +327,10 @@ public:
     // Arms the multishot SQE when someone waits and nothing is queued.
     void rearm_accept(accept_state& a) noexcept {
         if (a.armed || a.reg->closed || a.head == nullptr) return;
+        if (m_core.closing()) {
+            fail_accepts(a, -ECANCELED);
+            return;
+        }
         io_uring_sqe* sqe;
         try {
             sqe = get_sqe();
@@ -345,6 +349,7 @@ public:
         uring_backend& b = *a.backend;
         uring_reg& reg = *a.reg;
         const bool more = (flags & IORING_CQE_F_MORE) != 0;
+        const bool we_cancelled = a.cancelling;
         if (!more) {
             a.armed = false;
             a.cancelling = false;
@@ -384,7 +389,11 @@ public:
                     }
                 }
             }
-        } else if (res != -ECANCELED) {
+        } else if (res == -ECANCELED) {
+            // Cancelled by the loop's shutdown (not by a full queue, which
+            // happens only while nobody waits): the waiters end too.
+            if (!we_cancelled) b.fail_accepts(a, -ECANCELED);
+        } else {
             // EMFILE, ENFILE, ENOMEM...: the first waiting accept reports it.
             if (io_operation* op = a.head) {
                 b.unlink_accept(a, *op);
