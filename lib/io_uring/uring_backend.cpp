@@ -23,6 +23,7 @@
 #include <optional>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 namespace hop::detail {
 
@@ -182,9 +183,11 @@ public:
         bool cancelling = false;
         io_operation* head = nullptr;  // waiting accept operations
         io_operation* tail = nullptr;
-        int ready[max_ready];
+        // Accepted, not yet taken (FIFO from ready_head). More than
+        // max_ready can arrive: the CQEs already posted before the cancel.
+        std::vector<int> ready;
         std::size_t ready_head = 0;
-        std::size_t ready_count = 0;
+        std::size_t ready_count() const noexcept { return ready.size() - ready_head; }
         int error = 0;  // a failure no accept() was waiting for
     };
 
@@ -277,10 +280,12 @@ public:
             a.complete = &uring_backend::on_accept_cqe;
         }
         accept_state& a = *reg.acceptor;
-        if (a.ready_count != 0) {
-            int fd = a.ready[a.ready_head];
-            a.ready_head = (a.ready_head + 1) % accept_state::max_ready;
-            --a.ready_count;
+        if (a.ready_count() != 0) {
+            int fd = a.ready[a.ready_head++];
+            if (a.ready_head == a.ready.size()) {
+                a.ready.clear();
+                a.ready_head = 0;
+            }
             rearm_accept(a);
             op.complete(fd);
             return;
@@ -361,6 +366,15 @@ public:
             if (!more && reg.inflight == 0) delete &reg;
             return;
         }
+        // What the completions below resume may close the listener: held
+        // (counted in flight) until they are done.
+        ++reg.inflight;
+        b.on_accept_result(a, res, more, we_cancelled);
+        if (--reg.inflight == 0 && reg.closed) delete &reg;
+    }
+
+    void on_accept_result(accept_state& a, int res, bool more, bool we_cancelled) noexcept {
+        uring_backend& b = *this;
         if (res == -EINVAL && !more && b.m_multishot_accept) {
             // A kernel without multishot accept (before 5.19): one accept
             // SQE per call from now on.
@@ -376,9 +390,12 @@ public:
                 b.unlink_accept(a, *op);
                 op->complete(res);
             } else {
-                a.ready[(a.ready_head + a.ready_count) % accept_state::max_ready] = res;
-                ++a.ready_count;
-                if (a.ready_count == accept_state::max_ready && more && !a.cancelling) {
+                try {
+                    a.ready.push_back(res);
+                } catch (...) {
+                    ::close(res);  // out of memory: the peer sees a reset
+                }
+                if (a.ready_count() >= accept_state::max_ready && more && !a.cancelling) {
                     // Nobody takes them: leave the rest in the kernel's backlog.
                     a.cancelling = true;
                     try {
@@ -677,9 +694,7 @@ private:
 uring_backend::uring_reg::~uring_reg() {
     if (acceptor) {
         // Connections accepted that no accept() took.
-        for (std::size_t i = 0; i < acceptor->ready_count; ++i) {
-            ::close(acceptor->ready[(acceptor->ready_head + i) % accept_state::max_ready]);
-        }
+        for (std::size_t i = acceptor->ready_head; i < acceptor->ready.size(); ++i) ::close(acceptor->ready[i]);
     }
 }
 

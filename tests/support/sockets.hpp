@@ -133,15 +133,18 @@ inline std::vector<int> open_fds() {
     return fds;
 }
 
-/// "5 -> socket:[1234]" for each fd.
+/// "5 -> socket:[1234]" for each fd (the first 8, then a count).
 inline std::string describe_fds(const std::vector<int>& fds) {
     std::ostringstream out;
-    for (int fd : fds) {
+    out << ' ' << fds.size() << ':';
+    for (std::size_t i = 0; i < fds.size() && i < 8; ++i) {
+        const int fd = fds[i];
         char target[256] = {};
         const std::string link = "/proc/self/fd/" + std::to_string(fd);
         const auto n = ::readlink(link.c_str(), target, sizeof target - 1);
         out << ' ' << fd << " -> " << (n > 0 ? target : "?") << ';';
     }
+    if (fds.size() > 8) out << " ...";
     return out.str();
 }
 
