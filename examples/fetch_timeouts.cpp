@@ -153,7 +153,7 @@ hop::task<int> main_task(std::chrono::milliseconds timeout) {
 
 int main(int argc, char** argv) {
     long timeout_ms = 200;
-    for (int i = 1; i < argc; ++i) {
+    for (int i = 1; i < argc; i += 2) {  // --timeout MS: pairs
         const std::string a = argv[i];
         if (a == "--help" || a == "-h") {
             std::puts("usage: fetch_timeouts [--timeout MS]   (default 200)");
@@ -173,7 +173,6 @@ int main(int argc, char** argv) {
                          v ? "'" : "", v ? v : "(missing)", v ? "'" : "");
             return 2;
         }
-        ++i;
     }
     try {
         return hop::run(main_task(std::chrono::milliseconds(timeout_ms)));
