@@ -214,7 +214,8 @@ namespace {
 // connection wins and the other attempts are cancelled. All on one loop.
 struct connect_race {
     std::vector<endpoint> targets;
-    std::vector<std::unique_ptr<event>> failed;  // failed[i]: attempt i is out
+    std::vector<std::unique_ptr<event>> started;  // started[i]: attempt i is connecting
+    std::vector<std::unique_ptr<event>> failed;   // failed[i]: attempt i is out
     event decided;
     std::optional<tcp_stream> winner;
     std::exception_ptr last_error;
@@ -226,11 +227,14 @@ constexpr auto attempt_delay = std::chrono::milliseconds(250);
 task<> connect_attempt(connect_race& race, std::size_t i) {
     try {
         if (i > 0) {
+            // 250 ms after the previous attempt started, or when it failed.
+            co_await race.started[i - 1]->wait();
             try {
                 co_await with_timeout(attempt_delay, race.failed[i - 1]->wait());
             } catch (const timeout_error&) {
             }
         }
+        race.started[i]->set();
         tcp_stream s = co_await tcp_stream::connect(race.targets[i]);
         if (!race.winner) {
             race.winner = std::move(s);
@@ -247,23 +251,26 @@ task<> connect_attempt(connect_race& race, std::size_t i) {
 
 }  // namespace
 
-task<tcp_stream> tcp_stream::connect(std::string host, std::uint16_t port) {
-    if (host.empty()) throw std::invalid_argument("hop::tcp_stream::connect: the host name is empty");
-    std::vector<endpoint> targets = co_await resolve(host, port);
-    if (targets.empty()) throw_sys(EADDRNOTAVAIL, "hop::tcp_stream::connect: '" + host + "' has no address");
+namespace {
+
+// connect(host, port) and connect(candidates): `name` is what errors name.
+task<tcp_stream> connect_any(std::vector<endpoint> targets, std::string name) {
+    if (targets.empty()) throw std::invalid_argument("hop::tcp_stream::connect: no address to connect to (" + name + ")");
     if (targets.size() == 1) {
         try {
-            co_return co_await connect(targets.front());
+            co_return co_await tcp_stream::connect(targets.front());
         } catch (const std::system_error& e) {
-            throw std::system_error(e.code(), "hop::tcp_stream::connect to '" + host + "' (" +
+            throw std::system_error(e.code(), "hop::tcp_stream::connect to " + name + " (" +
                                                   targets.front().to_string() + ")");
         }
     }
-
     io_loop& loop = this_thread_loop();
     connect_race race;
     race.targets = std::move(targets);
-    for (std::size_t i = 0; i < race.targets.size(); ++i) race.failed.push_back(std::make_unique<event>());
+    for (std::size_t i = 0; i < race.targets.size(); ++i) {
+        race.started.push_back(std::make_unique<event>());
+        race.failed.push_back(std::make_unique<event>());
+    }
     task_group group;
     for (std::size_t i = 0; i < race.targets.size(); ++i) group.spawn(loop, connect_attempt(race, i));
     std::exception_ptr stopped;
@@ -279,9 +286,30 @@ task<tcp_stream> tcp_stream::connect(std::string host, std::uint16_t port) {
     try {
         std::rethrow_exception(race.last_error);
     } catch (const std::system_error& e) {
-        throw std::system_error(e.code(), "hop::tcp_stream::connect to '" + host + "' port " + std::to_string(port) +
-                                              ": no address connected; the last error, " + e.what());
+        throw std::system_error(e.code(), "hop::tcp_stream::connect to " + name + ": none of " +
+                                              std::to_string(race.targets.size()) +
+                                              " addresses connected; the last error, " + e.what());
     }
+}
+
+}  // namespace
+
+task<tcp_stream> tcp_stream::connect(std::string host, std::uint16_t port) {
+    if (host.empty()) throw std::invalid_argument("hop::tcp_stream::connect: the host name is empty");
+    std::vector<endpoint> targets = co_await resolve(host, port);
+    if (targets.empty()) throw_sys(EADDRNOTAVAIL, "hop::tcp_stream::connect: '" + host + "' has no address");
+    co_return co_await connect_any(std::move(targets), "'" + host + "' port " + std::to_string(port));
+}
+
+task<tcp_stream> tcp_stream::connect(std::vector<endpoint> candidates) {
+    if (candidates.empty()) throw std::invalid_argument("hop::tcp_stream::connect: the list of endpoints is empty");
+    std::string name = "[";
+    for (std::size_t i = 0; i < candidates.size(); ++i) {
+        if (i) name += ", ";
+        name += candidates[i].to_string();
+    }
+    name += "]";
+    return connect_any(std::move(candidates), std::move(name));
 }
 
 tcp_stream tcp_stream::adopt(int fd) {

@@ -315,8 +315,14 @@ public:
     /// @throws std::invalid_argument for an empty host; std::system_error
     ///         naming the host (the last error) if none connects.
     static task<tcp_stream> connect(std::string host, std::uint16_t port);
-    /// Adopts a connected TCP socket (it is made non-blocking as the loop
-    /// needs, and closed by this object). Bound to the caller's loop.
+    /// Connects to the first of `candidates` that answers, happy-eyeballs
+    /// style as above (what connect(host, port) does after resolving).
+    /// @throws std::invalid_argument for an empty list; std::system_error
+    ///         (the last error) if none connects.
+    static task<tcp_stream> connect(std::vector<endpoint> candidates);
+    /// Adopts a connected TCP socket, closed by this object, bound to the
+    /// caller's loop. Its O_NONBLOCK flag is set as the loop's backend
+    /// wants it (set for epoll, cleared for io_uring).
     /// @throws std::invalid_argument for a negative fd.
     static tcp_stream adopt(int fd);
 
