@@ -363,12 +363,13 @@ TEST_CASE("run_once and poll return how many handlers ran") {
         poster.join();
         CHECK(woken == 1);
 
-        // A timer: the spawned task's start is one handler, the firing another.
+        // A timer: the spawned task's start is one handler, the firing
+        // another (one run_once may run both if the machine is slow).
         auto f = loop.spawn(sleep_then_one(1ms));
-        CHECK(loop.run_once() == 1);
-        std::size_t fired = 0;
-        while (!f.done()) fired += loop.run_once();
-        CHECK(fired == 1);
+        std::size_t handlers = loop.run_once();
+        CHECK(handlers >= 1);
+        while (!f.done()) handlers += loop.run_once();
+        CHECK(handlers == 2);
         CHECK(f.get() == 1);
 
         loop.stop();
