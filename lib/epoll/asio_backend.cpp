@@ -10,6 +10,7 @@
 #include <hop/file.hpp>
 
 #include <asio/executor_work_guard.hpp>
+#include <asio/generic/stream_protocol.hpp>
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
 #include <asio/posix/stream_descriptor.hpp>
@@ -175,6 +176,17 @@ public:
             fail_queue(*h.r, h.r->writers, -ECANCELED);
         }
         held.clear();
+        // Asio's reads and writes: cancelled, and their handlers run here.
+        if (!m_hosted && m_asio_ops != 0) {
+            for (epoll_reg* r = m_regs; r != nullptr; r = r->next_live) {
+                std::error_code ignored;
+                if (r->sock) r->sock->cancel(ignored);
+            }
+            for (int i = 0; i < 1000 && m_asio_ops != 0; ++i) {
+                if (m_ctx.stopped()) m_ctx.restart();
+                m_ctx.poll();
+            }
+        }
         // A pool thread posts its result first and only then counts the
         // call as over: at zero, every result is in the queue.
         for (;;) {
@@ -202,9 +214,26 @@ public:
             bool write = false;
             std::error_code ec;
         };
-        epoll_reg(asio_backend& b, int fd) : backend(&b), desc(b.m_ctx, fd) {}
+        // A socket's registration (one with a slot to keep it in) is an Asio
+        // socket, so its reads can be Asio's own: they take Asio's
+        // speculative path, with no epoll_ctl per wait. Any other fd is a
+        // plain descriptor.
+        epoll_reg(asio_backend& b, int fd, bool socket) : backend(&b) {
+            if (socket) {
+                sock.emplace(b.m_ctx);
+                sock->assign(asio::generic::stream_protocol(AF_INET, SOCK_STREAM), fd);
+            } else {
+                desc.emplace(b.m_ctx, fd);
+            }
+        }
         asio_backend* backend;
-        asio::posix::stream_descriptor desc;
+        std::optional<asio::generic::stream_protocol::socket> sock;
+        std::optional<asio::posix::stream_descriptor> desc;
+        // Asio's last read here came back short (or at the end of the
+        // stream): Asio then waits for the next epoll edge before it reads
+        // again, and a FIN that came with the data makes no new edge. So
+        // hop tries the next read itself first.
+        bool read_exhausted = true;
         std::atomic<int> refs{1};
         bool dead = false;
         bool read_armed = false;
@@ -237,6 +266,8 @@ public:
         bool owns_reg = false;     // a one-off registration (wait_fd without a socket)
         bool queued = false;
         bool connecting = false;   // connect() said EINPROGRESS
+        bool in_asio = false;      // an Asio async_receive / async_send runs it
+        bool cancel_requested = false;
         // File calls on the blocking pool:
         struct call_item : work_item {
             io_operation* op = nullptr;
@@ -272,10 +303,20 @@ public:
                 }
                 return;
             }
+            case io_kind::recv:
+                if (!m_hosted && op.io.reg != nullptr) {
+                    start_asio_transfer(op, false);
+                    return;
+                }
+                break;
             default:
                 break;
         }
         const int r = attempt(op);
+        if (r == -EAGAIN && op.io.kind == io_kind::send && !m_hosted && op.io.reg != nullptr) {
+            start_asio_transfer(op, true);  // a full send buffer: Asio waits for room
+            return;
+        }
         if (r == -EAGAIN) {
             enqueue(op, is_write(op));
         } else {
@@ -285,6 +326,13 @@ public:
 
     void cancel_io(io_operation& op) noexcept override {
         auto& e = io_of(op);
+        if (e.in_asio) {
+            // Asio cancels every operation on the socket: the others go again.
+            e.cancel_requested = true;
+            std::error_code ignored;
+            e.reg->sock->cancel(ignored);
+            return;
+        }
         if (!e.queued) return;  // a blocking call: it ends on its own
         epoll_reg& r = *e.reg;
         unlink(is_write(op) ? r.writers : r.readers, op);
@@ -353,7 +401,8 @@ public:
     epoll_reg* registration_for(io_operation& op, bool& one_off) {
         one_off = false;
         if (op.io.reg != nullptr && *op.io.reg != nullptr) return static_cast<epoll_reg*>(*op.io.reg);
-        auto* r = new epoll_reg(*this, op.io.fd);  // registers with epoll: may throw (EPERM for a file)
+        // Registers with epoll: may throw (EPERM for a regular file).
+        auto* r = new epoll_reg(*this, op.io.fd, op.io.reg != nullptr);
         r->next_live = m_regs;
         if (m_regs) m_regs->prev_live = r;
         m_regs = r;
@@ -379,6 +428,7 @@ public:
         }
         e.reg = r;
         e.queued = true;
+        ++m_queued_ops;
         op_queue& q = write ? r->writers : r->readers;
         op.next_in_flight = nullptr;
         op.prev_in_flight = q.tail;
@@ -409,6 +459,7 @@ public:
     void finish_queued(io_operation& op, int result) noexcept {
         auto& e = io_of(op);
         e.queued = false;
+        --m_queued_ops;
         if (e.owns_reg) {
             e.owns_reg = false;
             unregister(*e.reg);
@@ -438,10 +489,110 @@ public:
         r.next_live = r.prev_live = nullptr;
         fail_queue(r, r.readers, -ECANCELED);
         fail_queue(r, r.writers, -ECANCELED);
+        // Asio's own reads and writes on it end with operation_aborted (their
+        // handlers see `dead` and report the close).
         std::error_code ignored;
-        r.desc.cancel(ignored);
-        (void)r.desc.release();
+        if (r.sock) {
+            (void)r.sock->release(ignored);
+        } else {
+            r.desc->cancel(ignored);
+            (void)r.desc->release();
+        }
         release_reg(&r);
+    }
+
+    template <class Handler>
+    static void async_wait_on(epoll_reg& r, asio::posix::stream_descriptor::wait_type type, Handler&& h) {
+        if (r.sock) {
+            r.sock->async_wait(static_cast<asio::socket_base::wait_type>(type), std::forward<Handler>(h));
+        } else {
+            r.desc->async_wait(type, std::forward<Handler>(h));
+        }
+    }
+
+    // ---- socket reads and writes through Asio's operations (own context) ---
+    //
+    // A wait through async_wait costs an epoll_ctl(MOD) each time (Asio's
+    // non-speculative path); Asio's async_receive / async_send keep the fd's
+    // registration as it is. Own context only: their handlers point into
+    // the operation, which a host's threads could run after the loop is gone.
+
+    void start_asio_transfer(io_operation& op, bool write) noexcept {
+        auto& e = io_of(op);
+        epoll_reg* r;
+        bool one_off;
+        try {
+            r = registration_for(op, one_off);
+        } catch (const std::system_error& ex) {
+            op.complete(-ex.code().value());
+            return;
+        } catch (...) {
+            op.complete(-ENOMEM);
+            return;
+        }
+        auto& io = op.io;
+        if (!write && r->read_exhausted) {
+            const int res = attempt(op);
+            if (res != -EAGAIN) {
+                op.complete(res);
+                return;
+            }
+            // Nothing there: any byte or FIN from now on is a new edge.
+            r->read_exhausted = false;
+        }
+        const std::size_t left = std::min<std::size_t>(io.len - io.done, std::size_t{1} << 30);
+        void* buf = static_cast<char*>(io.buf) + io.done;
+        e.reg = r;
+        e.in_asio = true;
+        ++m_asio_ops;
+        auto handler = [ref = reg_ref(r), &op, write, left](const std::error_code& ec, std::size_t n) {
+            ref.r->backend->on_transfer(op, write, left, ec, n);
+        };
+        try {
+            if (write) {
+                r->sock->async_send(asio::const_buffer(buf, left), std::move(handler));
+            } else {
+                r->sock->async_receive(asio::mutable_buffer(buf, left), std::move(handler));
+            }
+        } catch (...) {
+            --m_asio_ops;
+            e.in_asio = false;
+            e.reg = nullptr;
+            op.complete(-ENOMEM);
+        }
+    }
+
+    // Asio's completion of a read or write: on the loop thread (own context).
+    void on_transfer(io_operation& op, bool write, std::size_t asked, const std::error_code& ec, std::size_t n) noexcept {
+        m_internal_handlers.fetch_add(1, std::memory_order_relaxed);
+        --m_asio_ops;
+        loop_core::running_scope scope(m_core);
+        auto& e = io_of(op);
+        epoll_reg& r = *e.reg;
+        e.in_asio = false;
+        int res;
+        if (!ec) {
+            res = static_cast<int>(n);
+            if (!write && n < asked) r.read_exhausted = true;
+        } else if (ec == asio::error::eof) {
+            res = 0;
+            r.read_exhausted = true;
+        } else if (ec == asio::error::operation_aborted) {
+            if (!write) r.read_exhausted = true;  // not known what Asio saw
+            if (!e.cancel_requested && !r.dead && !m_core.closing()) {
+                // Another operation on this socket was cancelled (Asio cancels
+                // them all): this one moved no byte; it goes again.
+                start_asio_transfer(op, write);
+                return;
+            }
+            res = -ECANCELED;
+        } else {
+            res = ec.category() == asio::system_category() ? -ec.value() : -EIO;
+        }
+        e.reg = nullptr;
+        m_hop_handlers.fetch_add(1, std::memory_order_relaxed);
+        op.complete(res);
+        if (m_core.has_local_work() || m_deadline_dirty) schedule_drain(false);
     }
 
     void arm(epoll_reg& r, bool write) noexcept {
@@ -452,12 +603,12 @@ public:
             const auto type =
                 write ? asio::posix::stream_descriptor::wait_write : asio::posix::stream_descriptor::wait_read;
             if (!m_hosted) {
-                r.desc.async_wait(type, [ref = reg_ref(&r), write](const std::error_code& ec) {
+                async_wait_on(r, type, [ref = reg_ref(&r), write](const std::error_code& ec) {
                     ref.r->backend->on_ready_here(*ref.r, write, ec);
                 });
             } else {
                 // The handler may outlive this backend: it checks `shared`.
-                r.desc.async_wait(type, [ref = reg_ref(&r), write, s = m_shared](const std::error_code& ec) {
+                async_wait_on(r, type, [ref = reg_ref(&r), write, s = m_shared](const std::error_code& ec) {
                     std::lock_guard lock(s->mutex);
                     if (s->self != nullptr) s->self->hand_over(*ref.r, write, ec);
                 });
@@ -617,8 +768,11 @@ private:
                 // On a context of our own, wait a little for more posts here
                 // rather than going back through Asio's queue and its wakeup.
                 // A host's context is left alone: its other handlers come first.
-                if (m_hosted || !spin_until([&] { return m_core.has_remote_work(); },
-                                            std::chrono::microseconds(10))) {
+                // Nor while IO is in flight: its events come through Asio, and
+                // a spin here would only burn CPU before them (10,000
+                // connections: a spin per accepted connection).
+                if (m_hosted || m_asio_ops != 0 || m_queued_ops != 0 ||
+                    !spin_until([&] { return m_core.has_remote_work(); }, std::chrono::microseconds(10))) {
                     break;
                 }
             }
@@ -687,6 +841,8 @@ private:
     loop_core& m_core;
     epoll_reg* m_regs = nullptr;  // live registrations (loop thread)
     std::atomic<std::size_t> m_blocking_calls{0};
+    std::size_t m_asio_ops = 0;    // Asio reads / writes in flight (loop thread)
+    std::size_t m_queued_ops = 0;  // operations waiting for readiness (loop thread)
     std::unique_ptr<asio::io_context> m_owned;
     asio::io_context& m_ctx;
     asio::steady_timer m_timer;
