@@ -180,7 +180,7 @@ public:
         if (!m_hosted && m_asio_ops != 0) {
             for (epoll_reg* r = m_regs; r != nullptr; r = r->next_live) {
                 std::error_code ignored;
-                if (r->sock) r->sock->cancel(ignored);
+                r->sock.cancel(ignored);
             }
             for (int i = 0; i < 1000 && m_asio_ops != 0; ++i) {
                 if (m_ctx.stopped()) m_ctx.restart();
@@ -214,21 +214,15 @@ public:
             bool write = false;
             std::error_code ec;
         };
-        // A socket's registration (one with a slot to keep it in) is an Asio
-        // socket, so its reads can be Asio's own: they take Asio's
-        // speculative path, with no epoll_ctl per wait. Any other fd is a
-        // plain descriptor.
-        epoll_reg(asio_backend& b, int fd, bool socket) : backend(&b) {
-            if (socket) {
-                sock.emplace(b.m_ctx);
-                sock->assign(asio::generic::stream_protocol(AF_INET, SOCK_STREAM), fd);
-            } else {
-                desc.emplace(b.m_ctx, fd);
-            }
+        // The fd as an Asio socket, so a socket's reads can be Asio's own:
+        // they take Asio's speculative path, with no epoll_ctl per wait.
+        // (Any other fd, a pipe for wait_fd, only ever waits: Asio's socket
+        // registers and waits on it the same way.)
+        epoll_reg(asio_backend& b, int fd) : backend(&b), sock(b.m_ctx) {
+            sock.assign(asio::generic::stream_protocol(AF_INET, SOCK_STREAM), fd);
         }
         asio_backend* backend;
-        std::optional<asio::generic::stream_protocol::socket> sock;
-        std::optional<asio::posix::stream_descriptor> desc;
+        asio::generic::stream_protocol::socket sock;
         // Asio's last read here came back short (or at the end of the
         // stream): Asio then waits for the next epoll edge before it reads
         // again, and a FIN that came with the data makes no new edge. So
@@ -240,8 +234,9 @@ public:
         bool write_armed = false;
         op_queue readers;
         op_queue writers;
-        ready_item read_ready;   // hosted contexts: a handler's result, back to the loop
-        ready_item write_ready;
+        // Hosted contexts only (made at the first wait): a handler's result
+        // back to the loop, [0] read, [1] write.
+        std::unique_ptr<ready_item[]> ready;
         epoll_reg* next_live = nullptr;
         epoll_reg* prev_live = nullptr;
     };
@@ -330,7 +325,7 @@ public:
             // Asio cancels every operation on the socket: the others go again.
             e.cancel_requested = true;
             std::error_code ignored;
-            e.reg->sock->cancel(ignored);
+            e.reg->sock.cancel(ignored);
             return;
         }
         if (!e.queued) return;  // a blocking call: it ends on its own
@@ -402,7 +397,7 @@ public:
         one_off = false;
         if (op.io.reg != nullptr && *op.io.reg != nullptr) return static_cast<epoll_reg*>(*op.io.reg);
         // Registers with epoll: may throw (EPERM for a regular file).
-        auto* r = new epoll_reg(*this, op.io.fd, op.io.reg != nullptr);
+        auto* r = new epoll_reg(*this, op.io.fd);
         r->next_live = m_regs;
         if (m_regs) m_regs->prev_live = r;
         m_regs = r;
@@ -492,22 +487,13 @@ public:
         // Asio's own reads and writes on it end with operation_aborted (their
         // handlers see `dead` and report the close).
         std::error_code ignored;
-        if (r.sock) {
-            (void)r.sock->release(ignored);
-        } else {
-            r.desc->cancel(ignored);
-            (void)r.desc->release();
-        }
+        (void)r.sock.release(ignored);
         release_reg(&r);
     }
 
     template <class Handler>
-    static void async_wait_on(epoll_reg& r, asio::posix::stream_descriptor::wait_type type, Handler&& h) {
-        if (r.sock) {
-            r.sock->async_wait(static_cast<asio::socket_base::wait_type>(type), std::forward<Handler>(h));
-        } else {
-            r.desc->async_wait(type, std::forward<Handler>(h));
-        }
+    static void async_wait_on(epoll_reg& r, asio::socket_base::wait_type type, Handler&& h) {
+        r.sock.async_wait(type, std::forward<Handler>(h));
     }
 
     // ---- socket reads and writes through Asio's operations (own context) ---
@@ -550,9 +536,9 @@ public:
         };
         try {
             if (write) {
-                r->sock->async_send(asio::const_buffer(buf, left), std::move(handler));
+                r->sock.async_send(asio::const_buffer(buf, left), std::move(handler));
             } else {
-                r->sock->async_receive(asio::mutable_buffer(buf, left), std::move(handler));
+                r->sock.async_receive(asio::mutable_buffer(buf, left), std::move(handler));
             }
         } catch (...) {
             --m_asio_ops;
@@ -601,12 +587,13 @@ public:
         armed = true;
         try {
             const auto type =
-                write ? asio::posix::stream_descriptor::wait_write : asio::posix::stream_descriptor::wait_read;
+                write ? asio::socket_base::wait_write : asio::socket_base::wait_read;
             if (!m_hosted) {
                 async_wait_on(r, type, [ref = reg_ref(&r), write](const std::error_code& ec) {
                     ref.r->backend->on_ready_here(*ref.r, write, ec);
                 });
             } else {
+                if (!r.ready) r.ready = std::make_unique<epoll_reg::ready_item[]>(2);
                 // The handler may outlive this backend: it checks `shared`.
                 async_wait_on(r, type, [ref = reg_ref(&r), write, s = m_shared](const std::error_code& ec) {
                     std::lock_guard lock(s->mutex);
@@ -633,7 +620,7 @@ public:
     // hands over to the loop's serialised drain (under `shared`'s mutex).
     void hand_over(epoll_reg& r, bool write, const std::error_code& ec) noexcept {
         m_internal_handlers.fetch_add(1, std::memory_order_relaxed);
-        auto& item = write ? r.write_ready : r.read_ready;
+        auto& item = r.ready[write ? 1 : 0];
         r.refs.fetch_add(1, std::memory_order_relaxed);  // the item's
         item.reg = &r;
         item.write = write;
