@@ -3,6 +3,7 @@
 /// hop::sleep_for, hop::sleep_until, hop::with_timeout.
 
 #include <hop/combinators.hpp>
+#include <hop/detail/loop_op.hpp>
 #include <hop/detail/timer.hpp>
 #include <hop/io_loop.hpp>
 #include <hop/task.hpp>
@@ -24,126 +25,49 @@ namespace detail {
 /// Timer plumbing that must run on the loop thread (lib/time.cpp).
 void timer_arm(io_loop& loop, timer_node* t);
 void timer_disarm(io_loop& loop, timer_node* t) noexcept;
-/// True while `loop` is being destroyed (new waits are cancelled at once).
-bool loop_closing(io_loop& loop) noexcept;
 
 /// The awaiter behind sleep_until. Lives in the coroutine frame: the timer
-/// is a node in the loop's heap, nothing is allocated.
-///
-/// Resumption happens exactly once, by whichever wins the state CAS: the
-/// loop firing the timer, or the stop callback (which only posts a cancel
-/// item to the loop: it never resumes inline).
-class sleep_operation : private timer_node {
+/// is a node in the loop's heap, nothing is allocated. The arm / cancel /
+/// resume skeleton is loop_operation's: the loop firing the timer and a
+/// stop request (which only posts a cancel item) never both resume.
+class sleep_operation : public loop_operation, private timer_node {
 public:
-    sleep_operation(io_loop& loop, loop_clock::time_point deadline) noexcept : m_loop(&loop) {
+    sleep_operation(io_loop& loop, loop_clock::time_point deadline) noexcept
+        : loop_operation(loop, &sleep_operation::arm, &sleep_operation::disarm) {
         this->deadline = deadline;
         this->fire = &sleep_operation::on_fire;
-        m_arm.self = this;
-        m_arm.run = &sleep_operation::on_arm;
-        m_cancel.self = this;
-        m_cancel.run = &sleep_operation::on_cancel;
     }
-    sleep_operation(const sleep_operation&) = delete;
-    sleep_operation& operator=(const sleep_operation&) = delete;
-
-    bool await_ready() const noexcept { return false; }
 
     template <class P>
     bool await_suspend(std::coroutine_handle<P> h) {
-        const std::stop_token& token = token_of(h.promise());
-        if (token.stop_requested() || loop_closing(*m_loop)) {
-            m_outcome = outcome::cancelled;
+        if (this->deadline <= loop_clock::now() && !token_of(h.promise()).stop_requested() &&
+            !loop_closing(loop())) {
+            set_result(0);  // passed already: no wait
             return false;
         }
-        if (this->deadline <= loop_clock::now()) return false;
-        m_resume.handle = h;
-        m_executor = current_executor();
-        // The callback is registered before the timer is armed, so once the
-        // timer is armed nothing here touches `this` again.
-        if (token.stop_possible()) m_callback.emplace(token, canceller{this});
-        if (m_loop->running_in_this_thread()) {
-            on_arm(&m_arm);
-        } else {
-            try {
-                m_loop->post_item(&m_arm);
-            } catch (...) {
-                m_callback.reset();
-                throw;
-            }
-        }
-        return true;
+        return loop_operation::await_suspend(h);
     }
 
     void await_resume() {
-        m_callback.reset();
-        if (m_outcome == outcome::cancelled) throw cancelled_error("hop::sleep: cancelled");
+        if (take_result() == -ECANCELED) throw cancelled_error("hop::sleep: cancelled");
     }
 
 private:
-    enum class outcome : int { waiting, fired, cancelled };
-    enum : int { st_waiting = 0, st_done = 1, st_cancel_requested = 2 };
-
-    struct canceller {
-        sleep_operation* op;
-        void operator()() const noexcept {
-            int expected = st_waiting;
-            if (op->m_state.compare_exchange_strong(expected, st_cancel_requested, std::memory_order_acq_rel)) {
-                op->m_loop->post_continuation(&op->m_cancel);
-            }
-        }
-    };
-
-    struct op_item : work_item {
-        sleep_operation* self = nullptr;
-    };
-
-    // Loop thread: put the timer in the heap (unless a cancel got there first).
-    static void on_arm(work_item* w) noexcept {
-        auto* self = static_cast<op_item*>(w)->self;
-        if (self->m_cancel_ran) {
-            self->finish(outcome::cancelled);
-            return;
-        }
-        self->m_armed = true;
-        timer_arm(*self->m_loop, self);
+    // Loop thread: put the timer in the heap.
+    static void arm(loop_operation& op) noexcept {
+        auto& self = static_cast<sleep_operation&>(op);
+        timer_arm(self.loop(), &self);
     }
-
+    // Loop thread: stop was requested: out of the heap, ended cancelled.
+    static void disarm(loop_operation& op) noexcept {
+        auto& self = static_cast<sleep_operation&>(op);
+        timer_disarm(self.loop(), &self);
+        self.finish(-ECANCELED);
+    }
     // Loop thread: the deadline passed, or the loop is being destroyed.
     static void on_fire(timer_node* t, bool aborted) noexcept {
-        auto* self = static_cast<sleep_operation*>(t);
-        int expected = st_waiting;
-        if (self->m_state.compare_exchange_strong(expected, st_done, std::memory_order_acq_rel)) {
-            self->finish(aborted ? outcome::cancelled : outcome::fired);
-        }
-        // Otherwise a cancel item is queued and will resume it.
+        static_cast<sleep_operation*>(t)->finish(aborted ? -ECANCELED : 0);
     }
-
-    // Loop thread: stop was requested.
-    static void on_cancel(work_item* w) noexcept {
-        auto* self = static_cast<op_item*>(w)->self;
-        if (!self->m_armed) {  // the arm item is still queued: it finishes
-            self->m_cancel_ran = true;
-            return;
-        }
-        timer_disarm(*self->m_loop, self);
-        self->finish(outcome::cancelled);
-    }
-
-    void finish(outcome o) noexcept {
-        m_outcome = o;
-        resume_on(m_executor, m_resume);
-    }
-
-    io_loop* m_loop;
-    executor_base* m_executor = nullptr;
-    resume_item m_resume;
-    op_item m_arm;
-    op_item m_cancel;
-    std::atomic<int> m_state{st_waiting};
-    bool m_armed = false;
-    bool m_cancel_ran = false;
-    outcome m_outcome = outcome::waiting;
-    std::optional<std::stop_callback<canceller>> m_callback;
 };
 
 [[noreturn]] void throw_negative_duration(const char* where, long long ns);
