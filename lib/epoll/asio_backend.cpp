@@ -172,8 +172,8 @@ public:
             if (!r->readers.empty() || !r->writers.empty()) held.emplace_back(r);
         }
         for (auto& h : held) {
-            fail_queue(*h.r, h.r->readers, -ECANCELED);
-            fail_queue(*h.r, h.r->writers, -ECANCELED);
+            fail_queue(h.r->readers, -ECANCELED);
+            fail_queue(h.r->writers, -ECANCELED);
         }
         held.clear();
         // Asio's reads and writes: cancelled, and their handlers run here.
@@ -203,11 +203,6 @@ public:
     // for the fd's lifetime) and the operations waiting for it to be
     // readable / writable, in order. Reference-counted: the owner (a socket,
     // or one readiness wait) and each async_wait handler Asio holds.
-    struct op_queue {
-        io_operation* head = nullptr;
-        io_operation* tail = nullptr;
-        bool empty() const noexcept { return head == nullptr; }
-    };
     struct epoll_reg final : fd_registration {
         struct ready_item : work_item {
             epoll_reg* reg = nullptr;
@@ -232,8 +227,8 @@ public:
         bool dead = false;
         bool read_armed = false;
         bool write_armed = false;
-        op_queue readers;
-        op_queue writers;
+        io_op_queue readers;
+        io_op_queue writers;
         // Hosted contexts only (made at the first wait): a handler's result
         // back to the loop, [0] read, [1] write.
         std::unique_ptr<ready_item[]> ready;
@@ -330,7 +325,7 @@ public:
         }
         if (!e.queued) return;  // a blocking call: it ends on its own
         epoll_reg& r = *e.reg;
-        unlink(is_write(op) ? r.writers : r.readers, op);
+        (is_write(op) ? r.writers : r.readers).remove(op);
         finish_queued(op, -ECANCELED);
     }
 
@@ -393,11 +388,22 @@ public:
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
     }
 
-    epoll_reg* registration_for(io_operation& op, bool& one_off) {
+    // The fd's registration, made on first need. If it cannot be made (EPERM
+    // for a regular file, ENOMEM), completes `op` with the error and
+    // returns null.
+    epoll_reg* registration_for(io_operation& op, bool& one_off) noexcept {
         one_off = false;
         if (op.io.reg != nullptr && *op.io.reg != nullptr) return static_cast<epoll_reg*>(*op.io.reg);
-        // Registers with epoll: may throw (EPERM for a regular file).
-        auto* r = new epoll_reg(*this, op.io.fd);
+        epoll_reg* r;
+        try {
+            r = new epoll_reg(*this, op.io.fd);  // registers with epoll
+        } catch (const std::system_error& ex) {
+            op.complete(-ex.code().value());
+            return nullptr;
+        } catch (...) {
+            op.complete(-ENOMEM);
+            return nullptr;
+        }
         r->next_live = m_regs;
         if (m_regs) m_regs->prev_live = r;
         m_regs = r;
@@ -411,43 +417,13 @@ public:
 
     void enqueue(io_operation& op, bool write) noexcept {
         auto& e = io_of(op);
-        epoll_reg* r;
-        try {
-            r = registration_for(op, e.owns_reg);
-        } catch (const std::system_error& ex) {
-            op.complete(-ex.code().value());
-            return;
-        } catch (...) {
-            op.complete(-ENOMEM);
-            return;
-        }
+        epoll_reg* r = registration_for(op, e.owns_reg);
+        if (r == nullptr) return;
         e.reg = r;
         e.queued = true;
         ++m_queued_ops;
-        op_queue& q = write ? r->writers : r->readers;
-        op.next_in_flight = nullptr;
-        op.prev_in_flight = q.tail;
-        if (q.tail) {
-            q.tail->next_in_flight = &op;
-        } else {
-            q.head = &op;
-        }
-        q.tail = &op;
+        (write ? r->writers : r->readers).push_back(op);
         arm(*r, write);
-    }
-
-    static void unlink(op_queue& q, io_operation& op) noexcept {
-        if (op.prev_in_flight) {
-            op.prev_in_flight->next_in_flight = op.next_in_flight;
-        } else {
-            q.head = op.next_in_flight;
-        }
-        if (op.next_in_flight) {
-            op.next_in_flight->prev_in_flight = op.prev_in_flight;
-        } else {
-            q.tail = op.prev_in_flight;
-        }
-        op.next_in_flight = op.prev_in_flight = nullptr;
     }
 
     // The op is off its queue: drop a one-off registration, then complete.
@@ -463,9 +439,9 @@ public:
         op.complete(result);
     }
 
-    void fail_queue(epoll_reg&, op_queue& q, int result) noexcept {
+    void fail_queue(io_op_queue& q, int result) noexcept {
         while (io_operation* op = q.head) {
-            unlink(q, *op);
+            q.remove(*op);
             finish_queued(*op, result);
         }
     }
@@ -482,8 +458,8 @@ public:
         }
         if (r.next_live) r.next_live->prev_live = r.prev_live;
         r.next_live = r.prev_live = nullptr;
-        fail_queue(r, r.readers, -ECANCELED);
-        fail_queue(r, r.writers, -ECANCELED);
+        fail_queue(r.readers, -ECANCELED);
+        fail_queue(r.writers, -ECANCELED);
         // Asio's own reads and writes on it end with operation_aborted (their
         // handlers see `dead` and report the close).
         std::error_code ignored;
@@ -505,17 +481,9 @@ public:
 
     void start_asio_transfer(io_operation& op, bool write) noexcept {
         auto& e = io_of(op);
-        epoll_reg* r;
         bool one_off;
-        try {
-            r = registration_for(op, one_off);
-        } catch (const std::system_error& ex) {
-            op.complete(-ex.code().value());
-            return;
-        } catch (...) {
-            op.complete(-ENOMEM);
-            return;
-        }
+        epoll_reg* r = registration_for(op, one_off);
+        if (r == nullptr) return;
         auto& io = op.io;
         if (!write && r->read_exhausted) {
             const int res = attempt(op);
@@ -602,7 +570,7 @@ public:
             }
         } catch (...) {
             armed = false;
-            fail_queue(r, write ? r.writers : r.readers, -ENOMEM);
+            fail_queue(write ? r.writers : r.readers, -ENOMEM);
         }
     }
 
@@ -639,7 +607,7 @@ public:
     void on_ready(epoll_reg& r, bool write, const std::error_code& ec) noexcept {
         (write ? r.write_armed : r.read_armed) = false;
         if (r.dead) return;
-        op_queue& q = write ? r.writers : r.readers;
+        io_op_queue& q = write ? r.writers : r.readers;
         if (ec == asio::error::operation_aborted) {
             if (!q.empty()) arm(r, write);
             return;
@@ -662,7 +630,7 @@ public:
                 res = attempt(op);
                 if (res == -EAGAIN) break;  // the rest would block too
             }
-            unlink(q, op);
+            q.remove(op);
             ++handled;
             finish_queued(op, res);
             if (was_last) break;

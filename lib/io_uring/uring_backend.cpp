@@ -181,8 +181,7 @@ public:
         int fd = -1;
         bool armed = false;
         bool cancelling = false;
-        io_operation* head = nullptr;  // waiting accept operations
-        io_operation* tail = nullptr;
+        io_op_queue waiting;  // accept operations
         // Accepted, not yet taken (FIFO from ready_head). More than
         // max_ready can arrive: the CQEs already posted before the cancel.
         std::vector<int> ready;
@@ -296,34 +295,17 @@ public:
         }
         auto& u = io_of(op);
         u.waiting_accept = true;
-        op.next_in_flight = nullptr;
-        op.prev_in_flight = a.tail;
-        if (a.tail) {
-            a.tail->next_in_flight = &op;
-        } else {
-            a.head = &op;
-        }
-        a.tail = &op;
+        a.waiting.push_back(op);
         rearm_accept(a);
     }
 
     void unlink_accept(accept_state& a, io_operation& op) noexcept {
-        if (op.prev_in_flight) {
-            op.prev_in_flight->next_in_flight = op.next_in_flight;
-        } else {
-            a.head = op.next_in_flight;
-        }
-        if (op.next_in_flight) {
-            op.next_in_flight->prev_in_flight = op.prev_in_flight;
-        } else {
-            a.tail = op.prev_in_flight;
-        }
-        op.next_in_flight = op.prev_in_flight = nullptr;
+        a.waiting.remove(op);
         io_of(op).waiting_accept = false;
     }
 
     void fail_accepts(accept_state& a, int result) noexcept {
-        while (io_operation* op = a.head) {
+        while (io_operation* op = a.waiting.head) {
             unlink_accept(a, *op);
             op->complete(result);
         }
@@ -331,7 +313,7 @@ public:
 
     // Arms the multishot SQE when someone waits and nothing is queued.
     void rearm_accept(accept_state& a) noexcept {
-        if (a.armed || a.reg->closed || a.head == nullptr) return;
+        if (a.armed || a.reg->closed || a.waiting.head == nullptr) return;
         if (m_core.closing()) {
             fail_accepts(a, -ECANCELED);
             return;
@@ -379,14 +361,14 @@ public:
             // A kernel without multishot accept (before 5.19): one accept
             // SQE per call from now on.
             b.m_multishot_accept = false;
-            while (io_operation* op = a.head) {
+            while (io_operation* op = a.waiting.head) {
                 b.unlink_accept(a, *op);
                 b.submit_io(io_of(*op), false);
             }
             return;
         }
         if (res >= 0) {
-            if (io_operation* op = a.head) {
+            if (io_operation* op = a.waiting.head) {
                 b.unlink_accept(a, *op);
                 op->complete(res);
             } else {
@@ -412,7 +394,7 @@ public:
             if (!we_cancelled) b.fail_accepts(a, -ECANCELED);
         } else {
             // EMFILE, ENFILE, ENOMEM...: the first waiting accept reports it.
-            if (io_operation* op = a.head) {
+            if (io_operation* op = a.waiting.head) {
                 b.unlink_accept(a, *op);
                 op->complete(res);
             } else {
@@ -703,14 +685,5 @@ std::unique_ptr<loop_backend> make_uring_backend(loop_core& core, unsigned queue
 }
 
 bool uring_compiled_in() noexcept { return true; }
-
-uring_backend* uring_of(loop_core& core) noexcept { return dynamic_cast<uring_backend*>(&core.backend()); }
-io_uring_sqe* uring_get_sqe(uring_backend& b) { return b.get_sqe(); }
-void uring_track(uring_backend& b, io_uring_sqe* sqe, uring_op* op) noexcept { b.track(sqe, op); }
-void uring_cancel(uring_backend& b, uring_op* op) {
-    io_uring_sqe* sqe = b.get_sqe();
-    io_uring_prep_cancel(sqe, op, 0);
-    io_uring_sqe_set_data64(sqe, cancel_tag);
-}
 
 }  // namespace hop::detail

@@ -94,7 +94,7 @@ public:
 
     /// Backend-owned scratch space (an io_uring op, an epoll queue link).
     alignas(16) unsigned char backend_storage[64];
-    io_operation* next_in_flight = nullptr;  // the epoll backend's lists
+    io_operation* next_in_flight = nullptr;  // io_op_queue's links
     io_operation* prev_in_flight = nullptr;
 
 private:
@@ -105,6 +105,41 @@ private:
     static void cancel(loop_operation& op) noexcept {
         auto& self = static_cast<io_operation&>(op);
         io_cancel(self.loop(), self);
+    }
+};
+
+/// A FIFO of operations linked through their next_in_flight /
+/// prev_in_flight: the operations waiting on one fd (epoll) or on one
+/// listener's multishot accept (io_uring). Loop thread.
+struct io_op_queue {
+    io_operation* head = nullptr;
+    io_operation* tail = nullptr;
+
+    bool empty() const noexcept { return head == nullptr; }
+
+    void push_back(io_operation& op) noexcept {
+        op.next_in_flight = nullptr;
+        op.prev_in_flight = tail;
+        if (tail) {
+            tail->next_in_flight = &op;
+        } else {
+            head = &op;
+        }
+        tail = &op;
+    }
+
+    void remove(io_operation& op) noexcept {
+        if (op.prev_in_flight) {
+            op.prev_in_flight->next_in_flight = op.next_in_flight;
+        } else {
+            head = op.next_in_flight;
+        }
+        if (op.next_in_flight) {
+            op.next_in_flight->prev_in_flight = op.prev_in_flight;
+        } else {
+            tail = op.prev_in_flight;
+        }
+        op.next_in_flight = op.prev_in_flight = nullptr;
     }
 };
 
