@@ -4,6 +4,8 @@
 
 #include <hop/io_loop.hpp>
 
+#include "loop_core.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -209,8 +211,7 @@ file_operation::file_operation(const file& f, mode m, void* data, std::size_t si
 
 std::size_t file_operation::await_resume() {
     const int r = take_result();
-    if (r == -ECANCELED) throw cancelled_error(std::string(m_what) + ": cancelled");
-    if (r < 0) throw std::system_error(-r, std::generic_category(), describe(m_what, io.fd, m_file->path()));
+    if (r < 0) throw_io_failure(r, describe(m_what, io.fd, m_file->path()));
     switch (m_mode) {
         case mode::read_some:
             return static_cast<std::size_t>(r);

@@ -30,6 +30,11 @@ void throw_errno(int err, const char* what) {
     throw std::system_error(err, std::generic_category(), what);
 }
 
+void throw_io_failure(int result, const std::string& what) {
+    if (result == -ECANCELED) throw cancelled_error(what + ": cancelled");
+    throw std::system_error(-result, std::generic_category(), what);
+}
+
 loop_core::running_scope::running_scope(loop_core& c) noexcept
     : m_core(c), m_exec(&c.owner()), m_prev_loop(tl_core) {
     tl_core = &c;
@@ -250,8 +255,7 @@ void io_close_fd(io_loop* loop, int fd, fd_registration* reg) noexcept {
 
 unsigned fd_wait_operation::await_resume() {
     const int r = take_result();
-    if (r == -ECANCELED) throw cancelled_error("hop: wait on fd " + std::to_string(io.fd) + " cancelled");
-    if (r < 0) throw_errno(r, "hop: wait on fd");
+    if (r < 0) throw_io_failure(r, "hop: wait on fd " + std::to_string(io.fd));
     return static_cast<unsigned>(r);
 }
 

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace hop::detail {
@@ -169,6 +170,9 @@ loop_core* current_core() noexcept;
 
 /// Turns a liburing / syscall `-errno` (or errno) into std::system_error.
 [[noreturn]] void throw_errno(int err, const char* what);
+/// An IO operation's failure `result` (-errno): cancelled_error for
+/// -ECANCELED, else std::system_error; both name `what`.
+[[noreturn]] void throw_io_failure(int result, const std::string& what);
 
 // The backends (lib/io_uring/, lib/epoll/).
 std::unique_ptr<loop_backend> make_uring_backend(loop_core& core, unsigned queue_depth);

@@ -98,8 +98,7 @@ transfer_operation::transfer_operation(socket_handle& s, mode m, void* data, std
 std::size_t transfer_operation::await_resume() {
     if (m_ready) return 0;
     const int r = take_result();
-    if (r == -ECANCELED) throw cancelled_error(on_fd(m_what, io.fd) + ": cancelled");
-    if (r < 0) throw_sys(-r, on_fd(m_what, io.fd));
+    if (r < 0) detail::throw_io_failure(r, on_fd(m_what, io.fd));
     switch (m_mode) {
         case mode::read_exact:
             if (io.done < io.len) {
@@ -127,7 +126,7 @@ accept_operation::accept_operation(socket_handle& s) : io_operation(s.checked_lo
 
 tcp_stream accept_operation::await_resume() {
     const int r = take_result();
-    if (r == -ECANCELED) throw cancelled_error(on_fd("hop::tcp_listener::accept", io.fd) + ": cancelled");
+    if (r == -ECANCELED) detail::throw_io_failure(r, on_fd("hop::tcp_listener::accept", io.fd));
     if (r < 0) {
         std::string where;
         try {
@@ -158,7 +157,7 @@ send_to_operation::send_to_operation(socket_handle& s, const void* data, std::si
 
 std::size_t send_to_operation::await_resume() {
     const int r = take_result();
-    if (r == -ECANCELED) throw cancelled_error(on_fd("hop::udp_socket::send_to", io.fd) + ": cancelled");
+    if (r == -ECANCELED) detail::throw_io_failure(r, on_fd("hop::udp_socket::send_to", io.fd));
     if (r < 0) {
         auto to = endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&m_to), m_msg.msg_namelen);
         throw_sys(-r, on_fd("hop::udp_socket::send_to", io.fd) + " to " + to.to_string());
@@ -182,8 +181,7 @@ recv_from_operation::recv_from_operation(socket_handle& s, void* data, std::size
 
 recv_result recv_from_operation::await_resume() {
     const int r = take_result();
-    if (r == -ECANCELED) throw cancelled_error(on_fd("hop::udp_socket::recv_from", io.fd) + ": cancelled");
-    if (r < 0) throw_sys(-r, on_fd("hop::udp_socket::recv_from", io.fd));
+    if (r < 0) detail::throw_io_failure(r, on_fd("hop::udp_socket::recv_from", io.fd));
     recv_result out;
     out.size = static_cast<std::size_t>(r);
     out.from = endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&m_from), m_msg.msg_namelen);
@@ -202,8 +200,7 @@ task<tcp_stream> tcp_stream::connect(endpoint peer) {
         connect_operation op(h, peer);
         r = co_await op;
     }
-    if (r == -ECANCELED) throw cancelled_error("hop::tcp_stream::connect to " + peer.to_string() + ": cancelled");
-    if (r < 0) throw_sys(-r, "hop::tcp_stream::connect to " + peer.to_string());
+    if (r < 0) detail::throw_io_failure(r, "hop::tcp_stream::connect to " + peer.to_string());
     co_return tcp_stream(std::move(h));
 }
 
