@@ -11,6 +11,7 @@
 
 #include "support/backend.hpp"
 #include "support/counted.hpp"
+#include "support/counting_new.hpp"
 #include "support/sockets.hpp"
 
 #include <doctest/doctest.h>
@@ -50,62 +51,6 @@
 #include <utility>
 #include <vector>
 
-// Every allocation in this binary is counted (bytes, all threads), to show
-// that a long write to a peer that does not read is not buffered in user
-// memory. The replacements pair operator new with malloc and delete with
-// free, which GCC cannot tell from a real mismatch once they are inlined.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-namespace {
-std::atomic<std::uint64_t> g_allocated_bytes{0};
-void* counted_alloc(std::size_t n, std::size_t align) {
-    g_allocated_bytes.fetch_add(n, std::memory_order_relaxed);
-    n = n == 0 ? 1 : n;
-    void* p = align <= alignof(std::max_align_t) ? std::malloc(n)
-                                                 : std::aligned_alloc(align, (n + align - 1) / align * align);
-    if (!p) throw std::bad_alloc();
-    return p;
-}
-}  // namespace
-void* operator new(std::size_t n) { return counted_alloc(n, alignof(std::max_align_t)); }
-void* operator new[](std::size_t n) { return counted_alloc(n, alignof(std::max_align_t)); }
-void* operator new(std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
-void* operator new[](std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-    try {
-        return counted_alloc(n, alignof(std::max_align_t));
-    } catch (...) {
-        return nullptr;
-    }
-}
-void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
-void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-    try {
-        return counted_alloc(n, static_cast<std::size_t>(a));
-    } catch (...) {
-        return nullptr;
-    }
-}
-void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t& t) noexcept {
-    return operator new(n, a, t);
-}
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 
 using namespace std::chrono_literals;
 using namespace std::string_view_literals;
@@ -1461,13 +1406,13 @@ hop::task<void> back_pressure(hop::io_loop& loop, std::uint64_t total) {
     std::vector<char> buf(1 * MiB);
     hop::event done;
     std::uint64_t written = 0;
-    const std::uint64_t before = g_allocated_bytes.load();
+    const std::uint64_t before = hop_test::allocated_bytes.load();
     auto wf = loop.spawn(counting_writer(p.client, total, written, done));
     // Nobody reads: the writer cannot finish (the kernel holds far less).
     outcome o;
     HOP_AWAIT_OUTCOME(o, hop::with_timeout(10ms, done.wait()));
     const std::uint64_t written_at_stall = written;
-    const std::uint64_t allocated_at_stall = g_allocated_bytes.load() - before;
+    const std::uint64_t allocated_at_stall = hop_test::allocated_bytes.load() - before;
     // Drain: every byte, in order.
     std::uint64_t got = 0;
     bool in_order = true;
@@ -1478,7 +1423,7 @@ hop::task<void> back_pressure(hop::io_loop& loop, std::uint64_t total) {
         got += n;
     }
     co_await wf;
-    const std::uint64_t allocated = g_allocated_bytes.load() - before;
+    const std::uint64_t allocated = hop_test::allocated_bytes.load() - before;
     CHECK_MESSAGE(o.kind == outcome::timeout, "the writer did not stall: " << toString(o));
     CHECK(written_at_stall < total);
     CHECK(got == total);

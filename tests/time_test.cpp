@@ -8,6 +8,7 @@
 
 #include "support/backend.hpp"
 #include "support/counted.hpp"
+#include "support/counting_new.hpp"
 
 #include <doctest/doctest.h>
 
@@ -27,59 +28,6 @@
 #include <unistd.h>
 #include <vector>
 
-// Every allocation in this binary is counted per thread, to prove that a
-// timer await allocates nothing (its state lives in the coroutine frame).
-// The replacements pair operator new with malloc and delete with free, which
-// GCC cannot tell from a real mismatch once they are inlined.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-namespace {
-thread_local std::size_t tl_allocations = 0;
-void* counted_alloc(std::size_t n, std::size_t align) {
-    ++tl_allocations;
-    n = n == 0 ? 1 : n;
-    void* p = align <= alignof(std::max_align_t) ? std::malloc(n) : std::aligned_alloc(align, (n + align - 1) / align * align);
-    if (!p) throw std::bad_alloc();
-    return p;
-}
-}  // namespace
-void* operator new(std::size_t n) { return counted_alloc(n, alignof(std::max_align_t)); }
-void* operator new[](std::size_t n) { return counted_alloc(n, alignof(std::max_align_t)); }
-void* operator new(std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
-void* operator new[](std::size_t n, std::align_val_t a) { return counted_alloc(n, static_cast<std::size_t>(a)); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-    try {
-        return counted_alloc(n, alignof(std::max_align_t));
-    } catch (...) {
-        return nullptr;
-    }
-}
-void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
-void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-    try {
-        return counted_alloc(n, static_cast<std::size_t>(a));
-    } catch (...) {
-        return nullptr;
-    }
-}
-void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t& t) noexcept { return operator new(n, a, t); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 
 using namespace std::chrono_literals;
 using hop_test::for_each_backend;
@@ -129,17 +77,17 @@ hop::task<void> ordered_sleeper(steady::time_point tp, int id, std::vector<int>&
 /// allocations this thread made during those `n` sleeps.
 hop::task<std::size_t> allocations_per_sleeps(int n) {
     for (int i = 0; i < 16; ++i) co_await hop::sleep_for(20us);  // warm-up: heap capacity, Asio's handler cache
-    const std::size_t before = tl_allocations;
+    const std::size_t before = hop_test::allocations_on_this_thread;
     for (int i = 0; i < n; ++i) co_await hop::sleep_for(20us);
-    co_return tl_allocations - before;
+    co_return hop_test::allocations_on_this_thread - before;
 }
 
 /// The same for readiness waits on an fd that stays readable.
 hop::task<std::size_t> allocations_per_fd_waits(int fd, int n) {
     for (int i = 0; i < 16; ++i) co_await hop::detail::wait_fd(fd, POLLIN);
-    const std::size_t before = tl_allocations;
+    const std::size_t before = hop_test::allocations_on_this_thread;
     for (int i = 0; i < n; ++i) co_await hop::detail::wait_fd(fd, POLLIN);
-    co_return tl_allocations - before;
+    co_return hop_test::allocations_on_this_thread - before;
 }
 
 }  // namespace
@@ -164,9 +112,9 @@ TEST_CASE("an io_uring readiness wait allocates nothing: the operation lives in 
 }
 
 TEST_CASE("a timer await allocates nothing: its state lives in the coroutine frame") {
-    const std::size_t before = tl_allocations;
+    const std::size_t before = hop_test::allocations_on_this_thread;
     auto probe = std::make_unique<int>(1);
-    REQUIRE(tl_allocations == before + 1);  // the counting operator new is the one in use
+    REQUIRE(hop_test::allocations_on_this_thread == before + 1);  // the counting operator new is the one in use
     for_each_backend([](hop::backend b) {
         hop::io_loop loop{{.backend = b}};
         auto f = loop.spawn(allocations_per_sleeps(500));
