@@ -91,6 +91,7 @@ TEST_CASE("the blocking pool grows: 16 calls that wait for each other all run at
 }  // TEST_SUITE
 
 using hop_test::for_each_backend;
+using hop_test::what_of;
 using hop_test::running_loop;
 
 namespace {
@@ -151,16 +152,6 @@ T run_on(hop::io_loop& loop, hop::task<T> t) {
     auto f = loop.spawn(std::move(t));
     REQUIRE(f.wait_for(guard));
     return std::move(f).get();
-}
-
-template <class E, class F>
-std::string what_of(F&& fn) {
-    try {
-        fn();
-    } catch (const E& e) {
-        return e.what();
-    }
-    return "(nothing thrown)";
 }
 
 template <class F>

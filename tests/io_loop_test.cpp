@@ -43,6 +43,7 @@
 
 using namespace std::chrono_literals;
 using hop_test::for_each_backend;
+using hop_test::what_of;
 using hop_test::options_for;
 
 namespace {
@@ -50,18 +51,6 @@ namespace {
 // A failure guard only: every wait below is released by the test itself; the
 // bound turns a lost wakeup into a failed check instead of a hung run.
 constexpr auto guard = 30s;
-
-/// The message of the E that `fn` throws ("" if it throws nothing; a
-/// different exception type propagates and fails the test).
-template <class E, class F>
-std::string what_of(F&& fn) {
-    try {
-        fn();
-    } catch (const E& e) {
-        return e.what();
-    }
-    return {};
-}
 
 /// Runs loop.run() on a helper thread; its result, or nullopt if it did not
 /// return within the guard (the loop is then stopped so the thread ends).

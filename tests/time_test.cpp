@@ -31,6 +31,7 @@
 
 using namespace std::chrono_literals;
 using hop_test::for_each_backend;
+using hop_test::what_of;
 using hop_test::running_loop;
 using steady = std::chrono::steady_clock;
 
@@ -40,16 +41,6 @@ namespace {
 // bound turns a lost wakeup (or a cancellation that does nothing) into a
 // failed check instead of a hung run.
 constexpr auto guard = 30s;
-
-template <class E, class F>
-std::string what_of(F&& fn) {
-    try {
-        fn();
-    } catch (const E& e) {
-        return e.what();
-    }
-    return {};
-}
 
 /// Waits for every future, all of them within one guard period; returns how
 /// many did not finish.

@@ -164,4 +164,16 @@ struct suspend_spy {
     decltype(auto) await_resume() { return inner.await_resume(); }
 };
 
+/// The message of the E that `fn` throws, or "(nothing thrown)" (a
+/// different exception type propagates and fails the test).
+template <class E, class F>
+std::string what_of(F&& fn) {
+    try {
+        fn();
+    } catch (const E& e) {
+        return e.what();
+    }
+    return "(nothing thrown)";
+}
+
 }  // namespace hop_test
