@@ -16,9 +16,11 @@
 namespace hop::detail {
 
 io_handle::io_handle(int fd, fd_mode mode, io_loop& loop) noexcept
-    : m_fd(fd), m_anchor(loop.anchor()), m_mode(mode), m_nonblocking(loop.core().backend().wants_nonblocking()) {}
-
-bool io_handle::bound() const noexcept { return m_anchor && m_anchor->loop.load(std::memory_order_acquire) != nullptr; }
+    : m_fd(fd),
+      m_anchor(loop.anchor()),
+      m_anchor_raw(m_anchor.get()),
+      m_mode(mode),
+      m_nonblocking(loop.core().backend().wants_nonblocking()) {}
 
 io_loop& io_handle::loop_for(const char* what) const {
     if (fd() < 0) throw std::system_error(EBADF, std::generic_category(), std::string(what) + ": it is not open");
@@ -48,14 +50,16 @@ io_loop& io_handle::loop_for(const char* what) const {
         }
     }
     m_anchor = target.anchor();
+    m_anchor_raw.store(m_anchor.get(), std::memory_order_release);
     return target;
 }
 
 void io_handle::close() noexcept {
     const int fd = m_fd.exchange(-1, std::memory_order_acq_rel);
     if (fd < 0) return;
-    io_loop* loop = m_anchor ? m_anchor->loop.load(std::memory_order_acquire) : nullptr;
-    m_anchor.reset();
+    // The anchor is kept (not reset): a binding may read it concurrently.
+    loop_anchor* anchor = m_anchor_raw.load(std::memory_order_acquire);
+    io_loop* loop = anchor ? anchor->loop.load(std::memory_order_acquire) : nullptr;
     if (loop == nullptr || m_mode == fd_mode::left_alone) {
         // Never bound, or orphaned (the registration went with the loop);
         // or a file, which has no registration and is never closed with an

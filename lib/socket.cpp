@@ -12,8 +12,10 @@
 #include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -383,6 +385,40 @@ bool is_transient_accept_error(const std::error_code& ec) noexcept {
             return true;
         default:
             return false;
+    }
+}
+
+task<tcp_stream> accept_with_backoff(tcp_listener& lis, accept_backoff options) {
+    using std::chrono::milliseconds;
+    if (options.initial < milliseconds(1) || options.max < options.initial) {
+        throw std::invalid_argument("hop::accept_with_backoff: initial " + std::to_string(options.initial.count()) +
+                                    " ms and max " + std::to_string(options.max.count()) +
+                                    " ms (initial must be at least 1 ms, and max at least initial)");
+    }
+    milliseconds wait = options.initial;
+    std::size_t failures = 0;
+    const auto began = std::chrono::steady_clock::now();
+    for (;;) {
+        try {
+            tcp_stream s = co_await lis.accept();
+            if (failures != 0 && options.log) {
+                const auto ms =
+                    std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - began).count();
+                std::fprintf(stderr, "hop: accepting again on %s after %zu failed accepts over %lld ms\n",
+                             lis.local_endpoint().to_string().c_str(), failures, static_cast<long long>(ms));
+            }
+            co_return s;
+        } catch (const std::system_error& e) {
+            if (!is_transient_accept_error(e)) throw;
+            if (failures == 0 && options.log) {
+                std::fprintf(stderr, "hop: %s; backing off (from %lld ms, up to %lld ms) until it passes\n",
+                             e.what(), static_cast<long long>(options.initial.count()),
+                             static_cast<long long>(options.max.count()));
+            }
+        }
+        ++failures;
+        co_await sleep_for(wait);
+        wait = std::min(wait * 2, options.max);
     }
 }
 

@@ -42,6 +42,7 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -423,6 +424,30 @@ bool is_transient_accept_error(const std::error_code& ec) noexcept;
 inline bool is_transient_accept_error(const std::system_error& e) noexcept {
     return is_transient_accept_error(e.code());
 }
+
+/// How accept_with_backoff rides out transient failures.
+struct accept_backoff {
+    /// The first wait after a failure; each further failure doubles it.
+    std::chrono::milliseconds initial{5};
+    /// The longest wait.
+    std::chrono::milliseconds max{1000};
+    /// One line on stderr when a burst of failures begins and one when it
+    /// ends (never one per failure).
+    bool log = true;
+};
+
+/// `co_await hop::accept_with_backoff(lis)`: the next connection, like
+/// lis.accept(), but a server built on it survives running out of
+/// descriptors: a transient failure (is_transient_accept_error) waits
+/// `initial`, doubling up to `max`, and tries again, as nginx and Go's
+/// net/http do; the CPU stays idle while starved. Resumes the caller on its
+/// own executor; a cancellation point, also during the wait.
+/// @code
+/// for (;;) connections.spawn(serve(co_await hop::accept_with_backoff(lis)));
+/// @endcode
+/// @throws std::invalid_argument for `initial` < 1 ms or `max` < `initial`;
+///         std::system_error for any other accept failure; cancelled_error.
+task<tcp_stream> accept_with_backoff(tcp_listener& lis, accept_backoff options = {});
 
 /// A UDP socket.
 ///

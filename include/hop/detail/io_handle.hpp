@@ -75,13 +75,12 @@ public:
     io_loop& loop_for(const char* what) const;
     /// The registration slot, for io_params::reg.
     std::atomic<fd_registration*>* reg() const noexcept { return &m_reg; }
-    /// Whether it is bound to a live loop.
-    bool bound() const noexcept;
 
 private:
     void take(io_handle& o) noexcept {
         m_fd.store(o.m_fd.exchange(-1, std::memory_order_acq_rel), std::memory_order_release);
         m_anchor = std::move(o.m_anchor);
+        m_anchor_raw.store(o.m_anchor_raw.exchange(nullptr, std::memory_order_acq_rel), std::memory_order_release);
         m_reg.store(o.m_reg.exchange(nullptr, std::memory_order_acq_rel), std::memory_order_release);
         m_mode = o.m_mode;
         m_nonblocking = o.m_nonblocking;
@@ -89,6 +88,9 @@ private:
 
     std::atomic<int> m_fd{-1};
     mutable std::shared_ptr<loop_anchor> m_anchor;  // null: never bound
+    // m_anchor's pointer, for close() on another thread (which must not
+    // read the shared_ptr that a binding on the loop thread writes).
+    mutable std::atomic<loop_anchor*> m_anchor_raw{nullptr};
     mutable std::atomic<fd_registration*> m_reg{nullptr};
     fd_mode m_mode = fd_mode::as_backend_wants;
     mutable bool m_nonblocking = false;
