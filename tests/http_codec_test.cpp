@@ -129,7 +129,7 @@ parse_error rejection(parser::kind k, std::string_view input, parser::limits l =
 constexpr auto req = parser::kind::request;
 constexpr auto resp = parser::kind::response;
 
-[[maybe_unused]] std::string gzip_bytes(std::string_view data, int window_bits) {
+std::string gzip_bytes(std::string_view data, int window_bits) {
     z_stream zs{};
     REQUIRE(deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, window_bits, 8, Z_DEFAULT_STRATEGY) == Z_OK);
     std::string out(deflateBound(&zs, static_cast<uLong>(data.size())) + 32, '\0');
@@ -691,6 +691,166 @@ TEST_CASE("serialisers: response head and chunked body round-trip through the pa
                          std::invalid_argument);
     CHECK_THROWS_AS(http::detail::write_response_head(out, 1000, {}), std::invalid_argument);
     CHECK_THROWS_AS(http::detail::write_response_head(out, 200, {}, 2), std::invalid_argument);
+}
+
+TEST_CASE("decompressor::for_encoding") {
+    using fmt = http::detail::decompressor::format;
+    CHECK(http::detail::decompressor::for_encoding("gzip") == fmt::gzip);
+    CHECK(http::detail::decompressor::for_encoding("GZip") == fmt::gzip);
+    CHECK(http::detail::decompressor::for_encoding("x-gzip") == fmt::gzip);
+    CHECK(http::detail::decompressor::for_encoding(" gzip ") == fmt::gzip);
+    CHECK(http::detail::decompressor::for_encoding("deflate") == fmt::deflate);
+    CHECK_FALSE(http::detail::decompressor::for_encoding("br"));
+    CHECK_FALSE(http::detail::decompressor::for_encoding("identity"));
+    CHECK_FALSE(http::detail::decompressor::for_encoding("gzip, br"));
+    CHECK_FALSE(http::detail::decompressor::for_encoding(""));
+}
+
+namespace {
+
+std::string sample_text() {
+    std::string text;
+    for (int i = 0; i < 2000; ++i) text += "line " + std::to_string(i * 7919 % 1000) + " of some compressible text\n";
+    return text;
+}
+
+// Decodes `data` fed `step` bytes at a time.
+std::string decode(http::detail::decompressor::format f, std::string_view data, std::size_t step,
+                   std::size_t max_out = SIZE_MAX) {
+    http::detail::decompressor d(f);
+    std::string out;
+    for (std::size_t i = 0; i < data.size(); i += step) d.feed(data.substr(i, step), out, max_out);
+    d.finish();
+    return out;
+}
+
+template <class F>
+std::string protocol_what(F&& f) {
+    try {
+        f();
+    } catch (const parse_error&) {
+        return "parse_error, not a decompressor error";
+    } catch (const http::protocol_error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+}  // namespace
+
+TEST_CASE("decompressor: gzip, zlib-wrapped deflate and raw deflate, whole and in pieces") {
+    using fmt = http::detail::decompressor::format;
+    const std::string text = sample_text();
+    const std::string gz = gzip_bytes(text, 16 + 15);
+    const std::string zl = gzip_bytes(text, 15);
+    const std::string raw = gzip_bytes(text, -15);
+    REQUIRE(gz.size() < text.size() / 4);
+    for (std::size_t step : {SIZE_MAX, std::size_t{1}, std::size_t{2}, std::size_t{3}, std::size_t{1000}}) {
+        CAPTURE(step);
+        CHECK(decode(fmt::gzip, gz, step) == text);
+        CHECK(decode(fmt::deflate, zl, step) == text);
+        CHECK(decode(fmt::deflate, raw, step) == text);
+    }
+    // A small text whose compressed form is a few bytes.
+    CHECK(decode(fmt::gzip, gzip_bytes("a", 31), 1) == "a");
+    CHECK(decode(fmt::deflate, gzip_bytes("", -15), 1) == "");
+    CHECK(decode(fmt::deflate, gzip_bytes("", 15), 1) == "");
+    // An empty body decodes to nothing.
+    http::detail::decompressor empty(fmt::gzip);
+    CHECK_NOTHROW(empty.finish());
+}
+
+TEST_CASE("decompressor: a decompression bomb stops at max_out") {
+    using fmt = http::detail::decompressor::format;
+    const std::string zeros(8 << 20, '\0');
+    const std::string bomb = gzip_bytes(zeros, 31);
+    REQUIRE(bomb.size() < 16 * 1024);
+    http::detail::decompressor d(fmt::gzip);
+    std::string out;
+    std::string w = protocol_what([&] { d.feed(bomb, out, 1 << 20); });
+    CHECK(w.find("exceeds the limit of 1048576 bytes") != std::string::npos);
+    CHECK(out.size() <= (1u << 20));
+    // Exactly at the limit is fine; one byte less is not.
+    CHECK(decode(fmt::gzip, bomb, 4096, zeros.size()) == zeros);
+    CHECK_THROWS_AS(decode(fmt::gzip, bomb, 4096, zeros.size() - 1), http::protocol_error);
+    // The limit counts what `out` already holds.
+    http::detail::decompressor d2(fmt::deflate);
+    std::string prefilled(100, 'x');
+    CHECK_THROWS_AS(d2.feed(gzip_bytes("0123456789", 15), prefilled, 105), http::protocol_error);
+}
+
+TEST_CASE("decompressor: truncated, corrupt and trailing data are protocol errors") {
+    using fmt = http::detail::decompressor::format;
+    const std::string text = sample_text();
+    const std::string gz = gzip_bytes(text, 31);
+
+    for (std::size_t cut : {std::size_t{1}, std::size_t{4}, std::size_t{8}, gz.size() / 2, gz.size() - 1}) {
+        CAPTURE(cut);
+        http::detail::decompressor d(fmt::gzip);
+        std::string out;
+        d.feed(std::string_view(gz).substr(0, cut), out, SIZE_MAX);
+        std::string w = protocol_what([&] { d.finish(); });
+        CHECK(w.find("truncated") != std::string::npos);
+        CHECK(w.find("gzip") != std::string::npos);
+    }
+    // A lone first byte of deflate is truncated too.
+    http::detail::decompressor one(fmt::deflate);
+    std::string out;
+    one.feed("x", out, SIZE_MAX);
+    CHECK_THROWS_AS(one.finish(), http::protocol_error);
+
+    std::string bad = gz;
+    bad[0] = 'X';  // not a gzip magic number
+    CHECK(protocol_what([&] { (void)decode(fmt::gzip, bad, SIZE_MAX); }).find("bad gzip body") != std::string::npos);
+    bad = gz;
+    bad[gz.size() - 6] ^= 0x55;  // the CRC-32
+    CHECK_FALSE(protocol_what([&] { (void)decode(fmt::gzip, bad, 7); }).empty());
+    CHECK_FALSE(protocol_what([&] { (void)decode(fmt::deflate, "not compressed at all", SIZE_MAX); }).empty());
+    CHECK(protocol_what([&] { (void)decode(fmt::gzip, gz + "trailing", SIZE_MAX); }).find("after the end") !=
+          std::string::npos);
+    CHECK(protocol_what([&] { (void)decode(fmt::gzip, gz + "t", 1); }).find("after the end") != std::string::npos);
+}
+
+TEST_CASE("decompressor: a gzip response body through the parser") {
+    using fmt = http::detail::decompressor::format;
+    const std::string text = sample_text();
+    const std::string gz = gzip_bytes(text, 31);
+    std::string input;
+    http::detail::write_response_head(input, 200, {{"Content-Encoding", "gzip"}, {"Transfer-Encoding", "chunked"}});
+    for (std::size_t i = 0; i < gz.size(); i += 700) {
+        std::size_t n = std::min<std::size_t>(700, gz.size() - i);
+        http::detail::write_chunk_header(input, n);
+        input += gz.substr(i, n);
+        input += "\r\n";
+    }
+    input += http::detail::last_chunk;
+
+    parser p(resp, {});
+    std::optional<http::detail::decompressor> d;
+    std::string decoded;
+    std::string_view in = input;
+    bool ended = false;
+    while (!ended) {
+        std::size_t consumed = 0;
+        switch (p.parse(in, consumed)) {
+        case parser::event::head:
+            d.emplace(*http::detail::decompressor::for_encoding(*p.head().headers.get("content-encoding")));
+            break;
+        case parser::event::body:
+            d->feed(p.body(), decoded, 1 << 20);
+            break;
+        case parser::event::message_end:
+            d->finish();
+            ended = true;
+            break;
+        case parser::event::need_more:
+            FAIL("ran out of input");
+        }
+        in.remove_prefix(consumed);
+    }
+    CHECK(decoded == text);
+    CHECK(in.empty());
+    CHECK(d->for_encoding("gzip") == fmt::gzip);
 }
 
 }  // TEST_SUITE

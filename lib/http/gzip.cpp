@@ -19,15 +19,16 @@ std::optional<decompressor::format> decompressor::for_encoding(std::string_view 
     return std::nullopt;
 }
 
-// States: `started` false until the first byte decides (for deflate)
+// States: `started` false until the first bytes decide (for deflate)
 // between a zlib header and raw deflate; `done` once inflate reports
-// Z_STREAM_END, after which only nothing may follow.
+// Z_STREAM_END, after which nothing may follow.
 struct decompressor::impl {
     z_stream zs{};
     format fmt;
     bool initialised = false;
     bool started = false;
     bool done = false;
+    std::string first;  // deflate: a lone first byte, until the second decides
 
     explicit impl(format f) : fmt(f) {}
     ~impl() {
@@ -50,26 +51,35 @@ struct decompressor::impl {
     void feed(std::string_view in, std::string& out, std::size_t max_out) {
         if (in.empty()) return;
         if (!started) {
-            started = true;
             if (fmt == format::gzip) {
                 init(16 + MAX_WBITS);
             } else {
                 // "deflate" means zlib-wrapped (RFC 9110 8.4.1.2), but some
                 // servers send raw deflate; browsers accept both. A zlib
                 // header is CMF (method 8, window <= 32K) and FLG with
-                // CMF*256+FLG divisible by 31.
-                bool zlib_header = false;
-                if (in.size() >= 2) {
-                    auto cmf = static_cast<unsigned char>(in[0]);
-                    auto flg = static_cast<unsigned char>(in[1]);
-                    zlib_header = (cmf & 0x0f) == 8 && (cmf >> 4) <= 7 && (cmf * 256 + flg) % 31 == 0;
-                } else {
-                    auto cmf = static_cast<unsigned char>(in[0]);
-                    zlib_header = (cmf & 0x0f) == 8 && (cmf >> 4) <= 7;
+                // CMF*256+FLG divisible by 31: it takes two bytes to tell.
+                if (first.size() + in.size() < 2) {
+                    first.append(in);
+                    return;
                 }
+                std::string two = first + std::string(in.substr(0, 2 - first.size()));
+                auto cmf = static_cast<unsigned char>(two[0]);
+                auto flg = static_cast<unsigned char>(two[1]);
+                bool zlib_header = (cmf & 0x0f) == 8 && (cmf >> 4) <= 7 && (cmf * 256 + flg) % 31 == 0;
                 init(zlib_header ? MAX_WBITS : -MAX_WBITS);
             }
+            started = true;
+            if (!first.empty()) {
+                std::string held = std::move(first);
+                first.clear();
+                inflate_some(held, out, max_out);
+            }
         }
+        inflate_some(in, out, max_out);
+    }
+
+    void inflate_some(std::string_view in, std::string& out, std::size_t max_out) {
+        if (in.empty()) return;
         if (done) bad("data after the end of the compressed stream");
 
         zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
@@ -105,7 +115,7 @@ struct decompressor::impl {
     // An empty body never started a stream: it decodes to nothing (servers
     // send "Content-Encoding: gzip" with "Content-Length: 0").
     void finish() const {
-        if (started && !done) bad("the compressed stream is truncated");
+        if ((started && !done) || !first.empty()) bad("the compressed stream is truncated");
     }
 };
 
