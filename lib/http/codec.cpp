@@ -16,6 +16,44 @@ int parse_error::status() const noexcept {
     return 400;
 }
 
+// llhttp 8.1 accepts obs-fold even in strict mode: a field line continued
+// by a line that starts with SP or HTAB, which it joins into the value.
+// RFC 9112 5.2 lets a server reject it (400), and a proxy that unfolds
+// differently is a smuggling vector, so it is refused. The scanner watches
+// the bytes of a head or a trailer section, ahead of llhttp, and says where
+// the first fold is, so llhttp is given only the bytes before it: errors
+// then come in stream order however the input is cut.
+struct fold_scanner {
+    bool active = true;      // in a head or trailer section
+    bool last_was_lf = false;
+    bool seen_line = false;  // a non-empty line: an empty one now ends the section
+
+    /// Where in `in` the first fold begins, or npos; advances over `in`
+    /// when `commit`.
+    std::size_t scan(std::string_view in, bool commit) {
+        fold_scanner st = *this;
+        std::size_t at = std::string_view::npos;
+        for (std::size_t i = 0; i < in.size() && st.active; ++i) {
+            char c = in[i];
+            if (st.last_was_lf) {
+                if (c == ' ' || c == '\t') {
+                    at = i;
+                    break;
+                }
+                if ((c == '\r' || c == '\n') && st.seen_line) st.active = false;  // the blank line
+                else if (c != '\r' && c != '\n') st.seen_line = true;
+            } else if (c != '\r' && c != '\n') {
+                st.seen_line = true;
+            }
+            st.last_was_lf = c == '\n';
+        }
+        if (commit) *this = st;
+        return at;
+    }
+
+    void start_section(bool after_lf) { *this = fold_scanner{true, after_lf, after_lf}; }
+};
+
 // How the parser hands over one event at a time: every callback that ends
 // an event (on_headers_complete, on_body, on_message_complete) returns
 // HPE_PAUSED, so llhttp_execute() stops right after it and
@@ -49,7 +87,8 @@ struct parser::impl {
     std::size_t head_bytes = 0;
     std::uint64_t body_bytes = 0;
     std::uint64_t offset = 0;      // bytes consumed over the whole stream
-    bool last_was_lf = false;      // the last framing byte seen was LF (obs-fold check)
+    fold_scanner fold;              // over the head and the trailer section
+    bool last_chunk_seen = false;  // on_chunk_header paused at the last chunk
     std::optional<parse_error> failure;
 
     impl(parser::kind k, parser::limits l) : kind(k), lim(l) {
@@ -82,6 +121,7 @@ struct parser::impl {
             st.on_header_value_complete = on_header_value_complete;
             st.on_headers_complete = on_headers_complete;
             st.on_body = on_body;
+            st.on_chunk_header = on_chunk_header;
             st.on_message_complete = on_message_complete;
             return st;
         }();
@@ -198,6 +238,15 @@ struct parser::impl {
         return HPE_PAUSED;
     }
 
+    // The last chunk ("0\r\n"): trailers follow. Pauses (not an event) so
+    // run() can start watching them for obs-fold.
+    static int on_chunk_header(llhttp_t* p) {
+        impl& self = of(p);
+        if (p->content_length != 0) return 0;
+        self.last_chunk_seen = true;
+        return HPE_PAUSED;
+    }
+
     static int on_message_complete(llhttp_t* p) {
         impl& self = of(p);
         self.keep_alive = !self.finishing && !self.head.upgrade && llhttp_should_keep_alive(p) != 0;
@@ -207,33 +256,6 @@ struct parser::impl {
         else
             self.due = event::message_end;
         return self.finishing ? 0 : HPE_PAUSED;
-    }
-
-    // llhttp 8.1 accepts obs-fold even in strict mode: a field line
-    // continued by a line starting with SP or HTAB, whose bytes it joins
-    // into the value. RFC 9112 5.2 lets a server reject it with 400 and a
-    // proxy that unfolds differently is a smuggling vector, so any LF
-    // followed by SP or HTAB outside the body is refused. The body's bytes
-    // (at most one on_body span per run, since on_body pauses) are skipped.
-    void check_no_obs_fold(const char* data, std::size_t consumed) {
-        const char* end = data + consumed;
-        const char* skip_from = end;
-        const char* skip_to = end;
-        if (due == event::body && body.data() >= data && body.data() + body.size() <= end) {
-            skip_from = body.data();
-            skip_to = body.data() + body.size();
-        }
-        for (const char* c = data; c < end; ++c) {
-            if (c == skip_from) {
-                c = skip_to - 1;
-                last_was_lf = false;
-                continue;
-            }
-            if (last_was_lf && (*c == ' ' || *c == '\t'))
-                fail(parse_failure::bad_message,
-                     "obs-fold (a header line continued on the next line) is not allowed" + where(data, c));
-            last_was_lf = *c == '\n';
-        }
     }
 
     std::string where(const char* data, const char* pos) const {
@@ -251,6 +273,7 @@ struct parser::impl {
             in_message = false;
             started = false;
             head_bytes = 0;
+            fold.start_section(false);
             break;
         case event::body:
         case event::need_more:
@@ -271,35 +294,54 @@ struct parser::impl {
         if (upgraded)
             fail(parse_failure::bad_message, "bytes after a protocol upgrade: the connection is no longer HTTP/1.x");
 
-        if (llhttp_get_errno(&ll) == HPE_PAUSED) llhttp_resume(&ll);
         // Never a null pointer: llhttp restarts an open span at `data`.
         const char* data = in.data() ? in.data() : "";
         bool in_head = !in_message;
         due = event::need_more;
         body = {};
-        llhttp_errno_t err = llhttp_execute(&ll, data, in.size());
-        switch (err) {
-        case HPE_OK:
-            consumed = in.size();
-            break;
-        case HPE_PAUSED:
-            consumed = static_cast<std::size_t>(llhttp_get_error_pos(&ll) - data);
-            break;
-        case HPE_PAUSED_UPGRADE:
-            // on_message_complete paused first, so this comes on the next
-            // call, with bytes of the other protocol.
-            fail(parse_failure::bad_message, "bytes after a protocol upgrade: the connection is no longer HTTP/1.x");
-        default:
-            if (failure) {
-                // A callback refused the message: say where.
-                parse_failure k = failure->kind();
-                fail(k, failure->what() + where(data, llhttp_get_error_pos(&ll)));
+        std::size_t pos = 0;
+        for (;;) {
+            if (llhttp_get_errno(&ll) == HPE_PAUSED) llhttp_resume(&ll);
+            std::size_t fold_at = fold.scan(in.substr(pos), false);
+            std::size_t len = fold_at == std::string_view::npos ? in.size() - pos : fold_at;
+            last_chunk_seen = false;
+            llhttp_errno_t err = llhttp_execute(&ll, data + pos, len);
+            std::size_t used = 0;
+            switch (err) {
+            case HPE_OK:
+                used = len;
+                break;
+            case HPE_PAUSED:
+                used = static_cast<std::size_t>(llhttp_get_error_pos(&ll) - (data + pos));
+                break;
+            case HPE_PAUSED_UPGRADE:
+                // on_message_complete paused first, so this comes on the
+                // next call, with bytes of the other protocol.
+                fail(parse_failure::bad_message,
+                     "bytes after a protocol upgrade: the connection is no longer HTTP/1.x" + where(data, data + pos));
+            default:
+                if (failure) {
+                    // A callback refused the message: say where.
+                    parse_failure k = failure->kind();
+                    fail(k, failure->what() + where(data, llhttp_get_error_pos(&ll)));
+                }
+                fail(parse_failure::bad_message,
+                     std::string("malformed HTTP message (") + llhttp_errno_name(err) + ": " +
+                         (llhttp_get_error_reason(&ll) ? llhttp_get_error_reason(&ll) : "?") + ")" +
+                         where(data, llhttp_get_error_pos(&ll)));
             }
-            fail(parse_failure::bad_message, std::string("malformed HTTP message (") + llhttp_errno_name(err) +
-                                                 ": " + (llhttp_get_error_reason(&ll) ? llhttp_get_error_reason(&ll) : "?") +
-                                                 ")" + where(data, llhttp_get_error_pos(&ll)));
+            fold.scan(in.substr(pos, used), true);
+            pos += used;
+            if (err == HPE_OK && fold_at != std::string_view::npos)
+                fail(parse_failure::bad_message,
+                     "obs-fold (a field line continued on the next line) is not allowed" + where(data, data + pos));
+            if (err == HPE_PAUSED && last_chunk_seen && due == event::need_more) {
+                fold.start_section(true);  // on_chunk_header paused just after the LF
+                continue;
+            }
+            break;
         }
-        check_no_obs_fold(data, consumed);
+        consumed = pos;
         offset += consumed;
 
         if (in_head) {

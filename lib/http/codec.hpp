@@ -144,7 +144,8 @@ public:
 
     /// Appends what `in` decodes to onto `out`.
     /// @throws protocol_error for bad data, or when `out` would grow past
-    ///         `max_out` bytes (a decompression bomb).
+    ///         `max_out` bytes (a decompression bomb; `out` is then filled
+    ///         to exactly `max_out`).
     void feed(std::string_view in, std::string& out, std::size_t max_out);
     /// The body ended. @throws protocol_error if the compressed stream did not.
     void finish();

@@ -97,9 +97,12 @@ struct decompressor::impl {
             zs.avail_out = sizeof buf;
             int rc = inflate(&zs, Z_NO_FLUSH);
             std::size_t produced = sizeof buf - zs.avail_out;
-            if (produced > max_out || out.size() > max_out - produced)
+            if (produced > max_out || out.size() > max_out - produced) {
+                // Up to the limit exactly, however the input was cut.
+                out.append(buf, max_out > out.size() ? max_out - out.size() : 0);
                 throw protocol_error("decompressed " + name() + " body exceeds the limit of " +
                                      std::to_string(max_out) + " bytes");
+            }
             out.append(buf, produced);
             if (rc == Z_STREAM_END) {
                 done = true;
