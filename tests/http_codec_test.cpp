@@ -400,6 +400,7 @@ TEST_CASE("parser: responses to HEAD, 204 and 304 have no body") {
     auto msgs = feed(p, input, SIZE_MAX);
     REQUIRE(msgs.size() == 4);
     CHECK(msgs[0].head.content_length == 1000u);
+    CHECK(msgs[0].head.keep_alive);
     CHECK(msgs[0].body.empty());
     CHECK(msgs[0].keep_alive);
     CHECK(msgs[1].head.status == 204);
@@ -413,6 +414,14 @@ TEST_CASE("parser: responses to HEAD, 204 and 304 have no body") {
     msgs = feed(q, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1);
     REQUIRE(msgs.size() == 2);
     CHECK(msgs[1].body == "ok");
+
+    // A HEAD answer without a length does not run until close.
+    parser r(resp, {});
+    r.expect_no_body();
+    msgs = feed(r, "HTTP/1.1 200 OK\r\nServer: x\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
+    REQUIRE(msgs.size() == 2);
+    CHECK(msgs[0].head.keep_alive);
+    CHECK(msgs[0].keep_alive);
 
     // Without expect_no_body the same bytes are a body.
     msgs = feed_all(resp, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/");
@@ -495,6 +504,15 @@ TEST_CASE("parser: max_header_bytes (431)") {
     // The limit applies to each message, not to the connection.
     std::string two = head + head + head;
     CHECK(feed_all(req, two, 5, false, {.max_header_bytes = head.size()}).size() == 3);
+    // Trailers count against the same limit.
+    std::string chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n";
+    std::string trailers;
+    for (int i = 0; i < 20; ++i) trailers += "X-T" + std::to_string(i) + ": " + std::string(50, 't') + "\r\n";
+    auto t = rejection(req, chunked + trailers + "\r\n", {.max_header_bytes = 1000});
+    CHECK(t.status() == 431);
+    CHECK(std::string(t.what()).find("trailer") != std::string::npos);
+    CHECK(feed_all(req, chunked + trailers + "\r\n", 1, false, {.max_header_bytes = 2000}).at(0).head.trailers.size() ==
+          20);
     // Responses too.
     auto r = rejection(resp, "HTTP/1.1 200 OK\r\nX: " + std::string(200, 'x') + "\r\n\r\n", {.max_header_bytes = 100});
     CHECK(r.status() == 431);

@@ -2,7 +2,6 @@
 
 #include <llhttp.h>
 
-#include <cassert>
 #include <stdexcept>
 
 namespace hop::http::detail {
@@ -15,6 +14,8 @@ int parse_error::status() const noexcept {
     }
     return 400;
 }
+
+namespace {
 
 // llhttp 8.1 accepts obs-fold even in strict mode: a field line continued
 // by a line that starts with SP or HTAB, which it joins into the value.
@@ -54,6 +55,8 @@ struct fold_scanner {
     void start_section(bool after_lf) { *this = fold_scanner{true, after_lf, after_lf}; }
 };
 
+}  // namespace
+
 // How the parser hands over one event at a time: every callback that ends
 // an event (on_headers_complete, on_body, on_message_complete) returns
 // HPE_PAUSED, so llhttp_execute() stops right after it and
@@ -89,6 +92,8 @@ struct parser::impl {
     std::uint64_t offset = 0;      // bytes consumed over the whole stream
     fold_scanner fold;              // over the head and the trailer section
     bool last_chunk_seen = false;  // on_chunk_header paused at the last chunk
+    bool in_trailer_section = false;
+    std::size_t trailer_bytes = 0;
     std::optional<parse_error> failure;
 
     impl(parser::kind k, parser::limits l) : kind(k), lim(l) {
@@ -166,9 +171,8 @@ struct parser::impl {
         // it; RFC 9110 5.5 says neither is part of the value.
         while (!self.field_value.empty() && (self.field_value.back() == ' ' || self.field_value.back() == '\t'))
             self.field_value.pop_back();
-        // llhttp checks a value's bytes only for CR, LF and NUL... and
-        // in strict mode for other control bytes; NUL reaching here would
-        // truncate the value for C consumers downstream.
+        // Strict llhttp already refuses NUL in a value; kept because a NUL
+        // that got through would cut the value short for C consumers.
         if (self.field_value.find('\0') != std::string::npos)
             return self.refuse(parse_failure::bad_message, "NUL byte in the value of header field \"" +
                                                                self.field_name + "\"");
@@ -213,6 +217,15 @@ struct parser::impl {
             // RFC 9112 6.3: 1xx, 204 and 304 never have a body, whatever
             // their fields say; llhttp 8.1 would read a 304's Content-Length.
             if (h.status < 200 || h.status == 204 || h.status == 304) skip_body = true;
+        }
+
+        if (skip_body) {
+            // llhttp sets F_SKIPBODY only after this returns 1; with it, a
+            // response without a length need not end at close.
+            auto flags = p->flags;
+            p->flags |= F_SKIPBODY;
+            h.keep_alive = llhttp_should_keep_alive(p) != 0;
+            p->flags = flags;
         }
 
         if (!skip_body && h.content_length && !h.chunked && *h.content_length > self.lim.max_body_bytes)
@@ -274,6 +287,7 @@ struct parser::impl {
             started = false;
             head_bytes = 0;
             fold.start_section(false);
+            in_trailer_section = false;
             break;
         case event::body:
         case event::need_more:
@@ -332,11 +346,20 @@ struct parser::impl {
             }
             fold.scan(in.substr(pos, used), true);
             pos += used;
+            if (in_trailer_section) {
+                // Trailer fields are kept like the head's: the same limit.
+                trailer_bytes += used;
+                if (trailer_bytes > lim.max_header_bytes)
+                    fail(parse_failure::header_too_large, "trailer section exceeds the limit of " +
+                                                              std::to_string(lim.max_header_bytes) + " bytes");
+            }
             if (err == HPE_OK && fold_at != std::string_view::npos)
                 fail(parse_failure::bad_message,
                      "obs-fold (a field line continued on the next line) is not allowed" + where(data, data + pos));
             if (err == HPE_PAUSED && last_chunk_seen && due == event::need_more) {
                 fold.start_section(true);  // on_chunk_header paused just after the LF
+                in_trailer_section = true;
+                trailer_bytes = 0;
                 continue;
             }
             break;
