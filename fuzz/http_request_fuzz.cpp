@@ -22,6 +22,7 @@ struct request_seen {
     std::string target;
     hop::http::headers fields;
     bool chunked = false;
+    bool upgrade = false;
     std::string body;
     bool complete = false;
 };
@@ -47,7 +48,7 @@ outcome parse_requests(std::initializer_list<std::string_view> parts, parser::li
                     HOP_FUZZ_EXPECT(!h.target.empty());
                     HOP_FUZZ_EXPECT(h.version_major == 1);
                     HOP_FUZZ_EXPECT(!(h.chunked && h.content_length));
-                    seen.push_back({h.method, h.target, h.headers, h.chunked, {}});
+                    seen.push_back({h.method, h.target, h.headers, h.chunked, h.upgrade, {}, false});
                 } else if (e == parser::event::body) {
                     seen.back().body.append(q.body());
                 } else if (e == parser::event::message_end) {
@@ -99,7 +100,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (!r.complete) continue;
         std::string out;
         hop::http::detail::write_request_head(out, r.method, r.target, r.fields);
-        if (r.chunked) {
+        if (r.upgrade && r.body.empty()) {
+            // CONNECT, or an Upgrade without a body: what follows the head
+            // is the other protocol, whatever Transfer-Encoding said.
+        } else if (r.chunked) {
             if (!r.body.empty()) {
                 hop::http::detail::write_chunk_header(out, r.body.size());
                 out += r.body;
