@@ -556,6 +556,21 @@ TEST_CASE("parser: max_body_bytes (413)") {
     CHECK(over.status() == 413);
     // Reported at the first byte over the limit ("k"), however it was fed.
     CHECK(std::string(over.what()).find("at byte " + std::to_string(chunked.size() + 7)) != std::string::npos);
+    // The body up to the limit is handed over, then the error, however it is fed.
+    for (std::size_t step : {std::size_t{1}, std::size_t{4}, SIZE_MAX}) {
+        CAPTURE(step);
+        parser q(req, l);
+        feeder f(q);
+        try {
+            f(chunked + "5\r\nghijk\r\n0\r\n\r\n", step);
+            FAIL("accepted");
+        } catch (const parse_error& e) {
+            CHECK(e.status() == 413);
+        }
+        CHECK(f.cur.body == "abcdefghij");
+        std::size_t consumed = 0;
+        CHECK_THROWS_AS(q.parse("", consumed), parse_error);  // stays failed
+    }
     // A response body until close too.
     CHECK(rejection(resp, "HTTP/1.1 200 OK\r\n\r\n0123456789x", l).status() == 413);
     CHECK(rejection(resp, "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n", l).status() == 413);

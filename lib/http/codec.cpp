@@ -98,6 +98,8 @@ struct parser::impl {
     std::size_t trailer_bytes = 0;
     std::optional<parse_error> failure;
     const char* refused_at = nullptr;  // where a callback's refusal applies, if not llhttp's position
+    std::optional<parse_error> deferred;  // thrown by the next call
+    bool deferred_where = false;          // its message names the offset
 
     impl(parser::kind k, parser::limits l) : kind(k), lim(l) {
         llhttp_init(&ll, k == parser::kind::request ? HTTP_REQUEST : HTTP_RESPONSE, &settings());
@@ -245,11 +247,16 @@ struct parser::impl {
     static int on_body(llhttp_t* p, const char* at, std::size_t n) {
         impl& self = of(p);
         if (n == 0) return 0;  // llhttp closes an open span at the end of every run
-        if (n > self.lim.max_body_bytes - self.body_bytes) {
-            // Where the limit was crossed, not where llhttp's span ended.
-            self.refused_at = at + (self.lim.max_body_bytes - self.body_bytes);
-            return self.refuse(parse_failure::body_too_large, "body exceeds the limit of " +
-                                                                  std::to_string(self.lim.max_body_bytes) + " bytes");
+        std::uint64_t left = self.lim.max_body_bytes - self.body_bytes;
+        if (n > left) {
+            // Reported where the limit was crossed, not where llhttp's span
+            // ended; what fits is handed over first, so the caller sees the
+            // same bytes however the input was cut.
+            self.refused_at = at + left;
+            std::string why = "body exceeds the limit of " + std::to_string(self.lim.max_body_bytes) + " bytes";
+            if (left == 0) return self.refuse(parse_failure::body_too_large, why);
+            self.deferred.emplace(parse_failure::body_too_large, why);
+            n = static_cast<std::size_t>(left);
         }
         self.body_bytes += n;
         self.body = std::string_view(at, n);
@@ -311,6 +318,7 @@ struct parser::impl {
     event run(std::string_view in, std::size_t& consumed) {
         consumed = 0;
         if (failure) throw *failure;
+        throw_deferred();
         if (end_due) {
             end_due = false;
             return deliver(event::message_end);
@@ -390,13 +398,26 @@ struct parser::impl {
             }
             break;
         }
+        if (deferred && !deferred_where) {
+            deferred.emplace(deferred->kind(), deferred->what() + where(data, refused_at));
+            deferred_where = true;
+        }
         consumed = pos;
         offset += consumed;
         return deliver(due);
     }
 
+    // A refusal on_body put off until its last piece was handed over.
+    void throw_deferred() {
+        if (!deferred) return;
+        failure = std::move(deferred);
+        deferred.reset();
+        throw *failure;
+    }
+
     event finish() {
         if (failure) throw *failure;
+        throw_deferred();
         if (end_due) {
             end_due = false;
             closed = true;
