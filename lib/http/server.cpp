@@ -525,6 +525,8 @@ void server_connection::send_now(std::string_view bytes) noexcept {
 
 // The fields every response carries; `h` is the handler's, changed in place.
 void server_connection::finish_head(headers& h, int status) {
+    // A shutdown that began while the handler ran: this is the last response.
+    if (m_st->m_draining) m_keep_alive = false;
     if (auto c = h.get("Connection"); c && has_token(*c, "close")) m_keep_alive = false;
     h.erase("Connection");
     if (!m_keep_alive) {

@@ -96,11 +96,11 @@ struct server_options {
     int backlog = 1024;
     bool reuse_port = false;
     /// The Server header's value; empty (the default): no Server header.
-    std::string server_header;
+    std::string server_header{};
     /// Where the server's log lines go (a handler that threw, a bad
     /// status, accept failures); each call is one line without its newline.
     /// Called on the server's loop. Empty (the default): stderr.
-    std::function<void(std::string_view)> log;
+    std::function<void(std::string_view)> log{};
 };
 
 /// What a server has done so far; see server::stats().
@@ -139,7 +139,8 @@ class server_connection;
 /// @code
 /// auto srv = hop::http::server::bind(ep,
 ///     [](hop::http::request& req, hop::http::response_writer& out) -> hop::task<> {
-///         co_await out.start(200, {{"Content-Type", "text/plain"}});
+///         hop::http::headers fields{{"Content-Type", "text/plain"}};
+///         co_await out.start(200, std::move(fields));
 ///         for (int i = 0; i < 3; ++i) co_await out.write("tick\n");
 ///     });
 /// @endcode
