@@ -36,6 +36,8 @@ struct message_head {
     bool expect_continue = false;
     /// Upgrade or CONNECT: the connection stops being HTTP after the head.
     bool upgrade = false;
+    /// A chunked message's trailer fields; complete at message_end.
+    http::headers trailers;
 };
 
 /// What went wrong, and the status a server answers it with.
@@ -121,6 +123,8 @@ void write_request_head(std::string& out, std::string_view method, std::string_v
 /// @throws std::invalid_argument for a status outside 100-999.
 void write_response_head(std::string& out, int status, const headers& fields, int version_minor = 1);
 /// Appends one chunk's size line ("1a\r\n"); the data and "\r\n" follow.
+/// @throws std::invalid_argument for size 0 (that is last_chunk: it would
+///         end the body).
 void write_chunk_header(std::string& out, std::size_t size);
 /// The last chunk and the end of the message: "0\r\n\r\n".
 inline constexpr std::string_view last_chunk = "0\r\n\r\n";
