@@ -29,6 +29,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -358,6 +359,28 @@ TEST_CASE("serve twice is a logic_error; shutdown() before serve() makes serve()
             }
             CHECK(refused);
         }());
+    });
+}
+
+TEST_CASE("bind on a thread with no loop; serve() runs on the loop that awaits it") {
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        std::thread::id handler_thread;
+        auto handler = [&](hop::http::request&) -> hop::task<hop::http::response> {
+            handler_thread = std::this_thread::get_id();
+            co_return hop::http::response{.status = 200, .headers = {}, .body = "here"};
+        };
+        auto srv = hop::http::server::bind(hop::endpoint::loopback_v4(0), handler);  // no loop runs here
+        auto* s = &srv;
+        run_on(loop, [](hop::http::server* s) -> hop::task<void> {
+            hop::future<void> serving = hop::current_loop()->spawn(s->serve());
+            std::string out = co_await hop_test::exchange(s->local_endpoint(),
+                                                          hop_test::get_request("/", "Connection: close\r\n"));
+            CHECK(out.find("\r\n\r\nhere") != std::string::npos);
+            serving.cancel();
+            co_await serving;
+        }(s));
+        CHECK(handler_thread == std::this_thread::get_id());  // run_on drives the loop on this thread
     });
 }
 

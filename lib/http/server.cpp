@@ -48,28 +48,6 @@ constexpr std::size_t max_linger_bytes = 1 << 20;
 constexpr auto first_backoff = std::chrono::milliseconds(4);
 constexpr auto max_backoff = std::chrono::seconds(1);
 
-// The failures of accept that say "the machine is short of something right
-// now", not "this listener is broken": out of descriptors or memory, a
-// connection that went away before it was taken, a signal, a firewall.
-// TODO: hop::is_transient_accept_error (net.hpp on main) once merged.
-bool transient_accept_error(const std::system_error& e) noexcept {
-    if (e.code().category() != std::generic_category() && e.code().category() != std::system_category()) {
-        return false;
-    }
-    switch (e.code().value()) {
-        case EMFILE:
-        case ENFILE:
-        case ENOBUFS:
-        case ENOMEM:
-        case ECONNABORTED:
-        case EPERM:
-        case EINTR:
-            return true;
-        default:
-            return false;
-    }
-}
-
 // "Sun, 06 Nov 1994 08:49:37 GMT", formatted once a second per thread.
 std::string_view http_date() {
     thread_local std::time_t cached = -1;
@@ -158,9 +136,9 @@ private:
 // sweeper. Fields marked "loop" are touched on the server's loop only.
 class server_state {
 public:
-    server_state(io_loop& loop, server_options options) : m_loop(&loop), m_options(std::move(options)) {}
+    explicit server_state(server_options options) : m_options(std::move(options)) {}
 
-    io_loop* m_loop;
+    io_loop* m_loop = nullptr;  // serve()'s loop, set when it starts
     server_options m_options;
     tcp_listener m_listener;
     endpoint m_local;
@@ -781,7 +759,7 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self) {
         try {
             s = co_await st.m_listener.accept();
         } catch (const std::system_error& e) {
-            if (!transient_accept_error(e)) throw;
+            if (!is_transient_accept_error(e)) throw;
             failure = e.what();
         }
         if (!failure.empty()) {
@@ -918,7 +896,7 @@ void validate(const server_options& o) {
 std::shared_ptr<server_state> make_state(const endpoint& local, server_options options) {
     validate(options);
     const listen_options lo{.backlog = options.backlog, .reuse_port = options.reuse_port, .reuse_address = true};
-    auto st = std::make_shared<server_state>(this_thread_loop(), std::move(options));
+    auto st = std::make_shared<server_state>(std::move(options));
     st->m_listener = tcp_listener::bind(local, lo);
     st->m_local = st->m_listener.local_endpoint();
     return st;
@@ -977,6 +955,9 @@ task<void> server::serve() {
         if (st->m_serve_started) throw std::logic_error("hop::http::server::serve: this server has served already");
         st->m_serve_started = true;
     }
+    // The server runs on the caller's loop (the default loop for a caller
+    // on none); its listener and connections belong to that loop.
+    st->m_loop = &this_thread_loop();
     const std::stop_token token = co_await get_stop_token();
     future<void> running = st->m_loop->spawn(detail::server_state::run(st));
     std::stop_callback<detail::shutdown_requester> link(token, detail::shutdown_requester{st.get()});

@@ -183,7 +183,9 @@ private:
     std::uint64_t m_remaining = 0;  // framing::length: bytes still owed
 };
 
-/// An HTTP/1.x server on one io_loop (hop::this_thread_loop() at bind).
+/// An HTTP/1.x server on one io_loop: the loop of the coroutine that
+/// awaits serve() (hop::default_loop() for one on a thread that runs none);
+/// its listener, connections and handlers run there.
 ///
 /// Lifetime: the handler is stored in the server's state, which lives as
 /// long as the server object or any coroutine it started (serve(), a
@@ -204,8 +206,8 @@ public:
     ~server();
 
     /// Binds and listens on `local` (port 0: the kernel picks one, see
-    /// local_endpoint()) on the calling thread's loop. Connections are
-    /// accepted only once serve() runs. `h` is a copyable callable taking
+    /// local_endpoint()). Connections wait in the backlog until serve()
+    /// runs; bind may be called on any thread. `h` is a copyable callable taking
     /// `request&` and returning `task<response>`, or taking
     /// `(request&, response_writer&)` and returning `task<void>`.
     /// @throws std::invalid_argument naming the value: an empty handler,
@@ -245,8 +247,9 @@ public:
     /// a stopped serve() does not throw cancelled_error. A handler that
     /// ignores cancellation is waited for.
     ///
-    /// The server's work runs on its loop; the caller resumes on its own
-    /// executor. serve() can run once per server.
+    /// The server's work runs on the loop of the awaiting coroutine (see
+    /// the class); the caller resumes on its own executor when serve()
+    /// returns. serve() can run once per server.
     /// @throws std::logic_error for an empty server or a second serve().
     /// @throws std::system_error for an accept failure that is not
     ///         transient (EBADF, EINVAL...), after the same graceful shutdown.
