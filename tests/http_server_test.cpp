@@ -409,6 +409,28 @@ TEST_CASE("a handler may hop to the CPU pool; the connection goes on on the loop
     });
 }
 
+TEST_CASE("a streaming handler may write from the CPU pool") {
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        hop::cpu_pool pool{2};
+        std::atomic<int> on_pool{0};
+        auto handler = [&](hop::http::request&, hop::http::response_writer& out) -> hop::task<void> {
+            co_await pool.schedule();
+            for (int i = 0; i < 20; ++i) {
+                co_await out.write(std::to_string(i) + ",");
+                if (pool.running_in_this_thread()) ++on_pool;  // back on the pool after each write
+            }
+        };
+        run_on(loop, with_server(handler, hop_test::test_options(), [&](hop::http::server& srv) -> hop::task<void> {
+                   auto r_run = run_peer({"curl", "-sS", url_of(srv, "/")});
+                   peer_result r = co_await std::move(r_run);
+                   REQUIRE_MESSAGE(r.exited_ok(), r.describe());
+                   CHECK(r.out == "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,");
+               }));
+        CHECK(on_pool == 20);
+    });
+}
+
 TEST_CASE("the handler (and what it captures) lives while the server or a coroutine it started does") {
     for_each_backend([](hop::backend b) {
         hop::io_loop loop{options_for(b)};

@@ -646,6 +646,9 @@ task<bool> server_connection::respond(request& req) {
 
 task<void> server_connection::writer_start(response_writer& w, int status, headers fields) {
     using framing = response_writer::framing;
+    // The handler may call from the CPU pool: the connection's state is the
+    // loop's. The handler resumes on its own executor afterwards.
+    co_await m_st->m_loop->schedule();
     if (w.m_started) throw std::logic_error("hop::http::response_writer::start: the head was sent already");
     if (status < 200 || status > 999) {
         throw std::invalid_argument("hop::http::response_writer::start: status " + std::to_string(status) +
@@ -688,6 +691,7 @@ task<void> server_connection::writer_start(response_writer& w, int status, heade
 
 task<void> server_connection::writer_write(response_writer& w, std::string_view data) {
     using framing = response_writer::framing;
+    co_await m_st->m_loop->schedule();
     if (w.m_finished) throw std::logic_error("hop::http::response_writer::write: called after finish()");
     if (!w.m_started) co_await writer_start(w, 200, headers{});
     if (data.empty()) co_return;
@@ -717,6 +721,7 @@ task<void> server_connection::writer_write(response_writer& w, std::string_view 
 
 task<void> server_connection::writer_finish(response_writer& w) {
     using framing = response_writer::framing;
+    co_await m_st->m_loop->schedule();
     if (w.m_finished) co_return;
     if (!w.m_started) {
         headers h;

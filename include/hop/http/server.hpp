@@ -21,8 +21,11 @@
 ///
 /// What the server does on the wire:
 /// - keep-alive (HTTP/1.1 by default, HTTP/1.0 with "Connection: keep-alive"),
-///   pipelined requests answered in order (their responses may share one
-///   write), "Connection: close" from either side;
+///   pipelined requests answered in order, "Connection: close" from either
+///   side. Responses to pipelined requests are gathered and go out in one
+///   write when the server next waits for input (or past 64 KiB), so a
+///   slow handler also holds back the answers to requests pipelined before
+///   its own;
 /// - request bodies with Content-Length or chunked, read whole (at most
 ///   max_body_bytes) before the handler runs; "Expect: 100-continue" is
 ///   answered with "100 Continue" just before the server starts to read the
@@ -227,7 +230,9 @@ public:
             return bind_plain(local, handler(std::forward<F>(h)), std::move(options));
         }
     }
+    /// bind() with a plain handler (what bind() calls). @throws as bind().
     static server bind_plain(const endpoint& local, handler h, server_options options = {});
+    /// bind() with a streaming handler. @throws as bind().
     static server bind_streaming(const endpoint& local, stream_handler h, server_options options = {});
 
     bool valid() const noexcept { return m_state != nullptr; }
