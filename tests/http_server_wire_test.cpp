@@ -365,6 +365,21 @@ TEST_CASE("responses: Content-Length is the body's, 204/304 carry none, Connecti
     });
 }
 
+TEST_CASE("an Upgrade request is answered as a plain request, then the connection closes") {
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        run_on(loop, with_server(hop_test::test_app, hop_test::test_options(), [&](hop::http::server& srv) -> hop::task<void> {
+                   std::string out = co_await exchange(
+                       srv.local_endpoint(),
+                       get_request("/ws", "Connection: Upgrade\r\nUpgrade: websocket\r\n") + get_request("/next"));
+                   CHECK(starts_with(out, "HTTP/1.1 200 OK\r\n"));
+                   CHECK(out.find("Connection: close\r\n") != std::string::npos);
+                   CHECK(out.find("hello GET /ws") != std::string::npos);
+                   CHECK(out.find("/next") == std::string::npos);  // not HTTP any more: not answered
+               }));
+    });
+}
+
 // ============================================================================
 // Handler failures
 // ============================================================================
