@@ -1,0 +1,380 @@
+// hop::http::server against nginx (one worker), same work in the same run:
+// `wrk -t1 -c100 -d5s` for a 4 KiB body, requests/s and p99 latency; then
+// the memory an idle keep-alive connection costs each server (VmRSS before
+// and after 2000 connections that made one request each and stay open).
+//
+//   http_server_bench [--quick] [--backend auto|io_uring|epoll] [--connections N] [--duration S]
+//
+// Each server runs in its own process: hop in a forked child of this
+// program, nginx as itself (a config in a temporary directory, `daemon
+// off;`, a free port). The clients (wrk, the idle connections) are other
+// processes or this one, so their memory is not counted.
+
+#include <hop/http.hpp>
+#include <hop/io_loop.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+constexpr std::size_t body_size = 4096;
+
+struct bench_options {
+    bool quick = false;
+    hop::backend backend = hop::backend::automatic;
+    std::size_t idle_connections = 2000;
+    int duration_s = 5;
+};
+
+bench_options parse(int argc, char** argv) {
+    bench_options o;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto value = [&]() -> std::string {
+            if (++i == argc) throw std::invalid_argument(a + ": a value is missing");
+            return argv[i];
+        };
+        if (a == "--quick") {
+            o.quick = true;
+            o.duration_s = 2;
+            o.idle_connections = 500;
+        } else if (a == "--backend") {
+            const std::string v = value();
+            if (v == "io_uring") {
+                o.backend = hop::backend::io_uring;
+            } else if (v == "epoll") {
+                o.backend = hop::backend::epoll;
+            } else if (v != "auto") {
+                throw std::invalid_argument("--backend '" + v + "': expected auto, io_uring or epoll");
+            }
+        } else if (a == "--connections") {
+            o.idle_connections = std::stoul(value());
+        } else if (a == "--duration") {
+            o.duration_s = std::stoi(value());
+        } else {
+            throw std::invalid_argument("unknown argument '" + a + "'");
+        }
+    }
+    return o;
+}
+
+std::uint16_t free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const auto ep = hop::endpoint::loopback_v4(0);
+    if (fd < 0 || ::bind(fd, ep.data(), ep.size()) != 0) throw std::runtime_error("free_port: bind failed");
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    ::close(fd);
+    return hop::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len).port();
+}
+
+/// VmRSS of `pid`, in KiB.
+long rss_kib(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+    }
+    return -1;
+}
+
+// ---- the hop server, in a child process ------------------------------------
+
+/// Forks a child serving the 4 KiB body on 127.0.0.1:0; returns its pid and
+/// port. SIGTERM stops it (gracefully).
+pid_t start_hop(hop::backend backend, std::uint16_t& port) {
+    int pipe_fd[2];
+    if (::pipe(pipe_fd) != 0) throw std::runtime_error("pipe failed");
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error("fork failed");
+    if (pid > 0) {
+        ::close(pipe_fd[1]);
+        if (::read(pipe_fd[0], &port, sizeof port) != sizeof port) throw std::runtime_error("the hop server did not start");
+        ::close(pipe_fd[0]);
+        return pid;
+    }
+    ::close(pipe_fd[0]);
+    int code = 0;
+    try {
+        sigset_t sigs;
+        sigemptyset(&sigs);
+        sigaddset(&sigs, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+        hop::io_loop loop{{.backend = backend}};
+        const std::string body(body_size, 'x');
+        auto handler = [&body](hop::http::request&) -> hop::task<hop::http::response> {
+            hop::http::response r;
+            r.headers.add("Content-Type", "text/plain");
+            r.body = body;
+            co_return r;
+        };
+        auto main_task = [&]() -> hop::task<void> {
+            auto srv = hop::http::server::bind(hop::endpoint::loopback_v4(0), handler,
+                                               {.max_connections = 100000, .shutdown_grace = std::chrono::seconds(1)});
+            const std::uint16_t p = srv.local_endpoint().port();
+            if (::write(pipe_fd[1], &p, sizeof p) != sizeof p) std::_Exit(3);
+            ::close(pipe_fd[1]);
+            co_await srv.serve();
+        };
+        auto f = loop.spawn(main_task());
+        f.on_done([&loop](const hop::future<void>&) noexcept { loop.stop(); });
+        std::thread stopper([&sigs, f]() mutable {
+            int sig = 0;
+            sigwait(&sigs, &sig);
+            f.cancel();
+        });
+        loop.run();
+        stopper.join();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "hop server: %s\n", e.what());
+        code = 1;
+    }
+    std::_Exit(code);
+}
+
+// ---- nginx -------------------------------------------------------------------
+
+struct nginx_instance {
+    pid_t pid = -1;
+    std::uint16_t port = 0;
+    std::string dir;
+};
+
+nginx_instance start_nginx() {
+    nginx_instance n;
+    char tmpl[] = "/tmp/hop-bench-nginx-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
+    n.dir = tmpl;
+    ::chmod(tmpl, 0755);  // nginx's worker runs as another user
+    n.port = free_port();
+    {
+        std::ofstream body(n.dir + "/index.html");
+        body << std::string(body_size, 'x');
+    }
+    std::ofstream conf(n.dir + "/nginx.conf");
+    conf << "worker_processes 1;\n"
+            "daemon off;\n"
+            "error_log "
+         << n.dir << "/error.log;\n"
+         << "pid " << n.dir << "/nginx.pid;\n"
+         << "events { worker_connections 10000; }\n"
+            "http {\n"
+            "  access_log off;\n"
+            "  keepalive_requests 1000000;\n"
+            "  keepalive_timeout 60s;\n"
+            "  default_type text/plain;\n"
+            "  client_body_temp_path "
+         << n.dir << "/body;\n  proxy_temp_path " << n.dir << "/proxy;\n  fastcgi_temp_path " << n.dir
+         << "/fastcgi;\n  uwsgi_temp_path " << n.dir << "/uwsgi;\n  scgi_temp_path " << n.dir << "/scgi;\n"
+         << "  server { listen 127.0.0.1:" << n.port << "; location / { root " << n.dir << "; } }\n}\n";
+    conf.close();
+    std::vector<std::string> args{"nginx", "-e", n.dir + "/error.log", "-c", n.dir + "/nginx.conf", "-p", n.dir};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const char* paths[] = {"/usr/sbin/nginx", "/usr/local/sbin/nginx"};
+    int rc = ENOENT;
+    for (const char* p : paths) {
+        if (::access(p, X_OK) == 0) {
+            rc = ::posix_spawn(&n.pid, p, nullptr, nullptr, argv.data(), environ);
+            break;
+        }
+    }
+    if (rc != 0) throw std::runtime_error("nginx could not be started (install nginx-light)");
+    // Ready once it accepts.
+    for (int i = 0; i < 500; ++i) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        const auto ep = hop::endpoint::loopback_v4(n.port);
+        const bool ok = ::connect(fd, ep.data(), ep.size()) == 0;
+        ::close(fd);
+        if (ok) return n;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));  // startup poll, not a measurement
+    }
+    throw std::runtime_error("nginx did not start listening (see " + n.dir + "/error.log)");
+}
+
+/// nginx's worker: the master's child.
+pid_t nginx_worker(pid_t master) {
+    std::ifstream in("/proc/" + std::to_string(master) + "/task/" + std::to_string(master) + "/children");
+    pid_t w = -1;
+    in >> w;
+    return w;
+}
+
+void stop(pid_t pid) {
+    if (pid <= 0) return;
+    ::kill(pid, SIGTERM);
+    int st = 0;
+    while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+}
+
+// ---- wrk ---------------------------------------------------------------------
+
+struct wrk_result {
+    double requests_per_s = 0;
+    double p99_ms = 0;
+    std::string errors;  // "Socket errors" / "Non-2xx" lines, if any
+};
+
+double to_ms(const std::string& v) {
+    const double x = std::atof(v.c_str());
+    if (v.find("us") != std::string::npos) return x / 1000;
+    if (v.find("ms") != std::string::npos) return x;
+    if (v.find('s') != std::string::npos) return x * 1000;
+    return x;
+}
+
+wrk_result run_wrk(std::uint16_t port, int duration_s) {
+    const std::string cmd = "wrk -t1 -c100 -d" + std::to_string(duration_s) + "s --latency http://127.0.0.1:" +
+                            std::to_string(port) + "/index.html 2>&1";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (p == nullptr) throw std::runtime_error("wrk could not be started");
+    std::string out;
+    char buf[4096];
+    while (std::size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+    const int st = ::pclose(p);
+    if (st != 0) throw std::runtime_error("wrk failed: " + out);
+    wrk_result r;
+    std::istringstream in(out);
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream words(line);
+        std::string first;
+        words >> first;
+        if (first == "Requests/sec:") words >> r.requests_per_s;
+        if (first == "99%") {
+            std::string v;
+            words >> v;
+            r.p99_ms = to_ms(v);
+        }
+        if (line.find("Socket errors") != std::string::npos || line.find("Non-2xx") != std::string::npos) {
+            r.errors += line + "; ";
+        }
+    }
+    return r;
+}
+
+// ---- idle connections --------------------------------------------------------
+
+/// Opens `n` keep-alive connections, each makes one request and reads its
+/// response, and they stay open; returns their descriptors.
+std::vector<int> open_idle(std::uint16_t port, std::size_t n) {
+    std::vector<int> fds;
+    const auto ep = hop::endpoint::loopback_v4(port);
+    const std::string req = "GET /index.html HTTP/1.1\r\nHost: bench\r\n\r\n";
+    for (std::size_t i = 0; i < n; ++i) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || ::connect(fd, ep.data(), ep.size()) != 0) throw std::runtime_error("idle connect failed");
+        fds.push_back(fd);
+        timeval guard{20, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &guard, sizeof guard);
+        if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+            throw std::runtime_error("idle send failed");
+        }
+    }
+    // Read each response whole (head + 4 KiB).
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+        const int fd = fds[i];
+        std::string got;
+        char buf[8192];
+        while (true) {
+            const auto end = got.find("\r\n\r\n");
+            if (end != std::string::npos && got.size() >= end + 4 + body_size) break;
+            const auto r = ::recv(fd, buf, sizeof buf, 0);
+            if (r <= 0) {
+                throw std::runtime_error("idle connection " + std::to_string(i) + " on port " + std::to_string(port) +
+                                         ": " + (r == 0 ? std::string("closed") : std::string(std::strerror(errno))) +
+                                         " after " + std::to_string(got.size()) + " bytes");
+            }
+            got.append(buf, static_cast<std::size_t>(r));
+        }
+    }
+    return fds;
+}
+
+/// RSS growth per idle connection of process `pid`, in bytes.
+double idle_cost(pid_t pid, std::uint16_t port, std::size_t n) {
+    const long before = rss_kib(pid);
+    auto fds = open_idle(port, n);
+    const long after = rss_kib(pid);
+    for (int fd : fds) ::close(fd);
+    return static_cast<double>(after - before) * 1024.0 / static_cast<double>(n);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    bench_options o;
+    try {
+        o = parse(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "http_server_bench: %s\n", e.what());
+        return 2;
+    }
+    std::signal(SIGPIPE, SIG_IGN);
+    rlimit nofile{};
+    ::getrlimit(RLIMIT_NOFILE, &nofile);
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+
+    try {
+        std::uint16_t hop_port = 0;
+        const pid_t hop_pid = start_hop(o.backend, hop_port);
+        nginx_instance nginx = start_nginx();
+        const pid_t worker = nginx_worker(nginx.pid);
+
+        std::printf("http_server_bench: wrk -t1 -c100 -d%ds, %zu-byte body; idle: %zu keep-alive connections\n",
+                    o.duration_s, body_size, o.idle_connections);
+        // Warm both (page cache, first connections), then measure.
+        run_wrk(hop_port, 1);
+        run_wrk(nginx.port, 1);
+        const wrk_result h = run_wrk(hop_port, o.duration_s);
+        const wrk_result n = run_wrk(nginx.port, o.duration_s);
+        const double hop_idle = idle_cost(hop_pid, hop_port, o.idle_connections);
+        const double nginx_idle = idle_cost(worker, nginx.port, o.idle_connections);
+
+        std::printf("%-28s | %12s | %12s | %s\n", "", "hop", "nginx (1 w)", "hop/nginx");
+        std::printf("%-28s | %12.0f | %12.0f | %.2f\n", "requests/s", h.requests_per_s, n.requests_per_s,
+                    h.requests_per_s / n.requests_per_s);
+        std::printf("%-28s | %12.2f | %12.2f | %.2f\n", "p99 latency (ms)", h.p99_ms, n.p99_ms, h.p99_ms / n.p99_ms);
+        std::printf("%-28s | %12.0f | %12.0f | %.2f\n", "idle connection RSS (bytes)", hop_idle, nginx_idle,
+                    hop_idle / nginx_idle);
+        if (!h.errors.empty()) std::printf("hop wrk errors: %s\n", h.errors.c_str());
+        if (!n.errors.empty()) std::printf("nginx wrk errors: %s\n", n.errors.c_str());
+
+        stop(hop_pid);
+        stop(nginx.pid);
+        if (std::system(("rm -rf '" + nginx.dir + "'").c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", nginx.dir.c_str());
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "http_server_bench: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

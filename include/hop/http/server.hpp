@@ -1,0 +1,277 @@
+#pragma once
+/// @file
+/// hop::http::server — an HTTP/1.0 and HTTP/1.1 server on an io_loop.
+///
+/// A handler is a coroutine `request& -> task<response>`: it runs on the
+/// server's loop and may hop to the CPU pool (`co_await hop::cpu().schedule()`)
+/// and back. A second form, `(request&, response_writer&) -> task<void>`,
+/// streams its response as it is produced (chunked).
+///
+/// @code
+/// auto srv = hop::http::server::bind(hop::endpoint::parse("127.0.0.1:8080"),
+///     [](hop::http::request& req) -> hop::task<hop::http::response> {
+///         co_return hop::http::response{.status = 200, .body = "hello " + req.url};
+///     },
+///     {.max_header_bytes = 16 * 1024, .max_body_bytes = 8 << 20,
+///      .header_timeout = 10s, .idle_timeout = 60s, .max_connections = 10000,
+///      .shutdown_grace = 10s});
+/// srv.local_endpoint();
+/// co_await srv.serve();   // until its stop token is requested: then a graceful shutdown
+/// @endcode
+///
+/// What the server does on the wire:
+/// - keep-alive (HTTP/1.1 by default, HTTP/1.0 with "Connection: keep-alive"),
+///   pipelined requests answered in order, "Connection: close" from either
+///   side. Responses to pipelined requests are gathered and go out in one
+///   write when the server next waits for input (or past 64 KiB), so a
+///   slow handler also holds back the answers to requests pipelined before
+///   its own;
+/// - request bodies with Content-Length or chunked, read whole (at most
+///   max_body_bytes) before the handler runs; "Expect: 100-continue" is
+///   answered with "100 Continue" just before the server starts to read the
+///   body, and not at all when it refuses the request first (413);
+/// - Date and Content-Length are added to every response (Content-Length is
+///   the body's size, whatever the handler set); a HEAD request gets the
+///   headers a GET would, and no body; 204 and 304 never carry a body;
+/// - malformed or ambiguous requests (Content-Length with
+///   Transfer-Encoding, two different Content-Lengths, a lone CR, obs-fold,
+///   a bad chunk size...) get 400; a head larger than max_header_bytes gets
+///   431; a body larger than max_body_bytes gets 413; a head that has not
+///   arrived header_timeout after its first byte, or a body that makes no
+///   progress for idle_timeout, gets 408. Each of them closes the connection
+///   (after reading what the client still sends, for at most header_timeout,
+///   so the answer is not lost to a reset);
+/// - a keep-alive connection with no request for idle_timeout, or a client
+///   that does not read its response for idle_timeout, is closed silently;
+/// - a handler that throws gets a 500 (logged) and the server goes on; so
+///   does a handler that returns a status outside 200-999 (1xx is no final
+///   status);
+/// - at most max_connections connections are served at once: further ones
+///   wait in the listen backlog until one ends (with io_uring up to 64 more
+///   may already be accepted by the kernel; they wait unserved too);
+/// - accept failures that come from the machine (out of descriptors or
+///   memory, a connection aborted before it was taken) do not stop the
+///   server: it waits (a few ms, doubling up to 1 s) and tries again, and
+///   logs one line when such a run of failures starts and one when it ends.
+///
+/// Upgrade requests (WebSocket, h2c) are answered as plain requests and the
+/// connection is then closed; there is no TLS yet.
+
+#include <hop/http/message.hpp>
+#include <hop/net.hpp>
+#include <hop/task.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace hop::http {
+
+/// server::bind's options. Durations are any std::chrono duration
+/// (`.header_timeout = 10s`, `= 250ms`).
+struct server_options {
+    /// The request line plus every header field, in bytes (more: 431).
+    /// At least 1.
+    std::size_t max_header_bytes = 16 * 1024;
+    /// A request body, in bytes, after de-chunking (more: 413). 0 allows
+    /// no body.
+    std::uint64_t max_body_bytes = 8 << 20;
+    /// From a request's first byte until its head is complete (then: 408
+    /// and close). Must be positive.
+    std::chrono::nanoseconds header_timeout = std::chrono::seconds(10);
+    /// A keep-alive connection waiting for its next request, a body that
+    /// makes no progress, a response the client does not read: closed after
+    /// this long. Must be positive.
+    std::chrono::nanoseconds idle_timeout = std::chrono::seconds(60);
+    /// Connections served at once; at least 1.
+    std::size_t max_connections = 10000;
+    /// After serve()'s stop: how long requests in flight may take to
+    /// finish before they are cancelled. 0 cancels them at once; not negative.
+    std::chrono::nanoseconds shutdown_grace = std::chrono::seconds(10);
+    /// The listen backlog (at least 1) and SO_REUSEPORT, as in
+    /// hop::listen_options.
+    int backlog = 1024;
+    bool reuse_port = false;
+    /// The Server header's value; empty (the default): no Server header.
+    std::string server_header{};
+    /// Where the server's log lines go (a handler that threw, a bad
+    /// status, accept failures); each call is one line without its newline.
+    /// Called on the server's loop. Empty (the default): stderr.
+    std::function<void(std::string_view)> log{};
+};
+
+/// What a server has done so far; see server::stats().
+struct server_stats {
+    std::size_t connections = 0;        ///< open now
+    std::uint64_t accepted = 0;         ///< connections accepted in all
+    std::uint64_t requests = 0;         ///< responses sent (error answers included)
+    std::uint64_t accept_failures = 0;  ///< accept calls that failed and were retried
+};
+
+namespace detail {
+class server_state;
+class server_connection;
+}  // namespace detail
+
+/// A streamed response, for handlers of the form
+/// `(request&, response_writer&) -> task<void>`. The head goes out with the
+/// first write (or start()); each write() is sent at once as one chunk, so
+/// a client sees the body as it is produced.
+///
+/// Framing: "Transfer-Encoding: chunked" for an HTTP/1.1 client; if the
+/// headers given to start() hold a Content-Length, exactly that many bytes
+/// are sent as they are (no chunking); an HTTP/1.0 client gets the bytes as
+/// they are and the connection closes after the last. A HEAD request, 204
+/// and 304 get the head only: writes are dropped.
+///
+/// When the handler returns, finish() is called for it if it did not. If
+/// it throws before the head went out the client gets a 500; after, the
+/// connection is closed (the client sees a cut body) and the failure
+/// logged.
+///
+/// Every member is for the handler's coroutine, on any executor; the
+/// awaiting coroutine resumes on its own executor. Each await is a
+/// cancellation point (a server shutdown past its grace): cancelled_error.
+///
+/// @code
+/// auto srv = hop::http::server::bind(ep,
+///     [](hop::http::request& req, hop::http::response_writer& out) -> hop::task<> {
+///         hop::http::headers fields{{"Content-Type", "text/plain"}};
+///         co_await out.start(200, std::move(fields));
+///         for (int i = 0; i < 3; ++i) co_await out.write("tick\n");
+///     });
+/// @endcode
+class response_writer {
+public:
+    response_writer(const response_writer&) = delete;
+    response_writer& operator=(const response_writer&) = delete;
+
+    /// Sends the head. Date (and Server) are added; Transfer-Encoding and
+    /// Connection are the server's to set and are replaced.
+    /// @throws std::invalid_argument for a status outside 200-999, or a
+    ///         Content-Length that is not a number.
+    /// @throws std::logic_error if the head was sent already.
+    /// @throws std::system_error if the client is gone; cancelled_error.
+    task<void> start(int status = 200, headers fields = {});
+    /// Sends `data` (nothing for an empty view); start() first if the head
+    /// has not gone out (status 200, no fields).
+    /// @throws std::logic_error after finish(), or past the Content-Length
+    ///         given to start().
+    /// @throws std::system_error if the client is gone; cancelled_error.
+    task<void> write(std::string_view data);
+    /// Ends the body (the last chunk). Calling it again does nothing.
+    /// @throws std::logic_error if fewer bytes than start()'s
+    ///         Content-Length were written (the connection will be closed).
+    /// @throws std::system_error if the client is gone; cancelled_error.
+    task<void> finish();
+
+    bool started() const noexcept { return m_started; }
+    bool finished() const noexcept { return m_finished; }
+
+private:
+    friend class detail::server_connection;
+    explicit response_writer(detail::server_connection& c) noexcept : m_conn(&c) {}
+
+    enum class framing : std::uint8_t { chunked, length, until_close, none };
+    detail::server_connection* m_conn;
+    bool m_started = false;
+    bool m_finished = false;
+    framing m_framing = framing::chunked;
+    std::uint64_t m_remaining = 0;  // framing::length: bytes still owed
+};
+
+/// An HTTP/1.x server on one io_loop: the loop of the coroutine that
+/// awaits serve() (hop::default_loop() for one on a thread that runs none);
+/// its listener, connections and handlers run there.
+///
+/// Lifetime: the handler is stored in the server's state, which lives as
+/// long as the server object or any coroutine it started (serve(), a
+/// connection, a handler) — a capturing lambda is safe. Destroying the
+/// server requests the same graceful shutdown as stopping serve(); do it
+/// on the loop's thread.
+class server {
+public:
+    /// The plain handler: the whole request in, the whole response out.
+    using handler = std::function<task<response>(request&)>;
+    /// The streaming handler; see response_writer.
+    using stream_handler = std::function<task<void>(request&, response_writer&)>;
+
+    /// An empty server (valid() is false).
+    server() noexcept = default;
+    server(server&&) noexcept = default;
+    server& operator=(server&& other) noexcept;
+    ~server();
+
+    /// Binds and listens on `local` (port 0: the kernel picks one, see
+    /// local_endpoint()). Connections wait in the backlog until serve()
+    /// runs; bind may be called on any thread. `h` is a copyable callable taking
+    /// `request&` and returning `task<response>`, or taking
+    /// `(request&, response_writer&)` and returning `task<void>`.
+    /// @throws std::invalid_argument naming the value: an empty handler,
+    ///         max_connections 0, max_header_bytes 0, a header_timeout or
+    ///         idle_timeout that is not positive, a negative shutdown_grace,
+    ///         a backlog below 1.
+    /// @throws std::system_error (EADDRINUSE, EACCES...) naming the endpoint.
+    template <class F>
+    static server bind(const endpoint& local, F&& h, server_options options = {}) {
+        using fn = std::decay_t<F>;
+        if constexpr (std::is_invocable_r_v<task<void>, fn&, request&, response_writer&>) {
+            return bind_streaming(local, stream_handler(std::forward<F>(h)), std::move(options));
+        } else {
+            static_assert(std::is_invocable_r_v<task<response>, fn&, request&>,
+                          "hop::http::server::bind: the handler must be callable as "
+                          "task<response>(request&) or task<void>(request&, response_writer&)");
+            return bind_plain(local, handler(std::forward<F>(h)), std::move(options));
+        }
+    }
+    /// bind() with a plain handler (what bind() calls). @throws as bind().
+    static server bind_plain(const endpoint& local, handler h, server_options options = {});
+    /// bind() with a streaming handler. @throws as bind().
+    static server bind_streaming(const endpoint& local, stream_handler h, server_options options = {});
+
+    bool valid() const noexcept { return m_state != nullptr; }
+
+    /// Where the server listens (the port the kernel picked for port 0).
+    /// @throws std::logic_error for an empty server.
+    endpoint local_endpoint() const;
+
+    /// Accepts and serves connections until the awaiting coroutine's stop
+    /// token is requested (`loop.spawn(srv.serve())` then `future.cancel()`,
+    /// a task_group's cancel...) or shutdown() is called. Then it shuts
+    /// down gracefully: stops accepting (the listener closes: new connects
+    /// are refused), closes idle connections at once, lets requests in
+    /// flight finish within shutdown_grace (their responses say
+    /// "Connection: close"), cancels the handlers still running after
+    /// that, waits for every connection to end, and **returns normally** —
+    /// a stopped serve() does not throw cancelled_error. A handler that
+    /// ignores cancellation is waited for.
+    ///
+    /// The server's work runs on the loop of the awaiting coroutine (see
+    /// the class); the caller resumes on its own executor when serve()
+    /// returns. serve() can run once per server.
+    /// @throws std::logic_error for an empty server or a second serve().
+    /// @throws std::system_error for an accept failure that is not
+    ///         transient (EBADF, EINVAL...), after the same graceful shutdown.
+    task<void> serve();
+
+    /// Requests the graceful shutdown that stopping serve() does (serve()
+    /// then returns; if serve() has not started yet it will return at once
+    /// after it starts). Thread-safe; calling it again does nothing.
+    void shutdown() noexcept;
+
+    /// Counters (thread-safe reads; the figures are each exact but not
+    /// taken at one instant).
+    server_stats stats() const noexcept;
+
+private:
+    explicit server(std::shared_ptr<detail::server_state> s) noexcept : m_state(std::move(s)) {}
+    std::shared_ptr<detail::server_state> m_state;
+};
+
+}  // namespace hop::http

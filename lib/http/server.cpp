@@ -1,0 +1,986 @@
+// hop::http::server: one coroutine per connection on the server's loop, a
+// task_group holding them, one accept loop, and one sweeper coroutine that
+// enforces every connection's deadline (no timer per read).
+#include <hop/http/server.hpp>
+
+#include "codec.hpp"
+
+#include <hop/io_loop.hpp>
+#include <hop/sync.hpp>
+#include <hop/task_group.hpp>
+#include <hop/time.hpp>
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <exception>
+#include <mutex>
+#include <span>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <system_error>
+
+namespace hop::http {
+
+namespace detail {
+
+using clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Read sizes: a connection waiting for its next request holds a small
+// buffer (an idle keep-alive connection should cost little memory); one
+// whose read filled the buffer reads in large pieces from then on.
+constexpr std::size_t small_read = 1024;
+constexpr std::size_t large_read = 16 * 1024;
+// Pipelined responses are gathered into one write up to this size.
+constexpr std::size_t max_pending_output = 64 * 1024;
+// After an error answer, at most this much more input is read and dropped.
+constexpr std::size_t max_linger_bytes = 1 << 20;
+constexpr auto first_backoff = std::chrono::milliseconds(4);
+constexpr auto max_backoff = std::chrono::seconds(1);
+
+// "Sun, 06 Nov 1994 08:49:37 GMT", formatted once a second per thread.
+std::string_view http_date() {
+    thread_local std::time_t cached = -1;
+    thread_local char text[40];
+    thread_local std::size_t length = 0;
+    const std::time_t now = std::time(nullptr);
+    if (now != cached) {
+        static constexpr const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+        static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                 "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+        std::tm tm{};
+        ::gmtime_r(&now, &tm);
+        const int n = std::snprintf(text, sizeof text, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday % 7],
+                                    tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                                    tm.tm_sec);
+        length = n > 0 ? static_cast<std::size_t>(n) : 0;
+        cached = now;
+    }
+    return {text, length};
+}
+
+std::string ns_text(std::chrono::nanoseconds d) { return std::to_string(d.count()) + "ns"; }
+
+// True if the comma-separated `value` holds `token` (case-insensitive).
+bool has_token(std::string_view value, std::string_view token) {
+    while (!value.empty()) {
+        const auto comma = value.find(',');
+        std::string_view item = value.substr(0, comma);
+        while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+        while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+        if (iequals(item, token)) return true;
+        if (comma == std::string_view::npos) break;
+        value.remove_prefix(comma + 1);
+    }
+    return false;
+}
+
+clock::time_point saturating_add(clock::time_point t, std::chrono::nanoseconds d) {
+    if (t > clock::time_point::max() - d) return clock::time_point::max();
+    return t + std::chrono::duration_cast<clock::duration>(d);
+}
+
+}  // namespace
+
+class server_connection;
+
+// A connection's place in one of the sweeper's deadline lists.
+struct deadline_node {
+    deadline_node* prev = nullptr;
+    deadline_node* next = nullptr;
+    clock::time_point deadline{};
+    server_connection* owner = nullptr;
+};
+
+// Deadlines in order, earliest first. Entries are added with "now + a fixed
+// timeout", so an insert almost always goes to the tail; the scan from the
+// tail keeps the order when it does not.
+class deadline_list {
+public:
+    deadline_list() noexcept { m_head.prev = m_head.next = &m_head; }
+    deadline_list(const deadline_list&) = delete;
+    deadline_list& operator=(const deadline_list&) = delete;
+
+    bool empty() const noexcept { return m_head.next == &m_head; }
+    deadline_node* front() noexcept { return empty() ? nullptr : m_head.next; }
+    void insert(deadline_node& n) noexcept {
+        deadline_node* at = m_head.prev;
+        while (at != &m_head && at->deadline > n.deadline) at = at->prev;
+        n.prev = at;
+        n.next = at->next;
+        at->next->prev = &n;
+        at->next = &n;
+    }
+    static void unlink(deadline_node& n) noexcept {
+        if (n.prev == nullptr) return;
+        n.prev->next = n.next;
+        n.next->prev = n.prev;
+        n.prev = n.next = nullptr;
+    }
+
+private:
+    deadline_node m_head;
+};
+
+// What the server shares with its connections, its accept loop and its
+// sweeper. Fields marked "loop" are touched on the server's loop only.
+class server_state {
+public:
+    explicit server_state(server_options options) : m_options(std::move(options)) {}
+
+    io_loop* m_loop = nullptr;  // serve()'s loop, set when it starts
+    server_options m_options;
+    tcp_listener m_listener;
+    endpoint m_local;
+    server::handler m_plain;
+    server::stream_handler m_streaming;
+
+    // loop
+    task_group m_connections;
+    deadline_list m_header_deadlines;  // header_timeout, and the linger after an error answer
+    deadline_list m_idle_deadlines;    // idle_timeout: keep-alive, body progress, write progress
+    event m_sweeper_wake;
+    event m_slot_free;
+    server_connection* m_first = nullptr;  // every open connection
+    std::size_t m_open = 0;
+    bool m_draining = false;
+
+    // thread-safe
+    std::mutex m_mutex;
+    bool m_shutdown_requested = false;  // m_mutex
+    bool m_serve_started = false;       // m_mutex
+    future<void> m_accept;              // m_mutex
+    std::atomic<std::size_t> m_open_count{0};
+    std::atomic<std::uint64_t> m_accepted{0};
+    std::atomic<std::uint64_t> m_requests{0};
+    std::atomic<std::uint64_t> m_accept_failures{0};
+
+    void log(const std::string& line) noexcept {
+        try {
+            if (m_options.log) {
+                m_options.log(line);
+                return;
+            }
+        } catch (...) {
+        }
+        std::fprintf(stderr, "%s\n", line.c_str());
+    }
+
+    // Thread-safe: the accept loop ends (cancelled), which starts the
+    // graceful shutdown.
+    void request_shutdown() noexcept {
+        future<void> accept;
+        {
+            std::lock_guard lock(m_mutex);
+            m_shutdown_requested = true;
+            accept = m_accept;
+        }
+        try {
+            if (accept.valid()) accept.cancel();
+        } catch (...) {
+        }
+    }
+
+    // loop: puts `n` in `list` with its deadline `d` from now.
+    void arm(deadline_list& list, deadline_node& n, std::chrono::nanoseconds d) {
+        deadline_list::unlink(n);
+        n.deadline = saturating_add(clock::now(), d);
+        const bool was_empty = m_header_deadlines.empty() && m_idle_deadlines.empty();
+        list.insert(n);
+        if (was_empty) m_sweeper_wake.set();
+    }
+
+    static task<void> run(std::shared_ptr<server_state> self);
+    static task<void> accept_loop(std::shared_ptr<server_state> self);
+    static task<void> sweep(std::shared_ptr<server_state> self);
+    void start_connection(const std::shared_ptr<server_state>& self, tcp_stream s);
+    void expire(deadline_list& list, clock::time_point now) noexcept;
+};
+
+// One client connection. Owned by its coroutine's frame (serve_connection);
+// linked into the server's list of connections while it lives.
+class server_connection {
+public:
+    enum class phase : std::uint8_t { idle, head, body, handler, linger };
+    enum class stop_reason : std::uint8_t { none, timeout, shutdown };
+
+    server_connection(std::shared_ptr<server_state> st, tcp_stream s) : m_st(std::move(st)), m_stream(std::move(s)) {
+        m_deadline.owner = this;
+        m_next = m_st->m_first;
+        if (m_next) m_next->m_prev = this;
+        m_st->m_first = this;
+        ++m_st->m_open;
+        m_st->m_open_count.fetch_add(1, std::memory_order_relaxed);
+        try {
+            m_stream.set_nodelay(true);
+        } catch (const std::exception&) {
+            // Reset before we got here: the first read says so.
+        }
+    }
+    ~server_connection() {
+        deadline_list::unlink(m_deadline);
+        if (m_prev) m_prev->m_next = m_next;
+        if (m_next) m_next->m_prev = m_prev;
+        if (m_st->m_first == this) m_st->m_first = m_next;
+        --m_st->m_open;
+        m_st->m_open_count.fetch_sub(1, std::memory_order_relaxed);
+        if (m_st->m_open < m_st->m_options.max_connections) m_st->m_slot_free.set();
+    }
+    server_connection(const server_connection&) = delete;
+    server_connection& operator=(const server_connection&) = delete;
+
+    static task<void> serve_connection(std::unique_ptr<server_connection> self);
+
+    // Ends the connection's coroutine at its next await (loop thread).
+    void stop(stop_reason why) noexcept {
+        if (m_stop_reason == stop_reason::none) m_stop_reason = why;
+        try {
+            if (m_future.valid()) m_future.cancel();
+        } catch (...) {
+        }
+    }
+    bool idle() const noexcept { return m_phase == phase::idle; }
+    server_connection* next() const noexcept { return m_next; }
+
+    task<void> writer_start(response_writer& w, int status, headers fields);
+    task<void> writer_write(response_writer& w, std::string_view data);
+    task<void> writer_finish(response_writer& w);
+
+    future<void> m_future;
+
+private:
+    // The bytes read and not yet parsed.
+    class input_buffer {
+    public:
+        std::string_view view() const noexcept { return {m_data.get() + m_begin, m_end - m_begin}; }
+        void consume(std::size_t n) noexcept {
+            m_begin += n;
+            if (m_begin == m_end) m_begin = m_end = 0;
+        }
+        // Room for a read of up to `want` bytes.
+        std::span<char> space(std::size_t want) {
+            if (m_begin == m_end) m_begin = m_end = 0;
+            if (m_cap < want && m_begin == m_end) {
+                m_data.reset();
+                m_data.reset(new char[want]);
+                m_cap = want;
+            } else if (m_end == m_cap) {
+                if (m_begin > 0) {
+                    std::memmove(m_data.get(), m_data.get() + m_begin, m_end - m_begin);
+                    m_end -= m_begin;
+                    m_begin = 0;
+                } else {
+                    const std::size_t cap = std::max(want, m_cap * 2);
+                    std::unique_ptr<char[]> bigger(new char[cap]);
+                    std::memcpy(bigger.get(), m_data.get(), m_end);
+                    m_data = std::move(bigger);
+                    m_cap = cap;
+                }
+            }
+            return {m_data.get() + m_end, m_cap - m_end};
+        }
+        void commit(std::size_t n) noexcept { m_end += n; }
+        // Frees a large buffer that holds nothing.
+        void shrink() noexcept {
+            if (m_begin == m_end && m_cap > small_read) {
+                m_data.reset();
+                m_cap = 0;
+                m_begin = m_end = 0;
+            }
+        }
+        std::size_t capacity() const noexcept { return m_cap; }
+
+    private:
+        std::unique_ptr<char[]> m_data;
+        std::size_t m_cap = 0;
+        std::size_t m_begin = 0;
+        std::size_t m_end = 0;
+    };
+
+    task<int> request_loop();
+    task<bool> fill(parser& p);
+    task<void> flush();
+    task<bool> respond(request& req);
+    void append_response(response& r);
+    void append_error(int status, std::string_view text);
+    task<void> answer_error(int status);
+    void send_now(std::string_view bytes) noexcept;
+    void arm_idle() { m_st->arm(m_st->m_idle_deadlines, m_deadline, m_st->m_options.idle_timeout); }
+    void disarm() noexcept { deadline_list::unlink(m_deadline); }
+    void finish_head(headers& h, int status);
+
+    std::shared_ptr<server_state> m_st;
+    tcp_stream m_stream;
+    server_connection* m_prev = nullptr;
+    server_connection* m_next = nullptr;
+    deadline_node m_deadline;
+    input_buffer m_in;
+    std::string m_out;
+    std::string m_error_text;
+    std::size_t m_next_read = small_read;
+    phase m_phase = phase::idle;
+    stop_reason m_stop_reason = stop_reason::none;
+    // The request being answered.
+    int m_minor = 1;
+    bool m_head_request = false;
+    bool m_keep_alive = true;
+    bool m_continue_pending = false;
+    bool m_upgrade = false;
+    bool m_header_armed = false;
+};
+
+// ---------------------------------------------------------------------------
+// connection
+
+task<void> server_connection::serve_connection(std::unique_ptr<server_connection> self) {
+    server_connection& c = *self;
+    int error_status = 0;
+    bool cancelled = false;
+    try {
+        error_status = co_await c.request_loop();
+    } catch (const cancelled_error&) {
+        cancelled = true;
+    } catch (const std::exception&) {
+        // The client reset or went away mid-write: nobody to answer.
+    }
+    if (cancelled && c.m_stop_reason == stop_reason::timeout &&
+        (c.m_phase == phase::head || c.m_phase == phase::body)) {
+        // Our token is stopped: no awaits are possible any more. The answer
+        // is small and the send buffer empty (the client sends, it does not
+        // read), so one non-blocking send delivers it.
+        c.m_out.clear();
+        c.append_error(408, "the request did not arrive in time");
+        c.send_now(c.m_out);
+        c.m_st->m_requests.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (error_status != 0) {
+        try {
+            co_await c.answer_error(error_status);
+        } catch (const std::exception&) {
+        }
+    }
+    c.m_stream.close();
+}
+
+task<int> server_connection::request_loop() {
+    parser p(parser::kind::request,
+             parser::limits{.max_header_bytes = m_st->m_options.max_header_bytes,
+                            .max_body_bytes = m_st->m_options.max_body_bytes});
+    request req;
+    for (;;) {
+        parser::event ev = parser::event::need_more;
+        std::size_t used = 0;
+        int bad = 0;
+        try {
+            ev = p.parse(m_in.view(), used);
+        } catch (const parse_error& e) {
+            bad = e.status();
+            m_error_text = e.what();
+        }
+        if (bad != 0) co_return bad;
+        m_in.consume(used);
+        switch (ev) {
+            case parser::event::need_more: {
+                const bool more = co_await fill(p);
+                if (!more) co_return 0;
+                break;
+            }
+            case parser::event::head: {
+                disarm();
+                m_header_armed = false;
+                m_phase = phase::body;
+                message_head& h = p.head();
+                req.method = std::move(h.method);
+                req.url = std::move(h.target);
+                req.headers = std::move(h.headers);
+                req.body.clear();
+                m_minor = h.version_minor;
+                m_upgrade = h.upgrade;
+                if (h.content_length && *h.content_length > m_st->m_options.max_body_bytes) {
+                    m_error_text = "Content-Length " + std::to_string(*h.content_length) + " is over max_body_bytes";
+                    co_return 413;
+                }
+                m_continue_pending = h.expect_continue && (h.chunked || h.content_length.value_or(0) > 0);
+                if (h.content_length && *h.content_length > 0) {
+                    req.body.reserve(static_cast<std::size_t>(*h.content_length));
+                }
+                break;
+            }
+            case parser::event::body:
+                req.body.append(p.body());
+                break;
+            case parser::event::message_end: {
+                m_continue_pending = false;
+                m_keep_alive = p.keep_alive() && !m_upgrade && !m_st->m_draining;
+                const bool keep = co_await respond(req);
+                if (!keep) {
+                    co_await flush();
+                    co_return 0;
+                }
+                if (m_out.size() >= max_pending_output) co_await flush();
+                req = request{};
+                break;
+            }
+        }
+    }
+}
+
+// Flushes what is pending, then reads more input. False: the connection
+// ends here (end of stream, or the server drains and it is between
+// requests).
+task<bool> server_connection::fill(parser& p) {
+    if (!m_out.empty()) co_await flush();
+    std::size_t want = m_next_read;
+    if (!p.started()) {
+        if (m_st->m_draining) co_return false;
+        m_phase = phase::idle;
+        // Between requests: hold as little as possible.
+        m_in.shrink();
+        if (m_out.capacity() > small_read) std::string().swap(m_out);
+        want = small_read;
+        m_next_read = small_read;
+        arm_idle();
+    } else if (!p.in_message()) {
+        m_phase = phase::head;
+        if (!m_header_armed) {
+            m_st->arm(m_st->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+            m_header_armed = true;
+        }
+    } else {
+        m_phase = phase::body;
+        if (m_continue_pending) {
+            // The body is wanted and has not come: ask for it.
+            m_continue_pending = false;
+            m_out.append("HTTP/1.1 100 Continue\r\n\r\n");
+            co_await flush();
+        }
+        arm_idle();
+    }
+    auto space = m_in.space(want);
+    const std::size_t n = co_await m_stream.read_some(space);
+    if (m_phase != phase::head) disarm();
+    if (n == 0) co_return false;
+    m_in.commit(n);
+    if (n == space.size()) m_next_read = large_read;
+    if (m_phase == phase::idle) {
+        m_phase = phase::head;
+        m_header_armed = false;
+    }
+    co_return true;
+}
+
+task<void> server_connection::flush() {
+    std::size_t done = 0;
+    const phase was = m_phase;
+    while (done < m_out.size()) {
+        // A client that does not read its response is timed by idle_timeout.
+        arm_idle();
+        const std::size_t n = co_await m_stream.write_some(std::string_view(m_out).substr(done));
+        disarm();
+        done += n;
+    }
+    m_phase = was;
+    m_out.clear();
+    if (m_header_armed && m_phase == phase::head) {
+        m_st->arm(m_st->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+    }
+}
+
+void server_connection::send_now(std::string_view bytes) noexcept {
+    if (!m_stream.is_open()) return;
+    [[maybe_unused]] auto r = ::send(m_stream.native_handle(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+// The fields every response carries; `h` is the handler's, changed in place.
+void server_connection::finish_head(headers& h, int status) {
+    // A shutdown that began while the handler ran: this is the last response.
+    if (m_st->m_draining) m_keep_alive = false;
+    if (auto c = h.get("Connection"); c && has_token(*c, "close")) m_keep_alive = false;
+    h.erase("Connection");
+    if (!m_keep_alive) {
+        h.add_unchecked("Connection", "close");
+    } else if (m_minor == 0) {
+        h.add_unchecked("Connection", "keep-alive");
+    }
+    if (!h.contains("Date")) h.add_unchecked("Date", std::string(http_date()));
+    if (!m_st->m_options.server_header.empty() && !h.contains("Server")) {
+        h.add_unchecked("Server", m_st->m_options.server_header);
+    }
+    write_response_head(m_out, status, h, 1);
+}
+
+void server_connection::append_response(response& r) {
+    headers& h = r.headers;
+    h.erase("Transfer-Encoding");
+    const bool no_body = r.status == 204 || r.status == 304;
+    if (r.status == 304) {
+        // Content-Length, if the handler gave one, is what a GET would get.
+    } else {
+        h.erase("Content-Length");
+        if (!no_body) h.add_unchecked("Content-Length", std::to_string(r.body.size()));
+    }
+    finish_head(h, r.status);
+    if (!m_head_request && !no_body) m_out.append(r.body);
+}
+
+void server_connection::append_error(int status, std::string_view text) {
+    m_keep_alive = false;
+    std::string body(reason_phrase(status));
+    body += ": ";
+    body += text;
+    body += '\n';
+    headers h;
+    h.add_unchecked("Content-Type", "text/plain; charset=utf-8");
+    h.add_unchecked("Content-Length", std::to_string(body.size()));
+    finish_head(h, status);
+    if (!m_head_request) m_out += body;
+}
+
+// Answers a request the server refuses, then reads and drops what the
+// client still sends (for at most header_timeout) before the close, so the
+// answer is not destroyed by a reset.
+task<void> server_connection::answer_error(int status) {
+    // Responses to requests pipelined before this one go out first.
+    m_head_request = false;
+    append_error(status, status == 413   ? "the body is over the server's limit"
+                         : status == 431 ? "the header fields are over the server's limit"
+                                         : "the request is malformed");
+    m_st->m_requests.fetch_add(1, std::memory_order_relaxed);
+    m_phase = phase::linger;
+    co_await flush();
+    m_stream.shutdown_write();
+    m_st->arm(m_st->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+    std::size_t dropped = 0;
+    m_in.consume(m_in.view().size());
+    while (dropped < max_linger_bytes) {
+        const std::size_t n = co_await m_stream.read_some(m_in.space(large_read));
+        if (n == 0) break;
+        dropped += n;
+    }
+    disarm();
+}
+
+task<bool> server_connection::respond(request& req) {
+    m_phase = phase::handler;
+    m_head_request = req.method == "HEAD";
+    const std::stop_token token = co_await get_stop_token();
+    m_st->m_requests.fetch_add(1, std::memory_order_relaxed);
+    std::string failure;
+    if (m_st->m_plain) {
+        response r;
+        try {
+            task<response> t = m_st->m_plain(req);
+            r = co_await std::move(t);
+            if (r.status < 200 || r.status > 999) {
+                failure = "returned status " + std::to_string(r.status) + " (a final status is 200-999)";
+            }
+        } catch (const cancelled_error& e) {
+            if (token.stop_requested()) throw;
+            failure = std::string("threw hop::cancelled_error: ") + e.what();
+        } catch (const std::exception& e) {
+            failure = std::string("threw: ") + e.what();
+        } catch (...) {
+            failure = "threw an exception that is not a std::exception";
+        }
+        if (!failure.empty()) {
+            m_st->log("hop::http::server: the handler for " + req.method + " " + req.url + " " + failure +
+                      ": answered 500");
+            r = response{.status = 500, .headers = {}, .body = "Internal Server Error\n"};
+            r.headers.add_unchecked("Content-Type", "text/plain; charset=utf-8");
+        }
+        append_response(r);
+        co_return m_keep_alive;
+    }
+
+    response_writer w(*this);
+    try {
+        task<void> t = m_st->m_streaming(req, w);
+        co_await std::move(t);
+    } catch (const cancelled_error& e) {
+        if (token.stop_requested()) throw;
+        failure = std::string("threw hop::cancelled_error: ") + e.what();
+    } catch (const std::exception& e) {
+        failure = std::string("threw: ") + e.what();
+    } catch (...) {
+        failure = "threw an exception that is not a std::exception";
+    }
+    if (failure.empty() && !w.finished()) {
+        try {
+            co_await writer_finish(w);
+        } catch (const cancelled_error&) {
+            if (token.stop_requested()) throw;
+            failure = "was cancelled";
+        } catch (const std::system_error&) {
+            throw;  // the client is gone
+        } catch (const std::exception& e) {
+            failure = std::string("left its response unfinished: ") + e.what();
+        }
+    }
+    if (failure.empty()) co_return m_keep_alive;
+    if (!w.started()) {
+        m_st->log("hop::http::server: the handler for " + req.method + " " + req.url + " " + failure +
+                  ": answered 500");
+        response r{.status = 500, .headers = {}, .body = "Internal Server Error\n"};
+        r.headers.add_unchecked("Content-Type", "text/plain; charset=utf-8");
+        append_response(r);
+        co_return m_keep_alive;
+    }
+    m_st->log("hop::http::server: the handler for " + req.method + " " + req.url + " " + failure +
+              " after its response started: connection closed");
+    m_out.clear();
+    m_keep_alive = false;
+    co_return false;
+}
+
+// ---- response_writer's side ------------------------------------------------
+
+task<void> server_connection::writer_start(response_writer& w, int status, headers fields) {
+    using framing = response_writer::framing;
+    // The handler may call from the CPU pool: the connection's state is the
+    // loop's. The handler resumes on its own executor afterwards.
+    co_await m_st->m_loop->schedule();
+    if (w.m_started) throw std::logic_error("hop::http::response_writer::start: the head was sent already");
+    if (status < 200 || status > 999) {
+        throw std::invalid_argument("hop::http::response_writer::start: status " + std::to_string(status) +
+                                    " is not a final status (200-999)");
+    }
+    const auto lengths = fields.get_all("Content-Length");
+    std::optional<std::uint64_t> length;
+    for (std::string_view v : lengths) {
+        std::uint64_t n = 0;
+        const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+        if (v.empty() || ec != std::errc() || end != v.data() + v.size() || (length && *length != n)) {
+            throw std::invalid_argument("hop::http::response_writer::start: Content-Length '" + std::string(v) +
+                                        "' is not one decimal number");
+        }
+        length = n;
+    }
+    fields.erase("Transfer-Encoding");
+    fields.erase("Content-Length");
+    const bool no_body_status = status == 204 || status == 304;
+    framing f;
+    if (length) {
+        if (status != 204) fields.add_unchecked("Content-Length", std::to_string(*length));
+        f = framing::length;
+        w.m_remaining = *length;
+    } else if (no_body_status) {
+        f = framing::none;
+    } else if (m_minor >= 1) {
+        fields.add_unchecked("Transfer-Encoding", "chunked");
+        f = framing::chunked;
+    } else {
+        m_keep_alive = false;  // HTTP/1.0: the body ends with the connection
+        f = framing::until_close;
+    }
+    if (m_head_request || no_body_status) f = framing::none;
+    w.m_framing = f;
+    w.m_started = true;
+    finish_head(fields, status);
+    co_await flush();
+}
+
+task<void> server_connection::writer_write(response_writer& w, std::string_view data) {
+    using framing = response_writer::framing;
+    co_await m_st->m_loop->schedule();
+    if (w.m_finished) throw std::logic_error("hop::http::response_writer::write: called after finish()");
+    if (!w.m_started) co_await writer_start(w, 200, headers{});
+    if (data.empty()) co_return;
+    switch (w.m_framing) {
+        case framing::none:
+            co_return;
+        case framing::length:
+            if (data.size() > w.m_remaining) {
+                throw std::logic_error("hop::http::response_writer::write: " + std::to_string(data.size()) +
+                                       " bytes, but only " + std::to_string(w.m_remaining) +
+                                       " are left of the Content-Length");
+            }
+            w.m_remaining -= data.size();
+            m_out.append(data);
+            break;
+        case framing::chunked:
+            write_chunk_header(m_out, data.size());
+            m_out.append(data);
+            m_out.append("\r\n");
+            break;
+        case framing::until_close:
+            m_out.append(data);
+            break;
+    }
+    co_await flush();
+}
+
+task<void> server_connection::writer_finish(response_writer& w) {
+    using framing = response_writer::framing;
+    co_await m_st->m_loop->schedule();
+    if (w.m_finished) co_return;
+    if (!w.m_started) {
+        headers h;
+        h.add_unchecked("Content-Length", "0");
+        co_await writer_start(w, 200, std::move(h));
+    }
+    w.m_finished = true;
+    if (w.m_framing == framing::chunked) {
+        m_out.append(last_chunk);
+        co_await flush();
+    } else if (w.m_framing == framing::length && w.m_remaining != 0) {
+        m_keep_alive = false;
+        throw std::logic_error("hop::http::response_writer::finish: " + std::to_string(w.m_remaining) +
+                               " bytes of the Content-Length were never written");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// server
+
+void server_state::start_connection(const std::shared_ptr<server_state>& self, tcp_stream s) {
+    m_accepted.fetch_add(1, std::memory_order_relaxed);
+    auto c = std::make_unique<server_connection>(self, std::move(s));
+    server_connection* raw = c.get();
+    // Queued, not started: m_future is set before the connection runs.
+    raw->m_future = m_connections.spawn(server_connection::serve_connection(std::move(c)));
+}
+
+task<void> server_state::accept_loop(std::shared_ptr<server_state> self) {
+    server_state& st = *self;
+    auto backoff = std::chrono::duration_cast<std::chrono::nanoseconds>(first_backoff);
+    std::uint64_t burst = 0;
+    for (;;) {
+        while (st.m_open >= st.m_options.max_connections) {
+            st.m_slot_free.reset();
+            co_await st.m_slot_free.wait();
+        }
+        tcp_stream s;
+        std::string failure;
+        try {
+            s = co_await st.m_listener.accept();
+        } catch (const std::system_error& e) {
+            if (!is_transient_accept_error(e)) throw;
+            failure = e.what();
+        }
+        if (!failure.empty()) {
+            st.m_accept_failures.fetch_add(1, std::memory_order_relaxed);
+            if (++burst == 1) {
+                st.log("hop::http::server: accept failed: " + failure +
+                       "; retrying with backoff (logged once until an accept succeeds)");
+            }
+            co_await sleep_for(backoff);
+            backoff = std::min<std::chrono::nanoseconds>(backoff * 2, max_backoff);
+            continue;
+        }
+        if (burst != 0) {
+            st.log("hop::http::server: accepting again after " + std::to_string(burst) + " failed accepts");
+            burst = 0;
+            backoff = first_backoff;
+        }
+        st.start_connection(self, std::move(s));
+    }
+}
+
+void server_state::expire(deadline_list& list, clock::time_point now) noexcept {
+    while (deadline_node* n = list.front()) {
+        if (n->deadline > now) break;
+        deadline_list::unlink(*n);
+        n->owner->stop(server_connection::stop_reason::timeout);
+    }
+}
+
+task<void> server_state::sweep(std::shared_ptr<server_state> self) {
+    server_state& st = *self;
+    // Nothing is added with a deadline sooner than now + the shorter
+    // timeout, so a sleep never longer than that misses none.
+    const auto longest_sleep = std::min(st.m_options.header_timeout, st.m_options.idle_timeout);
+    for (;;) {
+        const auto now = clock::now();
+        st.expire(st.m_header_deadlines, now);
+        st.expire(st.m_idle_deadlines, now);
+        if (st.m_header_deadlines.empty() && st.m_idle_deadlines.empty()) {
+            st.m_sweeper_wake.reset();
+            co_await st.m_sweeper_wake.wait();
+            continue;
+        }
+        auto until = saturating_add(now, longest_sleep);
+        if (auto* n = st.m_header_deadlines.front()) until = std::min(until, n->deadline);
+        if (auto* n = st.m_idle_deadlines.front()) until = std::min(until, n->deadline);
+        co_await sleep_until(until);
+    }
+}
+
+task<void> server_state::run(std::shared_ptr<server_state> self) {
+    server_state& st = *self;
+    future<void> sweeper = st.m_loop->spawn(sweep(self));
+    future<void> accept;
+    {
+        std::lock_guard lock(st.m_mutex);
+        st.m_accept = st.m_loop->spawn(accept_loop(self));
+        accept = st.m_accept;
+    }
+    {
+        bool stop_now = false;
+        {
+            std::lock_guard lock(st.m_mutex);
+            stop_now = st.m_shutdown_requested;
+        }
+        if (stop_now) accept.cancel();
+    }
+    std::exception_ptr fatal;
+    try {
+        co_await accept;
+    } catch (const cancelled_error&) {
+    } catch (...) {
+        fatal = std::current_exception();
+    }
+
+    // Graceful shutdown: no new connections, idle ones closed now, the
+    // others close after their current response or when the grace ends.
+    st.m_draining = true;
+    st.m_listener.close();
+    for (server_connection* c = st.m_first; c != nullptr; c = c->next()) {
+        if (c->idle()) c->stop(server_connection::stop_reason::shutdown);
+    }
+    try {
+        co_await with_timeout(st.m_options.shutdown_grace, st.m_connections.wait());
+    } catch (const timeout_error&) {
+        // Past the grace: the wait cancelled the rest and waited for them.
+    } catch (const cancelled_error&) {
+    }
+    sweeper.cancel();
+    try {
+        co_await sweeper;
+    } catch (const cancelled_error&) {
+    }
+    {
+        std::lock_guard lock(st.m_mutex);
+        st.m_accept = future<void>();
+    }
+    if (fatal) std::rethrow_exception(fatal);
+}
+
+namespace {
+
+struct shutdown_requester {
+    server_state* st;
+    void operator()() const noexcept { st->request_shutdown(); }
+};
+
+void validate(const server_options& o) {
+    const char* where = "hop::http::server::bind: ";
+    if (o.max_connections == 0) {
+        throw std::invalid_argument(std::string(where) + "max_connections is 0: at least 1 connection is needed");
+    }
+    if (o.max_header_bytes == 0) {
+        throw std::invalid_argument(std::string(where) + "max_header_bytes is 0: no request head fits");
+    }
+    if (o.header_timeout <= std::chrono::nanoseconds::zero()) {
+        throw std::invalid_argument(std::string(where) + "header_timeout is " + ns_text(o.header_timeout) +
+                                    ": it must be positive");
+    }
+    if (o.idle_timeout <= std::chrono::nanoseconds::zero()) {
+        throw std::invalid_argument(std::string(where) + "idle_timeout is " + ns_text(o.idle_timeout) +
+                                    ": it must be positive");
+    }
+    if (o.shutdown_grace < std::chrono::nanoseconds::zero()) {
+        throw std::invalid_argument(std::string(where) + "shutdown_grace is " + ns_text(o.shutdown_grace) +
+                                    ": it must not be negative");
+    }
+    if (o.backlog < 1) {
+        throw std::invalid_argument(std::string(where) + "backlog is " + std::to_string(o.backlog) +
+                                    ": it must be at least 1");
+    }
+}
+
+std::shared_ptr<server_state> make_state(const endpoint& local, server_options options) {
+    validate(options);
+    const listen_options lo{.backlog = options.backlog, .reuse_port = options.reuse_port, .reuse_address = true};
+    auto st = std::make_shared<server_state>(std::move(options));
+    st->m_listener = tcp_listener::bind(local, lo);
+    st->m_local = st->m_listener.local_endpoint();
+    return st;
+}
+
+}  // namespace
+
+}  // namespace detail
+
+// ---- response_writer --------------------------------------------------------
+
+task<void> response_writer::start(int status, headers fields) {
+    return m_conn->writer_start(*this, status, std::move(fields));
+}
+task<void> response_writer::write(std::string_view data) { return m_conn->writer_write(*this, data); }
+task<void> response_writer::finish() { return m_conn->writer_finish(*this); }
+
+// ---- server -------------------------------------------------------------------
+
+server server::bind_plain(const endpoint& local, handler h, server_options options) {
+    if (!h) throw std::invalid_argument("hop::http::server::bind: the handler is empty");
+    auto st = detail::make_state(local, std::move(options));
+    st->m_plain = std::move(h);
+    return server(std::move(st));
+}
+
+server server::bind_streaming(const endpoint& local, stream_handler h, server_options options) {
+    if (!h) throw std::invalid_argument("hop::http::server::bind: the handler is empty");
+    auto st = detail::make_state(local, std::move(options));
+    st->m_streaming = std::move(h);
+    return server(std::move(st));
+}
+
+server& server::operator=(server&& other) noexcept {
+    if (this != &other) {
+        if (m_state) m_state->request_shutdown();
+        m_state = std::move(other.m_state);
+    }
+    return *this;
+}
+
+server::~server() {
+    if (m_state) m_state->request_shutdown();
+}
+
+endpoint server::local_endpoint() const {
+    if (!m_state) throw std::logic_error("hop::http::server::local_endpoint: the server is empty");
+    return m_state->m_local;
+}
+
+task<void> server::serve() {
+    if (!m_state) throw std::logic_error("hop::http::server::serve: the server is empty");
+    std::shared_ptr<detail::server_state> st = m_state;
+    {
+        std::lock_guard lock(st->m_mutex);
+        if (st->m_serve_started) throw std::logic_error("hop::http::server::serve: this server has served already");
+        st->m_serve_started = true;
+    }
+    // The server runs on the caller's loop (the default loop for a caller
+    // on none); its listener and connections belong to that loop.
+    st->m_loop = &this_thread_loop();
+    const std::stop_token token = co_await get_stop_token();
+    future<void> running = st->m_loop->spawn(detail::server_state::run(st));
+    std::stop_callback<detail::shutdown_requester> link(token, detail::shutdown_requester{st.get()});
+    co_await running;
+}
+
+void server::shutdown() noexcept {
+    if (m_state) m_state->request_shutdown();
+}
+
+server_stats server::stats() const noexcept {
+    server_stats s;
+    if (!m_state) return s;
+    s.connections = m_state->m_open_count.load(std::memory_order_relaxed);
+    s.accepted = m_state->m_accepted.load(std::memory_order_relaxed);
+    s.requests = m_state->m_requests.load(std::memory_order_relaxed);
+    s.accept_failures = m_state->m_accept_failures.load(std::memory_order_relaxed);
+    return s;
+}
+
+}  // namespace hop::http
