@@ -250,6 +250,20 @@ void write_numbered_files(const hop_test::nginx_origin& ngx) {
     }
 }
 
+hop::task<http::response_stream> open_stream(http::client& client, std::string u) {
+    co_return co_await client.open(make_request("GET", std::move(u)));
+}
+
+hop::task<std::string> read_elsewhere(http::response_stream& s) {
+    char buf[100];
+    try {
+        co_await s.read_some(std::span<char>(buf));
+    } catch (const std::logic_error& e) {
+        co_return std::string(e.what());
+    }
+    co_return "(nothing thrown)";
+}
+
 // ---- python -------------------------------------------------------------------------------
 
 hop::task<void> python_files(hop_test::python_http_origin& py, std::string body) {
@@ -497,6 +511,23 @@ TEST_SUITE("http_client") {
         http::response again = hop::sync_wait(client.get(ngx.url("/hello.txt")));
         CHECK(again.status == 200);
         CHECK(client.stats().connects == 1);
+    }
+
+    TEST_CASE("a response_stream read from another loop than its own throws std::logic_error") {
+        hop_test::nginx_origin ngx;
+        hop_test::write_file(ngx.root() / "big.txt", text_of(100 * 1000));
+        hop_test::for_each_backend([&](hop::backend b) {
+            hop_test::fd_leak_check fds;
+            http::client client;
+            hop::io_loop home{hop_test::options_for(b)};
+            hop::io_loop other{hop_test::options_for(b)};
+            http::response_stream s = hop_test::run_on(home, open_stream(client, ngx.url("/big.txt")));
+            CHECK(s.status == 200);
+            const std::string what = hop_test::run_on(other, read_elsewhere(s));
+            CHECK_MESSAGE(what.find("belongs to another loop") != std::string::npos, what);
+            s.close();  // mid-body: the connection is closed, not pooled
+            CHECK(client.stats().open == 0);
+        });
     }
 
     TEST_CASE("python3 -m http.server: HTTP/1.0 files and a 404") {

@@ -36,6 +36,10 @@ namespace {
 
 constexpr std::size_t inline_body_limit = 64 * 1024;  // larger bodies are written on their own
 constexpr std::uint64_t redirect_body_limit = 64 * 1024;  // more than this of a redirect's body: close instead
+// An idempotent request takes a connection idle for less than this without
+// checking it is still open (servers close idle connections after seconds;
+// a request that meets one closed anyway is sent again).
+constexpr auto unchecked_idle = std::chrono::milliseconds(100);
 
 // ---- validation ---------------------------------------------------------------
 
@@ -550,7 +554,12 @@ task<void> acquire(stream_state& s, bool force_new) {
         }
         if (w.conn) {
             std::unique_ptr<connection> c = std::move(w.conn);
-            if (w.from_idle && !still_open(c->stream.native_handle())) {
+            // A connection that sat idle may have been closed by the server:
+            // look (one non-blocking peek) unless it was idle only a moment
+            // and the request may be sent again if it was (idempotent).
+            const bool look = w.from_idle && (!is_idempotent(s.req.method) ||
+                                              clock::now() - c->idle_since >= unchecked_idle);
+            if (look && !still_open(c->stream.native_handle())) {
                 s.st->discard(std::move(c));  // the server closed it while it was idle
                 continue;
             }
@@ -807,6 +816,8 @@ task<response_stream> run_open(std::unique_ptr<stream_state> s) {
         s->rethrow_timeout_if_fired();
         std::rethrow_exception(failure);
     }
+    // Nobody waits for the body until read_some: only total_timeout runs on.
+    s->timers.disarm_phase();
     prepare_decoder(*s);
     const int status = s->status;
     http::headers fields = std::move(s->head_fields);
