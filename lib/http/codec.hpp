@@ -36,6 +36,8 @@ struct message_head {
     bool expect_continue = false;
     /// Upgrade or CONNECT: the connection stops being HTTP after the head.
     bool upgrade = false;
+    /// A chunked message's trailer fields; complete at message_end.
+    http::headers trailers;
 };
 
 /// What went wrong, and the status a server answers it with.
@@ -121,6 +123,8 @@ void write_request_head(std::string& out, std::string_view method, std::string_v
 /// @throws std::invalid_argument for a status outside 100-999.
 void write_response_head(std::string& out, int status, const headers& fields, int version_minor = 1);
 /// Appends one chunk's size line ("1a\r\n"); the data and "\r\n" follow.
+/// @throws std::invalid_argument for size 0 (that is last_chunk: it would
+///         end the body).
 void write_chunk_header(std::string& out, std::size_t size);
 /// The last chunk and the end of the message: "0\r\n\r\n".
 inline constexpr std::string_view last_chunk = "0\r\n\r\n";
@@ -140,7 +144,8 @@ public:
 
     /// Appends what `in` decodes to onto `out`.
     /// @throws protocol_error for bad data, or when `out` would grow past
-    ///         `max_out` bytes (a decompression bomb).
+    ///         `max_out` bytes (a decompression bomb; `out` is then filled
+    ///         to exactly `max_out`).
     void feed(std::string_view in, std::string& out, std::size_t max_out);
     /// The body ended. @throws protocol_error if the compressed stream did not.
     void finish();
