@@ -4,3 +4,4 @@
 /// llhttp; the core of hop never includes this header.
 
 #include <hop/http/message.hpp>
+#include <hop/http/client.hpp>
