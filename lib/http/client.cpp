@@ -263,6 +263,9 @@ struct stream_state {
     http::headers head_fields;
     std::optional<std::uint64_t> content_length;
     bool in_body = false;  // the head is read and the body not ended: a clean place to stop
+    // A response_stream's: closed early, a body already buffered whole is
+    // consumed and the connection kept. A request that failed never is.
+    bool drain_on_close = false;
 
     // Streaming the body.
     std::unique_ptr<decompressor> decoder;
@@ -743,11 +746,6 @@ void decode_finish(stream_state& s) {
 
 // get / fetch: the whole body, bounded.
 task<void> read_body(stream_state& s, std::string& out) {
-    // A body that fails here is not drained afterwards: its connection closes.
-    struct no_drain {
-        stream_state& s;
-        ~no_drain() { s.in_body = false; }
-    } guard{s};
     const std::size_t limit = s.st->opts.max_body_bytes;
     if (s.content_length && *s.content_length > limit) throw_too_big(s);
     if (s.content_length && !s.decoder) out.reserve(static_cast<std::size_t>(*s.content_length));
@@ -818,6 +816,7 @@ task<response_stream> run_open(std::unique_ptr<stream_state> s) {
     }
     // Nobody waits for the body until read_some: only total_timeout runs on.
     s->timers.disarm_phase();
+    s->drain_on_close = true;
     prepare_decoder(*s);
     const int status = s->status;
     http::headers fields = std::move(s->head_fields);
@@ -932,7 +931,7 @@ task<std::string> stream_read_all(stream_state* s) {
 void stream_state::close() noexcept {
     if (conn) {
         try {
-            if (in_body && !broken) {
+            if (drain_on_close && in_body && !broken) {
                 for (;;) {
                     std::string_view piece;
                     const step k = body_step(*this, piece);

@@ -501,8 +501,12 @@ clock::time_point client_state::sweep_idle(io_loop& loop) {
     const auto now = clock::now();
     const auto timeout = opts.idle_timeout;
     bool closed_any = false;
-    for (auto& [k, list] : m_idle) {
-        if (k.loop != &loop) continue;
+    for (auto it = m_idle.begin(); it != m_idle.end();) {
+        if (it->first.loop != &loop) {
+            ++it;
+            continue;
+        }
+        idle_list& list = it->second;
         for (std::size_t i = 0; i < list.size();) {
             connection& c = *list[i];
             const bool expired = timeout.count() > 0 && c.idle_since + timeout <= now;
@@ -515,6 +519,13 @@ clock::time_point client_state::sweep_idle(io_loop& loop) {
             }
             if (timeout.count() > 0) next = std::min(next, c.idle_since + timeout);
             ++i;
+        }
+        // Keys of hosts no longer used go (a crawler meets many hosts); a
+        // busy key stays, so its list is not made again for every request.
+        if (list.empty()) {
+            it = m_idle.erase(it);
+        } else {
+            ++it;
         }
     }
     if (closed_any) grant_locked(wakes);

@@ -198,6 +198,26 @@ public:
     /// response. A body is sent with Content-Length, or chunked when the
     /// request has "Transfer-Encoding: chunked". Host, User-Agent,
     /// Accept-Encoding and Content-Length are added unless `req` sets them.
+    /// A decoded body's response has no Content-Encoding or Content-Length
+    /// (they described the wire); a chunked body's trailer fields are
+    /// appended to the response's headers.
+    ///
+    /// Redirects (client_options::follow_redirects): 303, and 301 / 302
+    /// after a POST, continue as GET without a body; 307 and 308 keep the
+    /// method and body. Authorization, Cookie and Proxy-Authorization (and
+    /// a Host the request set) are dropped when a redirect leaves the
+    /// origin (scheme, host and port).
+    ///
+    /// A request sent on a kept-alive connection that the server had
+    /// already closed (no byte of response came back) is sent once more on
+    /// a new connection when its method is idempotent (GET, HEAD, PUT,
+    /// DELETE, OPTIONS, TRACE); another method fails with a message saying
+    /// so (protocol_error, or std::system_error for a reset).
+    /// @code
+    /// hop::http::request req{.method = "POST", .url = u, .headers = {{"Content-Type", "application/json"}},
+    ///                        .body = json};
+    /// hop::http::response r = co_await http.fetch(std::move(req));
+    /// @endcode
     /// @throws as described for the class.
     task<response> fetch(request req);
     /// As fetch, but returns once the final response's head has arrived:
