@@ -89,7 +89,8 @@ struct stream_state;
 /// rest of the body had already arrived whole in its buffer, in which case
 /// it is consumed there and the connection is kept (no waiting, no extra
 /// read). Use a stream on the loop (or the thread, for hop::default_loop())
-/// it was opened on; do not move it while a read is in flight.
+/// it was opened on; do not move it while a read is in flight, and do not
+/// keep it past the end of its loop (its connection belongs to that loop).
 ///
 /// @code
 /// hop::http::response_stream s = co_await http.open({.url = u});
