@@ -3,7 +3,9 @@
 fuzz/corpus/response/. Each file is two control bytes (the split point and the
 options, see the targets) followed by what a peer would send: ordinary
 messages and the request-smuggling cases the parser must refuse.
-Run from the repository root: python3 fuzz/make_corpus.py"""
+Run from the repository root: python3 fuzz/make_corpus.py
+The regress_* files beside them are inputs the fuzzers once failed on; this
+script leaves them alone."""
 import gzip, os, zlib
 
 def write(kind, name, body, split=0x80, options=0):

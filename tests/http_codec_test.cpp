@@ -122,7 +122,10 @@ parse_error rejection(parser::kind k, std::string_view input, parser::limits l =
     }
     REQUIRE_MESSAGE(whole, "accepted when fed whole: ", input);
     REQUIRE_MESSAGE(bytewise, "accepted when fed byte by byte: ", input);
+    // Errors come in stream order: the same one, at the same byte, however
+    // the input is cut.
     CHECK(whole->kind() == bytewise->kind());
+    CHECK(std::string(whole->what()) == bytewise->what());
     return *whole;
 }
 
@@ -482,6 +485,16 @@ TEST_CASE("parser: max_header_bytes (431)") {
     CHECK(e.status() == 431);
     CHECK(std::string(e.what()).find(std::to_string(head.size() - 1)) != std::string::npos);
 
+    // A head over the limit is 431 even if it is malformed further on.
+    CHECK(rejection(req, head + "X-Bad Name: 1\r\n\r\n", {.max_header_bytes = head.size() - 2}).status() == 431);
+    CHECK(rejection(req, "GET / HTTP/1.1\r\nX: " + std::string(40, 'a') + "\r\n b\r\n\r\n", {.max_header_bytes = 30})
+              .status() == 431);
+    // ... and malformed before the limit is 400.
+    CHECK(rejection(req, "GET / HTTP/1.1\r\nX Y: 1\r\n" + std::string(100, 'a'), {.max_header_bytes = 50}).status() ==
+          400);
+    parser unlimited(req, {.max_header_bytes = SIZE_MAX});
+    CHECK(feed(unlimited, head, 3).size() == 1);
+
     // Endless fields fail without waiting for the end of the head.
     parser p(req, {.max_header_bytes = 1024});
     std::size_t consumed = 0;
@@ -539,7 +552,25 @@ TEST_CASE("parser: max_body_bytes (413)") {
     // Chunked bodies are counted as they come.
     std::string chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n";
     CHECK(feed_all(req, chunked + "4\r\nghij\r\n0\r\n\r\n", 1, false, l).at(0).body == "abcdefghij");
-    CHECK(rejection(req, chunked + "5\r\nghijk\r\n0\r\n\r\n", l).status() == 413);
+    auto over = rejection(req, chunked + "5\r\nghijk\r\n0\r\n\r\n", l);
+    CHECK(over.status() == 413);
+    // Reported at the first byte over the limit ("k"), however it was fed.
+    CHECK(std::string(over.what()).find("at byte " + std::to_string(chunked.size() + 7)) != std::string::npos);
+    // The body up to the limit is handed over, then the error, however it is fed.
+    for (std::size_t step : {std::size_t{1}, std::size_t{4}, SIZE_MAX}) {
+        CAPTURE(step);
+        parser q(req, l);
+        feeder f(q);
+        try {
+            f(chunked + "5\r\nghijk\r\n0\r\n\r\n", step);
+            FAIL("accepted");
+        } catch (const parse_error& e) {
+            CHECK(e.status() == 413);
+        }
+        CHECK(f.cur.body == "abcdefghij");
+        std::size_t consumed = 0;
+        CHECK_THROWS_AS(q.parse("", consumed), parse_error);  // stays failed
+    }
     // A response body until close too.
     CHECK(rejection(resp, "HTTP/1.1 200 OK\r\n\r\n0123456789x", l).status() == 413);
     CHECK(rejection(resp, "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n", l).status() == 413);

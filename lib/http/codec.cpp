@@ -2,6 +2,8 @@
 
 #include <llhttp.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 
 namespace hop::http::detail {
@@ -95,6 +97,9 @@ struct parser::impl {
     bool in_trailer_section = false;
     std::size_t trailer_bytes = 0;
     std::optional<parse_error> failure;
+    const char* refused_at = nullptr;  // where a callback's refusal applies, if not llhttp's position
+    std::optional<parse_error> deferred;  // thrown by the next call
+    bool deferred_where = false;          // its message names the offset
 
     impl(parser::kind k, parser::limits l) : kind(k), lim(l) {
         llhttp_init(&ll, k == parser::kind::request ? HTTP_REQUEST : HTTP_RESPONSE, &settings());
@@ -242,10 +247,18 @@ struct parser::impl {
     static int on_body(llhttp_t* p, const char* at, std::size_t n) {
         impl& self = of(p);
         if (n == 0) return 0;  // llhttp closes an open span at the end of every run
+        std::uint64_t left = self.lim.max_body_bytes - self.body_bytes;
+        if (n > left) {
+            // Reported where the limit was crossed, not where llhttp's span
+            // ended; what fits is handed over first, so the caller sees the
+            // same bytes however the input was cut.
+            self.refused_at = at + left;
+            std::string why = "body exceeds the limit of " + std::to_string(self.lim.max_body_bytes) + " bytes";
+            if (left == 0) return self.refuse(parse_failure::body_too_large, why);
+            self.deferred.emplace(parse_failure::body_too_large, why);
+            n = static_cast<std::size_t>(left);
+        }
         self.body_bytes += n;
-        if (self.body_bytes > self.lim.max_body_bytes)
-            return self.refuse(parse_failure::body_too_large, "body exceeds the limit of " +
-                                                                  std::to_string(self.lim.max_body_bytes) + " bytes");
         self.body = std::string_view(at, n);
         self.due = event::body;
         return HPE_PAUSED;
@@ -269,6 +282,12 @@ struct parser::impl {
         else
             self.due = event::message_end;
         return self.finishing ? 0 : HPE_PAUSED;
+    }
+
+    // Bytes a section may still take, plus the one that goes over.
+    std::size_t room(std::size_t used_so_far) const noexcept {
+        std::size_t left = lim.max_header_bytes - used_so_far;  // used_so_far <= the limit
+        return left == SIZE_MAX ? left : left + 1;
     }
 
     std::string where(const char* data, const char* pos) const {
@@ -299,6 +318,7 @@ struct parser::impl {
     event run(std::string_view in, std::size_t& consumed) {
         consumed = 0;
         if (failure) throw *failure;
+        throw_deferred();
         if (end_due) {
             end_due = false;
             return deliver(event::message_end);
@@ -310,7 +330,6 @@ struct parser::impl {
 
         // Never a null pointer: llhttp restarts an open span at `data`.
         const char* data = in.data() ? in.data() : "";
-        bool in_head = !in_message;
         due = event::need_more;
         body = {};
         std::size_t pos = 0;
@@ -318,7 +337,14 @@ struct parser::impl {
             if (llhttp_get_errno(&ll) == HPE_PAUSED) llhttp_resume(&ll);
             std::size_t fold_at = fold.scan(in.substr(pos), false);
             std::size_t len = fold_at == std::string_view::npos ? in.size() - pos : fold_at;
+            // A head or trailer section gets at most one byte past its
+            // limit, so 431 comes in stream order too (and a huge head is
+            // not parsed to its end first).
+            bool counting_head = !in_message && due == event::need_more;
+            if (counting_head) len = std::min(len, room(head_bytes));
+            if (in_trailer_section) len = std::min(len, room(trailer_bytes));
             last_chunk_seen = false;
+            refused_at = nullptr;
             llhttp_errno_t err = llhttp_execute(&ll, data + pos, len);
             std::size_t used = 0;
             switch (err) {
@@ -337,7 +363,7 @@ struct parser::impl {
                 if (failure) {
                     // A callback refused the message: say where.
                     parse_failure k = failure->kind();
-                    fail(k, failure->what() + where(data, llhttp_get_error_pos(&ll)));
+                    fail(k, failure->what() + where(data, refused_at ? refused_at : llhttp_get_error_pos(&ll)));
                 }
                 fail(parse_failure::bad_message,
                      std::string("malformed HTTP message (") + llhttp_errno_name(err) + ": " +
@@ -346,6 +372,14 @@ struct parser::impl {
             }
             fold.scan(in.substr(pos, used), true);
             pos += used;
+            if (counting_head) {
+                // The head's size: every byte from the end of the last
+                // message up to the end of this head.
+                head_bytes += used;
+                if (head_bytes > lim.max_header_bytes)
+                    fail(parse_failure::header_too_large, "message head exceeds the limit of " +
+                                                              std::to_string(lim.max_header_bytes) + " bytes");
+            }
             if (in_trailer_section) {
                 // Trailer fields are kept like the head's: the same limit.
                 trailer_bytes += used;
@@ -353,7 +387,7 @@ struct parser::impl {
                     fail(parse_failure::header_too_large, "trailer section exceeds the limit of " +
                                                               std::to_string(lim.max_header_bytes) + " bytes");
             }
-            if (err == HPE_OK && fold_at != std::string_view::npos)
+            if (err == HPE_OK && fold_at != std::string_view::npos && used == fold_at)
                 fail(parse_failure::bad_message,
                      "obs-fold (a field line continued on the next line) is not allowed" + where(data, data + pos));
             if (err == HPE_PAUSED && last_chunk_seen && due == event::need_more) {
@@ -364,22 +398,26 @@ struct parser::impl {
             }
             break;
         }
+        if (deferred && !deferred_where) {
+            deferred.emplace(deferred->kind(), deferred->what() + where(data, refused_at));
+            deferred_where = true;
+        }
         consumed = pos;
         offset += consumed;
-
-        if (in_head) {
-            // The head's size: every byte from the end of the last message
-            // up to the end of this head (or of the input, if it goes on).
-            head_bytes += consumed;
-            if (head_bytes > lim.max_header_bytes)
-                fail(parse_failure::header_too_large, "message head exceeds the limit of " +
-                                                          std::to_string(lim.max_header_bytes) + " bytes");
-        }
         return deliver(due);
+    }
+
+    // A refusal on_body put off until its last piece was handed over.
+    void throw_deferred() {
+        if (!deferred) return;
+        failure = std::move(deferred);
+        deferred.reset();
+        throw *failure;
     }
 
     event finish() {
         if (failure) throw *failure;
+        throw_deferred();
         if (end_due) {
             end_due = false;
             closed = true;
