@@ -63,13 +63,13 @@ hop::task<> echo(hop::tcp_stream conn) {
 /// they all have.
 hop::task<> serve(hop::tcp_listener listener, bool once) {
     if (once) {
-        co_await echo(co_await listener.accept());
+        co_await echo(co_await hop::accept_with_backoff(listener));
         co_return;
     }
     hop::task_group connections;
     try {
         for (;;) {
-            hop::tcp_stream conn = co_await listener.accept();
+            hop::tcp_stream conn = co_await hop::accept_with_backoff(listener);
             connections.spawn(echo(std::move(conn)));
         }
     } catch (const hop::cancelled_error&) {

@@ -132,7 +132,7 @@ hop::task<> serve(hop::tcp_listener listener, std::size_t body_size) {
     hop::task_group connections;
     try {
         for (;;) {
-            hop::tcp_stream conn = co_await listener.accept();
+            hop::tcp_stream conn = co_await hop::accept_with_backoff(listener);
             connections.spawn(serve_connection(std::move(conn), body_size));
         }
     } catch (const hop::cancelled_error&) {

@@ -152,28 +152,20 @@ file file::open_now(std::string path, int flags, io_loop* loop) {
 std::uint64_t file::size() const {
     if (!is_open()) throw std::system_error(EBADF, std::generic_category(), "hop::file::size: the file is not open");
     struct stat st {};
-    if (::fstat(m_fd, &st) != 0) {
-        throw std::system_error(errno, std::generic_category(), describe("hop::file::size", m_fd, m_path));
+    if (::fstat(m_handle.fd(), &st) != 0) {
+        throw std::system_error(errno, std::generic_category(), describe("hop::file::size", m_handle.fd(), m_path));
     }
     return static_cast<std::uint64_t>(st.st_size);
 }
 
 void file::close() noexcept {
-    if (m_fd < 0) return;
-    // Linux frees the descriptor even when close fails (EINTR, EIO): never retry.
-    (void)::close(std::exchange(m_fd, -1));
-    m_loop = nullptr;
+    m_handle.close();
     m_path.clear();
 }
 
 namespace detail {
 
-io_loop& file_operation::loop_of(const file& f, const char* what) {
-    if (!f.is_open()) {
-        throw std::system_error(EBADF, std::generic_category(), std::string(what) + ": the file is not open");
-    }
-    return *f.m_loop;
-}
+io_loop& file_operation::loop_of(const file& f, const char* what) { return f.m_handle.loop_for(what); }
 
 file_operation::file_operation(const file& f, mode m, void* data, std::size_t size, std::int64_t offset,
                                const char* what)
@@ -181,7 +173,7 @@ file_operation::file_operation(const file& f, mode m, void* data, std::size_t si
     if (offset < 0) {
         throw std::invalid_argument(std::string(what) + ": offset " + std::to_string(offset) + " is negative");
     }
-    io.fd = f.m_fd;
+    io.fd = f.m_handle.fd();
     io.buf = data;
     io.offset = static_cast<std::uint64_t>(offset);
     switch (m) {

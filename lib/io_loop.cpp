@@ -272,13 +272,29 @@ void run_loop_until(io_loop& loop, future_state_base& f) {
 
 }  // namespace detail
 
+namespace {
+
+std::atomic<io_loop*> g_default_loop{nullptr};
+
+std::shared_ptr<detail::loop_anchor> make_anchor(io_loop& loop) {
+    static std::atomic<std::uint64_t> next_id{1};
+    auto a = std::make_shared<detail::loop_anchor>();
+    a->id = next_id.fetch_add(1, std::memory_order_relaxed);
+    a->loop.store(&loop, std::memory_order_release);
+    return a;
+}
+
+}  // namespace
+
 io_loop::io_loop() : io_loop(io_loop_options{}) {}
 
-io_loop::io_loop(const io_loop_options& options) : m_core(std::make_unique<detail::loop_core>(*this)) {
+io_loop::io_loop(const io_loop_options& options)
+    : m_anchor(make_anchor(*this)), m_core(std::make_unique<detail::loop_core>(*this)) {
     m_core->set_backend(detail::make_backend(*m_core, options));
 }
 
-io_loop::io_loop(asio::io_context& host) : m_core(std::make_unique<detail::loop_core>(*this)) {
+io_loop::io_loop(asio::io_context& host)
+    : m_anchor(make_anchor(*this)), m_core(std::make_unique<detail::loop_core>(*this)) {
     m_core->set_backend(detail::make_asio_backend(*m_core, &host));
 }
 
@@ -300,8 +316,18 @@ io_loop::~io_loop() {
             if (!core.has_local_work() && !core.has_remote_work() && core.timer_count() == 0) break;
         }
     }
+    // Every operation has ended: IO objects still bound here are orphaned
+    // now (their next operation binds them again), before the backend frees
+    // their registrations.
+    m_anchor->loop.store(nullptr, std::memory_order_release);
     core.quiesce_posters();
     core.set_backend(nullptr);
+}
+
+std::string io_loop::describe() const {
+    const bool is_default = g_default_loop.load(std::memory_order_acquire) == this;
+    return std::string(is_default ? "hop::default_loop() #" : "io_loop #") + std::to_string(id()) + " (" +
+           std::string(backend_name()) + ")";
 }
 
 std::string_view io_loop::backend_name() const noexcept { return m_core->backend().name(); }
@@ -333,11 +359,13 @@ struct default_loop_holder {
     io_loop loop;
     std::thread thread;
     default_loop_holder() {
+        g_default_loop.store(&loop, std::memory_order_release);
         thread = std::thread([this] {
             while (!loop.stopped()) loop.run();
         });
     }
     ~default_loop_holder() {
+        g_default_loop.store(nullptr, std::memory_order_release);
         loop.stop();
         if (thread.joinable()) thread.join();
     }

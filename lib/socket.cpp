@@ -12,8 +12,10 @@
 #include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -31,13 +33,23 @@ namespace {
 
 std::string on_fd(const char* what, int fd) { return std::string(what) + " (fd " + std::to_string(fd) + ")"; }
 
-// A new socket for `loop`'s backend (non-blocking for epoll; io_uring's
-// native operations want a blocking one), close-on-exec.
-detail::socket_handle open_socket(io_loop& loop, int family, int type, const char* what) {
-    int flags = SOCK_CLOEXEC | (loop.core().backend().wants_nonblocking() ? SOCK_NONBLOCK : 0);
-    int fd = ::socket(family, type | flags, 0);
+// A new socket, close-on-exec. `loop`: the loop it belongs to from the
+// start (connect), made as that loop's backend wants it (non-blocking for
+// epoll; io_uring's native operations want a blocking one); null: not bound
+// yet (bind), made non-blocking, the common case, until its first operation.
+detail::socket_handle open_socket(io_loop* loop, int family, int type, const char* what) {
+    const bool nonblocking = loop == nullptr || loop->core().backend().wants_nonblocking();
+    int fd = ::socket(family, type | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0) throw_sys(errno, std::string(what) + ": socket()");
-    return detail::socket_handle(fd, loop);
+    if (loop) return detail::socket_handle(fd, detail::io_handle::fd_mode::as_backend_wants, *loop);
+    return detail::socket_handle(fd, detail::io_handle::fd_mode::as_backend_wants, nonblocking);
+}
+
+// The fd of an open socket, for calls that need no loop.
+int checked_fd(const detail::socket_handle& h, const char* what) {
+    const int fd = h.fd();
+    if (fd < 0) throw_sys(EBADF, std::string(what) + ": the socket is not open");
+    return fd;
 }
 
 endpoint sock_name(int fd, bool peer, const char* what) {
@@ -56,7 +68,7 @@ void set_int_option(int fd, int level, int name, int value, const char* what) {
 // The connect step, in the connecting coroutine's frame.
 class connect_operation : public detail::io_operation {
 public:
-    connect_operation(detail::socket_handle& s, const endpoint& peer) : io_operation(s.loop()) {
+    connect_operation(detail::socket_handle& s, const endpoint& peer) : io_operation(s.loop_for("hop::tcp_stream::connect")) {
         std::memcpy(&m_peer, peer.data(), peer.size());
         io.kind = detail::io_kind::connect;
         io.fd = s.fd();
@@ -74,17 +86,10 @@ private:
 
 namespace detail {
 
-io_loop& socket_handle::checked_loop(const char* what) const {
-    if (m_fd < 0) {
-        throw std::system_error(EBADF, std::generic_category(), std::string(what) + ": the socket is not open");
-    }
-    return *m_loop;
-}
-
 // ---- transfers ---------------------------------------------------------
 
 transfer_operation::transfer_operation(socket_handle& s, mode m, void* data, std::size_t size, const char* what)
-    : io_operation(s.checked_loop(what)), m_what(what), m_mode(m) {
+    : io_operation(s.loop_for(what)), m_what(what), m_mode(m) {
     const bool reading = m == mode::read_some || m == mode::read_exact;
     io.kind = reading ? io_kind::recv : io_kind::send;
     io.all = m == mode::read_exact || m == mode::write_all;
@@ -116,7 +121,7 @@ std::size_t transfer_operation::await_resume() {
 
 // ---- accept -------------------------------------------------------------
 
-accept_operation::accept_operation(socket_handle& s) : io_operation(s.checked_loop("hop::tcp_listener::accept")) {
+accept_operation::accept_operation(socket_handle& s) : io_operation(s.loop_for("hop::tcp_listener::accept")) {
     io.kind = io_kind::accept;
     io.fd = s.fd();
     io.addr = reinterpret_cast<sockaddr*>(&m_peer);
@@ -135,13 +140,13 @@ tcp_stream accept_operation::await_resume() {
         }
         throw_sys(-r, on_fd("hop::tcp_listener::accept", io.fd) + where);
     }
-    return tcp_stream(socket_handle(r, loop()));
+    return tcp_stream(socket_handle(r, io_handle::fd_mode::as_backend_wants, loop()));
 }
 
 // ---- udp ------------------------------------------------------------------
 
 send_to_operation::send_to_operation(socket_handle& s, const void* data, std::size_t size, const endpoint& to)
-    : io_operation(s.checked_loop("hop::udp_socket::send_to")) {
+    : io_operation(s.loop_for("hop::udp_socket::send_to")) {
     std::memcpy(&m_to, to.data(), to.size());
     m_iov.iov_base = const_cast<void*>(data);
     m_iov.iov_len = size;
@@ -166,7 +171,7 @@ std::size_t send_to_operation::await_resume() {
 }
 
 recv_from_operation::recv_from_operation(socket_handle& s, void* data, std::size_t size)
-    : io_operation(s.checked_loop("hop::udp_socket::recv_from")) {
+    : io_operation(s.loop_for("hop::udp_socket::recv_from")) {
     m_iov.iov_base = data;
     m_iov.iov_len = size;
     m_msg.msg_name = &m_from;
@@ -194,7 +199,7 @@ recv_result recv_from_operation::await_resume() {
 
 task<tcp_stream> tcp_stream::connect(endpoint peer) {
     io_loop& loop = this_thread_loop();
-    auto h = open_socket(loop, peer.is_v4() ? AF_INET : AF_INET6, SOCK_STREAM, "hop::tcp_stream::connect");
+    auto h = open_socket(&loop, peer.is_v4() ? AF_INET : AF_INET6, SOCK_STREAM, "hop::tcp_stream::connect");
     int r;
     {
         connect_operation op(h, peer);
@@ -311,38 +316,36 @@ task<tcp_stream> tcp_stream::connect(std::vector<endpoint> candidates) {
 
 tcp_stream tcp_stream::adopt(int fd) {
     if (fd < 0) throw std::invalid_argument("hop::tcp_stream::adopt: invalid fd " + std::to_string(fd));
-    io_loop& loop = this_thread_loop();
     int type = 0;
     socklen_t len = sizeof type;
     if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) throw_sys(errno, on_fd("hop::tcp_stream::adopt", fd));
     if (type != SOCK_STREAM) {
         throw std::invalid_argument("hop::tcp_stream::adopt: fd " + std::to_string(fd) + " is not a stream socket");
     }
-    int fl = ::fcntl(fd, F_GETFL);
+    const int fl = ::fcntl(fd, F_GETFL);
     if (fl < 0) throw_sys(errno, on_fd("hop::tcp_stream::adopt", fd));
-    const bool nb = loop.core().backend().wants_nonblocking();
-    const int want = nb ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
-    if (want != fl && ::fcntl(fd, F_SETFL, want) != 0) throw_sys(errno, on_fd("hop::tcp_stream::adopt", fd));
-    return tcp_stream(detail::socket_handle(fd, loop));
+    // Bound at its first operation, which sets O_NONBLOCK as that loop wants.
+    return tcp_stream(
+        detail::socket_handle(fd, detail::io_handle::fd_mode::as_backend_wants, (fl & O_NONBLOCK) != 0));
 }
 
 void tcp_stream::shutdown_write() {
-    m_handle.checked_loop("hop::tcp_stream::shutdown_write");
+    checked_fd(m_handle, "hop::tcp_stream::shutdown_write");
     if (::shutdown(m_handle.fd(), SHUT_WR) != 0) throw_sys(errno, on_fd("hop::tcp_stream::shutdown_write", m_handle.fd()));
 }
 
 void tcp_stream::set_nodelay(bool on) {
-    m_handle.checked_loop("hop::tcp_stream::set_nodelay");
+    checked_fd(m_handle, "hop::tcp_stream::set_nodelay");
     set_int_option(m_handle.fd(), IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, "hop::tcp_stream::set_nodelay");
 }
 
 endpoint tcp_stream::local_endpoint() const {
-    m_handle.checked_loop("hop::tcp_stream::local_endpoint");
+    checked_fd(m_handle, "hop::tcp_stream::local_endpoint");
     return sock_name(m_handle.fd(), false, "hop::tcp_stream::local_endpoint");
 }
 
 endpoint tcp_stream::remote_endpoint() const {
-    m_handle.checked_loop("hop::tcp_stream::remote_endpoint");
+    checked_fd(m_handle, "hop::tcp_stream::remote_endpoint");
     return sock_name(m_handle.fd(), true, "hop::tcp_stream::remote_endpoint");
 }
 
@@ -353,9 +356,8 @@ tcp_listener tcp_listener::bind(const endpoint& local, const listen_options& opt
         throw std::invalid_argument("hop::tcp_listener::bind: backlog " + std::to_string(options.backlog) +
                                     " (it must be at least 1)");
     }
-    io_loop& loop = this_thread_loop();
     const std::string what = "hop::tcp_listener::bind " + local.to_string();
-    auto h = open_socket(loop, local.is_v4() ? AF_INET : AF_INET6, SOCK_STREAM, what.c_str());
+    auto h = open_socket(nullptr, local.is_v4() ? AF_INET : AF_INET6, SOCK_STREAM, what.c_str());
     if (options.reuse_address) set_int_option(h.fd(), SOL_SOCKET, SO_REUSEADDR, 1, what.c_str());
     if (options.reuse_port) set_int_option(h.fd(), SOL_SOCKET, SO_REUSEPORT, 1, what.c_str());
     if (::bind(h.fd(), local.data(), local.size()) != 0) throw_sys(errno, what);
@@ -366,22 +368,71 @@ tcp_listener tcp_listener::bind(const endpoint& local, const listen_options& opt
 detail::accept_operation tcp_listener::accept() { return detail::accept_operation(m_handle); }
 
 endpoint tcp_listener::local_endpoint() const {
-    m_handle.checked_loop("hop::tcp_listener::local_endpoint");
+    checked_fd(m_handle, "hop::tcp_listener::local_endpoint");
     return sock_name(m_handle.fd(), false, "hop::tcp_listener::local_endpoint");
+}
+
+bool is_transient_accept_error(const std::error_code& ec) noexcept {
+    if (ec.category() != std::generic_category() && ec.category() != std::system_category()) return false;
+    switch (ec.value()) {
+        case EMFILE:
+        case ENFILE:
+        case ENOBUFS:
+        case ENOMEM:
+        case ECONNABORTED:
+        case EPERM:
+        case EINTR:
+            return true;
+        default:
+            return false;
+    }
+}
+
+task<tcp_stream> accept_with_backoff(tcp_listener& lis, accept_backoff options) {
+    using std::chrono::milliseconds;
+    if (options.initial < milliseconds(1) || options.max < options.initial) {
+        throw std::invalid_argument("hop::accept_with_backoff: initial " + std::to_string(options.initial.count()) +
+                                    " ms and max " + std::to_string(options.max.count()) +
+                                    " ms (initial must be at least 1 ms, and max at least initial)");
+    }
+    milliseconds wait = options.initial;
+    std::size_t failures = 0;
+    const auto began = std::chrono::steady_clock::now();
+    for (;;) {
+        try {
+            tcp_stream s = co_await lis.accept();
+            if (failures != 0 && options.log) {
+                const auto ms =
+                    std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - began).count();
+                std::fprintf(stderr, "hop: accepting again on %s after %zu failed accepts over %lld ms\n",
+                             lis.local_endpoint().to_string().c_str(), failures, static_cast<long long>(ms));
+            }
+            co_return s;
+        } catch (const std::system_error& e) {
+            if (!is_transient_accept_error(e)) throw;
+            if (failures == 0 && options.log) {
+                std::fprintf(stderr, "hop: %s; backing off (from %lld ms, up to %lld ms) until it passes\n",
+                             e.what(), static_cast<long long>(options.initial.count()),
+                             static_cast<long long>(options.max.count()));
+            }
+        }
+        ++failures;
+        co_await sleep_for(wait);
+        wait = std::min(wait * 2, options.max);
+    }
 }
 
 // ---- udp_socket ---------------------------------------------------------------
 
 udp_socket udp_socket::bind(const endpoint& local) {
-    io_loop& loop = this_thread_loop();
     const std::string what = "hop::udp_socket::bind " + local.to_string();
-    auto h = open_socket(loop, local.is_v4() ? AF_INET : AF_INET6, SOCK_DGRAM, what.c_str());
+    auto h = open_socket(nullptr, local.is_v4() ? AF_INET : AF_INET6, SOCK_DGRAM, what.c_str());
     if (::bind(h.fd(), local.data(), local.size()) != 0) throw_sys(errno, what);
     return udp_socket(std::move(h));
 }
 
 endpoint udp_socket::local_endpoint() const {
-    m_handle.checked_loop("hop::udp_socket::local_endpoint");
+    checked_fd(m_handle, "hop::udp_socket::local_endpoint");
     return sock_name(m_handle.fd(), false, "hop::udp_socket::local_endpoint");
 }
 

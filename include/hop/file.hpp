@@ -3,16 +3,23 @@
 /// Files: hop::file (positional reads and writes on an io_loop) and
 /// hop::run_blocking (blocking calls off the loop and off the CPU pool).
 ///
-/// A file belongs to the loop it was opened on (hop::this_thread_loop() at
-/// open): its operations run there — natively on io_uring, as pread /
-/// pwrite / fsync on the blocking pool on epoll — and resume the caller on
-/// the caller's own executor, so a coroutine on the CPU pool may use a file
-/// too. Any number of operations may be in flight on one file at once. A file
-/// must not be moved, closed or destroyed while an operation on it is in
-/// flight, nor outlive its loop.
+/// A file belongs to the loop that opened it (the loop the opening
+/// coroutine runs on, or hop::default_loop() on a thread that runs none):
+/// its operations run there — natively on io_uring, as pread / pwrite /
+/// fsync on the blocking pool on epoll — and resume the caller on the
+/// caller's own executor, so a coroutine on the CPU pool may use a file
+/// too. The rest of the rule is the sockets' (hop/net.hpp): an operation
+/// awaited from a coroutine on another live loop throws std::logic_error
+/// naming both loops, and a file whose loop was destroyed is bound again by
+/// its next operation. Any number of operations may be in flight on one
+/// file at once. A file must not be moved, closed or destroyed while an
+/// operation on it is in flight (on epoll a pread / pwrite may be running on
+/// the blocking pool). Files are not thread-safe, except that close() may
+/// be called from any thread.
 
 #include <hop/detail/buffer.hpp>
 #include <hop/detail/executor.hpp>
+#include <hop/detail/io_handle.hpp>
 #include <hop/detail/io_op.hpp>
 #include <hop/detail/job.hpp>
 #include <hop/future.hpp>
@@ -110,23 +117,20 @@ class file {
 public:
     /// Not open (is_open() is false).
     file() noexcept = default;
-    file(file&& o) noexcept
-        : m_fd(std::exchange(o.m_fd, -1)), m_loop(std::exchange(o.m_loop, nullptr)), m_path(std::move(o.m_path)) {}
+    file(file&& o) noexcept = default;
     file& operator=(file&& o) noexcept {
         if (this != &o) {
-            close();
-            m_fd = std::exchange(o.m_fd, -1);
-            m_loop = std::exchange(o.m_loop, nullptr);
+            m_handle = std::move(o.m_handle);
             m_path = std::move(o.m_path);
         }
         return *this;
     }
     file(const file&) = delete;
     file& operator=(const file&) = delete;
-    ~file() { close(); }
+    ~file() = default;
 
     /// Opens `path` (openat runs on the blocking pool; the caller resumes on
-    /// its own executor). The file is bound to the caller's loop
+    /// its own executor). The file belongs to the caller's loop
     /// (this_thread_loop()). A cancellation point before the open starts;
     /// an open that has started completes.
     /// @throws std::invalid_argument for an empty path, a path with a NUL
@@ -181,23 +185,22 @@ public:
     /// @throws std::system_error (EBADF if closed).
     std::uint64_t size() const;
 
-    /// Closes the file at once. Closing twice, or a file never opened, is
-    /// allowed. Must not be called while an operation on the file is in
-    /// flight.
+    /// Closes the file. Closing twice, or a file never opened, is allowed.
+    /// Must not be called while an operation on the file is in flight.
     void close() noexcept;
-    bool is_open() const noexcept { return m_fd >= 0; }
-    int native_handle() const noexcept { return m_fd; }
+    bool is_open() const noexcept { return m_handle.is_open(); }
+    int native_handle() const noexcept { return m_handle.fd(); }
     /// The path it was opened with ("" if not open).
     const std::string& path() const noexcept { return m_path; }
 
 private:
     friend class detail::file_operation;
-    file(int fd, io_loop& loop, std::string path) noexcept : m_fd(fd), m_loop(&loop), m_path(std::move(path)) {}
+    file(int fd, io_loop& loop, std::string path) noexcept
+        : m_handle(fd, detail::io_handle::fd_mode::left_alone, loop), m_path(std::move(path)) {}
     // The blocking pool's part of open().
     static file open_now(std::string path, int flags, io_loop* loop);
 
-    int m_fd = -1;
-    io_loop* m_loop = nullptr;
+    detail::io_handle m_handle;
     std::string m_path;
 };
 

@@ -8,9 +8,12 @@
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <stdexcept>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -38,9 +41,18 @@ struct io_loop_options {
     unsigned queue_depth = 32;
 };
 
+class io_loop;
+
 namespace detail {
 class loop_core;
-}
+
+/// Shared by a loop and the IO objects bound to it, and outlives the loop:
+/// `loop` is cleared when the loop is destroyed (hop/detail/io_handle.hpp).
+struct loop_anchor {
+    std::atomic<io_loop*> loop{nullptr};
+    std::uint64_t id = 0;
+};
+}  // namespace detail
 
 /// A single-threaded event loop: owns IO and timers, runs the coroutines
 /// that are on it. Every member is for the thread that runs the loop except
@@ -116,6 +128,15 @@ public:
     /// True if the calling thread is running this loop now.
     bool running_in_this_thread() const noexcept;
 
+    /// A number naming this loop in messages ("io_loop #3"), never reused
+    /// within the process. Thread-safe.
+    std::uint64_t id() const noexcept { return m_anchor->id; }
+    /// "io_loop #3 (io_uring)", "hop::default_loop() #1 (epoll)".
+    std::string describe() const;
+    /// For IO objects: the anchor they keep to learn whether this loop is
+    /// alive (hop/detail/io_handle.hpp).
+    const std::shared_ptr<detail::loop_anchor>& anchor() const noexcept { return m_anchor; }
+
     void post_item(detail::work_item* w) override;
     void post_continuation(detail::work_item* w) noexcept override;
 
@@ -123,6 +144,7 @@ public:
     detail::loop_core& core() noexcept { return *m_core; }
 
 private:
+    std::shared_ptr<detail::loop_anchor> m_anchor;
     std::unique_ptr<detail::loop_core> m_core;
 };
 

@@ -3,17 +3,36 @@
 /// Networking: hop::endpoint, hop::resolve, tcp_stream, tcp_listener,
 /// udp_socket.
 ///
-/// A socket belongs to the loop it was made on (hop::this_thread_loop() at
-/// connect / bind / accept): its operations run there, and resume the caller
-/// on the caller's own executor, so a coroutine on the CPU pool may use a
-/// socket too. Every operation is a cancellation point: a stop request
-/// cancels it in the kernel, and the socket stays usable (a cancelled
-/// read_exact / write_all may have moved part of its bytes). One read and
-/// one write may be in flight on a socket at the same time. A socket must
-/// not be moved while an operation on it is in flight, nor outlive its loop.
+/// Which loop a socket belongs to: the loop of its first operation, not the
+/// thread it was made on. That is the loop the awaiting coroutine runs on,
+/// or hop::default_loop() when the awaiting thread runs no loop (a CPU pool
+/// worker, a plain thread in sync_wait). A stream that connect() or
+/// accept() makes belongs to that operation's loop from the start. So a
+/// listener bound before `run()` serves its accepts on the loop that
+/// awaits them, and the default loop is used only where no loop runs.
+///
+/// An operation awaited from a coroutine on another live loop throws
+/// std::logic_error naming both loops: use a socket from its own loop (or
+/// `co_await its_loop.schedule()` first). From a thread that runs no loop
+/// the operation runs on the socket's loop and resumes the caller on its
+/// own executor. When a socket's loop is destroyed, the socket is orphaned:
+/// it stays open and its next operation binds it again, as a first
+/// operation would (a stream kept across two hop::run calls just works).
+///
+/// Every operation is a cancellation point: a stop request cancels it in
+/// the kernel, and the socket stays usable (a cancelled read_exact /
+/// write_all may have moved part of its bytes). One read and one write may
+/// be in flight on a socket at the same time. A socket must not be moved
+/// while an operation on it is in flight.
+///
+/// Sockets are not thread-safe, like Asio's: use one from one coroutine at
+/// a time (one reader and one writer). The one exception is close() (and
+/// the destructor), which may be called from any thread: it is posted to
+/// the socket's loop, and operations in flight end with cancelled_error.
 
 #include <hop/detail/buffer.hpp>
 #include <hop/detail/executor.hpp>
+#include <hop/detail/io_handle.hpp>
 #include <hop/detail/io_op.hpp>
 #include <hop/future.hpp>
 #include <hop/task.hpp>
@@ -23,6 +42,7 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -31,6 +51,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -192,40 +213,7 @@ class tcp_stream;
 
 namespace detail {
 
-/// The fd, the loop and the loop's registration of the fd: what every
-/// socket type holds.
-class socket_handle {
-public:
-    socket_handle() noexcept = default;
-    socket_handle(int fd, io_loop& loop) noexcept : m_fd(fd), m_loop(&loop) {}
-    socket_handle(socket_handle&& o) noexcept
-        : m_fd(std::exchange(o.m_fd, -1)), m_loop(o.m_loop), m_reg(std::exchange(o.m_reg, nullptr)) {}
-    socket_handle& operator=(socket_handle&& o) noexcept {
-        if (this != &o) {
-            close();
-            m_fd = std::exchange(o.m_fd, -1);
-            m_loop = o.m_loop;
-            m_reg = std::exchange(o.m_reg, nullptr);
-        }
-        return *this;
-    }
-    ~socket_handle() { close(); }
-
-    void close() noexcept {
-        if (m_fd >= 0) io_close_fd(m_loop, std::exchange(m_fd, -1), std::exchange(m_reg, nullptr));
-    }
-    int fd() const noexcept { return m_fd; }
-    bool is_open() const noexcept { return m_fd >= 0; }
-    io_loop& loop() const noexcept { return *m_loop; }
-    fd_registration** reg() noexcept { return &m_reg; }
-    /// The loop. @throws std::system_error (EBADF) naming `what` if closed.
-    io_loop& checked_loop(const char* what) const;
-
-private:
-    int m_fd = -1;
-    io_loop* m_loop = nullptr;
-    fd_registration* m_reg = nullptr;
-};
+using socket_handle = io_handle;
 
 /// read_some / write_some / read_exact / write_all.
 class transfer_operation : public io_operation {
@@ -304,7 +292,8 @@ public:
     tcp_stream& operator=(tcp_stream&&) noexcept = default;
     ~tcp_stream() = default;
 
-    /// Connects to `peer` on the caller's loop.
+    /// Connects to `peer`. The stream belongs to the caller's loop
+    /// (hop::this_thread_loop()).
     /// @throws std::system_error (ECONNREFUSED, ENETUNREACH, ...) naming
     ///         the endpoint; cancelled_error.
     static task<tcp_stream> connect(endpoint peer);
@@ -320,9 +309,10 @@ public:
     /// @throws std::invalid_argument for an empty list; std::system_error
     ///         (the last error) if none connects.
     static task<tcp_stream> connect(std::vector<endpoint> candidates);
-    /// Adopts a connected TCP socket, closed by this object, bound to the
-    /// caller's loop. Its O_NONBLOCK flag is set as the loop's backend
-    /// wants it (set for epoll, cleared for io_uring).
+    /// Adopts a connected TCP socket, closed by this object. Like a bound
+    /// listener it belongs to the loop of its first operation, which sets
+    /// its O_NONBLOCK flag as that loop's backend wants it (set for epoll,
+    /// cleared for io_uring).
     /// @throws std::invalid_argument for a negative fd.
     static tcp_stream adopt(int fd);
 
@@ -398,15 +388,21 @@ public:
     tcp_listener& operator=(tcp_listener&&) noexcept = default;
     ~tcp_listener() = default;
 
-    /// Binds and listens on the caller's loop (port 0: the kernel picks one;
-    /// see local_endpoint()).
+    /// Binds and listens (port 0: the kernel picks one; see
+    /// local_endpoint()). No loop is involved yet: the listener belongs to
+    /// the loop of its first accept(), so one bound before `run()` serves
+    /// the loop that awaits it.
     /// @throws std::invalid_argument for a backlog < 1; std::system_error
     ///         (EADDRINUSE, EACCES...) naming the endpoint.
     static tcp_listener bind(const endpoint& local, const listen_options& options = {});
 
-    /// `co_await lis.accept()`: the next connection, bound to the
-    /// listener's loop. @throws std::system_error (EMFILE...): the listener
-    /// stays usable.
+    /// `co_await lis.accept()`: the next connection, belonging to the
+    /// listener's loop. Resumes the caller on its own executor; a
+    /// cancellation point (the listener stays usable).
+    /// @throws std::system_error naming the listener. The listener stays
+    ///         usable; for a transient error (is_transient_accept_error:
+    ///         out of descriptors or memory, an aborted connection) back
+    ///         off a little and accept again, as nginx and Go's net/http do.
     detail::accept_operation accept();
 
     endpoint local_endpoint() const;
@@ -418,6 +414,40 @@ private:
     explicit tcp_listener(detail::socket_handle h) noexcept : m_handle(std::move(h)) {}
     detail::socket_handle m_handle;
 };
+
+/// True for the accept() failures a server should ride out rather than
+/// stop on: EMFILE and ENFILE (out of descriptors), ENOBUFS and ENOMEM
+/// (out of memory), ECONNABORTED (the peer left before accept), EPERM (a
+/// firewall refused it) and EINTR. The listener is still fine: back off
+/// (a few ms, doubling, up to about a second) and accept again.
+bool is_transient_accept_error(const std::error_code& ec) noexcept;
+inline bool is_transient_accept_error(const std::system_error& e) noexcept {
+    return is_transient_accept_error(e.code());
+}
+
+/// How accept_with_backoff rides out transient failures.
+struct accept_backoff {
+    /// The first wait after a failure; each further failure doubles it.
+    std::chrono::milliseconds initial{5};
+    /// The longest wait.
+    std::chrono::milliseconds max{1000};
+    /// One line on stderr when a burst of failures begins and one when it
+    /// ends (never one per failure).
+    bool log = true;
+};
+
+/// `co_await hop::accept_with_backoff(lis)`: the next connection, like
+/// lis.accept(), but a server built on it survives running out of
+/// descriptors: a transient failure (is_transient_accept_error) waits
+/// `initial`, doubling up to `max`, and tries again, as nginx and Go's
+/// net/http do; the CPU stays idle while starved. Resumes the caller on its
+/// own executor; a cancellation point, also during the wait.
+/// @code
+/// for (;;) connections.spawn(serve(co_await hop::accept_with_backoff(lis)));
+/// @endcode
+/// @throws std::invalid_argument for `initial` < 1 ms or `max` < `initial`;
+///         std::system_error for any other accept failure; cancelled_error.
+task<tcp_stream> accept_with_backoff(tcp_listener& lis, accept_backoff options = {});
 
 /// A UDP socket.
 ///

@@ -272,6 +272,11 @@ public:
 
     void start_io(io_operation& op) noexcept override {
         auto* e = ::new (static_cast<void*>(op.backend_storage)) epoll_io;
+        if (op.io.reg != nullptr && op.io.reg->load(std::memory_order_acquire) == closed_registration()) {
+            // Closed from another thread: the fd may already be gone.
+            op.complete(-ECANCELED);
+            return;
+        }
         switch (op.io.kind) {
             case io_kind::read_at:
             case io_kind::write_at:
@@ -393,7 +398,14 @@ public:
     // returns null.
     epoll_reg* registration_for(io_operation& op, bool& one_off) noexcept {
         one_off = false;
-        if (op.io.reg != nullptr && *op.io.reg != nullptr) return static_cast<epoll_reg*>(*op.io.reg);
+        if (op.io.reg != nullptr) {
+            fd_registration* cur = op.io.reg->load(std::memory_order_acquire);
+            if (cur == closed_registration()) {
+                op.complete(-ECANCELED);
+                return nullptr;
+            }
+            if (cur != nullptr) return static_cast<epoll_reg*>(cur);
+        }
         epoll_reg* r;
         try {
             r = new epoll_reg(*this, op.io.fd);  // registers with epoll
@@ -408,7 +420,14 @@ public:
         if (m_regs) m_regs->prev_live = r;
         m_regs = r;
         if (op.io.reg != nullptr) {
-            *op.io.reg = r;
+            fd_registration* expected = nullptr;
+            if (!op.io.reg->compare_exchange_strong(expected, r, std::memory_order_acq_rel)) {
+                // Closed from another thread just now: its posted close_fd
+                // will not know this registration.
+                unregister(*r);
+                op.complete(-ECANCELED);
+                return nullptr;
+            }
         } else {
             one_off = true;
         }

@@ -66,6 +66,7 @@ public:
 
     ~uring_backend() override {
         cancel_everything_and_reap();
+        while (m_regs) delete m_regs;
         if (m_notify_fd >= 0) ::close(m_notify_fd);
         ::close(m_wake_fd);
         io_uring_queue_exit(&m_ring);
@@ -165,10 +166,22 @@ public:
     // flight, so close_fd knows whether it must cancel anything first.
     struct accept_state;
     struct uring_reg final : fd_registration {
+        // Linked into the backend's live list: the registrations of objects
+        // still open when the loop goes are freed with it (the objects are
+        // orphaned then and never touch them again).
+        explicit uring_reg(uring_backend& b) noexcept : owner(&b), next_live(b.m_regs) {
+            if (next_live) next_live->prev_live = this;
+            b.m_regs = this;
+        }
+        uring_reg(const uring_reg&) = delete;
+        uring_reg& operator=(const uring_reg&) = delete;
+        ~uring_reg() override;
+        uring_backend* owner;
+        uring_reg* next_live;
+        uring_reg* prev_live = nullptr;
         unsigned inflight = 0;
         bool closed = false;
         std::unique_ptr<accept_state> acceptor;  // a listener's multishot accept
-        ~uring_reg() override;
     };
 
     // A listener's multishot accept: one SQE keeps accepting; connections
@@ -208,15 +221,26 @@ public:
         u->backend = this;
         u->complete = &uring_backend::on_io_complete;
         if (op.io.reg != nullptr) {
-            if (*op.io.reg == nullptr) {
-                auto* r = new (std::nothrow) uring_reg;
+            fd_registration* cur = op.io.reg->load(std::memory_order_acquire);
+            if (cur == closed_registration()) {
+                // Closed from another thread: the fd may already be gone.
+                op.complete(-ECANCELED);
+                return;
+            }
+            if (cur == nullptr) {
+                auto* r = new (std::nothrow) uring_reg(*this);
                 if (r == nullptr) {
                     op.complete(-ENOMEM);
                     return;
                 }
-                *op.io.reg = r;
+                if (!op.io.reg->compare_exchange_strong(cur, r, std::memory_order_acq_rel)) {
+                    delete r;  // closed from another thread just now
+                    op.complete(-ECANCELED);
+                    return;
+                }
+                cur = r;
             }
-            u->reg = static_cast<uring_reg*>(*op.io.reg);
+            u->reg = static_cast<uring_reg*>(cur);
         }
         if (op.io.kind == io_kind::accept && u->reg != nullptr && m_multishot_accept) {
             start_accept(op, *u->reg);
@@ -671,9 +695,16 @@ private:
     std::size_t m_timeouts_inflight = 0;
     std::size_t m_inflight = 0;
     bool m_multishot_accept = true;  // cleared on a kernel without it
+    uring_reg* m_regs = nullptr;     // live registrations (loop thread)
 };
 
 uring_backend::uring_reg::~uring_reg() {
+    if (prev_live) {
+        prev_live->next_live = next_live;
+    } else {
+        owner->m_regs = next_live;
+    }
+    if (next_live) next_live->prev_live = prev_live;
     if (acceptor) {
         // Connections accepted that no accept() took.
         for (std::size_t i = acceptor->ready_head; i < acceptor->ready.size(); ++i) ::close(acceptor->ready[i]);

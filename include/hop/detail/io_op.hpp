@@ -33,6 +33,11 @@ class io_operation;
 /// the backend on first need, released with io_release_fd.
 struct fd_registration;
 
+/// The registration slot's value after a close from another thread.
+inline fd_registration* closed_registration() noexcept {
+    return reinterpret_cast<fd_registration*>(static_cast<std::uintptr_t>(1));
+}
+
 /// Loop thread: starts (or, for `all` operations, continues) the operation.
 void io_start(io_loop& loop, io_operation& op) noexcept;
 /// Loop thread: asks the backend to cancel a started operation.
@@ -61,9 +66,12 @@ struct io_params {
     sockaddr* addr = nullptr;  // connect: the peer; accept: out (may be null)
     socklen_t addrlen = 0;     // connect: in; accept: in/out
     msghdr* msg = nullptr;
-    /// The fd's registration slot (owned by the socket), or null: epoll then
-    /// registers the fd for this one operation.
-    fd_registration** reg = nullptr;
+    /// The fd's registration slot (owned by the IO object, see
+    /// io_handle.hpp), or null: epoll then registers the fd for this one
+    /// operation. A backend sets it with compare_exchange (null -> new), and
+    /// finding closed_registration() there starts nothing (-ECANCELED):
+    /// the object was closed from another thread.
+    std::atomic<fd_registration*>* reg = nullptr;
 };
 
 class io_operation : public loop_operation {
