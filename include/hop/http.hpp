@@ -4,4 +4,5 @@
 /// llhttp; the core of hop never includes this header.
 
 #include <hop/http/message.hpp>
+#include <hop/http/client.hpp>
 #include <hop/http/server.hpp>

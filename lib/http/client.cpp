@@ -1,0 +1,1021 @@
+// hop::http::client: one request from the pool wait to the end of its body.
+// The pool, the timeouts' agent and the name cache are in client_pool.cpp;
+// every byte on the wire goes through the codec (codec.hpp).
+//
+// A request's life (stream_state):
+//   prepare (validate, at the call) -> begin (loop, agent, total timeout)
+//   -> acquire (idle connection for this loop and host, or a slot: connect)
+//   -> send -> read the head -> [redirect: skip the body, go round]
+//   -> body (get/fetch: whole; open: the response_stream's reads)
+//   -> finish_message: the connection back to the pool, or closed.
+// Every wait runs under the request's own stop source (stop_scope), which
+// the caller's token and the agent's timeouts both stop; a cancelled_error
+// then becomes the timeout's own error if a timeout fired.
+
+#include <hop/http/client.hpp>
+
+#include "client_pool.hpp"
+#include "codec.hpp"
+
+#include <hop/io_loop.hpp>
+#include <hop/net.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <system_error>
+
+namespace hop::http {
+
+namespace detail {
+
+namespace {
+
+constexpr std::size_t inline_body_limit = 64 * 1024;  // larger bodies are written on their own
+constexpr std::uint64_t redirect_body_limit = 64 * 1024;  // more than this of a redirect's body: close instead
+// An idempotent request takes a connection idle for less than this without
+// checking it is still open (servers close idle connections after seconds;
+// a request that meets one closed anyway is sent again).
+constexpr auto unchecked_idle = std::chrono::milliseconds(100);
+
+// ---- validation ---------------------------------------------------------------
+
+bool is_tchar(char c) noexcept {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+    return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != '\0';
+}
+
+bool is_token(std::string_view s) noexcept {
+    return !s.empty() && std::all_of(s.begin(), s.end(), is_tchar);
+}
+
+bool has_ctl_breaks(std::string_view s) noexcept {
+    return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
+}
+
+// `s` for an error message: control characters escaped, long text cut.
+std::string shown(std::string_view s) {
+    std::string out;
+    for (char c : s.substr(0, 200)) {
+        switch (c) {
+            case '\r': out += "\\r"; break;
+            case '\n': out += "\\n"; break;
+            case '\0': out += "\\0"; break;
+            default:
+                if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+                    static const char hex[] = "0123456789abcdef";
+                    out += "\\x";
+                    out += hex[(static_cast<unsigned char>(c) >> 4) & 0xf];
+                    out += hex[static_cast<unsigned char>(c) & 0xf];
+                } else {
+                    out += c;
+                }
+        }
+    }
+    if (s.size() > 200) out += "...";
+    return out;
+}
+
+std::string_view trim(std::string_view s) noexcept {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
+
+std::string format_duration(std::chrono::milliseconds d) {
+    const auto ms = d.count();
+    if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+    return std::to_string(ms) + "ms";
+}
+
+void check_duration(const char* name, std::chrono::milliseconds d) {
+    if (d.count() < 0) {
+        throw std::invalid_argument(std::string("hop::http::client: ") + name + " " + std::to_string(d.count()) +
+                                    "ms is negative (0 means no timeout)");
+    }
+}
+
+client_options validated(client_options o) {
+    if (o.max_connections == 0) {
+        throw std::invalid_argument("hop::http::client: max_connections 0 is not allowed (it must be at least 1)");
+    }
+    check_duration("connect_timeout", o.connect_timeout);
+    check_duration("read_timeout", o.read_timeout);
+    check_duration("pool_timeout", o.pool_timeout);
+    check_duration("total_timeout", o.total_timeout);
+    check_duration("idle_timeout", o.idle_timeout);
+    if (o.max_redirects < 0) {
+        throw std::invalid_argument("hop::http::client: max_redirects " + std::to_string(o.max_redirects) +
+                                    " is negative");
+    }
+    if (o.max_body_bytes == 0) {
+        throw std::invalid_argument("hop::http::client: max_body_bytes 0 is not allowed (it must be at least 1)");
+    }
+    if (o.max_header_bytes == 0) {
+        throw std::invalid_argument("hop::http::client: max_header_bytes 0 is not allowed (it must be at least 1)");
+    }
+    if (has_ctl_breaks(o.user_agent)) {
+        throw std::invalid_argument("hop::http::client: user_agent '" + shown(o.user_agent) +
+                                    "' holds CR, LF or NUL");
+    }
+    return o;
+}
+
+bool is_idempotent(std::string_view m) noexcept {
+    return m == "GET" || m == "HEAD" || m == "PUT" || m == "DELETE" || m == "OPTIONS" || m == "TRACE";
+}
+
+bool expects_body(std::string_view m) noexcept { return m == "POST" || m == "PUT" || m == "PATCH"; }
+
+bool is_redirect(int status) noexcept {
+    return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+// The errors a kept-alive connection the server already closed gives.
+bool is_reset(const std::error_code& ec) noexcept {
+    if (ec.category() != std::generic_category() && ec.category() != std::system_category()) return false;
+    const int e = ec.value();
+    return e == ECONNRESET || e == EPIPE || e == ECONNABORTED || e == ENOTCONN;
+}
+
+std::optional<endpoint> ip_literal(const std::string& host, std::uint16_t port) {
+    const bool v6 = host.find(':') != std::string::npos;
+    const bool v4 = !host.empty() && std::all_of(host.begin(), host.end(), [](char c) {
+        return (c >= '0' && c <= '9') || c == '.';
+    });
+    if (!v4 && !v6) return std::nullopt;
+    try {
+        return endpoint::parse(v6 ? "[" + host + "]:" + std::to_string(port) : host + ":" + std::to_string(port));
+    } catch (const std::invalid_argument&) {
+        return std::nullopt;  // not a literal after all: resolve it
+    }
+}
+
+std::string origin_of(const url& u) { return u.host + ":" + std::to_string(u.port); }
+
+}  // namespace
+
+// ---- the request as validated ---------------------------------------------------------
+
+struct prepared_request {
+    std::string method;
+    url target;
+    http::headers fields;  // the caller's
+    std::string body;
+    bool chunked = false;      // the caller asked for Transfer-Encoding: chunked
+    bool close_after = false;  // the caller sent Connection: close
+};
+
+namespace {
+
+prepared_request prepare(request&& r) {
+    prepared_request p;
+    if (!is_token(r.method)) {
+        throw std::invalid_argument("hop::http::client: the method '" + shown(r.method) + "' is not an HTTP token");
+    }
+    p.target = url::parse(r.url);
+    if (p.target.scheme == "https") {
+        throw std::invalid_argument("hop::http::client: https is not supported yet (hop::tls is coming): " +
+                                    shown(r.url));
+    }
+    if (p.target.scheme != "http") {
+        throw std::invalid_argument("hop::http::client: the URL '" + shown(r.url) + "' is not http://");
+    }
+    std::size_t te_fields = 0;
+    for (const auto& f : r.headers) {
+        if (!is_token(f.name)) {
+            throw std::invalid_argument("hop::http::client: the header name '" + shown(f.name) +
+                                        "' is not an HTTP token");
+        }
+        if (has_ctl_breaks(f.value)) {
+            throw std::invalid_argument("hop::http::client: the value of header '" + f.name + "' ('" + shown(f.value) +
+                                        "') holds CR, LF or NUL");
+        }
+        if (iequals(f.name, "Transfer-Encoding")) {
+            ++te_fields;
+            if (!iequals(trim(f.value), "chunked")) {
+                throw std::invalid_argument("hop::http::client: Transfer-Encoding '" + shown(f.value) +
+                                            "' is not supported (only chunked)");
+            }
+            p.chunked = true;
+        }
+        if (iequals(f.name, "Connection") && iequals(trim(f.value), "close")) p.close_after = true;
+    }
+    if (te_fields > 1) throw std::invalid_argument("hop::http::client: Transfer-Encoding is given more than once");
+    const auto lengths = r.headers.get_all("Content-Length");
+    if (!lengths.empty()) {
+        if (p.chunked) {
+            throw std::invalid_argument("hop::http::client: a request cannot have both Content-Length and "
+                                        "Transfer-Encoding: chunked");
+        }
+        for (std::string_view v : lengths) {
+            v = trim(v);
+            std::uint64_t n = 0;
+            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+            if (ec != std::errc() || end != v.data() + v.size() || n != r.body.size()) {
+                throw std::invalid_argument("hop::http::client: Content-Length '" + shown(v) +
+                                            "' does not match the body's " + std::to_string(r.body.size()) +
+                                            " bytes");
+            }
+        }
+    }
+    p.method = std::move(r.method);
+    p.fields = std::move(r.headers);
+    p.body = std::move(r.body);
+    return p;
+}
+
+}  // namespace
+
+// ---- one request's state ----------------------------------------------------------------
+
+struct stream_state {
+    explicit stream_state(std::shared_ptr<client_state> s, prepared_request p)
+        : st(std::move(s)), req(std::move(p)), url_text(req.target.to_string()), first_url(url_text) {
+        head_request = req.method == "HEAD";
+    }
+    stream_state(const stream_state&) = delete;
+    stream_state& operator=(const stream_state&) = delete;
+    ~stream_state() { close(); }
+
+    std::shared_ptr<client_state> st;
+    prepared_request req;
+    std::string url_text;   // the URL being fetched now (after redirects)
+    std::string first_url;  // the URL asked for
+    io_loop* loop = nullptr;
+    request_timers timers;
+    bool head_request = false;
+
+    // The connection in use.
+    std::unique_ptr<connection> conn;
+    bool conn_reused = false;
+    bool peer_closed = false;        // the connection's read side ended
+    std::uint64_t response_bytes = 0;  // read since the request was sent
+    bool eof_before_response = false;
+    std::string wire;
+    bool body_separate = false;
+
+    // The response.
+    int status = 0;
+    http::headers head_fields;
+    std::optional<std::uint64_t> content_length;
+    bool in_body = false;  // the head is read and the body not ended: a clean place to stop
+    // A response_stream's: closed early, a body already buffered whole is
+    // consumed and the connection kept. A request that failed never is.
+    bool drain_on_close = false;
+
+    // Streaming the body.
+    std::unique_ptr<decompressor> decoder;
+    std::string decoded;
+    std::size_t decoded_pos = 0;
+    std::string_view pending;  // raw body bytes not handed out yet (in the connection's buffer)
+    bool done = false;
+    std::exception_ptr broken;
+
+    void begin();
+    [[noreturn]] void throw_timeout(timeout_kind k) const;
+    void rethrow_timeout_if_fired() const {
+        const auto k = timers.fired.load(std::memory_order_acquire);
+        if (k != timeout_kind::none) throw_timeout(k);
+    }
+    void close() noexcept;
+
+    static response_stream make_stream(std::unique_ptr<stream_state> s) { return response_stream(std::move(s)); }
+};
+
+void stream_state::begin() {
+    loop = &this_thread_loop();
+    timers.agent = st->agent_for(*loop);
+    if (st->opts.total_timeout.count() > 0) timers.arm_total(clock::now() + st->opts.total_timeout);
+}
+
+void stream_state::throw_timeout(timeout_kind k) const {
+    const auto& o = st->opts;
+    const std::string prefix = "hop::http::client: ";
+    switch (k) {
+        case timeout_kind::pool: {
+            std::string caps = "max_connections " + std::to_string(o.max_connections);
+            if (o.max_connections_per_host) {
+                caps += ", max_connections_per_host " + std::to_string(o.max_connections_per_host);
+            }
+            throw pool_timeout(prefix + "pool timeout (" + format_duration(o.pool_timeout) +
+                               ") waiting for a free connection for " + url_text + " (" + caps + ")");
+        }
+        case timeout_kind::connect:
+            throw connect_timeout(prefix + "connect timeout (" + format_duration(o.connect_timeout) +
+                                  ") connecting to " + url_text);
+        case timeout_kind::read:
+            throw read_timeout(prefix + "read timeout (" + format_duration(o.read_timeout) + ") waiting for " +
+                               url_text);
+        case timeout_kind::total:
+            throw timeout_error(prefix + "total timeout (" + format_duration(o.total_timeout) + ") for " +
+                                req.method + " " + first_url);
+        case timeout_kind::none:
+            break;
+    }
+    throw std::logic_error("hop::http::client: no timeout fired");
+}
+
+namespace {
+
+enum class step { piece, end, more };
+
+[[noreturn]] void throw_malformed(const stream_state& s, const std::exception& e) {
+    throw protocol_error("hop::http::client: a malformed response from " + s.url_text + ": " + e.what());
+}
+
+// After a read of `n` > 0 bytes into the connection's buffer.
+void took(stream_state& s, std::size_t n) noexcept {
+    s.conn->commit(n);
+    s.response_bytes += n;
+    s.timers.progress();
+}
+
+// Parses what the connection has buffered: the next piece of body, the end
+// of the message, or `more` (read, then call again).
+step body_step(stream_state& s, std::string_view& piece) {
+    connection& c = *s.conn;
+    for (;;) {
+        // Called with nothing buffered too: an event may be due without
+        // input (the end of a message whose last body byte was the last
+        // thing parsed, or of a message without a body).
+        const std::string_view in = c.buffered();
+        std::size_t used = 0;
+        parser::event ev;
+        try {
+            ev = c.parse.parse(in, used);
+        } catch (const parse_error& e) {
+            throw_malformed(s, e);
+        }
+        c.consume(used);
+        switch (ev) {
+            case parser::event::body:
+                piece = c.parse.body();
+                if (piece.empty()) continue;
+                return step::piece;
+            case parser::event::message_end:
+                return step::end;
+            case parser::event::head:
+                throw protocol_error("hop::http::client: a second response head inside the body from " + s.url_text);
+            case parser::event::need_more:
+                break;
+        }
+        break;  // need_more: all of `in` was taken
+    }
+    if (!s.peer_closed) return step::more;
+    parser::event ev;
+    try {
+        ev = c.parse.finish();
+    } catch (const parse_error& e) {
+        throw_malformed(s, e);
+    }
+    if (ev != parser::event::message_end) {
+        throw protocol_error("hop::http::client: the connection closed in the middle of the response from " +
+                             s.url_text);
+    }
+    return step::end;
+}
+
+// The message has ended: the connection back to the pool, or closed.
+void finish_message(stream_state& s) {
+    s.done = true;
+    s.in_body = false;
+    std::unique_ptr<connection> c = std::move(s.conn);
+    s.timers.disarm_phase();
+    s.timers.disarm_total();
+    ++c->served;
+    const bool reuse = !s.peer_closed && !s.req.close_after && c->parse.keep_alive() && c->buffered().empty();
+    if (reuse) {
+        s.st->release(std::move(c));
+    } else {
+        s.st->discard(std::move(c));
+    }
+}
+
+void build_wire(stream_state& s) {
+    const client_options& o = s.st->opts;
+    const prepared_request& p = s.req;
+    headers h;
+    if (!p.fields.contains("Host")) h.add_unchecked("Host", p.target.authority());
+    if (!o.user_agent.empty() && !p.fields.contains("User-Agent")) h.add_unchecked("User-Agent", o.user_agent);
+    if (o.decompress && !p.fields.contains("Accept-Encoding")) h.add_unchecked("Accept-Encoding", "gzip, deflate");
+    for (const auto& f : p.fields) h.add_unchecked(f.name, f.value);
+    if (!p.chunked && !p.fields.contains("Content-Length") && (!p.body.empty() || expects_body(p.method))) {
+        h.add_unchecked("Content-Length", std::to_string(p.body.size()));
+    }
+    s.wire.clear();
+    write_request_head(s.wire, p.method, p.target.target, h);
+    s.body_separate = false;
+    if (p.chunked) {
+        if (!p.body.empty()) {
+            write_chunk_header(s.wire, p.body.size());
+            if (p.body.size() <= inline_body_limit) {
+                s.wire += p.body;
+                s.wire += "\r\n";
+                s.wire += last_chunk;
+            } else {
+                s.body_separate = true;
+            }
+        } else {
+            s.wire += last_chunk;
+        }
+    } else if (p.body.size() <= inline_body_limit) {
+        s.wire += p.body;
+    } else {
+        s.body_separate = true;
+    }
+}
+
+task<void> send_request(stream_state& s) {
+    s.timers.arm_phase(timeout_kind::read, s.st->opts.read_timeout);
+    build_wire(s);
+    co_await s.conn->stream.write_all(std::string_view(s.wire));
+    if (s.body_separate) {
+        s.timers.progress();
+        co_await s.conn->stream.write_all(std::string_view(s.req.body));
+        if (s.req.chunked) {
+            static constexpr std::string_view tail = "\r\n0\r\n\r\n";
+            co_await s.conn->stream.write_all(tail);
+        }
+    }
+    s.timers.progress();
+}
+
+task<void> read_head(stream_state& s) {
+    connection& c = *s.conn;
+    if (s.head_request) c.parse.expect_no_body();
+    bool informational = false;  // between a 1xx head and its end
+    for (;;) {
+        for (;;) {
+            const std::string_view in = c.buffered();
+            std::size_t used = 0;
+            parser::event ev;
+            try {
+                ev = c.parse.parse(in, used);
+            } catch (const parse_error& e) {
+                throw_malformed(s, e);
+            }
+            c.consume(used);
+            if (ev == parser::event::need_more) break;
+            if (ev == parser::event::message_end && informational) {
+                informational = false;
+                continue;
+            }
+            if (ev != parser::event::head) {
+                throw protocol_error("hop::http::client: a response from " + s.url_text + " without a head");
+            }
+            message_head& h = c.parse.head();
+            if (h.status == 101) {
+                throw protocol_error("hop::http::client: " + s.url_text +
+                                     " switched protocols (101), which this client does not do");
+            }
+            if (h.status < 200) {
+                // 100 Continue, 103 Early Hints...: not the answer yet.
+                informational = true;
+                continue;
+            }
+            s.status = h.status;
+            s.head_fields = std::move(h.headers);
+            s.content_length = h.content_length;
+            s.in_body = true;
+            co_return;
+        }
+        const std::size_t n = co_await c.stream.read_some(c.free_space());
+        if (n == 0) {
+            s.peer_closed = true;
+            if (s.response_bytes == 0) {
+                s.eof_before_response = true;
+                throw protocol_error("hop::http::client: the server closed the connection before answering " +
+                                     s.req.method + " " + s.url_text);
+            }
+            try {
+                c.parse.finish();
+            } catch (const parse_error& e) {
+                throw_malformed(s, e);
+            }
+            throw protocol_error("hop::http::client: the connection closed in the middle of the response head from " +
+                                 s.url_text);
+        }
+        took(s, n);
+    }
+}
+
+task<void> connect(stream_state& s, const pool_key& key) {
+    const client_options& o = s.st->opts;
+    s.timers.arm_phase(timeout_kind::connect, o.connect_timeout);
+    const url& u = s.req.target;
+    std::vector<endpoint> candidates;
+    if (auto lit = ip_literal(u.host, u.port)) {
+        candidates.push_back(*lit);
+    } else {
+        future<std::vector<endpoint>> lookup = s.st->lookup(u.host, u.port);
+        try {
+            candidates = co_await hop::detail::abandonable_awaiter<std::vector<endpoint>>(lookup);
+        } catch (const std::system_error&) {
+            s.st->forget_lookup(u.host, u.port, lookup);
+            throw;
+        }
+    }
+    tcp_stream t;
+    try {
+        if (candidates.size() == 1) {
+            t = co_await tcp_stream::connect(candidates.front());
+        } else {
+            t = co_await tcp_stream::connect(std::move(candidates));
+        }
+    } catch (const std::system_error& e) {
+        throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + s.url_text + ": " + e.what());
+    }
+    t.set_nodelay(true);
+    s.timers.disarm_phase();
+    s.conn = std::make_unique<connection>(std::move(t), key, o.max_header_bytes);
+    s.conn_reused = false;
+    s.peer_closed = false;
+    s.st->connects.fetch_add(1, std::memory_order_relaxed);
+}
+
+// A slot taken from the pool, given back unless a connection was made with it.
+struct slot_guard {
+    client_state* st;
+    const std::string* origin;
+    ~slot_guard() {
+        if (st) st->release_slot(*origin);
+    }
+};
+
+task<void> acquire(stream_state& s, bool force_new) {
+    const pool_key key{s.loop, origin_of(s.req.target)};
+    for (;;) {
+        pool_wait w(*s.st, key, force_new);
+        if (!s.st->try_acquire(w)) {
+            s.timers.arm_phase(timeout_kind::pool, s.st->opts.pool_timeout);
+            co_await w;
+            s.timers.disarm_phase();
+        }
+        if (w.conn) {
+            std::unique_ptr<connection> c = std::move(w.conn);
+            // A connection that sat idle may have been closed by the server:
+            // look (one non-blocking peek) unless it was idle only a moment
+            // and the request may be sent again if it was (idempotent).
+            const bool look = w.from_idle && (!is_idempotent(s.req.method) ||
+                                              clock::now() - c->idle_since >= unchecked_idle);
+            if (look && !still_open(c->stream.native_handle())) {
+                s.st->discard(std::move(c));  // the server closed it while it was idle
+                continue;
+            }
+            s.conn = std::move(c);
+            s.conn_reused = true;
+            s.peer_closed = false;
+            s.st->reuses.fetch_add(1, std::memory_order_relaxed);
+            co_return;
+        }
+        w.slot = false;
+        slot_guard guard{s.st.get(), &key.origin};
+        co_await connect(s, key);
+        guard.st = nullptr;  // the connection holds the slot now
+        co_return;
+    }
+}
+
+[[noreturn]] void throw_stale(const stream_state& s, std::exception_ptr failure) {
+    const std::string why = "hop::http::client: " + s.req.method + " " + s.url_text +
+                            ": the server closed the kept-alive connection before answering; " + s.req.method +
+                            " is not idempotent, so it was not sent again";
+    try {
+        std::rethrow_exception(failure);
+    } catch (const std::system_error& e) {
+        throw std::system_error(e.code(), why);
+    } catch (...) {
+        throw protocol_error(why);
+    }
+}
+
+// Sends the request and reads the response's head. A request whose reused
+// connection turns out closed before any byte of response came back is
+// sent once more on a new connection if its method is idempotent.
+task<void> exchange_head(stream_state& s) {
+    bool retried = false;
+    for (;;) {
+        co_await acquire(s, retried);
+        s.response_bytes = 0;
+        s.eof_before_response = false;
+        std::exception_ptr failure;
+        bool stale = false;
+        try {
+            co_await send_request(s);
+            co_await read_head(s);
+        } catch (const cancelled_error&) {
+            throw;
+        } catch (const std::system_error& e) {
+            stale = s.conn_reused && s.response_bytes == 0 && is_reset(e.code());
+            failure = std::current_exception();
+        } catch (const protocol_error&) {
+            stale = s.conn_reused && s.eof_before_response;
+            failure = std::current_exception();
+        }
+        if (!failure) co_return;
+        s.in_body = false;
+        s.st->discard(std::move(s.conn));
+        if (!stale) std::rethrow_exception(failure);
+        if (!is_idempotent(s.req.method)) throw_stale(s, failure);
+        retried = true;
+        s.st->retries.fetch_add(1, std::memory_order_relaxed);
+    }
+}
+
+// The body of a redirect: read and dropped if short, else the connection
+// is closed.
+task<void> skip_body(stream_state& s) {
+    std::uint64_t skipped = 0;
+    for (;;) {
+        std::string_view piece;
+        const step st = body_step(s, piece);
+        if (st == step::end) {
+            finish_message(s);
+            co_return;
+        }
+        if (st == step::piece) {
+            skipped += piece.size();
+            if (skipped > redirect_body_limit) break;
+            continue;
+        }
+        const std::size_t n = co_await s.conn->stream.read_some(s.conn->free_space());
+        if (n == 0) {
+            s.peer_closed = true;
+        } else {
+            took(s, n);
+        }
+    }
+    s.in_body = false;
+    s.st->discard(std::move(s.conn));
+}
+
+void follow(stream_state& s, url next) {
+    prepared_request& p = s.req;
+    bool drop_body = false;
+    if (s.status == 303) {
+        if (p.method != "HEAD") p.method = "GET";
+        drop_body = true;
+    } else if ((s.status == 301 || s.status == 302) && p.method == "POST") {
+        p.method = "GET";
+        drop_body = true;
+    }
+    if (drop_body) {
+        p.body.clear();
+        p.chunked = false;
+        for (const char* f : {"Content-Length", "Content-Type", "Transfer-Encoding", "Content-Encoding"}) p.fields.erase(f);
+    }
+    if (!p.target.same_origin(next)) {
+        for (const char* f : {"Authorization", "Cookie", "Proxy-Authorization", "Host"}) p.fields.erase(f);
+    }
+    p.target = std::move(next);
+    s.url_text = p.target.to_string();
+    s.head_request = p.method == "HEAD";
+}
+
+// The final response's head, redirects followed.
+task<void> open_head(stream_state& s) {
+    const client_options& o = s.st->opts;
+    int redirects = 0;
+    for (;;) {
+        co_await exchange_head(s);
+        if (!o.follow_redirects || !is_redirect(s.status)) co_return;
+        const auto location = s.head_fields.get("Location");
+        if (!location) co_return;
+        std::string where(*location);
+        if (redirects >= o.max_redirects) {
+            throw redirect_error("hop::http::client: more than " + std::to_string(o.max_redirects) +
+                                 " redirects (max_redirects) for " + s.req.method + " " + s.first_url +
+                                 "; the last one, from " + s.url_text + ", was to " + shown(where));
+        }
+        url next;
+        try {
+            next = s.req.target.resolve(where);
+        } catch (const std::invalid_argument& e) {
+            throw protocol_error("hop::http::client: " + s.url_text + " redirected to a bad Location '" + shown(where) +
+                                 "': " + e.what());
+        }
+        if (next.scheme != "http") {
+            throw protocol_error("hop::http::client: " + s.url_text + " redirected to " + shown(where) +
+                                 ": https is not supported yet (hop::tls is coming)");
+        }
+        co_await skip_body(s);
+        follow(s, std::move(next));
+        ++redirects;
+    }
+}
+
+// Sets up decoding of a gzip / deflate body.
+void prepare_decoder(stream_state& s) {
+    if (!s.st->opts.decompress || s.head_request || s.status == 204 || s.status == 304) return;
+    const auto ce = s.head_fields.get("Content-Encoding");
+    if (!ce) return;
+    const auto format = decompressor::for_encoding(trim(*ce));
+    if (!format) return;
+    s.decoder = std::make_unique<decompressor>(*format);
+    s.head_fields.erase("Content-Encoding");
+    s.head_fields.erase("Content-Length");
+}
+
+[[noreturn]] void throw_too_big(const stream_state& s) {
+    throw protocol_error("hop::http::client: the response body from " + s.url_text +
+                         " exceeds client_options::max_body_bytes (" + std::to_string(s.st->opts.max_body_bytes) +
+                         " bytes)");
+}
+
+void decode_into(stream_state& s, std::string_view in, std::string& out, std::size_t limit) {
+    try {
+        s.decoder->feed(in, out, limit);
+    } catch (const protocol_error& e) {
+        if (out.size() >= limit) throw_too_big(s);
+        throw protocol_error("hop::http::client: a badly encoded body from " + s.url_text + ": " + e.what());
+    }
+    if (out.size() > limit) throw_too_big(s);
+}
+
+void decode_finish(stream_state& s) {
+    try {
+        s.decoder->finish();
+    } catch (const protocol_error& e) {
+        throw protocol_error("hop::http::client: a badly encoded body from " + s.url_text + ": " + e.what());
+    }
+}
+
+// get / fetch: the whole body, bounded.
+task<void> read_body(stream_state& s, std::string& out) {
+    const std::size_t limit = s.st->opts.max_body_bytes;
+    if (s.content_length && *s.content_length > limit) throw_too_big(s);
+    if (s.content_length && !s.decoder) out.reserve(static_cast<std::size_t>(*s.content_length));
+    std::uint64_t raw = 0;
+    for (;;) {
+        std::string_view piece;
+        const step st = body_step(s, piece);
+        if (st == step::piece) {
+            raw += piece.size();
+            if (raw > limit) throw_too_big(s);
+            if (s.decoder) {
+                decode_into(s, piece, out, limit);
+            } else {
+                out.append(piece);
+            }
+            continue;
+        }
+        if (st == step::end) {
+            if (s.decoder) decode_finish(s);
+            // Trailer fields of a chunked body join the head's.
+            for (const auto& f : s.conn->parse.head().trailers) s.head_fields.add_unchecked(f.name, f.value);
+            finish_message(s);
+            co_return;
+        }
+        const std::size_t n = co_await s.conn->stream.read_some(s.conn->free_space());
+        if (n == 0) {
+            s.peer_closed = true;
+        } else {
+            took(s, n);
+        }
+    }
+}
+
+task<response> fetch_all(stream_state& s) {
+    co_await open_head(s);
+    prepare_decoder(s);
+    response r;
+    r.status = s.status;
+    co_await read_body(s, r.body);
+    r.headers = std::move(s.head_fields);
+    co_return r;
+}
+
+task<response> run_fetch(std::unique_ptr<stream_state> s) {
+    s->begin();
+    std::exception_ptr failure;
+    try {
+        response r = co_await stop_scope<response>(s->timers.stop, fetch_all(*s));
+        co_return r;
+    } catch (const cancelled_error&) {
+        failure = std::current_exception();
+    }
+    s->rethrow_timeout_if_fired();
+    std::rethrow_exception(failure);
+}
+
+task<response_stream> run_open(std::unique_ptr<stream_state> s) {
+    s->begin();
+    std::exception_ptr failure;
+    try {
+        co_await stop_scope<void>(s->timers.stop, open_head(*s));
+    } catch (const cancelled_error&) {
+        failure = std::current_exception();
+    }
+    if (failure) {
+        s->rethrow_timeout_if_fired();
+        std::rethrow_exception(failure);
+    }
+    // Nobody waits for the body until read_some: only total_timeout runs on.
+    s->timers.disarm_phase();
+    s->drain_on_close = true;
+    prepare_decoder(*s);
+    const int status = s->status;
+    http::headers fields = std::move(s->head_fields);
+    response_stream out = stream_state::make_stream(std::move(s));
+    out.status = status;
+    out.headers = std::move(fields);
+    co_return out;
+}
+
+// One read_some of a response_stream, under the stream's stop source.
+task<std::size_t> read_inner(stream_state& s, std::span<char> buf) {
+    s.timers.arm_phase(timeout_kind::read, s.st->opts.read_timeout);
+    for (;;) {
+        if (s.decoded_pos < s.decoded.size()) {
+            const std::size_t n = std::min(buf.size(), s.decoded.size() - s.decoded_pos);
+            std::memcpy(buf.data(), s.decoded.data() + s.decoded_pos, n);
+            s.decoded_pos += n;
+            if (s.decoded_pos == s.decoded.size()) {
+                s.decoded.clear();
+                s.decoded_pos = 0;
+            }
+            s.timers.disarm_phase();
+            co_return n;
+        }
+        if (!s.pending.empty()) {
+            if (s.decoder) {
+                decode_into(s, s.pending, s.decoded, std::numeric_limits<std::size_t>::max());
+                s.pending = {};
+                continue;
+            }
+            const std::size_t n = std::min(buf.size(), s.pending.size());
+            std::memcpy(buf.data(), s.pending.data(), n);
+            s.pending.remove_prefix(n);
+            s.timers.disarm_phase();
+            co_return n;
+        }
+        if (!s.conn) co_return 0;
+        std::string_view piece;
+        const step st = body_step(s, piece);
+        if (st == step::piece) {
+            s.pending = piece;
+            continue;
+        }
+        if (st == step::end) {
+            if (s.decoder) decode_finish(s);
+            finish_message(s);
+            co_return 0;
+        }
+        const std::size_t n = co_await s.conn->stream.read_some(s.conn->free_space());
+        if (n == 0) {
+            s.peer_closed = true;
+        } else {
+            took(s, n);
+        }
+    }
+}
+
+task<std::size_t> stream_read(stream_state* s, std::span<char> buf) {
+    if (s == nullptr || buf.empty()) co_return 0;
+    if (s->broken) std::rethrow_exception(s->broken);
+    if (s->done) co_return 0;
+    if (&this_thread_loop() != s->loop) {
+        throw std::logic_error("hop::http::response_stream::read_some: the stream of " + s->url_text +
+                               " belongs to another loop than the caller's (use it where it was opened)");
+    }
+    std::exception_ptr failure;
+    try {
+        co_return co_await stop_scope<std::size_t>(s->timers.stop, read_inner(*s, buf));
+    } catch (...) {
+        failure = std::current_exception();
+    }
+    // A failed or cancelled read leaves the connection mid-message: close it,
+    // and every later read fails the same way.
+    s->in_body = false;
+    if (s->conn) s->st->discard(std::move(s->conn));
+    try {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const cancelled_error&) {
+            s->rethrow_timeout_if_fired();
+            throw;
+        }
+    } catch (...) {
+        s->broken = std::current_exception();
+        throw;
+    }
+}
+
+task<std::string> stream_read_all(stream_state* s) {
+    std::string out;
+    if (s == nullptr) co_return out;
+    const std::size_t limit = s->st->opts.max_body_bytes;
+    char buf[16 * 1024];
+    for (;;) {
+        const std::size_t n = co_await stream_read(s, std::span<char>(buf, sizeof buf));
+        if (n == 0) break;
+        if (out.size() + n > limit) {
+            s->in_body = false;
+            if (s->conn) s->st->discard(std::move(s->conn));
+            s->done = true;
+            throw_too_big(*s);
+        }
+        out.append(buf, n);
+    }
+    co_return out;
+}
+
+}  // namespace
+
+// Ends the stream: a body that has already arrived whole in the buffer is
+// consumed and the connection kept; otherwise the connection is closed.
+void stream_state::close() noexcept {
+    if (conn) {
+        try {
+            if (drain_on_close && in_body && !broken) {
+                for (;;) {
+                    std::string_view piece;
+                    const step k = body_step(*this, piece);
+                    if (k == step::piece) continue;
+                    if (k == step::end) finish_message(*this);
+                    break;
+                }
+            }
+        } catch (...) {
+        }
+        if (conn) st->discard(std::move(conn));
+    }
+    done = true;
+    pending = {};
+    timers.disarm_phase();
+    timers.disarm_total();
+}
+
+}  // namespace detail
+
+// ---- response_stream -------------------------------------------------------------------------
+
+response_stream::response_stream() noexcept = default;
+response_stream::response_stream(std::unique_ptr<detail::stream_state> s) noexcept : m_state(std::move(s)) {}
+response_stream::response_stream(response_stream&&) noexcept = default;
+
+response_stream& response_stream::operator=(response_stream&& o) noexcept {
+    if (this != &o) {
+        close();
+        status = o.status;
+        headers = std::move(o.headers);
+        m_state = std::move(o.m_state);
+    }
+    return *this;
+}
+
+response_stream::~response_stream() = default;
+
+task<std::size_t> response_stream::read_some(std::span<char> buf) { return detail::stream_read(m_state.get(), buf); }
+
+task<std::size_t> response_stream::read_some(std::span<std::byte> buf) {
+    return detail::stream_read(m_state.get(), std::span<char>(reinterpret_cast<char*>(buf.data()), buf.size()));
+}
+
+task<std::string> response_stream::read_all() { return detail::stream_read_all(m_state.get()); }
+
+bool response_stream::done() const noexcept { return !m_state || m_state->done || m_state->broken; }
+
+void response_stream::close() noexcept {
+    if (m_state) m_state->close();
+}
+
+const std::string& response_stream::url() const noexcept {
+    static const std::string none;
+    return m_state ? m_state->url_text : none;
+}
+
+// ---- client ------------------------------------------------------------------------------------
+
+client::client() : client(client_options{}) {}
+
+client::client(client_options options)
+    : m_state(std::make_shared<detail::client_state>(detail::validated(std::move(options)))) {}
+
+client::~client() { m_state->shut_down(); }
+
+task<response> client::get(std::string url) {
+    request r;
+    r.url = std::move(url);
+    return fetch(std::move(r));
+}
+
+task<response> client::fetch(request req) {
+    auto s = std::make_unique<detail::stream_state>(m_state, detail::prepare(std::move(req)));
+    return detail::run_fetch(std::move(s));
+}
+
+task<response_stream> client::open(request req) {
+    auto s = std::make_unique<detail::stream_state>(m_state, detail::prepare(std::move(req)));
+    return detail::run_open(std::move(s));
+}
+
+const client_options& client::options() const noexcept { return m_state->opts; }
+
+client_stats client::stats() const { return m_state->stats(); }
+
+}  // namespace hop::http

@@ -1,0 +1,585 @@
+// hop::http::client's pool, its per-loop agents and its name cache (see
+// client_pool.hpp for the shape and the lock order).
+
+#include "client_pool.hpp"
+
+#include <hop/time.hpp>
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+namespace hop::http::detail {
+
+namespace {
+constexpr std::size_t initial_buffer = 16 * 1024;
+constexpr std::size_t max_buffer = 256 * 1024;
+constexpr auto name_ttl = std::chrono::seconds(30);
+constexpr std::size_t max_names = 256;
+// The agent wakes at least this often (a bound, not a poll: it normally
+// sleeps until the earliest deadline).
+constexpr auto agent_max_sleep = std::chrono::hours(1);
+}  // namespace
+
+// ---- request_timers ---------------------------------------------------------------
+
+request_timers::~request_timers() {
+    if (agent) {
+        agent->disarm(phase);
+        agent->disarm(total);
+    }
+}
+
+void request_timers::arm_phase(timeout_kind k, std::chrono::milliseconds d) {
+    if (!agent || d.count() <= 0) return;
+    if (k == timeout_kind::read) progress();
+    agent->arm(phase, k);
+}
+
+void request_timers::disarm_phase() noexcept {
+    if (agent) agent->disarm(phase);
+}
+
+void request_timers::arm_total(clock::time_point deadline) {
+    if (agent) agent->arm(total, timeout_kind::total, deadline);
+}
+
+void request_timers::disarm_total() noexcept {
+    if (agent) agent->disarm(total);
+}
+
+// ---- loop_agent ----------------------------------------------------------------------
+
+loop_agent::loop_agent(io_loop& loop, const client_options& o) noexcept : m_loop(&loop) {
+    m_duration[index_of(timeout_kind::pool)] = o.pool_timeout;
+    m_duration[index_of(timeout_kind::connect)] = o.connect_timeout;
+    m_duration[index_of(timeout_kind::read)] = o.read_timeout;
+    m_duration[index_of(timeout_kind::total)] = o.total_timeout;
+}
+
+void loop_agent::unlink_locked(deadline_entry& e) noexcept {
+    auto& l = m_lists[index_of(e.kind)];
+    if (e.prev) {
+        e.prev->next = e.next;
+    } else {
+        l.head = e.next;
+    }
+    if (e.next) {
+        e.next->prev = e.prev;
+    } else {
+        l.tail = e.prev;
+    }
+    e.prev = e.next = nullptr;
+    e.linked = false;
+}
+
+// Deadlines of one kind mostly arrive in order (same duration, taken under
+// this lock): the walk from the tail is short.
+void loop_agent::insert_sorted_locked(deadline_entry& e) noexcept {
+    auto& l = m_lists[index_of(e.kind)];
+    deadline_entry* after = l.tail;
+    while (after && after->deadline > e.deadline) after = after->prev;
+    e.prev = after;
+    e.next = after ? after->next : l.head;
+    if (e.next) {
+        e.next->prev = &e;
+    } else {
+        l.tail = &e;
+    }
+    if (after) {
+        after->next = &e;
+    } else {
+        l.head = &e;
+    }
+    e.linked = true;
+}
+
+void loop_agent::arm(deadline_entry& e, timeout_kind k, std::optional<clock::time_point> at) {
+    std::stop_source kick{std::nostopstate};
+    {
+        std::lock_guard lock(m_mutex);
+        if (e.linked) unlink_locked(e);
+        const auto d = m_duration[index_of(k)];
+        if (m_dead || (!at && d <= clock::duration::zero())) return;
+        e.kind = k;
+        e.deadline = at ? *at : clock::now() + d;
+        insert_sorted_locked(e);
+        if (e.deadline < m_wake_at) {
+            m_wake_at = e.deadline;
+            kick = m_kick;
+        }
+    }
+    if (kick.stop_possible()) kick.request_stop();
+}
+
+void loop_agent::disarm(deadline_entry& e) noexcept {
+    std::lock_guard lock(m_mutex);
+    if (e.linked) unlink_locked(e);
+}
+
+void loop_agent::note_idle_deadline(clock::time_point t) {
+    std::stop_source kick{std::nostopstate};
+    {
+        std::lock_guard lock(m_mutex);
+        if (t < m_idle_noted) m_idle_noted = t;
+        if (!m_dead && t < m_wake_at) {
+            m_wake_at = t;
+            kick = m_kick;
+        }
+    }
+    if (kick.stop_possible()) kick.request_stop();
+}
+
+void loop_agent::stop() {
+    std::stop_source kick{std::nostopstate};
+    {
+        std::lock_guard lock(m_mutex);
+        m_stopping = true;
+        kick = m_kick;
+    }
+    if (kick.stop_possible()) kick.request_stop();
+}
+
+bool loop_agent::begin_turn() {
+    std::lock_guard lock(m_mutex);
+    if (m_stopping) return false;
+    m_wake_at = clock::time_point::min();
+    m_idle_noted = clock::time_point::max();
+    return true;
+}
+
+clock::time_point loop_agent::fire_and_plan(clock::time_point next_idle, std::stop_source& kick) {
+    std::vector<std::stop_source> to_stop;
+    clock::time_point wake;
+    {
+        std::lock_guard lock(m_mutex);
+        const auto now = clock::now();
+        for (std::size_t i = 0; i < timeout_lists; ++i) {
+            while (m_lists[i].head && m_lists[i].head->deadline <= now) {
+                deadline_entry& e = *m_lists[i].head;
+                unlink_locked(e);
+                if (e.kind == timeout_kind::read) {
+                    // A read timeout counts from the last progress, which
+                    // requests record without this lock.
+                    const clock::time_point last{clock::duration{e.owner->last_progress.load(std::memory_order_relaxed)}};
+                    const auto again = last + m_duration[i];
+                    if (again > now) {
+                        e.deadline = again;
+                        insert_sorted_locked(e);
+                        continue;
+                    }
+                }
+                auto none = timeout_kind::none;
+                e.owner->fired.compare_exchange_strong(none, e.kind, std::memory_order_acq_rel);
+                to_stop.push_back(e.owner->stop);
+            }
+        }
+        wake = now + agent_max_sleep;
+        wake = std::min({wake, next_idle, m_idle_noted});
+        for (const auto& l : m_lists) {
+            if (l.head) wake = std::min(wake, l.head->deadline);
+        }
+        kick = std::stop_source();
+        m_kick = kick;
+        m_wake_at = wake;
+        if (m_stopping) kick.request_stop();  // stop() came during this turn
+    }
+    // Outside the lock: a stop callback may take the pool's lock.
+    for (auto& s : to_stop) s.request_stop();
+    return wake;
+}
+
+void loop_agent::mark_dead() noexcept {
+    std::lock_guard lock(m_mutex);
+    m_dead = true;
+    m_stopping = true;
+}
+
+namespace {
+task<void> sleep_task(clock::time_point t) { co_await hop::sleep_until(t); }
+}  // namespace
+
+task<void> run_agent(std::shared_ptr<client_state> st, std::shared_ptr<loop_agent> agent) {
+    io_loop& loop = agent->loop();
+    try {
+        while (!hop::detail::loop_closing(loop) && agent->begin_turn()) {
+            const clock::time_point next_idle = st->sweep_idle(loop);
+            std::stop_source kick{std::nostopstate};
+            const clock::time_point wake = agent->fire_and_plan(next_idle, kick);
+            try {
+                co_await stop_scope<void>(kick, sleep_task(wake));
+            } catch (const cancelled_error&) {
+                // Woken early (an earlier deadline, the client going away) or
+                // the loop is being destroyed: the loop's condition decides.
+            }
+        }
+    } catch (...) {
+        // Out of memory, say: the agent ends; the pool forgets this loop.
+    }
+    agent->mark_dead();
+    st->drop_loop(loop, agent.get());
+}
+
+// ---- connection ------------------------------------------------------------------------
+
+connection::connection(tcp_stream s, const pool_key& k, std::size_t max_header_bytes)
+    : stream(std::move(s)),
+      key(k),
+      parse(parser::kind::response,
+            parser::limits{max_header_bytes, std::numeric_limits<std::uint64_t>::max()}),
+      m_buf(new char[initial_buffer]),
+      m_cap(initial_buffer) {}
+
+std::span<char> connection::free_space() {
+    if (m_end == m_cap) {
+        if (m_begin > 0) {
+            std::memmove(m_buf.get(), m_buf.get() + m_begin, m_end - m_begin);
+            m_end -= m_begin;
+            m_begin = 0;
+        } else {
+            // Full of bytes the parser has not taken yet (it takes all it is
+            // given unless it stops at an event): grow, bounded.
+            const std::size_t cap = std::min(std::max(m_cap * 2, initial_buffer), std::max(max_buffer, m_cap + initial_buffer));
+            std::unique_ptr<char[]> b(new char[cap]);
+            std::memcpy(b.get(), m_buf.get(), m_end);
+            m_buf = std::move(b);
+            m_cap = cap;
+        }
+    }
+    return {m_buf.get() + m_end, m_cap - m_end};
+}
+
+bool still_open(int fd) noexcept {
+    char b;
+    const ssize_t r = ::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    return false;  // 0: the server closed it; > 0: bytes nobody asked for
+}
+
+// ---- pool_wait ----------------------------------------------------------------------------
+
+pool_wait::~pool_wait() {
+    if (conn) m_state->discard(std::move(conn));
+    if (slot) m_state->release_slot(m_key->origin);
+}
+
+void pool_wait::await_resume() {
+    finish_wait();
+    if (closed) {
+        throw std::logic_error("hop::http::client: the client was destroyed while a request waited for a connection");
+    }
+}
+
+std::mutex& pool_wait::mutex() noexcept { return m_state->m_mutex; }
+hop::detail::waiter_list& pool_wait::list() noexcept { return m_state->m_waiters; }
+bool pool_wait::try_complete(hop::detail::list_waiter*&) { return m_state->try_acquire_locked(*this); }
+
+// ---- client_state -----------------------------------------------------------------------
+
+client_state::client_state(client_options o) : opts(std::move(o)) {}
+
+std::shared_ptr<loop_agent> client_state::agent_for(io_loop& loop) {
+    std::lock_guard lock(m_mutex);
+    auto it = m_agents.find(&loop);
+    if (it != m_agents.end()) return it->second;
+    if (m_closed || hop::detail::loop_closing(loop)) return nullptr;
+    auto agent = std::make_shared<loop_agent>(loop, opts);
+    try {
+        loop.spawn(run_agent(shared_from_this(), agent));
+    } catch (const executor_shutdown_error&) {
+        return nullptr;  // the loop is being destroyed
+    }
+    m_agents.emplace(&loop, agent);
+    return agent;
+}
+
+bool client_state::try_acquire(pool_wait& w) {
+    std::lock_guard lock(m_mutex);
+    return try_acquire_locked(w);
+}
+
+bool client_state::try_acquire_locked(pool_wait& w) {
+    if (m_closed) {
+        w.closed = true;
+        return true;
+    }
+    if (!w.force_new()) {
+        auto it = m_idle.find(w.key());
+        if (it != m_idle.end() && !it->second.empty()) {
+            // The most recently used: the least likely to have been closed.
+            w.conn = std::move(it->second.back());
+            it->second.pop_back();
+            --m_idle_count;
+            w.from_idle = true;
+            return true;
+        }
+    }
+    if (take_slot_locked(w.key().origin)) {
+        w.slot = true;
+        return true;
+    }
+    return false;
+}
+
+std::size_t client_state::host_open_locked(const std::string& origin) const noexcept {
+    auto it = m_host_open.find(origin);
+    return it == m_host_open.end() ? 0 : it->second;
+}
+
+bool client_state::take_slot_locked(const std::string& origin) {
+    const std::size_t per_host = opts.max_connections_per_host;
+    auto host_ok = [&] { return per_host == 0 || host_open_locked(origin) < per_host; };
+    if (!(host_ok() && m_open < opts.max_connections)) {
+        // Make room: close the oldest idle connection that frees what is
+        // missing (one to this host if its cap is the limit, else any).
+        const bool need_same_host = !host_ok();
+        idle_list* oldest = nullptr;
+        for (auto& [k, list] : m_idle) {
+            if (list.empty() || (need_same_host && k.origin != origin)) continue;
+            if (!oldest || list.front()->idle_since < oldest->front()->idle_since) oldest = &list;
+        }
+        if (!oldest) return false;
+        std::unique_ptr<connection> victim = std::move(oldest->front());
+        oldest->erase(oldest->begin());
+        --m_idle_count;
+        close_locked(std::move(victim));
+        if (!(host_ok() && m_open < opts.max_connections)) return false;
+    }
+    ++m_open;
+    ++m_host_open[origin];
+    return true;
+}
+
+// Closing under the pool's lock is what keeps a connection of another loop
+// safe to close: that loop's agent drops the loop's idle connections under
+// this lock before the loop goes, so a loop whose connection is in the pool
+// is alive while the lock is held. An idle connection has no operation in
+// flight, so closing it resumes nobody.
+void client_state::close_locked(std::unique_ptr<connection> c) noexcept {
+    --m_open;
+    auto it = m_host_open.find(c->key.origin);
+    if (it != m_host_open.end() && --it->second == 0) m_host_open.erase(it);
+    c->stream.close();
+    c.reset();
+}
+
+void client_state::grant_locked(hop::detail::wake_list& wakes) {
+    for (hop::detail::list_waiter* w = m_waiters.front(); w != nullptr;) {
+        hop::detail::list_waiter* next = w->next_waiter;
+        pool_wait* pw = pool_wait::from(w);
+        bool granted = false;
+        if (!pw->force_new()) {
+            auto it = m_idle.find(pw->key());
+            if (it != m_idle.end() && !it->second.empty()) {
+                pw->conn = std::move(it->second.back());
+                it->second.pop_back();
+                --m_idle_count;
+                pw->from_idle = true;
+                granted = true;
+            }
+        }
+        if (!granted && take_slot_locked(pw->key().origin)) {
+            pw->slot = true;
+            granted = true;
+        }
+        if (granted) {
+            m_waiters.erase(w);
+            wakes.push_back(w);
+        } else if (m_open >= opts.max_connections && m_idle_count == 0) {
+            break;  // nobody after this one can be served either
+        }
+        w = next;
+    }
+}
+
+bool client_state::waiter_could_use_locked(const std::string& freed_origin) const {
+    const std::size_t per_host = opts.max_connections_per_host;
+    for (const hop::detail::list_waiter* w = m_waiters.front(); w != nullptr; w = w->next_waiter) {
+        const pool_wait* pw = pool_wait::from(const_cast<hop::detail::list_waiter*>(w));
+        if (per_host == 0) return true;
+        std::size_t n = host_open_locked(pw->key().origin);
+        if (pw->key().origin == freed_origin) --n;
+        if (n < per_host) return true;
+    }
+    return false;
+}
+
+void client_state::release(std::unique_ptr<connection> c) {
+    hop::detail::wake_list wakes;  // woken after the lock is released
+    std::shared_ptr<loop_agent> agent;
+    clock::time_point expires{};
+    {
+        std::lock_guard lock(m_mutex);
+        if (m_closed || hop::detail::loop_closing(*c->key.loop)) {
+            close_locked(std::move(c));
+            grant_locked(wakes);
+            return;
+        }
+        for (hop::detail::list_waiter* w = m_waiters.front(); w != nullptr; w = w->next_waiter) {
+            pool_wait* pw = pool_wait::from(w);
+            if (!pw->force_new() && pw->key() == c->key) {
+                m_waiters.erase(w);
+                pw->conn = std::move(c);
+                pw->from_idle = false;
+                wakes.push_back(w);
+                return;
+            }
+        }
+        auto it = m_agents.find(c->key.loop);
+        if (it == m_agents.end() || (!m_waiters.empty() && waiter_could_use_locked(c->key.origin))) {
+            // Nobody watches idle connections on that loop, or a request
+            // for another host waits for this slot.
+            close_locked(std::move(c));
+            grant_locked(wakes);
+            return;
+        }
+        agent = it->second;
+        c->idle_since = clock::now();
+        expires = c->idle_since + opts.idle_timeout;
+        m_idle[c->key].push_back(std::move(c));
+        ++m_idle_count;
+    }
+    if (opts.idle_timeout.count() > 0) agent->note_idle_deadline(expires);
+}
+
+void client_state::discard(std::unique_ptr<connection> c) noexcept {
+    if (!c) return;
+    hop::detail::wake_list wakes;
+    std::lock_guard lock(m_mutex);
+    close_locked(std::move(c));
+    grant_locked(wakes);
+}
+
+void client_state::release_slot(const std::string& origin) noexcept {
+    hop::detail::wake_list wakes;
+    std::lock_guard lock(m_mutex);
+    --m_open;
+    auto it = m_host_open.find(origin);
+    if (it != m_host_open.end() && --it->second == 0) m_host_open.erase(it);
+    grant_locked(wakes);
+}
+
+void client_state::shut_down() noexcept {
+    std::vector<std::shared_ptr<loop_agent>> agents;
+    {
+        hop::detail::wake_list wakes;
+        std::lock_guard lock(m_mutex);
+        m_closed = true;
+        for (auto& [k, list] : m_idle) {
+            for (auto& c : list) close_locked(std::move(c));
+        }
+        m_idle.clear();
+        m_idle_count = 0;
+        while (hop::detail::list_waiter* w = m_waiters.pop_front()) {
+            pool_wait::from(w)->closed = true;
+            wakes.push_back(w);
+        }
+        for (auto& [loop, agent] : m_agents) agents.push_back(agent);
+    }
+    for (auto& a : agents) a->stop();
+}
+
+client_stats client_state::stats() const {
+    client_stats s;
+    std::lock_guard lock(m_mutex);
+    s.open = m_open;
+    s.idle = m_idle_count;
+    for (const hop::detail::list_waiter* w = m_waiters.front(); w != nullptr; w = w->next_waiter) ++s.waiting;
+    s.connects = connects.load(std::memory_order_relaxed);
+    s.reuses = reuses.load(std::memory_order_relaxed);
+    s.retries = retries.load(std::memory_order_relaxed);
+    return s;
+}
+
+clock::time_point client_state::sweep_idle(io_loop& loop) {
+    hop::detail::wake_list wakes;
+    clock::time_point next = clock::time_point::max();
+    std::lock_guard lock(m_mutex);
+    const auto now = clock::now();
+    const auto timeout = opts.idle_timeout;
+    bool closed_any = false;
+    for (auto it = m_idle.begin(); it != m_idle.end();) {
+        if (it->first.loop != &loop) {
+            ++it;
+            continue;
+        }
+        idle_list& list = it->second;
+        for (std::size_t i = 0; i < list.size();) {
+            connection& c = *list[i];
+            const bool expired = timeout.count() > 0 && c.idle_since + timeout <= now;
+            if (expired || !still_open(c.stream.native_handle())) {
+                close_locked(std::move(list[i]));
+                list.erase(list.begin() + static_cast<std::ptrdiff_t>(i));
+                --m_idle_count;
+                closed_any = true;
+                continue;
+            }
+            if (timeout.count() > 0) next = std::min(next, c.idle_since + timeout);
+            ++i;
+        }
+        // Keys of hosts no longer used go (a crawler meets many hosts); a
+        // busy key stays, so its list is not made again for every request.
+        if (list.empty()) {
+            it = m_idle.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    if (closed_any) grant_locked(wakes);
+    return next;
+}
+
+void client_state::drop_loop(io_loop& loop, const loop_agent* agent) noexcept {
+    hop::detail::wake_list wakes;
+    std::lock_guard lock(m_mutex);
+    auto a = m_agents.find(&loop);
+    if (a != m_agents.end() && a->second.get() == agent) m_agents.erase(a);
+    for (auto it = m_idle.begin(); it != m_idle.end();) {
+        if (it->first.loop != &loop) {
+            ++it;
+            continue;
+        }
+        for (auto& c : it->second) {
+            close_locked(std::move(c));
+            --m_idle_count;
+        }
+        it = m_idle.erase(it);
+    }
+    grant_locked(wakes);
+}
+
+future<std::vector<endpoint>> client_state::lookup(const std::string& host, std::uint16_t port) {
+    std::string key = host;
+    key += ':';
+    key += std::to_string(port);
+    const auto now = clock::now();
+    std::lock_guard lock(m_names_mutex);
+    auto it = m_names.find(key);
+    if (it != m_names.end()) {
+        const auto& e = it->second;
+        const bool failed = e.lookup.done() && e.lookup.native_state()->error() != nullptr;
+        if (!failed && now - e.made < name_ttl) return e.lookup;
+        m_names.erase(it);
+    }
+    if (m_names.size() >= max_names) {
+        std::erase_if(m_names, [&](const auto& kv) { return now - kv.second.made >= name_ttl; });
+        if (m_names.size() >= max_names) m_names.clear();
+    }
+    auto f = hop::detail::resolve_blocking(host, port);
+    m_names.emplace(std::move(key), name_entry{f, now});
+    return f;
+}
+
+void client_state::forget_lookup(const std::string& host, std::uint16_t port, const future<std::vector<endpoint>>& f) {
+    std::string key = host;
+    key += ':';
+    key += std::to_string(port);
+    std::lock_guard lock(m_names_mutex);
+    auto it = m_names.find(key);
+    if (it != m_names.end() && it->second.lookup.native_state() == f.native_state()) m_names.erase(it);
+}
+
+}  // namespace hop::http::detail

@@ -1,0 +1,377 @@
+#pragma once
+// Private to the implementation: what hop::http::client is made of below
+// its request logic (lib/http/client.cpp):
+//
+//   stop_scope     runs a task under a stop source of our own, linked to the
+//                  caller's token, so a timeout can cancel a request's IO;
+//   loop_agent     one per (client, loop): a coroutine on that loop that
+//                  fires the timeouts of the requests running there and
+//                  closes the loop's idle connections (expired, or closed by
+//                  the server); it ends when the loop is destroyed, and then
+//                  drops that loop's idle connections from the pool;
+//   connection     a socket, its parser and its read buffer;
+//   client_state   the pool: slots, idle connections per (loop, host:port),
+//                  the FIFO of requests waiting for a slot, and a short
+//                  name cache. One mutex, never held across a co_await.
+//
+// Lock order: a loop_agent's mutex, then the pool's mutex (a fired timeout
+// requests stop while the agent's mutex is held; a pool waiter's stop
+// callback takes the pool's mutex). The pool never takes an agent's mutex
+// while it holds its own.
+
+#include "codec.hpp"
+
+#include <hop/detail/loop_op.hpp>
+#include <hop/detail/timer.hpp>
+#include <hop/future.hpp>
+#include <hop/http/client.hpp>
+#include <hop/io_loop.hpp>
+#include <hop/net.hpp>
+#include <hop/sync.hpp>
+#include <hop/task.hpp>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace hop::http::detail {
+
+using clock = hop::detail::loop_clock;
+
+// ---- stop_scope -------------------------------------------------------------
+
+/// `co_await stop_scope<T>(source, t)`: runs `t` with `source`'s token (stop
+/// on the caller's token is passed on to `source`), so whoever holds a copy
+/// of `source` can cancel `t`'s waits. Resumes the caller on its own
+/// executor once `t` has ended; rethrows its exception.
+template <class T>
+class stop_scope {
+public:
+    stop_scope(std::stop_source source, task<T> t) : m_source(std::move(source)), m_task(std::move(t)) {}
+    stop_scope(const stop_scope&) = delete;
+    stop_scope& operator=(const stop_scope&) = delete;
+
+    bool await_ready() const noexcept { return false; }
+
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> parent) {
+        m_resume.handle = parent;
+        m_executor = hop::detail::current_executor();
+        const std::stop_token& token = hop::detail::token_of(parent.promise());
+        if (token.stop_possible()) m_link.emplace(token, stopper{m_source});
+        auto child = drive(*this);
+        child.promise().m_stop_token = m_source.get_token();
+        child.release().resume();  // runs until its first suspension
+        return m_remaining.fetch_sub(1, std::memory_order_acq_rel) != 1;
+    }
+
+    T await_resume() {
+        m_link.reset();
+        if (m_error) std::rethrow_exception(m_error);
+        if constexpr (!std::is_void_v<T>) return std::move(*m_value);
+    }
+
+private:
+    struct stopper {
+        std::stop_source source;
+        void operator()() noexcept { source.request_stop(); }
+    };
+    using stored = std::conditional_t<std::is_void_v<T>, bool, T>;
+
+    static hop::detail::detached_task drive(stop_scope& self) {
+        try {
+            if constexpr (std::is_void_v<T>) {
+                co_await std::move(self.m_task);
+            } else {
+                self.m_value.emplace(co_await std::move(self.m_task));
+            }
+        } catch (...) {
+            self.m_error = std::current_exception();
+        }
+        self.m_task = task<T>();  // the child's frame goes before the caller resumes
+        if (self.m_remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            hop::detail::resume_on(self.m_executor, self.m_resume);
+        }
+    }
+
+    std::stop_source m_source;
+    task<T> m_task;
+    std::optional<stored> m_value;
+    std::exception_ptr m_error;
+    std::optional<std::stop_callback<stopper>> m_link;
+    hop::detail::resume_item m_resume;
+    hop::detail::executor_base* m_executor = nullptr;
+    std::atomic<int> m_remaining{2};  // the child and the starter
+};
+
+// ---- timeouts -----------------------------------------------------------------
+
+enum class timeout_kind : std::uint8_t { none = 0, pool = 1, connect = 2, read = 3, total = 4 };
+inline constexpr std::size_t timeout_lists = 4;
+
+struct request_timers;
+
+/// A request's place in one of its agent's deadline lists.
+struct deadline_entry {
+    deadline_entry* prev = nullptr;
+    deadline_entry* next = nullptr;
+    bool linked = false;
+    timeout_kind kind = timeout_kind::none;
+    clock::time_point deadline{};
+    request_timers* owner = nullptr;
+};
+
+class loop_agent;
+
+/// One request's timing: the stop source its IO runs under, which timeout
+/// (if any) stopped it, and its two entries (pool / connect / read, and
+/// total). Lives in heap memory the request owns: entries never move.
+struct request_timers {
+    std::shared_ptr<loop_agent> agent;
+    std::stop_source stop;
+    std::atomic<timeout_kind> fired{timeout_kind::none};
+    /// clock ticks of the last progress (read timeouts count from it).
+    std::atomic<clock::rep> last_progress{0};
+    deadline_entry phase;
+    deadline_entry total;
+
+    request_timers() {
+        phase.owner = this;
+        total.owner = this;
+    }
+    request_timers(const request_timers&) = delete;
+    request_timers& operator=(const request_timers&) = delete;
+    ~request_timers();
+
+    void progress() noexcept { last_progress.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed); }
+    /// Starts the pool / connect / read phase's timeout (`d` > 0).
+    void arm_phase(timeout_kind k, std::chrono::milliseconds d);
+    void disarm_phase() noexcept;
+    /// total_timeout: `deadline` fixed when the request began.
+    void arm_total(clock::time_point deadline);
+    void disarm_total() noexcept;
+};
+
+/// One per (client, loop): the coroutine on that loop that fires timeouts
+/// and sweeps idle connections. Thread-safe.
+class loop_agent {
+public:
+    loop_agent(io_loop& loop, const client_options& o) noexcept;
+
+    io_loop& loop() const noexcept { return *m_loop; }
+
+    /// Links `e` into the list of kind `k` with deadline now + duration
+    /// (or `at`, if given). Wakes the agent if this is its earliest.
+    void arm(deadline_entry& e, timeout_kind k, std::optional<clock::time_point> at = std::nullopt);
+    void disarm(deadline_entry& e) noexcept;
+    /// An idle connection on this loop expires at `t`.
+    void note_idle_deadline(clock::time_point t);
+    /// The client is going away: the agent ends at its next turn.
+    void stop();
+
+    // ---- the agent coroutine's side ----
+    /// Starts a turn; false if the agent should end.
+    bool begin_turn();
+    /// Fires what expired (requesting stop outside the lock), then plans the
+    /// next wake-up: the earliest of the deadlines, `next_idle` and an hour
+    /// from now; the returned source wakes the agent earlier.
+    clock::time_point fire_and_plan(clock::time_point next_idle, std::stop_source& kick);
+    void mark_dead() noexcept;
+
+private:
+    struct list {
+        deadline_entry* head = nullptr;
+        deadline_entry* tail = nullptr;
+    };
+    static std::size_t index_of(timeout_kind k) noexcept { return static_cast<std::size_t>(k) - 1; }
+    void unlink_locked(deadline_entry& e) noexcept;
+    void insert_sorted_locked(deadline_entry& e) noexcept;
+
+    io_loop* m_loop;
+    std::array<clock::duration, timeout_lists> m_duration{};
+    std::mutex m_mutex;
+    std::array<list, timeout_lists> m_lists{};
+    // What the agent's sleep is armed for; min while it is awake (it will
+    // look at the lists before it sleeps again, so no kick is needed).
+    clock::time_point m_wake_at = clock::time_point::min();
+    clock::time_point m_idle_noted = clock::time_point::max();
+    std::stop_source m_kick{std::nostopstate};
+    bool m_stopping = false;
+    bool m_dead = false;
+};
+
+// ---- connections ----------------------------------------------------------------
+
+/// Where a pooled connection may be reused: the loop it was made on and
+/// host:port.
+struct pool_key {
+    io_loop* loop = nullptr;
+    std::string origin;
+    bool operator==(const pool_key&) const = default;
+};
+
+struct pool_key_hash {
+    std::size_t operator()(const pool_key& k) const noexcept {
+        return std::hash<std::string>{}(k.origin) ^ (std::hash<const void*>{}(k.loop) * 0x9e3779b97f4a7c15ull);
+    }
+};
+
+/// One TCP connection: the socket, the response parser (its state carries
+/// over from one response to the next) and the read buffer.
+struct connection {
+    connection(tcp_stream s, const pool_key& k, std::size_t max_header_bytes);
+    connection(const connection&) = delete;
+    connection& operator=(const connection&) = delete;
+
+    tcp_stream stream;
+    pool_key key;
+    parser parse;
+    std::uint64_t served = 0;  // responses completed on it
+    clock::time_point idle_since{};
+
+    std::string_view buffered() const noexcept { return {m_buf.get() + m_begin, m_end - m_begin}; }
+    void consume(std::size_t n) noexcept {
+        m_begin += n;
+        if (m_begin == m_end) m_begin = m_end = 0;
+    }
+    /// Room to read into (compacts, and grows a full buffer up to 256 KiB).
+    std::span<char> free_space();
+    void commit(std::size_t n) noexcept { m_end += n; }
+
+private:
+    std::unique_ptr<char[]> m_buf;
+    std::size_t m_cap = 0;
+    std::size_t m_begin = 0;
+    std::size_t m_end = 0;
+};
+
+/// False if the server has closed `fd` (or sent bytes nobody asked for):
+/// a non-blocking peek.
+bool still_open(int fd) noexcept;
+
+class client_state;
+
+/// `co_await pool_wait{...}`: a kept-alive connection for the key, or a
+/// slot to open a new one, waiting (FIFO) while every slot is taken.
+class pool_wait : public hop::detail::primitive_awaiter<pool_wait> {
+public:
+    pool_wait(client_state& st, const pool_key& key, bool force_new) noexcept
+        : m_state(&st), m_key(&key), m_force_new(force_new) {}
+    /// Gives back what was granted and not taken.
+    ~pool_wait();
+    /// @throws cancelled_error; std::logic_error if the client was destroyed.
+    void await_resume();
+
+    std::unique_ptr<connection> conn;  // a kept-alive connection, or
+    bool slot = false;                 // the right to open one
+    bool from_idle = false;            // conn sat idle (it may be stale)
+
+    static pool_wait* from(hop::detail::list_waiter* w) noexcept { return static_cast<pool_wait*>(w); }
+    hop::detail::list_waiter* waiter() noexcept { return this; }
+    const pool_key& key() const noexcept { return *m_key; }
+    bool force_new() const noexcept { return m_force_new; }
+    bool closed = false;  // the client went away
+
+private:
+    friend class hop::detail::primitive_awaiter<pool_wait>;
+    std::mutex& mutex() noexcept;
+    hop::detail::waiter_list& list() noexcept;
+    bool try_complete(hop::detail::list_waiter*& wake);
+    const char* cancel_message() const noexcept { return "hop::http::client: cancelled while waiting for a connection"; }
+
+    client_state* m_state;
+    const pool_key* m_key;
+    bool m_force_new;
+};
+
+/// The pool, shared by the client, its agents and its requests.
+class client_state : public std::enable_shared_from_this<client_state> {
+public:
+    explicit client_state(client_options o);
+    client_state(const client_state&) = delete;
+    client_state& operator=(const client_state&) = delete;
+
+    const client_options opts;
+
+    // ---- requests' side ----
+    /// The agent for `loop` (started on first use); null if the loop is
+    /// being destroyed.
+    std::shared_ptr<loop_agent> agent_for(io_loop& loop);
+    /// Takes a connection or a slot now if it can (as pool_wait does).
+    bool try_acquire(pool_wait& w);
+    /// A connection that finished a response and may carry another: to a
+    /// waiter for its key, else idle (or closed, for a waiter of another
+    /// host, when the client is gone, or its loop is closing).
+    void release(std::unique_ptr<connection> c);
+    /// Closes a connection (failed, cancelled, not reusable) and frees its slot.
+    void discard(std::unique_ptr<connection> c) noexcept;
+    /// Frees a slot whose connection was never made.
+    void release_slot(const std::string& origin) noexcept;
+    /// The client is being destroyed.
+    void shut_down() noexcept;
+    client_stats stats() const;
+
+    std::atomic<std::uint64_t> connects{0};
+    std::atomic<std::uint64_t> reuses{0};
+    std::atomic<std::uint64_t> retries{0};
+
+    // ---- names ----
+    /// A lookup of host:port, shared by concurrent requests and kept for
+    /// 30 s once it succeeded.
+    future<std::vector<endpoint>> lookup(const std::string& host, std::uint16_t port);
+    /// Drops a failed lookup so the next request asks again.
+    void forget_lookup(const std::string& host, std::uint16_t port, const future<std::vector<endpoint>>& f);
+
+    // ---- the agent's side ----
+    /// Closes `loop`'s idle connections that expired or that the server
+    /// closed; returns when the next one expires (max if none).
+    clock::time_point sweep_idle(io_loop& loop);
+    /// The loop is going away (or the client): drop its idle connections
+    /// and its agent.
+    void drop_loop(io_loop& loop, const loop_agent* agent) noexcept;
+
+private:
+    friend class pool_wait;
+    using idle_list = std::vector<std::unique_ptr<connection>>;
+
+    bool try_acquire_locked(pool_wait& w);
+    bool take_slot_locked(const std::string& origin);
+    void close_locked(std::unique_ptr<connection> c) noexcept;
+    void grant_locked(hop::detail::wake_list& wakes);
+    bool waiter_could_use_locked(const std::string& freed_origin) const;
+    std::size_t host_open_locked(const std::string& origin) const noexcept;
+
+    mutable std::mutex m_mutex;
+    bool m_closed = false;
+    std::size_t m_open = 0;
+    std::size_t m_idle_count = 0;
+    std::unordered_map<std::string, std::size_t> m_host_open;
+    std::unordered_map<pool_key, idle_list, pool_key_hash> m_idle;
+    hop::detail::waiter_list m_waiters;
+    std::unordered_map<io_loop*, std::shared_ptr<loop_agent>> m_agents;
+
+    struct name_entry {
+        future<std::vector<endpoint>> lookup;
+        clock::time_point made;
+    };
+    std::mutex m_names_mutex;
+    std::unordered_map<std::string, name_entry> m_names;
+};
+
+/// The agent coroutine for `agent`'s loop (spawned there by agent_for).
+task<void> run_agent(std::shared_ptr<client_state> st, std::shared_ptr<loop_agent> agent);
+
+}  // namespace hop::http::detail
