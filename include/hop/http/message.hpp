@@ -77,17 +77,17 @@ bool iequals(std::string_view a, std::string_view b) noexcept;
 /// server it is the request target as sent ("/path?q").
 struct request {
     std::string method = "GET";
-    std::string url;
-    http::headers headers;
-    std::string body;
+    std::string url{};
+    http::headers headers{};
+    std::string body{};
 };
 
 /// A response: what a client receives and what a handler returns. A status
 /// of 400 or more is a response like any other, not an exception.
 struct response {
     int status = 200;
-    http::headers headers;
-    std::string body;
+    http::headers headers{};
+    std::string body{};
 };
 
 /// "OK" for 200, "Not Found" for 404...; "" for a code it does not know.
