@@ -9,6 +9,7 @@
 #include <hop/time.hpp>
 
 #include "support/backend.hpp"
+#include "support/child.hpp"
 #include "support/sockets.hpp"
 
 #include <doctest/doctest.h>
@@ -114,25 +115,8 @@ TEST_CASE("a server out of descriptors backs off, keeps its connections and serv
         int err[2];
         REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
         REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
-        std::vector<std::string> env_strings;
-        for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
-        env_strings.emplace_back(std::string("HOP_STARVE_CHILD=") + backend_label(b));
-        std::vector<char*> envp;
-        for (auto& e : env_strings) envp.push_back(e.data());
-        envp.push_back(nullptr);
-        char self[] = "/proc/self/exe";
-        char filter[] = "--test-case=starved echo server*";
-        char no_skip[] = "--no-skip";
-        char quiet[] = "--minimal";
-        char* argv[] = {self, filter, no_skip, quiet, nullptr};
-        const pid_t pid = ::fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            ::dup2(out[1], 1);
-            ::dup2(err[1], 2);
-            ::execve(self, argv, envp.data());
-            ::_exit(127);
-        }
+        const pid_t pid = spawn_self("starved echo server*",
+                                     {std::string("HOP_STARVE_CHILD=") + backend_label(b)}, out[1], err[1]);
         ::close(out[1]);
         ::close(err[1]);
         abort_if_stuck guard("the starved server test");

@@ -10,6 +10,7 @@
 #include <hop/time.hpp>
 
 #include "support/backend.hpp"
+#include "support/child.hpp"
 #include "support/sockets.hpp"
 
 #include <doctest/doctest.h>
@@ -114,24 +115,7 @@ TEST_CASE("at exit: no operation of a destroyed loop is left on the default loop
 }
 
 TEST_CASE("the at-exit scenario exits cleanly in a child process") {
-    // Everything the child needs is made before fork: it only execs.
-    std::vector<std::string> env_strings;
-    for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
-    env_strings.emplace_back("HOP_OWNER_CHILD=1");
-    std::vector<char*> envp;
-    for (auto& e : env_strings) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    char self[] = "/proc/self/exe";
-    char filter[] = "--test-case=at exit:*";
-    char no_skip[] = "--no-skip";
-    char quiet[] = "--minimal";
-    char* argv[] = {self, filter, no_skip, quiet, nullptr};
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::execve(self, argv, envp.data());
-        ::_exit(127);
-    }
+    const pid_t pid = spawn_self("at exit:*", {"HOP_OWNER_CHILD=1"});
     int status = 0;
     REQUIRE(::waitpid(pid, &status, 0) == pid);
     REQUIRE(WIFEXITED(status));
