@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -122,7 +123,12 @@ TEST_CASE("a server out of descriptors backs off, keeps its connections and serv
         abort_if_stuck guard("the starved server test");
         std::string first_line;
         char ch;
-        while (::read(out[0], &ch, 1) == 1 && ch != '\n') first_line += ch;
+        for (;;) {
+            const ssize_t n = ::read(out[0], &ch, 1);
+            if (n < 0 && errno == EINTR) continue;
+            if (n != 1 || ch == '\n') break;
+            first_line += ch;
+        }
         const int port = std::atoi(first_line.c_str());
         REQUIRE_MESSAGE(port > 0, "the child printed no port: '" << first_line << "'");
 
@@ -138,16 +144,23 @@ TEST_CASE("a server out of descriptors backs off, keeps its connections and serv
             const char sent = static_cast<char>('a' + j);
             REQUIRE(::send(c, &sent, 1, MSG_NOSIGNAL) == 1);
             for (;;) {
+                // A signal (seen under the sanitizers) interrupts a call: retry it.
                 pollfd p[2] = {{c, POLLIN, 0}, {err[0], POLLIN, 0}};
-                REQUIRE(::poll(p, 2, -1) > 0);
+                const int ready = ::poll(p, 2, -1);
+                if (ready < 0 && errno == EINTR) continue;
+                REQUIRE(ready > 0);
                 if (p[0].revents != 0) {
                     char got = 0;
-                    REQUIRE(::recv(c, &got, 1, 0) == 1);
+                    ssize_t r;
+                    while ((r = ::recv(c, &got, 1, 0)) < 0 && errno == EINTR) {
+                    }
+                    REQUIRE(r == 1);
                     CHECK(got == sent);  // no byte lost or mixed up
                     break;
                 }
                 char chunk[512];
                 const ssize_t n = ::read(err[0], chunk, sizeof chunk);
+                if (n < 0 && errno == EINTR) continue;
                 REQUIRE(n > 0);
                 log.append(chunk, static_cast<std::size_t>(n));
                 const std::size_t bursts = count_of(log, "backing off");
@@ -161,10 +174,14 @@ TEST_CASE("a server out of descriptors backs off, keeps its connections and serv
         }
         for (std::size_t i = closed; i < open_conns.size(); ++i) ::close(open_conns[i]);
         int status = 0;
-        REQUIRE(::waitpid(pid, &status, 0) == pid);
+        pid_t waited;
+        while ((waited = ::waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+        }
+        REQUIRE(waited == pid);
         for (;;) {
             char chunk[512];
             const ssize_t n = ::read(err[0], chunk, sizeof chunk);
+            if (n < 0 && errno == EINTR) continue;
             if (n <= 0) break;
             log.append(chunk, static_cast<std::size_t>(n));
         }

@@ -626,6 +626,7 @@ struct blocking_client {
                 }
             }
             const auto n = ::recv(fd, buf, sizeof buf, 0);
+            if (n < 0 && errno == EINTR) continue;  // a signal (seen under ASan) is not an answer
             if (n <= 0) return {};
             got.append(buf, static_cast<std::size_t>(n));
         }
@@ -646,9 +647,12 @@ std::string read_log_line(int fd, std::string& pending) {
             return line;
         }
         pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 30000) <= 0) return {};
+        const int ready = ::poll(&p, 1, 30000);
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready <= 0) return {};
         char buf[1024];
         const auto n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return {};
         pending.append(buf, static_cast<std::size_t>(n));
     }
