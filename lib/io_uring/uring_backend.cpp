@@ -34,6 +34,28 @@ constexpr __u64 timeout_tag = 2;
 constexpr __u64 cancel_tag = 3;
 constexpr unsigned submit_batch = 32;
 
+// liburing maps and unmaps the rings with raw syscalls, which TSan does not
+// see: a ring mapped where another loop's ring was unmapped a moment ago
+// looks, to TSan, like memory two threads share without synchronisation.
+// Every ring's unmapping happens before any later mapping: say so.
+#if defined(__SANITIZE_THREAD__)
+#define HOP_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HOP_TSAN 1
+#endif
+#endif
+#ifdef HOP_TSAN
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+char g_ring_mappings;
+void ring_mapped() noexcept { __tsan_acquire(&g_ring_mappings); }
+void ring_unmapped() noexcept { __tsan_release(&g_ring_mappings); }
+#else
+void ring_mapped() noexcept {}
+void ring_unmapped() noexcept {}
+#endif
+
 __kernel_timespec to_timespec(loop_clock::duration d) {
     if (d < loop_clock::duration::zero()) d = loop_clock::duration::zero();
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
@@ -56,9 +78,11 @@ public:
             r = io_uring_queue_init_params(depth, &m_ring, &p);
         }
         if (r < 0) throw_errno(r, "hop::io_loop: io_uring_queue_init");
+        ring_mapped();
         m_wake_fd = ::eventfd(0, EFD_CLOEXEC);
         if (m_wake_fd < 0) {
             int e = errno;
+            ring_unmapped();
             io_uring_queue_exit(&m_ring);
             throw_errno(e, "hop::io_loop: eventfd");
         }
@@ -69,6 +93,7 @@ public:
         while (m_regs) delete m_regs;
         if (m_notify_fd >= 0) ::close(m_notify_fd);
         ::close(m_wake_fd);
+        ring_unmapped();  // before the unmapping: a new ring may be mapped here at once
         io_uring_queue_exit(&m_ring);
     }
 
