@@ -312,6 +312,8 @@ private:
     task<void> flush();
     task<bool> respond(request& req);
     void append_response(response& r);
+    // The handler failed before its response started: log it, answer 500.
+    void answer_500(const request& req, const std::string& failure);
     void append_error(int status, std::string_view text);
     task<void> answer_error(int status);
     void send_now(std::string_view bytes) noexcept;
@@ -570,6 +572,32 @@ task<void> server_connection::answer_error(int status) {
     disarm();
 }
 
+namespace {
+
+// What a handler's exception says in the log. A cancellation that the
+// server's own stop caused is not a failure: it is rethrown.
+std::string handler_failure(std::exception_ptr e, const std::stop_token& token) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const cancelled_error& c) {
+        if (token.stop_requested()) throw;
+        return std::string("threw hop::cancelled_error: ") + c.what();
+    } catch (const std::exception& x) {
+        return std::string("threw: ") + x.what();
+    } catch (...) {
+        return "threw an exception that is not a std::exception";
+    }
+}
+
+}  // namespace
+
+void server_connection::answer_500(const request& req, const std::string& failure) {
+    m_st->log("hop::http::server: the handler for " + req.method + " " + req.url + " " + failure + ": answered 500");
+    response r{.status = 500, .headers = {}, .body = "Internal Server Error\n"};
+    r.headers.add_unchecked("Content-Type", "text/plain; charset=utf-8");
+    append_response(r);
+}
+
 task<bool> server_connection::respond(request& req) {
     m_phase = phase::handler;
     m_head_request = req.method == "HEAD";
@@ -584,21 +612,14 @@ task<bool> server_connection::respond(request& req) {
             if (r.status < 200 || r.status > 999) {
                 failure = "returned status " + std::to_string(r.status) + " (a final status is 200-999)";
             }
-        } catch (const cancelled_error& e) {
-            if (token.stop_requested()) throw;
-            failure = std::string("threw hop::cancelled_error: ") + e.what();
-        } catch (const std::exception& e) {
-            failure = std::string("threw: ") + e.what();
         } catch (...) {
-            failure = "threw an exception that is not a std::exception";
+            failure = handler_failure(std::current_exception(), token);
         }
-        if (!failure.empty()) {
-            m_st->log("hop::http::server: the handler for " + req.method + " " + req.url + " " + failure +
-                      ": answered 500");
-            r = response{.status = 500, .headers = {}, .body = "Internal Server Error\n"};
-            r.headers.add_unchecked("Content-Type", "text/plain; charset=utf-8");
+        if (failure.empty()) {
+            append_response(r);
+        } else {
+            answer_500(req, failure);
         }
-        append_response(r);
         co_return m_keep_alive;
     }
 
@@ -606,13 +627,8 @@ task<bool> server_connection::respond(request& req) {
     try {
         task<void> t = m_st->m_streaming(req, w);
         co_await std::move(t);
-    } catch (const cancelled_error& e) {
-        if (token.stop_requested()) throw;
-        failure = std::string("threw hop::cancelled_error: ") + e.what();
-    } catch (const std::exception& e) {
-        failure = std::string("threw: ") + e.what();
     } catch (...) {
-        failure = "threw an exception that is not a std::exception";
+        failure = handler_failure(std::current_exception(), token);
     }
     if (failure.empty() && !w.finished()) {
         try {
@@ -628,11 +644,7 @@ task<bool> server_connection::respond(request& req) {
     }
     if (failure.empty()) co_return m_keep_alive;
     if (!w.started()) {
-        m_st->log("hop::http::server: the handler for " + req.method + " " + req.url + " " + failure +
-                  ": answered 500");
-        response r{.status = 500, .headers = {}, .body = "Internal Server Error\n"};
-        r.headers.add_unchecked("Content-Type", "text/plain; charset=utf-8");
-        append_response(r);
+        answer_500(req, failure);
         co_return m_keep_alive;
     }
     m_st->log("hop::http::server: the handler for " + req.method + " " + req.url + " " + failure +
