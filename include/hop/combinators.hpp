@@ -89,6 +89,7 @@ private:
 /// Runs one child to its end and reports to the fan_in.
 template <class T, class OnValue, class OnError>
 detached_task fan_in_child(fan_in& f, task<T> t, OnValue on_value, OnError on_error) {
+    std::exception_ptr error;
     try {
         if constexpr (std::is_void_v<T>) {
             co_await std::move(t);
@@ -97,8 +98,9 @@ detached_task fan_in_child(fan_in& f, task<T> t, OnValue on_value, OnError on_er
             on_value(co_await std::move(t));
         }
     } catch (...) {
-        on_error(std::current_exception());
+        error = std::current_exception();
     }
+    if (error) on_error(std::move(error));
     // Free the child's frame (and the arguments it owns) before the parent
     // can resume: a combinator returns only once its children have ended.
     t = task<T>();

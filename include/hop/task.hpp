@@ -10,6 +10,7 @@
 #include <coroutine>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <type_traits>
@@ -102,7 +103,9 @@ public:
     }
     void unhandled_exception() noexcept { m_result.template emplace<2>(std::current_exception()); }
     T take_result() {
-        if (m_result.index() == 2) std::rethrow_exception(std::get<2>(m_result));
+        // The exception is moved out, not copied: the frame must not keep a
+        // reference to it once the result has been handed on (see drive_into).
+        if (m_result.index() == 2) std::rethrow_exception(std::move(std::get<2>(m_result)));
         return std::move(std::get<1>(m_result));
     }
 
@@ -117,7 +120,7 @@ public:
     void return_void() noexcept {}
     void unhandled_exception() noexcept { m_error = std::current_exception(); }
     void take_result() {
-        if (m_error) std::rethrow_exception(m_error);
+        if (m_error) std::rethrow_exception(std::move(m_error));
     }
 
 private:
@@ -238,6 +241,14 @@ private:
 
 /// Runs `aw` to completion and stores its outcome in `s` (whose reference
 /// this driver owns). Skips the work if the future was cancelled first.
+///
+/// The outcome is published only after the awaitable (a task's frame, with
+/// the arguments it owns) is destroyed and the catch handler has ended: once
+/// a waiter can see the result, this thread holds no reference to it. An
+/// exception object is reference-counted inside libstdc++, whose atomics
+/// ThreadSanitizer cannot see; publishing first let the last reference drop
+/// here while the waiter still read the exception (a false report that
+/// nevertheless stood for a real ordering gap).
 template <class T, class Awaitable>
 detached_task drive_into(future_state<T>* s, Awaitable aw) {
     struct releaser {
@@ -245,15 +256,31 @@ detached_task drive_into(future_state<T>* s, Awaitable aw) {
         ~releaser() { s->release(); }
     } r{s};
     if (!s->try_start()) co_return;
+    std::exception_ptr error;
+    std::optional<std::conditional_t<std::is_void_v<T>, std::monostate, T>> value;
     try {
         if constexpr (std::is_void_v<T>) {
             co_await std::move(aw);
-            s->set_value();
+            value.emplace();
         } else {
-            s->set_value(co_await std::move(aw));
+            value.emplace(co_await std::move(aw));
         }
     } catch (...) {
-        s->complete_with_error(std::current_exception());
+        error = std::current_exception();
+    }
+    { Awaitable spent = std::move(aw); }
+    if (error) {
+        s->complete_with_error(std::move(error));
+        co_return;
+    }
+    try {
+        if constexpr (std::is_void_v<T>) {
+            s->set_value();
+        } else {
+            s->set_value(std::move(*value));
+        }
+    } catch (...) {
+        // set_value stored the error (T's move threw); nothing else to do.
     }
 }
 

@@ -62,8 +62,9 @@ detached_task group_child(std::shared_ptr<group_state> g, std::uint64_t id, futu
             }
         } catch (...) {
             error = std::current_exception();
-            s->complete_with_error(error);
         }
+        // Outside the handler: this thread's only reference is `error`.
+        if (error) s->complete_with_error(error);
     }
     // Free the child's frame (and the arguments it owns) before wait() can
     // return: once it does, every child has ended.

@@ -3,6 +3,7 @@
 // one allocation, and the submit logic cpu_pool::submit and run_blocking
 // share.
 
+#include <exception>
 #include <hop/detail/executor.hpp>
 #include <hop/future.hpp>
 #include <hop/task.hpp>
@@ -33,6 +34,7 @@ private:
     static void do_run(work_item* w) noexcept {
         auto* j = static_cast<job*>(w);
         if (j->try_start()) {
+            std::exception_ptr error;
             try {
                 if constexpr (std::is_void_v<R>) {
                     std::move(j->m_fn)();
@@ -41,8 +43,11 @@ private:
                     j->set_value(std::move(j->m_fn)());
                 }
             } catch (...) {
-                j->complete_with_error(std::current_exception());
+                error = std::current_exception();
             }
+            // Published after the handler ends, so this thread holds no
+            // reference to the exception once a waiter can see it.
+            if (error) j->complete_with_error(std::move(error));
         }
         j->release();
     }
