@@ -4,6 +4,8 @@
 // own, not the sum of both libraries), and the "name | hop | asio | ratio"
 // table.
 
+#include <poll.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -23,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 // Asio is a reference here, not our code: its warnings are not ours to fix.
@@ -104,13 +107,20 @@ struct measured {
     double cpu_seconds = 0;      ///< user + system time of the child
 };
 
-/// Runs `fn() -> sample` in a forked child and returns its sample with the
-/// child's peak RSS and CPU time (from wait4's rusage). Call it only while the
-/// process runs no other thread: every pool is created and destroyed inside
-/// `fn`, in the child.
+/// What run_isolated_for reports: the child's figures, and whether it was
+/// stopped for running past its time budget (then `m.s` is empty and only
+/// the kernel's figures, peak RSS and CPU time until the kill, are set).
+struct bounded {
+    measured m;
+    bool timed_out = false;
+};
+
+/// Runs `fn() -> sample` in a forked child, like run_isolated, but gives it at
+/// most `budget_seconds` of wall time (a negative budget: no limit). A child
+/// still running then is killed (SIGKILL) and reported as timed out.
 /// @throws std::runtime_error if the child fails (its message is passed on).
 template <class Fn>
-measured run_isolated(Fn fn) {
+bounded run_isolated_for(Fn fn, double budget_seconds) {
     struct payload {
         sample s;
         bool ok;
@@ -140,7 +150,21 @@ measured run_isolated(Fn fn) {
     ::close(fds[1]);
     payload p{};
     std::size_t got = 0;
+    bool timed_out = false;
+    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(
+                                             std::chrono::duration<double>(budget_seconds < 0 ? 0 : budget_seconds));
     while (got < sizeof p) {
+        if (budget_seconds >= 0) {
+            const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();
+            pollfd pfd{fds[0], POLLIN, 0};
+            int ready = left > 0 ? ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1 << 30))) : 0;
+            if (ready < 0 && errno == EINTR) continue;
+            if (ready == 0) {
+                timed_out = true;
+                ::kill(pid, SIGKILL);
+                break;
+            }
+        }
         ssize_t r = ::read(fds[0], reinterpret_cast<char*>(&p) + got, sizeof p - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) break;
@@ -151,16 +175,29 @@ measured run_isolated(Fn fn) {
     rusage ru{};
     while (::wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
     }
+    bounded b;
+    b.timed_out = timed_out;
+    measured& m = b.m;
+    m.peak_rss_mib = static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+    m.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                    static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    if (timed_out) return b;
     if (got != sizeof p || !p.ok || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         std::string why = got == sizeof p && p.error[0] ? p.error : "the child died (status " + std::to_string(status) + ")";
         throw std::runtime_error("benchmark child failed: " + why);
     }
-    measured m;
     m.s = p.s;
-    m.peak_rss_mib = static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
-    m.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-                    static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-    return m;
+    return b;
+}
+
+/// Runs `fn() -> sample` in a forked child and returns its sample with the
+/// child's peak RSS and CPU time (from wait4's rusage). Call it only while the
+/// process runs no other thread: every pool is created and destroyed inside
+/// `fn`, in the child.
+/// @throws std::runtime_error if the child fails (its message is passed on).
+template <class Fn>
+measured run_isolated(Fn fn) {
+    return run_isolated_for(std::move(fn), -1).m;
 }
 
 /// Runs every side `rounds` times, alternating (a b c a b c ...), each run in
