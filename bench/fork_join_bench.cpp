@@ -186,7 +186,9 @@ tree_shape skynet_shape(int levels) {
     return {leaves + forks, leaves, forks, 10};
 }
 
-// -- serial
+// -- serial: plain recursion. GCC and clang inline it into itself several
+// levels deep (fib(39) makes some 0.4 ns per call); that is what a program
+// without tasks gets, so it is the baseline.
 
 long fib_serial(long n) { return n < 2 ? n : fib_serial(n - 1) + fib_serial(n - 2); }
 
@@ -531,13 +533,26 @@ bool run_workload(const char* title, const problem& p, const tree_shape& shape, 
     return ok;
 }
 
+/// The 1-minute load average (/proc/loadavg), or a negative number if it
+/// cannot be read: on a shared machine it says how much of the cores the
+/// run could have.
+double load_average() {
+    double l = -1;
+    if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
+        if (std::fscanf(f, "%lf", &l) != 1) l = -1;
+        std::fclose(f);
+    }
+    return l;
+}
+
 int run(const bench::options& opt) {
     const long fib_n = opt.quick ? 30 : 39;
     const long skynet_levels = opt.quick ? 6 : 8;
     std::printf("fork-join: hop against oneTBB %d.%d (task_group in a task_arena)%s\n", TBB_VERSION_MAJOR,
                 TBB_VERSION_MINOR, opt.quick ? "  (--quick: small sizes)" : "");
-    std::printf("cores: %zu   threads (hop pool, oneTBB arena): %zu   every call a task, no serial cutoff\n",
-                bench::core_count(), opt.threads);
+    std::printf("cores: %zu   threads (hop pool, oneTBB arena): %zu   load average: %.2f   every call a task, no "
+                "serial cutoff\n",
+                bench::core_count(), opt.threads, load_average());
     std::printf("time ms: wall time of one run; speedup: serial time / time; vs TBB: time / oneTBB's time (below 1: faster)\n"
                 "CPU s: user + system CPU time of the run, all threads; user/wall: user CPU s per wall s (cores busy)\n"
                 "CPU ns/fork: CPU s / forks; new/fork: global operator new calls / forks (oneTBB allocates its tasks\n"
@@ -561,7 +576,8 @@ int run(const bench::options& opt) {
                           {workload::skynet, skynet_levels, 4}, shape, leaves / 2 * (leaves - 1), opt) &&
              ok;
     }
-    std::printf("\nbenchmark driver peak RSS: %.1f MiB\n", bench::self_peak_rss_mib());
+    std::printf("\nbenchmark driver peak RSS: %.1f MiB   load average at the end: %.2f\n", bench::self_peak_rss_mib(),
+                load_average());
     return ok ? 0 : 1;
 }
 
