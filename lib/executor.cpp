@@ -21,11 +21,7 @@
 
 namespace hop::detail {
 
-namespace {
-thread_local executor_base* tl_current = nullptr;
-}  // namespace
-
-executor_base* current_executor() noexcept { return tl_current; }
+thread_local constinit executor_base* tl_current_executor = nullptr;
 
 void report_escaped_exception(const char* where) noexcept {
     try {
@@ -39,8 +35,8 @@ void report_escaped_exception(const char* where) noexcept {
 
 
 executor_base* exchange_current_executor(executor_base* ex) noexcept {
-    auto* prev = tl_current;
-    tl_current = ex;
+    auto* prev = tl_current_executor;
+    tl_current_executor = ex;
     return prev;
 }
 
@@ -52,7 +48,7 @@ struct trampoline {
     int depth = 0;
     std::deque<std::coroutine_handle<>> pending;
 };
-thread_local trampoline tl_trampoline;
+[[gnu::tls_model("initial-exec")]] thread_local trampoline tl_trampoline;
 }  // namespace
 
 void resume_inline(std::coroutine_handle<> h) noexcept {
@@ -128,7 +124,7 @@ struct frame_cache {
         for (auto* head : heads) free_list(head);
     }
 };
-thread_local frame_cache tl_frames;
+[[gnu::tls_model("initial-exec")]] thread_local frame_cache tl_frames;
 
 constexpr std::size_t class_of(std::size_t size) noexcept { return (size + frame_granule - 1) / frame_granule - 1; }
 }  // namespace

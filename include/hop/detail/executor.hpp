@@ -57,9 +57,14 @@ protected:
 /// silently, and it does not take the process down).
 void report_escaped_exception(const char* where) noexcept;
 
+// The calling thread's executor, read inline on every await and resume.
+// Initial-exec: no call to __tls_get_addr (libhop is linked at startup, or
+// dlopen'ed into glibc's static TLS reserve: it is one pointer).
+[[gnu::tls_model("initial-exec")]] extern thread_local constinit executor_base* tl_current_executor;
+
 /// The executor whose work the calling thread is running now, or null on a
 /// thread that belongs to no executor.
-executor_base* current_executor() noexcept;
+inline executor_base* current_executor() noexcept { return tl_current_executor; }
 
 /// Sets the calling thread's executor; returns the previous one.
 executor_base* exchange_current_executor(executor_base* ex) noexcept;
