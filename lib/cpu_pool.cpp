@@ -384,8 +384,8 @@ struct cpu_pool::impl {
     }
 };
 
-thread_local cpu_pool::impl::worker* cpu_pool::impl::tl_worker = nullptr;
-thread_local cpu_pool::impl* cpu_pool::impl::tl_pool = nullptr;
+[[gnu::tls_model("initial-exec")]] thread_local cpu_pool::impl::worker* cpu_pool::impl::tl_worker = nullptr;
+[[gnu::tls_model("initial-exec")]] thread_local cpu_pool::impl* cpu_pool::impl::tl_pool = nullptr;
 
 cpu_pool::cpu_pool() : cpu_pool(std::max(1u, std::thread::hardware_concurrency())) {}
 

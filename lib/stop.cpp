@@ -6,6 +6,8 @@
 
 namespace hop::detail {
 
+std::atomic<std::uint64_t> g_lazy_stop_epoch{0};
+
 const std::stop_token& lazy_stop_source::token() {
     for (;;) {
         std::uint8_t s = m_state.load(std::memory_order_acquire);
@@ -35,6 +37,7 @@ const std::stop_token& lazy_stop_source::token() {
 
 void lazy_stop_source::request_stop() noexcept {
     if (m_stopped.exchange(true, std::memory_order_seq_cst)) return;
+    g_lazy_stop_epoch.fetch_add(1, std::memory_order_seq_cst);  // descendants' cached "clear" is stale
     if (m_state.load(std::memory_order_seq_cst) == made) m_source.request_stop();
 }
 

@@ -4,6 +4,7 @@
 
 #include <coroutine>
 #include <cstddef>
+#include <cstdint>
 #include <new>
 #include <ranges>
 #include <type_traits>
@@ -100,6 +101,10 @@ inline void resume_on(executor_base* target, resume_item& item) noexcept {
 // (cache-line rounded), not straight from the global heap.
 void* frame_allocate(std::size_t size);
 void frame_deallocate(void* p, std::size_t size) noexcept;
+/// How many frames the cache could not serve and took from the heap, by all
+/// threads so far (for tests and benchmarks: hop's own allocations are the
+/// heap allocations beyond these).
+std::uint64_t frame_cache_misses() noexcept;
 
 /// Allocation policy shared by every hop promise type.
 struct frame_allocated {

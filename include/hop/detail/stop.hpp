@@ -28,6 +28,15 @@ struct promise_base;
 /// stop callback) makes the std::stop_source once, linked to the parent's
 /// token, and stopped already if a stop was requested before.
 ///
+/// A check must see a stop requested on any lazy ancestor, which would mean
+/// walking up the chain on every check (fib's leaves are 40 levels deep).
+/// Instead, every request_stop() bumps a process-wide epoch after setting its
+/// flag, and each source remembers the epoch at which its whole chain was
+/// last seen clear (inherited from the parent when it is made): while the
+/// epoch has not moved, a check is two loads and a compare. The nearest
+/// plain token up the chain (a future's, a group's) is checked directly: it
+/// is stopped from outside, not through this class.
+///
 /// Thread-safe: children on several threads may ask at once. The parent
 /// scope (a hop promise, itself lazy or not) outlives this object, and its
 /// stop fields do not change while this object lives: the parent is
@@ -59,8 +68,15 @@ private:
         void operator()() const noexcept { s->request_stop(); }
     };
 
+    bool chain_stopped() const noexcept;
+
     std::atomic<std::uint8_t> m_state{lazy};
     std::atomic<bool> m_stopped{false};
+    // The epoch at which this source and its lazy ancestors were last seen
+    // unstopped (none_seen: never).
+    static constexpr std::uint64_t none_seen = ~std::uint64_t{0};
+    mutable std::atomic<std::uint64_t> m_clear_epoch{none_seen};
+    const std::stop_token* m_root_token = nullptr;  // the nearest plain token up the chain
     lazy_stop_source* m_parent_origin = nullptr;        // the parent's stop is lazy too
     const std::stop_token* m_parent_token = nullptr;    // or it is a plain token
     std::stop_source m_source{std::nostopstate};
@@ -98,15 +114,40 @@ struct promise_base : frame_allocated {
     }
 };
 
+/// Bumped by every lazy_stop_source::request_stop(), after its flag is set.
+extern std::atomic<std::uint64_t> g_lazy_stop_epoch;
+
 inline void lazy_stop_source::set_parent(const promise_base* parent) noexcept {
-    if (parent == nullptr) return;
+    const std::uint64_t now = g_lazy_stop_epoch.load(std::memory_order_seq_cst);
+    if (parent == nullptr) {
+        m_clear_epoch.store(now, std::memory_order_relaxed);
+        return;
+    }
     m_parent_origin = parent->m_stop_origin;
-    if (m_parent_origin == nullptr) m_parent_token = &parent->m_stop_token;
+    if (m_parent_origin == nullptr) {
+        m_parent_token = &parent->m_stop_token;
+        m_root_token = m_parent_token;
+        m_clear_epoch.store(now, std::memory_order_relaxed);  // no lazy ancestor
+    } else {
+        m_root_token = m_parent_origin->m_root_token;
+        // Whatever the parent last saw clear holds for this (fresh) source too.
+        m_clear_epoch.store(m_parent_origin->m_clear_epoch.load(std::memory_order_relaxed),
+                            std::memory_order_relaxed);
+    }
 }
 
 inline bool lazy_stop_source::stop_requested() const noexcept {
-    // Walks up through lazy ancestors until one was stopped, one has a
-    // token, or the root: a few loads per level, no atomic writes.
+    if (m_stopped.load(std::memory_order_acquire)) return true;
+    if (m_state.load(std::memory_order_acquire) == made) return m_token.stop_requested();
+    if (m_root_token != nullptr && m_root_token->stop_requested()) return true;
+    const std::uint64_t now = g_lazy_stop_epoch.load(std::memory_order_seq_cst);
+    if (m_clear_epoch.load(std::memory_order_relaxed) == now) return false;
+    if (chain_stopped()) return true;
+    m_clear_epoch.store(now, std::memory_order_relaxed);
+    return false;
+}
+
+inline bool lazy_stop_source::chain_stopped() const noexcept {
     for (auto* s = this;;) {
         if (s->m_stopped.load(std::memory_order_acquire)) return true;
         if (s->m_state.load(std::memory_order_acquire) == made) return s->m_token.stop_requested();
