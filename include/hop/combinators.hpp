@@ -224,12 +224,27 @@ private:
 
 }  // namespace detail
 
-/// `co_await hop::when_all(t1, t2, ...)` runs the tasks concurrently (each
-/// starts on the caller's thread and runs until it first suspends) and
+/// `co_await hop::when_all(t1, t2, ...)` runs the tasks concurrently and
 /// returns a tuple of their results (void becomes std::monostate). The first
 /// failure requests stop on the others; once all have ended it is rethrown.
 /// Resumes the caller on its own executor. Stop on the caller's token is
 /// passed on to every child.
+///
+/// Awaited on a cpu_pool worker it forks: the first task runs on the calling
+/// thread, the others are left on the worker's deque for idle workers to
+/// steal, and those nobody stole are taken back and run on the calling
+/// thread (no suspension, no allocation beyond the frames). Anywhere else
+/// (an io_loop, sync_wait, a plain thread) each task starts on the caller's
+/// thread in turn and runs until it first suspends.
+///
+/// @code
+/// hop::task<long> fib(long n) {
+///     if (n < 2) co_return n;
+///     auto r = co_await hop::when_all(fib(n - 1), fib(n - 2));
+///     co_return std::get<0>(r) + std::get<1>(r);
+/// }
+/// long v = pool.submit([] { return fib(30); }).get();  // forks on `pool`
+/// @endcode
 template <class... T>
 [[nodiscard]] detail::when_all_awaitable<T...> when_all(task<T>... tasks) {
     return detail::when_all_awaitable<T...>(std::move(tasks)...);
@@ -312,8 +327,9 @@ private:
 
 }  // namespace detail
 
-/// `co_await hop::when_any(tasks)` runs the tasks concurrently; the first to
-/// end (with a value or an exception) wins. The others are cancelled through
+/// `co_await hop::when_any(tasks)` runs the tasks concurrently (forking on a
+/// cpu_pool worker, as when_all does); the first to end (with a value or an
+/// exception) wins. The others are cancelled through
 /// their stop token and awaited before this returns `{index, value}` (or
 /// rethrows the winner's exception). Resumes the caller on its own executor.
 /// @throws std::invalid_argument for an empty list or an empty task.
@@ -383,7 +399,8 @@ task<std::conditional_t<std::is_void_v<R>, void, std::vector<R>>> map_impl(Fn fn
 /// function `fn` (returning hop::task<R>) on every item with at most N calls
 /// in flight, and returns the results in input order (nothing for void).
 /// The calls run concurrently on the caller's executor (each may hop
-/// elsewhere); the first failure cancels the calls in flight, starts no new
+/// elsewhere; awaited on a cpu_pool worker they fork across the pool, as
+/// when_all does); the first failure cancels the calls in flight, starts no new
 /// ones, and is rethrown once they have ended. Stop on the caller's token
 /// cancels them too. `fn` and the items are kept alive until the end.
 /// @throws std::invalid_argument if max_concurrency is 0.

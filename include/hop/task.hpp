@@ -386,8 +386,13 @@ public:
         m_stopped = m_promise != nullptr && m_promise->stop_requested();
         if (m_stopped || m_executor->running_in_this_thread()) return false;
         handle = h;
-        m_executor->post_item(this);
-        m_queued = true;
+        m_queued = true;  // before posting: once posted, the caller may resume anywhere
+        try {
+            m_executor->post_item(this);
+        } catch (...) {
+            m_queued = false;
+            throw;
+        }
         return true;
     }
     void await_resume() const {
