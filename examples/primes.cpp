@@ -1,7 +1,9 @@
 // Counts the primes below --limit on a hop::cpu_pool: first serially, then in
-// parallel two ways, with a progress bar:
+// parallel three ways, with a progress bar for the first two:
 //   - pool.map(fn, items), polling its future with wait_for to redraw;
-//   - pool.submit(fn, args...) per range, consumed with hop::as_completed.
+//   - pool.submit(fn, args...) per range, consumed with hop::as_completed;
+//   - fork-join: a coroutine that splits its ranges in two and joins both
+//     halves with hop::when_all, which forks on the pool.
 // Prints the times and speedups, and exits 1 unless every result matches.
 //
 //   primes [--limit N] [--chunks N] [--threads N]
@@ -19,6 +21,7 @@
 #include <cstdlib>
 #include <exception>
 #include <iterator>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -97,6 +100,17 @@ hop::task<std::vector<std::uint64_t>> count_serially(hop::cpu_pool& pool, std::v
     std::vector<std::uint64_t> counts;
     for (range r : ranges) counts.push_back(count_primes(r));
     co_return counts;
+}
+
+/// Fork-join: split the ranges in two until one is left, count both halves
+/// with when_all. On a pool worker when_all forks: one half runs here, the
+/// other is left on this worker's deque for an idle worker to steal (and
+/// taken back and run here if nobody does).
+hop::task<std::uint64_t> count_split(std::span<const range> rs) {
+    if (rs.size() == 1) co_return count_primes(rs[0]);
+    const std::size_t mid = rs.size() / 2;
+    auto halves = co_await hop::when_all(count_split(rs.first(mid)), count_split(rs.subspan(mid)));
+    co_return std::get<0>(halves) + std::get<1>(halves);
 }
 
 /// count_primes against known values of pi(10^k), each check a pool job;
@@ -187,14 +201,20 @@ int run(std::uint64_t limit, std::uint64_t chunks, std::uint64_t threads) {
     std::uint64_t submitted_total = count_with_submit(pool, ranges);
     const double submit_s = seconds_since(t0);
 
+    t0 = clock_type::now();
+    // submit() runs a coroutine function's task on the pool: when_all forks there.
+    std::uint64_t forked_total = pool.submit([&ranges] { return count_split(ranges); }).get();
+    const double fork_s = seconds_since(t0);
+
     std::uint64_t serial_total = 0;
     for (auto n : serial) serial_total += n;
     std::printf("primes found:              %llu\n", static_cast<unsigned long long>(serial_total));
     std::printf("serial (1 thread):         %7.3f s\n", serial_s);
     std::printf("pool.map:                  %7.3f s   speedup %.2fx\n", map_s, serial_s / map_s);
     std::printf("pool.submit + as_completed:%7.3f s   speedup %.2fx\n", submit_s, serial_s / submit_s);
+    std::printf("fork-join (when_all):      %7.3f s   speedup %.2fx\n", fork_s, serial_s / fork_s);
 
-    if (mapped != serial || submitted_total != serial_total) {
+    if (mapped != serial || submitted_total != serial_total || forked_total != serial_total) {
         std::fprintf(stderr, "MISMATCH: the parallel results differ from the serial ones\n");
         return 1;
     }

@@ -2,6 +2,7 @@
 // templates in combinators.hpp stay thin.
 
 #include <hop/combinators.hpp>
+#include <hop/detail/fork.hpp>
 
 #include <condition_variable>
 #include <deque>
@@ -13,6 +14,39 @@
 #include <unordered_set>
 
 namespace hop::detail {
+
+void start_children(work_item** children, std::size_t n) noexcept {
+    fork_point* at = n > 1 ? current_fork_point() : nullptr;
+    if (at == nullptr) {
+        for (std::size_t i = 0; i < n; ++i) {
+            if (children[i] != nullptr) children[i]->run(children[i]);
+        }
+        return;
+    }
+    // Oldest first, so thieves (who take from the old end) take the first
+    // siblings and the owner takes back the last ones.
+    std::size_t pushed = 0;  // children[1, pushed) are on the deque
+    for (std::size_t i = 1; i < n; ++i) {
+        if (children[i] == nullptr) continue;
+        try {
+            fork_push(*at, children[i]);
+            pushed = i + 1;
+        } catch (...) {
+            children[i]->run(children[i]);  // the deque could not grow: run it here
+            children[i] = nullptr;
+        }
+    }
+    if (children[0] != nullptr) children[0]->run(children[0]);
+    // Newest first. A child that is gone was stolen (and so were all older
+    // ones); a foreign item on top (a job the children posted) hides the rest,
+    // which the worker then runs from its deque as usual.
+    for (std::size_t i = pushed; i-- > 1;) {
+        if (children[i] == nullptr) continue;
+        if (!fork_take_back(*at, children[i])) break;
+        children[i]->run(children[i]);
+    }
+}
+
 
 namespace {
 

@@ -10,6 +10,7 @@
 // is always found by that somebody.
 
 #include <hop/cpu_pool.hpp>
+#include <hop/detail/fork.hpp>
 
 #include "spin.hpp"
 
@@ -61,6 +62,26 @@ public:
             m_bottom.store(b + 1, std::memory_order_relaxed);
         }
         return w;
+    }
+
+    /// Owner thread only: takes `expected` if it is the newest item (a fork
+    /// that nobody stole). Leaves the deque as it was otherwise.
+    bool pop_if(work_item* expected) {
+        auto b = m_bottom.load(std::memory_order_relaxed) - 1;
+        ring* r = m_ring.load(std::memory_order_relaxed);
+        m_bottom.store(b, std::memory_order_seq_cst);
+        auto t = m_top.load(std::memory_order_seq_cst);
+        if (t > b || r->get(b) != expected) {
+            m_bottom.store(b + 1, std::memory_order_relaxed);
+            return false;
+        }
+        if (t == b) {  // the last item: race the thieves for it
+            const bool won =
+                m_top.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst, std::memory_order_relaxed);
+            m_bottom.store(b + 1, std::memory_order_relaxed);
+            return won;
+        }
+        return true;
     }
 
     /// Any thread; oldest first. Null if empty or the race was lost.
@@ -148,8 +169,10 @@ struct cpu_pool::impl {
     std::atomic<bool> shutdown_flag{false};
     std::mutex join_mutex;
 
-    static thread_local worker* tl_worker;
-    static thread_local impl* tl_pool;
+    // Initial-exec: read on every fork and post; the default model for a
+    // shared library goes through __tls_get_addr.
+    [[gnu::tls_model("initial-exec")]] static thread_local worker* tl_worker;
+    [[gnu::tls_model("initial-exec")]] static thread_local impl* tl_pool;
 
     // ---- queues ----------------------------------------------------------
 
@@ -361,8 +384,8 @@ struct cpu_pool::impl {
     }
 };
 
-thread_local cpu_pool::impl::worker* cpu_pool::impl::tl_worker = nullptr;
-thread_local cpu_pool::impl* cpu_pool::impl::tl_pool = nullptr;
+[[gnu::tls_model("initial-exec")]] thread_local cpu_pool::impl::worker* cpu_pool::impl::tl_worker = nullptr;
+[[gnu::tls_model("initial-exec")]] thread_local cpu_pool::impl* cpu_pool::impl::tl_pool = nullptr;
 
 cpu_pool::cpu_pool() : cpu_pool(std::max(1u, std::thread::hardware_concurrency())) {}
 
@@ -512,6 +535,25 @@ void cpu_pool::shutdown(bool wait, bool cancel_pending) {
         if (w->thread.joinable() && w->thread.get_id() != std::this_thread::get_id()) w->thread.join();
     }
 }
+
+namespace detail {
+
+fork_point* current_fork_point() noexcept {
+    auto* pool = cpu_pool::impl::tl_pool;
+    if (pool == nullptr || current_executor() != pool->owner) return nullptr;
+    return reinterpret_cast<fork_point*>(cpu_pool::impl::tl_worker);
+}
+
+void fork_push(fork_point& at, work_item* w) {
+    reinterpret_cast<cpu_pool::impl::worker&>(at).deque.push(w);
+    cpu_pool::impl::tl_pool->notify_one();
+}
+
+bool fork_take_back(fork_point& at, work_item* w) noexcept {
+    return reinterpret_cast<cpu_pool::impl::worker&>(at).deque.pop_if(w);
+}
+
+}  // namespace detail
 
 cpu_pool& cpu() {
     static cpu_pool pool;

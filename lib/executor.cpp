@@ -6,6 +6,7 @@
 
 #include "spin.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -21,11 +22,7 @@
 
 namespace hop::detail {
 
-namespace {
-thread_local executor_base* tl_current = nullptr;
-}  // namespace
-
-executor_base* current_executor() noexcept { return tl_current; }
+thread_local constinit executor_base* tl_current_executor = nullptr;
 
 void report_escaped_exception(const char* where) noexcept {
     try {
@@ -39,38 +36,40 @@ void report_escaped_exception(const char* where) noexcept {
 
 
 executor_base* exchange_current_executor(executor_base* ex) noexcept {
-    auto* prev = tl_current;
-    tl_current = ex;
+    auto* prev = tl_current_executor;
+    tl_current_executor = ex;
     return prev;
 }
 
 namespace {
 // Inline resumptions nest at most this deep on one thread; deeper ones are
-// queued and run by the outermost resume_inline once it unwinds.
+// queued and run by the outermost resume_inline once it unwinds. The depth
+// is read on every inline resume (initial-exec, no destructor); the queue is
+// needed only past the limit.
 constexpr int max_inline_depth = 16;
-struct trampoline {
-    int depth = 0;
-    std::deque<std::coroutine_handle<>> pending;
-};
-thread_local trampoline tl_trampoline;
+[[gnu::tls_model("initial-exec")]] constinit thread_local int tl_inline_depth = 0;
+[[gnu::tls_model("initial-exec")]] constinit thread_local bool tl_has_pending = false;
+thread_local std::deque<std::coroutine_handle<>> tl_pending;
 }  // namespace
 
 void resume_inline(std::coroutine_handle<> h) noexcept {
-    auto& t = tl_trampoline;
-    if (t.depth >= max_inline_depth) {
-        t.pending.push_back(h);
+    if (tl_inline_depth >= max_inline_depth) {
+        tl_pending.push_back(h);
+        tl_has_pending = true;
         return;
     }
-    ++t.depth;
+    ++tl_inline_depth;
     h.resume();
-    if (t.depth == 1) {
-        while (!t.pending.empty()) {
-            auto next = t.pending.front();
-            t.pending.pop_front();
+    if (tl_inline_depth == 1 && tl_has_pending) {
+        auto& pending = tl_pending;
+        while (!pending.empty()) {
+            auto next = pending.front();
+            pending.pop_front();
             next.resume();
         }
+        tl_has_pending = false;
     }
-    --t.depth;
+    --tl_inline_depth;
 }
 
 namespace {
@@ -121,24 +120,78 @@ void free_list(frame_node* n) noexcept {
     }
 }
 
+// Read on every frame allocation, so trivially destructible and
+// initial-exec: a thread_local with a destructor is reached through a guard
+// and __tls_get_addr. The reaper below frees what is cached at thread exit;
+// it is armed the first time frames enter the cache.
 struct frame_cache {
-    frame_node* heads[frame_classes] = {};
-    std::uint32_t counts[frame_classes] = {};
-    ~frame_cache() {
-        for (auto* head : heads) free_list(head);
+    frame_node* heads[frame_classes];
+    std::uint32_t counts[frame_classes];
+    bool armed;
+    bool dead;  // the thread is exiting: the reaper ran, frames go to the heap
+};
+[[gnu::tls_model("initial-exec")]] constinit thread_local frame_cache tl_frames{};
+
+frame_node* cut_batch(frame_cache& cache, std::size_t c) noexcept;
+
+struct frame_cache_reaper {
+    bool armed = false;
+    // Whole batches go to the depot, for the threads that live on (the next
+    // pool's workers start warm); the rest goes back to the heap.
+    ~frame_cache_reaper() {
+        auto& cache = tl_frames;
+        cache.dead = true;
+        for (std::size_t c = 0; c < frame_classes; ++c) {
+            while (cache.counts[c] >= depot_batch) {
+                frame_node* batch = cut_batch(cache, c);
+                bool kept = false;
+                try {
+                    kept = depot().put(c, batch);
+                } catch (...) {
+                }
+                if (!kept) free_list(batch);
+            }
+            free_list(cache.heads[c]);
+            cache.heads[c] = nullptr;
+            cache.counts[c] = 0;
+        }
     }
 };
-thread_local frame_cache tl_frames;
+thread_local frame_cache_reaper tl_reaper;
+
+// Takes the first depot_batch frames of class c off the cache (it holds
+// at least that many).
+frame_node* cut_batch(frame_cache& cache, std::size_t c) noexcept {
+    frame_node* batch = cache.heads[c];
+    frame_node* last = batch;
+    for (std::size_t k = 1; k < depot_batch; ++k) last = last->next;
+    cache.heads[c] = last->next;
+    last->next = nullptr;
+    cache.counts[c] -= depot_batch;
+    return batch;
+}
+
+void arm(frame_cache& cache) noexcept {
+    cache.armed = true;
+    tl_reaper.armed = true;  // constructs it, so its destructor runs at thread exit
+}
 
 constexpr std::size_t class_of(std::size_t size) noexcept { return (size + frame_granule - 1) / frame_granule - 1; }
 }  // namespace
+
+namespace {
+std::atomic<std::uint64_t> g_frame_cache_misses{0};
+}  // namespace
+
+std::uint64_t frame_cache_misses() noexcept { return g_frame_cache_misses.load(std::memory_order_relaxed); }
 
 void* frame_allocate(std::size_t size) {
     if constexpr (HOP_FRAME_CACHE) {
         auto c = class_of(size);
         if (c < frame_classes) {
             auto& cache = tl_frames;
-            if (cache.heads[c] == nullptr) {
+            if (cache.heads[c] == nullptr && !cache.dead) {
+                if (!cache.armed) arm(cache);
                 if (auto* batch = depot().take(c)) {
                     cache.heads[c] = batch;
                     cache.counts[c] = depot_batch;
@@ -149,6 +202,7 @@ void* frame_allocate(std::size_t size) {
                 --cache.counts[c];
                 return n;
             }
+            g_frame_cache_misses.fetch_add(1, std::memory_order_relaxed);
             return ::operator new((c + 1) * frame_granule);
         }
     }
@@ -161,15 +215,15 @@ void frame_deallocate(void* p, std::size_t size) noexcept {
         if (c < frame_classes) {
             auto& cache = tl_frames;
             auto* n = static_cast<frame_node*>(p);
+            if (cache.dead) {
+                ::operator delete(p);
+                return;
+            }
+            if (!cache.armed) arm(cache);
             if (cache.counts[c] >= frames_per_class) {
                 // Hand a batch to the depot for threads that allocate more
                 // than they free.
-                frame_node* batch = cache.heads[c];
-                frame_node* last = batch;
-                for (std::size_t k = 1; k < depot_batch; ++k) last = last->next;
-                cache.heads[c] = last->next;
-                last->next = nullptr;
-                cache.counts[c] -= depot_batch;
+                frame_node* batch = cut_batch(cache, c);
                 try {
                     if (!depot().put(c, batch)) free_list(batch);
                 } catch (...) {

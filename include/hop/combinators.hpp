@@ -3,9 +3,11 @@
 /// when_all, when_any (tasks) and as_completed, wait (futures).
 
 #include <hop/detail/executor.hpp>
+#include <hop/detail/stop.hpp>
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -37,21 +39,21 @@ inline constexpr bool is_task_v<task<T>> = true;
 
 /// What a group of children started by one combinator await share: a count
 /// of unfinished children (plus one held by the starter), the parent to
-/// resume, and a stop source that cancels every child.
+/// resume, and a lazy stop source that cancels every child (made only if a
+/// child asks for a token: see lazy_stop_source).
 class fan_in {
 public:
     explicit fan_in(std::size_t children) : m_remaining(children + 1) {}
 
-    /// Links the parent's token to the children's, remembers where to resume
-    /// it, and returns the children's token.
+    /// Remembers where to resume the parent and links its stop to the
+    /// children's.
     template <class P>
-    void attach(std::coroutine_handle<P> parent) {
+    void attach(std::coroutine_handle<P> parent) noexcept {
         m_resume.handle = parent;
         m_executor = current_executor();
-        const std::stop_token& parent_token = token_of(parent.promise());
-        if (parent_token.stop_possible()) m_link.emplace(parent_token, stopper{&m_stop});
+        m_stop.set_parent(hop_promise_of(parent.promise()));
     }
-    std::stop_token token() const noexcept { return m_stop.get_token(); }
+    lazy_stop_source& stop() noexcept { return m_stop; }
     void request_stop() noexcept { m_stop.request_stop(); }
 
     /// The starter's share; true if the parent must suspend.
@@ -73,15 +75,10 @@ public:
     }
 
 private:
-    struct stopper {
-        std::stop_source* s;
-        void operator()() const noexcept { s->request_stop(); }
-    };
     std::atomic<std::size_t> m_remaining;
     resume_item m_resume;
     executor_base* m_executor = nullptr;
-    std::stop_source m_stop;
-    std::optional<std::stop_callback<stopper>> m_link;
+    lazy_stop_source m_stop;
     std::atomic<bool> m_failed{false};
     std::exception_ptr m_error;
 };
@@ -107,17 +104,55 @@ detached_task fan_in_child(fan_in& f, task<T> t, OnValue on_value, OnError on_er
     f.child_done();
 }
 
+/// Makes the driver of one child, not started yet: the work item that starts
+/// it. Null if the child ended already (an empty task, or no memory for the
+/// driver's frame): then it has reported to `f`.
 template <class T, class OnValue, class OnError>
-void start_child(fan_in& f, task<T>& t, OnValue on_value, OnError on_error) {
-    if (!t.valid()) {
-        on_error(std::make_exception_ptr(std::invalid_argument("hop combinator: an empty (moved-from) task was given")));
+work_item* make_child(fan_in& f, task<T>& t, OnValue on_value, OnError on_error) noexcept {
+    try {
+        if (!t.valid()) throw std::invalid_argument("hop combinator: an empty (moved-from) task was given");
+        auto child = fan_in_child<T>(f, std::move(t), on_value, on_error);
+        child.promise().m_stop_origin = &f.stop();
+        return &child.release().promise().m_item;
+    } catch (...) {
+        on_error(std::current_exception());
         f.child_done();
-        return;
+        return nullptr;
     }
-    auto child = fan_in_child<T>(f, std::move(t), std::move(on_value), std::move(on_error));
-    child.promise().m_stop_token = f.token();
-    child.release().resume();  // runs until its first suspension
 }
+
+/// Starts the children made by make_child (null entries have ended).
+///
+/// On a cpu_pool worker this forks: every child but the first goes on the
+/// worker's deque, where idle workers steal them; the first runs inline; then
+/// the children nobody stole are taken back, newest first, and run inline
+/// too. When nobody steals, a fork costs a push and a pop, and the parent
+/// never suspends. Anywhere else (an io_loop, sync_wait, a plain thread) each
+/// child starts inline in turn and runs until it first suspends, as a
+/// single-threaded event loop would.
+void start_children(work_item** children, std::size_t n) noexcept;
+
+/// Frame-cache storage for a combinator's per-child arrays (no malloc in
+/// steady state).
+template <class T>
+struct frame_allocator {
+    using value_type = T;
+    frame_allocator() = default;
+    template <class U>
+    frame_allocator(const frame_allocator<U>&) noexcept {}
+    T* allocate(std::size_t n) {
+        if (n > static_cast<std::size_t>(-1) / sizeof(T)) throw std::bad_array_new_length();
+        return static_cast<T*>(frame_allocate(n * sizeof(T)));
+    }
+    void deallocate(T* p, std::size_t n) noexcept { frame_deallocate(p, n * sizeof(T)); }
+    template <class U>
+    bool operator==(const frame_allocator<U>&) const noexcept {
+        return true;
+    }
+};
+
+template <class T>
+using frame_vector = std::vector<T, frame_allocator<T>>;
 
 template <class... T>
 class when_all_awaitable {
@@ -138,9 +173,10 @@ public:
 private:
     template <std::size_t... I>
     void start_all(std::index_sequence<I...>) {
-        (start_child(m_fan, std::get<I>(m_tasks), [this](auto&& v) { std::get<I>(m_results).emplace(std::move(v)); },
-                     [this](std::exception_ptr e) { m_fan.fail(std::move(e)); }),
-         ...);
+        std::array<work_item*, sizeof...(T)> children{make_child(
+            m_fan, std::get<I>(m_tasks), [this](auto&& v) { std::get<I>(m_results).emplace(std::move(v)); },
+            [this](std::exception_ptr e) { m_fan.fail(std::move(e)); })...};
+        start_children(children.data(), children.size());
     }
     template <std::size_t... I>
     std::tuple<stored_t<T>...> collect(std::index_sequence<I...>) {
@@ -161,10 +197,13 @@ public:
     template <class P>
     bool await_suspend(std::coroutine_handle<P> parent) {
         m_fan.attach(parent);
+        frame_vector<work_item*> children(m_tasks.size());
         for (std::size_t i = 0; i < m_tasks.size(); ++i) {
-            start_child(m_fan, m_tasks[i], [this, i](auto&& v) { m_results[i].emplace(std::move(v)); },
-                        [this](std::exception_ptr e) { m_fan.fail(std::move(e)); });
+            children[i] = make_child(
+                m_fan, m_tasks[i], [this, i](auto&& v) { m_results[i].emplace(std::move(v)); },
+                [this](std::exception_ptr e) { m_fan.fail(std::move(e)); });
         }
+        start_children(children.data(), children.size());
         return m_fan.release_starter();
     }
     auto await_resume() {
@@ -179,18 +218,33 @@ public:
 
 private:
     std::vector<task<T>> m_tasks;
-    std::vector<std::optional<stored_t<T>>> m_results;
+    frame_vector<std::optional<stored_t<T>>> m_results;
     fan_in m_fan;
 };
 
 }  // namespace detail
 
-/// `co_await hop::when_all(t1, t2, ...)` runs the tasks concurrently (each
-/// starts on the caller's thread and runs until it first suspends) and
+/// `co_await hop::when_all(t1, t2, ...)` runs the tasks concurrently and
 /// returns a tuple of their results (void becomes std::monostate). The first
 /// failure requests stop on the others; once all have ended it is rethrown.
 /// Resumes the caller on its own executor. Stop on the caller's token is
 /// passed on to every child.
+///
+/// Awaited on a cpu_pool worker it forks: the first task runs on the calling
+/// thread, the others are left on the worker's deque for idle workers to
+/// steal, and those nobody stole are taken back and run on the calling
+/// thread (no suspension, no allocation beyond the frames). Anywhere else
+/// (an io_loop, sync_wait, a plain thread) each task starts on the caller's
+/// thread in turn and runs until it first suspends.
+///
+/// @code
+/// hop::task<long> fib(long n) {
+///     if (n < 2) co_return n;
+///     auto r = co_await hop::when_all(fib(n - 1), fib(n - 2));
+///     co_return std::get<0>(r) + std::get<1>(r);
+/// }
+/// long v = pool.submit([] { return fib(30); }).get();  // forks on `pool`
+/// @endcode
 template <class... T>
 [[nodiscard]] detail::when_all_awaitable<T...> when_all(task<T>... tasks) {
     return detail::when_all_awaitable<T...>(std::move(tasks)...);
@@ -231,8 +285,9 @@ public:
     template <class P>
     bool await_suspend(std::coroutine_handle<P> parent) {
         m_fan.attach(parent);
+        frame_vector<work_item*> children(m_tasks.size());
         for (std::size_t i = 0; i < m_tasks.size(); ++i) {
-            start_child(
+            children[i] = make_child(
                 m_fan, m_tasks[i],
                 [this, i](auto&& v) {
                     if (claim(i)) m_value.emplace(std::move(v));
@@ -241,6 +296,7 @@ public:
                     if (claim(i)) m_error = std::move(e);
                 });
         }
+        start_children(children.data(), children.size());
         return m_fan.release_starter();
     }
     when_any_result<T> await_resume() {
@@ -271,8 +327,9 @@ private:
 
 }  // namespace detail
 
-/// `co_await hop::when_any(tasks)` runs the tasks concurrently; the first to
-/// end (with a value or an exception) wins. The others are cancelled through
+/// `co_await hop::when_any(tasks)` runs the tasks concurrently (forking on a
+/// cpu_pool worker, as when_all does); the first to end (with a value or an
+/// exception) wins. The others are cancelled through
 /// their stop token and awaited before this returns `{index, value}` (or
 /// rethrows the winner's exception). Resumes the caller on its own executor.
 /// @throws std::invalid_argument for an empty list or an empty task.
@@ -342,7 +399,8 @@ task<std::conditional_t<std::is_void_v<R>, void, std::vector<R>>> map_impl(Fn fn
 /// function `fn` (returning hop::task<R>) on every item with at most N calls
 /// in flight, and returns the results in input order (nothing for void).
 /// The calls run concurrently on the caller's executor (each may hop
-/// elsewhere); the first failure cancels the calls in flight, starts no new
+/// elsewhere; awaited on a cpu_pool worker they fork across the pool, as
+/// when_all does); the first failure cancels the calls in flight, starts no new
 /// ones, and is rethrown once they have ended. Stop on the caller's token
 /// cancels them too. `fn` and the items are kept alive until the end.
 /// @throws std::invalid_argument if max_concurrency is 0.

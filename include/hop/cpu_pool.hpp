@@ -4,6 +4,7 @@
 /// (Python's ThreadPoolExecutor, without a GIL) — and hop::cpu().
 
 #include <hop/detail/executor.hpp>
+#include <hop/detail/fork.hpp>
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 #include <hop/detail/job.hpp>
@@ -253,6 +254,11 @@ private:
 
     struct impl;
     std::unique_ptr<impl> m_impl;
+
+    // The fork-join combinators push onto and take back from a worker's deque.
+    friend detail::fork_point* detail::current_fork_point() noexcept;
+    friend void detail::fork_push(detail::fork_point&, detail::work_item*);
+    friend bool detail::fork_take_back(detail::fork_point&, detail::work_item*) noexcept;
 };
 
 inline cpu_pool::schedule_operation cpu_pool::schedule() noexcept { return {*this, "hop::cpu_pool::schedule"}; }

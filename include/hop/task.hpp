@@ -4,6 +4,7 @@
 
 #include <hop/detail/awaitable_traits.hpp>
 #include <hop/detail/executor.hpp>
+#include <hop/detail/stop.hpp>
 #include <hop/future.hpp>
 
 #include <atomic>
@@ -23,24 +24,6 @@ template <class T = void>
 class task;
 
 namespace detail {
-
-/// Fields every hop coroutine promise carries: the stop token (inherited from
-/// the awaiting parent, or given by a future or group).
-struct promise_base : frame_allocated {
-    std::stop_token m_stop_token;
-};
-
-/// The stop token of the coroutine whose promise is `p` (empty for a
-/// coroutine that is not a hop one).
-template <class P>
-const std::stop_token& token_of(P& p) noexcept {
-    if constexpr (std::is_base_of_v<promise_base, P>) {
-        return static_cast<promise_base&>(p).m_stop_token;
-    } else {
-        static const std::stop_token none;
-        return none;
-    }
-}
 
 // The handshake between a task and its awaiter. The awaiter starts the child
 // with a plain resume() and returns `false` from await_suspend when the child
@@ -77,7 +60,7 @@ public:
     bool start(std::coroutine_handle<> self, std::coroutine_handle<P> parent) noexcept {
         m_continuation.handle = parent;
         m_continuation_executor = current_executor();
-        m_stop_token = token_of(parent.promise());
+        if (const promise_base* pp = hop_promise_of(parent.promise())) inherit_stop(*pp);
         m_flag.store(task_running, std::memory_order_relaxed);
         self.resume();
         return m_flag.exchange(task_parent_suspended, std::memory_order_acq_rel) != task_finished;
@@ -399,21 +382,32 @@ public:
     bool await_ready() const noexcept { return false; }
     template <class P>
     bool await_suspend(std::coroutine_handle<P> h) {
-        const std::stop_token& token = token_of(h.promise());
-        m_token = &token;
-        if (token.stop_requested() || m_executor->running_in_this_thread()) return false;
+        m_promise = hop_promise_of(h.promise());
+        m_stopped = m_promise != nullptr && m_promise->stop_requested();
+        if (m_stopped || m_executor->running_in_this_thread()) return false;
         handle = h;
-        m_executor->post_item(this);
+        m_queued = true;  // before posting: once posted, the caller may resume anywhere
+        try {
+            m_executor->post_item(this);
+        } catch (...) {
+            m_queued = false;
+            throw;
+        }
         return true;
     }
     void await_resume() const {
-        if (m_token && m_token->stop_requested()) throw cancelled_error(std::string(m_what) + ": cancelled");
+        // Checked again only after a wait in the queue: stop may have come meanwhile.
+        if (m_stopped || (m_queued && m_promise != nullptr && m_promise->stop_requested())) {
+            throw cancelled_error(std::string(m_what) + ": cancelled");
+        }
     }
 
 private:
     Executor* m_executor;
     const char* m_what;
-    const std::stop_token* m_token = nullptr;
+    const promise_base* m_promise = nullptr;
+    bool m_stopped = false;
+    bool m_queued = false;
 };
 
 }  // namespace detail
@@ -424,7 +418,7 @@ struct get_stop_token_awaiter {
     std::stop_token m_token;
     bool await_ready() const noexcept { return false; }
     template <class P>
-    bool await_suspend(std::coroutine_handle<P> h) noexcept {
+    bool await_suspend(std::coroutine_handle<P> h) {
         m_token = detail::token_of(h.promise());
         return false;
     }
@@ -439,7 +433,7 @@ struct cancellation_point_awaiter {
     bool await_ready() const noexcept { return false; }
     template <class P>
     bool await_suspend(std::coroutine_handle<P> h) noexcept {
-        m_stop = detail::token_of(h.promise()).stop_requested();
+        m_stop = detail::stop_requested_of(h.promise());
         return false;
     }
     void await_resume() const {

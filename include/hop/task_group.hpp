@@ -11,9 +11,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <exception>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
@@ -24,53 +22,82 @@ namespace hop {
 namespace detail {
 
 /// Shared by the group and its running children (so a group destroyed
-/// early never leaves a child pointing at freed memory).
+/// early never leaves a child pointing at freed memory). Lock-free on the
+/// spawn path: a count of running children, one stop source for the group
+/// (each child's own source is linked to it by a stop_callback in the
+/// child's driver frame), and the waiter published with an atomic.
 class group_state {
 public:
-    /// Registers a child whose token comes from `stop`; returns its id.
-    /// A child added to a stopped group is stopped at once.
-    std::uint64_t child_started(std::stop_source stop);
+    /// What wait() leaves for the last child to resume.
+    struct waiter : resume_item {
+        executor_base* executor = nullptr;
+    };
+
+    /// A child is about to start.
+    void child_started() noexcept { m_running.fetch_add(1, std::memory_order_relaxed); }
     /// A child ended; `e` is its exception (null on success). Cancellation
     /// is not a failure. The first failure stops the siblings.
-    void child_ended(std::uint64_t id, std::exception_ptr e) noexcept;
+    void child_ended(std::exception_ptr e) noexcept;
     /// True (and `w` registered) if children are still running.
-    bool register_waiter(resume_item* w, executor_base* ex);
-    std::exception_ptr error();
+    /// @throws std::logic_error if another coroutine already waits.
+    bool register_waiter(waiter* w);
+    /// The first failure; read once every child has ended.
+    std::exception_ptr error() const noexcept { return m_error; }
     /// Requests stop on every child, now and later.
-    void request_stop() noexcept;
+    void request_stop() noexcept { m_stop.request_stop(); }
+    std::stop_token token() const noexcept { return m_stop.get_token(); }
 
 private:
-    std::mutex m_mutex;
-    std::map<std::uint64_t, std::stop_source> m_children;
-    std::uint64_t m_next_id = 0;
-    bool m_stopped = false;
-    resume_item* m_waiter = nullptr;
-    executor_base* m_waiter_executor = nullptr;
-    std::exception_ptr m_error;
+    std::stop_source m_stop;
+    std::atomic<std::size_t> m_running{0};
+    std::atomic<waiter*> m_waiter{nullptr};
+    std::atomic<bool> m_failed{false};
+    std::exception_ptr m_error;  // written once, by the first failure
+};
+
+/// Forwards the group's stop to one child's own source (its future's).
+struct group_stop_forwarder {
+    std::stop_source* child;
+    void operator()() const noexcept { child->request_stop(); }
+};
+
+/// A child's future state, from the frame cache rather than the heap.
+template <class T>
+struct group_future_state final : future_state<T>, frame_allocated {
+    group_future_state() noexcept : future_state<T>(&group_future_state::destroy, 2) {}
+    static void destroy(future_state_base* s) noexcept {
+        delete static_cast<group_future_state*>(static_cast<future_state<T>*>(s));
+    }
 };
 
 template <class T>
-detached_task group_child(std::shared_ptr<group_state> g, std::uint64_t id, future_state<T>* s, task<T> t) {
+detached_task group_child(std::shared_ptr<group_state> g, future_state<T>* s, task<T> t) {
     std::exception_ptr error;
-    if (s->try_start()) {
-        try {
-            if constexpr (std::is_void_v<T>) {
-                co_await std::move(t);
-                s->set_value();
-            } else {
-                s->set_value(co_await std::move(t));
+    {
+        // The group's stop reaches the child through its future's source
+        // (which future::cancel() also stops); at once if the group was
+        // stopped already.
+        std::stop_callback<group_stop_forwarder> link(g->token(), group_stop_forwarder{&s->stop_source()});
+        if (s->try_start()) {
+            try {
+                if constexpr (std::is_void_v<T>) {
+                    co_await std::move(t);
+                    s->set_value();
+                } else {
+                    s->set_value(co_await std::move(t));
+                }
+            } catch (...) {
+                error = std::current_exception();
             }
-        } catch (...) {
-            error = std::current_exception();
+            // Outside the handler: this thread's only reference is `error`.
+            if (error) s->complete_with_error(error);
         }
-        // Outside the handler: this thread's only reference is `error`.
-        if (error) s->complete_with_error(error);
     }
     // Free the child's frame (and the arguments it owns) before wait() can
     // return: once it does, every child has ended.
     t = task<T>();
     s->release();
-    g->child_ended(id, std::move(error));
+    g->child_ended(std::move(error));
 }
 
 }  // namespace detail
@@ -114,17 +141,18 @@ public:
     /// Requests stop on every child.
     void cancel() noexcept { m_state->request_stop(); }
 
-    class wait_operation : private detail::resume_item {
+    class wait_operation : private detail::group_state::waiter {
     public:
         explicit wait_operation(std::shared_ptr<detail::group_state> s) noexcept : m_state(std::move(s)) {}
         bool await_ready() const noexcept { return false; }
         template <class P>
         bool await_suspend(std::coroutine_handle<P> h) {
             handle = h;
+            executor = detail::current_executor();
             const std::stop_token& token = detail::token_of(h.promise());
             if (token.stop_possible()) m_link.emplace(token, stopper{m_state.get()});
             m_cancelled_by_caller = &token;
-            return m_state->register_waiter(this, detail::current_executor());
+            return m_state->register_waiter(this);
         }
         void await_resume() {
             m_link.reset();
@@ -154,21 +182,26 @@ private:
     template <class T>
     future<T> spawn_impl(detail::executor_base* ex, task<T> t) {
         if (!t.valid()) throw std::invalid_argument("hop::task_group::spawn: the task is empty (moved-from or default)");
-        auto* s = new detail::future_state<T>(&detail::future_state<T>::delete_self, 2);
-        s->enable_stop();
-        auto fut = detail::make_future(s);
+        auto* s = new detail::group_future_state<T>();
+        try {
+            s->enable_stop();
+        } catch (...) {
+            delete s;
+            throw;
+        }
+        auto fut = detail::make_future<T>(s);
         // The child's token is its future's: cancel() on the future stops it,
         // and the group stops it through the same source.
-        auto id = m_state->child_started(s->stop_source());
-        auto driver = detail::group_child<T>(m_state, id, s, std::move(t));
+        auto driver = detail::group_child<T>(m_state, s, std::move(t));
         auto& p = driver.promise();
         p.m_stop_token = s->stop_source().get_token();
+        m_state->child_started();
         if (ex) {
             try {
                 ex->post_item(&p.m_item);
             } catch (...) {
-                s->release();
-                m_state->child_ended(id, nullptr);
+                s->release();  // the driver's reference: it never ran
+                m_state->child_ended(nullptr);
                 throw;
             }
             driver.release();

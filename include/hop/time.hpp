@@ -40,7 +40,7 @@ public:
 
     template <class P>
     bool await_suspend(std::coroutine_handle<P> h) {
-        if (this->deadline <= loop_clock::now() && !token_of(h.promise()).stop_requested() &&
+        if (this->deadline <= loop_clock::now() && !stop_requested_of(h.promise()) &&
             !loop_closing(loop())) {
             set_result(0);  // passed already: no wait
             return false;

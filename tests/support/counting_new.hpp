@@ -19,6 +19,8 @@ namespace hop_test {
 inline thread_local std::size_t allocations_on_this_thread = 0;
 /// Bytes allocated by every thread.
 inline std::atomic<std::uint64_t> allocated_bytes{0};
+/// Allocations made by every thread.
+inline std::atomic<std::uint64_t> allocations_total{0};
 }  // namespace hop_test
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -28,6 +30,7 @@ inline std::atomic<std::uint64_t> allocated_bytes{0};
 namespace {
 void* counted_alloc(std::size_t n, std::size_t align) {
     ++hop_test::allocations_on_this_thread;
+    hop_test::allocations_total.fetch_add(1, std::memory_order_relaxed);
     hop_test::allocated_bytes.fetch_add(n, std::memory_order_relaxed);
     n = n == 0 ? 1 : n;
     void* p = align <= alignof(std::max_align_t) ? std::malloc(n)

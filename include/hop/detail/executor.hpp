@@ -4,6 +4,7 @@
 
 #include <coroutine>
 #include <cstddef>
+#include <cstdint>
 #include <new>
 #include <ranges>
 #include <type_traits>
@@ -57,9 +58,14 @@ protected:
 /// silently, and it does not take the process down).
 void report_escaped_exception(const char* where) noexcept;
 
+// The calling thread's executor, read inline on every await and resume.
+// Initial-exec: no call to __tls_get_addr (libhop is linked at startup, or
+// dlopen'ed into glibc's static TLS reserve: it is one pointer).
+[[gnu::tls_model("initial-exec")]] extern thread_local constinit executor_base* tl_current_executor;
+
 /// The executor whose work the calling thread is running now, or null on a
 /// thread that belongs to no executor.
-executor_base* current_executor() noexcept;
+inline executor_base* current_executor() noexcept { return tl_current_executor; }
 
 /// Sets the calling thread's executor; returns the previous one.
 executor_base* exchange_current_executor(executor_base* ex) noexcept;
@@ -95,6 +101,10 @@ inline void resume_on(executor_base* target, resume_item& item) noexcept {
 // (cache-line rounded), not straight from the global heap.
 void* frame_allocate(std::size_t size);
 void frame_deallocate(void* p, std::size_t size) noexcept;
+/// How many frames the cache could not serve and took from the heap, by all
+/// threads so far (for tests and benchmarks: hop's own allocations are the
+/// heap allocations beyond these).
+std::uint64_t frame_cache_misses() noexcept;
 
 /// Allocation policy shared by every hop promise type.
 struct frame_allocated {
