@@ -25,15 +25,13 @@ void start_children(work_item** children, std::size_t n) noexcept {
     }
     // Oldest first, so thieves (who take from the old end) take the first
     // siblings and the owner takes back the last ones.
-    std::size_t pushed = 0;  // children[1, pushed) are on the deque
-    for (std::size_t i = 1; i < n; ++i) {
-        if (children[i] == nullptr) continue;
-        try {
-            fork_push(*at, children[i]);
-            pushed = i + 1;
-        } catch (...) {
-            children[i]->run(children[i]);  // the deque could not grow: run it here
-            children[i] = nullptr;
+    std::size_t pushed = n;  // children[1, pushed) are on the deque
+    try {
+        fork_push(*at, children + 1, n - 1);
+    } catch (...) {
+        pushed = 1;  // the deque could not grow: run them all here
+        for (std::size_t i = 1; i < n; ++i) {
+            if (children[i] != nullptr) children[i]->run(children[i]);
         }
     }
     if (children[0] != nullptr) children[0]->run(children[0]);

@@ -44,6 +44,23 @@ public:
         m_bottom.store(b + 1, std::memory_order_seq_cst);
     }
 
+    /// Owner thread only: pushes the non-null items of items[0, n), oldest
+    /// first, published with one store (a fork of ten children pays for one
+    /// fence, not ten). All or nothing: throws before publishing any.
+    void push_many(work_item* const* items, std::size_t n) {
+        auto b = m_bottom.load(std::memory_order_relaxed);
+        auto t = m_top.load(std::memory_order_acquire);
+        ring* r = m_ring.load(std::memory_order_relaxed);
+        std::int64_t count = 0;
+        for (std::size_t k = 0; k < n; ++k) count += items[k] != nullptr ? 1 : 0;
+        while (b - t + count > r->capacity) r = grow(r, b, t);
+        auto at = b;
+        for (std::size_t k = 0; k < n; ++k) {
+            if (items[k] != nullptr) r->put(at++, items[k]);
+        }
+        m_bottom.store(at, std::memory_order_seq_cst);
+    }
+
     /// Owner thread only; newest first.
     work_item* pop() {
         auto b = m_bottom.load(std::memory_order_relaxed) - 1;
@@ -544,8 +561,8 @@ fork_point* current_fork_point() noexcept {
     return reinterpret_cast<fork_point*>(cpu_pool::impl::tl_worker);
 }
 
-void fork_push(fork_point& at, work_item* w) {
-    reinterpret_cast<cpu_pool::impl::worker&>(at).deque.push(w);
+void fork_push(fork_point& at, work_item* const* items, std::size_t n) {
+    reinterpret_cast<cpu_pool::impl::worker&>(at).deque.push_many(items, n);
     cpu_pool::impl::tl_pool->notify_one();
 }
 

@@ -257,7 +257,7 @@ private:
 
     // The fork-join combinators push onto and take back from a worker's deque.
     friend detail::fork_point* detail::current_fork_point() noexcept;
-    friend void detail::fork_push(detail::fork_point&, detail::work_item*);
+    friend void detail::fork_push(detail::fork_point&, detail::work_item* const*, std::size_t);
     friend bool detail::fork_take_back(detail::fork_point&, detail::work_item*) noexcept;
 };
 

@@ -14,10 +14,12 @@ struct fork_point;
 /// plain thread), where the combinators do not fork.
 fork_point* current_fork_point() noexcept;
 
-/// Pushes `w` on the worker's deque, where idle workers may steal it, and
-/// wakes a parked worker if none is looking for work. Owner thread only.
-/// @throws std::bad_alloc if the deque must grow and cannot.
-void fork_push(fork_point& at, work_item* w);
+/// Pushes the non-null items of items[0, n) on the worker's deque (oldest
+/// first), where idle workers may steal them, and wakes a parked worker if
+/// none is looking for work. Owner thread only.
+/// @throws std::bad_alloc if the deque must grow and cannot (then none was
+///         pushed).
+void fork_push(fork_point& at, work_item* const* items, std::size_t n);
 
 /// Takes `w` back if it is still the newest item on the deque (nobody stole
 /// it, nothing was pushed above it); the caller then runs it. Owner thread
