@@ -39,11 +39,20 @@ inline constexpr bool is_task_v<task<T>> = true;
 
 /// What a group of children started by one combinator await share: a count
 /// of unfinished children (plus one held by the starter), the parent to
-/// resume, and a lazy stop source that cancels every child (made only if a
-/// child asks for a token: see lazy_stop_source).
+/// resume, the first child to end that matters (when_all: the first to fail;
+/// when_any: the first to end), and a lazy stop source that cancels every
+/// child (made only if a child asks for a token: see lazy_stop_source).
+///
+/// The children are the tasks themselves, started without a parent: each
+/// reports its end through a child_sink (task_promise_base::completion_sink)
+/// and keeps its result in its own frame until the combinator takes it.
 class fan_in {
 public:
-    explicit fan_in(std::size_t children) : m_remaining(children + 1) {}
+    static constexpr std::size_t none = static_cast<std::size_t>(-1);
+
+    /// `any`: when_any's rule (the first child to end wins), else when_all's
+    /// (the first child to fail).
+    fan_in(std::size_t children, bool any) : m_remaining(children + 1), m_any(any) {}
 
     /// Remembers where to resume the parent and links its stop to the
     /// children's.
@@ -54,74 +63,83 @@ public:
         m_stop.set_parent(hop_promise_of(parent.promise()));
     }
     lazy_stop_source& stop() noexcept { return m_stop; }
-    void request_stop() noexcept { m_stop.request_stop(); }
 
     /// The starter's share; true if the parent must suspend.
     bool release_starter() noexcept { return m_remaining.fetch_sub(1, std::memory_order_acq_rel) != 1; }
-    /// A child's share: the last one resumes the parent on its executor.
-    void child_done() noexcept {
+
+    /// Child `i` ended. The first that matters is recorded and stops the
+    /// others; the last one out resumes the parent on its executor.
+    void ended(std::size_t i, bool failed) noexcept {
+        if (failed || m_any) {
+            std::size_t expected = none;
+            if (m_first.compare_exchange_strong(expected, i, std::memory_order_acq_rel)) m_stop.request_stop();
+        }
         if (m_remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) resume_on(m_executor, m_resume);
     }
-
-    /// Keeps the first failure; the first one also stops the siblings.
-    void fail(std::exception_ptr e) noexcept {
-        if (!m_failed.exchange(true, std::memory_order_acq_rel)) {
-            m_error = std::move(e);
+    /// Child `i` could not even start (an empty task): it failed with `e`.
+    void failed_to_start(std::size_t i, std::exception_ptr e) noexcept {
+        std::size_t expected = none;
+        if (m_first.compare_exchange_strong(expected, i, std::memory_order_acq_rel)) {
+            m_start_error = std::move(e);
             m_stop.request_stop();
         }
+        m_remaining.fetch_sub(1, std::memory_order_acq_rel);  // the starter still holds its share
     }
-    void rethrow_if_failed() const {
-        if (m_error) std::rethrow_exception(m_error);
+
+    /// After all ended: the recorded child (none if nobody failed, for when_all).
+    std::size_t first() const noexcept { return m_first.load(std::memory_order_acquire); }
+    /// Rethrows the error of a child that could not start, if `i` is one.
+    void rethrow_start_error(std::size_t i) const {
+        if (m_start_error && i == first()) std::rethrow_exception(m_start_error);
     }
 
 private:
     std::atomic<std::size_t> m_remaining;
+    std::atomic<std::size_t> m_first{none};
+    bool m_any;
     resume_item m_resume;
     executor_base* m_executor = nullptr;
     lazy_stop_source m_stop;
-    std::atomic<bool> m_failed{false};
-    std::exception_ptr m_error;
+    std::exception_ptr m_start_error;
 };
 
-/// Runs one child to its end and reports to the fan_in.
-template <class T, class OnValue, class OnError>
-detached_task fan_in_child(fan_in& f, task<T> t, OnValue on_value, OnError on_error) {
-    std::exception_ptr error;
-    try {
-        if constexpr (std::is_void_v<T>) {
-            co_await std::move(t);
-            on_value(std::monostate{});
-        } else {
-            on_value(co_await std::move(t));
-        }
-    } catch (...) {
-        error = std::current_exception();
+/// One child's report to its fan_in.
+struct child_sink : task_promise_base::completion_sink {
+    fan_in* fan = nullptr;
+    std::size_t index = 0;
+    static void on_end(completion_sink& self, bool failed) noexcept {
+        auto& c = static_cast<child_sink&>(self);
+        c.fan->ended(c.index, failed);
     }
-    if (error) on_error(std::move(error));
-    // Free the child's frame (and the arguments it owns) before the parent
-    // can resume: a combinator returns only once its children have ended.
-    t = task<T>();
-    f.child_done();
-}
+};
 
-/// Makes the driver of one child, not started yet: the work item that starts
-/// it. Null if the child ended already (an empty task, or no memory for the
-/// driver's frame): then it has reported to `f`.
-template <class T, class OnValue, class OnError>
-work_item* make_child(fan_in& f, task<T>& t, OnValue on_value, OnError on_error) noexcept {
-    try {
-        if (!t.valid()) throw std::invalid_argument("hop combinator: an empty (moved-from) task was given");
-        auto child = fan_in_child<T>(f, std::move(t), on_value, on_error);
-        child.promise().m_stop_origin = &f.stop();
-        return &child.release().promise().m_item;
-    } catch (...) {
-        on_error(std::current_exception());
-        f.child_done();
+/// Readies child `i` (not started): the work item that starts it, or null
+/// if it cannot start (an empty task; reported to `f` as its failure).
+template <class T>
+work_item* make_child(fan_in& f, child_sink& sink, std::size_t i, task<T>& t) noexcept {
+    sink.ended = &child_sink::on_end;
+    sink.fan = &f;
+    sink.index = i;
+    if (!t.valid() || t.handle().done()) {
+        f.failed_to_start(i, std::make_exception_ptr(std::invalid_argument(
+                                 "hop combinator: task " + std::to_string(i) + " is empty (moved-from) or already awaited")));
         return nullptr;
     }
+    return t.handle().promise().prepare_detached(t.handle(), sink, &f.stop());
 }
 
-/// Starts the children made by make_child (null entries have ended).
+/// The result of a finished child, void as std::monostate.
+template <class T>
+stored_t<T> take_child_result(task<T>& t) {
+    if constexpr (std::is_void_v<T>) {
+        t.handle().promise().take_result();
+        return std::monostate{};
+    } else {
+        return t.handle().promise().take_result();
+    }
+}
+
+/// Starts the children readied by make_child (null entries did not start).
 ///
 /// On a cpu_pool worker this forks: every child but the first goes on the
 /// worker's deque, where idle workers steal them; the first runs inline; then
@@ -157,7 +175,7 @@ using frame_vector = std::vector<T, frame_allocator<T>>;
 template <class... T>
 class when_all_awaitable {
 public:
-    explicit when_all_awaitable(task<T>... ts) : m_tasks(std::move(ts)...), m_fan(sizeof...(T)) {}
+    explicit when_all_awaitable(task<T>... ts) : m_tasks(std::move(ts)...), m_fan(sizeof...(T), false) {}
     bool await_ready() const noexcept { return false; }
     template <class P>
     bool await_suspend(std::coroutine_handle<P> parent) {
@@ -166,25 +184,28 @@ public:
         return m_fan.release_starter();
     }
     std::tuple<stored_t<T>...> await_resume() {
-        m_fan.rethrow_if_failed();
+        if (const std::size_t f = m_fan.first(); f != fan_in::none) rethrow_failure(f, std::index_sequence_for<T...>{});
         return collect(std::index_sequence_for<T...>{});
     }
 
 private:
     template <std::size_t... I>
     void start_all(std::index_sequence<I...>) {
-        std::array<work_item*, sizeof...(T)> children{make_child(
-            m_fan, std::get<I>(m_tasks), [this](auto&& v) { std::get<I>(m_results).emplace(std::move(v)); },
-            [this](std::exception_ptr e) { m_fan.fail(std::move(e)); })...};
+        std::array<work_item*, sizeof...(T)> children{make_child(m_fan, m_sinks[I], I, std::get<I>(m_tasks))...};
         start_children(children.data(), children.size());
     }
     template <std::size_t... I>
+    void rethrow_failure(std::size_t f, std::index_sequence<I...>) {
+        m_fan.rethrow_start_error(f);
+        ((I == f ? (void)take_child_result(std::get<I>(m_tasks)) : void()), ...);  // throws
+    }
+    template <std::size_t... I>
     std::tuple<stored_t<T>...> collect(std::index_sequence<I...>) {
-        return std::tuple<stored_t<T>...>(std::move(*std::get<I>(m_results))...);
+        return std::tuple<stored_t<T>...>(take_child_result(std::get<I>(m_tasks))...);
     }
 
     std::tuple<task<T>...> m_tasks;
-    std::tuple<std::optional<stored_t<T>>...> m_results;
+    std::array<child_sink, sizeof...(T)> m_sinks;
     fan_in m_fan;
 };
 
@@ -192,33 +213,32 @@ template <class T>
 class when_all_vector_awaitable {
 public:
     explicit when_all_vector_awaitable(std::vector<task<T>> ts)
-        : m_tasks(std::move(ts)), m_results(m_tasks.size()), m_fan(m_tasks.size()) {}
+        : m_tasks(std::move(ts)), m_sinks(m_tasks.size()), m_fan(m_tasks.size(), false) {}
     bool await_ready() const noexcept { return false; }
     template <class P>
     bool await_suspend(std::coroutine_handle<P> parent) {
-        m_fan.attach(parent);
         frame_vector<work_item*> children(m_tasks.size());
-        for (std::size_t i = 0; i < m_tasks.size(); ++i) {
-            children[i] = make_child(
-                m_fan, m_tasks[i], [this, i](auto&& v) { m_results[i].emplace(std::move(v)); },
-                [this](std::exception_ptr e) { m_fan.fail(std::move(e)); });
-        }
+        m_fan.attach(parent);
+        for (std::size_t i = 0; i < m_tasks.size(); ++i) children[i] = make_child(m_fan, m_sinks[i], i, m_tasks[i]);
         start_children(children.data(), children.size());
         return m_fan.release_starter();
     }
     auto await_resume() {
-        m_fan.rethrow_if_failed();
+        if (const std::size_t f = m_fan.first(); f != fan_in::none) {
+            m_fan.rethrow_start_error(f);
+            take_child_result(m_tasks[f]);  // throws
+        }
         if constexpr (!std::is_void_v<T>) {
             std::vector<T> out;
-            out.reserve(m_results.size());
-            for (auto& r : m_results) out.push_back(std::move(*r));
+            out.reserve(m_tasks.size());
+            for (auto& t : m_tasks) out.push_back(t.handle().promise().take_result());
             return out;
         }
     }
 
 private:
     std::vector<task<T>> m_tasks;
-    frame_vector<std::optional<stored_t<T>>> m_results;
+    frame_vector<child_sink> m_sinks;
     fan_in m_fan;
 };
 
@@ -273,56 +293,41 @@ namespace detail {
 template <class T>
 class when_any_awaitable {
 public:
-    explicit when_any_awaitable(std::vector<task<T>> ts) : m_tasks(std::move(ts)), m_fan(m_tasks.size()) {
+    explicit when_any_awaitable(std::vector<task<T>> ts) : m_tasks(std::move(ts)), m_fan(m_tasks.size(), true) {
         if (m_tasks.empty()) throw std::invalid_argument("hop::when_any: the task list is empty");
         for (std::size_t i = 0; i < m_tasks.size(); ++i) {
             if (!m_tasks[i].valid()) {
                 throw std::invalid_argument("hop::when_any: tasks[" + std::to_string(i) + "] is empty (moved-from)");
             }
         }
+        m_sinks.resize(m_tasks.size());
     }
     bool await_ready() const noexcept { return false; }
     template <class P>
     bool await_suspend(std::coroutine_handle<P> parent) {
-        m_fan.attach(parent);
         frame_vector<work_item*> children(m_tasks.size());
-        for (std::size_t i = 0; i < m_tasks.size(); ++i) {
-            children[i] = make_child(
-                m_fan, m_tasks[i],
-                [this, i](auto&& v) {
-                    if (claim(i)) m_value.emplace(std::move(v));
-                },
-                [this, i](std::exception_ptr e) {
-                    if (claim(i)) m_error = std::move(e);
-                });
-        }
+        m_fan.attach(parent);
+        for (std::size_t i = 0; i < m_tasks.size(); ++i) children[i] = make_child(m_fan, m_sinks[i], i, m_tasks[i]);
         start_children(children.data(), children.size());
         return m_fan.release_starter();
     }
     when_any_result<T> await_resume() {
-        if (m_error) std::rethrow_exception(m_error);
+        // The first to end won (with a value or an exception); the others were
+        // stopped and have ended too.
+        const std::size_t w = m_fan.first();
+        m_fan.rethrow_start_error(w);
         if constexpr (std::is_void_v<T>) {
-            return {m_winner.load(std::memory_order_relaxed)};
+            m_tasks[w].handle().promise().take_result();
+            return {w};
         } else {
-            return {m_winner.load(std::memory_order_relaxed), std::move(*m_value)};
+            return {w, m_tasks[w].handle().promise().take_result()};
         }
     }
 
 private:
-    // The first child to end wins and cancels the others.
-    bool claim(std::size_t i) noexcept {
-        std::size_t none = npos;
-        if (!m_winner.compare_exchange_strong(none, i, std::memory_order_acq_rel)) return false;
-        m_fan.request_stop();
-        return true;
-    }
-    static constexpr std::size_t npos = static_cast<std::size_t>(-1);
-
     std::vector<task<T>> m_tasks;
+    frame_vector<child_sink> m_sinks;
     fan_in m_fan;
-    std::atomic<std::size_t> m_winner{npos};
-    std::optional<stored_t<T>> m_value;
-    std::exception_ptr m_error;
 };
 
 }  // namespace detail

@@ -43,6 +43,13 @@ public:
         template <class P>
         std::coroutine_handle<> await_suspend(std::coroutine_handle<P> self) noexcept {
             task_promise_base& p = self.promise();
+            if (p.m_sink != nullptr) {
+                // Started by a combinator: report there. The report may resume
+                // the parent, which may destroy this frame: touch nothing after.
+                completion_sink* sink = p.m_sink;
+                sink->ended(*sink, p.m_failed);
+                return std::noop_coroutine();
+            }
             if (p.m_flag.exchange(task_finished, std::memory_order_acq_rel) != task_parent_suspended) {
                 return std::noop_coroutine();  // the parent's await_suspend continues it
             }
@@ -69,9 +76,31 @@ public:
     /// For drivers that start a task without a parent coroutine.
     void set_stop_token(std::stop_token t) noexcept { m_stop_token = std::move(t); }
 
+    /// Where a task started by a combinator (when_all, when_any) reports its
+    /// end, on the thread that ran it, in place of resuming a parent: no
+    /// driver coroutine per child, no handshake.
+    struct completion_sink {
+        void (*ended)(completion_sink& self, bool failed) noexcept = nullptr;
+    };
+    /// Readies this task (not started) to run without a parent: returns the
+    /// work item whose run() starts it (inline, or from a pool's deque). Its
+    /// stop comes from `origin`; at its end it calls `sink`. Its result stays
+    /// in the frame for take_result().
+    work_item* prepare_detached(std::coroutine_handle<> self, completion_sink& sink,
+                                lazy_stop_source* origin) noexcept {
+        m_sink = &sink;
+        m_stop_origin = origin;
+        m_continuation.handle = self;
+        return &m_continuation;
+    }
+
+protected:
+    bool m_failed = false;  // ended with an exception (set by unhandled_exception)
+
 private:
     resume_item m_continuation;
     executor_base* m_continuation_executor = nullptr;
+    completion_sink* m_sink = nullptr;
     std::atomic<std::uint8_t> m_flag{task_running};
 };
 
@@ -84,7 +113,10 @@ public:
     void return_value(U&& v) {
         m_result.template emplace<1>(std::forward<U>(v));
     }
-    void unhandled_exception() noexcept { m_result.template emplace<2>(std::current_exception()); }
+    void unhandled_exception() noexcept {
+        m_result.template emplace<2>(std::current_exception());
+        m_failed = true;
+    }
     T take_result() {
         // The exception is moved out, not copied: the frame must not keep a
         // reference to it once the result has been handed on (see drive_into).
@@ -101,7 +133,10 @@ class task_promise<void> final : public task_promise_base {
 public:
     task<void> get_return_object() noexcept;
     void return_void() noexcept {}
-    void unhandled_exception() noexcept { m_error = std::current_exception(); }
+    void unhandled_exception() noexcept {
+        m_error = std::current_exception();
+        m_failed = true;
+    }
     void take_result() {
         if (m_error) std::rethrow_exception(std::move(m_error));
     }
