@@ -367,6 +367,11 @@ struct cpu_pool::impl {
         tl_worker = &self;
         tl_pool = this;
         detail::current_executor_scope scope(owner);
+        try {
+            detail::reserve_inline_queue();
+        } catch (...) {
+            // Without it the queue grows when first needed.
+        }
         self.rng = 0x9E3779B97F4A7C15ull * (index + 1);
         for (;;) {
             detail::work_item* w = find_local(self);

@@ -49,8 +49,12 @@ namespace {
 constexpr int max_inline_depth = 16;
 [[gnu::tls_model("initial-exec")]] constinit thread_local int tl_inline_depth = 0;
 [[gnu::tls_model("initial-exec")]] constinit thread_local bool tl_has_pending = false;
-thread_local std::deque<std::coroutine_handle<>> tl_pending;
+// A vector used as a queue and cleared when drained: it keeps its capacity,
+// so a thread that runs deep chains allocates for it once, not per chain.
+thread_local std::vector<std::coroutine_handle<>> tl_pending;
 }  // namespace
+
+void reserve_inline_queue() { tl_pending.reserve(256); }
 
 void resume_inline(std::coroutine_handle<> h) noexcept {
     if (tl_inline_depth >= max_inline_depth) {
@@ -62,11 +66,9 @@ void resume_inline(std::coroutine_handle<> h) noexcept {
     h.resume();
     if (tl_inline_depth == 1 && tl_has_pending) {
         auto& pending = tl_pending;
-        while (!pending.empty()) {
-            auto next = pending.front();
-            pending.pop_front();
-            next.resume();
-        }
+        // Resuming may queue more (at depth 1 + 16); they run in this loop.
+        for (std::size_t i = 0; i < pending.size(); ++i) pending[i].resume();
+        pending.clear();
         tl_has_pending = false;
     }
     --tl_inline_depth;
@@ -91,6 +93,11 @@ struct frame_node {
 struct frame_depot {
     std::mutex mutex;
     std::vector<frame_node*> batches[frame_classes];  // each a list of depot_batch frames
+
+    // Full size from the start: trading frames must not itself allocate.
+    frame_depot() {
+        for (auto& b : batches) b.reserve(depot_batches);
+    }
 
     bool put(std::size_t c, frame_node* batch) {
         std::lock_guard lock(mutex);

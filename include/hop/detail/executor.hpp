@@ -87,6 +87,11 @@ private:
 /// resumes another ...) never recurses without bound.
 void resume_inline(std::coroutine_handle<> h) noexcept;
 
+/// Reserves the calling thread's trampoline queue up front, so deep chains
+/// of inline completions do not allocate later (executor threads call it
+/// when they start). @throws std::bad_alloc.
+void reserve_inline_queue();
+
 /// Resumes the coroutine in `item` on `target`: inline when the calling thread
 /// already runs `target` (or there is no target), otherwise queued there.
 inline void resume_on(executor_base* target, resume_item& item) noexcept {
