@@ -25,7 +25,13 @@ bool future_state_base::begin_complete() noexcept {
 }
 
 void future_state_base::end_complete(future_status final_status) noexcept {
-    m_status.store(final_status, std::memory_order_release);
+    // Once the final status is visible, a waiter may return and drop every
+    // other reference (a promise destroyed right after its future was seen
+    // ready): this reference keeps the state alive until the end here.
+    add_ref();
+    // seq_cst, paired with wait(): either the waiter sees the final status,
+    // or this sees m_sleepers and notifies.
+    m_status.store(final_status, std::memory_order_seq_cst);
     auto* list = m_waiters.exchange(done_marker, std::memory_order_acq_rel);
     // Waiters were pushed LIFO; run them in registration order.
     future_waiter* ordered = nullptr;
@@ -40,7 +46,8 @@ void future_state_base::end_complete(future_status final_status) noexcept {
         ordered->notify(ordered);
         ordered = next;
     }
-    m_status.notify_all();
+    if (m_sleepers.load(std::memory_order_seq_cst)) m_status.notify_all();
+    release();
 }
 
 future_status future_state_base::settled_status() const noexcept {
@@ -90,8 +97,10 @@ bool future_state_base::add_waiter(future_waiter* w) noexcept {
 }
 
 void future_state_base::wait() const noexcept {
+    if (done()) return;
+    m_sleepers.store(true, std::memory_order_seq_cst);
     for (;;) {
-        auto s = m_status.load(std::memory_order_acquire);
+        auto s = m_status.load(std::memory_order_seq_cst);
         if (s == future_status::finished || s == future_status::cancelled) return;
         m_status.wait(s, std::memory_order_acquire);
     }

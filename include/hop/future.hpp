@@ -167,6 +167,10 @@ private:
     std::exception_ptr m_error;
     std::stop_source m_stop{std::nostopstate};
     std::atomic<blocking_waiter*> m_blocking{nullptr};  // shared by wait_for calls
+    // Set by a thread about to block in wait(): only then does end_complete
+    // call notify_all (libstdc++ routes it through a process-wide table, and
+    // it can cost a futex call even when nobody waits on this state).
+    mutable std::atomic<bool> m_sleepers{false};
 };
 
 template <class T>
