@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <vector>

@@ -172,6 +172,18 @@ struct frame_allocator {
 template <class T>
 using frame_vector = std::vector<T, frame_allocator<T>>;
 
+/// The vector forms' await_suspend: readies every task, starts them (forking
+/// on a pool worker), and returns whether the parent must suspend.
+template <class T, class P>
+bool start_each(fan_in& f, std::coroutine_handle<P> parent, std::vector<task<T>>& tasks,
+                frame_vector<child_sink>& sinks) {
+    frame_vector<work_item*> children(tasks.size());
+    f.attach(parent);
+    for (std::size_t i = 0; i < tasks.size(); ++i) children[i] = make_child(f, sinks[i], i, tasks[i]);
+    start_children(children.data(), children.size());
+    return f.release_starter();
+}
+
 template <class... T>
 class when_all_awaitable {
 public:
@@ -217,11 +229,7 @@ public:
     bool await_ready() const noexcept { return false; }
     template <class P>
     bool await_suspend(std::coroutine_handle<P> parent) {
-        frame_vector<work_item*> children(m_tasks.size());
-        m_fan.attach(parent);
-        for (std::size_t i = 0; i < m_tasks.size(); ++i) children[i] = make_child(m_fan, m_sinks[i], i, m_tasks[i]);
-        start_children(children.data(), children.size());
-        return m_fan.release_starter();
+        return start_each(m_fan, parent, m_tasks, m_sinks);
     }
     auto await_resume() {
         if (const std::size_t f = m_fan.first(); f != fan_in::none) {
@@ -293,23 +301,19 @@ namespace detail {
 template <class T>
 class when_any_awaitable {
 public:
-    explicit when_any_awaitable(std::vector<task<T>> ts) : m_tasks(std::move(ts)), m_fan(m_tasks.size(), true) {
+    explicit when_any_awaitable(std::vector<task<T>> ts)
+        : m_tasks(std::move(ts)), m_sinks(m_tasks.size()), m_fan(m_tasks.size(), true) {
         if (m_tasks.empty()) throw std::invalid_argument("hop::when_any: the task list is empty");
         for (std::size_t i = 0; i < m_tasks.size(); ++i) {
             if (!m_tasks[i].valid()) {
                 throw std::invalid_argument("hop::when_any: tasks[" + std::to_string(i) + "] is empty (moved-from)");
             }
         }
-        m_sinks.resize(m_tasks.size());
     }
     bool await_ready() const noexcept { return false; }
     template <class P>
     bool await_suspend(std::coroutine_handle<P> parent) {
-        frame_vector<work_item*> children(m_tasks.size());
-        m_fan.attach(parent);
-        for (std::size_t i = 0; i < m_tasks.size(); ++i) children[i] = make_child(m_fan, m_sinks[i], i, m_tasks[i]);
-        start_children(children.data(), children.size());
-        return m_fan.release_starter();
+        return start_each(m_fan, parent, m_tasks, m_sinks);
     }
     when_any_result<T> await_resume() {
         // The first to end won (with a value or an exception); the others were
