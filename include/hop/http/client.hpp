@@ -14,12 +14,14 @@
 /// @endcode
 
 #include <hop/http/message.hpp>
+#include <hop/tls.hpp>
 #include <hop/task.hpp>
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -64,6 +66,11 @@ struct client_options {
     bool follow_redirects = true;
     /// The User-Agent sent unless the request sets one ("" sends none).
     std::string user_agent = "hop/0.1";
+    /// The TLS context for https:// URLs. Empty (the default): a client
+    /// context made on first use (system CAs, peers verified, ALPN
+    /// http/1.1). Give one to trust a private CA (context::load_ca_file) or
+    /// to present a client certificate. Sessions are resumed per host:port.
+    std::optional<tls::context> tls{};
 };
 
 /// A snapshot of a client's pool, for tests and monitoring.

@@ -58,6 +58,7 @@
 /// connection is then closed; there is no TLS yet.
 
 #include <hop/http/message.hpp>
+#include <hop/tls.hpp>
 #include <hop/net.hpp>
 #include <hop/task.hpp>
 
@@ -66,6 +67,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -104,6 +106,10 @@ struct server_options {
     /// status, accept failures); each call is one line without its newline.
     /// Called on the server's loop. Empty (the default): stderr.
     std::function<void(std::string_view)> log{};
+    /// Serve https: each accepted connection shakes hands with this
+    /// (server) context before its first request; a failed handshake closes
+    /// the connection (and is logged). Empty (the default): plain HTTP.
+    std::optional<tls::context> tls{};
 };
 
 /// What a server has done so far; see server::stats().

@@ -1,0 +1,736 @@
+// hop::tls on OpenSSL 3.
+//
+// OpenSSL runs over a BIO of hop's own (hop_bio below) that never touches
+// the socket: its read side serves bytes that the stream has read from the
+// tcp_stream into m_in, and its write side appends records to m_out, which
+// the stream then sends with the tcp_stream's own operations. So the IO is
+// hop's (io_uring or epoll, cancellable, under timeouts) and OpenSSL only
+// does the crypto and the protocol.
+//
+// Who touches what (one reader and one writer coroutine may overlap, both on
+// the stream's loop; no OpenSSL call ever spans a suspension):
+// - m_in (the bytes read, not yet taken by OpenSSL) is filled by one
+//   coroutine at a time: the holder of m_read_mutex. OpenSSL asks for more
+//   (WANT_READ) only after it took everything there was, so a fill always
+//   starts with m_in empty.
+// - m_out collects records from any OpenSSL call (a reader's SSL_read may
+//   queue a KeyUpdate answer or an alert). Only the holder of
+//   m_write_mutex sends: it moves m_out into m_sending and sends that, so
+//   records queued meanwhile never move under a write in flight. It sends
+//   until both are empty before it lets go, so a reader that finds the
+//   mutex taken may leave its records to the writer.
+// - A cancelled send leaves the unsent rest in m_sending (m_sent says how
+//   far it got): the next flush goes on from there, so the record stream
+//   stays whole and the connection usable.
+
+#include <hop/sync.hpp>
+#include <hop/time.hpp>
+#include <hop/tls.hpp>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace hop::tls {
+
+namespace {
+
+constexpr std::size_t in_capacity = 17 * 1024;       // one full record and then some
+constexpr std::size_t out_high_water = 64 * 1024;    // SSL_write stops here and we send
+
+// OpenSSL's error queue as text ("reason; reason"), emptied.
+std::string take_ssl_errors() {
+    std::string out;
+    while (unsigned long e = ERR_get_error()) {
+        const char* r = ERR_reason_error_string(e);
+        std::string part = r ? r : ("error " + std::to_string(e));
+        if (out.find(part) != std::string::npos) continue;
+        if (!out.empty()) out += "; ";
+        out += part;
+    }
+    return out;
+}
+
+[[noreturn]] void throw_ssl(const std::string& what) {
+    std::string reasons = take_ssl_errors();
+    throw error(what + (reasons.empty() ? std::string() : ": " + reasons));
+}
+
+bool is_ip_literal(const std::string& host) {
+    in6_addr a6{};
+    in_addr a4{};
+    return ::inet_pton(AF_INET, host.c_str(), &a4) == 1 || ::inet_pton(AF_INET6, host.c_str(), &a6) == 1;
+}
+
+std::string endpoint_text(const tcp_stream& s) {
+    try {
+        return s.remote_endpoint().to_string();
+    } catch (...) {
+        return "unknown peer";
+    }
+}
+
+}  // namespace
+
+// ---- context ---------------------------------------------------------------
+
+struct context::impl {
+    SSL_CTX* ctx = nullptr;
+    bool server = false;
+    bool verify = true;
+    bool resume = true;
+    std::vector<unsigned char> alpn;  // wire format: length-prefixed names
+
+    std::mutex sessions_mutex;
+    std::map<std::string, SSL_SESSION*, std::less<>> sessions;  // client: host:port -> last session
+
+    impl() = default;
+    impl(const impl&) = delete;
+    impl& operator=(const impl&) = delete;
+    ~impl() {
+        for (auto& [k, s] : sessions) SSL_SESSION_free(s);
+        SSL_CTX_free(ctx);
+    }
+
+    void store_session(const std::string& key, SSL_SESSION* s) {
+        std::lock_guard lock(sessions_mutex);
+        auto [it, added] = sessions.try_emplace(key, s);
+        if (!added) {
+            SSL_SESSION_free(it->second);
+            it->second = s;
+        }
+    }
+    SSL_SESSION* find_session(const std::string& key) {  // a new reference, or null
+        std::lock_guard lock(sessions_mutex);
+        auto it = sessions.find(key);
+        if (it == sessions.end()) return nullptr;
+        if (!SSL_SESSION_is_resumable(it->second)) {
+            SSL_SESSION_free(it->second);
+            sessions.erase(it);
+            return nullptr;
+        }
+        SSL_SESSION_up_ref(it->second);
+        return it->second;
+    }
+    void forget_session(const std::string& key) {
+        std::lock_guard lock(sessions_mutex);
+        auto it = sessions.find(key);
+        if (it == sessions.end()) return;
+        SSL_SESSION_free(it->second);
+        sessions.erase(it);
+    }
+};
+
+namespace {
+
+int new_session_callback(SSL* ssl, SSL_SESSION* session);
+
+int alpn_select_callback(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                         unsigned int inlen, void* arg) {
+    auto* c = static_cast<context::impl*>(arg);
+    if (c->alpn.empty()) return SSL_TLSEXT_ERR_NOACK;
+    unsigned char* selected = nullptr;
+    // Server preference: OpenSSL walks its first list and takes the first
+    // name the second one holds.
+    if (SSL_select_next_proto(&selected, outlen, c->alpn.data(), static_cast<unsigned>(c->alpn.size()), in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED) {
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    *out = selected;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+std::shared_ptr<context::impl> make_context(bool server) {
+    auto c = std::make_shared<context::impl>();
+    c->server = server;
+    c->ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    if (!c->ctx) throw_ssl("hop::tls::context: SSL_CTX_new failed");
+    SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(c->ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_mode(c->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                                 SSL_MODE_RELEASE_BUFFERS);
+    if (server) {
+        SSL_CTX_set_session_cache_mode(c->ctx, SSL_SESS_CACHE_SERVER);
+        static const unsigned char sid_ctx[] = "hop";
+        SSL_CTX_set_session_id_context(c->ctx, sid_ctx, sizeof sid_ctx - 1);
+        SSL_CTX_set_alpn_select_cb(c->ctx, alpn_select_callback, c.get());
+    } else {
+        SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, nullptr);
+        if (SSL_CTX_set_default_verify_paths(c->ctx) != 1) {
+            throw_ssl("hop::tls::context::client: cannot load the system CA store");
+        }
+        SSL_CTX_set_session_cache_mode(c->ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+        SSL_CTX_sess_set_new_cb(c->ctx, new_session_callback);
+    }
+    return c;
+}
+
+}  // namespace
+
+context context::client() { return context(make_context(false)); }
+
+context context::server(const std::string& cert_chain_file, const std::string& private_key_file) {
+    context c(make_context(true));
+    c.load_cert_chain(cert_chain_file, private_key_file);
+    return c;
+}
+
+context::~context() = default;
+
+void context::load_ca_file(const std::string& pem_file) {
+    if (pem_file.empty()) throw std::invalid_argument("hop::tls::context::load_ca_file: the file name is empty");
+    if (SSL_CTX_load_verify_locations(m_impl->ctx, pem_file.c_str(), nullptr) != 1) {
+        throw_ssl("hop::tls::context::load_ca_file: cannot load CA certificates from '" + pem_file + "'");
+    }
+}
+
+void context::load_cert_chain(const std::string& cert_chain_file, const std::string& private_key_file) {
+    const char* who = m_impl->server ? "hop::tls::context::server" : "hop::tls::context::load_cert_chain";
+    if (cert_chain_file.empty() || private_key_file.empty()) {
+        throw std::invalid_argument(std::string(who) + ": a file name is empty (certificate '" + cert_chain_file +
+                                    "', key '" + private_key_file + "')");
+    }
+    if (SSL_CTX_use_certificate_chain_file(m_impl->ctx, cert_chain_file.c_str()) != 1) {
+        throw_ssl(std::string(who) + ": cannot load the certificate chain '" + cert_chain_file + "'");
+    }
+    if (SSL_CTX_use_PrivateKey_file(m_impl->ctx, private_key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+        throw_ssl(std::string(who) + ": cannot load the private key '" + private_key_file + "'");
+    }
+    if (SSL_CTX_check_private_key(m_impl->ctx) != 1) {
+        throw_ssl(std::string(who) + ": the private key '" + private_key_file +
+                  "' does not match the certificate '" + cert_chain_file + "'");
+    }
+}
+
+void context::insecure_skip_verify() {
+    m_impl->verify = false;
+    SSL_CTX_set_verify(m_impl->ctx, SSL_VERIFY_NONE, nullptr);
+}
+
+bool context::verifies_peer() const noexcept { return m_impl->verify && !m_impl->server; }
+
+void context::set_versions(version min, version max) {
+    auto code = [](version v) { return v == version::tls1_2 ? TLS1_2_VERSION : TLS1_3_VERSION; };
+    if (static_cast<int>(min) > static_cast<int>(max) || static_cast<int>(max) > 1) {
+        throw std::invalid_argument("hop::tls::context::set_versions: min (" + std::to_string(static_cast<int>(min)) +
+                                    ") is above max (" + std::to_string(static_cast<int>(max)) +
+                                    ") or out of range (0: TLS 1.2, 1: TLS 1.3)");
+    }
+    SSL_CTX_set_min_proto_version(m_impl->ctx, code(min));
+    SSL_CTX_set_max_proto_version(m_impl->ctx, code(max));
+}
+
+void context::set_alpn(std::vector<std::string> protocols) {
+    std::vector<unsigned char> wire;
+    for (const auto& p : protocols) {
+        if (p.empty() || p.size() > 255) {
+            throw std::invalid_argument("hop::tls::context::set_alpn: a protocol name must be 1 to 255 bytes, not " +
+                                        std::to_string(p.size()) + " ('" + p.substr(0, 40) + "')");
+        }
+        wire.push_back(static_cast<unsigned char>(p.size()));
+        wire.insert(wire.end(), p.begin(), p.end());
+    }
+    m_impl->alpn = wire;
+    if (!m_impl->server) {
+        // Note: 0 is success for this one.
+        if (SSL_CTX_set_alpn_protos(m_impl->ctx, wire.data(), static_cast<unsigned>(wire.size())) != 0) {
+            throw_ssl("hop::tls::context::set_alpn");
+        }
+    }
+}
+
+void context::set_session_tickets(bool on) {
+    if (on) {
+        SSL_CTX_clear_options(m_impl->ctx, SSL_OP_NO_TICKET);
+    } else {
+        SSL_CTX_set_options(m_impl->ctx, SSL_OP_NO_TICKET);
+    }
+}
+
+void context::set_session_resumption(bool on) { m_impl->resume = on; }
+
+bool context::is_server() const noexcept { return m_impl->server; }
+
+// ---- stream ----------------------------------------------------------------
+
+struct stream::impl {
+    std::shared_ptr<context::impl> ctx;
+    tcp_stream tcp;
+    SSL* ssl = nullptr;
+    std::string host;         // client: the name given; server: SNI after the handshake
+    std::string session_key;  // client: host:port
+    std::string peer;         // for messages
+
+    // Read side: bytes from the socket that OpenSSL has not taken yet.
+    std::unique_ptr<char[]> in;
+    std::size_t in_begin = 0;
+    std::size_t in_end = 0;
+    bool eof = false;     // the socket said end of stream
+    bool failed = false;  // a TLS error: the session is not resumed
+
+    // Write side (see the top of the file).
+    std::string out;
+    std::string sending;
+    std::size_t sent = 0;
+
+    async_mutex read_mutex;
+    async_mutex write_mutex;
+
+    impl(std::shared_ptr<context::impl> c, tcp_stream t) : ctx(std::move(c)), tcp(std::move(t)) {}
+    impl(const impl&) = delete;
+    impl& operator=(const impl&) = delete;
+    ~impl() {
+        // OpenSSL drops the session of a connection freed without
+        // close_notify (a rule from the days of truncation attacks on
+        // SSLv3); a connection that ended without an error keeps its
+        // session resumable, as browsers and curl expect.
+        if (ssl && !failed && SSL_is_init_finished(ssl)) SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+        SSL_free(ssl);  // frees the BIO too
+    }
+
+    void make_ssl(const char* who);
+    task<void> handshake(std::string who);
+    task<bool> fill();
+    task<void> flush_locked();
+    task<void> flush_if_free();
+    [[noreturn]] void fail(const std::string& who, int ssl_error);
+};
+
+namespace {
+
+// ---- the BIO between OpenSSL and the stream's buffers ----------------------
+
+int bio_write(BIO* b, const char* data, int len) {
+    auto* s = static_cast<stream::impl*>(BIO_get_data(b));
+    BIO_clear_retry_flags(b);
+    if (s->out.size() >= out_high_water) {
+        BIO_set_retry_write(b);
+        return -1;
+    }
+    s->out.append(data, static_cast<std::size_t>(len));
+    return len;
+}
+
+int bio_read(BIO* b, char* data, int len) {
+    auto* s = static_cast<stream::impl*>(BIO_get_data(b));
+    BIO_clear_retry_flags(b);
+    const std::size_t avail = s->in_end - s->in_begin;
+    if (avail == 0) {
+        BIO_set_retry_read(b);  // also at the socket's end: the stream decides what that means
+        return -1;
+    }
+    const std::size_t n = std::min(avail, static_cast<std::size_t>(len));
+    std::memcpy(data, s->in.get() + s->in_begin, n);
+    s->in_begin += n;
+    if (s->in_begin == s->in_end) s->in_begin = s->in_end = 0;
+    return static_cast<int>(n);
+}
+
+long bio_ctrl(BIO* b, int cmd, long, void*) {
+    auto* s = static_cast<stream::impl*>(BIO_get_data(b));
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING:
+        return s ? static_cast<long>(s->in_end - s->in_begin) : 0;
+    case BIO_CTRL_WPENDING:
+        return s ? static_cast<long>(s->out.size()) : 0;
+    default:
+        return 0;
+    }
+}
+
+int bio_create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+BIO_METHOD* hop_bio_method() {
+    static BIO_METHOD* m = [] {
+        BIO_METHOD* bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "hop tls stream");
+        if (!bm) throw_ssl("hop::tls: BIO_meth_new failed");
+        BIO_meth_set_write(bm, bio_write);
+        BIO_meth_set_read(bm, bio_read);
+        BIO_meth_set_ctrl(bm, bio_ctrl);
+        BIO_meth_set_create(bm, bio_create);
+        return bm;
+    }();
+    return m;
+}
+
+int new_session_callback(SSL* ssl, SSL_SESSION* session) {
+    auto* s = static_cast<stream::impl*>(SSL_get_app_data(ssl));
+    if (!s || !s->ctx->resume || s->session_key.empty()) return 0;
+    s->ctx->store_session(s->session_key, session);
+    return 1;  // we keep the reference
+}
+
+}  // namespace
+
+void stream::impl::make_ssl(const char* who) {
+    ssl = SSL_new(ctx->ctx);
+    if (!ssl) throw_ssl(std::string(who) + ": SSL_new failed");
+    BIO* b = BIO_new(hop_bio_method());
+    if (!b) throw_ssl(std::string(who) + ": BIO_new failed");
+    BIO_set_data(b, this);
+    SSL_set_bio(ssl, b, b);
+    SSL_set_app_data(ssl, this);
+    in = std::make_unique<char[]>(in_capacity);
+}
+
+void stream::impl::fail(const std::string& who, int ssl_error) {
+    failed = true;
+    std::string reasons = take_ssl_errors();
+    const long verify = SSL_get_verify_result(ssl);
+    std::string why;
+    if (verify != X509_V_OK && ssl_error == SSL_ERROR_SSL && !SSL_is_server(ssl)) {
+        why = "certificate verify failed: " + std::string(X509_verify_cert_error_string(verify));
+        throw error(who + ": " + why, verify);
+    }
+    if (reasons.empty()) {
+        why = ssl_error == SSL_ERROR_SYSCALL ? "the connection failed" : "error " + std::to_string(ssl_error);
+    } else {
+        why = reasons;
+    }
+    throw error(who + ": " + why);
+}
+
+task<bool> stream::impl::fill() {
+    if (eof) co_return false;
+    // OpenSSL asks for more only once it took all there was.
+    in_begin = in_end = 0;
+    const std::size_t n = co_await tcp.read_some(std::span<char>(in.get(), in_capacity));
+    if (n == 0) {
+        eof = true;
+        co_return false;
+    }
+    in_end = n;
+    co_return true;
+}
+
+task<void> stream::impl::flush_locked() {
+    while (true) {
+        if (sent == sending.size()) {
+            if (out.empty()) co_return;
+            sending.clear();
+            sent = 0;
+            sending.swap(out);
+        }
+        const std::size_t n = co_await tcp.write_some(std::string_view(sending).substr(sent));
+        sent += n;
+    }
+}
+
+task<void> stream::impl::flush_if_free() {
+    if (out.empty()) co_return;
+    auto lock = write_mutex.try_lock();
+    if (!lock.owns_lock()) co_return;  // the writer sends everything before it lets go
+    co_await flush_locked();
+}
+
+task<void> stream::impl::handshake(std::string who) {
+    while (true) {
+        ERR_clear_error();
+        const int r = SSL_do_handshake(ssl);
+        if (r == 1) {
+            co_await flush_locked();
+            co_return;
+        }
+        const int e = SSL_get_error(ssl, r);
+        if (e == SSL_ERROR_WANT_READ) {
+            co_await flush_locked();
+            if (!co_await fill()) {
+                throw error(who + ": the peer closed the connection during the handshake" +
+                            [&] {
+                                std::string r2 = take_ssl_errors();
+                                return r2.empty() ? std::string() : " (" + r2 + ")";
+                            }());
+            }
+        } else if (e == SSL_ERROR_WANT_WRITE) {
+            co_await flush_locked();
+        } else {
+            // Send our alert (if any), so the peer learns why; best effort:
+            // OpenSSL's reason is what we report.
+            try {
+                co_await flush_locked();
+            } catch (...) {
+            }
+            fail(who, e);
+        }
+    }
+}
+
+// ---- stream: making one ----------------------------------------------------
+
+stream::stream() noexcept = default;
+stream::stream(std::unique_ptr<impl> p) noexcept : m_impl(std::move(p)) {}
+stream::stream(stream&&) noexcept = default;
+stream& stream::operator=(stream&&) noexcept = default;
+stream::~stream() = default;
+
+task<stream> stream::connect(context ctx, tcp_stream tcp, std::string host_name) {
+    constexpr const char* who = "hop::tls::stream::connect";
+    if (!ctx.m_impl) throw std::invalid_argument(std::string(who) + ": the context is empty (moved from)");
+    if (ctx.m_impl->server) {
+        throw std::invalid_argument(std::string(who) +
+                                    ": the context is a server context (context::server); use context::client()");
+    }
+    if (!tcp.is_open()) throw std::invalid_argument(std::string(who) + ": the tcp_stream is not open");
+    if (host_name.size() > 253 || host_name.find_first_of(std::string_view(" \t\r\n\0/", 7)) != std::string::npos) {
+        throw std::invalid_argument(std::string(who) + ": '" + host_name.substr(0, 80) + "' is not a host name");
+    }
+    if (host_name.empty() && ctx.m_impl->verify) {
+        throw std::invalid_argument(std::string(who) +
+                                    ": the host name is empty, so the certificate cannot be checked: give the "
+                                    "server's name (or call context::insecure_skip_verify)");
+    }
+    auto s = std::make_unique<impl>(ctx.m_impl, std::move(tcp));
+    s->make_ssl(who);
+    s->host = host_name;
+    const std::string ep = endpoint_text(s->tcp);
+    s->peer = host_name.empty() ? ep : host_name + " (" + ep + ")";
+    SSL_set_connect_state(s->ssl);
+    const bool ip = is_ip_literal(host_name);
+    if (!host_name.empty() && !ip && SSL_set_tlsext_host_name(s->ssl, host_name.c_str()) != 1) {
+        throw_ssl(std::string(who) + ": cannot send '" + host_name + "' as the server name");
+    }
+    if (s->ctx->verify) {
+        const int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), host_name.c_str())
+                          : SSL_set1_host(s->ssl, host_name.c_str());
+        if (ok != 1) throw_ssl(std::string(who) + ": cannot check the certificate against '" + host_name + "'");
+    }
+    if (s->ctx->resume) {
+        try {
+            s->session_key = host_name + "|" + std::to_string(s->tcp.remote_endpoint().port());
+        } catch (...) {
+            s->session_key = host_name;
+        }
+        if (SSL_SESSION* sess = s->ctx->find_session(s->session_key)) {
+            SSL_set_session(s->ssl, sess);
+            SSL_SESSION_free(sess);
+        }
+    }
+    std::string what = std::string(who) + " to " + s->peer;
+    try {
+        co_await s->handshake(what);
+    } catch (const error&) {
+        if (!s->session_key.empty()) s->ctx->forget_session(s->session_key);
+        throw;
+    }
+    co_return stream(std::move(s));
+}
+
+task<stream> stream::accept(context ctx, tcp_stream tcp) {
+    constexpr const char* who = "hop::tls::stream::accept";
+    if (!ctx.m_impl) throw std::invalid_argument(std::string(who) + ": the context is empty (moved from)");
+    if (!ctx.m_impl->server) {
+        throw std::invalid_argument(std::string(who) +
+                                    ": the context is a client context; use context::server(cert, key)");
+    }
+    if (!tcp.is_open()) throw std::invalid_argument(std::string(who) + ": the tcp_stream is not open");
+    auto s = std::make_unique<impl>(ctx.m_impl, std::move(tcp));
+    s->make_ssl(who);
+    s->peer = endpoint_text(s->tcp);
+    SSL_set_accept_state(s->ssl);
+    co_await s->handshake(std::string(who) + " from " + s->peer);
+    if (const char* sni = SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name)) s->host = sni;
+    co_return stream(std::move(s));
+}
+
+// ---- stream: reading and writing ---------------------------------------------
+
+namespace {
+stream::impl& open_impl(const std::unique_ptr<stream::impl>& p, const char* who) {
+    if (!p || !p->ssl) throw std::logic_error(std::string(who) + ": the stream is empty (default-made or moved from)");
+    if (!p->tcp.is_open()) throw std::logic_error(std::string(who) + ": the stream is closed");
+    return *p;
+}
+}  // namespace
+
+task<std::size_t> stream::read_some_impl(void* data, std::size_t size) {
+    constexpr const char* who = "hop::tls::stream::read_some";
+    impl& s = open_impl(m_impl, who);
+    if (size == 0) co_return 0;
+    auto lock = co_await s.read_mutex.lock();
+    while (true) {
+        ERR_clear_error();
+        std::size_t n = 0;
+        const int r = SSL_read_ex(s.ssl, data, size, &n);
+        if (r == 1) {
+            // A KeyUpdate answer or the like: send it unless a writer will.
+            if (!s.out.empty()) co_await s.flush_if_free();
+            co_return n;
+        }
+        const int e = SSL_get_error(s.ssl, r);
+        if (e == SSL_ERROR_WANT_READ) {
+            // No data yet (or a record without any: a session ticket, a key
+            // update): send what OpenSSL queued, then read on.
+            if (!s.out.empty()) co_await s.flush_if_free();
+            if (!co_await s.fill()) {
+                ERR_clear_error();
+                throw truncated_error(std::string(who) + " from " + s.peer +
+                                      ": the peer closed the connection without close_notify (truncated)");
+            }
+        } else if (e == SSL_ERROR_WANT_WRITE) {
+            auto w = co_await s.write_mutex.lock();
+            co_await s.flush_locked();
+        } else if (e == SSL_ERROR_ZERO_RETURN) {
+            co_return 0;
+        } else {
+            s.fail(std::string(who) + " from " + s.peer, e);
+        }
+    }
+}
+
+task<std::size_t> stream::read_exact_impl(void* data, std::size_t size) {
+    std::size_t done = 0;
+    auto* p = static_cast<char*>(data);
+    while (done < size) {
+        const std::size_t n = co_await read_some_impl(p + done, size - done);
+        if (n == 0) {
+            throw end_of_stream_error("hop::tls::stream::read_exact: the peer closed the stream after " +
+                                          std::to_string(done) + " of " + std::to_string(size) + " bytes",
+                                      done);
+        }
+        done += n;
+    }
+    co_return done;
+}
+
+task<std::size_t> stream::write_impl(const void* data, std::size_t size, bool all) {
+    const char* who = all ? "hop::tls::stream::write_all" : "hop::tls::stream::write_some";
+    impl& s = open_impl(m_impl, who);
+    if (size == 0) co_return 0;
+    auto lock = co_await s.write_mutex.lock();
+    const auto* p = static_cast<const char*>(data);
+    std::size_t done = 0;
+    while (done < size) {
+        ERR_clear_error();
+        std::size_t n = 0;
+        const int r = SSL_write_ex(s.ssl, p + done, size - done, &n);
+        if (r == 1) {
+            done += n;
+            co_await s.flush_locked();
+            if (!all) break;
+            continue;
+        }
+        const int e = SSL_get_error(s.ssl, r);
+        if (e == SSL_ERROR_WANT_WRITE) {
+            co_await s.flush_locked();
+        } else if (e == SSL_ERROR_WANT_READ) {
+            // OpenSSL needs the peer's records first (openssl #11211). A
+            // reader, if there is one, brings them in; else we do.
+            co_await s.flush_locked();
+            auto r2 = co_await s.read_mutex.lock();
+            ERR_clear_error();
+            const int again = SSL_write_ex(s.ssl, p + done, size - done, &n);
+            if (again == 1) {
+                done += n;
+                r2.unlock();
+                co_await s.flush_locked();
+                if (!all) break;
+                continue;
+            }
+            if (SSL_get_error(s.ssl, again) == SSL_ERROR_WANT_READ && !co_await s.fill()) {
+                throw truncated_error(std::string(who) + " to " + s.peer +
+                                      ": the peer closed the connection without close_notify (truncated)");
+            }
+        } else {
+            s.fail(std::string(who) + " to " + s.peer, e);
+        }
+    }
+    co_return done;
+}
+
+task<void> stream::shutdown(std::chrono::milliseconds wait_for_peer) {
+    if (!m_impl || !m_impl->ssl || !m_impl->tcp.is_open()) co_return;
+    if (wait_for_peer.count() < 0) {
+        throw std::invalid_argument("hop::tls::stream::shutdown: wait_for_peer is negative (" +
+                                    std::to_string(wait_for_peer.count()) + " ms)");
+    }
+    impl& s = *m_impl;
+    bool cancelled = false;
+    try {
+        int r = 0;
+        {
+            auto w = co_await s.write_mutex.lock();
+            ERR_clear_error();
+            r = SSL_shutdown(s.ssl);  // queues close_notify: 0 sent, 1 both ways done
+            co_await s.flush_locked();
+        }
+        if (r == 0 && wait_for_peer.count() > 0) {
+            // Read to the peer's close_notify, dropping data, for a bounded time.
+            auto drain = [](impl& st) -> task<void> {
+                auto rl = co_await st.read_mutex.lock();
+                char sink[4096];
+                while (true) {
+                    ERR_clear_error();
+                    std::size_t n = 0;
+                    const int rr = SSL_read_ex(st.ssl, sink, sizeof sink, &n);
+                    if (rr == 1) continue;
+                    const int e = SSL_get_error(st.ssl, rr);
+                    if (e != SSL_ERROR_WANT_READ) co_return;
+                    if (!co_await st.fill()) co_return;
+                }
+            };
+            co_await with_timeout(wait_for_peer, drain(s));
+        }
+    } catch (const cancelled_error&) {
+        cancelled = true;
+    } catch (...) {
+        // the peer left, timed out, or sent garbage: we close anyway
+    }
+    ERR_clear_error();
+    s.tcp.close();
+    if (cancelled) throw cancelled_error("hop::tls::stream::shutdown: cancelled (the socket is closed)");
+}
+
+void stream::close() noexcept {
+    if (m_impl) m_impl->tcp.close();
+}
+
+bool stream::is_open() const noexcept { return m_impl && m_impl->ssl && m_impl->tcp.is_open(); }
+
+std::string_view stream::alpn_protocol() const noexcept {
+    if (!m_impl || !m_impl->ssl) return {};
+    const unsigned char* p = nullptr;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(m_impl->ssl, &p, &len);
+    return p ? std::string_view(reinterpret_cast<const char*>(p), len) : std::string_view();
+}
+
+std::string_view stream::server_name() const noexcept { return m_impl ? std::string_view(m_impl->host) : ""; }
+
+std::string_view stream::protocol_version() const noexcept {
+    return m_impl && m_impl->ssl ? std::string_view(SSL_get_version(m_impl->ssl)) : std::string_view();
+}
+
+std::string_view stream::cipher() const noexcept {
+    if (!m_impl || !m_impl->ssl) return {};
+    const char* c = SSL_get_cipher_name(m_impl->ssl);
+    return c ? std::string_view(c) : std::string_view();
+}
+
+bool stream::session_reused() const noexcept { return m_impl && m_impl->ssl && SSL_session_reused(m_impl->ssl) == 1; }
+
+tcp_stream& stream::lower() {
+    if (!m_impl) throw std::logic_error("hop::tls::stream::lower: the stream is empty (default-made or moved from)");
+    return m_impl->tcp;
+}
+const tcp_stream& stream::lower() const {
+    if (!m_impl) throw std::logic_error("hop::tls::stream::lower: the stream is empty (default-made or moved from)");
+    return m_impl->tcp;
+}
+
+::ssl_st* stream::native_handle() const noexcept { return m_impl ? m_impl->ssl : nullptr; }
+
+}  // namespace hop::tls
