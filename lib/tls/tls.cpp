@@ -32,6 +32,7 @@
 #include <openssl/x509v3.h>
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
@@ -692,6 +693,28 @@ task<void> stream::shutdown(std::chrono::milliseconds wait_for_peer) {
     ERR_clear_error();
     s.tcp.close();
     if (cancelled) throw cancelled_error("hop::tls::stream::shutdown: cancelled (the socket is closed)");
+}
+
+bool stream::try_write(std::string_view bytes) noexcept {
+    if (!is_open() || bytes.empty()) return false;
+    impl& s = *m_impl;
+    if (s.write_mutex.is_locked()) return false;  // a write in flight: the socket is its own
+    try {
+        ERR_clear_error();
+        std::size_t n = 0;
+        if (SSL_write_ex(s.ssl, bytes.data(), bytes.size(), &n) != 1 || n != bytes.size()) {
+            ERR_clear_error();
+            return false;
+        }
+        std::string wire = s.sending.substr(s.sent) + s.out;
+        s.sending.clear();
+        s.sent = 0;
+        s.out.clear();
+        const ssize_t r = ::send(s.tcp.native_handle(), wire.data(), wire.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        return r == static_cast<ssize_t>(wire.size());
+    } catch (...) {
+        return false;
+    }
 }
 
 void stream::close() noexcept {
