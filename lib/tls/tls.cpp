@@ -385,7 +385,6 @@ void stream::impl::make_ssl(const char* who) {
     BIO_set_data(b, this);
     SSL_set_bio(ssl, b, b);
     SSL_set_app_data(ssl, this);
-    in = std::make_unique<char[]>(in_capacity);
 }
 
 void stream::impl::fail(const std::string& who, int ssl_error) {
@@ -409,6 +408,7 @@ task<bool> stream::impl::fill() {
     if (eof) co_return false;
     // OpenSSL asks for more only once it took all there was.
     in_begin = in_end = 0;
+    if (!in) in = std::make_unique<char[]>(in_capacity);
     const std::size_t n = co_await tcp.read_some(std::span<char>(in.get(), in_capacity));
     if (n == 0) {
         eof = true;
@@ -421,7 +421,10 @@ task<bool> stream::impl::fill() {
 task<void> stream::impl::flush_locked() {
     while (true) {
         if (sent == sending.size()) {
-            if (out.empty()) co_return;
+            if (out.empty()) {
+                if (sending.capacity() > in_capacity) std::string().swap(sending);  // after a bulk write
+                co_return;
+            }
             sending.clear();
             sent = 0;
             sending.swap(out);
@@ -569,6 +572,9 @@ task<std::size_t> stream::read_some_impl(void* data, std::size_t size) {
         if (r == 1) {
             // A KeyUpdate answer or the like: send it unless a writer will.
             if (!s.out.empty()) co_await s.flush_if_free();
+            // An idle connection holds no input buffer (10,000 idle ones
+            // would hold 170 MiB); OpenSSL frees its own (RELEASE_BUFFERS).
+            if (s.in_begin == s.in_end) s.in.reset();
             co_return n;
         }
         const int e = SSL_get_error(s.ssl, r);
