@@ -40,6 +40,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 namespace hop::tls {
 
@@ -64,6 +65,24 @@ std::string take_ssl_errors() {
 [[noreturn]] void throw_ssl(const std::string& what) {
     std::string reasons = take_ssl_errors();
     throw error(what + (reasons.empty() ? std::string() : ": " + reasons));
+}
+
+// `s` fit for a message: bytes outside printable ASCII as \xNN (a NUL
+// would end what() there).
+std::string printable(std::string_view s) {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    for (const char ch : s) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c >= 0x20 && c < 0x7f) {
+            out += ch;
+        } else {
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 0xf];
+        }
+    }
+    return out;
 }
 
 bool is_ip_literal(const std::string& host) {
@@ -490,7 +509,8 @@ task<stream> stream::connect(context ctx, tcp_stream tcp, std::string host_name)
     }
     if (!tcp.is_open()) throw std::invalid_argument(std::string(who) + ": the tcp_stream is not open");
     if (host_name.size() > 253 || host_name.find_first_of(std::string_view(" \t\r\n\0/", 7)) != std::string::npos) {
-        throw std::invalid_argument(std::string(who) + ": '" + host_name.substr(0, 80) + "' is not a host name");
+        throw std::invalid_argument(std::string(who) + ": '" + printable(host_name.substr(0, 80)) +
+                                    "' is not a host name");
     }
     if (host_name.empty() && ctx.m_impl->verify) {
         throw std::invalid_argument(std::string(who) +
