@@ -32,6 +32,7 @@
 #include <openssl/x509v3.h>
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
@@ -710,6 +711,15 @@ task<void> stream::shutdown(std::chrono::milliseconds wait_for_peer) {
         // the peer left, timed out, or sent garbage: we close anyway
     }
     ERR_clear_error();
+    // Bytes left unread in the socket (TLS 1.3 session tickets of a side
+    // that only wrote, say) make close() send a reset instead of a FIN, and
+    // the kernel then drops what it has not sent yet: the caller's last
+    // data and our close_notify. Take in what is there first.
+    if (s.tcp.is_open()) {
+        char sink[4096];
+        while (::recv(s.tcp.native_handle(), sink, sizeof sink, MSG_DONTWAIT) > 0) {
+        }
+    }
     s.tcp.close();
     if (cancelled) throw cancelled_error("hop::tls::stream::shutdown: cancelled (the socket is closed)");
 }
