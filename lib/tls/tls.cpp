@@ -46,7 +46,11 @@ namespace hop::tls {
 
 namespace {
 
-constexpr std::size_t in_capacity = 17 * 1024;       // one full record and then some
+// The input buffer: small while records are small (requests, responses of
+// a few KiB: an idle connection keeps 4 KiB), a full record and then some
+// once a read fills it (bulk data).
+constexpr std::size_t in_small = 4 * 1024;
+constexpr std::size_t in_capacity = 17 * 1024;
 constexpr std::size_t out_high_water = 64 * 1024;    // SSL_write stops here and we send
 
 // OpenSSL's error queue as text ("reason; reason"), emptied.
@@ -292,8 +296,23 @@ struct stream::impl {
 
     // Read side: bytes from the socket that OpenSSL has not taken yet.
     std::unique_ptr<char[]> in;
+    std::size_t in_size = in_small;  // in's size
     std::size_t in_begin = 0;
     std::size_t in_end = 0;
+    bool in_big = false;  // a read filled `in`: the next one gets in_capacity
+
+    // After a read: the buffer size for the next fill. A drained big buffer
+    // goes back to small unless the last read filled it, so idle
+    // connections hold 4 KiB (OpenSSL frees its own: RELEASE_BUFFERS).
+    void settle_input() noexcept {
+        if (in_begin != in_end) return;
+        const std::size_t want = in_big ? in_capacity : in_small;
+        in_big = false;
+        if (want != in_size) {
+            in.reset();
+            in_size = want;
+        }
+    }
     bool eof = false;     // the socket said end of stream
     bool failed = false;  // a TLS error: the session is not resumed
 
@@ -427,13 +446,16 @@ task<bool> stream::impl::fill() {
     if (eof) co_return false;
     // OpenSSL asks for more only once it took all there was.
     in_begin = in_end = 0;
-    if (!in) in = std::make_unique<char[]>(in_capacity);
-    const std::size_t n = co_await tcp.read_some(std::span<char>(in.get(), in_capacity));
+    if (!in) {
+        in.reset(new char[in_size]);  // not zeroed: it is read into
+    }
+    const std::size_t n = co_await tcp.read_some(std::span<char>(in.get(), in_size));
     if (n == 0) {
         eof = true;
         co_return false;
     }
     in_end = n;
+    if (n == in_size) in_big = true;  // bulk data: the big buffer from the next read on
     co_return true;
 }
 
@@ -595,9 +617,7 @@ task<std::size_t> stream::read_some_impl(void* data, std::size_t size) {
         if (r == 1) {
             // A KeyUpdate answer or the like: send it unless a writer will.
             if (!s.out.empty()) co_await s.flush_if_free();
-            // An idle connection holds no input buffer (10,000 idle ones
-            // would hold 170 MiB); OpenSSL frees its own (RELEASE_BUFFERS).
-            if (s.in_begin == s.in_end) s.in.reset();
+            s.settle_input();
             co_return n;
         }
         const int e = SSL_get_error(s.ssl, r);
