@@ -9,7 +9,11 @@
 // Ctrl-C (or SIGTERM) shuts it down gracefully: no new connections, idle
 // ones closed, requests in flight finish (for up to 10 s); then it exits 0.
 //
-//   http_server [--host ADDRESS] [--port N] [--backend auto|io_uring|epoll]
+// With a certificate it serves https instead:
+//
+//   http_server --cert cert.pem --key key.pem &   then   curl --cacert cert.pem https://localhost:8080/
+//
+//   http_server [--host ADDRESS] [--port N] [--backend auto|io_uring|epoll] [--cert FILE --key FILE]
 
 #include <hop/hop.hpp>
 #include <hop/http.hpp>
@@ -37,6 +41,7 @@ struct options {
     std::string host = "127.0.0.1";
     std::uint16_t port = 8080;
     hop::backend backend = hop::backend::automatic;
+    std::string cert, key;  // both: https
 };
 
 /// The plain handler: the whole request in, the whole response out.
@@ -86,22 +91,28 @@ hop::task<> handle(hop::http::request& req, hop::http::response_writer& out) {
 }
 
 constexpr const char* usage =
-    "usage: http_server [--host ADDRESS] [--port N] [--backend auto|io_uring|epoll]\n"
+    "usage: http_server [--host ADDRESS] [--port N] [--backend auto|io_uring|epoll] [--cert FILE --key FILE]\n"
     "  --host ADDRESS   IPv4 or IPv6 address to listen on (default 127.0.0.1)\n"
     "  --port N         port (default 8080; 0 picks a free one)\n"
-    "  --backend NAME   io_loop backend (default auto)\n";
+    "  --backend NAME   io_loop backend (default auto)\n"
+    "  --cert FILE      serve https with this certificate chain (PEM; needs --key)\n"
+    "  --key FILE       the certificate's private key (PEM)\n";
 
 options parse_options(int argc, char** argv) {
     options o;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
-        if (a != "--host" && a != "--port" && a != "--backend") {
+        if (a != "--host" && a != "--port" && a != "--backend" && a != "--cert" && a != "--key") {
             throw std::invalid_argument("unknown argument '" + a + "'");
         }
         if (++i == argc) throw std::invalid_argument(a + ": a value is missing");
         const std::string v = argv[i];
         if (a == "--host") {
             o.host = v;
+        } else if (a == "--cert") {
+            o.cert = v;
+        } else if (a == "--key") {
+            o.key = v;
         } else if (a == "--port") {
             char* end = nullptr;
             errno = 0;
@@ -120,6 +131,7 @@ options parse_options(int argc, char** argv) {
             throw std::invalid_argument("--backend '" + v + "': expected auto, io_uring or epoll");
         }
     }
+    if (o.cert.empty() != o.key.empty()) throw std::invalid_argument("--cert and --key go together");
     return o;
 }
 
@@ -131,15 +143,16 @@ hop::endpoint make_endpoint(const std::string& host, std::uint16_t port) {
 /// Binds on the loop's thread (the server belongs to the loop it was made
 /// on), prints where it listens, and serves until `stop` is requested.
 hop::task<> main_task(options o) {
-    auto srv = hop::http::server::bind(make_endpoint(o.host, o.port), handle,
-                                       {.max_header_bytes = 16 * 1024,
-                                        .max_body_bytes = 8 << 20,
-                                        .header_timeout = 10s,
-                                        .idle_timeout = 60s,
-                                        .max_connections = 10000,
-                                        .shutdown_grace = 10s,
-                                        .server_header = "hop-example"});
-    std::printf("http_server: listening on http://%s/ (%.*s backend), Ctrl-C to stop\n",
+    hop::http::server_options so{.max_header_bytes = 16 * 1024,
+                                 .max_body_bytes = 8 << 20,
+                                 .header_timeout = 10s,
+                                 .idle_timeout = 60s,
+                                 .max_connections = 10000,
+                                 .shutdown_grace = 10s,
+                                 .server_header = "hop-example"};
+    if (!o.cert.empty()) so.tls = hop::tls::context::server(o.cert, o.key);  // https
+    auto srv = hop::http::server::bind(make_endpoint(o.host, o.port), handle, so);
+    std::printf("http_server: listening on %s://%s/ (%.*s backend), Ctrl-C to stop\n", so.tls ? "https" : "http",
                 srv.local_endpoint().to_string().c_str(), static_cast<int>(hop::current_loop()->backend_name().size()),
                 hop::current_loop()->backend_name().data());
     std::fflush(stdout);  // scripts read the address from this line

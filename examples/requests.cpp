@@ -5,7 +5,8 @@
 // GET /item/<i> with --size bytes depending only on i, and fetches
 // --requests items from it; one io_loop on the main thread carries both the
 // server and the client. --url URL (repeatable) or --urls FILE points it at
-// any server instead (each URL once, or cycled to --requests).
+// any server instead (each URL once, or cycled to --requests); https:// URLs
+// are verified against the system CAs, or against --cacert FILE.
 //
 // Each request shows the three moves hop is about:
 //   IO on the loop        client.get(url)                        (hop::http::client)
@@ -13,7 +14,7 @@
 //   back on the loop      the affinity rule: the caller resumes where it was
 //
 //   requests [--requests N] [--concurrency C] [--size BYTES] [--backend auto|io_uring|epoll]
-//            [--url URL]... [--urls FILE]
+//            [--url URL]... [--urls FILE] [--cacert FILE]
 
 #include <hop/hop.hpp>
 #include <hop/http.hpp>
@@ -50,6 +51,7 @@ struct options {
     std::size_t size = 4096;  // the own server's body bytes
     hop::backend backend = hop::backend::automatic;
     std::vector<std::string> urls;  // empty: the own server
+    std::string cacert;             // https: trust this CA too
 };
 
 // ---- the data: deterministic bodies and their checksum ------------------------
@@ -210,7 +212,12 @@ hop::task<report> run_requests(const options& o, std::vector<std::string> urls, 
         for (std::uint64_t i = 0; i < o.requests.value_or(10'000); ++i) urls.push_back(base + std::to_string(i));
         serving.spawn(server.serve());
     }
-    hop::http::client http{{.max_connections = o.concurrency}};
+    hop::http::client_options co{.max_connections = o.concurrency};
+    if (!o.cacert.empty()) {
+        co.tls = hop::tls::context::client();  // system CAs and peer verification...
+        co.tls->load_ca_file(o.cacert);        // ...plus this CA
+    }
+    hop::http::client http{co};
     fetcher f{http, pool, own, progress{urls.size()}};
 
     auto one = [&f](std::string url) { return fetch(f, std::move(url)); };
@@ -272,13 +279,14 @@ int print_report(const report& r, bool own, std::size_t concurrency, std::string
 
 constexpr const char* usage =
     "usage: requests [--requests N] [--concurrency C] [--size BYTES] [--backend auto|io_uring|epoll]\n"
-    "                [--url URL]... [--urls FILE]\n"
+    "                [--url URL]... [--urls FILE] [--cacert FILE]\n"
     "  --requests N      requests to send (default 10000; with URLs: each URL once, cycled to N)\n"
     "  --concurrency C   requests in flight and connections (default 100)\n"
     "  --size BYTES      the local server's body size (default 4096)\n"
     "  --backend NAME    io_loop backend (default auto: io_uring, else epoll; HOP_BACKEND overrides auto)\n"
-    "  --url URL         fetch URL (http://...) instead of the local server; repeatable\n"
-    "  --urls FILE       fetch the URLs in FILE, one per line\n";
+    "  --url URL         fetch URL (http:// or https://) instead of the local server; repeatable\n"
+    "  --urls FILE       fetch the URLs in FILE, one per line\n"
+    "  --cacert FILE     for https: trust the CA certificates in FILE (PEM) too\n";
 
 std::uint64_t parse_number(const std::string& flag, const char* text, std::uint64_t min, std::uint64_t max) {
     std::string v = text ? text : "";
@@ -322,6 +330,10 @@ options parse_options(int argc, char** argv) {
                 if (!line.empty() && line.front() != '#') add_url(o, line);
             }
             if (o.urls.size() == before) throw std::invalid_argument(std::string("--urls '") + value + "' has no URL");
+        } else if (a == "--cacert") {
+            if (!value) throw std::invalid_argument("--cacert: a file name is missing");
+            if (!std::ifstream(value)) throw std::invalid_argument(std::string("--cacert '") + value + "': cannot open it");
+            o.cacert = value;
         } else if (a == "--backend") {
             const std::string b = value ? value : "";
             if (b == "auto") {

@@ -874,9 +874,6 @@ TEST_SUITE("http_client_raw") {
                                                     limits{.header = 1024}, "a malformed response from"));
             hop_test::run_on(b, protocol_error_case(b, ok("not gzip at all", "Content-Encoding: gzip\r\n"), {},
                                                     "a badly encoded body"));
-            hop_test::run_on(b, protocol_error_case(b, "HTTP/1.1 302 Found\r\nLocation: https://127.0.0.1/x\r\n"
-                                                       "Content-Length: 0\r\n\r\n",
-                                                    {}, "https is not supported yet (hop::tls is coming)"));
             hop_test::run_on(b, protocol_error_case(b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
                                                        "Connection: upgrade\r\n\r\n",
                                                     {}, "switched protocols (101)"));

@@ -297,8 +297,6 @@ TEST_SUITE("http_client") {
         CHECK(hop_test::what_of<std::invalid_argument>([&] { (void)client.get("ftp://127.0.0.1/x"); })
                   .find("ftp://127.0.0.1/x") != std::string::npos);
 
-        const std::string https = hop_test::what_of<std::invalid_argument>([&] { (void)client.get("https://127.0.0.1/"); });
-        CHECK_MESSAGE(https.find("https is not supported yet (hop::tls is coming)") != std::string::npos, https);
 
         for (const char* m : {"", "GE T", "GET\r\nX: y", "G\0T", "(GET)"}) {
             const std::string method(m, m[0] == 'G' && m[1] == '\0' ? 3 : std::strlen(m));

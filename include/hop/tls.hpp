@@ -194,6 +194,12 @@ public:
     /// (a peer that already left) end it quietly: the socket is closed
     /// whatever happens.
     task<void> shutdown(std::chrono::milliseconds wait_for_peer = std::chrono::seconds(1));
+    /// Encrypts `bytes` and hands them to the socket without waiting (one
+    /// non-blocking send): last words from code that cannot await, such as
+    /// an error answer from a connection whose stop was requested. Returns
+    /// whether all of it went out (false also when a write is in flight or
+    /// the stream is not open). Never throws.
+    bool try_write(std::string_view bytes) noexcept;
     /// Closes the socket without close_notify (the peer sees truncation).
     void close() noexcept;
     bool is_open() const noexcept;

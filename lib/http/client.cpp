@@ -99,6 +99,10 @@ void check_duration(const char* name, std::chrono::milliseconds d) {
 }
 
 client_options validated(client_options o) {
+    if (o.tls && o.tls->is_server()) {
+        throw std::invalid_argument(
+            "hop::http::client: client_options::tls is a server context: use hop::tls::context::client()");
+    }
     if (o.max_connections == 0) {
         throw std::invalid_argument("hop::http::client: max_connections 0 is not allowed (it must be at least 1)");
     }
@@ -154,7 +158,9 @@ std::optional<endpoint> ip_literal(const std::string& host, std::uint16_t port) 
     }
 }
 
-std::string origin_of(const url& u) { return u.host + ":" + std::to_string(u.port); }
+// The pool's key: scheme, host and port (an https and an http connection to
+// one host are never interchangeable).
+std::string origin_of(const url& u) { return u.scheme + "://" + u.host + ":" + std::to_string(u.port); }
 
 }  // namespace
 
@@ -177,12 +183,8 @@ prepared_request prepare(request&& r) {
         throw std::invalid_argument("hop::http::client: the method '" + shown(r.method) + "' is not an HTTP token");
     }
     p.target = url::parse(r.url);
-    if (p.target.scheme == "https") {
-        throw std::invalid_argument("hop::http::client: https is not supported yet (hop::tls is coming): " +
-                                    shown(r.url));
-    }
-    if (p.target.scheme != "http") {
-        throw std::invalid_argument("hop::http::client: the URL '" + shown(r.url) + "' is not http://");
+    if (p.target.scheme != "http" && p.target.scheme != "https") {
+        throw std::invalid_argument("hop::http::client: the URL '" + shown(r.url) + "' is not http:// or https://");
     }
     std::size_t te_fields = 0;
     for (const auto& f : r.headers) {
@@ -429,19 +431,40 @@ void build_wire(stream_state& s) {
     }
 }
 
+// Sends on the connection, over TLS for https.
+task<void> send_all(connection& c, std::string_view bytes) {
+    if (c.secure) {
+        co_await c.secure->write_all(bytes);
+    } else {
+        co_await c.stream.write_all(bytes);
+    }
+}
+
 task<void> send_request(stream_state& s) {
     s.timers.arm_phase(timeout_kind::read, s.st->opts.read_timeout);
     build_wire(s);
-    co_await s.conn->stream.write_all(std::string_view(s.wire));
+    co_await send_all(*s.conn, std::string_view(s.wire));
     if (s.body_separate) {
         s.timers.progress();
-        co_await s.conn->stream.write_all(std::string_view(s.req.body));
+        co_await send_all(*s.conn, std::string_view(s.req.body));
         if (s.req.chunked) {
             static constexpr std::string_view tail = "\r\n0\r\n\r\n";
-            co_await s.conn->stream.write_all(tail);
+            co_await send_all(*s.conn, tail);
         }
     }
     s.timers.progress();
+}
+
+// Reads from the connection into its buffer; 0 at the end of the stream.
+// Over TLS a close without close_notify is an end of stream too, as in
+// curl and browsers: HTTP's own framing says whether the response was whole.
+task<std::size_t> receive(connection& c) {
+    if (!c.secure) co_return co_await c.stream.read_some(c.free_space());
+    try {
+        co_return co_await c.secure->read_some(c.free_space());
+    } catch (const tls::truncated_error&) {
+        co_return 0;
+    }
 }
 
 task<void> read_head(stream_state& s) {
@@ -483,7 +506,7 @@ task<void> read_head(stream_state& s) {
             s.in_body = true;
             co_return;
         }
-        const std::size_t n = co_await c.stream.read_some(c.free_space());
+        const std::size_t n = co_await receive(c);
         if (n == 0) {
             s.peer_closed = true;
             if (s.response_bytes == 0) {
@@ -530,8 +553,20 @@ task<void> connect(stream_state& s, const pool_key& key) {
         throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + s.url_text + ": " + e.what());
     }
     t.set_nodelay(true);
+    std::unique_ptr<tls::stream> secure;
+    if (u.scheme == "https") {
+        // The handshake is part of connecting: under connect_timeout.
+        try {
+            secure = std::make_unique<tls::stream>(co_await tls::stream::connect(s.st->tls_context(), std::move(t), u.host));
+            if (secure->session_reused()) s.st->tls_resumed.fetch_add(1, std::memory_order_relaxed);
+        } catch (const tls::error& e) {
+            throw tls::error("hop::http::client: " + s.req.method + " " + s.url_text + ": " + e.what(),
+                             e.verify_result());
+        }
+    }
     s.timers.disarm_phase();
     s.conn = std::make_unique<connection>(std::move(t), key, o.max_header_bytes);
+    s.conn->secure = std::move(secure);
     s.conn_reused = false;
     s.peer_closed = false;
     s.st->connects.fetch_add(1, std::memory_order_relaxed);
@@ -562,7 +597,7 @@ task<void> acquire(stream_state& s, bool force_new) {
             // and the request may be sent again if it was (idempotent).
             const bool look = w.from_idle && (!is_idempotent(s.req.method) ||
                                               clock::now() - c->idle_since >= unchecked_idle);
-            if (look && !still_open(c->stream.native_handle())) {
+            if (look && !still_open(c->fd())) {
                 s.st->discard(std::move(c));  // the server closed it while it was idle
                 continue;
             }
@@ -642,7 +677,7 @@ task<void> skip_body(stream_state& s) {
             if (skipped > redirect_body_limit) break;
             continue;
         }
-        const std::size_t n = co_await s.conn->stream.read_some(s.conn->free_space());
+        const std::size_t n = co_await receive(*s.conn);
         if (n == 0) {
             s.peer_closed = true;
         } else {
@@ -697,10 +732,6 @@ task<void> open_head(stream_state& s) {
         } catch (const std::invalid_argument& e) {
             throw protocol_error("hop::http::client: " + s.url_text + " redirected to a bad Location '" + shown(where) +
                                  "': " + e.what());
-        }
-        if (next.scheme != "http") {
-            throw protocol_error("hop::http::client: " + s.url_text + " redirected to " + shown(where) +
-                                 ": https is not supported yet (hop::tls is coming)");
         }
         co_await skip_body(s);
         follow(s, std::move(next));
@@ -770,7 +801,7 @@ task<void> read_body(stream_state& s, std::string& out) {
             finish_message(s);
             co_return;
         }
-        const std::size_t n = co_await s.conn->stream.read_some(s.conn->free_space());
+        const std::size_t n = co_await receive(*s.conn);
         if (n == 0) {
             s.peer_closed = true;
         } else {
@@ -865,7 +896,7 @@ task<std::size_t> read_inner(stream_state& s, std::span<char> buf) {
             finish_message(s);
             co_return 0;
         }
-        const std::size_t n = co_await s.conn->stream.read_some(s.conn->free_space());
+        const std::size_t n = co_await receive(*s.conn);
         if (n == 0) {
             s.peer_closed = true;
         } else {

@@ -281,6 +281,16 @@ bool pool_wait::try_complete(hop::detail::list_waiter*&) { return m_state->try_a
 
 client_state::client_state(client_options o) : opts(std::move(o)) {}
 
+tls::context client_state::tls_context() {
+    if (opts.tls) return *opts.tls;
+    std::call_once(m_tls_once, [this] {
+        auto c = tls::context::client();
+        c.set_alpn({"http/1.1"});
+        m_default_tls.emplace(std::move(c));
+    });
+    return *m_default_tls;
+}
+
 std::shared_ptr<loop_agent> client_state::agent_for(io_loop& loop) {
     std::lock_guard lock(m_mutex);
     auto it = m_agents.find(&loop);
@@ -362,7 +372,7 @@ void client_state::close_locked(std::unique_ptr<connection> c) noexcept {
     --m_open;
     auto it = m_host_open.find(c->key.origin);
     if (it != m_host_open.end() && --it->second == 0) m_host_open.erase(it);
-    c->stream.close();
+    c->close();
     c.reset();
 }
 
@@ -491,6 +501,7 @@ client_stats client_state::stats() const {
     s.connects = connects.load(std::memory_order_relaxed);
     s.reuses = reuses.load(std::memory_order_relaxed);
     s.retries = retries.load(std::memory_order_relaxed);
+    s.tls_resumed = tls_resumed.load(std::memory_order_relaxed);
     return s;
 }
 
@@ -510,7 +521,7 @@ clock::time_point client_state::sweep_idle(io_loop& loop) {
         for (std::size_t i = 0; i < list.size();) {
             connection& c = *list[i];
             const bool expired = timeout.count() > 0 && c.idle_since + timeout <= now;
-            if (expired || !still_open(c.stream.native_handle())) {
+            if (expired || !still_open(c.fd())) {
                 close_locked(std::move(list[i]));
                 list.erase(list.begin() + static_cast<std::ptrdiff_t>(i));
                 --m_idle_count;

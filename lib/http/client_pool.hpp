@@ -29,6 +29,7 @@
 #include <hop/net.hpp>
 #include <hop/sync.hpp>
 #include <hop/task.hpp>
+#include <hop/tls.hpp>
 
 #include <array>
 #include <atomic>
@@ -236,11 +237,19 @@ struct connection {
     connection(const connection&) = delete;
     connection& operator=(const connection&) = delete;
 
-    tcp_stream stream;
+    tcp_stream stream;  // plain http; empty for https
+    std::unique_ptr<tls::stream> secure;  // https: the TLS stream (over the TCP one)
     pool_key key;
     parser parse;
     std::uint64_t served = 0;  // responses completed on it
     clock::time_point idle_since{};
+
+    /// The socket's descriptor (for the idle peek).
+    int fd() const noexcept { return secure ? secure->lower().native_handle() : stream.native_handle(); }
+    void close() noexcept {
+        if (secure) secure->close();
+        stream.close();
+    }
 
     std::string_view buffered() const noexcept { return {m_buf.get() + m_begin, m_end - m_begin}; }
     void consume(std::size_t n) noexcept {
@@ -305,6 +314,9 @@ public:
     client_state& operator=(const client_state&) = delete;
 
     const client_options opts;
+    /// The context for https: opts.tls, or a default client context made
+    /// on first use (system CAs, ALPN http/1.1).
+    tls::context tls_context();
 
     // ---- requests' side ----
     /// The agent for `loop` (started on first use); null if the loop is
@@ -327,6 +339,7 @@ public:
     std::atomic<std::uint64_t> connects{0};
     std::atomic<std::uint64_t> reuses{0};
     std::atomic<std::uint64_t> retries{0};
+    std::atomic<std::uint64_t> tls_resumed{0};
 
     // ---- names ----
     /// A lookup of host:port, shared by concurrent requests and kept for
@@ -353,6 +366,9 @@ private:
     void grant_locked(hop::detail::wake_list& wakes);
     bool waiter_could_use_locked(const std::string& freed_origin) const;
     std::size_t host_open_locked(const std::string& origin) const noexcept;
+
+    std::once_flag m_tls_once;
+    std::optional<tls::context> m_default_tls;
 
     mutable std::mutex m_mutex;
     bool m_closed = false;

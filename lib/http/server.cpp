@@ -211,7 +211,7 @@ public:
 // linked into the server's list of connections while it lives.
 class server_connection {
 public:
-    enum class phase : std::uint8_t { idle, head, body, handler, linger };
+    enum class phase : std::uint8_t { handshake, idle, head, body, handler, linger };
     enum class stop_reason : std::uint8_t { none, timeout, shutdown };
 
     server_connection(std::shared_ptr<server_state> st, tcp_stream s) : m_st(std::move(st)), m_stream(std::move(s)) {
@@ -249,7 +249,8 @@ public:
         } catch (...) {
         }
     }
-    bool idle() const noexcept { return m_phase == phase::idle; }
+    // No request begun: closed at once when the server drains.
+    bool idle() const noexcept { return m_phase == phase::idle || m_phase == phase::handshake; }
     server_connection* next() const noexcept { return m_next; }
 
     task<void> writer_start(response_writer& w, int status, headers fields);
@@ -321,8 +322,12 @@ private:
     void disarm() noexcept { deadline_list::unlink(m_deadline); }
     void finish_head(headers& h, int status);
 
+    task<std::size_t> read_tls(std::span<char> space);
+    task<bool> handshake();
+
     std::shared_ptr<server_state> m_st;
-    tcp_stream m_stream;
+    tcp_stream m_stream;                // plain http; empty once TLS took it
+    std::unique_ptr<tls::stream> m_tls;  // https
     server_connection* m_prev = nullptr;
     server_connection* m_next = nullptr;
     deadline_node m_deadline;
@@ -349,7 +354,7 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
     int error_status = 0;
     bool cancelled = false;
     try {
-        error_status = co_await c.request_loop();
+        if (!c.m_st->m_options.tls || co_await c.handshake()) error_status = co_await c.request_loop();
     } catch (const cancelled_error&) {
         cancelled = true;
     } catch (const std::exception&) {
@@ -371,7 +376,44 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
         } catch (const std::exception&) {
         }
     }
+    if (c.m_tls && !cancelled && c.m_tls->is_open()) {
+        // close_notify, so the client can tell our close from a cut.
+        try {
+            co_await c.m_tls->shutdown(std::chrono::milliseconds(0));
+        } catch (const std::exception&) {
+        }
+    }
+    if (c.m_tls) c.m_tls->close();
     c.m_stream.close();
+}
+
+// https: the TLS handshake, under header_timeout. False: it failed (logged).
+task<bool> server_connection::handshake() {
+    m_phase = phase::handshake;
+    m_st->arm(m_st->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+    std::string failure;
+    try {
+        m_tls = std::make_unique<tls::stream>(co_await tls::stream::accept(*m_st->m_options.tls, std::move(m_stream)));
+    } catch (const tls::error& e) {
+        failure = e.what();
+    }
+    disarm();
+    m_phase = phase::idle;
+    if (!failure.empty()) {
+        m_st->log("hop::http::server: " + failure + " (connection closed)");
+        co_return false;
+    }
+    co_return true;
+}
+
+// A read over TLS; a client that closes without close_notify has simply
+// gone (HTTP framing says whether its request was whole).
+task<std::size_t> server_connection::read_tls(std::span<char> space) {
+    try {
+        co_return co_await m_tls->read_some(space);
+    } catch (const tls::truncated_error&) {
+        co_return 0;
+    }
 }
 
 task<int> server_connection::request_loop() {
@@ -469,7 +511,12 @@ task<bool> server_connection::fill(parser& p) {
         arm_idle();
     }
     auto space = m_in.space(want);
-    const std::size_t n = co_await m_stream.read_some(space);
+    std::size_t n = 0;
+    if (m_tls) {
+        n = co_await read_tls(space);
+    } else {
+        n = co_await m_stream.read_some(space);
+    }
     if (m_phase != phase::head) disarm();
     if (n == 0) co_return false;
     m_in.commit(n);
@@ -487,7 +534,12 @@ task<void> server_connection::flush() {
     while (done < m_out.size()) {
         // A client that does not read its response is timed by idle_timeout.
         arm_idle();
-        const std::size_t n = co_await m_stream.write_some(std::string_view(m_out).substr(done));
+        std::size_t n = 0;
+        if (m_tls) {
+            n = co_await m_tls->write_some(std::string_view(m_out).substr(done));
+        } else {
+            n = co_await m_stream.write_some(std::string_view(m_out).substr(done));
+        }
         disarm();
         done += n;
     }
@@ -499,6 +551,10 @@ task<void> server_connection::flush() {
 }
 
 void server_connection::send_now(std::string_view bytes) noexcept {
+    if (m_tls) {
+        m_tls->try_write(bytes);
+        return;
+    }
     if (!m_stream.is_open()) return;
     [[maybe_unused]] auto r = ::send(m_stream.native_handle(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
@@ -560,6 +616,12 @@ task<void> server_connection::answer_error(int status) {
     m_st->m_requests.fetch_add(1, std::memory_order_relaxed);
     m_phase = phase::linger;
     co_await flush();
+    if (m_tls) {
+        // close_notify, then what the client still sends is read and dropped
+        // until its own close_notify, for at most header_timeout.
+        co_await m_tls->shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(m_st->m_options.header_timeout));
+        co_return;
+    }
     m_stream.shutdown_write();
     m_st->arm(m_st->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
     std::size_t dropped = 0;
@@ -908,10 +970,16 @@ void validate(const server_options& o) {
         throw std::invalid_argument(std::string(where) + "backlog is " + std::to_string(o.backlog) +
                                     ": it must be at least 1");
     }
+    if (o.tls && !o.tls->is_server()) {
+        throw std::invalid_argument(std::string(where) +
+                                    "tls is a client context: use hop::tls::context::server(cert, key)");
+    }
 }
 
 std::shared_ptr<server_state> make_state(const endpoint& local, server_options options) {
     validate(options);
+    // This server speaks HTTP/1.1 only: that is what it agrees to in ALPN.
+    if (options.tls) options.tls->set_alpn({"http/1.1"});
     const listen_options lo{.backlog = options.backlog, .reuse_port = options.reuse_port, .reuse_address = true};
     auto st = std::make_shared<server_state>(std::move(options));
     st->m_listener = tcp_listener::bind(local, lo);

@@ -81,6 +81,7 @@ struct client_stats {
     std::uint64_t connects = 0;  ///< connections ever made
     std::uint64_t reuses = 0;    ///< requests sent on a connection that had carried one before
     std::uint64_t retries = 0;   ///< idempotent requests resent after a stale keep-alive connection
+    std::uint64_t tls_resumed = 0;  ///< https connections whose TLS session was resumed
 };
 
 namespace detail {
