@@ -6,7 +6,7 @@
 //               plain, nginx (1 worker) with TLS, nginx plain. Goals:
 //               hop TLS / hop plain >= 0.7, hop TLS / nginx TLS >= 1.0.
 //   handshake   full handshakes per second (no resumption):
-//               `openssl s_time -connect 127.0.0.1:P -new -time N`, several
+//               `openssl s_time -connect 127.0.0.1:P -new -time N`, two
 //               in parallel, against hop::http::server (TLS) and nginx (TLS),
 //               for an EC P-256 and an RSA-2048 certificate. Goal: hop /
 //               nginx >= 1.0. Also a bare hop::tls::stream accept loop (no
@@ -20,7 +20,13 @@
 //               curl >= 1.0.
 //
 //   tls_bench [--quick] [--backend auto|io_uring|epoll] [--duration S]
-//             [--only throughput|handshake|client]
+//             [--rounds N] [--only throughput|handshake|client]
+//
+// --duration is wrk's (default 5 s per server, as http_server_bench) and
+// --rounds how many times each wrk run is repeated, servers alternating
+// (default 1; the median is shown). The handshake part runs 3 rounds of
+// 1 s per server and client, alternating, the client part 3 rounds (median
+// shown). --quick: 1 s, 1 round, 2,000 GETs (a smoke run of ~30 s).
 //
 // Every server runs in its own process (hop in a forked child, nginx as
 // itself with `master_process off`), so its CPU time (from /proc/PID/stat,
@@ -67,13 +73,17 @@ namespace {
 
 constexpr std::size_t body_size = 4096;
 constexpr std::size_t in_flight = 100;
+/// Connections in flight from the hop handshake client (HOP_TLS_BENCH_WORKERS overrides it).
+std::size_t hop_handshake_workers = 16;
 constexpr const char* sections[] = {"throughput", "handshake", "client"};
 
 struct bench_options {
     bool quick = false;
     hop::backend backend = hop::backend::automatic;
     int duration_s = 5;            ///< wrk's -d per server
-    int handshake_s = 5;           ///< s_time's -time per server
+    std::size_t throughput_rounds = 1;
+    int handshake_s = 1;           ///< s_time's -time per server and round
+    std::size_t handshake_rounds = 3;
     std::size_t parallel_s_time = 2;
     std::size_t requests = 10'000; ///< client GETs per run
     std::size_t rounds = 3;        ///< client runs per side (median shown)
@@ -94,6 +104,7 @@ bench_options parse(int argc, char** argv) {
             o.quick = true;
             o.duration_s = 1;
             o.handshake_s = 1;
+            o.handshake_rounds = 1;
             o.requests = 2'000;
             o.rounds = 1;
         } else if (a == "--backend") {
@@ -110,7 +121,11 @@ bench_options parse(int argc, char** argv) {
             const int d = std::atoi(v.c_str());
             if (d < 1 || d > 600) throw std::invalid_argument("--duration '" + v + "': expected 1 to 600 seconds");
             o.duration_s = d;
-            o.handshake_s = d;
+        } else if (a == "--rounds") {
+            const std::string v = value();
+            const int r = std::atoi(v.c_str());
+            if (r < 1 || r > 100) throw std::invalid_argument("--rounds '" + v + "': expected 1 to 100");
+            o.throughput_rounds = static_cast<std::size_t>(r);
         } else if (a == "--only") {
             o.only = value();
             bool known = false;
@@ -410,7 +425,8 @@ hop_server start_hop(hop_mode mode, hop::backend backend, const std::filesystem:
 // ---- nginx -------------------------------------------------------------------------
 
 /// nginx, one process (`master_process off`), no access log, keep-alive,
-/// TLS defaults (session cache "none", tickets on): a plain port, an https
+/// TLS defaults (session cache "none", tickets on) but TLS 1.3 enabled
+/// (ssl_protocols TLSv1.2 TLSv1.3, as hop): a plain port, an https
 /// port with the EC certificate and one with the RSA certificate.
 class nginx_server {
 public:
@@ -431,6 +447,9 @@ public:
                 << "  client_body_temp_path " << d << "/cb;\n  proxy_temp_path " << d << "/px;\n"
                 << "  fastcgi_temp_path " << d << "/fc;\n  uwsgi_temp_path " << d << "/uw;\n  scgi_temp_path " << d
                 << "/sc;\n  keepalive_requests 10000000;\n  keepalive_timeout 75s;\n"
+                // nginx 1.22's default is TLSv1 to TLSv1.2; hop speaks 1.2 and 1.3 and
+                // clients pick 1.3: the same protocol on both sides.
+                << "  ssl_protocols TLSv1.2 TLSv1.3;\n"
                 << "  server { listen 127.0.0.1:" << m_plain << " backlog=4096; root " << d << "/www; }\n"
                 << "  server { listen 127.0.0.1:" << m_ec << " ssl backlog=4096; root " << d << "/www;\n"
                 << "    ssl_certificate " << certs.ec_cert.string() << "; ssl_certificate_key " << certs.ec_key.string()
@@ -490,6 +509,7 @@ std::string negotiated(const std::filesystem::path& dir, std::uint16_t port) {
 struct rate {
     double per_s = 0;          ///< requests or handshakes per second
     double server_cpu_us = 0;  ///< server CPU microseconds per request or handshake
+    double client_cpu_us = 0;  ///< the client's (wrk's, s_time's) CPU microseconds per request or handshake
     double p99_ms = 0;
     std::string errors;
 };
@@ -517,6 +537,7 @@ rate run_wrk(const std::filesystem::path& dir, const std::string& scheme, std::u
     const double secs = std::stod(m[2]) / (m[3] == "ms" ? 1000.0 : 1.0);
     out.per_s = requests / secs;
     out.server_cpu_us = requests > 0 ? (cpu1 - cpu0) * 1e6 / requests : 0;
+    out.client_cpu_us = requests > 0 ? r.cpu_seconds * 1e6 / requests : 0;
     if (std::regex_search(r.output, m, std::regex(R"(\n\s*99%\s+(\S+))"))) out.p99_ms = to_ms(m[1]);
     std::istringstream in(r.output);
     std::string line;
@@ -537,12 +558,19 @@ rate run_s_time(const std::filesystem::path& dir, std::uint16_t port, pid_t serv
     const double cpu0 = proc_cpu_seconds(server);
     const auto t0 = bench::clock::now();
     std::vector<pid_t> pids;
+    double client_cpu = 0;
     for (std::size_t i = 0; i < parallel; ++i) {
+        // s_time does not verify the peer, but OpenSSL still looks for the
+        // issuer in the default CA directory on every handshake (a scan of
+        // /etc/ssl/certs that costs the client more than the handshake):
+        // no default CA locations.
         pids.push_back(spawn({"openssl", "s_time", "-connect", "127.0.0.1:" + std::to_string(port), "-new", "-time",
-                              std::to_string(seconds)},
+                              std::to_string(seconds), "-no-CApath", "-no-CAfile", "-no-CAstore"},
                              dir / ("s_time." + std::to_string(i) + ".out")));
     }
-    for (std::size_t i = 0; i < parallel; ++i) reap(pids[i], "openssl s_time", dir / ("s_time." + std::to_string(i) + ".out"));
+    for (std::size_t i = 0; i < parallel; ++i) {
+        client_cpu += reap(pids[i], "openssl s_time", dir / ("s_time." + std::to_string(i) + ".out"));
+    }
     const double wall = bench::seconds_since(t0);
     const double cpu1 = proc_cpu_seconds(server);
     double total = 0;
@@ -558,6 +586,86 @@ rate run_s_time(const std::filesystem::path& dir, std::uint16_t port, pid_t serv
     rate r;
     r.per_s = total / wall;
     r.server_cpu_us = (cpu1 - cpu0) * 1e6 / total;
+    r.client_cpu_us = client_cpu * 1e6 / total;
+    return r;
+}
+
+// ---- 2b: the same with a lighter client (hop::tls::stream::connect) ------------------------------
+
+struct hs_count {
+    std::uint64_t ok = 0;
+    std::uint64_t failed = 0;
+    std::string first_error;
+};
+
+/// Until `deadline`: connect, full handshake (no resumption, no
+/// verification: as s_time), one keep-alive GET, its whole response, then
+/// close without close_notify (as s_time).
+hop::task<void> handshake_worker(hop::tls::context ctx, hop::endpoint ep, bench::clock::time_point deadline,
+                                 hs_count& count) {
+    const std::string request = "GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    std::vector<char> buf(16384);
+    while (bench::clock::now() < deadline) {
+        try {
+            hop::tcp_stream tcp = co_await hop::tcp_stream::connect(ep);
+            hop::tls::stream t = co_await hop::tls::stream::connect(ctx, std::move(tcp), "127.0.0.1");
+            co_await t.write_all(std::string_view(request));
+            std::string got;
+            std::size_t want = std::string::npos;
+            while (want == std::string::npos || got.size() < want) {
+                const std::size_t n = co_await t.read_some(std::span<char>(buf));
+                if (n == 0) throw std::runtime_error("the server closed the connection early");
+                got.append(buf.data(), n);
+                const auto end = got.find("\r\n\r\n");
+                if (want == std::string::npos && end != std::string::npos) want = end + 4 + body_size;
+            }
+            t.close();
+            ++count.ok;
+        } catch (const std::exception& e) {
+            if (count.failed++ == 0) count.first_error = e.what();
+        }
+    }
+}
+
+/// In a forked child: `in_flight` workers on one loop for `seconds`.
+bench::sample hop_handshake_side(hop::backend b, std::uint16_t port, int seconds, std::size_t workers) {
+    hop::io_loop loop{{.backend = b, .queue_depth = 256}};
+    auto ctx = hop::tls::context::client();
+    ctx.insecure_skip_verify();
+    ctx.set_session_resumption(false);
+    hs_count count;
+    const auto c0 = bench::process_cpu_times();
+    const auto t0 = bench::clock::now();
+    const auto deadline = t0 + std::chrono::seconds(seconds);
+    std::vector<hop::future<void>> running;
+    for (std::size_t i = 0; i < workers; ++i) {
+        running.push_back(loop.spawn(handshake_worker(ctx, hop::endpoint::loopback_v4(port), deadline, count)));
+    }
+    for (auto& f : running) {
+        while (!f.done()) loop.run_once();
+    }
+    bench::sample s;
+    s.seconds = bench::seconds_since(t0);
+    const auto c1 = bench::process_cpu_times();
+    s.user_seconds = c1.user - c0.user;
+    s.system_seconds = c1.system - c0.system;
+    if (count.failed * 100 > count.ok) {
+        throw std::runtime_error("hop handshake client: " + std::to_string(count.failed) + " of " +
+                                 std::to_string(count.ok + count.failed) + " connections failed; the first: " +
+                                 count.first_error);
+    }
+    s.value = static_cast<double>(count.ok);
+    return s;
+}
+
+rate run_hop_handshakes(hop::backend b, std::uint16_t port, pid_t server, int seconds, std::size_t workers) {
+    const double cpu0 = proc_cpu_seconds(server);
+    const auto m = bench::run_isolated([&] { return hop_handshake_side(b, port, seconds, workers); });
+    const double cpu1 = proc_cpu_seconds(server);
+    rate r;
+    r.per_s = m.s.value / m.s.seconds;
+    r.server_cpu_us = (cpu1 - cpu0) * 1e6 / m.s.value;
+    r.client_cpu_us = (m.s.user_seconds + m.s.system_seconds) * 1e6 / m.s.value;
     return r;
 }
 
@@ -683,6 +791,7 @@ int main(int argc, char** argv) try {
     }
     std::signal(SIGPIPE, SIG_IGN);
     bench::raise_fd_limit();
+    if (const char* w = std::getenv("HOP_TLS_BENCH_WORKERS")) hop_handshake_workers = std::max(1ul, std::strtoul(w, nullptr, 10));
 
     char tmpl[] = "/tmp/hop-tls-bench-XXXXXX";
     if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
@@ -724,22 +833,43 @@ int main(int argc, char** argv) try {
             {"nginx (1 worker) http", "http", nginx.plain_port(), nginx.pid()},
             {"hop tls::stream, canned reply (diag.)", "https", bare.port, bare.pid},
         };
-        std::vector<rate> rates;
+        constexpr std::size_t n_targets = sizeof targets / sizeof targets[0];
+        std::vector<double> per_s[n_targets], srv_us[n_targets], cli_us[n_targets], p99[n_targets];
+        std::string errors[n_targets];
         for (const auto& t : targets) run_wrk(dir, t.scheme, t.port, t.pid, 1);  // warm up
-        for (const auto& t : targets) rates.push_back(run_wrk(dir, t.scheme, t.port, t.pid, o.duration_s));
-        std::printf("  %-38s | %12s | %14s | %10s\n", "server", "requests/s", "server us/req", "p99 ms");
-        std::printf("  %s\n", std::string(38 + 3 + 12 + 3 + 14 + 3 + 10, '-').c_str());
-        for (std::size_t i = 0; i < rates.size(); ++i) {
-            std::printf("  %-38s | %12.0f | %14.1f | %10.2f\n", targets[i].name, rates[i].per_s, rates[i].server_cpu_us,
-                        rates[i].p99_ms);
-            if (!rates[i].errors.empty()) std::printf("    wrk: %s\n", rates[i].errors.c_str());
+        for (std::size_t round = 0; round < o.throughput_rounds; ++round) {
+            for (std::size_t i = 0; i < n_targets; ++i) {
+                const rate r = run_wrk(dir, targets[i].scheme, targets[i].port, targets[i].pid, o.duration_s);
+                per_s[i].push_back(r.per_s);
+                srv_us[i].push_back(r.server_cpu_us);
+                cli_us[i].push_back(r.client_cpu_us);
+                p99[i].push_back(r.p99_ms);
+                errors[i] += r.errors;
+            }
         }
-        const double r1 = rates[0].per_s / rates[1].per_s;
-        const double r2 = rates[0].per_s / rates[2].per_s;
-        std::printf("  hop https / hop http     requests/s %.2f (goal >= 0.7: %s); server CPU per request %.2fx\n", r1,
-                    goal_mark(r1, 0.7), rates[0].server_cpu_us / rates[1].server_cpu_us);
-        std::printf("  hop https / nginx https  requests/s %.2f (goal >= 1.0: %s); server CPU per request (nginx/hop) %.2fx\n",
-                    r2, goal_mark(r2, 1.0), rates[2].server_cpu_us / rates[0].server_cpu_us);
+        std::printf("  %-38s | %12s | %14s | %12s | %10s\n", "server", "requests/s", "server us/req", "wrk us/req",
+                    "p99 ms");
+        std::printf("  %s\n", std::string(38 + 3 + 12 + 3 + 14 + 3 + 12 + 3 + 10, '-').c_str());
+        for (std::size_t i = 0; i < n_targets; ++i) {
+            std::printf("  %-38s | %12.0f | %14.1f | %12.1f | %10.2f\n", targets[i].name, median(per_s[i]),
+                        median(srv_us[i]), median(cli_us[i]), median(p99[i]));
+            if (!errors[i].empty()) std::printf("    wrk: %s\n", errors[i].c_str());
+        }
+        // wrk -t1 is one thread: when it, not the server, is the limit, the
+        // rates say more about wrk's TLS than the server's; the server's CPU
+        // per request says what a server-bound run would show.
+        const double r1 = median(per_s[0]) / median(per_s[1]);
+        const double c1 = median(srv_us[1]) / median(srv_us[0]);
+        const double r2 = median(per_s[0]) / median(per_s[2]);
+        const double c2 = median(srv_us[2]) / median(srv_us[0]);
+        std::printf("  hop https / hop http     requests/s %.2f (goal >= 0.7: %s); server CPU per request, http/https: "
+                    "%.2f (%s)\n",
+                    r1, goal_mark(r1, 0.7), c1, goal_mark(c1, 0.7));
+        std::printf("  hop https / nginx https  requests/s %.2f (goal >= 1.0: %s); server CPU per request, nginx/hop: "
+                    "%.2f (%s)\n",
+                    r2, goal_mark(r2, 1.0), c2, goal_mark(c2, 1.0));
+        std::printf("  wrk's own ceiling (1 / wrk us per request): https %.0f/s, http %.0f/s\n", 1e6 / median(cli_us[0]),
+                    1e6 / median(cli_us[1]));
         std::fflush(stdout);
         stop(plain.pid);
         stop(tls.pid);
@@ -748,11 +878,16 @@ int main(int argc, char** argv) try {
 
     // ---- 2: handshakes
     if (o.wants("handshake")) {
-        std::printf("\n[handshake] %zu x openssl s_time -connect 127.0.0.1:PORT -new -time %d in parallel "
-                    "(full handshakes, no resumption)\n",
-                    o.parallel_s_time, o.handshake_s);
-        std::printf("  %-38s | %12s | %14s\n", "server, certificate", "handshakes/s", "server us/hs");
-        std::printf("  %s\n", std::string(38 + 3 + 12 + 3 + 14, '-').c_str());
+        std::printf("\n[handshake] full handshakes (no resumption), %zu round(s) of %d s per server and client, "
+                    "alternating, median shown; two clients:\n"
+                    "  s_time: %zu x openssl s_time -connect 127.0.0.1:PORT -new -time %d -no-CApath -no-CAfile "
+                    "-no-CAstore in parallel (handshake, then close)\n"
+                    "  hop:    %zu x hop::tls::stream::connect in flight on one loop (no verification, no resumption; "
+                    "handshake, one GET, then close)\n",
+                    o.handshake_rounds, o.handshake_s, o.parallel_s_time, o.handshake_s, hop_handshake_workers);
+        std::printf("  %-6s | %-34s | %12s | %13s | %13s\n", "client", "server, certificate", "handshakes/s", "server us/hs",
+                    "client us/hs");
+        std::printf("  %s\n", std::string(6 + 3 + 34 + 3 + 12 + 3 + 13 + 3 + 13, '-').c_str());
         struct key_kind {
             const char* name;
             std::filesystem::path cert, key;
@@ -760,28 +895,45 @@ int main(int argc, char** argv) try {
         };
         const key_kind kinds[] = {{"EC P-256", certs.ec_cert, certs.ec_key, nginx.ec_port()},
                                   {"RSA-2048", certs.rsa_cert, certs.rsa_key, nginx.rsa_port()}};
+        const char* clients[] = {"s_time", "hop"};
         std::vector<std::string> verdicts;
         for (const auto& k : kinds) {
             hop_server srv = start_hop(hop_mode::http, o.backend, k.cert, k.key);
             hop_server bare = start_hop(hop_mode::bare_tls, o.backend, k.cert, k.key);
-            run_s_time(dir, srv.port, srv.pid, 1, 1);  // warm up
-            run_s_time(dir, k.nginx_port, nginx.pid(), 1, 1);
-            const rate h = run_s_time(dir, srv.port, srv.pid, o.handshake_s, o.parallel_s_time);
-            const rate n = run_s_time(dir, k.nginx_port, nginx.pid(), o.handshake_s, o.parallel_s_time);
-            const rate b = run_s_time(dir, bare.port, bare.pid, o.handshake_s, o.parallel_s_time);
-            std::printf("  %-38s | %12.0f | %14.1f\n", (std::string("hop::http::server, ") + k.name).c_str(), h.per_s,
-                        h.server_cpu_us);
-            std::printf("  %-38s | %12.0f | %14.1f\n", (std::string("nginx (1 worker), ") + k.name).c_str(), n.per_s,
-                        n.server_cpu_us);
-            std::printf("  %-38s | %12.0f | %14.1f\n", (std::string("hop tls::stream (diag.), ") + k.name).c_str(), b.per_s,
-                        b.server_cpu_us);
-            const double r = h.per_s / n.per_s;
-            verdicts.push_back(std::string("  hop / nginx handshakes/s, ") + k.name + ": " + std::to_string(r).substr(0, 4) +
-                               " (goal >= 1.0: " + goal_mark(r, 1.0) + "); server CPU per handshake (nginx/hop) " +
-                               std::to_string(n.server_cpu_us / h.server_cpu_us).substr(0, 4) + "x");
+            const std::uint16_t ports[] = {srv.port, k.nginx_port, bare.port};
+            const pid_t pids[] = {srv.pid, nginx.pid(), bare.pid};
+            const std::string names[] = {std::string("hop::http::server, ") + k.name, std::string("nginx (1 worker), ") + k.name,
+                                         std::string("hop tls::stream (diag.), ") + k.name};
+            auto measure = [&](std::size_t client, std::size_t server, int seconds) {
+                return client == 0 ? run_s_time(dir, ports[server], pids[server], seconds, o.parallel_s_time)
+                                   : run_hop_handshakes(o.backend, ports[server], pids[server], seconds, hop_handshake_workers);
+            };
+            for (std::size_t i = 0; i < 3; ++i) measure(1, i, 1);  // warm up
+            std::vector<double> per_s[2][3], srv_us[2][3], cli_us[2][3];
+            for (std::size_t round = 0; round < o.handshake_rounds; ++round) {
+                for (std::size_t c = 0; c < 2; ++c) {
+                    for (std::size_t i = 0; i < 3; ++i) {
+                        const rate r = measure(c, i, o.handshake_s);
+                        per_s[c][i].push_back(r.per_s);
+                        srv_us[c][i].push_back(r.server_cpu_us);
+                        cli_us[c][i].push_back(r.client_cpu_us);
+                    }
+                }
+            }
+            for (std::size_t c = 0; c < 2; ++c) {
+                for (std::size_t i = 0; i < 3; ++i) {
+                    std::printf("  %-6s | %-34s | %12.0f | %13.1f | %13.1f\n", clients[c], names[i].c_str(),
+                                median(per_s[c][i]), median(srv_us[c][i]), median(cli_us[c][i]));
+                }
+                char line[256];
+                const double r = median(per_s[c][0]) / median(per_s[c][1]);
+                std::snprintf(line, sizeof line,
+                              "  hop / nginx handshakes/s, %s, client %s: %.2f (goal >= 1.0: %s); server CPU per handshake "
+                              "(nginx/hop) %.2fx",
+                              k.name, clients[c], r, goal_mark(r, 1.0), median(srv_us[c][1]) / median(srv_us[c][0]));
+                verdicts.emplace_back(line);
+            }
             std::fflush(stdout);
-            stop(srv.pid);
-            stop(bare.pid);
         }
         for (const auto& v : verdicts) std::printf("%s\n", v.c_str());
     }
