@@ -3,14 +3,19 @@
 //
 //   throughput  keep-alive https, `wrk -t1 -c100 -dDs` (as http_server_bench)
 //               for a 4 KiB body: hop::http::server with TLS, the same server
-//               plain, nginx (1 worker) with TLS, nginx plain. Goals:
+//               plain, nginx (1 worker) with TLS, nginx plain (and, as a
+//               diagnostic, a bare hop::tls::stream loop answering each
+//               request head with a canned response). Goals:
 //               hop TLS / hop plain >= 0.7, hop TLS / nginx TLS >= 1.0.
-//   handshake   full handshakes per second (no resumption):
-//               `openssl s_time -connect 127.0.0.1:P -new -time N`, two
-//               in parallel, against hop::http::server (TLS) and nginx (TLS),
-//               for an EC P-256 and an RSA-2048 certificate. Goal: hop /
-//               nginx >= 1.0. Also a bare hop::tls::stream accept loop (no
-//               HTTP), to tell the TLS engine's cost from the server's.
+//   handshake   full handshakes per second (no resumption), for an EC
+//               P-256 and an RSA-2048 certificate, against hop::http::server
+//               (TLS) and nginx (TLS), each driven by two clients in turn:
+//               `openssl s_time -connect 127.0.0.1:P -new -time N` (two in
+//               parallel; handshake, then close) and a small hop client
+//               (hop::tls::stream::connect, 16 in flight; handshake, one
+//               GET, close). Goal: hop / nginx >= 1.0. Also a bare
+//               hop::tls::stream accept loop (no HTTP), to tell the TLS
+//               engine's cost from the server's.
 //   client      10,000 https GETs of a 4 KiB body from nginx (TLS), 100 in
 //               flight: hop::http::client (client_options::tls with the
 //               bench's CA, max_connections 100, hop::map) against
@@ -35,7 +40,10 @@
 // openssl CLI in a temporary directory at start. Client and servers share
 // this machine's cores: with 2 cores a client that spends as much CPU per
 // request as the server caps both figures, so the server's CPU time per
-// request or handshake is printed as well.
+// request or handshake is printed as well, with the client's.
+//
+// HOP_TLS_BENCH_WORKERS=N sets the hop handshake client's connections in
+// flight (for experiments).
 
 #include "common.hpp"
 
