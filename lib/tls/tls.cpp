@@ -40,6 +40,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 namespace hop::tls {
 
@@ -64,6 +65,24 @@ std::string take_ssl_errors() {
 [[noreturn]] void throw_ssl(const std::string& what) {
     std::string reasons = take_ssl_errors();
     throw error(what + (reasons.empty() ? std::string() : ": " + reasons));
+}
+
+// `s` fit for a message: bytes outside printable ASCII as \xNN (a NUL
+// would end what() there).
+std::string printable(std::string_view s) {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    for (const char ch : s) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c >= 0x20 && c < 0x7f) {
+            out += ch;
+        } else {
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 0xf];
+        }
+    }
+    return out;
 }
 
 bool is_ip_literal(const std::string& host) {
@@ -422,7 +441,10 @@ task<void> stream::impl::flush_locked() {
     while (true) {
         if (sent == sending.size()) {
             if (out.empty()) {
-                if (sending.capacity() > in_capacity) std::string().swap(sending);  // after a bulk write
+                if (sending.capacity() > in_capacity) {  // after a bulk write
+                    std::string().swap(sending);
+                    sent = 0;
+                }
                 co_return;
             }
             sending.clear();
@@ -490,7 +512,8 @@ task<stream> stream::connect(context ctx, tcp_stream tcp, std::string host_name)
     }
     if (!tcp.is_open()) throw std::invalid_argument(std::string(who) + ": the tcp_stream is not open");
     if (host_name.size() > 253 || host_name.find_first_of(std::string_view(" \t\r\n\0/", 7)) != std::string::npos) {
-        throw std::invalid_argument(std::string(who) + ": '" + host_name.substr(0, 80) + "' is not a host name");
+        throw std::invalid_argument(std::string(who) + ": '" + printable(host_name.substr(0, 80)) +
+                                    "' is not a host name");
     }
     if (host_name.empty() && ctx.m_impl->verify) {
         throw std::invalid_argument(std::string(who) +
@@ -658,45 +681,91 @@ task<std::size_t> stream::write_impl(const void* data, std::size_t size, bool al
     co_return done;
 }
 
+namespace {
+
+// Hands what OpenSSL queued to the socket without waiting (one
+// non-blocking send); true if all of it went. For last words only: the
+// caller holds no write in flight (the write mutex is free).
+bool send_queued_now(stream::impl& s) noexcept {
+    try {
+        std::string wire = s.sending.substr(s.sent) + s.out;
+        s.sending.clear();
+        s.sent = 0;
+        s.out.clear();
+        if (wire.empty()) return true;
+        const ssize_t r = ::send(s.tcp.native_handle(), wire.data(), wire.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        return r == static_cast<ssize_t>(wire.size());
+    } catch (...) {
+        return false;
+    }
+}
+
+// Reads and drops what the kernel holds for us, without waiting: closing a
+// socket with unread bytes makes the kernel send a reset, which destroys
+// what it had not sent yet (our last records, close_notify). The unread
+// bytes are typically TLS 1.3 session tickets nobody asked to read.
+void discard_unread(stream::impl& s) noexcept {
+    char sink[4096];
+    for (int i = 0; i < 64; ++i) {
+        const ssize_t r = ::recv(s.tcp.native_handle(), sink, sizeof sink, MSG_DONTWAIT);
+        if (r <= 0) break;
+    }
+}
+
+// shutdown()'s waiting part: close_notify out (then FIN), then the peer's
+// close_notify in, dropping data.
+task<void> exchange_close_notify(stream::impl& s) {
+    int r = 0;
+    {
+        auto w = co_await s.write_mutex.lock();
+        ERR_clear_error();
+        r = SSL_shutdown(s.ssl);  // queues close_notify: 0 sent, 1 both ways done
+        co_await s.flush_locked();
+        s.tcp.shutdown_write();
+    }
+    if (r == 1) co_return;
+    auto rl = co_await s.read_mutex.lock();
+    char sink[4096];
+    while (true) {
+        ERR_clear_error();
+        std::size_t n = 0;
+        const int rr = SSL_read_ex(s.ssl, sink, sizeof sink, &n);
+        if (rr == 1) continue;
+        if (SSL_get_error(s.ssl, rr) != SSL_ERROR_WANT_READ) co_return;
+        if (!co_await s.fill()) co_return;
+    }
+}
+
+}  // namespace
+
 task<void> stream::shutdown(std::chrono::milliseconds wait_for_peer) {
-    if (!m_impl || !m_impl->ssl || !m_impl->tcp.is_open()) co_return;
     if (wait_for_peer.count() < 0) {
         throw std::invalid_argument("hop::tls::stream::shutdown: wait_for_peer is negative (" +
                                     std::to_string(wait_for_peer.count()) + " ms)");
     }
+    if (!m_impl || !m_impl->ssl || !m_impl->tcp.is_open()) co_return;
     impl& s = *m_impl;
     bool cancelled = false;
-    try {
-        int r = 0;
-        {
-            auto w = co_await s.write_mutex.lock();
+    if (wait_for_peer.count() == 0) {
+        // close_notify if it can go at once; nothing waits.
+        if (!s.write_mutex.is_locked()) {
             ERR_clear_error();
-            r = SSL_shutdown(s.ssl);  // queues close_notify: 0 sent, 1 both ways done
-            co_await s.flush_locked();
+            SSL_shutdown(s.ssl);
+            send_queued_now(s);
         }
-        if (r == 0 && wait_for_peer.count() > 0) {
-            // Read to the peer's close_notify, dropping data, for a bounded time.
-            auto drain = [](impl& st) -> task<void> {
-                auto rl = co_await st.read_mutex.lock();
-                char sink[4096];
-                while (true) {
-                    ERR_clear_error();
-                    std::size_t n = 0;
-                    const int rr = SSL_read_ex(st.ssl, sink, sizeof sink, &n);
-                    if (rr == 1) continue;
-                    const int e = SSL_get_error(st.ssl, rr);
-                    if (e != SSL_ERROR_WANT_READ) co_return;
-                    if (!co_await st.fill()) co_return;
-                }
-            };
-            co_await with_timeout(wait_for_peer, drain(s));
+    } else {
+        // Everything, the send of close_notify included (a peer that does
+        // not read may never make room for it), within wait_for_peer.
+        try {
+            co_await with_timeout(wait_for_peer, exchange_close_notify(s));
+        } catch (const cancelled_error&) {
+            cancelled = true;
+        } catch (...) {
+            // timed out, the peer left, or it sent garbage: we close anyway
         }
-    } catch (const cancelled_error&) {
-        cancelled = true;
-    } catch (...) {
-        // the peer left, timed out, or sent garbage: we close anyway
     }
     ERR_clear_error();
+    if (!s.read_mutex.is_locked()) discard_unread(s);
     s.tcp.close();
     if (cancelled) throw cancelled_error("hop::tls::stream::shutdown: cancelled (the socket is closed)");
 }
@@ -705,22 +774,13 @@ bool stream::try_write(std::string_view bytes) noexcept {
     if (!is_open() || bytes.empty()) return false;
     impl& s = *m_impl;
     if (s.write_mutex.is_locked()) return false;  // a write in flight: the socket is its own
-    try {
+    ERR_clear_error();
+    std::size_t n = 0;
+    if (SSL_write_ex(s.ssl, bytes.data(), bytes.size(), &n) != 1 || n != bytes.size()) {
         ERR_clear_error();
-        std::size_t n = 0;
-        if (SSL_write_ex(s.ssl, bytes.data(), bytes.size(), &n) != 1 || n != bytes.size()) {
-            ERR_clear_error();
-            return false;
-        }
-        std::string wire = s.sending.substr(s.sent) + s.out;
-        s.sending.clear();
-        s.sent = 0;
-        s.out.clear();
-        const ssize_t r = ::send(s.tcp.native_handle(), wire.data(), wire.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        return r == static_cast<ssize_t>(wire.size());
-    } catch (...) {
         return false;
     }
+    return send_queued_now(s);
 }
 
 void stream::close() noexcept {
