@@ -1670,7 +1670,8 @@ hop::task<void> bad_stream_arguments() {
         expect_invalid(h, "not open");
     }
     for (std::string host : {std::string("bad host"), std::string("tab\there"), std::string("a/b"),
-                             std::string("nul\0inside", 10), std::string(300, 'h')}) {
+                             std::string("nul\0inside", 10), std::string("ctl\x01byte"), std::string("del\x7f"),
+                             std::string(300, 'h')}) {
         auto tcp = co_await hop::tcp_stream::connect(lis.local_endpoint());
         auto peer = co_await lis.accept();
         auto f = co_await failure_of(tls::stream::connect(cctx, std::move(tcp), host));

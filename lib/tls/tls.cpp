@@ -227,7 +227,8 @@ void context::load_cert_chain(const std::string& cert_chain_file, const std::str
         throw_ssl(std::string(who) + ": cannot load the certificate chain '" + cert_chain_file + "'");
     }
     if (SSL_CTX_use_PrivateKey_file(m_impl->ctx, private_key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
-        throw_ssl(std::string(who) + ": cannot load the private key '" + private_key_file + "'");
+        throw_ssl(std::string(who) + ": cannot load the private key '" + private_key_file + "' (for the certificate '" +
+                  cert_chain_file + "')");
     }
     if (SSL_CTX_check_private_key(m_impl->ctx) != 1) {
         throw_ssl(std::string(who) + ": the private key '" + private_key_file +
@@ -533,7 +534,11 @@ task<stream> stream::connect(context ctx, tcp_stream tcp, std::string host_name)
                                     ": the context is a server context (context::server); use context::client()");
     }
     if (!tcp.is_open()) throw std::invalid_argument(std::string(who) + ": the tcp_stream is not open");
-    if (host_name.size() > 253 || host_name.find_first_of(std::string_view(" \t\r\n\0/", 7)) != std::string::npos) {
+    const bool bad_byte = std::any_of(host_name.begin(), host_name.end(), [](char ch) {
+        const auto u = static_cast<unsigned char>(ch);
+        return u <= 0x20 || u == 0x7f || ch == '/';
+    });
+    if (host_name.size() > 253 || bad_byte) {
         throw std::invalid_argument(std::string(who) + ": '" + printable(host_name.substr(0, 80)) +
                                     "' is not a host name");
     }
