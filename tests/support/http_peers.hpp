@@ -301,6 +301,20 @@ inline hop::task<peer_result> run_peer(std::vector<std::string> argv, std::strin
     co_return co_await std::move(f);
 }
 
+/// What a finished `wrk` run reports: the request count, after checking it
+/// had no socket errors and no non-2xx answers (failed checks otherwise).
+inline long wrk_clean_requests(const peer_result& r) {
+    REQUIRE_MESSAGE(r.exited_ok(), r.describe());
+    CHECK_MESSAGE(r.out.find("Socket errors") == std::string::npos, r.out);
+    CHECK_MESSAGE(r.out.find("Non-2xx") == std::string::npos, r.out);
+    const auto at = r.out.find(" requests in ");
+    REQUIRE_MESSAGE(at != std::string::npos, r.out);
+    const auto start = r.out.rfind('\n', at);
+    const long requests = std::atol(r.out.c_str() + (start == std::string::npos ? 0 : start + 1));
+    CHECK_MESSAGE(requests > 0, r.out);
+    return requests;
+}
+
 /// Lines of `text` (without their newlines).
 inline std::vector<std::string> lines_of(std::string_view text) {
     std::vector<std::string> v;
