@@ -1351,9 +1351,13 @@ hop::task<void> key_updates_mid_stream(std::size_t total) {
 
     CHECK(at_server.sent == server_asked);
     CHECK(at_client.received == server_asked);
-    // The client answered every request, and sent its own.
-    CHECK(at_server.received == server_asked + client_own);
-    CHECK(at_client.sent == server_asked + client_own);
+    // The client answered every request and sent its own; a request that
+    // arrives while one of its own is still pending is answered by that one
+    // (OpenSSL keeps one pending KeyUpdate; RFC 8446 4.6.3 allows it), so
+    // the two may share a message.
+    CHECK(at_server.received == at_client.sent);
+    CHECK(at_client.sent >= std::max(server_asked, client_own));
+    CHECK(at_client.sent <= server_asked + client_own);
 }
 
 /// openssl #11211: the client writes 4 MiB at once after the handshake,
