@@ -19,6 +19,7 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -26,6 +27,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -324,6 +326,41 @@ TEST_CASE("the client against nginx over TLS: body, SNI, a resumed session on a 
             CHECK(again.stats().tls_resumed == 1);
         };
         run_on(loop, body());
+    });
+}
+
+TEST_CASE("one server context shared across threads: binding another server while this one shakes hands") {
+    // Each bind sets ALPN http/1.1 on the context; a context in use is only
+    // read then (TSan: no race with the handshakes on the loop).
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        const auto& certs = hop_test::test_certs();
+        auto o = tls_options(certs.localhost);
+        const hop::tls::context shared = *o.tls;
+        std::atomic<bool> done{false};
+        std::atomic<int> binds{0};
+        run_on(loop, hop_test::with_server(hop_test::test_app, o, [&](http::server& srv) -> hop::task<void> {
+            // This server is bound: from here on the context is in use.
+            std::thread binder([&] {
+                while (!done.load()) {
+                    http::server_options other = hop_test::test_options();
+                    other.tls = shared;
+                    auto more = http::server::bind(hop::endpoint::loopback_v4(0), hop_test::test_app, other);
+                    binds.fetch_add(1);
+                }
+            });
+            auto offering = trusting_client();
+            offering.set_alpn({"http/1.1"});  // so each handshake reads the server's list
+            for (int i = 0; i < 20; ++i) {
+                http::client fresh({.tls = offering});  // a new connection, a full handshake
+                const std::string u = https_url(srv, "/h");
+                http::response r = co_await fresh.get(u);
+                CHECK(r.body == "hello GET /h");
+            }
+            done.store(true);
+            binder.join();
+        }));
+        CHECK(binds.load() > 0);
     });
 }
 

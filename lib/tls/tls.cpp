@@ -264,6 +264,10 @@ void context::set_alpn(std::vector<std::string> protocols) {
         wire.push_back(static_cast<unsigned char>(p.size()));
         wire.insert(wire.end(), p.begin(), p.end());
     }
+    // The same list again changes nothing and writes nothing: a context
+    // already shaking hands on other threads (one server per loop sharing
+    // it, each setting http/1.1 at bind) is only read.
+    if (m_impl->alpn == wire) return;
     m_impl->alpn = wire;
     if (!m_impl->server) {
         // Note: 0 is success for this one.
