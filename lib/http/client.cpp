@@ -16,6 +16,7 @@
 
 #include "client_pool.hpp"
 #include "codec.hpp"
+#include "tls_read.hpp"
 
 #include <hop/io_loop.hpp>
 #include <hop/net.hpp>
@@ -455,16 +456,11 @@ task<void> send_request(stream_state& s) {
     s.timers.progress();
 }
 
-// Reads from the connection into its buffer; 0 at the end of the stream.
-// Over TLS a close without close_notify is an end of stream too, as in
-// curl and browsers: HTTP's own framing says whether the response was whole.
+// Reads from the connection into its buffer; 0 at the end of the stream
+// (over TLS: read_tls).
 task<std::size_t> receive(connection& c) {
     if (!c.secure) co_return co_await c.stream.read_some(c.free_space());
-    try {
-        co_return co_await c.secure->read_some(c.free_space());
-    } catch (const tls::truncated_error&) {
-        co_return 0;
-    }
+    co_return co_await read_tls(*c.secure, c.free_space());
 }
 
 task<void> read_head(stream_state& s) {

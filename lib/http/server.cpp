@@ -4,6 +4,7 @@
 #include <hop/http/server.hpp>
 
 #include "codec.hpp"
+#include "tls_read.hpp"
 
 #include <hop/io_loop.hpp>
 #include <hop/sync.hpp>
@@ -322,7 +323,6 @@ private:
     void disarm() noexcept { deadline_list::unlink(m_deadline); }
     void finish_head(headers& h, int status);
 
-    task<std::size_t> read_tls(std::span<char> space);
     task<bool> handshake();
 
     std::shared_ptr<server_state> m_st;
@@ -404,16 +404,6 @@ task<bool> server_connection::handshake() {
         co_return false;
     }
     co_return true;
-}
-
-// A read over TLS; a client that closes without close_notify has simply
-// gone (HTTP framing says whether its request was whole).
-task<std::size_t> server_connection::read_tls(std::span<char> space) {
-    try {
-        co_return co_await m_tls->read_some(space);
-    } catch (const tls::truncated_error&) {
-        co_return 0;
-    }
 }
 
 task<int> server_connection::request_loop() {
@@ -513,7 +503,7 @@ task<bool> server_connection::fill(parser& p) {
     auto space = m_in.space(want);
     std::size_t n = 0;
     if (m_tls) {
-        n = co_await read_tls(space);
+        n = co_await read_tls(*m_tls, space);
     } else {
         n = co_await m_stream.read_some(space);
     }
