@@ -113,6 +113,30 @@ struct peer_result {
     }
 };
 
+/// posix_spawn of `path` with `argv` and the file actions `fa`; the child
+/// starts with default signal handling and nothing blocked (the test main
+/// ignores SIGPIPE). Returns posix_spawn's result; `pid` is set on success.
+inline int spawn_program(pid_t& pid, const std::string& path, std::vector<std::string>& argv,
+                         const posix_spawn_file_actions_t& fa) {
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none, dfl;
+    sigemptyset(&none);
+    sigemptyset(&dfl);
+    sigaddset(&dfl, SIGPIPE);
+    sigaddset(&dfl, SIGTERM);
+    sigaddset(&dfl, SIGINT);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &dfl);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    const int rc = ::posix_spawn(&pid, path.c_str(), &fa, &attr, args.data(), environ);
+    posix_spawnattr_destroy(&attr);
+    return rc;
+}
+
 /// A running program with its stdin, stdout and stderr on pipes.
 /// Destroying it kills the program (SIGKILL) if it still runs, and reaps it.
 class peer_process {
@@ -132,25 +156,8 @@ public:
         posix_spawn_file_actions_adddup2(&fa, in[0], 0);
         posix_spawn_file_actions_adddup2(&fa, out[1], 1);
         posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-        posix_spawnattr_t attr;
-        posix_spawnattr_init(&attr);
-        // The child starts with default signal handling and nothing blocked
-        // (the test main ignores SIGPIPE).
-        sigset_t none, dfl;
-        sigemptyset(&none);
-        sigemptyset(&dfl);
-        sigaddset(&dfl, SIGPIPE);
-        sigaddset(&dfl, SIGTERM);
-        sigaddset(&dfl, SIGINT);
-        posix_spawnattr_setsigmask(&attr, &none);
-        posix_spawnattr_setsigdefault(&attr, &dfl);
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-        std::vector<char*> args;
-        for (auto& a : m_argv) args.push_back(a.data());
-        args.push_back(nullptr);
-        const int rc = ::posix_spawn(&m_pid, path.c_str(), &fa, &attr, args.data(), environ);
+        const int rc = spawn_program(m_pid, path, m_argv, fa);
         posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&attr);
         ::close(in[0]);
         ::close(out[1]);
         ::close(err[1]);
