@@ -4,8 +4,12 @@
 // own, not the sum of both libraries), and the "name | hop | asio | ratio"
 // table.
 
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -21,7 +25,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <filesystem>
+#include <fstream>
 #include <initializer_list>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -332,6 +339,96 @@ inline void check_same(const char* what, const measured& hop, const measured& as
         throw std::runtime_error(std::string(what) + ": hop and asio computed different results (checksum " +
                                  std::to_string(hop.s.check) + " vs " + std::to_string(asio.s.check) + ")");
     }
+}
+
+// ---- external programs (wrk, curl, nginx, openssl) and their ports ----------------
+
+/// A finished program: exit status, CPU and wall time, what it printed.
+struct child_result {
+    int status = 0;
+    double cpu_seconds = 0;
+    double wall_seconds = 0;
+    std::string output;
+};
+
+inline std::string slurp(const std::filesystem::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    std::ostringstream s;
+    s << f.rdbuf();
+    return s.str();
+}
+
+/// Starts argv (looked up in PATH) with stdout and stderr to `out`, stdin
+/// from /dev/null. @throws std::runtime_error if it cannot start.
+inline pid_t spawn(const std::vector<std::string>& argv, const std::filesystem::path& out) {
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    pid_t pid = -1;
+    const int r = ::posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (r != 0) throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(r));
+    return pid;
+}
+
+/// Waits for `pid`; its CPU time. @throws std::runtime_error unless it
+/// exited 0 (with what it wrote to `out`).
+inline double reap(pid_t pid, const std::string& name, const std::filesystem::path& out) {
+    int status = 0;
+    rusage ru{};
+    while (::wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        throw std::runtime_error(name + " failed (status " + std::to_string(status) + "):\n" + slurp(out));
+    }
+    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/// Runs argv to its end: its output, CPU and wall time.
+/// @throws std::runtime_error if it cannot start or fails.
+inline child_result run_program(const std::vector<std::string>& argv, const std::filesystem::path& out) {
+    const auto t0 = clock::now();
+    const pid_t pid = spawn(argv, out);
+    child_result r;
+    r.cpu_seconds = reap(pid, argv[0], out);
+    r.wall_seconds = seconds_since(t0);
+    r.output = slurp(out);
+    return r;
+}
+
+/// True if something accepts TCP connections on 127.0.0.1:`port` now.
+inline bool accepting(std::uint16_t port) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    return ok;
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+inline std::uint16_t free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+        if (fd >= 0) ::close(fd);
+        throw std::runtime_error("cannot bind 127.0.0.1:0");
+    }
+    ::close(fd);
+    return ntohs(a.sin_port);
 }
 
 }  // namespace bench

@@ -44,87 +44,18 @@ extern char** environ;
 
 namespace {
 
+using bench::accepting;
+using bench::child_result;
+using bench::free_port;
+using bench::run_program;
+using bench::slurp;
+using bench::spawn;
+
 constexpr const char* sections[] = {"hop", "wrk", "curl", "python"};
 constexpr std::size_t in_flight = 100;
 constexpr std::size_t body_size = 4096;
 
 // ---- processes ------------------------------------------------------------------
-
-struct child_result {
-    int status = 0;
-    double cpu_seconds = 0;
-    double wall_seconds = 0;
-    std::string output;
-};
-
-std::string slurp(const std::filesystem::path& p) {
-    std::ifstream f(p, std::ios::binary);
-    std::ostringstream s;
-    s << f.rdbuf();
-    return s.str();
-}
-
-pid_t spawn(const std::vector<std::string>& argv, const std::filesystem::path& out) {
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    pid_t pid = -1;
-    const int r = ::posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (r != 0) throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(r));
-    return pid;
-}
-
-// Runs argv to its end; its output (stdout and stderr) and its CPU time.
-child_result run_program(const std::vector<std::string>& argv, const std::filesystem::path& out) {
-    const auto t0 = bench::clock::now();
-    const pid_t pid = spawn(argv, out);
-    int status = 0;
-    rusage ru{};
-    while (::wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
-    }
-    child_result r;
-    r.wall_seconds = bench::seconds_since(t0);
-    r.status = status;
-    r.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-                    static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-    r.output = slurp(out);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        throw std::runtime_error(argv[0] + " failed (status " + std::to_string(status) + "):\n" + r.output);
-    }
-    return r;
-}
-
-bool accepting(std::uint16_t port) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(port);
-    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    return ok;
-}
-
-std::uint16_t free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-        ::close(fd);
-        throw std::runtime_error("cannot bind 127.0.0.1:0");
-    }
-    ::close(fd);
-    return ntohs(a.sin_port);
-}
 
 // nginx: one process, one worker, a 4 KiB file, keep-alive, no access log.
 class nginx_server {

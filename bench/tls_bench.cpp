@@ -79,6 +79,14 @@ extern char** environ;
 
 namespace {
 
+using bench::accepting;
+using bench::child_result;
+using bench::free_port;
+using bench::reap;
+using bench::run_program;
+using bench::slurp;
+using bench::spawn;
+
 constexpr std::size_t body_size = 4096;
 constexpr std::size_t in_flight = 100;
 /// Connections in flight from the hop handshake client (HOP_TLS_BENCH_WORKERS overrides it).
@@ -148,61 +156,6 @@ bench_options parse(int argc, char** argv) {
 
 // ---- processes -------------------------------------------------------------------
 
-std::string slurp(const std::filesystem::path& p) {
-    std::ifstream f(p, std::ios::binary);
-    std::ostringstream s;
-    s << f.rdbuf();
-    return s.str();
-}
-
-/// Starts argv (looked up in PATH) with stdout and stderr to `out`.
-pid_t spawn(const std::vector<std::string>& argv, const std::filesystem::path& out) {
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    pid_t pid = -1;
-    const int r = ::posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (r != 0) throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(r));
-    return pid;
-}
-
-struct child_result {
-    double cpu_seconds = 0;
-    double wall_seconds = 0;
-    std::string output;
-};
-
-/// Waits for `pid`; its CPU time. @throws std::runtime_error unless it exited 0.
-double reap(pid_t pid, const std::string& name, const std::filesystem::path& out) {
-    int status = 0;
-    rusage ru{};
-    while (::wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        throw std::runtime_error(name + " failed (status " + std::to_string(status) + "):\n" + slurp(out));
-    }
-    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
-/// Runs argv to its end: its output, CPU and wall time.
-/// @throws std::runtime_error if it cannot start or fails.
-child_result run_program(const std::vector<std::string>& argv, const std::filesystem::path& out) {
-    const auto t0 = bench::clock::now();
-    const pid_t pid = spawn(argv, out);
-    child_result r;
-    r.cpu_seconds = reap(pid, argv[0], out);
-    r.wall_seconds = bench::seconds_since(t0);
-    r.output = slurp(out);
-    return r;
-}
-
 /// user + system CPU seconds of process `pid` so far (/proc/PID/stat).
 double proc_cpu_seconds(pid_t pid) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
@@ -219,29 +172,6 @@ double proc_cpu_seconds(pid_t pid) {
         if (i == 15) stime = std::stoull(f);
     }
     return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
-bool accepting(std::uint16_t port) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const auto ep = hop::endpoint::loopback_v4(port);
-    const bool ok = ::connect(fd, ep.data(), ep.size()) == 0;
-    ::close(fd);
-    return ok;
-}
-
-std::uint16_t free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-        ::close(fd);
-        throw std::runtime_error("cannot bind 127.0.0.1:0");
-    }
-    ::close(fd);
-    return ntohs(a.sin_port);
 }
 
 void stop(pid_t& pid) {
