@@ -402,6 +402,28 @@ inline child_result run_program(const std::vector<std::string>& argv, const std:
     return r;
 }
 
+/// Checks the output of `curl -w "%{http_code} %{size_download}\n"` over
+/// `n` transfers: each answered 200 with `body_size` bytes.
+/// @throws std::runtime_error with what else curl printed.
+inline void check_curl_transfers(const std::string& output, std::size_t n, std::size_t body_size) {
+    std::size_t ok = 0;
+    std::istringstream in(output);
+    std::string line;
+    const std::string want = "200 " + std::to_string(body_size);
+    std::string other;
+    while (std::getline(in, line)) {
+        if (line == want) {
+            ++ok;
+        } else if (other.size() < 2000) {
+            other += line + "\n";
+        }
+    }
+    if (ok != n) {
+        throw std::runtime_error("curl: " + std::to_string(ok) + " of " + std::to_string(n) +
+                                 " requests came back whole; other output:\n" + other);
+    }
+}
+
 /// True if something accepts TCP connections on 127.0.0.1:`port` now.
 inline bool accepting(std::uint16_t port) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -187,22 +187,7 @@ figure curl_side(const std::filesystem::path& dir, const std::string& url, std::
     auto r = run_program({"curl", "-s", "-S", "--no-progress-meter", "--fail", "-Z", "--parallel-max", std::to_string(in_flight), "-K",
                           (dir / "curl.cfg").string(), "-w", "%{http_code} %{size_download}\\n"},
                          dir / "curl.out");
-    std::size_t ok = 0;
-    std::istringstream in(r.output);
-    std::string line;
-    const std::string want = "200 " + std::to_string(body_size);
-    std::string other;
-    while (std::getline(in, line)) {
-        if (line == want) {
-            ++ok;
-        } else if (other.size() < 2000) {
-            other += line + "\n";
-        }
-    }
-    if (ok != n) {
-        throw std::runtime_error("curl: " + std::to_string(ok) + " of " + std::to_string(n) +
-                                 " requests came back whole; other output:\n" + other);
-    }
+    bench::check_curl_transfers(r.output, n, body_size);
     return {static_cast<double>(n), r.wall_seconds, r.cpu_seconds};
 }
 

@@ -681,22 +681,7 @@ client_figure curl_side(const std::filesystem::path& dir, const std::string& url
                                 "%{http_code} %{size_download}\\n"},
                                dir / "curl.out");
     const double s1 = proc_cpu_seconds(server);
-    std::size_t ok = 0;
-    std::istringstream in(r.output);
-    std::string line;
-    const std::string want = "200 " + std::to_string(body_size);
-    std::string other;
-    while (std::getline(in, line)) {
-        if (line == want) {
-            ++ok;
-        } else if (other.size() < 2000) {
-            other += line + "\n";
-        }
-    }
-    if (ok != n) {
-        throw std::runtime_error("curl: " + std::to_string(ok) + " of " + std::to_string(n) +
-                                 " requests came back whole; other output:\n" + other);
-    }
+    bench::check_curl_transfers(r.output, n, body_size);
     return {r.wall_seconds, r.cpu_seconds, s1 - s0, n};
 }
 
