@@ -99,12 +99,6 @@ namespace hop {
 
 namespace {
 
-#ifdef IORING_FSYNC_DATASYNC
-constexpr int fsync_datasync = IORING_FSYNC_DATASYNC;
-#else
-constexpr int fsync_datasync = 1;  // the kernel's value (linux/io_uring.h)
-#endif
-
 // Linux moves at most this many bytes in one read or write (MAX_RW_COUNT);
 // a longer read_at is a short read, as pread would make it.
 constexpr std::size_t max_single_transfer = 0x7ffff000;
@@ -178,25 +172,25 @@ file_operation::file_operation(const file& f, mode m, void* data, std::size_t si
     io.offset = static_cast<std::uint64_t>(offset);
     switch (m) {
         case mode::read_some:
-            io.kind = io_kind::read_at;
+            io.kind = &io_kind_read_at;
             io.len = size < max_single_transfer ? size : max_single_transfer;
             break;
         case mode::read_exact:
-            io.kind = io_kind::read_at;
+            io.kind = &io_kind_read_at;
             io.len = size;
             io.all = true;
             break;
         case mode::write_all:
-            io.kind = io_kind::write_at;
+            io.kind = &io_kind_write_at;
             io.len = size;
             io.all = true;
             break;
         case mode::sync:
-            io.kind = io_kind::fsync;
+            io.kind = &io_kind_fsync;
             break;
         case mode::sync_data:
-            io.kind = io_kind::fsync;
-            io.flags = fsync_datasync;
+            io.kind = &io_kind_fsync;
+            io.flags = io_params::fsync_data_only;
             break;
     }
 }

@@ -33,8 +33,10 @@ io_loop& io_handle::loop_for(const char* what) const {
                                    ". Use it from its own loop (co_await that loop's schedule() first), "
                                    "or make it on this one");
         }
-        // Orphaned: its registration went with its loop.
-        m_reg.store(nullptr, std::memory_order_relaxed);
+        // Orphaned: its registration went with its loop (a close() that
+        // marked the slot meanwhile keeps its mark).
+        fd_registration* stale = m_reg.load(std::memory_order_acquire);
+        if (stale != closed_registration()) m_reg.compare_exchange_strong(stale, nullptr, std::memory_order_acq_rel);
     }
     io_loop& target = here ? *here : default_loop();
     if (m_mode == fd_mode::as_backend_wants) {
@@ -57,25 +59,30 @@ io_loop& io_handle::loop_for(const char* what) const {
 void io_handle::close() noexcept {
     const int fd = m_fd.exchange(-1, std::memory_order_acq_rel);
     if (fd < 0) return;
-    // The anchor is kept (not reset): a binding may read it concurrently.
+    if (m_mode == fd_mode::left_alone) {
+        // A file: no registration, never closed with an operation in flight.
+        (void)::close(fd);
+        return;
+    }
+    // The slot first (io_op.hpp): what it held says whether an operation
+    // reached a loop. A loop that claimed it had published its anchor
+    // before, so the anchor read after the exchange is that loop's.
+    fd_registration* reg = m_reg.exchange(closed_registration(), std::memory_order_acq_rel);
     loop_anchor* anchor = m_anchor_raw.load(std::memory_order_acquire);
     io_loop* loop = anchor ? anchor->loop.load(std::memory_order_acquire) : nullptr;
-    if (loop == nullptr || m_mode == fd_mode::left_alone) {
-        // Never bound, or orphaned (the registration went with the loop);
-        // or a file, which has no registration and is never closed with an
-        // operation in flight.
-        m_reg.store(nullptr, std::memory_order_relaxed);
+    if (loop == nullptr || reg == nullptr) {
+        // Never used on a live loop (or orphaned: the registration went
+        // with the loop), and no operation can start on it now: close here.
         // Linux frees the descriptor even when close fails: never retry.
         (void)::close(fd);
         return;
     }
     if (loop->running_in_this_thread()) {
-        loop->core().backend().close_fd(fd, m_reg.exchange(nullptr, std::memory_order_acq_rel));
+        loop->core().backend().close_fd(fd, real_registration(reg));
         return;
     }
-    // Another thread: the marker stops the loop from registering the fd
-    // after this point; what is registered now is closed by the posted item.
-    io_close_fd(loop, fd, m_reg.exchange(closed_registration(), std::memory_order_acq_rel));
+    // Another thread: the loop ends what is in flight, then closes.
+    io_close_fd(loop, fd, real_registration(reg));
 }
 
 }  // namespace hop::detail

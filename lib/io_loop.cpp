@@ -2,6 +2,7 @@
 // place a backend is chosen, hop::run, current_loop and default_loop.
 
 #include "loop_core.hpp"
+#include "spin.hpp"
 
 #include <hop/detail/fd_wait.hpp>
 #include <hop/io_loop.hpp>
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <string>
 #include <system_error>
+#include <algorithm>
 #include <thread>
 
 namespace hop {
@@ -38,13 +40,9 @@ void throw_io_failure(int result, const std::string& what) {
 loop_core::running_scope::running_scope(loop_core& c) noexcept
     : m_core(c), m_exec(&c.owner()), m_prev_loop(tl_core) {
     tl_core = &c;
-    m_core.m_running_threads.fetch_add(1, std::memory_order_relaxed);
 }
 
-loop_core::running_scope::~running_scope() {
-    m_core.m_running_threads.fetch_sub(1, std::memory_order_relaxed);
-    tl_core = m_prev_loop;
-}
+loop_core::running_scope::~running_scope() { tl_core = m_prev_loop; }
 
 bool loop_core::running_in_this_thread() const noexcept { return tl_core == this; }
 
@@ -70,7 +68,128 @@ void loop_core::post(work_item* w) noexcept {
     }
     m_remote_tail = w;
     m_remote_count.fetch_add(1, std::memory_order_seq_cst);
-    m_backend->wake();
+    wake_if_sleeping();
+}
+
+// ---- the turn -----------------------------------------------------------------
+
+std::size_t loop_core::turn(bool may_block) {
+    std::size_t n = run_ready();
+    bool block = may_block && n == 0 && !has_ready_work() && !stopped();
+    if (block && m_backend->can_spin()) {
+        // Look for work a little before paying for a sleep and a wakeup: a
+        // loop that ran out of work a moment ago is likely to get more within
+        // microseconds.
+        auto budget = spin_budget;
+        if (auto d = next_deadline()) {
+            budget = std::min(budget, std::chrono::duration_cast<std::chrono::nanoseconds>(*d - loop_clock::now()));
+        }
+        if (budget.count() > 0) {
+            n += m_backend->reap();  // hands what is queued to the kernel first
+            if (n != 0 || spin_until([&] { return has_remote_work() || stopped() || m_backend->results_ready(); },
+                                     budget)) {
+                block = false;
+            }
+        }
+    }
+    if (block) {
+        m_sleeping.store(true, std::memory_order_seq_cst);
+        // Posts from other threads check m_sleeping after queueing: one of
+        // the two sees the other.
+        if (has_remote_work() || stopped()) {
+            m_sleeping.store(false, std::memory_order_seq_cst);
+            block = false;
+        }
+    }
+    if (block) {
+        n += m_backend->wait(next_deadline());
+        m_sleeping.store(false, std::memory_order_seq_cst);
+    } else {
+        n += m_backend->reap();
+    }
+    return n + run_ready();
+}
+
+std::size_t loop_core::run() {
+    if (m_backend->hosted()) return m_backend->drive_host(loop_backend::drive_mode::run);
+    running_scope scope(*this);
+    std::size_t n = 0;
+    while (!stopped()) n += turn(true);
+    return n;
+}
+
+std::size_t loop_core::run_once() {
+    if (m_backend->hosted()) return m_backend->drive_host(loop_backend::drive_mode::run_once);
+    running_scope scope(*this);
+    if (stopped()) return 0;
+    return turn(true);
+}
+
+std::size_t loop_core::poll() {
+    if (m_backend->hosted()) return m_backend->drive_host(loop_backend::drive_mode::poll);
+    running_scope scope(*this);
+    if (m_native) {
+        m_sleeping.store(false, std::memory_order_seq_cst);
+        m_backend->host_woke();
+    }
+    std::size_t n = turn(false);
+    if (m_native) {
+        // The host sleeps on the native handle next: it must become readable
+        // at the next deadline, on a result, and on a post from another
+        // thread (m_sleeping makes posters wake it).
+        m_backend->prepare_host_sleep(next_deadline());
+        m_sleeping.store(true, std::memory_order_seq_cst);
+        if (has_ready_work() && m_sleeping.exchange(false, std::memory_order_seq_cst)) m_backend->wake();
+    }
+    return n;
+}
+
+int loop_core::native_handle() {
+    const int fd = m_backend->native_handle();
+    if (!m_native) {
+        m_native = true;
+        // Work that arrives before the first poll() must show on the fd.
+        m_backend->prepare_host_sleep(next_deadline());
+        m_sleeping.store(true, std::memory_order_seq_cst);
+        if (has_ready_work() && m_sleeping.exchange(false, std::memory_order_seq_cst)) m_backend->wake();
+    }
+    return fd;
+}
+
+void loop_core::shutdown() {
+    m_closing.store(true, std::memory_order_release);
+    m_sleeping.store(false, std::memory_order_seq_cst);
+    // The destroying thread acts as the loop thread while it winds down:
+    // waiting coroutines are resumed with cancelled_error and allowed to
+    // finish; in-flight kernel operations are cancelled and reaped.
+    running_scope scope(*this);
+    for (;;) {
+        // Kernel operations first: a coroutine unwound by an aborted timer
+        // may close a socket, and its peer's pending read would then end
+        // with the close instead of being cancelled.
+        m_backend->cancel_all();
+        while (m_backend->in_flight() != 0) {
+            // Every cancelled operation still delivers its completion, and
+            // only then may its frame go away. What the completions resume
+            // may start more (an `all` transfer's next part is refused, but
+            // an arm item queued earlier starts): cancel those too.
+            // Results may also come as posts (epoll's blocking-pool calls).
+            m_sleeping.store(true, std::memory_order_seq_cst);
+            if (!has_remote_work()) m_backend->wait(std::nullopt);
+            m_sleeping.store(false, std::memory_order_seq_cst);
+            run_ready();
+            m_backend->cancel_all();
+        }
+        abort_timers();
+        run_ready();
+        if (m_local_head == nullptr && !has_remote_work() && m_heap.empty() && m_backend->in_flight() == 0) {
+            if (m_cancels_owed == 0) break;
+            // A stop callback on another thread claimed an operation that
+            // has finished since; its cancel item is on its way here and is
+            // what resumes the waiter.
+            std::this_thread::yield();
+        }
+    }
 }
 
 std::size_t loop_core::run_ready() {
@@ -120,12 +239,13 @@ std::size_t loop_core::fire_expired() {
 }
 
 void loop_core::add_timer(timer_node* t) {
-    const bool was_first = m_heap.empty() || earlier(t, m_heap.front());
+    // The turn reads the earliest deadline before each sleep; a poll()
+    // hands it to the native handle before the host sleeps; a hosted
+    // backend re-arms after each turn.
     t->seq = ++m_timer_seq;
     t->heap_index = m_heap.size();
     m_heap.push_back(t);
     sift_up(t->heap_index);
-    if (was_first) m_backend->deadline_changed();
 }
 
 bool loop_core::remove_timer(timer_node* t) noexcept {
@@ -228,6 +348,14 @@ std::unique_ptr<loop_backend> make_backend(loop_core& core, const io_loop_option
 
 }  // namespace
 
+void loop_cancel_owed(io_loop& loop, int delta) noexcept {
+    if (delta > 0) {
+        loop.core().cancel_owed();
+    } else {
+        loop.core().cancel_paid();
+    }
+}
+
 void io_start(io_loop& loop, io_operation& op) noexcept { loop.core().backend().start_io(op); }
 void io_cancel(io_loop& loop, io_operation& op) noexcept { loop.core().backend().cancel_io(op); }
 
@@ -300,22 +428,7 @@ io_loop::io_loop(asio::io_context& host)
 
 io_loop::~io_loop() {
     auto& core = *m_core;
-    core.set_closing();
-    {
-        // The destroying thread acts as the loop thread while it winds down:
-        // waiting coroutines are resumed with cancelled_error and allowed to
-        // finish; in-flight kernel operations are cancelled and reaped.
-        detail::loop_core::running_scope scope(core);
-        for (int round = 0; round < 10000; ++round) {
-            // Kernel operations first: a coroutine unwound by an aborted
-            // timer may close a socket, and its peer's pending read would
-            // then end with the close instead of being cancelled.
-            core.backend().drain_for_shutdown();
-            core.abort_timers();
-            core.run_ready();
-            if (!core.has_local_work() && !core.has_remote_work() && core.timer_count() == 0) break;
-        }
-    }
+    core.shutdown();
     // Every operation has ended: IO objects still bound here are orphaned
     // now (their next operation binds them again), before the backend frees
     // their registrations.
@@ -333,13 +446,13 @@ std::string io_loop::describe() const {
 std::string_view io_loop::backend_name() const noexcept { return m_core->backend().name(); }
 hop::backend io_loop::backend_kind() const noexcept { return m_core->backend().kind(); }
 
-std::size_t io_loop::run() { return m_core->backend().run(); }
-std::size_t io_loop::run_once() { return m_core->backend().run_once(); }
-std::size_t io_loop::poll() { return m_core->backend().poll(); }
+std::size_t io_loop::run() { return m_core->run(); }
+std::size_t io_loop::run_once() { return m_core->run_once(); }
+std::size_t io_loop::poll() { return m_core->poll(); }
 void io_loop::stop() noexcept { m_core->request_stop(); }
 bool io_loop::stopped() const noexcept { return m_core->stopped(); }
 void io_loop::restart() noexcept { m_core->restart(); }
-int io_loop::native_handle() { return m_core->backend().native_handle(); }
+int io_loop::native_handle() { return m_core->native_handle(); }
 bool io_loop::running_in_this_thread() const noexcept { return m_core->running_in_this_thread(); }
 
 void io_loop::post_item(detail::work_item* w) {

@@ -1,8 +1,15 @@
 #pragma once
-// Private to the implementation: the backend-independent part of io_loop
-// (run queues, the timer heap, stop state) and the one interface both
-// backends implement. The backend is chosen in exactly one place:
-// make_backend() in io_loop.cpp.
+// Private to the implementation: the loop itself and the one interface a
+// kernel facility implements for it.
+//
+// loop_core owns everything a loop means: the run queues, the timer heap,
+// stop, the turn (run / run_once / poll, spinning before a sleep, counting
+// handlers), the native handle's protocol and shutdown. It is written once.
+// A backend (lib/io_uring/, lib/epoll/) is only what a kernel facility must
+// provide: start and cancel operations, hand what it queued to the kernel,
+// complete what is ready, sleep until a deadline, be woken from another
+// thread. The backend is chosen in exactly one place: make_backend() in
+// io_loop.cpp.
 
 #include <hop/detail/executor.hpp>
 #include <hop/detail/io_op.hpp>
@@ -26,58 +33,120 @@ struct fd_registration {
     virtual ~fd_registration() = default;
 };
 
-/// What a backend provides. Every function is for the loop thread unless it
-/// says "thread-safe".
+/// What a kernel facility provides to loop_core.
+///
+/// Threads: every function is called on the loop thread (the thread inside
+/// the core's turn, or the thread destroying the loop) except wake(), which
+/// any thread may call, and the destructor, called after shutdown.
+///
+/// Completions: an operation's completion is its io_operation::complete()
+/// call. A backend calls it only from start_io (a call that finished at
+/// once), reap(), wait() or, for a hosted backend, a work item it posts to
+/// the core. What complete() resumes is queued on the core; the core runs
+/// it after the backend returns.
+///
+/// Every started operation gets exactly one completion, also when it is
+/// cancelled (-ECANCELED, or its result if that came first), when its fd is
+/// closed, and at shutdown: an operation's memory (the awaiting frame) is
+/// freed only after its completion.
 class loop_backend {
 public:
     virtual ~loop_backend() = default;
     virtual const char* name() const noexcept = 0;
     virtual hop::backend kind() const noexcept = 0;
 
-    /// Runs until the core is stopped. May block until an event.
-    virtual std::size_t run() = 0;
-    /// Runs ready work; blocks for one event if there is none. May block.
-    virtual std::size_t run_once() = 0;
-    /// Runs ready work. Never blocks.
-    virtual std::size_t poll() = 0;
+    // ---- the backend's half of the turn ------------------------------------
 
-    /// Another thread queued work or stopped the loop: make the loop thread
-    /// notice. Thread-safe, never blocks.
+    /// Hands what start_io / cancel_io queued to the kernel and completes the
+    /// operations whose results are ready now. Never blocks. Returns how many
+    /// operations it completed.
+    virtual std::size_t reap() = 0;
+    /// As reap(), but first sleeps until a result is ready, wake() is called
+    /// or `deadline` passes (none: no limit). May return early (a signal, a
+    /// spurious wakeup): the core decides whether to wait again.
+    virtual std::size_t wait(const std::optional<loop_clock::time_point>& deadline) = 0;
+    /// Whether the turn should spin a little before wait(): true when
+    /// results_ready() can see every result that could come (io_uring's
+    /// completion queue), or when none can (nothing in flight) and only
+    /// other threads' posts, which the spin sees, can end the wait.
+    virtual bool can_spin() const noexcept = 0;
+    /// Cheap check that reap() would complete something (for the spin).
+    virtual bool results_ready() const noexcept = 0;
+    /// Thread-safe, never blocks: makes a wait() in progress (or the next
+    /// one) return soon. The core calls it only while the loop sleeps.
     virtual void wake() noexcept = 0;
 
-    /// The earliest timer deadline changed (loop thread): make sure the loop
-    /// wakes by then. Never blocks.
-    virtual void deadline_changed() noexcept = 0;
+    // ---- driving the loop from a program's own poll loop --------------------
 
-    /// See io_loop::native_handle.
+    /// An fd that becomes readable when the loop has work (see
+    /// io_loop::native_handle). Made at the first call.
     virtual int native_handle() = 0;
+    /// The host is about to sleep on the native handle: it must become
+    /// readable when a result is ready, wake() is called, or `deadline`
+    /// passes.
+    virtual void prepare_host_sleep(const std::optional<loop_clock::time_point>& deadline) = 0;
+    /// The host woke on the native handle: consume the readiness.
+    virtual void host_woke() noexcept = 0;
 
-    /// Starts / cancels an IO operation (hop/detail/io_op.hpp). Loop
-    /// thread; never block. start_io may complete the operation before it
-    /// returns. The operation's own completion always follows a cancel
-    /// (with -ECANCELED, or its result if that came first).
+    // ---- hosted loops -------------------------------------------------------
+
+    /// A backend whose turns run as handlers of a host's event loop (an
+    /// asio::io_context run by the program) returns true; the core then
+    /// wakes it on every post from another thread, and io_loop::run & co.
+    /// call drive_host().
+    virtual bool hosted() const noexcept { return false; }
+    enum class drive_mode { run, run_once, poll };
+    /// Runs the host's event loop (hosted backends only); returns the
+    /// number of handlers run, hop's and the host's.
+    virtual std::size_t drive_host(drive_mode) { return 0; }
+
+    // ---- operations -----------------------------------------------------------
+
+    /// Starts an IO operation (hop/detail/io_op.hpp). Never blocks; may
+    /// complete it before returning.
     virtual void start_io(io_operation& op) noexcept = 0;
+    /// Asks a started operation to end; its completion follows.
     virtual void cancel_io(io_operation& op) noexcept = 0;
-    /// Loop thread: ends the operations in flight on `fd` (-ECANCELED),
-    /// drops its registration `reg` (may be null) and closes `fd`.
+    /// Ends the operations in flight on `fd` (-ECANCELED), drops its
+    /// registration `reg` (may be null) and closes `fd`.
     virtual void close_fd(int fd, fd_registration* reg) noexcept = 0;
     /// Whether sockets for this backend are made non-blocking.
     virtual bool wants_nonblocking() const noexcept = 0;
 
-    /// Called from the loop's destructor, on the destroying thread, after
-    /// every timer was aborted: cancels in-flight kernel operations and reaps
-    /// their completions (running what they resume) until none is left.
-    virtual void drain_for_shutdown() = 0;
+    // ---- shutdown ---------------------------------------------------------------
+
+    /// Asks every operation in flight to end. Their completions come
+    /// through reap() / wait() as usual (a hosted backend may complete them
+    /// here). Idempotent; called again while operations remain.
+    virtual void cancel_all() noexcept = 0;
+    /// Operations started and not yet completed.
+    virtual std::size_t in_flight() const noexcept = 0;
 };
 
-/// The backend-independent state of one io_loop.
+/// The loop: queues, timers, stop, the turn.
 class loop_core {
 public:
     explicit loop_core(io_loop& owner) noexcept : m_owner(owner) {}
 
     io_loop& owner() noexcept { return m_owner; }
     loop_backend& backend() noexcept { return *m_backend; }
-    void set_backend(std::unique_ptr<loop_backend> b) noexcept { m_backend = std::move(b); }
+    void set_backend(std::unique_ptr<loop_backend> b) noexcept {
+        m_backend = std::move(b);
+        m_always_wake = m_backend && m_backend->hosted();
+    }
+
+    // ---- the turn (io_loop's run, run_once, poll) -----------------------
+
+    std::size_t run();
+    std::size_t run_once();
+    std::size_t poll();
+    int native_handle();
+    /// One turn on a hosted backend's handler: runs what is ready, never
+    /// blocks. The caller holds a running_scope.
+    std::size_t hosted_turn() { return run_ready(); }
+    /// Ends every operation and timer, running what they resume, until
+    /// nothing is left (~io_loop).
+    void shutdown();
 
     // ---- work -----------------------------------------------------------
 
@@ -85,7 +154,6 @@ public:
     void post(work_item* w) noexcept;
     /// True once the loop is being destroyed: no new outside work.
     bool closing() const noexcept { return m_closing.load(std::memory_order_acquire); }
-    void set_closing() noexcept { m_closing.store(true, std::memory_order_release); }
     /// Waits until no other thread is inside post() (destruction).
     void quiesce_posters() noexcept { std::lock_guard lock(m_remote_mutex); }
 
@@ -94,11 +162,16 @@ public:
     std::size_t run_ready();
     /// True if run_ready() has anything to do right now (loop thread).
     bool has_ready_work() const noexcept {
-        return m_remote_count.load(std::memory_order_seq_cst) != 0 || m_local_head != nullptr ||
+        return has_remote_work() || m_local_head != nullptr ||
                (!m_heap.empty() && m_heap.front()->deadline <= loop_clock::now());
     }
     bool has_local_work() const noexcept { return m_local_head != nullptr; }
     bool has_remote_work() const noexcept { return m_remote_count.load(std::memory_order_seq_cst) != 0; }
+
+    /// A cancel item will resume an operation that already finished
+    /// (loop_operation): shutdown waits for it. Loop thread.
+    void cancel_owed() noexcept { ++m_cancels_owed; }
+    void cancel_paid() noexcept { --m_cancels_owed; }
 
     // ---- timers (loop thread only) ---------------------------------------
 
@@ -110,8 +183,6 @@ public:
         return m_heap.front()->deadline;
     }
     std::size_t timer_count() const noexcept { return m_heap.size(); }
-    /// Fires every pending timer as aborted (loop destruction).
-    void abort_timers() noexcept;
 
     // ---- stop -------------------------------------------------------------
 
@@ -138,7 +209,17 @@ public:
     bool running_in_this_thread() const noexcept;
 
 private:
+    std::size_t turn(bool may_block);
+    void wake_if_sleeping() noexcept {
+        // A load first: a loop that is awake costs the poster no write to
+        // the shared line.
+        if (m_always_wake ||
+            (m_sleeping.load(std::memory_order_seq_cst) && m_sleeping.exchange(false, std::memory_order_seq_cst))) {
+            m_backend->wake();
+        }
+    }
     std::size_t fire_expired();
+    void abort_timers() noexcept;
     void sift_up(std::size_t i) noexcept;
     void sift_down(std::size_t i) noexcept;
     static bool earlier(const timer_node* a, const timer_node* b) noexcept {
@@ -147,6 +228,7 @@ private:
 
     io_loop& m_owner;
     std::unique_ptr<loop_backend> m_backend;
+    bool m_always_wake = false;  // a hosted backend: every remote post wakes it
 
     // Loop-thread queue (no lock).
     work_item* m_local_head = nullptr;
@@ -159,10 +241,15 @@ private:
 
     std::vector<timer_node*> m_heap;
     std::uint64_t m_timer_seq = 0;
+    std::size_t m_cancels_owed = 0;
 
+    // The loop thread is asleep in the backend (or the host sleeps on the
+    // native handle): a post from another thread must wake it. Set before
+    // the last look for work, cleared by whoever wakes it.
+    std::atomic<bool> m_sleeping{false};
+    bool m_native = false;  // native_handle() was asked for
     std::atomic<bool> m_stopped{false};
     std::atomic<bool> m_closing{false};
-    std::atomic<int> m_running_threads{0};
 };
 
 /// The loop the calling thread runs, or null.

@@ -70,7 +70,7 @@ class connect_operation : public detail::io_operation {
 public:
     connect_operation(detail::socket_handle& s, const endpoint& peer) : io_operation(s.loop_for("hop::tcp_stream::connect")) {
         std::memcpy(&m_peer, peer.data(), peer.size());
-        io.kind = detail::io_kind::connect;
+        io.kind = &detail::io_kind_connect;
         io.fd = s.fd();
         io.addr = reinterpret_cast<sockaddr*>(&m_peer);
         io.addrlen = peer.size();
@@ -91,7 +91,7 @@ namespace detail {
 transfer_operation::transfer_operation(socket_handle& s, mode m, void* data, std::size_t size, const char* what)
     : io_operation(s.loop_for(what)), m_what(what), m_mode(m) {
     const bool reading = m == mode::read_some || m == mode::read_exact;
-    io.kind = reading ? io_kind::recv : io_kind::send;
+    io.kind = reading ? &io_kind_recv : &io_kind_send;
     io.all = m == mode::read_exact || m == mode::write_all;
     io.fd = s.fd();
     io.buf = data;
@@ -122,7 +122,7 @@ std::size_t transfer_operation::await_resume() {
 // ---- accept -------------------------------------------------------------
 
 accept_operation::accept_operation(socket_handle& s) : io_operation(s.loop_for("hop::tcp_listener::accept")) {
-    io.kind = io_kind::accept;
+    io.kind = &io_kind_accept;
     io.fd = s.fd();
     io.addr = reinterpret_cast<sockaddr*>(&m_peer);
     io.addrlen = sizeof m_peer;
@@ -154,7 +154,7 @@ send_to_operation::send_to_operation(socket_handle& s, const void* data, std::si
     m_msg.msg_namelen = to.size();
     m_msg.msg_iov = &m_iov;
     m_msg.msg_iovlen = 1;
-    io.kind = io_kind::sendmsg;
+    io.kind = &io_kind_sendmsg;
     io.fd = s.fd();
     io.msg = &m_msg;
     io.reg = s.reg();
@@ -178,7 +178,7 @@ recv_from_operation::recv_from_operation(socket_handle& s, void* data, std::size
     m_msg.msg_namelen = sizeof m_from;
     m_msg.msg_iov = &m_iov;
     m_msg.msg_iovlen = 1;
-    io.kind = io_kind::recvmsg;
+    io.kind = &io_kind_recvmsg;
     io.fd = s.fd();
     io.msg = &m_msg;
     io.reg = s.reg();

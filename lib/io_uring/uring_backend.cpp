@@ -1,14 +1,19 @@
 // The io_uring backend. One ring per loop; operations are prepared straight
-// into the submission queue and submitted once per loop turn (the submit is
-// folded into the wait); completions are drained in batches.
+// into the submission queue (each kind prepares its own SQE, io_kinds.hpp)
+// and submitted once per turn (the submit is folded into the wait);
+// completions are drained in batches. The turn itself is loop_core's.
 //
-// Cross-thread wakeup: a read on an eventfd is kept armed in the ring;
-// other threads write the eventfd only when the loop is about to sleep
-// (m_sleeping), so a busy loop pays no syscall per post.
+// Needs Linux 5.19 (IORING_ASYNC_CANCEL_ANY / _FD for shutdown and close,
+// multishot accept); on an older kernel the ring is refused and the
+// automatic choice takes epoll.
+//
+// Cross-thread wakeup: a read on an eventfd is kept armed in the ring; the
+// core calls wake() (which writes the eventfd) only while the loop sleeps,
+// so a busy loop pays no syscall per post.
 
 #include "uring_backend.hpp"
 
-#include "../spin.hpp"
+#include "../io_kinds.hpp"
 
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -16,6 +21,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <cerrno>
 #include <ctime>
 #include <memory>
@@ -56,6 +63,19 @@ void ring_mapped() noexcept {}
 void ring_unmapped() noexcept {}
 #endif
 
+// What hop relies on arrived together in Linux 5.19: cancel by fd and of
+// everything (IORING_ASYNC_CANCEL_FD / _ANY: close and shutdown), multishot
+// accept. None of them can be probed; IORING_OP_SOCKET, from the same
+// release, can. HOP_TEST_URING_TOO_OLD=1 makes a test see an older kernel.
+bool kernel_is_new_enough_for(io_uring& ring) noexcept {
+    if (const char* t = std::getenv("HOP_TEST_URING_TOO_OLD"); t != nullptr && std::strcmp(t, "1") == 0) return false;
+    io_uring_probe* probe = io_uring_get_probe_ring(&ring);
+    if (probe == nullptr) return false;
+    const bool ok = io_uring_opcode_supported(probe, IORING_OP_SOCKET) != 0;
+    io_uring_free_probe(probe);
+    return ok;
+}
+
 __kernel_timespec to_timespec(loop_clock::duration d) {
     if (d < loop_clock::duration::zero()) d = loop_clock::duration::zero();
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
@@ -79,6 +99,13 @@ public:
         }
         if (r < 0) throw_errno(r, "hop::io_loop: io_uring_queue_init");
         ring_mapped();
+        if (!kernel_is_new_enough_for(m_ring)) {
+            ring_unmapped();
+            io_uring_queue_exit(&m_ring);
+            throw std::system_error(ENOSYS, std::generic_category(),
+                                    "hop::io_loop: io_uring needs Linux 5.19 or later (IORING_OP_SOCKET, "
+                                    "IORING_ASYNC_CANCEL_ANY); this kernel's io_uring lacks them");
+        }
         m_wake_fd = ::eventfd(0, EFD_CLOEXEC);
         if (m_wake_fd < 0) {
             int e = errno;
@@ -100,52 +127,31 @@ public:
     const char* name() const noexcept override { return "io_uring"; }
     hop::backend kind() const noexcept override { return hop::backend::io_uring; }
 
-    std::size_t run() override {
-        loop_core::running_scope scope(m_core);
-        std::size_t n = 0;
-        while (!m_core.stopped()) n += turn(true);
-        return n;
+    // ---- the backend's half of the turn --------------------------------------
+
+    std::size_t reap() override {
+        if (io_uring_sq_ready(&m_ring) != 0) submit_checked(io_uring_submit(&m_ring));
+        return reap_ready();
     }
 
-    std::size_t run_once() override {
-        loop_core::running_scope scope(m_core);
-        if (m_core.stopped()) return 0;
-        return turn(true);
-    }
-
-    std::size_t poll() override {
-        loop_core::running_scope scope(m_core);
-        if (m_notify_fd >= 0) {
-            eventfd_t v;
-            (void)::eventfd_read(m_notify_fd, &v);  // re-armed by the next CQE
+    std::size_t wait(const std::optional<loop_clock::time_point>& deadline) override {
+        arm_wake();
+        io_uring_cqe* cqe = nullptr;
+        int r;
+        if (deadline) {
+            auto ts = to_timespec(*deadline - loop_clock::now());
+            r = io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, &ts, nullptr);
+        } else {
+            r = io_uring_submit_and_wait(&m_ring, 1);
         }
-        std::size_t n = turn(false);
-        if (m_notify_fd >= 0) {
-            // The turn may have reaped the wake read's or the timeout's CQE,
-            // or added an earlier timer: put both back in the kernel before
-            // the host sleeps, or nothing would make the fd readable again.
-            arm_wake();
-            arm_timeout();
-            if (io_uring_sq_ready(&m_ring) != 0) (void)io_uring_submit(&m_ring);
-            // The host sleeps on the notify fd now: from here on a post from
-            // another thread must produce a CQE to wake it.
-            m_sleeping.store(true, std::memory_order_seq_cst);
-            if (m_core.has_ready_work() && m_sleeping.exchange(false, std::memory_order_seq_cst)) signal_wake();
-        }
-        return n;
+        submit_checked(r);
+        return reap_ready();
     }
 
-    void wake() noexcept override {
-        // A load first: a loop that is awake costs the poster no write to
-        // the shared line.
-        if (m_sleeping.load(std::memory_order_seq_cst) && m_sleeping.exchange(false, std::memory_order_seq_cst)) {
-            signal_wake();
-        }
-    }
+    bool can_spin() const noexcept override { return true; }
+    bool results_ready() const noexcept override { return io_uring_cq_ready(&m_ring) != 0; }
 
-    void deadline_changed() noexcept override {
-        if (m_notify_fd >= 0) m_timeout_dirty = true;
-    }
+    void wake() noexcept override { (void)::eventfd_write(m_wake_fd, 1); }
 
     int native_handle() override {
         if (m_notify_fd < 0) {
@@ -157,33 +163,45 @@ public:
                 throw_errno(r, "hop::io_loop::native_handle: io_uring_register_eventfd");
             }
             m_notify_fd = fd;
-            m_timeout_dirty = true;
-            // Arm the wake read and the first timeout now, so the fd reports
-            // work that arrives before the first poll().
-            arm_wake();
-            arm_timeout();
-            io_uring_submit(&m_ring);
-            m_sleeping.store(true, std::memory_order_seq_cst);
-            if (m_core.has_ready_work() && m_sleeping.exchange(false, std::memory_order_seq_cst)) signal_wake();
         }
         return m_notify_fd;
     }
 
-    void drain_for_shutdown() override {
-        // Every cancelled operation still posts its own completion: reap
-        // until each one has, and only then may its frame go away. The
-        // cancel is repeated: what the reaped completions resume may have
-        // started something after it.
-        while (m_inflight != 0) {
+    void prepare_host_sleep(const std::optional<loop_clock::time_point>& deadline) override {
+        // Every CQE signals the registered eventfd. The wake read makes a
+        // wake() one; the kernel itself must make one at the next deadline:
+        // an IORING_OP_TIMEOUT for the earliest timer.
+        arm_wake();
+        if (deadline && (!m_armed_deadline || *deadline < *m_armed_deadline)) {
+            m_timeout_ts = to_timespec(deadline->time_since_epoch());
+            io_uring_sqe* sqe = get_sqe();
+            io_uring_prep_timeout(sqe, &m_timeout_ts, 0, IORING_TIMEOUT_ABS);
+            io_uring_sqe_set_data64(sqe, timeout_tag);
+            m_armed_deadline = deadline;
+            ++m_timeouts_inflight;
+        }
+        if (io_uring_sq_ready(&m_ring) != 0) submit_checked(io_uring_submit(&m_ring));
+    }
+
+    void host_woke() noexcept override {
+        eventfd_t v;
+        (void)::eventfd_read(m_notify_fd, &v);  // signalled again by the next CQE
+    }
+
+    // ---- shutdown -------------------------------------------------------------
+
+    void cancel_all() noexcept override {
+        if (m_inflight == 0) return;
+        try {
             io_uring_sqe* sqe = get_sqe();
             io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
             io_uring_sqe_set_data64(sqe, cancel_tag);
-            int r = io_uring_submit_and_wait(&m_ring, 1);
-            if (r < 0 && r != -EINTR && r != -EBUSY && r != -ETIME) break;
-            reap();
-            m_core.run_ready();
+        } catch (...) {
+            // No SQE now: the next call (the core repeats it) gets one.
         }
     }
+
+    std::size_t in_flight() const noexcept override { return m_inflight; }
 
     // ---- IO operations --------------------------------------------------
 
@@ -246,13 +264,13 @@ public:
         u->backend = this;
         u->complete = &uring_backend::on_io_complete;
         if (op.io.reg != nullptr) {
+            // The slot's protocol: io_op.hpp.
             fd_registration* cur = op.io.reg->load(std::memory_order_acquire);
             if (cur == closed_registration()) {
-                // Closed from another thread: the fd may already be gone.
-                op.complete(-ECANCELED);
+                op.complete(-ECANCELED);  // closed: the fd may be gone already
                 return;
             }
-            if (cur == nullptr) {
+            if (real_registration(cur) == nullptr) {
                 auto* r = new (std::nothrow) uring_reg(*this);
                 if (r == nullptr) {
                     op.complete(-ENOMEM);
@@ -267,7 +285,7 @@ public:
             }
             u->reg = static_cast<uring_reg*>(cur);
         }
-        if (op.io.kind == io_kind::accept && u->reg != nullptr && m_multishot_accept) {
+        if (op.io.kind == &io_kind_accept && u->reg != nullptr) {
             start_accept(op, *u->reg);
             return;
         }
@@ -406,16 +424,6 @@ public:
 
     void on_accept_result(accept_state& a, int res, bool more, bool we_cancelled) noexcept {
         uring_backend& b = *this;
-        if (res == -EINVAL && !more && b.m_multishot_accept) {
-            // A kernel without multishot accept (before 5.19): one accept
-            // SQE per call from now on.
-            b.m_multishot_accept = false;
-            while (io_operation* op = a.waiting.head) {
-                b.unlink_accept(a, *op);
-                b.submit_io(io_of(*op), false);
-            }
-            return;
-        }
         if (res >= 0) {
             if (io_operation* op = a.waiting.head) {
                 b.unlink_accept(a, *op);
@@ -490,44 +498,10 @@ private:
             op.complete(-EBUSY);
             return;
         }
-        auto* buf = static_cast<char*>(io.buf) + io.done;
-        const auto left = static_cast<unsigned>(std::min<std::size_t>(io.len - io.done, 1u << 30));
         if (poll_first) {
-            const bool out = io.kind == io_kind::send || io.kind == io_kind::sendmsg || io.kind == io_kind::connect;
-            io_uring_prep_poll_add(sqe, io.fd, out ? POLLOUT : POLLIN);
+            io_uring_prep_poll_add(sqe, io.fd, waits_writable(*io.kind, io) ? POLLOUT : POLLIN);
         } else {
-            switch (io.kind) {
-                case io_kind::poll:
-                    io_uring_prep_poll_add(sqe, io.fd, io.events);
-                    break;
-                case io_kind::recv:
-                    io_uring_prep_recv(sqe, io.fd, buf, left, io.flags);
-                    break;
-                case io_kind::send:
-                    io_uring_prep_send(sqe, io.fd, buf, left, io.flags | MSG_NOSIGNAL);
-                    break;
-                case io_kind::accept:
-                    io_uring_prep_accept(sqe, io.fd, io.addr, io.addr ? &io.addrlen : nullptr, SOCK_CLOEXEC);
-                    break;
-                case io_kind::connect:
-                    io_uring_prep_connect(sqe, io.fd, io.addr, io.addrlen);
-                    break;
-                case io_kind::recvmsg:
-                    io_uring_prep_recvmsg(sqe, io.fd, io.msg, static_cast<unsigned>(io.flags));
-                    break;
-                case io_kind::sendmsg:
-                    io_uring_prep_sendmsg(sqe, io.fd, io.msg, static_cast<unsigned>(io.flags) | MSG_NOSIGNAL);
-                    break;
-                case io_kind::read_at:
-                    io_uring_prep_read(sqe, io.fd, buf, left, io.offset + io.done);
-                    break;
-                case io_kind::write_at:
-                    io_uring_prep_write(sqe, io.fd, buf, left, io.offset + io.done);
-                    break;
-                case io_kind::fsync:
-                    io_uring_prep_fsync(sqe, io.fd, static_cast<unsigned>(io.flags));
-                    break;
-            }
+            io.kind->uring(sqe, io);
         }
         if (u.reg) ++u.reg->inflight;
         track(sqe, &u);
@@ -543,7 +517,7 @@ private:
                 // after all, it reports the close.
                 if (u.reg->inflight == 0) delete u.reg;
                 u.reg = nullptr;
-                if (res >= 0 && op.io.kind == io_kind::accept) ::close(res);
+                if (res >= 0 && op.io.kind == &io_kind_accept) ::close(res);
                 op.complete(-ECANCELED);
                 return;
             }
@@ -557,7 +531,7 @@ private:
             }
             return;
         }
-        if (res == -EAGAIN && op.io.kind != io_kind::poll) {
+        if (res == -EAGAIN && op.io.kind != &io_kind_poll) {
             u.backend->submit_io(u, true);  // a non-blocking fd (adopted): poll, then retry
             return;
         }
@@ -574,76 +548,15 @@ private:
         m_wake_armed = true;
     }
 
-    // With a native handle the kernel itself must wake the host at the next
-    // deadline: one IORING_OP_TIMEOUT for the earliest timer.
-    void arm_timeout() {
-        if (!m_timeout_dirty) return;
-        m_timeout_dirty = false;
-        auto d = m_core.next_deadline();
-        if (!d || (m_armed_deadline && *m_armed_deadline <= *d)) return;
-        auto since_epoch = d->time_since_epoch();
-        m_timeout_ts = to_timespec(since_epoch);
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_timeout(sqe, &m_timeout_ts, 0, IORING_TIMEOUT_ABS);
-        io_uring_sqe_set_data64(sqe, timeout_tag);
-        m_armed_deadline = d;
-        ++m_timeouts_inflight;
-    }
-
-    std::size_t turn(bool may_block) {
-        std::size_t n = m_core.run_ready();
-        arm_wake();
-        arm_timeout();
-        bool block = may_block && n == 0 && !m_core.has_ready_work() && !m_core.stopped();
-        if (block) {
-            // Let the kernel start what is queued, then look for work a little
-            // before paying for a sleep and a wakeup.
-            if (io_uring_sq_ready(&m_ring) != 0) io_uring_submit(&m_ring);
-            auto budget = spin_budget;
-            if (auto d = m_core.next_deadline()) {
-                budget = std::min(budget, std::chrono::duration_cast<std::chrono::nanoseconds>(*d - loop_clock::now()));
-            }
-            if (budget.count() > 0 && spin_until(
-                                          [&] {
-                                              return m_core.has_remote_work() || m_core.stopped() ||
-                                                     io_uring_cq_ready(&m_ring) != 0;
-                                          },
-                                          budget)) {
-                block = false;
-            }
-        }
-        if (block) {
-            m_sleeping.store(true, std::memory_order_seq_cst);
-            if (m_core.has_remote_work() || m_core.stopped()) {
-                m_sleeping.store(false, std::memory_order_seq_cst);
-                block = false;
-            }
-        }
-        int r;
-        if (block) {
-            auto deadline = m_core.next_deadline();
-            io_uring_cqe* cqe = nullptr;
-            if (deadline) {
-                auto ts = to_timespec(*deadline - loop_clock::now());
-                r = io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, &ts, nullptr);
-            } else {
-                r = io_uring_submit_and_wait(&m_ring, 1);
-            }
-            m_sleeping.store(false, std::memory_order_seq_cst);
-        } else {
-            r = io_uring_sq_ready(&m_ring) != 0 ? io_uring_submit(&m_ring) : 0;
-        }
+    // Returns the number of operations completed (the backend's own CQEs —
+    // wakeups, timeouts, cancels — are not handlers and are not counted).
+    void submit_checked(int r) const {
         if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN) {
             throw_errno(r, "hop::io_loop: io_uring_enter");
         }
-        n += reap();
-        n += m_core.run_ready();
-        return n;
     }
 
-    // Returns the number of operations completed (the backend's own CQEs —
-    // wakeups, timeouts, cancels — are not handlers and are not counted).
-    std::size_t reap() {
+    std::size_t reap_ready() {
         std::size_t total = 0;
         for (;;) {
             io_uring_cqe* cqes[64];
@@ -670,7 +583,6 @@ private:
             case timeout_tag:
                 --m_timeouts_inflight;
                 m_armed_deadline.reset();
-                m_timeout_dirty = true;
                 return false;
             case cancel_tag:
             case LIBURING_UDATA_TIMEOUT:
@@ -701,7 +613,7 @@ private:
             for (int i = 0; i < 1000 && (m_wake_armed || m_inflight != 0); ++i) {
                 int r = io_uring_submit_and_wait(&m_ring, 1);
                 if (r < 0 && r != -EINTR && r != -EBUSY && r != -ETIME) break;
-                reap();
+                reap_ready();
             }
         } catch (...) {
         }
@@ -711,15 +623,12 @@ private:
     io_uring m_ring{};
     int m_wake_fd = -1;
     int m_notify_fd = -1;
-    std::atomic<bool> m_sleeping{false};
     eventfd_t m_wake_buf = 0;
     bool m_wake_armed = false;
-    bool m_timeout_dirty = false;
     std::optional<loop_clock::time_point> m_armed_deadline;
     __kernel_timespec m_timeout_ts{};
     std::size_t m_timeouts_inflight = 0;
     std::size_t m_inflight = 0;
-    bool m_multishot_accept = true;  // cleared on a kernel without it
     uring_reg* m_regs = nullptr;     // live registrations (loop thread)
 };
 

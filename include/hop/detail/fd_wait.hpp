@@ -11,7 +11,7 @@ class fd_wait_operation : public io_operation {
 public:
     /// `events`: POLLIN and/or POLLOUT.
     fd_wait_operation(io_loop& loop, int fd, unsigned events) noexcept : io_operation(loop) {
-        io.kind = io_kind::poll;
+        io.kind = &io_kind_poll;
         io.fd = fd;
         io.events = events;
     }

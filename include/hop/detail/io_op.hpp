@@ -4,10 +4,12 @@
 // write_at, fsync). The operation lives in the awaiting coroutine's frame;
 // nothing is allocated per operation.
 //
-// io_uring runs each natively. epoll tries the call at once on the
-// non-blocking fd and, on EAGAIN, waits for readiness through the fd's one
-// registration (fd_registration, owned by the socket) and tries again; file
-// calls go to the blocking pool.
+// What an operation does is its kind (io_params::kind), a constant that
+// carries what each backend needs to start it (lib/io_kinds.hpp): io_uring
+// prepares its SQE; epoll tries the call at once on the non-blocking fd
+// and, on EAGAIN, waits for readiness through the fd's one registration
+// (fd_registration, owned by the socket) and tries again; file calls go to
+// the blocking pool.
 //
 // The arm / cancel / resume skeleton is loop_operation's (loop_op.hpp).
 
@@ -33,9 +35,31 @@ class io_operation;
 /// the backend on first need, released with io_release_fd.
 struct fd_registration;
 
-/// The registration slot's value after a close from another thread.
+// An IO object's registration slot (io_params::reg) is how its loop and a
+// close() from another thread agree on who closes the fd:
+//
+//   null --loop--> claimed_registration() or a backend's registration
+//                 (compare_exchange, in start_io: the fd is in use there)
+//   claimed --loop--> a registration (compare_exchange, when one is needed)
+//   any --close()--> closed_registration() (exchange, any thread)
+//
+// close() closes the fd itself only if it took null (no operation ever
+// reached the loop, and none can now: its claim fails, and it ends
+// -ECANCELED without touching the fd); otherwise it posts the close to the
+// loop, which ends the operations in flight first.
+
+/// The slot's value after close().
 inline fd_registration* closed_registration() noexcept {
     return reinterpret_cast<fd_registration*>(static_cast<std::uintptr_t>(1));
+}
+/// The slot's value once an operation used the fd on a loop whose backend
+/// keeps no registration for it (yet).
+inline fd_registration* claimed_registration() noexcept {
+    return reinterpret_cast<fd_registration*>(static_cast<std::uintptr_t>(2));
+}
+/// A backend's own registration in `slot` value `r`, or null.
+inline fd_registration* real_registration(fd_registration* r) noexcept {
+    return reinterpret_cast<std::uintptr_t>(r) <= 2 ? nullptr : r;
 }
 
 /// Loop thread: starts (or, for `all` operations, continues) the operation.
@@ -48,17 +72,31 @@ void io_cancel(io_loop& loop, io_operation& op) noexcept;
 /// until it runs). `loop` may be null (the fd was never used on a loop).
 void io_close_fd(io_loop* loop, int fd, fd_registration* reg) noexcept;
 
-enum class io_kind : std::uint8_t { poll, recv, send, accept, connect, recvmsg, sendmsg, read_at, write_at, fsync };
+/// A kind of operation (lib/io_kinds.hpp); the kinds there:
+struct io_kind;
+extern const io_kind io_kind_poll;     // a readiness wait (events)
+extern const io_kind io_kind_recv;     // recv(2) on a stream socket
+extern const io_kind io_kind_send;     // send(2) on a stream socket
+extern const io_kind io_kind_accept;   // accept4(2)
+extern const io_kind io_kind_connect;  // connect(2)
+extern const io_kind io_kind_recvmsg;  // recvmsg(2) (a datagram socket)
+extern const io_kind io_kind_sendmsg;  // sendmsg(2) (a datagram socket)
+extern const io_kind io_kind_read_at;  // pread(2)
+extern const io_kind io_kind_write_at; // pwrite(2)
+extern const io_kind io_kind_fsync;    // fsync(2), fdatasync(2) with fsync_data_only
 
 /// What the operation does. Filled in before it is awaited.
 struct io_params {
-    io_kind kind = io_kind::poll;
+    /// io_kind_fsync's flag for fdatasync.
+    static constexpr int fsync_data_only = 1;
+
+    const io_kind* kind = &io_kind_poll;
     /// recv/send/read_at/write_at: repeat until `len` bytes are done, the
     /// stream ends (recv, read_at: 0), or an error.
     bool all = false;
     int fd = -1;
     unsigned events = 0;  // poll: POLLIN and/or POLLOUT
-    int flags = 0;        // recv/send/recvmsg/sendmsg flags; fsync: IORING_FSYNC_DATASYNC
+    int flags = 0;        // recv/send/recvmsg/sendmsg flags; fsync: fsync_data_only
     void* buf = nullptr;
     std::size_t len = 0;
     std::size_t done = 0;  // `all`: bytes done so far
@@ -66,11 +104,8 @@ struct io_params {
     sockaddr* addr = nullptr;  // connect: the peer; accept: out (may be null)
     socklen_t addrlen = 0;     // connect: in; accept: in/out
     msghdr* msg = nullptr;
-    /// The fd's registration slot (owned by the IO object, see
-    /// io_handle.hpp), or null: epoll then registers the fd for this one
-    /// operation. A backend sets it with compare_exchange (null -> new), and
-    /// finding closed_registration() there starts nothing (-ECANCELED):
-    /// the object was closed from another thread.
+    /// The fd's registration slot (owned by the IO object; its protocol is
+    /// above), or null: the fd is registered for this one operation.
     std::atomic<fd_registration*>* reg = nullptr;
 };
 

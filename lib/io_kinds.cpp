@@ -1,0 +1,26 @@
+// The kinds of IO operation: each backend's half put together (io_kinds.hpp).
+
+#include "io_kinds.hpp"
+
+#ifdef HOP_HAVE_URING
+#define HOP_URING_PREP(fn) &uring_ops::fn
+#else
+#define HOP_URING_PREP(fn) nullptr
+#endif
+
+namespace hop::detail {
+
+using w = readiness_wait;
+
+const io_kind io_kind_poll{"wait", HOP_URING_PREP(prep_poll), {&readiness_ops::attempt_poll, w::by_events}};
+const io_kind io_kind_recv{"recv", HOP_URING_PREP(prep_recv), {&readiness_ops::attempt_recv, w::receive}};
+const io_kind io_kind_send{"send", HOP_URING_PREP(prep_send), {&readiness_ops::attempt_send, w::send}};
+const io_kind io_kind_accept{"accept", HOP_URING_PREP(prep_accept), {&readiness_ops::attempt_accept, w::readable}};
+const io_kind io_kind_connect{"connect", HOP_URING_PREP(prep_connect), {&readiness_ops::attempt_connect, w::writable}};
+const io_kind io_kind_recvmsg{"recvmsg", HOP_URING_PREP(prep_recvmsg), {&readiness_ops::attempt_recvmsg, w::readable}};
+const io_kind io_kind_sendmsg{"sendmsg", HOP_URING_PREP(prep_sendmsg), {&readiness_ops::attempt_sendmsg, w::writable}};
+const io_kind io_kind_read_at{"read", HOP_URING_PREP(prep_read_at), {&readiness_ops::call_read_at, w::blocking_pool}};
+const io_kind io_kind_write_at{"write", HOP_URING_PREP(prep_write_at), {&readiness_ops::call_write_at, w::blocking_pool}};
+const io_kind io_kind_fsync{"fsync", HOP_URING_PREP(prep_fsync), {&readiness_ops::call_fsync, w::blocking_pool}};
+
+}  // namespace hop::detail
