@@ -15,6 +15,10 @@
 
 namespace hop::detail {
 
+#ifndef NDEBUG
+void (*test_before_direct_close)() = nullptr;
+#endif
+
 io_handle::io_handle(int fd, fd_mode mode, io_loop& loop) noexcept
     : m_fd(fd),
       m_anchor(loop.anchor()),
@@ -71,6 +75,9 @@ void io_handle::close() noexcept {
     loop_anchor* anchor = m_anchor_raw.load(std::memory_order_acquire);
     io_loop* loop = anchor ? anchor->loop.load(std::memory_order_acquire) : nullptr;
     if (loop == nullptr || reg == nullptr) {
+#ifndef NDEBUG
+        if (test_before_direct_close) test_before_direct_close();
+#endif
         // Never used on a live loop (or orphaned: the registration went
         // with the loop), and no operation can start on it now: close here.
         // Linux frees the descriptor even when close fails: never retry.

@@ -32,6 +32,11 @@
 
 namespace hop::detail {
 
+#ifndef NDEBUG
+/// Debug builds, for tests: called by close() right before it closes the
+/// fd itself (no loop holds it), the window a racing first operation hits.
+extern void (*test_before_direct_close)();
+#endif
 
 class io_handle {
 public:

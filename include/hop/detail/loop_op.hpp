@@ -55,6 +55,12 @@ namespace hop::detail {
 
 /// True while `loop` is being destroyed (new waits are cancelled at once).
 bool loop_closing(io_loop& loop) noexcept;
+#ifndef NDEBUG
+/// Debug builds, for tests: called by a stop callback between claiming an
+/// operation and posting its cancel item (the window shutdown must cover).
+inline void (*test_after_cancel_claim)(io_loop& loop) = nullptr;
+#endif
+
 /// Loop thread: a cancel item, still on its way, will resume an operation
 /// that has finished (+1), or did (-1). Shutdown waits until none is owed.
 void loop_cancel_owed(io_loop& loop, int delta) noexcept;
@@ -176,6 +182,9 @@ private:
             st s = op->m_state.load(std::memory_order_acquire);
             while (s == st::arming || s == st::running) {
                 if (op->m_state.compare_exchange_weak(s, st::cancel_pending, std::memory_order_acq_rel)) {
+#ifndef NDEBUG
+                    if (test_after_cancel_claim) test_after_cancel_claim(*op->m_loop);
+#endif
                     op->m_loop->post_continuation(&op->m_cancel);
                     return;
                 }
