@@ -265,6 +265,15 @@ public:
             start_blocking_call(op, *e);
             return;
         }
+        if (k.wait == readiness_wait::receive && op.io.reg != nullptr &&
+            real_registration(op.io.reg->load(std::memory_order_acquire)) != nullptr) {
+            // A stream that waited before: Asio's async_receive tries the
+            // call itself first (when its last read did not drain the
+            // socket) and completes it in the same poll; a try here too
+            // would only double the failed recv of a read that must wait.
+            wait_in_asio(op, *e);
+            return;
+        }
         const int r = k.attempt(op.io, false);
         if (r != -EAGAIN) {
             finish(op, r);
