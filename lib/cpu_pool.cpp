@@ -177,6 +177,9 @@ struct cpu_pool::impl {
     // exits (guarded by inject_mutex).
     std::size_t shutdown_waiters = 0;
     std::condition_variable_any exit_cv;
+    // Set by ~cpu_pool run on one of the workers (guarded by inject_mutex):
+    // the handle is gone and the last worker to exit frees this state.
+    bool orphaned = false;
 
     std::mutex idle_mutex;
     std::vector<worker*> idle;  // parked workers, LIFO
@@ -354,13 +357,29 @@ struct cpu_pool::impl {
         self.searching = true;  // the waker counted us
     }
 
-    /// During shutdown: exits if nothing is left to run. Returns true to exit.
-    bool try_exit(worker& self) {
+    enum class exit_kind { stay, exit, exit_and_free };
+
+    /// During shutdown: exits if nothing is left to run. The last worker of
+    /// an orphaned pool (see ~cpu_pool) is told to free it.
+    exit_kind try_exit(worker& self) {
         std::lock_guard lock(inject_mutex);
-        if (inject_head != nullptr || !self.deque.looks_empty()) return false;
+        if (inject_head != nullptr || !self.deque.looks_empty()) return exit_kind::stay;
         if (--live_workers == 0) all_exited = true;
         exit_cv.notify_all();
-        return true;
+        return all_exited && orphaned ? exit_kind::exit_and_free : exit_kind::exit;
+    }
+
+    /// The last worker of an orphaned pool: waits for the other workers'
+    /// threads to end, lets its own go, and frees the pool's state. Touches
+    /// nothing of `this` afterwards (nor does its caller).
+    void reap(worker& self) noexcept {
+        for (auto& w : workers) {
+            if (w.get() != &self && w->thread.joinable()) w->thread.join();
+        }
+        if (self.thread.joinable()) self.thread.detach();
+        // Outside posters wake the pool under this mutex: wait out any still inside.
+        { std::lock_guard lock(inject_mutex); }
+        delete this;
     }
 
     void run_worker(worker& self, std::size_t index) {
@@ -373,6 +392,7 @@ struct cpu_pool::impl {
             // Without it the queue grows when first needed.
         }
         self.rng = 0x9E3779B97F4A7C15ull * (index + 1);
+        bool free_on_exit = false;
         for (;;) {
             detail::work_item* w = find_local(self);
             if (!w) {
@@ -386,11 +406,18 @@ struct cpu_pool::impl {
                 continue;
             }
             if (shutdown_flag.load(std::memory_order_seq_cst)) {
-                if (try_exit(self)) {
-                    stop_searching(self);
-                    break;
+                // Not searching any more: an exiting worker hands no search on.
+                if (self.searching) {
+                    self.searching = false;
+                    searching.fetch_sub(1, std::memory_order_seq_cst);
                 }
-                continue;
+                const exit_kind how = try_exit(self);
+                if (how == exit_kind::stay) {
+                    start_searching(self);
+                    continue;
+                }
+                free_on_exit = how == exit_kind::exit_and_free;
+                break;
             }
             // Still counted as searching, so pushers leave the parked workers
             // be: more work within the spin budget comes to this one.
@@ -403,6 +430,7 @@ struct cpu_pool::impl {
         }
         tl_worker = nullptr;
         tl_pool = nullptr;
+        if (free_on_exit) reap(self);  // `this` is gone after it
     }
 };
 
@@ -446,8 +474,19 @@ cpu_pool::cpu_pool(std::size_t threads) : m_impl(std::make_unique<impl>()) {
 
 cpu_pool::~cpu_pool() {
     shutdown(true);
-    // Outside posters wake the pool under this mutex: wait out any still inside.
-    std::lock_guard lock(m_impl->inject_mutex);
+    auto& i = *m_impl;
+    std::lock_guard lock(i.inject_mutex);
+    if (impl::tl_pool == &i) {
+        // On one of our own workers, whose thread cannot be joined from
+        // here: the shared state outlives the handle, and the last worker to
+        // leave its loop (this one, once the job that is destroying the pool
+        // returns, or another still finishing) joins the rest and frees it.
+        i.orphaned = true;
+        (void)m_impl.release();
+        return;
+    }
+    // Outside posters wake the pool under this mutex: wait out any still
+    // inside before the state goes.
 }
 
 std::size_t cpu_pool::size() const noexcept { return m_impl->workers.size(); }

@@ -162,7 +162,23 @@ public:
     cpu_pool();
     /// @throws std::invalid_argument if `threads` is 0 (or absurdly large).
     explicit cpu_pool(std::size_t threads);
-    /// shutdown(true): waits for queued and running work.
+    /// shutdown(true): waits for queued and running work, then joins the
+    /// workers. Queued work is never dropped: every job still queued runs.
+    ///
+    /// Called from one of this pool's own jobs (e.g. the job resets the
+    /// unique_ptr that owns the pool), it cannot join the thread it runs on:
+    /// it waits like shutdown(true) from a pool thread (for every other
+    /// worker to drain the queues and exit, or to block in shutdown()
+    /// itself), and then returns without freeing the workers' shared state.
+    /// Once the job returns, its worker runs whatever is still queued (jobs
+    /// on its own deque, and with one worker everything), leaves its loop,
+    /// and the last worker to do so
+    /// joins the others, lets its own thread go (detached) and frees the
+    /// state: nothing is dropped, nothing terminates, nothing leaks. After
+    /// the destructor returns the job must not use the pool again, and a
+    /// coroutine running on it must not suspend on anything that resumes it
+    /// through the pool (its continuation would be posted to an object that
+    /// no longer exists).
     ~cpu_pool();
 
     /// Number of worker threads.
