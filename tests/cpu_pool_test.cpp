@@ -884,6 +884,45 @@ TEST_CASE("shutdown is idempotent") {
 
 // ---- work stealing, the default pool, parking -------------------------------
 
+TEST_CASE("one thread's backlog does not hold up another posting thread's work") {
+    // One worker, held by a job while two outside threads post: 1000 jobs
+    // from the first, then one from the second. Each posting thread has its
+    // own injection queue and the worker takes from them in turn, so the
+    // second thread's job runs long before the first thread's backlog is
+    // through (with one shared FIFO it would run last).
+    hop::cpu_pool pool{1};
+    gate running, release;
+    pool.post([&] {
+        running.open();
+        (void)release.wait();
+    });
+    REQUIRE(running.wait());
+
+    std::mutex m;
+    std::vector<int> order;  // 0..999: the first thread's jobs; 1000: the second's
+    auto record = [&](int id) {
+        std::lock_guard lock(m);
+        order.push_back(id);
+    };
+    std::vector<hop::future<void>> futs;
+    std::thread backlog([&] {
+        for (int i = 0; i < 1000; ++i) futs.push_back(pool.submit(record, i));
+    });
+    backlog.join();
+    hop::future<void> late;
+    std::thread other([&] { late = pool.submit(record, 1000); });
+    other.join();
+    release.open();
+
+    REQUIRE(late.wait_for(guard));
+    for (auto& f : futs) REQUIRE(f.wait_for(guard));
+    std::lock_guard lock(m);
+    REQUIRE(order.size() == 1001);
+    const auto at = static_cast<std::size_t>(std::find(order.begin(), order.end(), 1000) - order.begin());
+    CAPTURE(at);
+    CHECK(at < 100);
+}
+
 TEST_CASE("jobs pushed onto one worker's deque are stolen by another") {
     hop::cpu_pool pool{2};
     std::mutex m;

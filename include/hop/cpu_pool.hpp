@@ -146,10 +146,19 @@ private:
 
 /// A work-stealing pool of N threads for CPU-bound work.
 ///
-/// Each worker has its own deque; work submitted from outside goes through a
-/// shared injection queue; idle workers steal, then park on a futex (no
-/// spinning while idle) and are woken one at a time. The destructor is
-/// `shutdown(true)`.
+/// Each worker has its own deque; work submitted from outside goes through
+/// injection queues (clamp(size(), 2, 8) of them; the k-th thread that
+/// submits from outside uses queue k mod that number); idle workers steal, then
+/// park on a futex (no spinning while idle) and are woken one at a time: a
+/// submission wakes a parked worker only if no worker is already awake and
+/// looking for work. The destructor is `shutdown(true)`.
+///
+/// Order: work from one outside thread starts roughly in submission order
+/// (workers take it in batches and steal from one another, so two jobs may
+/// run at once or swap places); work from different threads is taken in
+/// turn, so one thread's backlog does not hold up another thread's jobs.
+/// Work submitted from a pool thread goes onto that worker's own deque,
+/// newest first, where idle workers steal the oldest.
 ///
 /// @code
 /// hop::cpu_pool pool{4};
