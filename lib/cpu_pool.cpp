@@ -650,8 +650,14 @@ void cpu_pool::post_batch(void* first, std::size_t count, std::size_t stride) {
     }
     for (std::size_t k = 0; k + 1 < count; ++k) at(k)->next = at(k + 1);
     auto& sh = i.shard_for_caller();
-    std::lock_guard lock(sh.mutex);
-    // Not all_exited: that needs shutdown, and post_batch refuses work then.
+    std::unique_lock lock(sh.mutex);
+    if (i.all_exited) {
+        // A shutdown() between the check above and here, and every worker
+        // gone already: as in post_continuation, run the chunks here.
+        lock.unlock();
+        for (std::size_t k = 0; k < count; ++k) at(k)->run(at(k));
+        return;
+    }
     sh.push(at(0), at(count - 1), count);
     // One wakeup; a woken worker that finds work hands the search on to the
     // next (stop_searching), so several chunks bring in helpers one by one.
