@@ -1,5 +1,17 @@
-// cpu_pool: per-worker Chase-Lev deques, one injection queue for work from
-// outside, and futex parking with one-at-a-time wakeups.
+// cpu_pool: per-worker Chase-Lev deques, sharded injection queues for work
+// from outside, and futex parking with one-at-a-time wakeups.
+//
+// Injection: work posted from outside the pool goes into one of a few
+// shards, each a FIFO list under its own spin lock; a posting thread always
+// uses the same shard (threads are numbered in the order they first post),
+// so two threads that submit at once do not fight over one lock and one
+// cache line. Workers take from the shards round robin, a fair share per
+// lock. Order: FIFO per posting thread; across threads, round robin.
+//
+// Exit (shutdown): a worker leaves once its deque and the shards look
+// empty. The last one decides with every shard locked: either the shards are
+// empty and it sets `all_exited` (posters, which read it under their shard's
+// lock, then run their item themselves: nothing is stranded), or it stays.
 //
 // Wakeup protocol (after Tokio's idle.rs): `m_searching` counts awake
 // workers that are looking for work; `m_idle` holds parked ones. Whoever
@@ -14,6 +26,8 @@
 
 #include "spin.hpp"
 
+#include <algorithm>
+#include <cassert>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -151,6 +165,49 @@ constexpr std::size_t max_threads = 4096;
 constexpr std::uint32_t global_queue_interval = 61;
 // At most this many injected items move to a worker's deque in one go.
 constexpr std::size_t max_inject_batch = 32;
+// Injection shards per pool: as many as workers, at least 2 (two posting
+// threads never share one), at most this many.
+constexpr std::size_t max_inject_shards = 8;
+
+/// One injection queue: a FIFO list of items posted from outside the pool.
+/// The lock is held for a few instructions (and a wakeup, see
+/// post_continuation).
+struct alignas(64) inject_shard {
+    detail::spin_mutex mutex;
+    detail::work_item* head = nullptr;  // guarded by mutex
+    detail::work_item* tail = nullptr;  // guarded by mutex
+    // Items in the list: written under mutex (seq_cst: a parking worker
+    // reads it without the lock, see the wakeup protocol), read anywhere.
+    std::atomic<std::size_t> len{0};
+
+    /// Under mutex: appends the chain first..last of n items.
+    void push(detail::work_item* first, detail::work_item* last, std::size_t n) noexcept {
+        assert(n != 0 && first != nullptr && last != nullptr);
+        last->next = nullptr;
+        if (tail) {
+            tail->next = first;
+        } else {
+            assert(head == nullptr);
+            head = first;
+        }
+        tail = last;
+        len.fetch_add(n, std::memory_order_seq_cst);
+    }
+
+    /// Under mutex: detaches and returns the whole list (null-terminated).
+    detail::work_item* take_all() noexcept {
+        auto* all = head;
+        head = tail = nullptr;
+        len.store(0, std::memory_order_seq_cst);
+        return all;
+    }
+};
+
+// Numbers the threads that post to pools from outside, in the order of
+// their first post; thread k uses shard k % shard_count of every pool.
+std::atomic<std::uint32_t> g_next_poster{0};
+constexpr std::uint32_t no_poster_index = ~std::uint32_t{0};
+[[gnu::tls_model("initial-exec")]] thread_local std::uint32_t tl_poster_index = no_poster_index;
 }  // namespace
 
 struct cpu_pool::impl {
@@ -161,22 +218,29 @@ struct cpu_pool::impl {
         bool searching = false;                         // owner thread only
         std::uint32_t tick = 0;
         std::uint64_t rng = 0;
+        std::size_t next_shard = 0;  // where pop_injected looks first
         std::thread thread;
     };
 
     cpu_pool* owner = nullptr;
     std::vector<std::unique_ptr<worker>> workers;
 
-    detail::spin_mutex inject_mutex;
-    detail::work_item* inject_head = nullptr;
-    detail::work_item* inject_tail = nullptr;
-    std::atomic<std::size_t> inject_len{0};
-    std::size_t live_workers = 0;  // guarded by inject_mutex
-    bool all_exited = false;       // guarded by inject_mutex
+    std::size_t shard_count = 0;
+    std::unique_ptr<inject_shard[]> shards;
+    // Set once the last worker has left, with every shard locked; read with
+    // any one shard locked.
+    bool all_exited = false;
+
+    // Lock order: exit_mutex, then shards (in index order), then idle_mutex.
+    std::mutex exit_mutex;
+    std::size_t live_workers = 0;  // guarded by exit_mutex
     // Pool threads blocked in shutdown(true), and their wakeup when a worker
-    // exits (guarded by inject_mutex).
+    // exits (guarded by exit_mutex).
     std::size_t shutdown_waiters = 0;
-    std::condition_variable_any exit_cv;
+    std::condition_variable exit_cv;
+    // Set by ~cpu_pool run on one of the workers (guarded by exit_mutex):
+    // the handle is gone and the last worker to exit frees this state.
+    bool orphaned = false;
 
     std::mutex idle_mutex;
     std::vector<worker*> idle;  // parked workers, LIFO
@@ -193,30 +257,55 @@ struct cpu_pool::impl {
 
     // ---- queues ----------------------------------------------------------
 
-    void inject(detail::work_item* first, detail::work_item* last, std::size_t n) noexcept {
-        last->next = nullptr;
-        if (inject_tail) {
-            inject_tail->next = first;
-        } else {
-            inject_head = first;
+    /// The shard the calling (outside) thread posts to.
+    inject_shard& shard_for_caller() noexcept {
+        if (tl_poster_index == no_poster_index) {
+            tl_poster_index = g_next_poster.fetch_add(1, std::memory_order_relaxed);
         }
-        inject_tail = last;
-        inject_len.fetch_add(n, std::memory_order_seq_cst);
+        return shards[tl_poster_index % shard_count];
     }
 
-    /// Takes the oldest injected item for `self` to run, and a fair share of
-    /// the ones behind it onto self's deque (where idle workers can steal
-    /// them): one lock per batch instead of one per item.
+    void lock_all_shards() noexcept {
+        for (std::size_t k = 0; k < shard_count; ++k) shards[k].mutex.lock();
+    }
+    void unlock_all_shards() noexcept {
+        for (std::size_t k = shard_count; k-- > 0;) shards[k].mutex.unlock();
+    }
+
+    bool injected_visible() const noexcept {
+        for (std::size_t k = 0; k < shard_count; ++k) {
+            if (shards[k].len.load(std::memory_order_seq_cst) != 0) return true;
+        }
+        return false;
+    }
+
+    /// Takes the oldest item of the next non-empty shard (round robin from
+    /// where `self` last took) for `self` to run, and a fair share of the
+    /// ones behind it onto self's deque (where idle workers can steal them):
+    /// one lock per batch instead of one per item.
     detail::work_item* pop_injected(worker& self) {
-        if (inject_len.load(std::memory_order_seq_cst) == 0) return nullptr;
+        for (std::size_t k = 0; k < shard_count; ++k) {
+            const std::size_t at = (self.next_shard + k) % shard_count;
+            auto& sh = shards[at];
+            if (sh.len.load(std::memory_order_seq_cst) == 0) continue;
+            if (auto* w = pop_shard(self, sh)) {
+                self.next_shard = (at + 1) % shard_count;
+                return w;
+            }
+        }
+        return nullptr;
+    }
+
+    detail::work_item* pop_shard(worker& self, inject_shard& sh) {
         detail::work_item* first;
         detail::work_item* rest;
         std::size_t taken = 0;
         {
-            std::lock_guard lock(inject_mutex);
-            first = inject_head;
+            std::lock_guard lock(sh.mutex);
+            first = sh.head;
             if (!first) return nullptr;
-            const std::size_t len = inject_len.load(std::memory_order_relaxed);
+            const std::size_t len = sh.len.load(std::memory_order_relaxed);
+            assert(len != 0);
             const std::size_t want = std::min<std::size_t>(max_inject_batch, len / workers.size());
             rest = first->next;
             auto* last = first;
@@ -224,11 +313,12 @@ struct cpu_pool::impl {
                 last = last->next;
                 ++taken;
             }
-            inject_head = last->next;
-            if (!inject_head) inject_tail = nullptr;
+            sh.head = last->next;
+            if (!sh.head) sh.tail = nullptr;
             last->next = nullptr;
             if (taken == 0) rest = nullptr;
-            inject_len.fetch_sub(taken + 1, std::memory_order_relaxed);
+            assert(len >= taken + 1 && (sh.head == nullptr) == (len == taken + 1));
+            sh.len.fetch_sub(taken + 1, std::memory_order_relaxed);
         }
         // Newest first, so the owner pops them back in submission order.
         detail::work_item* batch[max_inject_batch];
@@ -242,7 +332,7 @@ struct cpu_pool::impl {
     }
 
     bool any_work_visible() const {
-        if (inject_len.load(std::memory_order_seq_cst) != 0) return true;
+        if (injected_visible()) return true;
         for (auto& w : workers) {
             if (!w->deque.looks_empty()) return true;
         }
@@ -354,13 +444,48 @@ struct cpu_pool::impl {
         self.searching = true;  // the waker counted us
     }
 
-    /// During shutdown: exits if nothing is left to run. Returns true to exit.
-    bool try_exit(worker& self) {
-        std::lock_guard lock(inject_mutex);
-        if (inject_head != nullptr || !self.deque.looks_empty()) return false;
-        if (--live_workers == 0) all_exited = true;
+    enum class exit_kind { stay, exit, exit_and_free };
+
+    /// During shutdown: exits if nothing is left to run. The last worker of
+    /// an orphaned pool (see ~cpu_pool) is told to free it.
+    exit_kind try_exit(worker& self) {
+        // Only this thread pushes onto its deque, and it is here.
+        if (!self.deque.looks_empty() || injected_visible()) return exit_kind::stay;
+        std::lock_guard lock(exit_mutex);
+        assert(live_workers != 0);
+        if (live_workers == 1) {
+            // The last one decides with every shard locked: a poster either
+            // got its item in before (seen here: stay and run it) or sees
+            // all_exited after (and runs the item itself).
+            lock_all_shards();
+            bool empty = true;
+            for (std::size_t k = 0; k < shard_count; ++k) empty = empty && shards[k].head == nullptr;
+            if (empty) all_exited = true;
+            unlock_all_shards();
+            if (!empty) return exit_kind::stay;
+        }
+        --live_workers;
         exit_cv.notify_all();
-        return true;
+        return live_workers == 0 && orphaned ? exit_kind::exit_and_free : exit_kind::exit;
+    }
+
+    /// Waits out posters from outside that may still be inside
+    /// post_continuation (they wake the pool under their shard's lock).
+    void wait_out_posters() noexcept {
+        lock_all_shards();
+        unlock_all_shards();
+    }
+
+    /// The last worker of an orphaned pool: waits for the other workers'
+    /// threads to end, lets its own go, and frees the pool's state. Touches
+    /// nothing of `this` afterwards (nor does its caller).
+    void reap(worker& self) noexcept {
+        for (auto& w : workers) {
+            if (w.get() != &self && w->thread.joinable()) w->thread.join();
+        }
+        if (self.thread.joinable()) self.thread.detach();
+        wait_out_posters();
+        delete this;
     }
 
     void run_worker(worker& self, std::size_t index) {
@@ -373,6 +498,7 @@ struct cpu_pool::impl {
             // Without it the queue grows when first needed.
         }
         self.rng = 0x9E3779B97F4A7C15ull * (index + 1);
+        bool free_on_exit = false;
         for (;;) {
             detail::work_item* w = find_local(self);
             if (!w) {
@@ -386,11 +512,18 @@ struct cpu_pool::impl {
                 continue;
             }
             if (shutdown_flag.load(std::memory_order_seq_cst)) {
-                if (try_exit(self)) {
-                    stop_searching(self);
-                    break;
+                // Not searching any more: an exiting worker hands no search on.
+                if (self.searching) {
+                    self.searching = false;
+                    searching.fetch_sub(1, std::memory_order_seq_cst);
                 }
-                continue;
+                const exit_kind how = try_exit(self);
+                if (how == exit_kind::stay) {
+                    start_searching(self);
+                    continue;
+                }
+                free_on_exit = how == exit_kind::exit_and_free;
+                break;
             }
             // Still counted as searching, so pushers leave the parked workers
             // be: more work within the spin budget comes to this one.
@@ -403,6 +536,7 @@ struct cpu_pool::impl {
         }
         tl_worker = nullptr;
         tl_pool = nullptr;
+        if (free_on_exit) reap(self);  // `this` is gone after it
     }
 };
 
@@ -421,6 +555,10 @@ cpu_pool::cpu_pool(std::size_t threads) : m_impl(std::make_unique<impl>()) {
     i.owner = this;
     i.workers.reserve(threads);
     for (std::size_t k = 0; k < threads; ++k) i.workers.push_back(std::make_unique<impl::worker>());
+    i.shard_count = std::clamp<std::size_t>(threads, 2, max_inject_shards);
+    i.shards.reset(new inject_shard[i.shard_count]);
+    // Workers start looking at different shards.
+    for (std::size_t k = 0; k < threads; ++k) i.workers[k]->next_shard = k % i.shard_count;
     i.live_workers = threads;
     // Workers start out searching; with nothing to find they park at once.
     i.searching.store(static_cast<std::uint32_t>(threads), std::memory_order_relaxed);
@@ -431,7 +569,7 @@ cpu_pool::cpu_pool(std::size_t threads) : m_impl(std::make_unique<impl>()) {
         } catch (...) {
             // Threads that never started will not search or run anything.
             {
-                std::lock_guard lock(i.inject_mutex);
+                std::lock_guard lock(i.exit_mutex);
                 i.live_workers -= threads - k;
             }
             i.searching.fetch_sub(static_cast<std::uint32_t>(threads - k), std::memory_order_seq_cst);
@@ -446,8 +584,19 @@ cpu_pool::cpu_pool(std::size_t threads) : m_impl(std::make_unique<impl>()) {
 
 cpu_pool::~cpu_pool() {
     shutdown(true);
-    // Outside posters wake the pool under this mutex: wait out any still inside.
-    std::lock_guard lock(m_impl->inject_mutex);
+    auto& i = *m_impl;
+    if (impl::tl_pool == &i) {
+        // On one of our own workers, whose thread cannot be joined from
+        // here: the shared state outlives the handle, and the last worker to
+        // leave its loop (this one, once the job that is destroying the pool
+        // returns, or another still finishing) joins the rest and frees it.
+        std::lock_guard lock(i.exit_mutex);
+        assert(i.live_workers != 0);  // this one has not left
+        i.orphaned = true;
+        (void)m_impl.release();
+        return;
+    }
+    i.wait_out_posters();
 }
 
 std::size_t cpu_pool::size() const noexcept { return m_impl->workers.size(); }
@@ -463,10 +612,10 @@ void cpu_pool::post_item(detail::work_item* w) {
     post_continuation(w);
 }
 
-// From outside the pool the wakeup happens under inject_mutex: once the item
-// is visible, the pool may run it, finish, and be destroyed, and the
-// destructor takes that mutex before it frees anything, so no poster is
-// still touching the pool then. A worker posting to its own pool needs no
+// From outside the pool the wakeup happens under the shard's lock: once the
+// item is visible, the pool may run it, finish, and be destroyed, and the
+// destructor takes every shard's lock before it frees anything, so no poster
+// is still touching the pool then. A worker posting to its own pool needs no
 // such care: the pool cannot be destroyed under its own running worker.
 void cpu_pool::post_continuation(detail::work_item* w) noexcept {
     auto& i = *m_impl;
@@ -475,14 +624,15 @@ void cpu_pool::post_continuation(detail::work_item* w) noexcept {
         i.notify_one();
         return;
     }
-    std::unique_lock lock(i.inject_mutex);
+    auto& sh = i.shard_for_caller();
+    std::unique_lock lock(sh.mutex);
     if (i.all_exited) {
         // Nobody is left to run it; running it here beats leaking a frame.
         lock.unlock();
         w->run(w);
         return;
     }
-    i.inject(w, w, 1);
+    sh.push(w, w, 1);
     i.notify_one();
 }
 
@@ -499,8 +649,16 @@ void cpu_pool::post_batch(void* first, std::size_t count, std::size_t stride) {
         return;
     }
     for (std::size_t k = 0; k + 1 < count; ++k) at(k)->next = at(k + 1);
-    std::lock_guard lock(i.inject_mutex);
-    i.inject(at(0), at(count - 1), count);
+    auto& sh = i.shard_for_caller();
+    std::unique_lock lock(sh.mutex);
+    if (i.all_exited) {
+        // A shutdown() between the check above and here, and every worker
+        // gone already: as in post_continuation, run the chunks here.
+        lock.unlock();
+        for (std::size_t k = 0; k < count; ++k) at(k)->run(at(k));
+        return;
+    }
+    sh.push(at(0), at(count - 1), count);
     // One wakeup; a woken worker that finds work hands the search on to the
     // next (stop_searching), so several chunks bring in helpers one by one.
     i.notify_one();
@@ -513,27 +671,31 @@ void cpu_pool::shutdown(bool wait, bool cancel_pending) {
         // Take everything queued; drop what may be dropped, put back the rest
         // (coroutine continuations must run or their frames leak).
         std::vector<detail::work_item*> keep, drop;
-        {
-            std::lock_guard lock(i.inject_mutex);
-            for (auto* w = i.inject_head; w;) {
+        for (std::size_t k = 0; k < i.shard_count; ++k) {
+            auto& sh = i.shards[k];
+            detail::work_item* all;
+            {
+                std::lock_guard lock(sh.mutex);
+                all = sh.take_all();
+            }
+            for (auto* w = all; w;) {
                 auto* next = w->next;
                 (w->discard ? drop : keep).push_back(w);
                 w = next;
             }
-            i.inject_head = i.inject_tail = nullptr;
-            i.inject_len.store(0, std::memory_order_seq_cst);
         }
         for (auto& wk : i.workers) {
             while (auto* w = wk->deque.steal()) (w->discard ? drop : keep).push_back(w);
         }
         if (!keep.empty()) {
-            std::unique_lock lock(i.inject_mutex);
+            auto& sh = i.shards[0];
+            std::unique_lock lock(sh.mutex);
             if (i.all_exited) {
                 lock.unlock();
                 for (auto* w : keep) w->run(w);
             } else {
                 for (std::size_t k = 0; k + 1 < keep.size(); ++k) keep[k]->next = keep[k + 1];
-                i.inject(keep.front(), keep.back(), keep.size());
+                sh.push(keep.front(), keep.back(), keep.size());
             }
         }
         for (auto* w : drop) w->discard(w);
@@ -545,7 +707,7 @@ void cpu_pool::shutdown(bool wait, bool cancel_pending) {
         // others would deadlock against a thread that is joining this one
         // (the destructor) or against another worker doing the same. Wait
         // instead until every other worker has exited or waits here too.
-        std::unique_lock lock(i.inject_mutex);
+        std::unique_lock lock(i.exit_mutex);
         ++i.shutdown_waiters;
         i.exit_cv.notify_all();
         i.exit_cv.wait(lock, [&i] { return i.live_workers <= i.shutdown_waiters; });

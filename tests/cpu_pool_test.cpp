@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
@@ -85,6 +86,35 @@ private:
     std::FILE* m_file = nullptr;
     int m_saved = -1;
 };
+
+/// Counts down to zero; wait() blocks until it gets there (or `guard`).
+class countdown {
+public:
+    explicit countdown(int n) : m_left(n) {}
+    void arrive() {
+        std::lock_guard lock(m_mutex);
+        if (--m_left == 0) m_cv.notify_all();
+    }
+    bool wait() {
+        std::unique_lock lock(m_mutex);
+        return m_cv.wait_for(lock, guard, [this] { return m_left == 0; });
+    }
+
+private:
+    std::mutex m_mutex;
+    std::condition_variable m_cv;
+    int m_left;
+};
+
+/// A thread-local whose destructor runs as its thread ends, after the
+/// thread's function (for a pool worker: all of the pool's code) returned.
+struct exit_probe {
+    std::shared_ptr<countdown> on_exit;
+    ~exit_probe() {
+        if (on_exit) on_exit->arrive();
+    }
+};
+thread_local exit_probe tl_exit_probe;
 
 double cpu_seconds(clockid_t clock) {
     timespec ts{};
@@ -760,6 +790,63 @@ TEST_CASE("shutdown(true) from a pool thread does not join itself") {
     }
 }
 
+TEST_CASE("a job may destroy its own pool: queued work still runs, every worker thread ends") {
+    std::size_t threads = 1;
+    SUBCASE("one worker") { threads = 1; }
+    SUBCASE("two workers") { threads = 2; }
+    SUBCASE("three workers") { threads = 3; }
+    CAPTURE(threads);
+
+    auto pool = std::make_unique<hop::cpu_pool>(threads);
+    auto ended = std::make_shared<countdown>(static_cast<int>(threads));
+    {
+        // One exit probe per worker thread: the jobs below meet before any
+        // returns, so they run on `threads` different workers.
+        std::atomic<std::size_t> arrived{0};
+        gate all_here;
+        std::vector<hop::future<void>> probes;
+        for (std::size_t k = 0; k < threads; ++k) {
+            probes.push_back(pool->submit([&, ended] {
+                tl_exit_probe.on_exit = ended;
+                if (++arrived == threads) all_here.open();
+                (void)all_here.wait();
+            }));
+        }
+        for (auto& f : probes) REQUIRE(f.wait_for(guard));
+    }
+
+    std::atomic<int> ran{0};
+    gate go, deleted;
+    std::vector<hop::future<int>> own;  // written by the job before `deleted` opens
+    pool->post([&] {
+        (void)go.wait();
+        // Onto this worker's own deque, behind the job that deletes the pool.
+        for (int i = 0; i < 10; ++i) {
+            own.push_back(pool->submit([&ran, i] {
+                ++ran;
+                return i;
+            }));
+        }
+        pool.reset();  // ~cpu_pool on one of its own workers
+        deleted.open();
+    });
+    std::vector<hop::future<int>> queued;  // outside submissions queued behind it
+    for (int i = 0; i < 100; ++i) {
+        queued.push_back(pool->submit([&ran, i] {
+            ++ran;
+            return i;
+        }));
+    }
+    go.open();  // from here on only the job touches `pool`
+
+    REQUIRE(deleted.wait());
+    REQUIRE(ended->wait());  // every worker thread has left the pool's code
+    CHECK(ran.load() == 110);
+    REQUIRE(own.size() == 10);
+    for (int i = 0; i < 10; ++i) CHECK(own[static_cast<std::size_t>(i)].get() == i);
+    for (int i = 0; i < 100; ++i) CHECK(queued[static_cast<std::size_t>(i)].get() == i);
+}
+
 TEST_CASE("the destructor drains queued work") {
     std::atomic<int> ran{0};
     std::vector<hop::future<int>> futs;
@@ -796,6 +883,45 @@ TEST_CASE("shutdown is idempotent") {
 }  // and the destructor's shutdown(true) once more
 
 // ---- work stealing, the default pool, parking -------------------------------
+
+TEST_CASE("one thread's backlog does not hold up another posting thread's work") {
+    // One worker, held by a job while two outside threads post: 1000 jobs
+    // from the first, then one from the second. Each posting thread has its
+    // own injection queue and the worker takes from them in turn, so the
+    // second thread's job runs long before the first thread's backlog is
+    // through (with one shared FIFO it would run last).
+    hop::cpu_pool pool{1};
+    gate running, release;
+    pool.post([&] {
+        running.open();
+        (void)release.wait();
+    });
+    REQUIRE(running.wait());
+
+    std::mutex m;
+    std::vector<int> order;  // 0..999: the first thread's jobs; 1000: the second's
+    auto record = [&](int id) {
+        std::lock_guard lock(m);
+        order.push_back(id);
+    };
+    std::vector<hop::future<void>> futs;
+    std::thread backlog([&] {
+        for (int i = 0; i < 1000; ++i) futs.push_back(pool.submit(record, i));
+    });
+    backlog.join();
+    hop::future<void> late;
+    std::thread other([&] { late = pool.submit(record, 1000); });
+    other.join();
+    release.open();
+
+    REQUIRE(late.wait_for(guard));
+    for (auto& f : futs) REQUIRE(f.wait_for(guard));
+    std::lock_guard lock(m);
+    REQUIRE(order.size() == 1001);
+    const auto at = static_cast<std::size_t>(std::find(order.begin(), order.end(), 1000) - order.begin());
+    CAPTURE(at);
+    CHECK(at < 100);
+}
 
 TEST_CASE("jobs pushed onto one worker's deque are stolen by another") {
     hop::cpu_pool pool{2};

@@ -146,10 +146,19 @@ private:
 
 /// A work-stealing pool of N threads for CPU-bound work.
 ///
-/// Each worker has its own deque; work submitted from outside goes through a
-/// shared injection queue; idle workers steal, then park on a futex (no
-/// spinning while idle) and are woken one at a time. The destructor is
-/// `shutdown(true)`.
+/// Each worker has its own deque; work submitted from outside goes through
+/// injection queues (clamp(size(), 2, 8) of them; the k-th thread that
+/// submits from outside uses queue k mod that number); idle workers steal, then
+/// park on a futex (no spinning while idle) and are woken one at a time: a
+/// submission wakes a parked worker only if no worker is already awake and
+/// looking for work. The destructor is `shutdown(true)`.
+///
+/// Order: work from one outside thread starts roughly in submission order
+/// (workers take it in batches and steal from one another, so two jobs may
+/// run at once or swap places); work from different threads is taken in
+/// turn, so one thread's backlog does not hold up another thread's jobs.
+/// Work submitted from a pool thread goes onto that worker's own deque,
+/// newest first, where idle workers steal the oldest.
 ///
 /// @code
 /// hop::cpu_pool pool{4};
@@ -162,7 +171,23 @@ public:
     cpu_pool();
     /// @throws std::invalid_argument if `threads` is 0 (or absurdly large).
     explicit cpu_pool(std::size_t threads);
-    /// shutdown(true): waits for queued and running work.
+    /// shutdown(true): waits for queued and running work, then joins the
+    /// workers. Queued work is never dropped: every job still queued runs.
+    ///
+    /// Called from one of this pool's own jobs (e.g. the job resets the
+    /// unique_ptr that owns the pool), it cannot join the thread it runs on:
+    /// it waits like shutdown(true) from a pool thread (for every other
+    /// worker to drain the queues and exit, or to block in shutdown()
+    /// itself), and then returns without freeing the workers' shared state.
+    /// Once the job returns, its worker runs whatever is still queued (jobs
+    /// on its own deque, and with one worker everything), leaves its loop,
+    /// and the last worker to do so
+    /// joins the others, lets its own thread go (detached) and frees the
+    /// state: nothing is dropped, nothing terminates, nothing leaks. After
+    /// the destructor returns the job must not use the pool again, and a
+    /// coroutine running on it must not suspend on anything that resumes it
+    /// through the pool (its continuation would be posted to an object that
+    /// no longer exists).
     ~cpu_pool();
 
     /// Number of worker threads.
