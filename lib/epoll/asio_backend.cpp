@@ -31,6 +31,8 @@
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
 #include <asio/posix/stream_descriptor.hpp>
+#include <asio/basic_datagram_socket.hpp>
+#include <asio/basic_stream_socket.hpp>
 #include <asio/steady_timer.hpp>
 
 #include <poll.h>
@@ -55,9 +57,14 @@ namespace hop::detail {
 
 namespace {
 
-using stream_socket = asio::generic::stream_protocol::socket;
-using datagram_socket = asio::generic::datagram_protocol::socket;
-using descriptor = asio::posix::stream_descriptor;
+// On the context's own executor type rather than Asio's type-erased default
+// (any_io_executor): each object and each operation then carries one pointer
+// instead of a polymorphic executor, and no type-erased copy is made per
+// operation.
+using executor = asio::io_context::executor_type;
+using stream_socket = asio::basic_stream_socket<asio::generic::stream_protocol, executor>;
+using datagram_socket = asio::basic_datagram_socket<asio::generic::datagram_protocol, executor>;
+using descriptor = asio::posix::basic_stream_descriptor<executor>;
 
 class asio_backend final : public loop_backend {
     // What handlers on a host's context hold on to: a handler that runs
@@ -235,6 +242,11 @@ public:
     // descriptor), registered with the reactor once, for the fd's lifetime.
     struct epoll_reg final : fd_registration {
         std::variant<stream_socket, datagram_socket, descriptor> obj;
+        // Asio's last receive here came back short (or ended the stream, or
+        // failed). Asio's edge-triggered reactor then waits for the next
+        // edge before it reads again, and bytes or a FIN that came with the
+        // data make none: so the next read tries the call here first.
+        bool asio_read_short = true;
         epoll_reg* next_live = nullptr;
         epoll_reg* prev_live = nullptr;
         template <class T, class... A>
@@ -265,14 +277,16 @@ public:
             start_blocking_call(op, *e);
             return;
         }
-        if (k.wait == readiness_wait::receive && op.io.reg != nullptr &&
-            real_registration(op.io.reg->load(std::memory_order_acquire)) != nullptr) {
-            // A stream that waited before: Asio's async_receive tries the
-            // call itself first (when its last read did not drain the
-            // socket) and completes it in the same poll; a try here too
-            // would only double the failed recv of a read that must wait.
-            wait_in_asio(op, *e);
-            return;
+        if (k.wait == readiness_wait::receive && op.io.reg != nullptr) {
+            auto* r = static_cast<epoll_reg*>(real_registration(op.io.reg->load(std::memory_order_acquire)));
+            if (r != nullptr && !r->asio_read_short) {
+                // Asio's last read here filled its buffer: its async_receive
+                // tries the call itself first and completes it in the same
+                // poll; a try here too would only double the failed recv of
+                // a read that must wait.
+                wait_in_asio(op, *e);
+                return;
+            }
         }
         const int r = k.attempt(op.io, false);
         if (r != -EAGAIN) {
@@ -388,13 +402,13 @@ private:
             len = sizeof family;
             if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) != 0) throw_errno(errno, "getsockopt");
             if (type == SOCK_STREAM) {
-                return std::make_unique<epoll_reg>(std::in_place_type<stream_socket>, m_ctx,
+                return std::make_unique<epoll_reg>(std::in_place_type<stream_socket>, m_ctx.get_executor(),
                                                    asio::generic::stream_protocol(family, 0), fd);
             }
-            return std::make_unique<epoll_reg>(std::in_place_type<datagram_socket>, m_ctx,
+            return std::make_unique<epoll_reg>(std::in_place_type<datagram_socket>, m_ctx.get_executor(),
                                                asio::generic::datagram_protocol(family, 0), fd);
         }
-        return std::make_unique<epoll_reg>(std::in_place_type<descriptor>, m_ctx, fd);
+        return std::make_unique<epoll_reg>(std::in_place_type<descriptor>, m_ctx.get_executor(), fd);
     }
 
     // The call would block: Asio waits (and, for a stream's recv / send,
@@ -508,6 +522,9 @@ private:
     // The wait ended: the result, or (readiness) the call's next try.
     void end_wait(io_operation& op, int result) noexcept {
         auto& e = io_of(op);
+        if (op.io.kind->readiness.wait == readiness_wait::receive) {
+            e.reg->asio_read_short = result <= 0 || static_cast<std::size_t>(result) < bytes_left(op.io);
+        }
         if (result == -EAGAIN) {
             result = op.io.kind->readiness.attempt(op.io, true);
             if (result == -EAGAIN && !m_core.closing()) {
