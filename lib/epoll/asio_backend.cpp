@@ -247,6 +247,7 @@ public:
         // edge before it reads again, and bytes or a FIN that came with the
         // data make none: so the next read tries the call here first.
         bool asio_read_short = true;
+        io_op_queue waiting;  // its operations waiting in Asio
         epoll_reg* next_live = nullptr;
         epoll_reg* prev_live = nullptr;
         template <class T, class... A>
@@ -318,9 +319,7 @@ public:
     void cancel_all() noexcept override {
         m_timer.cancel();
         if (!m_hosted) {
-            for (io_operation* op = m_waiting.head; op != nullptr; op = op->next_in_flight) {
-                io_of(*op).cancel.emit(asio::cancellation_type::all);
-            }
+            for_each_waiting([](io_operation& op) { io_of(op).cancel.emit(asio::cancellation_type::all); });
             return;
         }
         // A host's threads may run the handlers late, or never (the host
@@ -330,16 +329,15 @@ public:
             std::lock_guard lock(m_shared->mutex);
             m_shared->self = nullptr;
         }
-        io_operation* next = nullptr;
-        for (io_operation* op = m_waiting.head; op != nullptr; op = next) {
-            next = op->next_in_flight;
-            auto& e = io_of(*op);
-            if (e.handed_over) continue;  // it ends through the loop's queue
+        for_each_waiting([this](io_operation& op) {
+            auto& e = io_of(op);
+            if (e.handed_over) return;  // it ends through the loop's queue
             e.cancel.emit(asio::cancellation_type::all);  // Asio lets go of the buffers now
-            unlink(*op);
-            if (e.one_off) drop(*e.reg, false);
-            finish(*op, -ECANCELED);
-        }
+            epoll_reg* r = e.reg;
+            unlink(op);
+            if (e.one_off && r != nullptr) drop(*r, false);
+            finish(op, -ECANCELED);
+        });
     }
 
     std::size_t in_flight() const noexcept override {
@@ -428,6 +426,11 @@ private:
             finish(op, -ECANCELED);
             return;
         }
+        wait_on(op, e, *r);
+    }
+
+    void wait_on(io_operation& op, epoll_io& e, epoll_reg& reg) noexcept {
+        epoll_reg* r = &reg;
         e.reg = r;
         link(op);
         try {
@@ -522,6 +525,12 @@ private:
     // The wait ended: the result, or (readiness) the call's next try.
     void end_wait(io_operation& op, int result) noexcept {
         auto& e = io_of(op);
+        if (e.reg == nullptr) {
+            // Its fd was closed under it: whatever Asio did after all, it
+            // reports the close.
+            finish(op, -ECANCELED);
+            return;
+        }
         if (op.io.kind->readiness.wait == readiness_wait::receive) {
             e.reg->asio_read_short = result <= 0 || static_cast<std::size_t>(result) < bytes_left(op.io);
         }
@@ -529,10 +538,9 @@ private:
             result = op.io.kind->readiness.attempt(op.io, true);
             if (result == -EAGAIN && !m_core.closing()) {
                 // Spurious readiness (another reader took the data): wait again.
-                e.reg = nullptr;
                 e.handed_over = false;
                 e.after_wait = true;
-                wait_in_asio(op, e);
+                wait_on(op, e, *e.reg);
                 return;
             }
             if (result == -EAGAIN) result = -ECANCELED;
@@ -544,6 +552,11 @@ private:
     // Ends the registration: what waits on it ends operation_aborted;
     // `close`: Asio closes the fd (else the fd stays open, released).
     void drop(epoll_reg& r, bool close) noexcept {
+        while (io_operation* op = r.waiting.head) {
+            r.waiting.remove(*op);
+            io_of(*op).reg = nullptr;
+            m_orphans.push_back(*op);
+        }
         if (r.prev_live) {
             r.prev_live->next_live = r.next_live;
         } else {
@@ -588,13 +601,34 @@ private:
         ::epoll_ctl(m_epoll_fd, EPOLL_CTL_ADD, fd, &e);
     }
 
+    // An operation waiting in Asio is on its registration's list, or, once
+    // that registration is gone (its fd closed under it), on m_orphans
+    // with e.reg null until Asio's handler reports the abort.
     void link(io_operation& op) noexcept {
-        m_waiting.push_back(op);
+        io_of(op).reg->waiting.push_back(op);
         ++m_in_asio;
     }
     void unlink(io_operation& op) noexcept {
-        m_waiting.remove(op);
+        epoll_reg* r = io_of(op).reg;
+        (r != nullptr ? r->waiting : m_orphans).remove(op);
         --m_in_asio;
+    }
+    // Calls fn(op) for every operation waiting in Asio; fn may unlink it.
+    template <class Fn>
+    void for_each_waiting(Fn fn) {
+        auto each = [&](io_op_queue& q) {
+            io_operation* next = nullptr;
+            for (io_operation* op = q.head; op != nullptr; op = next) {
+                next = op->next_in_flight;
+                fn(*op);
+            }
+        };
+        each(m_orphans);
+        epoll_reg* next_reg = nullptr;
+        for (epoll_reg* r = m_regs; r != nullptr; r = next_reg) {
+            next_reg = r->next_live;
+            each(r->waiting);
+        }
     }
 
     // pread / pwrite / fsync on the blocking pool; the result comes back to
@@ -710,7 +744,7 @@ private:
     std::shared_ptr<shared> m_shared;
     bool m_hosted;
     epoll_reg* m_regs = nullptr;  // live registrations (loop thread)
-    io_op_queue m_waiting;        // operations waiting in Asio (loop thread)
+    io_op_queue m_orphans;        // waiting in Asio, their registration gone (loop thread)
     std::size_t m_in_asio = 0;
     std::size_t m_completed = 0;  // operations completed (loop thread)
     std::atomic<std::size_t> m_blocking_calls{0};
