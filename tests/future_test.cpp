@@ -4,6 +4,7 @@
 #include <hop/task.hpp>
 
 #include "support/counted.hpp"
+#include "support/counting_new.hpp"
 
 #include <doctest/doctest.h>
 
@@ -1052,6 +1053,29 @@ TEST_CASE("a container of move-only values is moved out, never copied") {
     shared.wait();
     CHECK_THROWS_WITH_AS(std::move(shared).get(), doctest::Contains("move-only"), std::logic_error);
     CHECK(*copy.get().at(1) == 2);  // lvalue get() reads it in place
+}
+
+TEST_CASE("wait_for polling a pending future does not grow memory") {
+    hop::promise<int> p;
+    auto f = p.get_future();
+    {
+        // The counting operator new is the one in use.
+        const std::size_t before = hop_test::allocations_on_this_thread;
+        auto probe = std::make_unique<int>(1);
+        REQUIRE(hop_test::allocations_on_this_thread == before + 1);
+    }
+    const std::size_t before = hop_test::allocations_on_this_thread;
+    int timed_out = 0;
+    for (int i = 0; i < 10'000; ++i) timed_out += !f.wait_for(1us);
+    const std::size_t made = hop_test::allocations_on_this_thread - before;
+    CHECK(timed_out == 10'000);
+    // One shared waiter, made at the first poll; nothing per poll.
+    CHECK(made <= 1);
+    p.set_value(8);
+    CHECK(f.wait_for(1us));
+    CHECK(f.wait_for(0s));
+    CHECK(f.get() == 8);
+    CHECK(hop_test::allocations_on_this_thread - before == made);
 }
 
 TEST_CASE("wait_for polled from many threads shares one waiter and wakes them all") {
