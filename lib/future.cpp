@@ -3,6 +3,8 @@
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 
+#include "spin.hpp"
+
 #include <condition_variable>
 #include <mutex>
 #include <string>
@@ -32,8 +34,14 @@ void future_state_base::end_complete(future_status final_status) noexcept {
     // seq_cst, paired with wait(): either the waiter sees the final status,
     // or this sees m_sleepers and notifies.
     m_status.store(final_status, std::memory_order_seq_cst);
-    auto* list = m_waiters.exchange(done_marker, std::memory_order_acq_rel);
-    // Waiters were pushed LIFO; run them in registration order.
+    future_waiter* list;
+    {
+        waiters_lock lock(*this);
+        list = std::exchange(m_waiters, done_marker);
+    }
+    // The nodes are ours now: an awaiter's stop callback finds the list
+    // closed and leaves its node alone. Waiters were pushed LIFO; run them in
+    // registration order.
     future_waiter* ordered = nullptr;
     while (list) {
         auto* next = list->next;
@@ -42,7 +50,7 @@ void future_state_base::end_complete(future_status final_status) noexcept {
         list = next;
     }
     while (ordered) {
-        auto* next = ordered->next;
+        auto* next = ordered->next;  // read first: notify may free the node
         ordered->notify(ordered);
         ordered = next;
     }
@@ -87,13 +95,54 @@ bool future_state_base::cancel() noexcept {
     }
 }
 
-bool future_state_base::add_waiter(future_waiter* w) noexcept {
-    auto* head = m_waiters.load(std::memory_order_acquire);
-    do {
-        if (head == done_marker) return false;
-        w->next = head;
-    } while (!m_waiters.compare_exchange_weak(head, w, std::memory_order_acq_rel, std::memory_order_acquire));
+void future_state_base::lock_waiters() const noexcept {
+    // A test-and-test-and-set lock (lib/spin.hpp's spin_mutex, on a flag that
+    // fits in the state's padding): held for a few instructions at a time.
+    for (unsigned i = 0;; ++i) {
+        if (!m_waiters_locked.load(std::memory_order_relaxed) &&
+            !m_waiters_locked.exchange(true, std::memory_order_acquire)) {
+            return;
+        }
+        if (i < 128) {
+            cpu_relax();
+        } else {
+            ::sched_yield();
+        }
+    }
+}
+
+void future_state_base::unlock_waiters() const noexcept {
+    HOP_ASSERT(m_waiters_locked.load(std::memory_order_relaxed));
+    m_waiters_locked.store(false, std::memory_order_release);
+}
+
+bool future_state_base::link_waiter_locked(future_waiter* w) noexcept {
+    HOP_ASSERT(m_waiters_locked.load(std::memory_order_relaxed));
+    if (m_waiters == done_marker) return false;
+    w->prev = nullptr;
+    w->next = m_waiters;
+    if (m_waiters != nullptr) m_waiters->prev = w;
+    m_waiters = w;
     return true;
+}
+
+bool future_state_base::unlink_waiter_locked(future_waiter* w) noexcept {
+    HOP_ASSERT(m_waiters_locked.load(std::memory_order_relaxed));
+    if (m_waiters == done_marker) return false;
+    HOP_ASSERT(w->prev != nullptr || m_waiters == w);
+    if (w->prev != nullptr) {
+        w->prev->next = w->next;
+    } else {
+        m_waiters = w->next;
+    }
+    if (w->next != nullptr) w->next->prev = w->prev;
+    w->prev = w->next = nullptr;
+    return true;
+}
+
+bool future_state_base::add_waiter(future_waiter* w) noexcept {
+    waiters_lock lock(*this);
+    return link_waiter_locked(w);
 }
 
 void future_state_base::wait() const noexcept {

@@ -142,7 +142,7 @@ hop::task<bool> schedule_twice(hop::cpu_pool& pool) {
 hop::task<int> wait_then_schedule(hop::cpu_pool& other, gate* started, hop::future<void> go,
                                   std::atomic<bool>* reached) {
     started->open();
-    co_await go;  // not a cancellation point: resumes normally
+    go.wait();  // blocks the worker, not a cancellation point (co_await go is one)
     co_await other.schedule();  // the stop was requested by now: throws here
     reached->store(true);
     co_return 1;

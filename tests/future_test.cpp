@@ -2,8 +2,10 @@
 
 #include <hop/cpu_pool.hpp>
 #include <hop/task.hpp>
+#include <hop/task_group.hpp>
 
 #include "support/counted.hpp"
+#include "support/counting_new.hpp"
 
 #include <doctest/doctest.h>
 
@@ -30,6 +32,10 @@ struct test_error : std::runtime_error {
 // Long enough never to expire in a passing run; the waits it bounds end as
 // soon as another thread completes the future.
 constexpr auto long_timeout = std::chrono::hours(1);
+
+// A failure guard only: every wait it bounds is released by the test
+// itself; it turns a lost resumption into a failed check, not a hung run.
+constexpr auto guard = std::chrono::seconds(30);
 
 hop::task<int> await_value(hop::future<int> f) { co_return co_await f; }
 
@@ -76,7 +82,7 @@ hop::task<int> await_loop(hop::future<int> f, int n) {
 hop::task<int> runs_until_point(hop::future<void> go, hop::promise<void> started, std::atomic<int>* progress) {
     progress->store(1);
     started.set_value();
-    co_await go;
+    go.wait();  // blocks the worker: not a cancellation point (co_await go is one)
     progress->store(2);
     co_await hop::cancellation_point();
     progress->store(3);
@@ -87,7 +93,7 @@ hop::task<int> runs_until_point(hop::future<void> go, hop::promise<void> started
 hop::task<int> runs_until_schedule(hop::cpu_pool* pool, hop::future<void> go, hop::promise<void> started,
                                    std::atomic<int>* progress) {
     started.set_value();
-    co_await go;
+    go.wait();  // blocks the worker: not a cancellation point (co_await go is one)
     progress->store(2);
     co_await pool->schedule();
     progress->store(3);
@@ -102,7 +108,7 @@ hop::task<int> body_flag(counted c, std::atomic<bool>* ran) {
 
 hop::task<int> ignores_stop(hop::future<void> go, hop::promise<void> started) {
     started.set_value();
-    co_await go;
+    go.wait();  // blocks the worker: not a cancellation point (co_await go is one)
     co_return 9;
 }
 
@@ -130,6 +136,73 @@ int job_waits(hop::promise<void> started, hop::future<void> go, int v) {
     started.set_value();
     go.wait();
     return v;
+}
+
+// Reports where it resumed after a co_await that a stop ended.
+struct cancel_report {
+    bool cancelled = false;
+    std::thread::id resumed_on;
+};
+hop::task<cancel_report> await_reporting_cancel(hop::future<int> f) {
+    cancel_report r;
+    try {
+        (void)co_await f;
+    } catch (const hop::cancelled_error&) {
+        r.cancelled = true;
+    }
+    r.resumed_on = std::this_thread::get_id();
+    co_return r;
+}
+
+hop::task<int> await_shielded(hop::future<int> f) { co_return co_await hop::shield(std::move(f)); }
+
+hop::task<int> await_ignoring_stop(hop::future<int> f) {
+    co_return co_await std::move(f).await_with(hop::detail::stop_policy::ignore);
+}
+
+// Blocks its worker until `go` (not a cancellation point), then awaits `f`:
+// its stop is requested before the await starts.
+hop::task<int> block_then_await(hop::future<void> go, hop::promise<void> started, hop::future<int> f) {
+    started.set_value();
+    go.wait();
+    co_return co_await f;
+}
+
+// A coroutine job: records whether its stop was requested once `go` opens.
+hop::task<int> records_stop(hop::future<void> go, hop::promise<void> started, std::atomic<bool>* saw_stop) {
+    std::stop_token t = co_await hop::get_stop_token();
+    started.set_value();
+    go.wait();
+    saw_stop->store(t.stop_requested());
+    co_return 1;
+}
+
+// Heap allocations made on this thread by one co_await of a pending future
+// (completed by another thread once `armed` is set).
+hop::task<std::size_t> allocations_of_await(hop::future<int> f, std::atomic<bool>* armed) {
+    const std::size_t before = hop_test::allocations_on_this_thread;
+    armed->store(true);
+    (void)co_await f;
+    co_return hop_test::allocations_on_this_thread - before;
+}
+
+// The same, in a task_group child (it has a stop token of its own) run on
+// the calling thread's executor (sync_wait's loop): only this thread runs it.
+hop::task<std::size_t> allocations_of_await_with_stop(hop::future<int> f, std::atomic<bool>* armed) {
+    hop::task_group g;
+    auto child = g.spawn(allocations_of_await(std::move(f), armed));
+    co_await g.wait();
+    co_return child.get();
+}
+
+std::thread::id worker_id(hop::cpu_pool& pool) {
+    return pool.submit([] { return std::this_thread::get_id(); }).get();
+}
+
+// Says it is about to await, then awaits `f` (co_await: the cancel policy).
+hop::task<int> arm_then_await(std::atomic<bool>* armed, hop::future<int> f) {
+    armed->store(true, std::memory_order_release);
+    co_return co_await f;
 }
 
 }  // namespace
@@ -1052,6 +1125,255 @@ TEST_CASE("a container of move-only values is moved out, never copied") {
     shared.wait();
     CHECK_THROWS_WITH_AS(std::move(shared).get(), doctest::Contains("move-only"), std::logic_error);
     CHECK(*copy.get().at(1) == 2);  // lvalue get() reads it in place
+}
+
+TEST_CASE("wait_for polling a pending future does not grow memory") {
+    hop::promise<int> p;
+    auto f = p.get_future();
+    {
+        // The counting operator new is the one in use.
+        const std::size_t before = hop_test::allocations_on_this_thread;
+        auto probe = std::make_unique<int>(1);
+        REQUIRE(hop_test::allocations_on_this_thread == before + 1);
+    }
+    const std::size_t before = hop_test::allocations_on_this_thread;
+    int timed_out = 0;
+    for (int i = 0; i < 10'000; ++i) timed_out += !f.wait_for(1us);
+    const std::size_t made = hop_test::allocations_on_this_thread - before;
+    CHECK(timed_out == 10'000);
+    // One shared waiter, made at the first poll; nothing per poll.
+    CHECK(made <= 1);
+    p.set_value(8);
+    CHECK(f.wait_for(1us));
+    CHECK(f.wait_for(0s));
+    CHECK(f.get() == 8);
+    CHECK(hop_test::allocations_on_this_thread - before == made);
+}
+
+TEST_CASE("co_await a future is a cancellation point: stop resumes the awaiter on its executor and cancels the future") {
+    hop::cpu_pool pool{1};
+    const auto worker = worker_id(pool);
+    hop::promise<int> p;
+    auto awaited = p.get_future();
+    auto outer = hop::spawn(pool, await_reporting_cancel(awaited));
+    // One worker, jobs in order: once this one ran, the await has suspended.
+    CHECK(worker_id(pool) == worker);
+    CHECK_FALSE(outer.done());
+    CHECK(outer.cancel());  // running: requests stop on the awaiting task's token
+    REQUIRE(outer.wait_for(guard));
+    auto r = outer.get();
+    CHECK(r.cancelled);
+    CHECK(r.resumed_on == worker);  // posted back to its own executor, not run inside request_stop here
+    CHECK(awaited.cancelled());     // as asyncio.wait_for: the awaited future is cancelled
+    CHECK(p.is_cancelled());
+    p.set_value(1);  // the producer's late value is dropped silently
+    CHECK_THROWS_AS(awaited.get(), hop::cancelled_error);
+}
+
+TEST_CASE("co_await a future: a stop requested before the await throws at once; a done future ignores it") {
+    hop::cpu_pool pool{1};
+    SUBCASE("pending: cancelled_error, and the future is cancelled") {
+        hop::promise<void> go;
+        hop::promise<void> started;
+        auto started_f = started.get_future();
+        hop::promise<int> p;
+        auto awaited = p.get_future();
+        auto outer = hop::spawn(pool, block_then_await(go.get_future(), std::move(started), awaited));
+        started_f.wait();
+        CHECK(outer.cancel());
+        go.set_value();
+        REQUIRE(outer.wait_for(guard));
+        CHECK_THROWS_AS(outer.get(), hop::cancelled_error);
+        CHECK(awaited.cancelled());
+    }
+    SUBCASE("done: its value, no cancellation") {
+        hop::promise<void> go;
+        hop::promise<void> started;
+        auto started_f = started.get_future();
+        hop::promise<int> p;
+        p.set_value(5);
+        auto outer = hop::spawn(pool, block_then_await(go.get_future(), std::move(started), p.get_future()));
+        started_f.wait();
+        CHECK(outer.cancel());
+        go.set_value();
+        REQUIRE(outer.wait_for(guard));
+        CHECK(outer.get() == 5);
+    }
+}
+
+TEST_CASE("a cancelled await cancels the awaited job: one not started never runs") {
+    counters c;
+    std::atomic<bool> ran{false};
+    {
+        hop::cpu_pool pool{1};
+        hop::cpu_pool awaiting_pool{1};
+        hop::promise<void> gate;
+        hop::promise<void> blocker_started;
+        auto blocker_started_f = blocker_started.get_future();
+        auto blocker = pool.submit(job_waits, std::move(blocker_started), gate.get_future(), 0);
+        blocker_started_f.wait();  // the only worker is busy: the next job stays queued
+        counted token{c};
+        auto job = pool.submit([token, &ran] {
+            (void)token;
+            ran.store(true);
+            return 1;
+        });
+        auto outer = hop::spawn(awaiting_pool, await_value(job));
+        // One worker, jobs in order: once this one ran, the await has suspended.
+        CHECK(worker_id(awaiting_pool) != std::thread::id{});
+        CHECK(outer.cancel());
+        REQUIRE(outer.wait_for(guard));
+        CHECK_THROWS_AS(outer.get(), hop::cancelled_error);
+        CHECK(job.cancelled());
+        gate.set_value();
+        CHECK(blocker.get() == 0);
+        CHECK(pool.submit([] { return 2; }).get() == 2);  // the cancelled job was dequeued and skipped
+    }
+    CHECK_FALSE(ran.load());
+    CHECK(c.alive() == 0);
+}
+
+TEST_CASE("a cancelled await cancels the awaited job: a coroutine job sees its stop requested") {
+    hop::cpu_pool pool{1};
+    hop::cpu_pool awaiting_pool{1};
+    hop::promise<void> go;
+    hop::promise<void> started;
+    auto started_f = started.get_future();
+    std::atomic<bool> saw_stop{false};
+    auto job = pool.submit(records_stop, go.get_future(), std::move(started), &saw_stop);
+    started_f.wait();
+    auto outer = hop::spawn(awaiting_pool, await_value(job));
+    CHECK(worker_id(awaiting_pool) != std::thread::id{});
+    CHECK(outer.cancel());
+    REQUIRE(outer.wait_for(guard));
+    CHECK_THROWS_AS(outer.get(), hop::cancelled_error);  // without waiting for the job
+    CHECK_FALSE(job.done());
+    go.set_value();
+    job.wait();
+    CHECK(saw_stop.load());
+}
+
+TEST_CASE("a cancelled await on a running plain job: the awaiter leaves, the job ends, its result is dropped") {
+    counters c;
+    {
+        hop::cpu_pool pool{1};
+        hop::cpu_pool awaiting_pool{1};
+        hop::promise<void> go;
+        auto go_f = go.get_future();
+        hop::promise<void> started;
+        auto started_f = started.get_future();
+        auto job = pool.submit([go_f, &started, &c] {
+            started.set_value();
+            go_f.wait();
+            return std::make_shared<counted>(c);
+        });
+        started_f.wait();
+        hop::future<cancel_report> outer;
+        {
+            outer = hop::spawn(awaiting_pool, [](hop::future<std::shared_ptr<counted>> f) -> hop::task<cancel_report> {
+                cancel_report r;
+                try {
+                    (void)co_await std::move(f);
+                } catch (const hop::cancelled_error&) {
+                    r.cancelled = true;
+                }
+                co_return r;
+            }(job));
+        }
+        CHECK(worker_id(awaiting_pool) != std::thread::id{});
+        CHECK(outer.cancel());
+        REQUIRE(outer.wait_for(guard));
+        CHECK(outer.get().cancelled);
+        CHECK_FALSE(job.done());  // still running: cancel() cannot stop a plain call
+        go.set_value();
+        job.wait();
+        CHECK_FALSE(job.cancelled());
+    }
+    CHECK(c.alive() == 0);  // the dropped result was freed with the last handle
+}
+
+TEST_CASE("hop::shield: the awaiter is cancelled, the future is not") {
+    hop::cpu_pool pool{1};
+    hop::promise<int> p;
+    auto awaited = p.get_future();
+    auto outer = hop::spawn(pool, await_shielded(awaited));
+    CHECK(worker_id(pool) != std::thread::id{});
+    CHECK(outer.cancel());
+    REQUIRE(outer.wait_for(guard));
+    CHECK_THROWS_AS(outer.get(), hop::cancelled_error);
+    CHECK_FALSE(awaited.done());
+    CHECK_FALSE(p.is_cancelled());
+    p.set_value(3);
+    CHECK(awaited.get() == 3);  // still there for other handles
+}
+
+TEST_CASE("stop_policy::ignore: the await is not a cancellation point") {
+    hop::cpu_pool pool{1};
+    hop::promise<int> p;
+    auto outer = hop::spawn(pool, await_ignoring_stop(p.get_future()));
+    CHECK(worker_id(pool) != std::thread::id{});
+    CHECK(outer.cancel());  // stop requested: the await goes on
+    CHECK_FALSE(outer.wait_for(0s));
+    p.set_value(4);
+    REQUIRE(outer.wait_for(guard));
+    CHECK(outer.get() == 4);
+}
+
+TEST_CASE("co_await a pending future allocates nothing, with or without a stop token") {
+    {
+        // The counting operator new is the one in use.
+        const std::size_t before = hop_test::allocations_on_this_thread;
+        auto probe = std::make_unique<int>(1);
+        REQUIRE(hop_test::allocations_on_this_thread == before + 1);
+    }
+    for (bool with_stop : {false, true}) {
+        CAPTURE(with_stop);
+        hop::promise<int> p;
+        std::atomic<bool> armed{false};
+        std::thread completer([&] {
+            while (!armed.load()) std::this_thread::yield();
+            p.set_value(1);
+        });
+        // Both on this thread: sync_wait gives no stop token, a group child
+        // has one (so the await registers a stop callback).
+        std::size_t made = with_stop ? hop::sync_wait(allocations_of_await_with_stop(p.get_future(), &armed))
+                                     : hop::sync_wait(allocations_of_await(p.get_future(), &armed));
+        completer.join();
+        CHECK(made == 0);
+    }
+}
+
+TEST_CASE("race: stop requested while a pool worker suspends on a future, the future completing meanwhile") {
+    hop::cpu_pool pool{2};
+    int cancelled = 0, valued = 0, other = 0, inconsistent = 0;
+    for (int i = 0; i < 5'000; ++i) {
+        hop::promise<int> p;
+        auto awaited = p.get_future();
+        std::atomic<bool> armed{false};
+        auto outer = hop::spawn(pool, arm_then_await(&armed, awaited));
+        while (!armed.load(std::memory_order_acquire)) {
+        }
+        outer.cancel();
+        if (i % 2 == 1) p.set_value(i);
+        if (!outer.wait_for(guard)) {
+            FAIL("round " << i << ": the awaiter was never resumed");
+        }
+        try {
+            const int v = outer.get();
+            ++valued;
+            if (v != i) ++inconsistent;
+        } catch (const hop::cancelled_error&) {
+            ++cancelled;
+            // The awaiter cancelled the future, unless the value came first.
+            if (!awaited.cancelled() && !(i % 2 == 1 && awaited.done())) ++inconsistent;
+        } catch (...) {
+            ++other;
+        }
+    }
+    CHECK(other == 0);
+    CHECK(inconsistent == 0);
+    CHECK(cancelled + valued == 5'000);
+    CHECK(cancelled >= 2'500);
 }
 
 TEST_CASE("wait_for polled from many threads shares one waiter and wakes them all") {

@@ -123,7 +123,8 @@ hop::future<T> start_queued(Executor& ex, hop::task<T> t) {
 /// point, so a stop requested meanwhile is seen by the next wait).
 hop::task<> started_then_go(hop::promise<void> started, hop::future<void> go) {
     started.set_value();
-    co_await std::move(go);
+    go.wait();  // blocks the worker: not a cancellation point (co_await go is one)
+    co_return;
 }
 
 /// A counted value with an id, for channels.

@@ -211,7 +211,7 @@ hop::task<int> child_waits_then_checks(hop::future<void> go, hop::promise<void> 
     co_await hop::cancellation_point();  // no stop requested yet: nothing happens
     progress->store(1);
     started.set_value();
-    co_await go;
+    go.wait();  // blocks the worker: not a cancellation point (co_await go is one)
     progress->store(2);
     co_await hop::cancellation_point();
     progress->store(3);  // never reached once stop was requested

@@ -385,7 +385,110 @@ hop::task<std::string> failure_under_timeout() {
     co_return what;
 }
 
+// with_timeout around a future: true if it timed out.
+template <class T>
+hop::task<bool> times_out(hop::future<T> f) {
+    try {
+        (void)co_await hop::with_timeout(5ms, std::move(f));
+    } catch (const hop::timeout_error&) {
+        co_return true;
+    }
+    co_return false;
+}
+
+// A plain job: says it started, then blocks its worker until `go` opens.
+template <class T>
+struct blocks_until_go {
+    std::shared_ptr<hop::promise<void>> started;
+    hop::future<void> go;
+    T value;
+    T operator()() const {
+        started->set_value();
+        go.wait();
+        return value;
+    }
+};
+
+// A coroutine job: records whether its stop was requested once `go` opens.
+hop::task<int> records_stop(std::shared_ptr<hop::promise<void>> started, hop::future<void> go,
+                            std::atomic<bool>* saw_stop) {
+    std::stop_token t = co_await hop::get_stop_token();
+    started->set_value();
+    go.wait();  // blocks the worker: not a cancellation point
+    saw_stop->store(t.stop_requested());
+    co_return 1;
+}
+
 }  // namespace
+
+TEST_CASE("with_timeout(d, pool.submit(fn)) times out without waiting for fn, and cancels the job") {
+    for_each_backend([](hop::backend b) {
+        running_loop rl(b);
+        // Every job below blocks until the test opens its gate, after the
+        // timeout was seen: the timeout cannot have waited for it.
+        {
+            INFO("a plain job already running: it ends on its own, its result dropped");
+            hop_test::counters c;
+            {
+                hop::cpu_pool pool{1};
+                hop::promise<void> go;
+                auto started = std::make_shared<hop::promise<void>>();
+                auto started_f = started->get_future();
+                auto job = pool.submit(
+                    blocks_until_go<std::shared_ptr<hop_test::counted>>{started, go.get_future(),
+                                                                        std::make_shared<hop_test::counted>(c)});
+                REQUIRE(started_f.wait_for(guard));
+                auto f = rl.loop().spawn(times_out(job));
+                REQUIRE(f.wait_for(guard));
+                CHECK(f.get());
+                CHECK_FALSE(job.done());  // still blocked
+                go.set_value();
+                REQUIRE(job.wait_for(guard));
+                CHECK_FALSE(job.cancelled());  // cancel() cannot stop a running call
+            }
+            CHECK(c.alive() == 0);
+        }
+        {
+            INFO("a plain job still queued (the one worker busy): it never runs");
+            std::atomic<bool> ran{false};
+            hop::cpu_pool pool{1};
+            hop::promise<void> go;
+            auto started = std::make_shared<hop::promise<void>>();
+            auto started_f = started->get_future();
+            auto blocker = pool.submit(blocks_until_go<int>{started, go.get_future(), 0});
+            REQUIRE(started_f.wait_for(guard));
+            auto job = pool.submit([&ran] {
+                ran.store(true);
+                return 1;
+            });
+            auto f = rl.loop().spawn(times_out(job));
+            REQUIRE(f.wait_for(guard));
+            CHECK(f.get());
+            CHECK(job.cancelled());
+            go.set_value();
+            CHECK(blocker.get() == 0);
+            CHECK(pool.submit([] { return 2; }).get() == 2);  // the cancelled job was dequeued first
+            CHECK_FALSE(ran.load());
+        }
+        {
+            INFO("a coroutine job: its stop token is requested");
+            std::atomic<bool> saw_stop{false};
+            hop::cpu_pool pool{1};
+            hop::promise<void> go;
+            auto started = std::make_shared<hop::promise<void>>();
+            auto started_f = started->get_future();
+            auto job = pool.submit(records_stop, started, go.get_future(), &saw_stop);
+            REQUIRE(started_f.wait_for(guard));
+            auto f = rl.loop().spawn(times_out(job));
+            REQUIRE(f.wait_for(guard));
+            CHECK(f.get());
+            CHECK_FALSE(job.done());
+            go.set_value();
+            REQUIRE(job.wait_for(guard));
+            CHECK(saw_stop.load());
+        }
+    });
+}
 
 TEST_CASE("with_timeout on slow work throws timeout_error after the inner work was cancelled and ended") {
     for_each_backend([](hop::backend b) {

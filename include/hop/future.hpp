@@ -2,13 +2,16 @@
 /// @file
 /// hop::future<T> / hop::promise<T> and hop's error types.
 
+#include <hop/detail/assert.hpp>
 #include <hop/detail/executor.hpp>
+#include <hop/detail/stop.hpp>
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
@@ -86,10 +89,28 @@ enum class future_status : std::uint32_t { pending, running, completing, cancell
 struct blocking_waiter;
 void release_blocking_waiter(blocking_waiter* w) noexcept;
 
-/// An intrusive callback run once the state is done.
+/// An intrusive callback run once the state is done. Linked into the state's
+/// waiter list (a doubly-linked list under the state's waiter lock, so that
+/// a cancelled await can take itself out again).
 struct future_waiter {
     future_waiter* next = nullptr;
+    future_waiter* prev = nullptr;
     void (*notify)(future_waiter*) noexcept = nullptr;
+};
+
+/// What awaiting a future does when the awaiting coroutine's stop is
+/// requested while it waits.
+enum class stop_policy : std::uint8_t {
+    /// `co_await fut`: resume at once with cancelled_error and cancel() the
+    /// future (asyncio.wait_for on a timeout).
+    cancel,
+    /// `co_await hop::shield(fut)`: resume at once with cancelled_error and
+    /// leave the future alone; its result is dropped (asyncio.shield).
+    abandon,
+    /// Not a cancellation point: wait for the result whatever the stop says
+    /// (for the library's own waits that must see work end, e.g. a server's
+    /// graceful shutdown).
+    ignore,
 };
 
 class future_state_base {
@@ -134,6 +155,18 @@ public:
     /// Registers `w`; false (and `w` untouched) if the state is already done.
     bool add_waiter(future_waiter* w) noexcept;
 
+    /// The waiter lock: a spin lock held for a few instructions at a time (a
+    /// link, an unlink, or end_complete taking the whole list). Used directly
+    /// by future<T>::awaiter, whose own handshake state it also guards.
+    void lock_waiters() const noexcept;
+    void unlock_waiters() const noexcept;
+    /// Under the waiter lock: links `w` unless the state is done (false).
+    bool link_waiter_locked(future_waiter* w) noexcept;
+    /// Under the waiter lock: unlinks `w`, which was linked; false (and `w`
+    /// untouched) if end_complete has taken the list already, in which case
+    /// it calls, or has called, `w->notify`.
+    bool unlink_waiter_locked(future_waiter* w) noexcept;
+
     void wait() const noexcept;
     bool wait_for(std::chrono::nanoseconds timeout);
 
@@ -162,7 +195,8 @@ private:
     std::atomic<std::uint32_t> m_refs;
     std::atomic<std::uint32_t> m_handles{0};
     std::atomic<future_status> m_status{future_status::pending};
-    std::atomic<future_waiter*> m_waiters{nullptr};
+    mutable std::atomic<bool> m_waiters_locked{false};
+    future_waiter* m_waiters = nullptr;  // under the waiter lock; done_marker once taken
     destroy_fn m_destroy;
     std::exception_ptr m_error;
     std::stop_source m_stop{std::nostopstate};
@@ -171,6 +205,18 @@ private:
     // call notify_all (libstdc++ routes it through a process-wide table, and
     // it can cost a futex call even when nobody waits on this state).
     mutable std::atomic<bool> m_sleepers{false};
+};
+
+/// RAII for future_state_base::lock_waiters.
+class waiters_lock {
+public:
+    explicit waiters_lock(const future_state_base& s) noexcept : m_state(s) { s.lock_waiters(); }
+    ~waiters_lock() { m_state.unlock_waiters(); }
+    waiters_lock(const waiters_lock&) = delete;
+    waiters_lock& operator=(const waiters_lock&) = delete;
+
+private:
+    const future_state_base& m_state;
 };
 
 template <class T>
@@ -318,11 +364,35 @@ public:
     void on_done(F&& cb) const;
 
     class awaiter;
-    /// Suspends without blocking a thread until done; resumes the caller on
-    /// the executor it was running on (inline if that is where the future
-    /// completed). Not a cancellation point: cancel the future instead.
-    awaiter operator co_await() const& noexcept { return awaiter{m_state, false}; }
-    awaiter operator co_await() && noexcept { return awaiter{std::exchange(m_state, nullptr), true}; }
+    /// Suspends without blocking a thread until done, then returns the value
+    /// (or rethrows, as get() does); resumes the caller on the executor it was
+    /// running on (inline if that is where the future completed).
+    ///
+    /// A cancellation point, like asyncio's `wait_for(fut, t)`: when the
+    /// awaiting coroutine's stop is requested while it waits (or before it
+    /// waits, on a future not done yet), it resumes promptly on its own
+    /// executor with cancelled_error, and the future is cancelled as by
+    /// cancel(): a pool job that has not started never runs, a coroutine job
+    /// has stop requested on its token, and a plain function already running
+    /// finishes with its result dropped (nobody reads it). A future already
+    /// done returns its result without looking at the stop. Awaited where no
+    /// stop is possible (no token, as under sync_wait), the wait costs what
+    /// it always did: no allocation, no stop callback. To leave the future
+    /// running when the awaiter is cancelled, await hop::shield(fut).
+    ///
+    /// An lvalue future is left valid; an rvalue one is consumed (and a
+    /// move-only T is moved out when this is the only handle).
+    awaiter operator co_await() const& noexcept { return awaiter{m_state, false, detail::stop_policy::cancel}; }
+    awaiter operator co_await() && noexcept {
+        return awaiter{std::exchange(m_state, nullptr), true, detail::stop_policy::cancel};
+    }
+
+    /// For hop::shield and the library: the awaiter of `co_await *this` with
+    /// another stop policy (see detail::stop_policy).
+    awaiter await_with(detail::stop_policy policy) const& noexcept { return awaiter{m_state, false, policy}; }
+    awaiter await_with(detail::stop_policy policy) && noexcept {
+        return awaiter{std::exchange(m_state, nullptr), true, policy};
+    }
 
     /// For the implementation and tests: the shared state.
     detail::future_state<T>* native_state() const noexcept { return m_state; }
@@ -355,13 +425,57 @@ private:
     detail::future_state<T>* m_state = nullptr;
 };
 
+/// The awaiter of `co_await fut`. It lives in the awaiting coroutine's
+/// frame and is itself the node in the state's waiter list: awaiting
+/// allocates nothing.
+///
+/// Who resumes the coroutine is decided by one handshake between three
+/// parties: await_suspend (S, on the awaiting thread), the completion (N,
+/// end_complete calling on_notify, on any thread) and the stop callback (C,
+/// on the thread that requests stop, at most once). `m_phase` records it; it
+/// is read and written only under the state's waiter lock (except by
+/// await_resume, once the coroutine has resumed and the callback is gone).
+///
+///   idle ──S: list open, link──────────▶ linked ──N takes the list──▶ (N resumes)
+///    │  ╲                                   │
+///    │   ╲S: list closed (done)             └─C: unlink──▶ stopped (C posts the resume)
+///    │    ╲──────────────▶ ready (S continues inline; a later C does nothing)
+///    └─C (before S links)──▶ stopped_early (S does not link, continues inline)
+///
+/// Races, and why each is safe:
+/// - C before S links: C only records stopped_early under the lock; S sees it
+///   under the same lock and continues itself. C never resumes a coroutine
+///   whose await_suspend has not finished (the bug of the former
+///   net.hpp abandonable_awaiter: its callback posted the resumption while
+///   await_suspend still used the awaiter, and a second pool worker could
+///   resume the coroutine and free the frame under it).
+/// - S links, then returns true: the unlock is its last access to the
+///   awaiter and the state; whoever resumes the coroutine later acquires the
+///   lock first, so everything S wrote happens-before the resumption.
+/// - C and N at once: N takes the whole list under the lock (the list is
+///   then closed); C, under the lock, unlinks only from an open list. So
+///   exactly one of them owns the resumption. A C that finds the list closed
+///   returns without touching anything else; await_resume's destruction of
+///   the stop_callback waits for a C still running on another thread.
+/// - C runs inside request_stop(): it never resumes inline (it posts to the
+///   coroutine's executor) and never cancels the future there; await_resume
+///   does that on the coroutine's own executor.
 template <class T>
 class future<T>::awaiter : private detail::future_waiter, private detail::resume_item {
+    enum class phase : std::uint8_t { idle, linked, ready, stopped_early, stopped };
+
+    struct canceller {
+        awaiter* self;
+        void operator()() const noexcept { self->on_stop(); }
+    };
+
 public:
-    awaiter(detail::future_state<T>* s, bool owns) noexcept : m_state(s), m_owns(owns) {}
+    awaiter(detail::future_state<T>* s, bool owns, detail::stop_policy policy) noexcept
+        : m_state(s), m_owns(owns), m_policy(policy) {}
     awaiter(const awaiter&) = delete;
     awaiter& operator=(const awaiter&) = delete;
     ~awaiter() {
+        m_callback.reset();  // before the state can go: a running callback uses it
         if (m_owns && m_state) {
             m_state->drop_handle();
             m_state->release();
@@ -372,13 +486,40 @@ public:
         if (!m_state) detail::throw_no_state("co_await");
         return m_state->done();
     }
-    bool await_suspend(std::coroutine_handle<> h) noexcept {
+
+    /// @throws std::bad_alloc if a lazy stop token must be made and cannot.
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
         handle = h;
         m_executor = detail::current_executor();
         future_waiter::notify = &awaiter::on_notify;
-        return m_state->add_waiter(this);
+        if (m_policy != detail::stop_policy::ignore) {
+            if (detail::stop_requested_of(h.promise())) {
+                m_phase = phase::stopped_early;
+                return false;
+            }
+            const std::stop_token& token = detail::token_of(h.promise());
+            // May run on_stop at once (stop requested meanwhile), or on
+            // another thread from here on: the handshake below orders both.
+            if (token.stop_possible()) m_callback.emplace(token, canceller{this});
+        }
+        detail::waiters_lock lock(*m_state);
+        if (m_phase == phase::stopped_early) return false;
+        HOP_ASSERT(m_phase == phase::idle);
+        if (!m_state->link_waiter_locked(this)) {
+            m_phase = phase::ready;  // done meanwhile
+            return false;
+        }
+        m_phase = phase::linked;
+        return true;  // the lock's release is the last access to *this
     }
+
     decltype(auto) await_resume() {
+        m_callback.reset();  // waits out a callback still running elsewhere
+        if (m_phase == phase::stopped_early || m_phase == phase::stopped) {
+            if (m_policy == detail::stop_policy::cancel) m_state->cancel();
+            throw cancelled_error("hop::future: co_await cancelled (stop requested while waiting)");
+        }
         m_state->rethrow_if_failed();
         if constexpr (std::is_void_v<T>) {
             return;
@@ -392,15 +533,59 @@ public:
     }
 
 private:
+    // N: the state is done and has taken this node off its list.
     static void on_notify(detail::future_waiter* w) noexcept {
         auto* self = static_cast<awaiter*>(w);
+        HOP_ASSERT(self->m_phase == phase::linked);
         detail::resume_on(self->m_executor, *self);
+    }
+
+    // C: the awaiting coroutine's stop was requested.
+    void on_stop() noexcept {
+        {
+            detail::waiters_lock lock(*m_state);
+            switch (m_phase) {
+                case phase::idle:
+                    m_phase = phase::stopped_early;  // S sees it and continues itself
+                    return;
+                case phase::linked:
+                    if (!m_state->unlink_waiter_locked(this)) return;  // N owns the resumption
+                    m_phase = phase::stopped;
+                    break;
+                case phase::ready:
+                    return;  // S continued inline
+                case phase::stopped_early:
+                case phase::stopped:
+                    HOP_ASSERT(false);  // a stop callback runs once
+                    return;
+            }
+        }
+        // Queued, never resumed inline inside request_stop (the caller of
+        // request_stop may hold locks, or be this coroutine's own parent).
+        if (m_executor != nullptr) {
+            m_executor->post_continuation(this);
+        } else {
+            detail::resume_inline(handle);
+        }
     }
 
     detail::future_state<T>* m_state;
     bool m_owns;
+    detail::stop_policy m_policy;
+    phase m_phase = phase::idle;
     detail::executor_base* m_executor = nullptr;
+    std::optional<std::stop_callback<canceller>> m_callback;
 };
+
+/// `co_await hop::shield(fut)` awaits `fut` as `co_await fut` does, except
+/// that a stop requested on the awaiting coroutine leaves the future alone
+/// (asyncio.shield): the awaiter resumes promptly with cancelled_error, and
+/// the work behind the future goes on; its result is dropped unless another
+/// handle reads it. For a future that others share (a cached lookup).
+template <class T>
+typename future<T>::awaiter shield(future<T> f) noexcept {
+    return std::move(f).await_with(detail::stop_policy::abandon);
+}
 
 namespace detail {
 

@@ -112,86 +112,6 @@ private:
 
 namespace detail {
 
-/// Awaits a future as a cancellation point: a stop request resumes the
-/// caller at once with cancelled_error and leaves the work behind it to end
-/// on its own (its result is dropped). The waiter node is shared with the
-/// future's waiter list, so it outlives whichever side finishes first.
-template <class T>
-class abandonable_awaiter {
-    struct node final : future_waiter {
-        std::atomic<int> refs{2};     // the future's list and the awaiter
-        std::atomic<bool> claimed{false};
-        bool cancelled = false;       // written before the cancel's resume is posted
-        resume_item resume;
-        executor_base* executor = nullptr;
-        void release() noexcept {
-            if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-        }
-        static void on_notify(future_waiter* w) noexcept {
-            auto* n = static_cast<node*>(w);
-            if (!n->claimed.exchange(true, std::memory_order_acq_rel)) resume_on(n->executor, n->resume);
-            n->release();
-        }
-    };
-    struct canceller {
-        node* n;
-        void operator()() const noexcept {
-            if (n->claimed.exchange(true, std::memory_order_acq_rel)) return;
-            n->cancelled = true;
-            // Never resume inline from inside request_stop.
-            if (n->executor) {
-                n->executor->post_continuation(&n->resume);
-            } else {
-                resume_inline(n->resume.handle);
-            }
-        }
-    };
-
-public:
-    explicit abandonable_awaiter(future<T> f) : m_future(std::move(f)) {}
-    abandonable_awaiter(const abandonable_awaiter&) = delete;
-    abandonable_awaiter& operator=(const abandonable_awaiter&) = delete;
-    ~abandonable_awaiter() {
-        m_callback.reset();
-        if (m_node) m_node->release();
-    }
-
-    bool await_ready() const { return m_future.done(); }
-
-    template <class P>
-    bool await_suspend(std::coroutine_handle<P> h) {
-        const std::stop_token& token = token_of(h.promise());
-        if (token.stop_requested()) {
-            m_stopped = true;
-            return false;
-        }
-        m_node = new node;
-        m_node->notify = &node::on_notify;
-        m_node->resume.handle = h;
-        m_node->executor = current_executor();
-        if (token.stop_possible()) m_callback.emplace(token, canceller{m_node});
-        if (!m_future.native_state()->add_waiter(m_node)) {
-            m_node->refs.fetch_sub(1, std::memory_order_acq_rel);  // never in the list
-            // Done already: continue here unless a stop got there first (then
-            // its posted resume continues us).
-            return m_node->claimed.exchange(true, std::memory_order_acq_rel);
-        }
-        return true;
-    }
-
-    T await_resume() {
-        m_callback.reset();
-        if (m_stopped || (m_node && m_node->cancelled)) throw cancelled_error("hop: cancelled while waiting");
-        return std::move(m_future).get();
-    }
-
-private:
-    future<T> m_future;
-    node* m_node = nullptr;
-    bool m_stopped = false;
-    std::optional<std::stop_callback<canceller>> m_callback;
-};
-
 /// getaddrinfo on the blocking pool.
 future<std::vector<endpoint>> resolve_blocking(std::string host, std::uint16_t port);
 
@@ -199,14 +119,17 @@ future<std::vector<endpoint>> resolve_blocking(std::string host, std::uint16_t p
 
 /// `co_await hop::resolve("localhost", 8080)`: the host's addresses with
 /// `port`, IPv6 and IPv4 in getaddrinfo's order of preference. The lookup
-/// runs on the blocking pool (never on the loop); the caller resumes on its
-/// own executor. A cancellation point: stop resumes the caller at once with
-/// cancelled_error and the lookup's result is dropped.
-/// @throws std::invalid_argument for an empty host.
+/// starts at once on the blocking pool (never on the loop); the returned
+/// future resumes the caller on its own executor. A cancellation point, as
+/// every future await is: stop resumes the caller at once with
+/// cancelled_error and cancels the lookup (one still queued never runs; a
+/// getaddrinfo call already running ends on its own and its result is
+/// dropped).
+/// @throws std::invalid_argument for an empty host (or one with a NUL).
 /// @throws std::system_error (category "getaddrinfo") naming the host when
-///         the name does not resolve.
-inline detail::abandonable_awaiter<std::vector<endpoint>> resolve(std::string host, std::uint16_t port) {
-    return detail::abandonable_awaiter<std::vector<endpoint>>(detail::resolve_blocking(std::move(host), port));
+///         the name does not resolve (from the await, or get()).
+inline future<std::vector<endpoint>> resolve(std::string host, std::uint16_t port) {
+    return detail::resolve_blocking(std::move(host), port);
 }
 
 class tcp_stream;

@@ -131,6 +131,15 @@ detail::sleep_operation sleep_for(std::chrono::duration<Rep, Period> d) {
 /// through its stop token and awaited, then timeout_error is thrown. Stop
 /// on the caller's token cancels the inner operation (cancelled_error).
 ///
+/// A hop::future is awaited as a cancellation point (asyncio's
+/// `wait_for(fut, d)`): past the deadline the wait ends at once and the
+/// future is cancelled, so `with_timeout(1s, pool.submit(fn))` throws
+/// timeout_error after 1s whatever `fn` does. A job that has not started
+/// then never runs; a coroutine job has stop requested on its token; a
+/// plain function already running cannot be interrupted: it finishes on its
+/// own and its result is dropped. To leave a shared future running, pass
+/// hop::shield(fut) instead.
+///
 /// A task, or an awaitable that can be moved or copied, is taken into the
 /// returned task. One that cannot move (hop's sleeps and IO operations stay
 /// where they were made) is referenced: co_await the result in the same

@@ -532,7 +532,9 @@ task<void> connect(stream_state& s, const pool_key& key) {
     } else {
         future<std::vector<endpoint>> lookup = s.st->lookup(u.host, u.port);
         try {
-            candidates = co_await hop::detail::abandonable_awaiter<std::vector<endpoint>>(lookup);
+            // Shielded: the lookup is shared with other requests to this
+            // host, so a stop on this one leaves it running for them.
+            candidates = co_await hop::shield(lookup);
         } catch (const std::system_error&) {
             s.st->forget_lookup(u.host, u.port, lookup);
             throw;

@@ -1036,7 +1036,9 @@ task<void> server::serve() {
     const std::stop_token token = co_await get_stop_token();
     future<void> running = st->m_loop->spawn(detail::server_state::run(st));
     std::stop_callback<detail::shutdown_requester> link(token, detail::shutdown_requester{st.get()});
-    co_await running;
+    // Not a cancellation point: a stop asks for the graceful shutdown above,
+    // and serve() returns once it is over.
+    co_await std::move(running).await_with(hop::detail::stop_policy::ignore);
 }
 
 void server::shutdown() noexcept {
