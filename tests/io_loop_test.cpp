@@ -915,4 +915,53 @@ TEST_CASE("destroying a loop with waits in flight ends them cancelled and frees 
     });
 }
 
+TEST_CASE("a loop made on one thread, run on a second and destroyed on a third ends its waits cancelled") {
+    // An io_uring ring may be tied to the thread that submits to it
+    // (IORING_SETUP_SINGLE_ISSUER): the loop must still work when the thread
+    // that runs it is not the one that made it, nor the one that ends it,
+    // whether that thread has exited by then or is still alive.
+    for_each_backend([](hop::backend b) {
+        for (bool runner_alive : {false, true}) {
+            INFO("the running thread " << (runner_alive ? "is still alive" : "has exited") << " at the destruction");
+            std::vector<std::unique_ptr<pipe_fds>> pipes;
+            for (int i = 0; i < 4; ++i) pipes.push_back(std::make_unique<pipe_fds>());
+            hop_test::counters c;
+            std::vector<hop::future<unsigned>> fs;
+            auto loop = std::make_unique<hop::io_loop>(options_for(b));
+            for (auto& p : pipes) fs.push_back(loop->spawn(wait_readable(p->r, hop_test::counted{c})));
+            std::latch ran(1);
+            std::latch release(1);
+            ssize_t wrote = 0;
+            std::thread runner([&] {
+                loop->poll();
+                loop->poll();  // the waits are armed now, on this thread
+                wrote = ::write(pipes[0]->w, "x", 1);
+                if (wrote == 1) run_until_done(*loop, fs[0]);  // one completes here
+                ran.count_down();
+                if (runner_alive) release.wait();
+            });
+            if (runner_alive) {
+                ran.wait();
+            } else {
+                runner.join();
+            }
+            REQUIRE(wrote == 1);
+            REQUIRE(fs[0].done());
+            CHECK((fs[0].get() & POLLIN) != 0);
+            CHECK(c.alive() == 3);
+            std::thread destroyer([&] { loop.reset(); });
+            destroyer.join();
+            if (runner_alive) {
+                release.count_down();
+                runner.join();
+            }
+            CHECK(c.alive() == 0);
+            for (std::size_t i = 1; i < fs.size(); ++i) {
+                REQUIRE(fs[i].done());
+                CHECK(fs[i].cancelled());
+            }
+        }
+    });
+}
+
 }  // TEST_SUITE

@@ -91,6 +91,24 @@ public:
     uring_backend(loop_core& core, unsigned depth) : m_core(core) {
         io_uring_params p{};
         // Task work runs when the loop enters the kernel anyway: no IPIs.
+        //
+        // Tried and not kept (bench/echo_bench, Linux 6.18, 2 cores shared
+        // with other builds at load 4-9; medians of 3-4 runs of 3 rounds;
+        // system CPU us per round trip, hop io_uring / Asio):
+        //                              1 connection       100 connections
+        //   these flags (kept)         8.11 / 12.29       4.86 / 11.29
+        //   + registered ring fd       8.04 / 11.29       4.66 / 12.00
+        //   + SINGLE_ISSUER |
+        //     DEFER_TASKRUN + ring fd  7.75 / 11.59       4.99 / 11.25
+        // Within the noise: one io_uring_enter carries ~8 round trips at 100
+        // connections and 2 are the floor at 1 (the client's send, the
+        // echo), so the cost is loopback TCP itself. Both also tie the ring
+        // to one task: a registered ring fd is an index into the registering
+        // thread's table, and a SINGLE_ISSUER ring refuses io_uring_enter
+        // from any other thread (-EEXIST) — with DEFER_TASKRUN even the
+        // waits, so a loop made on one thread, run on a second and destroyed
+        // on a third (default_loop, io_loop_test) could never reap what it
+        // started.
         p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
         int r = io_uring_queue_init_params(depth, &m_ring, &p);
         if (r == -EINVAL) {
