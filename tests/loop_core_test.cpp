@@ -274,4 +274,37 @@ TEST_CASE("stop requests from other threads racing completions: every wait ends 
     });
 }
 
+TEST_CASE("native_handle() becomes readable when an fd the loop waits on does, and poll() completes the wait") {
+    // A program's own poll(2) loop sleeps on the native handle only: IO
+    // readiness (not only timers and posts) must wake it, on both backends.
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        const int hop_fd = loop.native_handle();
+        for (int round = 0; round < 3; ++round) {
+            INFO("round " << round);
+            pipe_fds p;
+            std::latch started{1};
+            auto f = loop.spawn(wait_on(loop, p.r, &started));
+            loop.poll();  // starts the wait (it finds nothing: the pipe is empty)
+            REQUIRE_FALSE(f.done());
+            std::thread writer([&] { (void)!::write(p.w, "x", 1); });
+            bool timed_out = false;
+            while (!f.done()) {
+                pollfd pfd{hop_fd, POLLIN, 0};
+                const int r = ::poll(&pfd, 1, static_cast<int>(std::chrono::milliseconds(guard).count()));
+                if (r < 0 && errno == EINTR) continue;
+                if (r <= 0) {
+                    timed_out = true;  // the fd never said the loop had work
+                    break;
+                }
+                loop.poll();
+            }
+            writer.join();
+            CHECK_FALSE(timed_out);
+            REQUIRE(f.done());
+            CHECK((f.get() & POLLIN) != 0);
+        }
+    });
+}
+
 }  // TEST_SUITE
