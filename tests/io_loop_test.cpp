@@ -8,6 +8,7 @@
 
 #include "support/backend.hpp"
 #include "support/counted.hpp"
+#include "support/os.hpp"
 
 #include <doctest/doctest.h>
 
@@ -45,6 +46,8 @@ using namespace std::chrono_literals;
 using hop_test::for_each_backend;
 using hop_test::what_of;
 using hop_test::options_for;
+using hop_test::env_override;
+using hop_test::pipe_fds;
 
 namespace {
 
@@ -71,27 +74,6 @@ std::optional<std::size_t> run_guarded(hop::io_loop& loop) {
     return f.get();
 }
 
-/// Sets an environment variable for its lifetime, then restores it.
-class env_override {
-public:
-    env_override(const char* name, const char* value) : m_name(name) {
-        if (const char* old = std::getenv(name)) m_old = old;
-        ::setenv(name, value, 1);
-    }
-    ~env_override() {
-        if (m_old) {
-            ::setenv(m_name, m_old->c_str(), 1);
-        } else {
-            ::unsetenv(m_name);
-        }
-    }
-    env_override(const env_override&) = delete;
-    env_override& operator=(const env_override&) = delete;
-
-private:
-    const char* m_name;
-    std::optional<std::string> m_old;
-};
 
 hop::task<int> answer() { co_return 42; }
 
@@ -812,21 +794,6 @@ TEST_CASE("hop work on an asio::io_context run by several threads stays serialis
 
 namespace {
 
-struct pipe_fds {
-    int r = -1, w = -1;
-    pipe_fds() {
-        int p[2];
-        REQUIRE(::pipe(p) == 0);
-        r = p[0];
-        w = p[1];
-    }
-    ~pipe_fds() {
-        ::close(r);
-        ::close(w);
-    }
-    pipe_fds(const pipe_fds&) = delete;
-    pipe_fds& operator=(const pipe_fds&) = delete;
-};
 
 hop::task<unsigned> wait_readable(int fd, hop_test::counted) { co_return co_await hop::detail::wait_fd(fd, POLLIN); }
 

@@ -12,6 +12,7 @@
 #include <hop/detail/fd_wait.hpp>
 
 #include "support/backend.hpp"
+#include "support/os.hpp"
 
 #include <doctest/doctest.h>
 
@@ -37,50 +38,13 @@
 using namespace std::chrono_literals;
 using hop_test::for_each_backend;
 using hop_test::options_for;
+using hop_test::env_override;
+using hop_test::pipe_fds;
 
 namespace {
 
 // A failure guard only: every wait below is released by the test itself.
 constexpr auto guard = 30s;
-
-struct pipe_fds {
-    int r = -1;
-    int w = -1;
-    pipe_fds() {
-        int p[2];
-        REQUIRE(::pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0);
-        r = p[0];
-        w = p[1];
-    }
-    ~pipe_fds() {
-        ::close(r);
-        ::close(w);
-    }
-    pipe_fds(const pipe_fds&) = delete;
-    pipe_fds& operator=(const pipe_fds&) = delete;
-};
-
-/// Sets an environment variable for its lifetime, then restores it.
-class env_override {
-public:
-    env_override(const char* name, const char* value) : m_name(name) {
-        if (const char* old = std::getenv(name)) m_old = old;
-        ::setenv(name, value, 1);
-    }
-    ~env_override() {
-        if (m_old) {
-            ::setenv(m_name, m_old->c_str(), 1);
-        } else {
-            ::unsetenv(m_name);
-        }
-    }
-    env_override(const env_override&) = delete;
-    env_override& operator=(const env_override&) = delete;
-
-private:
-    const char* m_name;
-    std::optional<std::string> m_old;
-};
 
 // Waits on `loop` (from wherever the coroutine runs) until `fd` is readable.
 hop::task<unsigned> wait_on(hop::io_loop& loop, int fd, std::latch* started) {
@@ -127,7 +91,7 @@ TEST_CASE("a stop request that claims an operation while its loop is being destr
     // the waiter. (Before the fix the loop was gone by then: the post went
     // to freed memory and the waiter was never resumed.)
     for_each_backend([](hop::backend b) {
-        pipe_fds p;
+        pipe_fds p(O_NONBLOCK);
         hop::cpu_pool pool{1};
         auto loop = std::make_unique<hop::io_loop>(options_for(b));
         hop::io_loop& l = *loop;
@@ -260,7 +224,7 @@ TEST_CASE("stop requests from other threads racing completions: every wait ends 
         loop_thread runner(loop);
         hop::cpu_pool pool{2};
         for (int round = 0; round < 200; ++round) {
-            pipe_fds p;
+            pipe_fds p(O_NONBLOCK);
             std::latch started{1};
             auto f = hop::spawn(pool, wait_on(loop, p.r, &started));
             started.wait();
@@ -282,7 +246,7 @@ TEST_CASE("native_handle() becomes readable when an fd the loop waits on does, a
         const int hop_fd = loop.native_handle();
         for (int round = 0; round < 3; ++round) {
             INFO("round " << round);
-            pipe_fds p;
+            pipe_fds p(O_NONBLOCK);
             std::latch started{1};
             auto f = loop.spawn(wait_on(loop, p.r, &started));
             loop.poll();  // starts the wait (it finds nothing: the pipe is empty)
