@@ -154,7 +154,15 @@ TEST_CASE("a server out of descriptors backs off, keeps its connections and serv
                     ssize_t r;
                     while ((r = ::recv(c, &got, 1, 0)) < 0 && errno == EINTR) {
                     }
-                    REQUIRE(r == 1);
+                    if (r != 1) {
+                        // Drain what the server said before it failed (a reset
+                        // usually means it died): the message names it.
+                        char chunk[4096];
+                        ssize_t n;
+                        while ((n = ::read(err[0], chunk, sizeof chunk)) > 0) log.append(chunk, static_cast<std::size_t>(n));
+                    }
+                    REQUIRE_MESSAGE(r == 1, "recv on connection " << j << ": " << r << " (errno " << errno
+                                                                   << "); the server's stderr: " << log);
                     CHECK(got == sent);  // no byte lost or mixed up
                     break;
                 }

@@ -9,8 +9,11 @@
 // performs the call itself (a stream socket's recv and send: async_receive /
 // async_send, which keep the fd's epoll registration as it is) or reports
 // readiness (async_wait) and the call is tried again. File calls run on the
-// blocking pool. Each waiting operation has its own Asio cancellation slot,
-// so cancelling one leaves the others on its fd alone.
+// blocking pool. Cancelling one waiting operation cancels what waits on its
+// fd in Asio (Asio's socket-wide cancel); the others, which moved no byte,
+// simply wait again. (Per-operation cancellation slots were tried: under
+// load, Asio 1.22's slot memory was seen destroyed twice, in
+// accept_backoff_test under ASan+UBSan.)
 //
 // Hosted: on a program's asio::io_context (run by the program, maybe on
 // several threads), hop's turns run as "drain" handlers, one at a time, and
@@ -23,8 +26,6 @@
 #include <hop/detail/assert.hpp>
 #include <hop/file.hpp>
 
-#include <asio/bind_cancellation_slot.hpp>
-#include <asio/cancellation_signal.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/generic/datagram_protocol.hpp>
 #include <asio/generic/stream_protocol.hpp>
@@ -259,7 +260,7 @@ public:
         bool one_off = false;            // reg is this operation's own (no slot)
         bool after_wait = false;         // the fd became ready since the first try
         bool handed_over = false;        // hosted: its result is queued on the loop
-        asio::cancellation_signal cancel;
+        bool cancel_requested = false;   // cancel_io asked for this one
         struct result_item : work_item {
             io_operation* op = nullptr;
             int result = 0;
@@ -301,7 +302,9 @@ public:
         auto& e = io_of(op);
         // Only an operation waiting in Asio can be cancelled; a blocking
         // call ends on its own.
-        if (e.reg != nullptr) e.cancel.emit(asio::cancellation_type::all);
+        if (e.reg == nullptr) return;
+        e.cancel_requested = true;
+        cancel_in_asio(*e.reg);
     }
 
     void close_fd(int fd, fd_registration* reg) noexcept override {
@@ -319,7 +322,10 @@ public:
     void cancel_all() noexcept override {
         m_timer.cancel();
         if (!m_hosted) {
-            for_each_waiting([](io_operation& op) { io_of(op).cancel.emit(asio::cancellation_type::all); });
+            // Their aborts are final: the loop is closing.
+            for (epoll_reg* r = m_regs; r != nullptr; r = r->next_live) {
+                if (!r->waiting.empty()) cancel_in_asio(*r);
+            }
             return;
         }
         // A host's threads may run the handlers late, or never (the host
@@ -332,7 +338,7 @@ public:
         for_each_waiting([this](io_operation& op) {
             auto& e = io_of(op);
             if (e.handed_over) return;  // it ends through the loop's queue
-            e.cancel.emit(asio::cancellation_type::all);  // Asio lets go of the buffers now
+            if (e.reg != nullptr) cancel_in_asio(*e.reg);  // Asio lets go of the buffers now
             epoll_reg* r = e.reg;
             unlink(op);
             if (e.one_off && r != nullptr) drop(*r, false);
@@ -437,11 +443,11 @@ private:
             if (m_hosted) {
                 // May run on any host thread, after the loop is gone: holds
                 // the shared state, touches the operation only through it.
-                issue(op, e, *r, [s = m_shared, &op](const std::error_code& ec, std::size_t n) {
+                issue(op, *r, [s = m_shared, &op](const std::error_code& ec, std::size_t n) {
                     hand_over(*s, op, ec, n);
                 });
             } else {
-                issue(op, e, *r, [this, &op](const std::error_code& ec, std::size_t n) { on_asio_done(op, ec, n); });
+                issue(op, *r, [this, &op](const std::error_code& ec, std::size_t n) { on_asio_done(op, ec, n); });
             }
         } catch (...) {
             unlink(op);
@@ -452,24 +458,22 @@ private:
     // Hands the operation to Asio with `done(ec, n)` as its handler; n is
     // ~0 for a readiness wait.
     template <class Done>
-    static void issue(io_operation& op, epoll_io& e, epoll_reg& r, Done done) {
+    static void issue(io_operation& op, epoll_reg& r, Done done) {
         auto& io = op.io;
-        auto slot = e.cancel.slot();
         const readiness_wait w = io.kind->readiness.wait;
         auto* stream = std::get_if<stream_socket>(&r.obj);
         if (w == readiness_wait::receive && stream != nullptr) {
             stream->async_receive(asio::mutable_buffer(static_cast<char*>(io.buf) + io.done, bytes_left(io)), io.flags,
-                                  asio::bind_cancellation_slot(slot, std::move(done)));
+                                  std::move(done));
             return;
         }
         if (w == readiness_wait::send && stream != nullptr) {
             stream->async_send(asio::const_buffer(static_cast<char*>(io.buf) + io.done, bytes_left(io)), io.flags,
-                               asio::bind_cancellation_slot(slot, std::move(done)));
+                               std::move(done));
             return;
         }
         const bool write = waits_writable(*io.kind, io);
-        auto ready = asio::bind_cancellation_slot(
-            slot, [done = std::move(done)](const std::error_code& ec) mutable { done(ec, ~std::size_t{0}); });
+        auto ready = [done = std::move(done)](const std::error_code& ec) mutable { done(ec, ~std::size_t{0}); };
         std::visit(
             [&](auto& o) {
                 using T = std::decay_t<decltype(o)>;
@@ -531,7 +535,15 @@ private:
             finish(op, -ECANCELED);
             return;
         }
+        if (result == -ECANCELED && !e.cancel_requested && !m_core.closing()) {
+            // Another operation on this fd was cancelled (Asio cancels them
+            // all); this one moved no byte: it waits again.
+            e.handed_over = false;
+            wait_on(op, e, *e.reg);
+            return;
+        }
         if (op.io.kind->readiness.wait == readiness_wait::receive) {
+            // (Not known what Asio saw when it was aborted: try first next time.)
             e.reg->asio_read_short = result <= 0 || static_cast<std::size_t>(result) < bytes_left(op.io);
         }
         if (result == -EAGAIN) {
@@ -574,6 +586,12 @@ private:
             release(r);
         }
         delete &r;
+    }
+
+    // Asio ends everything waiting on the fd with operation_aborted.
+    static void cancel_in_asio(epoll_reg& r) noexcept {
+        std::error_code ignored;
+        std::visit([&](auto& o) { o.cancel(ignored); }, r.obj);
     }
 
     // The fd leaves Asio (and the reactor) but stays open.
