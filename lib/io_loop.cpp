@@ -38,7 +38,7 @@ void throw_io_failure(int result, const std::string& what) {
 }
 
 loop_core::running_scope::running_scope(loop_core& c) noexcept
-    : m_core(c), m_exec(&c.owner()), m_prev_loop(tl_core) {
+    : m_exec(&c.owner()), m_prev_loop(tl_core) {
     tl_core = &c;
 }
 

@@ -202,7 +202,6 @@ public:
         running_scope& operator=(const running_scope&) = delete;
 
     private:
-        loop_core& m_core;
         current_executor_scope m_exec;
         loop_core* m_prev_loop;
     };
