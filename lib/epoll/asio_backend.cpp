@@ -258,7 +258,6 @@ public:
     struct epoll_io {
         epoll_reg* reg = nullptr;        // where it waits
         bool one_off = false;            // reg is this operation's own (no slot)
-        bool after_wait = false;         // the fd became ready since the first try
         bool handed_over = false;        // hosted: its result is queued on the loop
         bool cancel_requested = false;   // cancel_io asked for this one
         struct result_item : work_item {
@@ -551,7 +550,6 @@ private:
             if (result == -EAGAIN && !m_core.closing()) {
                 // Spurious readiness (another reader took the data): wait again.
                 e.handed_over = false;
-                e.after_wait = true;
                 wait_on(op, e, *e.reg);
                 return;
             }
