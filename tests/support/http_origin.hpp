@@ -15,6 +15,8 @@
 // Readiness is found by polling connect() on the port, bounded in tries; a
 // server that exits early fails with its log.
 
+#include "os.hpp"
+
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -119,19 +121,6 @@ inline std::uint16_t free_port() {
     }
     ::close(fd);
     return ntohs(a.sin_port);
-}
-
-/// True if something accepts TCP connections on 127.0.0.1:`port` now.
-inline bool accepting(std::uint16_t port) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return false;
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(port);
-    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    return ok;
 }
 
 /// A child process (argv[0] a full path), its stdout and stderr in `log`.

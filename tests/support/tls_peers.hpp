@@ -20,6 +20,7 @@
 // with the peer's log. A missing binary fails the test (never skips).
 
 #include "http_peers.hpp"
+#include "os.hpp"
 #include "tls_certs.hpp"
 
 #include <doctest/doctest.h>
@@ -54,19 +55,6 @@ namespace hop_test {
 /// How long a peer may take to become ready, or to print what a test waits
 /// for, before the test fails: a failure guard, not a synchronisation.
 inline constexpr auto tls_peer_guard = std::chrono::seconds(20);
-
-/// True if something accepts TCP connections on 127.0.0.1:`port` now.
-inline bool loopback_accepting(std::uint16_t port) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return false;
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(port);
-    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    return ok;
-}
 
 /// Calls `ready()` with a backoff (1 ms doubling to 20 ms) until it is true
 /// (true), `gone()` is true (false), or the guard passes (false).
@@ -304,7 +292,7 @@ public:
             m_proc.emplace(std::vector<std::string>{binary, "-p", dir().string() + "/", "-c", (dir() / "nginx.conf").string(),
                                                     "-e", error_log.string()},
                            dir() / "stderr.log");
-            const bool up = poll_until([&] { return loopback_accepting(m_port); }, [&] { return m_proc->exited(); });
+            const bool up = poll_until([&] { return accepting(m_port); }, [&] { return m_proc->exited(); });
             if (up) return;
             const std::string log = m_proc->output() + read_text(error_log);
             m_proc.reset();
