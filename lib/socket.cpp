@@ -121,7 +121,9 @@ std::size_t transfer_operation::await_resume() {
 
 // ---- accept -------------------------------------------------------------
 
-accept_operation::accept_operation(socket_handle& s) : io_operation(s.loop_for("hop::tcp_listener::accept")) {
+accept_operation::accept_operation(socket_handle& s, bool detached)
+    : io_operation(s.loop_for(detached ? "hop::tcp_listener::accept_detached" : "hop::tcp_listener::accept")),
+      m_detached(detached) {
     io.kind = &io_kind_accept;
     io.fd = s.fd();
     io.addr = reinterpret_cast<sockaddr*>(&m_peer);
@@ -139,6 +141,12 @@ tcp_stream accept_operation::await_resume() {
         } catch (...) {
         }
         throw_sys(-r, on_fd("hop::tcp_listener::accept", io.fd) + where);
+    }
+    if (m_detached) {
+        // O_NONBLOCK is as this loop's backend left it; the binding loop
+        // changes it if its backend wants otherwise.
+        return tcp_stream(socket_handle(r, io_handle::fd_mode::as_backend_wants,
+                                        loop().core().backend().wants_nonblocking()));
     }
     return tcp_stream(socket_handle(r, io_handle::fd_mode::as_backend_wants, loop()));
 }
@@ -366,6 +374,7 @@ tcp_listener tcp_listener::bind(const endpoint& local, const listen_options& opt
 }
 
 detail::accept_operation tcp_listener::accept() { return detail::accept_operation(m_handle); }
+detail::accept_operation tcp_listener::accept_detached() { return detail::accept_operation(m_handle, true); }
 
 endpoint tcp_listener::local_endpoint() const {
     checked_fd(m_handle, "hop::tcp_listener::local_endpoint");

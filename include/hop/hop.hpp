@@ -8,6 +8,7 @@
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 #include <hop/io_loop.hpp>
+#include <hop/io_pool.hpp>
 #include <hop/net.hpp>
 #include <hop/sync.hpp>
 #include <hop/task_group.hpp>

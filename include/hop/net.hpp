@@ -158,12 +158,14 @@ private:
 
 class accept_operation : public io_operation {
 public:
-    explicit accept_operation(socket_handle& s);
+    /// `detached`: the stream belongs to no loop yet (accept_detached()).
+    explicit accept_operation(socket_handle& s, bool detached = false);
     /// @throws std::system_error (EMFILE when out of descriptors...).
     tcp_stream await_resume();
 
 private:
     sockaddr_storage m_peer{};
+    bool m_detached;
 };
 
 /// udp send_to.
@@ -327,6 +329,12 @@ public:
     ///         out of descriptors or memory, an aborted connection) back
     ///         off a little and accept again, as nginx and Go's net/http do.
     detail::accept_operation accept();
+    /// As accept(), but the stream belongs to no loop yet: like one from
+    /// tcp_stream::adopt(), its first operation binds it to the loop that
+    /// runs it. For handing connections to other loops (an io_pool's
+    /// acceptor): move the stream into a task started on the loop that
+    /// should serve it. @throws as accept().
+    detail::accept_operation accept_detached();
 
     endpoint local_endpoint() const;
     void close() noexcept { m_handle.close(); }
