@@ -215,8 +215,8 @@ public:
     std::atomic<std::size_t> m_shard_count{0};
     bool m_hand_off = false;  // least_loaded over several loops: the acceptor hands connections out
 
-    // The connection cap: slots taken (by an accept about to happen or a
-    // connection not ended), over every shard.
+    // The connection cap: connections counted and not ended, over every
+    // shard.
     std::atomic<std::size_t> m_slots{0};
     event m_slot_free;
 
@@ -286,18 +286,16 @@ public:
         }
         return false;
     }
-    // Takes a connection slot, waiting while every one is taken. A
-    // cancellation point.
-    task<void> take_slot() {
-        const std::size_t max = m_options.max_connections;
+    // Waits until a slot is free (`take`: and takes it). A cancellation
+    // point.
+    task<void> wait_for_slot(bool take) {
         for (;;) {
-            std::size_t cur = m_slots.load(std::memory_order_relaxed);
-            while (cur < max) {
-                if (m_slots.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) co_return;
+            if (take ? try_take_slot() : m_slots.load(std::memory_order_acquire) < m_options.max_connections) {
+                co_return;
             }
             m_slot_free.reset();
             // A slot freed before the reset set the event too early: look again.
-            if (m_slots.load(std::memory_order_acquire) < max) continue;
+            if (m_slots.load(std::memory_order_acquire) < m_options.max_connections) continue;
             co_await m_slot_free.wait();
         }
     }
@@ -1034,7 +1032,12 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_
     std::uint64_t burst = 0;
     std::size_t turn = 0;
     for (;;) {
-        if (!st.try_take_slot()) co_await st.take_slot();
+        // The cap: a slot is taken once a connection is accepted, so an
+        // acceptor that waits holds none (with several acceptors, each may
+        // accept one connection that then waits, unserved, for a slot).
+        if (st.m_slots.load(std::memory_order_acquire) >= st.m_options.max_connections) {
+            co_await st.wait_for_slot(false);
+        }
         tcp_stream s;
         std::string failure;
         try {
@@ -1044,12 +1047,8 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_
                 s = co_await here.m_listener.accept();
             }
         } catch (const std::system_error& e) {
-            st.release_slot();
             if (!is_transient_accept_error(e)) throw;
             failure = e.what();
-        } catch (...) {
-            st.release_slot();
-            throw;
         }
         if (!failure.empty()) {
             here.m_accept_failures.fetch_add(1, std::memory_order_relaxed);
@@ -1066,6 +1065,7 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_
             burst = 0;
             backoff = first_backoff;
         }
+        if (!st.try_take_slot()) co_await st.wait_for_slot(true);
         st.dispatch(self, here, turn, std::move(s));
     }
 }

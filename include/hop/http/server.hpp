@@ -54,14 +54,18 @@
 /// - a handler that throws gets a 500 (logged) and the server goes on; so
 ///   does a handler that returns a status outside 200-999 (1xx is no final
 ///   status);
-/// - at most max_connections connections are served at once: further ones
-///   wait in the listen backlog until one ends (with io_uring up to 64 more
-///   may already be accepted by the kernel; they wait unserved too);
+/// - at most max_connections connections are served at once (over every
+///   loop): further ones wait in the listen backlog until one ends (with
+///   io_uring up to 64 more may already be accepted by the kernel, and with
+///   accept_mode::reuse_port each loop's acceptor may hold one it took as
+///   the last slot went to another loop; they wait unserved too);
 /// - accept failures that come from the machine (out of descriptors or
 ///   memory, a connection aborted before it was taken) do not stop the
 ///   server: it waits (a few ms, doubling up to 1 s) and tries again, and
 ///   logs one line when such a run of failures starts and one when it ends
-///   (each acceptor on its own, on a pool).
+///   (an accept succeeds again). On a pool each acceptor does so on its
+///   own; a reuse_port acceptor with no connection waiting fails too (the
+///   descriptor is taken first), and its run ends at its next connection.
 ///
 /// Upgrade requests (WebSocket, h2c) are answered as plain requests and the
 /// connection is then closed; there is no TLS yet.
