@@ -1018,9 +1018,14 @@ void server_state::dispatch(const std::shared_ptr<server_state>& self, server_sh
         return;
     }
     to->m_incoming.fetch_add(1, std::memory_order_relaxed);
-    // A failed post (the target loop is going away) destroys the hand-off
-    // unrun, which gives its counts back and closes the stream.
-    to->m_loop->post(hand_off(self, to, std::move(s)));
+    try {
+        to->m_loop->post(hand_off(self, to, std::move(s)));
+    } catch (const std::exception& e) {
+        // Out of memory: the hand-off, destroyed unrun, gave its counts
+        // back and closed the stream. The server goes on.
+        log("hop::http::server: a connection could not be handed to loop " + std::to_string(to->m_index) + ": " +
+            e.what());
+    }
 }
 
 task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_shard* sh) {
