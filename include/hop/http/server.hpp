@@ -304,21 +304,22 @@ public:
 
     /// serve() on every loop of `loops`: each loop serves its own share of
     /// the connections (its own connection list, deadlines and counters;
-    /// nothing is locked per request), spread as options.accept says. With
-    /// accept_mode::least_loaded the acceptor runs on the pool's loop that
-    /// runs the awaiting coroutine, or on loops[0] if it runs none of them.
+    /// nothing is locked per request), spread as options.accept says, and
+    /// runs their handlers. With accept_mode::least_loaded the acceptor
+    /// runs on the pool's loop that runs the awaiting coroutine, or on
+    /// loops[0] if it runs none of them.
     ///
     /// Runs until the awaiting coroutine's stop token is requested,
-    /// shutdown() is called, or the pool is stopped; then the graceful
-    /// shutdown serve() describes happens on every loop: all listeners
-    /// close first, then each loop closes its idle connections, gives its
-    /// requests in flight shutdown_grace, cancels the rest and waits for
-    /// them; serve(loops) returns normally once every loop is done. The
-    /// pool waits for that before it stops (its tasks are serve's).
+    /// shutdown() is called, or the pool is stopped (or destroyed); then
+    /// the graceful shutdown serve() describes happens on every loop: all
+    /// listeners close first, then each loop closes its idle connections,
+    /// gives its requests in flight shutdown_grace, cancels the rest and
+    /// waits for them; serve(loops) returns normally once every loop is
+    /// done. Each loop's part is a task of the pool (io_pool::spawn_on), so
+    /// a pool that stops waits for it.
     ///
-    /// The caller resumes on its own executor (a pool loop or another);
-    /// `loops` must be running and outlive the call. serve() and
-    /// serve(io_pool&) together can run once per server.
+    /// The caller resumes on its own executor (a pool loop or another).
+    /// serve() and serve(io_pool&) together can run once per server.
     /// @throws std::logic_error for an empty server or a second serve.
     /// @throws hop::executor_shutdown_error if `loops` is stopping.
     /// @throws std::system_error if a reuse_port listener cannot be bound
