@@ -161,7 +161,8 @@ public:
 
     /// Number of loops.
     std::size_t size() const noexcept;
-    /// Loop `i`. Thread-safe.
+    /// Loop `i`. Thread-safe. The reference is good until the pool has
+    /// shut down (run() returned, or the destructor).
     /// @throws std::out_of_range naming `i` and size().
     io_loop& operator[](std::size_t i) const;
     /// The pool's loop the calling thread runs, or null.
