@@ -71,6 +71,18 @@ void loop_core::post(work_item* w) noexcept {
     wake_if_sleeping();
 }
 
+void loop_core::wake_for_poster() noexcept {
+    // A thread inside another loop's turn may hand the wake to that loop
+    // (io_uring: a MSG_RING that rides on its next submission). Not while
+    // that loop shuts down: its ring may go before it submits again.
+    loop_core* poster = tl_core;
+    if (poster != nullptr && poster != this && poster->m_backend != nullptr && !poster->closing()) {
+        if (m_backend->wake_from(*poster->m_backend)) poster->m_wakes_owed = true;
+        return;
+    }
+    m_backend->wake();
+}
+
 // ---- the turn -----------------------------------------------------------------
 
 std::size_t loop_core::turn(bool may_block) {
@@ -107,7 +119,13 @@ std::size_t loop_core::turn(bool may_block) {
     } else {
         n += m_backend->reap();
     }
-    return n + run_ready();
+    n += run_ready();
+    // Wakes of other loops queued by the handlers above go to the kernel
+    // now: the next turn's submission may never come (stop, run_once), and
+    // a wake left in the queue is a lost one. Those queued by the first
+    // batch went with reap() / wait() already; this is then a no-op.
+    flush_owed_wakes();
+    return n;
 }
 
 std::size_t loop_core::run() {
@@ -157,7 +175,10 @@ int loop_core::native_handle() {
 }
 
 void loop_core::shutdown() {
+    // From here on posts made on this thread wake their targets by eventfd
+    // (wake_for_poster); any still owed go now.
     m_closing.store(true, std::memory_order_release);
+    flush_owed_wakes();
     m_sleeping.store(false, std::memory_order_seq_cst);
     // The destroying thread acts as the loop thread while it winds down:
     // waiting coroutines are resumed with cancelled_error and allowed to

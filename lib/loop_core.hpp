@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -33,11 +34,27 @@ struct fd_registration {
     virtual ~fd_registration() = default;
 };
 
+/// How a backend's loop woke other loops, and was woken by them: figures for
+/// tests and benchmarks (loop_backend::wake_counts). Only io_uring keeps them.
+struct wake_stats {
+    /// Wakes this loop sent to sleeping io_uring loops as IORING_OP_MSG_RING.
+    std::uint64_t msg_ring_sent = 0;
+    /// Wakes this loop sent to sleeping loops by their eventfd (the target
+    /// or this loop cannot take a MSG_RING, or queueing one failed).
+    std::uint64_t eventfd_sent = 0;
+    /// MSG_RING wakes the kernel refused or could not submit; each made this
+    /// loop write the eventfd of every live io_uring loop instead.
+    std::uint64_t msg_ring_failed = 0;
+    /// MSG_RING wakes this loop received.
+    std::uint64_t msg_ring_received = 0;
+};
+
 /// What a kernel facility provides to loop_core.
 ///
 /// Threads: every function is called on the loop thread (the thread inside
-/// the core's turn, or the thread destroying the loop) except wake(), which
-/// any thread may call, and the destructor, called after shutdown.
+/// the core's turn, or the thread destroying the loop) except wake() and
+/// wake_from(), which other threads call, and the destructor, called after
+/// shutdown.
 ///
 /// Completions: an operation's completion is its io_operation::complete()
 /// call. A backend calls it only from start_io (a call that finished at
@@ -75,6 +92,24 @@ public:
     /// Thread-safe, never blocks: makes a wait() in progress (or the next
     /// one) return soon. The core calls it only while the loop sleeps.
     virtual void wake() noexcept = 0;
+    /// wake() for a post made on the thread running another loop, `poster`
+    /// (inside its turn, not shutting down), under this core's remote lock
+    /// (so this backend is alive throughout). It may leave the wake to the
+    /// poster's backend, to be sent with the poster's next submission
+    /// (io_uring to io_uring: an IORING_OP_MSG_RING on the poster's ring,
+    /// no syscall of its own); it returns true then, and the poster's core
+    /// calls poster.flush_wakes() before its turn ends. Otherwise it wakes
+    /// as wake() does and returns false.
+    virtual bool wake_from(loop_backend& poster) noexcept {
+        (void)poster;
+        wake();
+        return false;
+    }
+    /// Hands the wakes other backends' wake_from() left here to the kernel
+    /// now; a wake that cannot be sent is made by eventfd. Loop thread.
+    virtual void flush_wakes() noexcept {}
+    /// How this loop woke others and was woken (loop thread).
+    virtual wake_stats wake_counts() const noexcept { return {}; }
 
     // ---- driving the loop from a program's own poll loop --------------------
 
@@ -184,6 +219,11 @@ public:
     }
     std::size_t timer_count() const noexcept { return m_heap.size(); }
 
+    /// True while the loop sleeps in the backend (or its host sleeps on the
+    /// native handle) and a post from another thread must wake it. Any
+    /// thread; for tests and benchmarks that need a sleeping target.
+    bool sleeping() const noexcept { return m_sleeping.load(std::memory_order_seq_cst); }
+
     // ---- stop -------------------------------------------------------------
 
     void request_stop() noexcept {
@@ -214,7 +254,19 @@ private:
         // the shared line.
         if (m_always_wake ||
             (m_sleeping.load(std::memory_order_seq_cst) && m_sleeping.exchange(false, std::memory_order_seq_cst))) {
-            m_backend->wake();
+            wake_for_poster();
+        }
+    }
+    /// Wakes this loop for a post from another thread: through the
+    /// poster's own loop when the thread runs one (wake_from), else wake().
+    void wake_for_poster() noexcept;
+    /// Sends the wakes that posts to other loops left on this loop's
+    /// backend (wake_from). Called before the turn ends, so none waits for
+    /// a next turn that may never come (stop, run_once).
+    void flush_owed_wakes() noexcept {
+        if (m_wakes_owed) {
+            m_wakes_owed = false;
+            m_backend->flush_wakes();
         }
     }
     std::size_t fire_expired();
@@ -241,6 +293,9 @@ private:
     std::vector<timer_node*> m_heap;
     std::uint64_t m_timer_seq = 0;
     std::size_t m_cancels_owed = 0;
+    // A post to another loop left its wake on this loop's backend: send it
+    // before the turn ends (flush_owed_wakes). Loop thread.
+    bool m_wakes_owed = false;
 
     // The loop thread is asleep in the backend (or the host sleeps on the
     // native handle): a post from another thread must wake it. Set before

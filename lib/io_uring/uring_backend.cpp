@@ -10,6 +10,49 @@
 // Cross-thread wakeup: a read on an eventfd is kept armed in the ring; the
 // core calls wake() (which writes the eventfd) only while the loop sleeps,
 // so a busy loop pays no syscall per post.
+//
+// Loop to loop: a post made on a thread that runs another io_uring loop
+// wakes a sleeping target with an IORING_OP_MSG_RING prepared on the
+// poster's own ring (wake_from): the kernel puts a CQE (msg_wake_tag) in
+// the target's completion queue, which ends its wait directly — no eventfd
+// write, no armed read to complete and re-arm. IOSQE_CQE_SKIP_SUCCESS keeps
+// the poster's ring free of a CQE for every wake; a failed send still posts
+// one (msg_sent_tag). (IORING_MSG_RING_CQE_SKIP, the other "skip" flag, is
+// about the target's CQE and only for IORING_MSG_SEND_FD: data messages with
+// it are refused with -EINVAL.)
+//
+// When the SQE goes: at the end of the poster's handler batch, with whatever
+// else those handlers queued — loop_core flushes before the turn ends
+// (flush_wakes; reap() and wait() submit it anyway when they follow the
+// batch). The trade: a wake queued early in a long batch waits for the rest
+// of the batch (the target sleeps meanwhile), where an eventfd write would
+// wake it at once; in return the wake costs no syscall of its own when the
+// batch submits other work, and a target woken once sees every post the
+// batch made. Handler batches are short in practice (coroutine steps); a
+// loop whose handlers run for milliseconds delays its wakes as long.
+//
+// Failures fall back to eventfd, so no wake is lost: no SQE (queue full) ->
+// the target's eventfd at once (the target is alive: the poster holds its
+// remote lock); a submit that fails, or a failure CQE (-EBADFD, -EOVERFLOW,
+// ...) -> the eventfd of every live io_uring loop (the CQE does not say
+// which target, and an extra wake costs only a turn). Issue of a data
+// message to a ring without IOPOLL or DEFER_TASKRUN (hop sets neither) is
+// inline in the submit, so the failure CQE is in the poster's queue when
+// the submit returns: flush_wakes() looks for it there, and the destructor
+// reaps before the ring goes.
+//
+// The target's ring fd is read under the target's lock, but the SQE is
+// submitted later: if the target is destroyed in between, the fd may be
+// closed (-EBADFD: the poster then wakes every loop, harmlessly) or reused
+// by another ring (which gets a stray msg_wake_tag CQE: a spurious wake;
+// hop ignores it). Never memory: a data message carries no pointers.
+//
+// HOP_URING_NO_MSG_RING=1, read when a ring is set up, makes that ring
+// neither send nor take MSG_RING wakes (eventfd only): a benchmark and test
+// knob (bench/cross_loop_bench, tests/cross_loop_test). For tests only,
+// HOP_TEST_URING_MSG_RING_FAIL=1 makes the ring send its MSG_RING wakes to
+// the target's eventfd instead of its ring, which the kernel refuses
+// (-EBADFD): the fallback must still wake the target.
 
 #include "uring_backend.hpp"
 
@@ -21,11 +64,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <cerrno>
 #include <ctime>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <system_error>
@@ -39,7 +84,30 @@ namespace {
 constexpr __u64 wake_tag = 1;
 constexpr __u64 timeout_tag = 2;
 constexpr __u64 cancel_tag = 3;
+// Another loop's MSG_RING wake arrived (the target's CQE).
+constexpr __u64 msg_wake_tag = 4;
+// A MSG_RING wake this loop sent (the poster's CQE: only on failure when the
+// kernel has IORING_FEAT_CQE_SKIP, always otherwise).
+constexpr __u64 msg_sent_tag = 5;
 constexpr unsigned submit_batch = 32;
+
+// The wake eventfds of every live io_uring loop: where a MSG_RING wake that
+// failed, target unknown, falls back to (wake_every_loop). Immortal: loops
+// in static objects may outlive any static registry.
+struct wake_registry {
+    std::mutex mutex;
+    std::vector<int> fds;
+};
+wake_registry& live_wake_fds() {
+    static auto* r = new wake_registry;
+    return *r;
+}
+
+void wake_every_loop() noexcept {
+    auto& r = live_wake_fds();
+    std::lock_guard lock(r.mutex);
+    for (int fd : r.fds) (void)::eventfd_write(fd, 1);
+}
 
 // liburing maps and unmaps the rings with raw syscalls, which TSan does not
 // see: a ring mapped where another loop's ring was unmapped a moment ago
@@ -63,17 +131,32 @@ void ring_mapped() noexcept {}
 void ring_unmapped() noexcept {}
 #endif
 
-// What hop relies on arrived together in Linux 5.19: cancel by fd and of
-// everything (IORING_ASYNC_CANCEL_FD / _ANY: close and shutdown), multishot
-// accept. None of them can be probed; IORING_OP_SOCKET, from the same
-// release, can. HOP_TEST_URING_TOO_OLD=1 makes a test see an older kernel.
-bool kernel_is_new_enough_for(io_uring& ring) noexcept {
-    if (const char* t = std::getenv("HOP_TEST_URING_TOO_OLD"); t != nullptr && std::strcmp(t, "1") == 0) return false;
+bool env_is_1(const char* name) noexcept {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// What the ring's kernel can do, probed once at setup.
+struct ring_caps {
+    // What hop relies on arrived together in Linux 5.19: cancel by fd and
+    // of everything (IORING_ASYNC_CANCEL_FD / _ANY: close and shutdown),
+    // multishot accept. None of them can be probed; IORING_OP_SOCKET, from
+    // the same release, can. HOP_TEST_URING_TOO_OLD=1 makes a test see an
+    // older kernel.
+    bool new_enough = false;
+    // IORING_OP_MSG_RING (5.18), unless HOP_URING_NO_MSG_RING=1.
+    bool msg_ring = false;
+};
+
+ring_caps probe_ring(io_uring& ring) noexcept {
+    ring_caps caps;
+    if (env_is_1("HOP_TEST_URING_TOO_OLD")) return caps;
     io_uring_probe* probe = io_uring_get_probe_ring(&ring);
-    if (probe == nullptr) return false;
-    const bool ok = io_uring_opcode_supported(probe, IORING_OP_SOCKET) != 0;
+    if (probe == nullptr) return caps;
+    caps.new_enough = io_uring_opcode_supported(probe, IORING_OP_SOCKET) != 0;
+    caps.msg_ring = io_uring_opcode_supported(probe, IORING_OP_MSG_RING) != 0 && !env_is_1("HOP_URING_NO_MSG_RING");
     io_uring_free_probe(probe);
-    return ok;
+    return caps;
 }
 
 __kernel_timespec to_timespec(loop_clock::duration d) {
@@ -117,7 +200,11 @@ public:
         }
         if (r < 0) throw_errno(r, "hop::io_loop: io_uring_queue_init");
         ring_mapped();
-        if (!kernel_is_new_enough_for(m_ring)) {
+        const ring_caps caps = probe_ring(m_ring);
+        m_msg_ring = caps.msg_ring;
+        m_test_msg_fail = env_is_1("HOP_TEST_URING_MSG_RING_FAIL");
+        m_cqe_skip = (p.features & IORING_FEAT_CQE_SKIP) != 0;
+        if (!caps.new_enough) {
             ring_unmapped();
             io_uring_queue_exit(&m_ring);
             throw std::system_error(ENOSYS, std::generic_category(),
@@ -131,12 +218,28 @@ public:
             io_uring_queue_exit(&m_ring);
             throw_errno(e, "hop::io_loop: eventfd");
         }
+        try {
+            auto& reg = live_wake_fds();
+            std::lock_guard lock(reg.mutex);
+            reg.fds.push_back(m_wake_fd);
+        } catch (...) {
+            ::close(m_wake_fd);
+            ring_unmapped();
+            io_uring_queue_exit(&m_ring);
+            throw;
+        }
     }
 
     ~uring_backend() override {
         cancel_everything_and_reap();
         while (m_regs) delete m_regs;
         if (m_notify_fd >= 0) ::close(m_notify_fd);
+        {
+            // Out of the registry before the fd can be reused.
+            auto& reg = live_wake_fds();
+            std::lock_guard lock(reg.mutex);
+            if (auto it = std::find(reg.fds.begin(), reg.fds.end(), m_wake_fd); it != reg.fds.end()) reg.fds.erase(it);
+        }
         ::close(m_wake_fd);
         ring_unmapped();  // before the unmapping: a new ring may be mapped here at once
         io_uring_queue_exit(&m_ring);
@@ -170,6 +273,53 @@ public:
     bool results_ready() const noexcept override { return io_uring_cq_ready(&m_ring) != 0; }
 
     void wake() noexcept override { (void)::eventfd_write(m_wake_fd, 1); }
+
+    // Called on the poster's thread, under this (the target's) core's
+    // remote lock: this backend and its ring fd are alive throughout.
+    bool wake_from(loop_backend& poster_backend) noexcept override {
+        if (poster_backend.kind() != hop::backend::io_uring) {
+            wake();
+            return false;
+        }
+        // The only io_uring backend there is.
+        auto& poster = static_cast<uring_backend&>(poster_backend);
+        const int target_fd = poster.m_test_msg_fail ? m_wake_fd : m_ring.ring_fd;
+        if (m_msg_ring && poster.m_msg_ring && poster.queue_msg_wake(target_fd)) return true;
+        ++poster.m_stats.eventfd_sent;
+        wake();
+        return false;
+    }
+
+    void flush_wakes() noexcept override {
+        if (m_msgs_unflushed == 0) return;
+        m_msgs_unflushed = 0;
+        if (io_uring_sq_ready(&m_ring) != 0) {
+            const int r = io_uring_submit(&m_ring);
+            if (r < 0 || io_uring_sq_ready(&m_ring) != 0) {
+                // Not (all) submitted (-EBUSY, -EAGAIN, -EINTR...): the
+                // SQEs go with the next submit, the wakes now.
+                ++m_stats.msg_ring_failed;
+                wake_every_loop();
+                return;
+            }
+        }
+        // A failed send's CQE is in our queue by now (issue is inline); it
+        // is dispatched with the next reap, which may be a while away if
+        // this loop stops: act on it now. (The dispatch acts again: one
+        // more spurious wake, only ever after a failure.)
+        io_uring_cqe* cqe;
+        unsigned head;
+        bool failed = false;
+        io_uring_for_each_cqe(&m_ring, head, cqe) {
+            if (cqe->user_data == msg_sent_tag && cqe->res < 0) failed = true;
+        }
+        if (failed) {
+            ++m_stats.msg_ring_failed;
+            wake_every_loop();
+        }
+    }
+
+    wake_stats wake_counts() const noexcept override { return m_stats; }
 
     int native_handle() override {
         if (m_notify_fd < 0) {
@@ -558,6 +708,23 @@ private:
 
     void signal_wake() noexcept { (void)::eventfd_write(m_wake_fd, 1); }
 
+    // Prepares a MSG_RING wake of the ring `target_fd` on this ring (the
+    // poster's; its loop thread). False if there is no SQE for it.
+    bool queue_msg_wake(int target_fd) noexcept {
+        io_uring_sqe* sqe;
+        try {
+            sqe = get_sqe();
+        } catch (...) {
+            return false;
+        }
+        io_uring_prep_msg_ring(sqe, target_fd, 0, msg_wake_tag, 0);
+        io_uring_sqe_set_data64(sqe, msg_sent_tag);
+        if (m_cqe_skip) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+        ++m_msgs_unflushed;
+        ++m_stats.msg_ring_sent;
+        return true;
+    }
+
     void arm_wake() {
         if (m_wake_armed) return;
         io_uring_sqe* sqe = get_sqe();
@@ -602,6 +769,15 @@ private:
                 --m_timeouts_inflight;
                 m_armed_deadline.reset();
                 return false;
+            case msg_wake_tag:
+                ++m_stats.msg_ring_received;
+                return false;
+            case msg_sent_tag:
+                if (res < 0) {
+                    ++m_stats.msg_ring_failed;
+                    wake_every_loop();
+                }
+                return false;
             case cancel_tag:
             case LIBURING_UDATA_TIMEOUT:
                 return false;
@@ -617,6 +793,11 @@ private:
     void cancel_everything_and_reap() noexcept {
         try {
             loop_core::running_scope scope(m_core);
+            // MSG_RING wakes still queued go now, and the failure CQEs of
+            // those sent go through dispatch (falling back to eventfd)
+            // before the ring, and they with it, goes.
+            if (io_uring_sq_ready(&m_ring) != 0) io_uring_submit(&m_ring);
+            reap_ready();
             // IORING_ASYNC_CANCEL_ANY needs Linux 5.19; older kernels refuse
             // it, so nothing here may depend on it: the wake read (the only
             // internal request that writes to our memory) is ended by
@@ -641,6 +822,11 @@ private:
     io_uring m_ring{};
     int m_wake_fd = -1;
     int m_notify_fd = -1;
+    bool m_msg_ring = false;   // sends and takes MSG_RING wakes (probe, HOP_URING_NO_MSG_RING)
+    bool m_cqe_skip = false;   // IOSQE_CQE_SKIP_SUCCESS works (IORING_FEAT_CQE_SKIP)
+    bool m_test_msg_fail = false;  // HOP_TEST_URING_MSG_RING_FAIL=1: send wakes where they fail
+    unsigned m_msgs_unflushed = 0;  // MSG_RING wakes queued since the last flush_wakes
+    wake_stats m_stats;
     eventfd_t m_wake_buf = 0;
     bool m_wake_armed = false;
     std::optional<loop_clock::time_point> m_armed_deadline;
