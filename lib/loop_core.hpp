@@ -39,11 +39,12 @@ struct fd_registration {
 struct wake_stats {
     /// Wakes this loop sent to sleeping io_uring loops as IORING_OP_MSG_RING.
     std::uint64_t msg_ring_sent = 0;
-    /// Wakes this loop sent to sleeping loops by their eventfd (the target
-    /// or this loop cannot take a MSG_RING, or queueing one failed).
+    /// Wakes this loop sent to sleeping loops by their eventfd: the target
+    /// or this loop takes no MSG_RING (epoll, HOP_URING_NO_MSG_RING=1), or a
+    /// MSG_RING failed.
     std::uint64_t eventfd_sent = 0;
-    /// MSG_RING wakes the kernel refused or could not submit; each made this
-    /// loop write the eventfd of every live io_uring loop instead.
+    /// MSG_RING wakes that could not be submitted or that the kernel refused
+    /// (the target is then woken by its eventfd; see uring_backend.cpp).
     std::uint64_t msg_ring_failed = 0;
     /// MSG_RING wakes this loop received.
     std::uint64_t msg_ring_received = 0;
@@ -92,21 +93,22 @@ public:
     /// Thread-safe, never blocks: makes a wait() in progress (or the next
     /// one) return soon. The core calls it only while the loop sleeps.
     virtual void wake() noexcept = 0;
-    /// wake() for a post made on the thread running another loop, `poster`
-    /// (inside its turn, not shutting down), under this core's remote lock
-    /// (so this backend is alive throughout). It may leave the wake to the
-    /// poster's backend, to be sent with the poster's next submission
-    /// (io_uring to io_uring: an IORING_OP_MSG_RING on the poster's ring,
-    /// no syscall of its own); it returns true then, and the poster's core
-    /// calls poster.flush_wakes() before its turn ends. Otherwise it wakes
-    /// as wake() does and returns false.
+    /// wake() for a post made on a thread that runs another loop, `poster`
+    /// (inside its run, poll or shutdown), under this core's remote lock (so
+    /// this backend is alive throughout). A backend may wake through the
+    /// poster's kernel facility instead (io_uring to io_uring: an
+    /// IORING_OP_MSG_RING prepared on the poster's ring); it returns true
+    /// then, and the core calls poster.flush_wakes() as soon as it has let
+    /// go of the lock, before the post returns. Otherwise it wakes as wake()
+    /// does and returns false.
     virtual bool wake_from(loop_backend& poster) noexcept {
         (void)poster;
         wake();
         return false;
     }
-    /// Hands the wakes other backends' wake_from() left here to the kernel
-    /// now; a wake that cannot be sent is made by eventfd. Loop thread.
+    /// Hands the wakes that wake_from() prepared here to the kernel (the
+    /// targets may be gone by now); a wake that fails is made by eventfd.
+    /// Loop thread.
     virtual void flush_wakes() noexcept {}
     /// How this loop woke others and was woken (loop thread).
     virtual wake_stats wake_counts() const noexcept { return {}; }
@@ -249,26 +251,20 @@ public:
 
 private:
     std::size_t turn(bool may_block);
-    void wake_if_sleeping() noexcept {
+    /// Under m_remote_mutex. Returns the backend whose flush_wakes() the
+    /// caller must call once it has released the lock, or null.
+    loop_backend* wake_if_sleeping() noexcept {
         // A load first: a loop that is awake costs the poster no write to
         // the shared line.
         if (m_always_wake ||
             (m_sleeping.load(std::memory_order_seq_cst) && m_sleeping.exchange(false, std::memory_order_seq_cst))) {
-            wake_for_poster();
+            return wake_for_poster();
         }
+        return nullptr;
     }
     /// Wakes this loop for a post from another thread: through the
     /// poster's own loop when the thread runs one (wake_from), else wake().
-    void wake_for_poster() noexcept;
-    /// Sends the wakes that posts to other loops left on this loop's
-    /// backend (wake_from). Called before the turn ends, so none waits for
-    /// a next turn that may never come (stop, run_once).
-    void flush_owed_wakes() noexcept {
-        if (m_wakes_owed) {
-            m_wakes_owed = false;
-            m_backend->flush_wakes();
-        }
-    }
+    loop_backend* wake_for_poster() noexcept;
     std::size_t fire_expired();
     void abort_timers() noexcept;
     void sift_up(std::size_t i) noexcept;
@@ -293,9 +289,6 @@ private:
     std::vector<timer_node*> m_heap;
     std::uint64_t m_timer_seq = 0;
     std::size_t m_cancels_owed = 0;
-    // A post to another loop left its wake on this loop's backend: send it
-    // before the turn ends (flush_owed_wakes). Loop thread.
-    bool m_wakes_owed = false;
 
     // The loop thread is asleep in the backend (or the host sleeps on the
     // native handle): a post from another thread must wake it. Set before
@@ -308,6 +301,13 @@ private:
 
 /// The loop the calling thread runs, or null.
 loop_core* current_core() noexcept;
+
+#ifndef NDEBUG
+/// Debug builds, for tests: called by a post that prepared its wake on the
+/// poster's backend (wake_from), after it let go of the target's lock and
+/// before it sends the wake — the window in which the target may go.
+extern void (*test_before_wake_flush)();
+#endif
 
 /// Turns a liburing / syscall `-errno` (or errno) into std::system_error.
 [[noreturn]] void throw_errno(int err, const char* what);

@@ -12,40 +12,45 @@
 // so a busy loop pays no syscall per post.
 //
 // Loop to loop: a post made on a thread that runs another io_uring loop
-// wakes a sleeping target with an IORING_OP_MSG_RING prepared on the
-// poster's own ring (wake_from): the kernel puts a CQE (msg_wake_tag) in
-// the target's completion queue, which ends its wait directly — no eventfd
-// write, no armed read to complete and re-arm. IOSQE_CQE_SKIP_SUCCESS keeps
-// the poster's ring free of a CQE for every wake; a failed send still posts
-// one (msg_sent_tag). (IORING_MSG_RING_CQE_SKIP, the other "skip" flag, is
-// about the target's CQE and only for IORING_MSG_SEND_FD: data messages with
-// it are refused with -EINVAL.)
+// wakes a sleeping target with an IORING_OP_MSG_RING submitted on the
+// poster's own ring (wake_from): the kernel puts a CQE (msg_wake_tag) in the
+// target's completion queue, which ends its wait directly — no eventfd
+// write, no armed read to complete (task work on the target) and re-arm.
+// IOSQE_CQE_SKIP_SUCCESS keeps the poster's ring free of a CQE for every
+// wake; a failed send still posts one (msg_sent_tag). (IORING_MSG_RING_CQE_SKIP,
+// the other "skip" flag, is about the target's CQE and only for
+// IORING_MSG_SEND_FD: data messages with it are refused with -EINVAL.)
 //
-// When the SQE goes: at the end of the poster's handler batch, with whatever
-// else those handlers queued — loop_core flushes before the turn ends
-// (flush_wakes; reap() and wait() submit it anyway when they follow the
-// batch). The trade: a wake queued early in a long batch waits for the rest
-// of the batch (the target sleeps meanwhile), where an eventfd write would
-// wake it at once; in return the wake costs no syscall of its own when the
-// batch submits other work, and a target woken once sees every post the
-// batch made. Handler batches are short in practice (coroutine steps); a
-// loop whose handlers run for milliseconds delays its wakes as long.
-//
-// Failures fall back to eventfd, so no wake is lost: no SQE (queue full) ->
-// the target's eventfd at once (the target is alive: the poster holds its
-// remote lock); a submit that fails, or a failure CQE (-EBADFD, -EOVERFLOW,
-// ...) -> the eventfd of every live io_uring loop (the CQE does not say
-// which target, and an extra wake costs only a turn). Issue of a data
-// message to a ring without IOPOLL or DEFER_TASKRUN (hop sets neither) is
-// inline in the submit, so the failure CQE is in the poster's queue when
-// the submit returns: flush_wakes() looks for it there, and the destructor
-// reaps before the ring goes.
+// When the SQE goes: in the post itself, right after the target's remote
+// lock is released (loop_core::post calls flush_wakes): one io_uring_enter,
+// which also takes whatever else the poster had queued. Not at the end of
+// the poster's handler batch: that would let the wake ride on the submit
+// the turn makes anyway (one syscall fewer when the batch also queues IO),
+// but the target would sleep through the rest of the batch — forever if a
+// later handler blocks on an answer from it (future::get() on a loop thread:
+// poor style, not an error; tests/cross_loop_test has the case). Not under
+// the lock either: the woken loop's first act is to take that lock, and a
+// poster still inside io_uring_enter would put it back to sleep on the
+// mutex (measured: no gain over eventfd then, bench/cross_loop_bench idle).
+// The poster pays one syscall per wake, as an eventfd write costs; the
+// target saves the read's completion (task work) and its re-arm.
 //
 // The target's ring fd is read under the target's lock, but the SQE is
-// submitted later: if the target is destroyed in between, the fd may be
-// closed (-EBADFD: the poster then wakes every loop, harmlessly) or reused
-// by another ring (which gets a stray msg_wake_tag CQE: a spurious wake;
-// hop ignores it). Never memory: a data message carries no pointers.
+// submitted just after: if the target is destroyed in between, the fd may
+// be closed (-EBADFD, a failure: see below) or reused by another ring (which
+// gets a stray msg_wake_tag CQE, a spurious wake; hop ignores it). Never
+// memory: a data message carries no pointers.
+//
+// Failures fall back to eventfd, so no wake is lost. No SQE (the queue is
+// full even after a submit): the target's eventfd at once, under its lock.
+// After the lock the target may be gone, so a submit that fails (-EBUSY,
+// -EAGAIN...) or a send the kernel refuses (-EBADFD, -EOVERFLOW...) writes
+// the eventfd of every live io_uring loop (a registry; an extra wake costs
+// a turn). Issue of a data message to a ring without IOPOLL or DEFER_TASKRUN
+// (hop sets neither) is inline in the submit, so a refusal's CQE is in the
+// poster's queue when the submit returns: flush_wakes looks for it there;
+// should one ever come later, reap_ready does the same (each refusal is
+// acted on once).
 //
 // HOP_URING_NO_MSG_RING=1, read when a ring is set up, makes that ring
 // neither send nor take MSG_RING wakes (eventfd only): a benchmark and test
@@ -92,8 +97,8 @@ constexpr __u64 msg_sent_tag = 5;
 constexpr unsigned submit_batch = 32;
 
 // The wake eventfds of every live io_uring loop: where a MSG_RING wake that
-// failed, target unknown, falls back to (wake_every_loop). Immortal: loops
-// in static objects may outlive any static registry.
+// failed after the target's lock was let go falls back to (wake_every_loop).
+// Immortal: loops in static objects may outlive any static registry.
 struct wake_registry {
     std::mutex mutex;
     std::vector<int> fds;
@@ -277,41 +282,35 @@ public:
     // Called on the poster's thread, under this (the target's) core's
     // remote lock: this backend and its ring fd are alive throughout.
     bool wake_from(loop_backend& poster_backend) noexcept override {
-        if (poster_backend.kind() != hop::backend::io_uring) {
-            wake();
-            return false;
+        if (poster_backend.kind() == hop::backend::io_uring) {
+            // The only io_uring backend there is.
+            auto& poster = static_cast<uring_backend&>(poster_backend);
+            if (m_msg_ring && poster.m_msg_ring) {
+                const int target_fd = poster.m_test_msg_fail ? m_wake_fd : m_ring.ring_fd;
+                if (poster.prepare_msg_wake(target_fd)) return true;
+            }
+            ++poster.m_stats.eventfd_sent;
         }
-        // The only io_uring backend there is.
-        auto& poster = static_cast<uring_backend&>(poster_backend);
-        const int target_fd = poster.m_test_msg_fail ? m_wake_fd : m_ring.ring_fd;
-        if (m_msg_ring && poster.m_msg_ring && poster.queue_msg_wake(target_fd)) return true;
-        ++poster.m_stats.eventfd_sent;
         wake();
         return false;
     }
 
+    // Right after the post that prepared a MSG_RING wake released the
+    // target's lock (the target may be gone now).
     void flush_wakes() noexcept override {
-        if (m_msgs_unflushed == 0) return;
-        m_msgs_unflushed = 0;
-        if (io_uring_sq_ready(&m_ring) != 0) {
-            const int r = io_uring_submit(&m_ring);
-            if (r < 0 || io_uring_sq_ready(&m_ring) != 0) {
-                // Not (all) submitted (-EBUSY, -EAGAIN, -EINTR...): the
-                // SQEs go with the next submit, the wakes now.
-                ++m_stats.msg_ring_failed;
-                wake_every_loop();
-                return;
+        const int r = io_uring_submit(&m_ring);
+        bool failed = r < 0 || io_uring_sq_ready(&m_ring) != 0;  // not (all) submitted
+        if (!failed) {
+            // A refused send's CQE is in the queue now: look at what came
+            // since the last look (reap_ready then skips those).
+            const unsigned tail = io_uring_smp_load_acquire(m_ring.cq.ktail);
+            unsigned pos = *m_ring.cq.khead;
+            if (static_cast<int>(m_msg_scanned_to - pos) > 0) pos = m_msg_scanned_to;
+            for (; pos != tail; ++pos) {
+                const io_uring_cqe& cqe = m_ring.cq.cqes[io_uring_cqe_index(&m_ring, pos, m_ring.cq.ring_mask)];
+                if (cqe.user_data == msg_sent_tag && cqe.res < 0) failed = true;
             }
-        }
-        // A failed send's CQE is in our queue by now (issue is inline); it
-        // is dispatched with the next reap, which may be a while away if
-        // this loop stops: act on it now. (The dispatch acts again: one
-        // more spurious wake, only ever after a failure.)
-        io_uring_cqe* cqe;
-        unsigned head;
-        bool failed = false;
-        io_uring_for_each_cqe(&m_ring, head, cqe) {
-            if (cqe->user_data == msg_sent_tag && cqe->res < 0) failed = true;
+            m_msg_scanned_to = tail;
         }
         if (failed) {
             ++m_stats.msg_ring_failed;
@@ -709,8 +708,9 @@ private:
     void signal_wake() noexcept { (void)::eventfd_write(m_wake_fd, 1); }
 
     // Prepares a MSG_RING wake of the ring `target_fd` on this ring (the
-    // poster's; its loop thread). False if there is no SQE for it.
-    bool queue_msg_wake(int target_fd) noexcept {
+    // poster's; its loop thread); flush_wakes() sends it. False if there is
+    // no SQE for it.
+    bool prepare_msg_wake(int target_fd) noexcept {
         io_uring_sqe* sqe;
         try {
             sqe = get_sqe();
@@ -720,7 +720,6 @@ private:
         io_uring_prep_msg_ring(sqe, target_fd, 0, msg_wake_tag, 0);
         io_uring_sqe_set_data64(sqe, msg_sent_tag);
         if (m_cqe_skip) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-        ++m_msgs_unflushed;
         ++m_stats.msg_ring_sent;
         return true;
     }
@@ -753,10 +752,31 @@ private:
                 unsigned flags;
             } batch[64];
             for (unsigned i = 0; i < count; ++i) batch[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+            const unsigned first = *m_ring.cq.khead;  // the queue position of cqes[0]
             io_uring_cq_advance(&m_ring, count);
-            for (unsigned i = 0; i < count; ++i) total += dispatch(batch[i].data, batch[i].res, batch[i].flags);
+            for (unsigned i = 0; i < count; ++i) {
+                if (batch[i].data == msg_sent_tag) {
+                    on_msg_sent_cqe(batch[i].res, first + i);
+                    continue;
+                }
+                total += dispatch(batch[i].data, batch[i].res, batch[i].flags);
+            }
+            // Never behind the head: positions wrap around.
+            if (static_cast<int>(first + count - m_msg_scanned_to) > 0) m_msg_scanned_to = first + count;
         }
         return total;
+    }
+
+    // A MSG_RING wake this loop sent: a refusal (or, without
+    // IORING_FEAT_CQE_SKIP, any send). flush_wakes acted on the refusals
+    // in the queue up to m_msg_scanned_to, which is all of them when the
+    // kernel posts them inline, as it does for hop's rings; one that came
+    // later wakes every loop now (an extra wake costs a turn; a lost one,
+    // a hang).
+    void on_msg_sent_cqe(int res, unsigned position) noexcept {
+        if (res >= 0 || static_cast<int>(m_msg_scanned_to - position) > 0) return;
+        ++m_stats.msg_ring_failed;
+        wake_every_loop();
     }
 
     // True if the CQE completed an operation (a handler ran).
@@ -771,12 +791,6 @@ private:
                 return false;
             case msg_wake_tag:
                 ++m_stats.msg_ring_received;
-                return false;
-            case msg_sent_tag:
-                if (res < 0) {
-                    ++m_stats.msg_ring_failed;
-                    wake_every_loop();
-                }
                 return false;
             case cancel_tag:
             case LIBURING_UDATA_TIMEOUT:
@@ -793,10 +807,8 @@ private:
     void cancel_everything_and_reap() noexcept {
         try {
             loop_core::running_scope scope(m_core);
-            // MSG_RING wakes still queued go now, and the failure CQEs of
-            // those sent go through dispatch (falling back to eventfd)
-            // before the ring, and they with it, goes.
-            if (io_uring_sq_ready(&m_ring) != 0) io_uring_submit(&m_ring);
+            // Failure CQEs of MSG_RING wakes still queued are acted on
+            // (reap_ready) before the ring, and they with it, goes.
             reap_ready();
             // IORING_ASYNC_CANCEL_ANY needs Linux 5.19; older kernels refuse
             // it, so nothing here may depend on it: the wake read (the only
@@ -825,7 +837,9 @@ private:
     bool m_msg_ring = false;   // sends and takes MSG_RING wakes (probe, HOP_URING_NO_MSG_RING)
     bool m_cqe_skip = false;   // IOSQE_CQE_SKIP_SUCCESS works (IORING_FEAT_CQE_SKIP)
     bool m_test_msg_fail = false;  // HOP_TEST_URING_MSG_RING_FAIL=1: send wakes where they fail
-    unsigned m_msgs_unflushed = 0;  // MSG_RING wakes queued since the last flush_wakes
+    // Completion queue position up to which flush_wakes has acted on
+    // refused MSG_RING wakes (reap_ready skips those).
+    unsigned m_msg_scanned_to = 0;
     wake_stats m_stats;
     eventfd_t m_wake_buf = 0;
     bool m_wake_armed = false;
