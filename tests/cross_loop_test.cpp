@@ -442,12 +442,12 @@ TEST_CASE("a MSG_RING wake sent after its target was destroyed: a failure or a s
 TEST_CASE("a target loop destroyed while other loops keep posting to it and to each other") {
     // Three loops bounce coroutines among themselves throughout. Feeders on
     // them also post to a victim loop, one victim after another: each is
-    // destroyed right after the last post to it, while the posters' wakes
-    // (MSG_RING SQEs naming its ring fd) may still be queued on their
-    // rings — the fd may be closed, or reused by the next victim's ring, by
-    // the time they are submitted. Every post to a victim must run (before
-    // or during its destruction), the bouncers must not lose a hop, and
-    // nothing may touch freed memory (ASan, TSan).
+    // destroyed right after the last post to it, while the posters may be
+    // about to send it a wake (the deterministic case of that window is the
+    // test above), and the next victim's ring may take its fd number. Every
+    // post to a victim must run (before or during its destruction), the
+    // bouncers must not lose a hop, and nothing may touch freed memory
+    // (ASan, TSan).
     static constexpr int victims = 12;
     for_each_backend([](hop::backend b) {
         for_each_wake_path(b, [&](wake_path) {
