@@ -1,17 +1,27 @@
-// hop::http::server against nginx (one worker), same work in the same run:
-// `wrk -t1 -c100 -d5s` for a 4 KiB body, requests/s and p99 latency; then
-// the memory an idle keep-alive connection costs each server (VmRSS before
-// and after 2000 connections that made one request each and stay open).
+// hop::http::server against nginx, same work in the same run, a 4 KiB body:
 //
-//   http_server_bench [--quick] [--backend auto|io_uring|epoll] [--connections N] [--duration S]
+// 1. one loop against one nginx worker: `wrk -t1 -c100 -d5s`, requests/s
+//    and p99 latency; then the memory an idle keep-alive connection costs
+//    each server (VmRSS before and after 2000 connections that made one
+//    request each and stay open);
+// 2. every core: hop on an io_pool of --loops loops (default 2), in each
+//    accept mode (least_loaded, reuse_port), against nginx with as many
+//    workers (one shared listener, as nginx does by default, and with
+//    `listen ... reuseport`): `wrk -t<loops> -c100`.
+//
+//   http_server_bench [--quick] [--backend auto|io_uring|epoll] [--connections N] [--duration S] [--loops N]
 //
 // Each server runs in its own process: hop in a forked child of this
 // program, nginx as itself (a config in a temporary directory, `daemon
 // off;`, a free port). The clients (wrk, the idle connections) are other
-// processes or this one, so their memory is not counted.
+// processes or this one, so their memory is not counted — but they run on
+// the same machine and take CPU from the servers: with as many server
+// threads as cores, client and servers share the cores (the table says how
+// many there are, and the load average before the run).
 
 #include <hop/http.hpp>
 #include <hop/io_loop.hpp>
+#include <hop/io_pool.hpp>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -24,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cerrno>
 #include <csignal>
@@ -48,6 +59,7 @@ struct bench_options {
     hop::backend backend = hop::backend::automatic;
     std::size_t idle_connections = 2000;
     int duration_s = 5;
+    std::size_t loops = 2;  // the pool case
 };
 
 bench_options parse(int argc, char** argv) {
@@ -75,6 +87,9 @@ bench_options parse(int argc, char** argv) {
             o.idle_connections = std::stoul(value());
         } else if (a == "--duration") {
             o.duration_s = std::stoi(value());
+        } else if (a == "--loops") {
+            o.loops = std::stoul(value());
+            if (o.loops < 1 || o.loops > 256) throw std::invalid_argument("--loops: expected 1 to 256");
         } else {
             throw std::invalid_argument("unknown argument '" + a + "'");
         }
@@ -106,8 +121,10 @@ long rss_kib(pid_t pid) {
 // ---- the hop server, in a child process ------------------------------------
 
 /// Forks a child serving the 4 KiB body on 127.0.0.1:0; returns its pid and
-/// port. SIGTERM stops it (gracefully).
-pid_t start_hop(hop::backend backend, std::uint16_t& port) {
+/// port. `loops` 0: one io_loop (serve()); else an io_pool of that many
+/// loops (serve(pool)) spreading connections by `mode`. SIGTERM stops it
+/// (gracefully).
+pid_t start_hop(hop::backend backend, std::size_t loops, hop::accept_mode mode, std::uint16_t& port) {
     int pipe_fd[2];
     if (::pipe(pipe_fd) != 0) throw std::runtime_error("pipe failed");
     std::fflush(nullptr);
@@ -126,7 +143,6 @@ pid_t start_hop(hop::backend backend, std::uint16_t& port) {
         sigemptyset(&sigs);
         sigaddset(&sigs, SIGTERM);
         pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-        hop::io_loop loop{{.backend = backend}};
         const std::string body(body_size, 'x');
         auto handler = [&body](hop::http::request&) -> hop::task<hop::http::response> {
             hop::http::response r;
@@ -134,23 +150,31 @@ pid_t start_hop(hop::backend backend, std::uint16_t& port) {
             r.body = body;
             co_return r;
         };
-        auto main_task = [&]() -> hop::task<void> {
-            auto srv = hop::http::server::bind(hop::endpoint::loopback_v4(0), handler,
-                                               {.max_connections = 100000, .shutdown_grace = std::chrono::seconds(1)});
-            const std::uint16_t p = srv.local_endpoint().port();
-            if (::write(pipe_fd[1], &p, sizeof p) != sizeof p) std::_Exit(3);
-            ::close(pipe_fd[1]);
-            co_await srv.serve();
-        };
-        auto f = loop.spawn(main_task());
-        f.on_done([&loop](const hop::future<void>&) noexcept { loop.stop(); });
-        std::thread stopper([&sigs, f]() mutable {
+        auto srv = hop::http::server::bind(
+            hop::endpoint::loopback_v4(0), handler,
+            {.max_connections = 100000, .shutdown_grace = std::chrono::seconds(1), .accept = mode});
+        const std::uint16_t p = srv.local_endpoint().port();
+        if (::write(pipe_fd[1], &p, sizeof p) != sizeof p) std::_Exit(3);
+        ::close(pipe_fd[1]);
+        if (loops == 0) {
+            hop::io_loop loop{{.backend = backend}};
+            auto f = loop.spawn(srv.serve());
+            f.on_done([&loop](const hop::future<void>&) noexcept { loop.stop(); });
+            std::thread stopper([&sigs, f]() mutable {
+                int sig = 0;
+                sigwait(&sigs, &sig);
+                f.cancel();
+            });
+            loop.run();
+            stopper.join();
+        } else {
+            hop::io_pool pool{hop::io_pool_options{.loops = loops, .loop = {.backend = backend}}};
+            auto f = pool.spawn_on(0, srv.serve(pool));
             int sig = 0;
             sigwait(&sigs, &sig);
             f.cancel();
-        });
-        loop.run();
-        stopper.join();
+            f.wait();
+        }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "hop server: %s\n", e.what());
         code = 1;
@@ -166,7 +190,9 @@ struct nginx_instance {
     std::string dir;
 };
 
-nginx_instance start_nginx() {
+/// nginx with `workers` worker processes; `reuseport`: each worker gets its
+/// own listener (`listen ... reuseport`) instead of sharing one.
+nginx_instance start_nginx(std::size_t workers, bool reuseport) {
     nginx_instance n;
     char tmpl[] = "/tmp/hop-bench-nginx-XXXXXX";
     if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
@@ -178,7 +204,7 @@ nginx_instance start_nginx() {
         body << std::string(body_size, 'x');
     }
     std::ofstream conf(n.dir + "/nginx.conf");
-    conf << "worker_processes 1;\n"
+    conf << "worker_processes " << workers << ";\n"
             "daemon off;\n"
             "error_log "
          << n.dir << "/error.log;\n"
@@ -192,7 +218,8 @@ nginx_instance start_nginx() {
             "  client_body_temp_path "
          << n.dir << "/body;\n  proxy_temp_path " << n.dir << "/proxy;\n  fastcgi_temp_path " << n.dir
          << "/fastcgi;\n  uwsgi_temp_path " << n.dir << "/uwsgi;\n  scgi_temp_path " << n.dir << "/scgi;\n"
-         << "  server { listen 127.0.0.1:" << n.port << "; location / { root " << n.dir << "; } }\n}\n";
+         << "  server { listen 127.0.0.1:" << n.port << (reuseport ? " reuseport" : "") << "; location / { root "
+         << n.dir << "; } }\n}\n";
     conf.close();
     std::vector<std::string> args{"nginx", "-e", n.dir + "/error.log", "-c", n.dir + "/nginx.conf", "-p", n.dir};
     std::vector<char*> argv;
@@ -251,9 +278,9 @@ double to_ms(const std::string& v) {
     return x;
 }
 
-wrk_result run_wrk(std::uint16_t port, int duration_s) {
-    const std::string cmd = "wrk -t1 -c100 -d" + std::to_string(duration_s) + "s --latency http://127.0.0.1:" +
-                            std::to_string(port) + "/index.html 2>&1";
+wrk_result run_wrk(std::uint16_t port, int duration_s, std::size_t threads = 1) {
+    const std::string cmd = "wrk -t" + std::to_string(threads) + " -c100 -d" + std::to_string(duration_s) +
+                            "s --latency http://127.0.0.1:" + std::to_string(port) + "/index.html 2>&1";
     FILE* p = ::popen(cmd.c_str(), "r");
     if (p == nullptr) throw std::runtime_error("wrk could not be started");
     std::string out;
@@ -328,6 +355,17 @@ double idle_cost(pid_t pid, std::uint16_t port, std::size_t n) {
     return static_cast<double>(after - before) * 1024.0 / static_cast<double>(n);
 }
 
+std::string load_average() {
+    std::ifstream in("/proc/loadavg");
+    std::string one, five, fifteen;
+    in >> one >> five >> fifteen;
+    return one + " " + five + " " + fifteen;
+}
+
+void remove_dir(const std::string& dir) {
+    if (std::system(("rm -rf '" + dir + "'").c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", dir.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -345,33 +383,80 @@ int main(int argc, char** argv) {
     ::setrlimit(RLIMIT_NOFILE, &nofile);
 
     try {
-        std::uint16_t hop_port = 0;
-        const pid_t hop_pid = start_hop(o.backend, hop_port);
-        nginx_instance nginx = start_nginx();
-        const pid_t worker = nginx_worker(nginx.pid);
+        std::printf("http_server_bench: %zu cores, load average %s before the run; wrk, the clients, runs on the same "
+                    "cores as the servers\n",
+                    static_cast<std::size_t>(std::max(1u, std::thread::hardware_concurrency())), load_average().c_str());
 
-        std::printf("http_server_bench: wrk -t1 -c100 -d%ds, %zu-byte body; idle: %zu keep-alive connections\n",
-                    o.duration_s, body_size, o.idle_connections);
-        // Warm both (page cache, first connections), then measure.
-        run_wrk(hop_port, 1);
-        run_wrk(nginx.port, 1);
-        const wrk_result h = run_wrk(hop_port, o.duration_s);
-        const wrk_result n = run_wrk(nginx.port, o.duration_s);
-        const double hop_idle = idle_cost(hop_pid, hop_port, o.idle_connections);
-        const double nginx_idle = idle_cost(worker, nginx.port, o.idle_connections);
+        // ---- 1. one loop against one worker --------------------------------------
+        {
+            std::uint16_t hop_port = 0;
+            const pid_t hop_pid = start_hop(o.backend, 0, hop::accept_mode::least_loaded, hop_port);
+            nginx_instance nginx = start_nginx(1, false);
+            const pid_t worker = nginx_worker(nginx.pid);
 
-        std::printf("%-28s | %12s | %12s | %s\n", "", "hop", "nginx (1 w)", "hop/nginx");
-        std::printf("%-28s | %12.0f | %12.0f | %.2f\n", "requests/s", h.requests_per_s, n.requests_per_s,
-                    h.requests_per_s / n.requests_per_s);
-        std::printf("%-28s | %12.2f | %12.2f | %.2f\n", "p99 latency (ms)", h.p99_ms, n.p99_ms, h.p99_ms / n.p99_ms);
-        std::printf("%-28s | %12.0f | %12.0f | %.2f\n", "idle connection RSS (bytes)", hop_idle, nginx_idle,
-                    hop_idle / nginx_idle);
-        if (!h.errors.empty()) std::printf("hop wrk errors: %s\n", h.errors.c_str());
-        if (!n.errors.empty()) std::printf("nginx wrk errors: %s\n", n.errors.c_str());
+            std::printf("\n1 loop vs 1 worker: wrk -t1 -c100 -d%ds, %zu-byte body; idle: %zu keep-alive connections\n",
+                        o.duration_s, body_size, o.idle_connections);
+            // Warm both (page cache, first connections), then measure.
+            run_wrk(hop_port, 1);
+            run_wrk(nginx.port, 1);
+            const wrk_result h = run_wrk(hop_port, o.duration_s);
+            const wrk_result n = run_wrk(nginx.port, o.duration_s);
+            const double hop_idle = idle_cost(hop_pid, hop_port, o.idle_connections);
+            const double nginx_idle = idle_cost(worker, nginx.port, o.idle_connections);
 
-        stop(hop_pid);
-        stop(nginx.pid);
-        if (std::system(("rm -rf '" + nginx.dir + "'").c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", nginx.dir.c_str());
+            std::printf("%-28s | %12s | %12s | %s\n", "", "hop", "nginx (1 w)", "hop/nginx");
+            std::printf("%-28s | %12.0f | %12.0f | %.2f\n", "requests/s", h.requests_per_s, n.requests_per_s,
+                        h.requests_per_s / n.requests_per_s);
+            std::printf("%-28s | %12.2f | %12.2f | %.2f\n", "p99 latency (ms)", h.p99_ms, n.p99_ms, h.p99_ms / n.p99_ms);
+            std::printf("%-28s | %12.0f | %12.0f | %.2f\n", "idle connection RSS (bytes)", hop_idle, nginx_idle,
+                        hop_idle / nginx_idle);
+            if (!h.errors.empty()) std::printf("hop wrk errors: %s\n", h.errors.c_str());
+            if (!n.errors.empty()) std::printf("nginx wrk errors: %s\n", n.errors.c_str());
+
+            stop(hop_pid);
+            stop(nginx.pid);
+            remove_dir(nginx.dir);
+        }
+
+        // ---- 2. every core: an io_pool against nginx's workers -------------------
+        {
+            const std::size_t k = o.loops;
+            std::uint16_t least_port = 0, reuse_port = 0;
+            const pid_t least_pid = start_hop(o.backend, k, hop::accept_mode::least_loaded, least_port);
+            const pid_t reuse_pid = start_hop(o.backend, k, hop::accept_mode::reuse_port, reuse_port);
+            nginx_instance shared = start_nginx(k, false);
+            nginx_instance per_worker = start_nginx(k, true);
+
+            std::printf("\n%zu loops vs %zu workers: wrk -t%zu -c100 -d%ds, %zu-byte body\n", k, k, k, o.duration_s,
+                        body_size);
+            for (std::uint16_t port : {least_port, reuse_port, shared.port, per_worker.port}) run_wrk(port, 1, k);
+            const wrk_result hl = run_wrk(least_port, o.duration_s, k);
+            const wrk_result hr = run_wrk(reuse_port, o.duration_s, k);
+            const wrk_result ns = run_wrk(shared.port, o.duration_s, k);
+            const wrk_result nr = run_wrk(per_worker.port, o.duration_s, k);
+
+            const std::string nginx_head = "nginx (" + std::to_string(k) + " w)";
+            std::printf("%-28s | %12s | %12s | %12s | %12s | %s\n", "", "requests/s", "p99 (ms)", nginx_head.c_str(),
+                        "p99 (ms)", "hop/nginx");
+            auto row = [&](const char* name, const wrk_result& h, const wrk_result& n) {
+                std::printf("%-28s | %12.0f | %12.2f | %12.0f | %12.2f | %.2f\n", name, h.requests_per_s, h.p99_ms,
+                            n.requests_per_s, n.p99_ms, h.requests_per_s / n.requests_per_s);
+            };
+            std::printf("(nginx: one shared listener; nginx reuseport: one per worker)\n");
+            row("hop least_loaded / nginx", hl, ns);
+            row("hop reuse_port / nginx rp", hr, nr);
+            for (const auto* r : {&hl, &hr, &ns, &nr}) {
+                if (!r->errors.empty()) std::printf("wrk errors: %s\n", r->errors.c_str());
+            }
+            std::printf("load average after the run: %s\n", load_average().c_str());
+
+            stop(least_pid);
+            stop(reuse_pid);
+            stop(shared.pid);
+            stop(per_worker.pid);
+            remove_dir(shared.dir);
+            remove_dir(per_worker.dir);
+        }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "http_server_bench: %s\n", e.what());
         return 1;

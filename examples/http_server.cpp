@@ -13,7 +13,12 @@
 //
 //   http_server --cert cert.pem --key key.pem &   then   curl --cacert cert.pem https://localhost:8080/
 //
+// With --loops N it serves on every core: an io_pool of N loops (0: one per
+// core), each serving its share of the connections (--accept picks how they
+// are spread); without it, one io_loop serves everything.
+//
 //   http_server [--host ADDRESS] [--port N] [--backend auto|io_uring|epoll] [--cert FILE --key FILE]
+//               [--loops N] [--accept least_loaded|reuse_port]
 
 #include <hop/hop.hpp>
 #include <hop/http.hpp>
@@ -23,15 +28,18 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 using namespace std::chrono_literals;
 
@@ -42,6 +50,8 @@ struct options {
     std::uint16_t port = 8080;
     hop::backend backend = hop::backend::automatic;
     std::string cert, key;  // both: https
+    std::optional<std::size_t> loops;  // set: an io_pool of that many loops (0: one per core)
+    hop::accept_mode accept = hop::accept_mode::least_loaded;
 };
 
 /// The plain handler: the whole request in, the whole response out.
@@ -92,17 +102,23 @@ hop::task<> handle(hop::http::request& req, hop::http::response_writer& out) {
 
 constexpr const char* usage =
     "usage: http_server [--host ADDRESS] [--port N] [--backend auto|io_uring|epoll] [--cert FILE --key FILE]\n"
+    "                   [--loops N] [--accept least_loaded|reuse_port]\n"
     "  --host ADDRESS   IPv4 or IPv6 address to listen on (default 127.0.0.1)\n"
     "  --port N         port (default 8080; 0 picks a free one)\n"
     "  --backend NAME   io_loop backend (default auto)\n"
     "  --cert FILE      serve https with this certificate chain (PEM; needs --key)\n"
-    "  --key FILE       the certificate's private key (PEM)\n";
+    "  --key FILE       the certificate's private key (PEM)\n"
+    "  --loops N        serve on an io_pool of N loops, one thread each (0: one per core);\n"
+    "                   without it, one io_loop on the main thread serves everything\n"
+    "  --accept MODE    with --loops: how connections are spread (default least_loaded: the\n"
+    "                   loop serving the fewest; reuse_port: a SO_REUSEPORT listener per loop)\n";
 
 options parse_options(int argc, char** argv) {
     options o;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
-        if (a != "--host" && a != "--port" && a != "--backend" && a != "--cert" && a != "--key") {
+        if (a != "--host" && a != "--port" && a != "--backend" && a != "--cert" && a != "--key" && a != "--loops" &&
+            a != "--accept") {
             throw std::invalid_argument("unknown argument '" + a + "'");
         }
         if (++i == argc) throw std::invalid_argument(a + ": a value is missing");
@@ -113,6 +129,22 @@ options parse_options(int argc, char** argv) {
             o.cert = v;
         } else if (a == "--key") {
             o.key = v;
+        } else if (a == "--loops") {
+            char* end = nullptr;
+            errno = 0;
+            const long n = std::strtol(v.c_str(), &end, 10);
+            if (v.empty() || *end != '\0' || errno != 0 || n < 0 || n > 4096) {
+                throw std::invalid_argument("--loops '" + v + "': expected a number of loops from 0 (one per core) to 4096");
+            }
+            o.loops = static_cast<std::size_t>(n);
+        } else if (a == "--accept") {
+            if (v == "least_loaded") {
+                o.accept = hop::accept_mode::least_loaded;
+            } else if (v == "reuse_port") {
+                o.accept = hop::accept_mode::reuse_port;
+            } else {
+                throw std::invalid_argument("--accept '" + v + "': expected least_loaded or reuse_port");
+            }
         } else if (a == "--port") {
             char* end = nullptr;
             errno = 0;
@@ -132,6 +164,9 @@ options parse_options(int argc, char** argv) {
         }
     }
     if (o.cert.empty() != o.key.empty()) throw std::invalid_argument("--cert and --key go together");
+    if (!o.loops && o.accept != hop::accept_mode::least_loaded) {
+        throw std::invalid_argument("--accept is for --loops: one loop has one listener");
+    }
     return o;
 }
 
@@ -140,25 +175,49 @@ hop::endpoint make_endpoint(const std::string& host, std::uint16_t port) {
     return hop::endpoint::parse(text + ":" + std::to_string(port));
 }
 
-/// Binds on the loop's thread (the server belongs to the loop it was made
-/// on), prints where it listens, and serves until `stop` is requested.
-hop::task<> main_task(options o) {
+/// Requests served by one loop of the pool. Per-loop state: each loop only
+/// touches its own, so nothing is locked (and the padding keeps the loops
+/// off each other's cache lines).
+struct alignas(64) loop_count {
+    std::uint64_t requests = 0;
+};
+
+/// Binds, prints where it listens, and serves until its stop is requested:
+/// on the loop running it, or on every loop of `pool` if there is one.
+hop::task<> main_task(options o, hop::io_pool* pool) {
     hop::http::server_options so{.max_header_bytes = 16 * 1024,
                                  .max_body_bytes = 8 << 20,
                                  .header_timeout = 10s,
                                  .idle_timeout = 60s,
                                  .max_connections = 10000,
                                  .shutdown_grace = 10s,
+                                 .accept = o.accept,
                                  .server_header = "hop-example"};
     if (!o.cert.empty()) so.tls = hop::tls::context::server(o.cert, o.key);  // https
-    auto srv = hop::http::server::bind(make_endpoint(o.host, o.port), handle, so);
-    std::printf("http_server: listening on %s://%s/ (%.*s backend), Ctrl-C to stop\n", so.tls ? "https" : "http",
+    std::vector<loop_count> served(pool ? pool->size() : 0);
+    auto counted = [pool, &served](hop::http::request& req, hop::http::response_writer& out) {
+        ++served[pool->this_index()].requests;  // runs on the loop serving the connection
+        return handle(req, out);
+    };
+    auto srv = pool ? hop::http::server::bind(make_endpoint(o.host, o.port), counted, so)
+                    : hop::http::server::bind(make_endpoint(o.host, o.port), handle, so);
+    const std::string where = pool ? ", " + std::to_string(pool->size()) + " loops, " +
+                                         (o.accept == hop::accept_mode::reuse_port ? "reuse_port" : "least_loaded")
+                                   : std::string();
+    std::printf("http_server: listening on %s://%s/ (%.*s backend%s), Ctrl-C to stop\n", so.tls ? "https" : "http",
                 srv.local_endpoint().to_string().c_str(), static_cast<int>(hop::current_loop()->backend_name().size()),
-                hop::current_loop()->backend_name().data());
+                hop::current_loop()->backend_name().data(), where.c_str());
     std::fflush(stdout);  // scripts read the address from this line
-    co_await srv.serve();  // returns normally after the graceful shutdown
-    std::fprintf(stderr, "http_server: stopped after %llu requests\n",
-                 static_cast<unsigned long long>(srv.stats().requests));
+    if (pool) {
+        co_await srv.serve(*pool);  // every loop; returns normally after the graceful shutdown
+    } else {
+        co_await srv.serve();
+    }
+    std::string per_loop;
+    for (const auto& c : served) per_loop += (per_loop.empty() ? " (per loop:" : "") + (" " + std::to_string(c.requests));
+    if (!per_loop.empty()) per_loop += ")";
+    std::fprintf(stderr, "http_server: stopped after %llu requests%s\n",
+                 static_cast<unsigned long long>(srv.stats().requests), per_loop.c_str());
 }
 
 }  // namespace
@@ -190,9 +249,18 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
     try {
-        hop::io_loop loop{{.backend = o.backend}};
-        hop::future<void> server = loop.spawn(main_task(o));
-        server.on_done([&loop](const hop::future<void>&) { loop.stop(); });
+        std::optional<hop::io_loop> loop;
+        std::optional<hop::io_pool> pool;
+        hop::future<void> server;
+        if (o.loops) {
+            // Every core: the server task runs on loop 0, the server on all of them.
+            pool.emplace(hop::io_pool_options{.loops = *o.loops, .loop = {.backend = o.backend}});
+            server = pool->spawn_on(0, main_task(o, &*pool));
+        } else {
+            loop.emplace(hop::io_loop_options{.backend = o.backend});
+            server = loop->spawn(main_task(o, nullptr));
+            server.on_done([&loop](const hop::future<void>&) { loop->stop(); });
+        }
 
         std::atomic<bool> exiting{false};
         std::thread signal_waiter([&] {
@@ -203,7 +271,11 @@ int main(int argc, char** argv) {
             server.cancel();  // thread-safe: serve()'s stop token is requested
         });
 
-        loop.run();
+        if (loop) {
+            loop->run();
+        } else {
+            server.wait();  // the pool's threads serve; this one waits
+        }
         exiting.store(true);
         pthread_kill(signal_waiter.native_handle(), SIGTERM);  // wakes sigwait if no signal came
         signal_waiter.join();

@@ -1,6 +1,7 @@
-// hop::http::server: one coroutine per connection on the server's loop, a
-// task_group holding them, one accept loop, and one sweeper coroutine that
-// enforces every connection's deadline (no timer per read).
+// hop::http::server: one coroutine per connection on its loop, a
+// task_group per loop holding them, one accept loop (or one per loop), and
+// a sweeper coroutine per loop that enforces every connection's deadline
+// (no timer per read).
 #include <hop/http/server.hpp>
 
 #include "codec.hpp"
@@ -21,12 +22,15 @@
 #include <cstring>
 #include <ctime>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
 #include <system_error>
+#include <utility>
+#include <vector>
 
 namespace hop::http {
 
@@ -133,40 +137,99 @@ private:
     deadline_node m_head;
 };
 
-// What the server shares with its connections, its accept loop and its
-// sweeper. Fields marked "loop" are touched on the server's loop only.
-class server_state {
-public:
-    explicit server_state(server_options options) : m_options(std::move(options)) {}
+// The server is split in shards, one per loop it serves on (one for
+// serve(), one per pool loop for serve(io_pool&)). A shard owns the
+// connections its loop serves, their deadlines and its counters: nothing
+// on the request path is shared between loops. What is shared (options,
+// handler, the connection cap, the shutdown) is in server_state.
+//
+// Shutdown, on every shard: request_shutdown() cancels every acceptor;
+// each acceptor closes its listener and counts itself out; the last one
+// out sets every shard's m_drain; each shard then drains on its own loop
+// (idle connections closed, hand-offs still queued to it are taken and
+// closed, grace, cancel, wait). So no connection is handed to a shard
+// that drains, and every listener is closed before any connection is.
 
-    io_loop* m_loop = nullptr;  // serve()'s loop, set when it starts
-    server_options m_options;
+// Fields marked "loop" are touched on the shard's loop only.
+class server_shard {
+public:
+    server_shard(std::size_t index, io_loop* loop) noexcept : m_index(index), m_loop(loop) {}
+    server_shard(const server_shard&) = delete;
+    server_shard& operator=(const server_shard&) = delete;
+
+    const std::size_t m_index;
+    io_loop* const m_loop;
+    // This shard's listener if it runs an acceptor (else closed). Used and
+    // closed on the loop.
     tcp_listener m_listener;
-    endpoint m_local;
-    server::handler m_plain;
-    server::stream_handler m_streaming;
+    bool m_accepts = false;
 
     // loop
     task_group m_connections;
     deadline_list m_header_deadlines;  // header_timeout, and the linger after an error answer
     deadline_list m_idle_deadlines;    // idle_timeout: keep-alive, body progress, write progress
     event m_sweeper_wake;
-    event m_slot_free;
+    event m_incoming_done;             // m_incoming reached 0 while draining
     server_connection* m_first = nullptr;  // every open connection
-    std::size_t m_open = 0;
     bool m_draining = false;
+
+    // thread-safe
+    event m_drain;  // every acceptor has ended: drain
+    // Connections this shard serves or is about to (handed off, not yet
+    // started): what least_loaded compares. Written by the acceptor's loop
+    // and this one; on its own cache line.
+    alignas(64) std::atomic<std::size_t> m_load{0};
+    std::atomic<std::size_t> m_incoming{0};  // hand-offs posted to this loop, not yet run
+    // Counters, written on this shard's loop only.
+    alignas(64) std::atomic<std::uint64_t> m_accepted{0};
+    std::atomic<std::uint64_t> m_requests{0};
+    std::atomic<std::uint64_t> m_accept_failures{0};
+
+    // loop: puts `n` in `list` with its deadline `d` from now.
+    void arm(deadline_list& list, deadline_node& n, std::chrono::nanoseconds d) {
+        deadline_list::unlink(n);
+        n.deadline = saturating_add(clock::now(), d);
+        const bool was_empty = m_header_deadlines.empty() && m_idle_deadlines.empty();
+        list.insert(n);
+        if (was_empty) m_sweeper_wake.set();
+    }
+    void expire(deadline_list& list, clock::time_point now) noexcept;
+    // loop: starts serving `s` here (the connection is counted already).
+    void start_connection(const std::shared_ptr<server_state>& st, tcp_stream s);
+};
+
+// What the server shares with its shards and their connections.
+class server_state {
+public:
+    explicit server_state(server_options options) : m_options(std::move(options)) {}
+
+    server_options m_options;
+    tcp_listener m_listener;  // the bound one, until serve moves it to the accepting shard
+    endpoint m_local;
+    server::handler m_plain;
+    server::stream_handler m_streaming;
+
+    // Written by serve before any shard runs, then only read. stats()
+    // reads m_shards[0, m_shard_count).
+    std::vector<std::unique_ptr<server_shard>> m_shards;
+    std::atomic<std::size_t> m_shard_count{0};
+    bool m_hand_off = false;  // least_loaded over several loops: the acceptor hands connections out
+
+    // The connection cap: connections counted and not ended, over every
+    // shard.
+    std::atomic<std::size_t> m_slots{0};
+    event m_slot_free;
 
     // thread-safe
     std::mutex m_mutex;
     bool m_shutdown_requested = false;  // m_mutex
     bool m_serve_started = false;       // m_mutex
-    future<void> m_accept;              // m_mutex
-    std::atomic<std::size_t> m_open_count{0};
-    std::atomic<std::uint64_t> m_accepted{0};
-    std::atomic<std::uint64_t> m_requests{0};
-    std::atomic<std::uint64_t> m_accept_failures{0};
+    std::vector<future<void>> m_accepts;  // m_mutex: the running acceptors
+    std::atomic<std::size_t> m_acceptors_running{0};
+    std::mutex m_log_mutex;
 
     void log(const std::string& line) noexcept {
+        std::lock_guard lock(m_log_mutex);
         try {
             if (m_options.log) {
                 m_options.log(line);
@@ -177,35 +240,85 @@ public:
         std::fprintf(stderr, "%s\n", line.c_str());
     }
 
-    // Thread-safe: the accept loop ends (cancelled), which starts the
+    // Thread-safe: every acceptor ends (cancelled), which starts the
     // graceful shutdown.
     void request_shutdown() noexcept {
-        future<void> accept;
+        std::vector<future<void>> accepts;
         {
+            // An acceptor added later sees the flag and cancels itself.
             std::lock_guard lock(m_mutex);
             m_shutdown_requested = true;
-            accept = m_accept;
+            accepts.swap(m_accepts);
         }
-        try {
-            if (accept.valid()) accept.cancel();
-        } catch (...) {
+        for (auto& f : accepts) {
+            try {
+                f.cancel();
+            } catch (...) {
+            }
         }
     }
 
-    // loop: puts `n` in `list` with its deadline `d` from now.
-    void arm(deadline_list& list, deadline_node& n, std::chrono::nanoseconds d) {
-        deadline_list::unlink(n);
-        n.deadline = saturating_add(clock::now(), d);
-        const bool was_empty = m_header_deadlines.empty() && m_idle_deadlines.empty();
-        list.insert(n);
-        if (was_empty) m_sweeper_wake.set();
+    // Thread-safe: an acceptor started; cancelled at once if the shutdown
+    // was asked for already.
+    void add_acceptor(future<void> f) {
+        bool stop_now = false;
+        {
+            std::lock_guard lock(m_mutex);
+            m_accepts.push_back(f);
+            stop_now = m_shutdown_requested;
+        }
+        if (stop_now) f.cancel();
     }
 
-    static task<void> run(std::shared_ptr<server_state> self);
-    static task<void> accept_loop(std::shared_ptr<server_state> self);
-    static task<void> sweep(std::shared_ptr<server_state> self);
-    void start_connection(const std::shared_ptr<server_state>& self, tcp_stream s);
-    void expire(deadline_list& list, clock::time_point now) noexcept;
+    // Thread-safe: an acceptor ended (or will never start); the last one
+    // lets every shard drain.
+    void acceptor_ended() noexcept {
+        if (m_acceptors_running.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+        const std::size_t n = m_shard_count.load(std::memory_order_acquire);
+        for (std::size_t i = 0; i < n; ++i) m_shards[i]->m_drain.set();
+    }
+
+    // Takes a connection slot if one is free.
+    bool try_take_slot() noexcept {
+        std::size_t cur = m_slots.load(std::memory_order_relaxed);
+        while (cur < m_options.max_connections) {
+            if (m_slots.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) return true;
+        }
+        return false;
+    }
+    // Waits until a slot is free (`take`: and takes it). A cancellation
+    // point.
+    task<void> wait_for_slot(bool take) {
+        for (;;) {
+            if (take ? try_take_slot() : m_slots.load(std::memory_order_acquire) < m_options.max_connections) {
+                co_return;
+            }
+            m_slot_free.reset();
+            // A slot freed before the reset set the event too early: look again.
+            if (m_slots.load(std::memory_order_acquire) < m_options.max_connections) continue;
+            co_await m_slot_free.wait();
+        }
+    }
+    // Thread-safe: gives a slot back.
+    void release_slot() noexcept {
+        if (m_slots.fetch_sub(1, std::memory_order_acq_rel) == m_options.max_connections) m_slot_free.set();
+    }
+
+    // Marks serve as started. @throws std::logic_error the second time.
+    void begin_serve(const char* where);
+    // Sets up a shard per loop (on the thread that calls serve, before any
+    // runs); `home` runs least_loaded's acceptor. @throws std::system_error
+    // if a reuse_port listener cannot be bound.
+    void make_shards(const std::vector<io_loop*>& loops, std::size_t home);
+
+    static task<void> serve_one(std::shared_ptr<server_state> st);
+    static task<void> serve_pool(std::shared_ptr<server_state> st, io_pool& loops);
+    static task<void> pool_shard(std::shared_ptr<server_state> self, server_shard* sh);
+    static task<void> run_shard(std::shared_ptr<server_state> self, server_shard* sh);
+    static task<void> accept_loop(std::shared_ptr<server_state> self, server_shard* sh);
+    static task<void> sweep(std::shared_ptr<server_state> self, server_shard* sh);
+    // The acceptor's loop: sends `s` to the shard chosen for it.
+    void dispatch(const std::shared_ptr<server_state>& self, server_shard& here, std::size_t& turn, tcp_stream s);
 };
 
 // One client connection. Owned by its coroutine's frame (serve_connection);
@@ -215,13 +328,14 @@ public:
     enum class phase : std::uint8_t { handshake, idle, head, body, handler, linger };
     enum class stop_reason : std::uint8_t { none, timeout, shutdown };
 
-    server_connection(std::shared_ptr<server_state> st, tcp_stream s) : m_st(std::move(st)), m_stream(std::move(s)) {
+    // On `sh`'s loop. The connection was counted (its slot and the
+    // shard's load) when it was accepted; it gives both back when it ends.
+    server_connection(std::shared_ptr<server_state> st, server_shard& sh, tcp_stream s) noexcept
+        : m_st(std::move(st)), m_sh(&sh), m_stream(std::move(s)) {
         m_deadline.owner = this;
-        m_next = m_st->m_first;
+        m_next = m_sh->m_first;
         if (m_next) m_next->m_prev = this;
-        m_st->m_first = this;
-        ++m_st->m_open;
-        m_st->m_open_count.fetch_add(1, std::memory_order_relaxed);
+        m_sh->m_first = this;
         try {
             m_stream.set_nodelay(true);
         } catch (const std::exception&) {
@@ -232,10 +346,9 @@ public:
         deadline_list::unlink(m_deadline);
         if (m_prev) m_prev->m_next = m_next;
         if (m_next) m_next->m_prev = m_prev;
-        if (m_st->m_first == this) m_st->m_first = m_next;
-        --m_st->m_open;
-        m_st->m_open_count.fetch_sub(1, std::memory_order_relaxed);
-        if (m_st->m_open < m_st->m_options.max_connections) m_st->m_slot_free.set();
+        if (m_sh->m_first == this) m_sh->m_first = m_next;
+        m_sh->m_load.fetch_sub(1, std::memory_order_relaxed);
+        m_st->release_slot();
     }
     server_connection(const server_connection&) = delete;
     server_connection& operator=(const server_connection&) = delete;
@@ -319,13 +432,14 @@ private:
     void append_error(int status, std::string_view text);
     task<void> answer_error(int status);
     void send_now(std::string_view bytes) noexcept;
-    void arm_idle() { m_st->arm(m_st->m_idle_deadlines, m_deadline, m_st->m_options.idle_timeout); }
+    void arm_idle() { m_sh->arm(m_sh->m_idle_deadlines, m_deadline, m_st->m_options.idle_timeout); }
     void disarm() noexcept { deadline_list::unlink(m_deadline); }
     void finish_head(headers& h, int status);
 
     task<bool> handshake();
 
     std::shared_ptr<server_state> m_st;
+    server_shard* m_sh;                 // owned by *m_st
     tcp_stream m_stream;                // plain http; empty once TLS took it
     std::unique_ptr<tls::stream> m_tls;  // https
     server_connection* m_prev = nullptr;
@@ -368,7 +482,7 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
         c.m_out.clear();
         c.append_error(408, "the request did not arrive in time");
         c.send_now(c.m_out);
-        c.m_st->m_requests.fetch_add(1, std::memory_order_relaxed);
+        c.m_sh->m_requests.fetch_add(1, std::memory_order_relaxed);
     }
     if (error_status != 0) {
         try {
@@ -390,7 +504,7 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
 // https: the TLS handshake, under header_timeout. False: it failed (logged).
 task<bool> server_connection::handshake() {
     m_phase = phase::handshake;
-    m_st->arm(m_st->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+    m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
     std::string failure;
     try {
         m_tls = std::make_unique<tls::stream>(co_await tls::stream::accept(*m_st->m_options.tls, std::move(m_stream)));
@@ -455,7 +569,7 @@ task<int> server_connection::request_loop() {
                 break;
             case parser::event::message_end: {
                 m_continue_pending = false;
-                m_keep_alive = p.keep_alive() && !m_upgrade && !m_st->m_draining;
+                m_keep_alive = p.keep_alive() && !m_upgrade && !m_sh->m_draining;
                 const bool keep = co_await respond(req);
                 if (!keep) {
                     co_await flush();
@@ -476,7 +590,7 @@ task<bool> server_connection::fill(parser& p) {
     if (!m_out.empty()) co_await flush();
     std::size_t want = m_next_read;
     if (!p.started()) {
-        if (m_st->m_draining) co_return false;
+        if (m_sh->m_draining) co_return false;
         m_phase = phase::idle;
         // Between requests: hold as little as possible.
         m_in.shrink();
@@ -487,7 +601,7 @@ task<bool> server_connection::fill(parser& p) {
     } else if (!p.in_message()) {
         m_phase = phase::head;
         if (!m_header_armed) {
-            m_st->arm(m_st->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+            m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
             m_header_armed = true;
         }
     } else {
@@ -536,7 +650,7 @@ task<void> server_connection::flush() {
     m_phase = was;
     m_out.clear();
     if (m_header_armed && m_phase == phase::head) {
-        m_st->arm(m_st->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+        m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
     }
 }
 
@@ -552,7 +666,7 @@ void server_connection::send_now(std::string_view bytes) noexcept {
 // The fields every response carries; `h` is the handler's, changed in place.
 void server_connection::finish_head(headers& h, int status) {
     // A shutdown that began while the handler ran: this is the last response.
-    if (m_st->m_draining) m_keep_alive = false;
+    if (m_sh->m_draining) m_keep_alive = false;
     if (auto c = h.get("Connection"); c && has_token(*c, "close")) m_keep_alive = false;
     h.erase("Connection");
     if (!m_keep_alive) {
@@ -603,7 +717,7 @@ task<void> server_connection::answer_error(int status) {
     append_error(status, status == 413   ? "the body is over the server's limit"
                          : status == 431 ? "the header fields are over the server's limit"
                                          : "the request is malformed");
-    m_st->m_requests.fetch_add(1, std::memory_order_relaxed);
+    m_sh->m_requests.fetch_add(1, std::memory_order_relaxed);
     m_phase = phase::linger;
     co_await flush();
     if (m_tls) {
@@ -613,7 +727,7 @@ task<void> server_connection::answer_error(int status) {
         co_return;
     }
     m_stream.shutdown_write();
-    m_st->arm(m_st->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+    m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
     std::size_t dropped = 0;
     m_in.consume(m_in.view().size());
     while (dropped < max_linger_bytes) {
@@ -654,7 +768,7 @@ task<bool> server_connection::respond(request& req) {
     m_phase = phase::handler;
     m_head_request = req.method == "HEAD";
     const std::stop_token token = co_await get_stop_token();
-    m_st->m_requests.fetch_add(1, std::memory_order_relaxed);
+    m_sh->m_requests.fetch_add(1, std::memory_order_relaxed);
     std::string failure;
     if (m_st->m_plain) {
         response r;
@@ -712,7 +826,7 @@ task<void> server_connection::writer_start(response_writer& w, int status, heade
     using framing = response_writer::framing;
     // The handler may call from the CPU pool: the connection's state is the
     // loop's. The handler resumes on its own executor afterwards.
-    co_await m_st->m_loop->schedule();
+    co_await m_sh->m_loop->schedule();
     if (w.m_started) throw std::logic_error("hop::http::response_writer::start: the head was sent already");
     if (status < 200 || status > 999) {
         throw std::invalid_argument("hop::http::response_writer::start: status " + std::to_string(status) +
@@ -755,7 +869,7 @@ task<void> server_connection::writer_start(response_writer& w, int status, heade
 
 task<void> server_connection::writer_write(response_writer& w, std::string_view data) {
     using framing = response_writer::framing;
-    co_await m_st->m_loop->schedule();
+    co_await m_sh->m_loop->schedule();
     if (w.m_finished) throw std::logic_error("hop::http::response_writer::write: called after finish()");
     if (!w.m_started) co_await writer_start(w, 200, headers{});
     if (data.empty()) co_return;
@@ -785,7 +899,7 @@ task<void> server_connection::writer_write(response_writer& w, std::string_view 
 
 task<void> server_connection::writer_finish(response_writer& w) {
     using framing = response_writer::framing;
-    co_await m_st->m_loop->schedule();
+    co_await m_sh->m_loop->schedule();
     if (w.m_finished) co_return;
     if (!w.m_started) {
         headers h;
@@ -806,35 +920,145 @@ task<void> server_connection::writer_finish(response_writer& w) {
 // ---------------------------------------------------------------------------
 // server
 
-void server_state::start_connection(const std::shared_ptr<server_state>& self, tcp_stream s) {
-    m_accepted.fetch_add(1, std::memory_order_relaxed);
-    auto c = std::make_unique<server_connection>(self, std::move(s));
+namespace {
+
+struct shutdown_requester {
+    server_state* st;
+    void operator()() const noexcept { st->request_shutdown(); }
+};
+
+// A connection on its way from the acceptor's loop to its shard's loop,
+// posted there. Counted in the shard's m_load and m_incoming and holding a
+// slot; if the loop drops it unrun (it is being destroyed), it gives all
+// of that back.
+class hand_off {
+public:
+    hand_off(std::shared_ptr<server_state> st, server_shard* sh, tcp_stream s) noexcept
+        : m_st(std::move(st)), m_sh(sh), m_stream(std::move(s)) {}
+    hand_off(hand_off&& o) noexcept
+        : m_st(std::move(o.m_st)), m_sh(o.m_sh), m_stream(std::move(o.m_stream)), m_done(std::exchange(o.m_done, true)) {}
+    hand_off(const hand_off&) = delete;
+    hand_off& operator=(const hand_off&) = delete;
+    hand_off& operator=(hand_off&&) = delete;
+    ~hand_off() {
+        if (m_done) return;
+        m_stream.close();
+        m_sh->m_load.fetch_sub(1, std::memory_order_relaxed);
+        m_st->release_slot();
+        m_sh->m_incoming.fetch_sub(1, std::memory_order_relaxed);
+    }
+
+    // On the shard's loop.
+    void operator()() noexcept {
+        m_done = true;
+        server_shard& sh = *m_sh;
+        if (sh.m_draining) {
+            // Accepted just before the listener closed: closed like an idle one.
+            m_stream.close();
+            sh.m_load.fetch_sub(1, std::memory_order_relaxed);
+            m_st->release_slot();
+        } else {
+            try {
+                sh.start_connection(m_st, std::move(m_stream));
+            } catch (const std::exception& e) {
+                m_st->log(std::string("hop::http::server: a connection could not start: ") + e.what());
+            }
+        }
+        if (sh.m_incoming.fetch_sub(1, std::memory_order_relaxed) == 1 && sh.m_draining) sh.m_incoming_done.set();
+    }
+
+private:
+    std::shared_ptr<server_state> m_st;
+    server_shard* m_sh;
+    tcp_stream m_stream;
+    bool m_done = false;
+};
+
+}  // namespace
+
+void server_shard::start_connection(const std::shared_ptr<server_state>& st, tcp_stream s) {
+    std::unique_ptr<server_connection> c;
+    try {
+        c = std::make_unique<server_connection>(st, *this, std::move(s));
+    } catch (...) {
+        m_load.fetch_sub(1, std::memory_order_relaxed);
+        st->release_slot();
+        throw;
+    }
     server_connection* raw = c.get();
     // Queued, not started: m_future is set before the connection runs.
     raw->m_future = m_connections.spawn(server_connection::serve_connection(std::move(c)));
 }
 
-task<void> server_state::accept_loop(std::shared_ptr<server_state> self) {
+void server_state::dispatch(const std::shared_ptr<server_state>& self, server_shard& here, std::size_t& turn,
+                            tcp_stream s) {
+    here.m_accepted.fetch_add(1, std::memory_order_relaxed);
+    server_shard* to = &here;
+    if (m_hand_off) {
+        // The shard with the fewest connections; among equals, the first
+        // from `turn`, which moves on at each connection (so connections
+        // that come and go one at a time still visit every loop).
+        const std::size_t n = m_shards.size();
+        std::size_t best = turn;
+        std::size_t best_load = m_shards[best]->m_load.load(std::memory_order_relaxed);
+        for (std::size_t k = 1; k < n && best_load != 0; ++k) {
+            const std::size_t i = (turn + k) % n;
+            const std::size_t load = m_shards[i]->m_load.load(std::memory_order_relaxed);
+            if (load < best_load) {
+                best = i;
+                best_load = load;
+            }
+        }
+        turn = (turn + 1) % n;
+        to = m_shards[best].get();
+    }
+    to->m_load.fetch_add(1, std::memory_order_relaxed);
+    if (to == &here) {
+        here.start_connection(self, std::move(s));
+        return;
+    }
+    to->m_incoming.fetch_add(1, std::memory_order_relaxed);
+    try {
+        to->m_loop->post(hand_off(self, to, std::move(s)));
+    } catch (const std::exception& e) {
+        // Out of memory: the hand-off, destroyed unrun, gave its counts
+        // back and closed the stream. The server goes on.
+        log("hop::http::server: a connection could not be handed to loop " + std::to_string(to->m_index) + ": " +
+            e.what());
+    }
+}
+
+task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_shard* sh) {
     server_state& st = *self;
+    server_shard& here = *sh;
+    const std::string who = st.m_shards.size() > 1 ? "hop::http::server: loop " + std::to_string(here.m_index) + ": "
+                                                    : std::string("hop::http::server: ");
     auto backoff = std::chrono::duration_cast<std::chrono::nanoseconds>(first_backoff);
     std::uint64_t burst = 0;
+    std::size_t turn = 0;
     for (;;) {
-        while (st.m_open >= st.m_options.max_connections) {
-            st.m_slot_free.reset();
-            co_await st.m_slot_free.wait();
+        // The cap: a slot is taken once a connection is accepted, so an
+        // acceptor that waits holds none (with several acceptors, each may
+        // accept one connection that then waits, unserved, for a slot).
+        if (st.m_slots.load(std::memory_order_acquire) >= st.m_options.max_connections) {
+            co_await st.wait_for_slot(false);
         }
         tcp_stream s;
         std::string failure;
         try {
-            s = co_await st.m_listener.accept();
+            if (st.m_hand_off) {
+                s = co_await here.m_listener.accept_detached();
+            } else {
+                s = co_await here.m_listener.accept();
+            }
         } catch (const std::system_error& e) {
             if (!is_transient_accept_error(e)) throw;
             failure = e.what();
         }
         if (!failure.empty()) {
-            st.m_accept_failures.fetch_add(1, std::memory_order_relaxed);
+            here.m_accept_failures.fetch_add(1, std::memory_order_relaxed);
             if (++burst == 1) {
-                st.log("hop::http::server: accept failed: " + failure +
+                st.log(who + "accept failed: " + failure +
                        "; retrying with backoff (logged once until an accept succeeds)");
             }
             co_await sleep_for(backoff);
@@ -842,15 +1066,16 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self) {
             continue;
         }
         if (burst != 0) {
-            st.log("hop::http::server: accepting again after " + std::to_string(burst) + " failed accepts");
+            st.log(who + "accepting again after " + std::to_string(burst) + " failed accepts");
             burst = 0;
             backoff = first_backoff;
         }
-        st.start_connection(self, std::move(s));
+        if (!st.try_take_slot()) co_await st.wait_for_slot(true);
+        st.dispatch(self, here, turn, std::move(s));
     }
 }
 
-void server_state::expire(deadline_list& list, clock::time_point now) noexcept {
+void server_shard::expire(deadline_list& list, clock::time_point now) noexcept {
     while (deadline_node* n = list.front()) {
         if (n->deadline > now) break;
         deadline_list::unlink(*n);
@@ -858,61 +1083,73 @@ void server_state::expire(deadline_list& list, clock::time_point now) noexcept {
     }
 }
 
-task<void> server_state::sweep(std::shared_ptr<server_state> self) {
-    server_state& st = *self;
+task<void> server_state::sweep(std::shared_ptr<server_state> self, server_shard* sh) {
+    server_shard& here = *sh;
     // Nothing is added with a deadline sooner than now + the shorter
     // timeout, so a sleep never longer than that misses none.
-    const auto longest_sleep = std::min(st.m_options.header_timeout, st.m_options.idle_timeout);
+    const auto longest_sleep = std::min(self->m_options.header_timeout, self->m_options.idle_timeout);
     for (;;) {
         const auto now = clock::now();
-        st.expire(st.m_header_deadlines, now);
-        st.expire(st.m_idle_deadlines, now);
-        if (st.m_header_deadlines.empty() && st.m_idle_deadlines.empty()) {
-            st.m_sweeper_wake.reset();
-            co_await st.m_sweeper_wake.wait();
+        here.expire(here.m_header_deadlines, now);
+        here.expire(here.m_idle_deadlines, now);
+        if (here.m_header_deadlines.empty() && here.m_idle_deadlines.empty()) {
+            here.m_sweeper_wake.reset();
+            co_await here.m_sweeper_wake.wait();
             continue;
         }
         auto until = saturating_add(now, longest_sleep);
-        if (auto* n = st.m_header_deadlines.front()) until = std::min(until, n->deadline);
-        if (auto* n = st.m_idle_deadlines.front()) until = std::min(until, n->deadline);
+        if (auto* n = here.m_header_deadlines.front()) until = std::min(until, n->deadline);
+        if (auto* n = here.m_idle_deadlines.front()) until = std::min(until, n->deadline);
         co_await sleep_until(until);
     }
 }
 
-task<void> server_state::run(std::shared_ptr<server_state> self) {
+// One shard's whole life, on its loop, under a stop token nobody requests
+// (the shutdown comes through m_drain).
+task<void> server_state::run_shard(std::shared_ptr<server_state> self, server_shard* sh) {
     server_state& st = *self;
-    future<void> sweeper = st.m_loop->spawn(sweep(self));
-    future<void> accept;
-    {
-        std::lock_guard lock(st.m_mutex);
-        st.m_accept = st.m_loop->spawn(accept_loop(self));
-        accept = st.m_accept;
-    }
-    {
-        bool stop_now = false;
-        {
-            std::lock_guard lock(st.m_mutex);
-            stop_now = st.m_shutdown_requested;
-        }
-        if (stop_now) accept.cancel();
-    }
+    server_shard& here = *sh;
+    future<void> sweeper = here.m_loop->spawn(sweep(self, sh));
     std::exception_ptr fatal;
-    try {
-        co_await accept;
-    } catch (const cancelled_error&) {
-    } catch (...) {
-        fatal = std::current_exception();
+    if (here.m_accepts) {
+        future<void> accept;
+        try {
+            accept = here.m_loop->spawn(accept_loop(self, sh));
+            st.add_acceptor(accept);
+        } catch (...) {
+            fatal = std::current_exception();
+            if (accept.valid()) accept.cancel();
+            st.request_shutdown();
+        }
+        if (accept.valid()) {
+            try {
+                co_await accept;
+            } catch (const cancelled_error&) {
+            } catch (...) {
+                // Not transient: the whole server shuts down, then serve throws it.
+                if (!fatal) fatal = std::current_exception();
+                st.request_shutdown();
+            }
+        }
+        here.m_listener.close();
+        st.acceptor_ended();
     }
 
-    // Graceful shutdown: no new connections, idle ones closed now, the
-    // others close after their current response or when the grace ends.
-    st.m_draining = true;
-    st.m_listener.close();
-    for (server_connection* c = st.m_first; c != nullptr; c = c->next()) {
+    // Graceful shutdown, once every listener is closed: idle connections
+    // closed now, the others close after their current response or when
+    // the grace ends.
+    co_await here.m_drain.wait();
+    here.m_draining = true;
+    for (server_connection* c = here.m_first; c != nullptr; c = c->next()) {
         if (c->idle()) c->stop(server_connection::stop_reason::shutdown);
     }
+    // Connections handed to this loop and not yet taken: they close on arrival.
+    if (here.m_incoming.load(std::memory_order_relaxed) != 0) {
+        here.m_incoming_done.reset();
+        co_await here.m_incoming_done.wait();
+    }
     try {
-        co_await with_timeout(st.m_options.shutdown_grace, st.m_connections.wait());
+        co_await with_timeout(st.m_options.shutdown_grace, here.m_connections.wait());
     } catch (const timeout_error&) {
         // Past the grace: the wait cancelled the rest and waited for them.
     } catch (const cancelled_error&) {
@@ -922,19 +1159,107 @@ task<void> server_state::run(std::shared_ptr<server_state> self) {
         co_await sweeper;
     } catch (const cancelled_error&) {
     }
-    {
-        std::lock_guard lock(st.m_mutex);
-        st.m_accept = future<void>();
-    }
     if (fatal) std::rethrow_exception(fatal);
 }
 
-namespace {
+// serve(io_pool&)'s task on one pool loop: the pool's stop (or this
+// future's cancel) asks for the graceful shutdown, which it waits out.
+task<void> server_state::pool_shard(std::shared_ptr<server_state> self, server_shard* sh) {
+    const std::stop_token token = co_await get_stop_token();
+    future<void> running;
+    try {
+        running = sh->m_loop->spawn(run_shard(self, sh));
+    } catch (...) {
+        self->request_shutdown();
+        if (sh->m_accepts) self->acceptor_ended();  // its acceptor never runs
+        throw;
+    }
+    std::stop_callback<shutdown_requester> link(token, shutdown_requester{self.get()});
+    co_await std::move(running).await_with(hop::detail::stop_policy::ignore);
+}
 
-struct shutdown_requester {
-    server_state* st;
-    void operator()() const noexcept { st->request_shutdown(); }
-};
+void server_state::begin_serve(const char* where) {
+    std::lock_guard lock(m_mutex);
+    if (m_serve_started) throw std::logic_error(std::string(where) + ": this server has served already");
+    m_serve_started = true;
+}
+
+void server_state::make_shards(const std::vector<io_loop*>& loops, std::size_t home) {
+    const std::size_t n = loops.size();
+    const bool per_loop = m_options.accept == accept_mode::reuse_port && n > 1;
+    std::vector<std::unique_ptr<server_shard>> shards;
+    shards.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) shards.push_back(std::make_unique<server_shard>(i, loops[i]));
+    if (per_loop) {
+        // One more SO_REUSEPORT listener on the same address per further loop.
+        const listen_options lo{.backlog = m_options.backlog, .reuse_port = true, .reuse_address = true};
+        std::vector<tcp_listener> more;
+        more.reserve(n - 1);
+        for (std::size_t i = 1; i < n; ++i) more.push_back(tcp_listener::bind(m_local, lo));
+        shards[0]->m_listener = std::move(m_listener);
+        for (std::size_t i = 1; i < n; ++i) shards[i]->m_listener = std::move(more[i - 1]);
+        for (auto& sh : shards) sh->m_accepts = true;
+    } else {
+        shards[home]->m_listener = std::move(m_listener);
+        shards[home]->m_accepts = true;
+        m_hand_off = n > 1;
+    }
+    m_acceptors_running.store(per_loop ? n : 1, std::memory_order_relaxed);
+    m_shards = std::move(shards);
+    m_shard_count.store(n, std::memory_order_release);
+}
+
+task<void> server_state::serve_one(std::shared_ptr<server_state> st) {
+    if (!st) throw std::logic_error("hop::http::server::serve: the server is empty");
+    st->begin_serve("hop::http::server::serve");
+    // The server runs on the caller's loop (the default loop for a caller
+    // on none); its listener and connections belong to that loop.
+    io_loop& loop = this_thread_loop();
+    st->make_shards({&loop}, 0);
+    const std::stop_token token = co_await get_stop_token();
+    future<void> running = loop.spawn(run_shard(st, st->m_shards[0].get()));
+    std::stop_callback<shutdown_requester> link(token, shutdown_requester{st.get()});
+    // Not a cancellation point: a stop asks for the graceful shutdown above,
+    // and serve() returns once it is over.
+    co_await std::move(running).await_with(hop::detail::stop_policy::ignore);
+}
+
+task<void> server_state::serve_pool(std::shared_ptr<server_state> st, io_pool& loops) {
+    if (!st) throw std::logic_error("hop::http::server::serve: the server is empty");
+    if (loops.stopping()) throw executor_shutdown_error("hop::http::server::serve: the io_pool is stopping");
+    st->begin_serve("hop::http::server::serve");
+    const std::size_t n = loops.size();
+    std::vector<io_loop*> each(n);
+    for (std::size_t i = 0; i < n; ++i) each[i] = &loops[i];
+    // least_loaded's acceptor: on the caller's loop if it is one of the pool's.
+    const std::size_t home = loops.this_loop() != nullptr ? loops.this_index() : 0;
+    st->make_shards(each, home);
+    const std::stop_token token = co_await get_stop_token();
+    std::vector<future<void>> shards;
+    std::exception_ptr failure;
+    try {
+        shards.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) shards.push_back(loops.spawn_on(i, pool_shard(st, st->m_shards[i].get())));
+    } catch (...) {
+        // The pool began to stop: the shards started shut down again.
+        failure = std::current_exception();
+        st->request_shutdown();
+        for (std::size_t i = shards.size(); i < n; ++i) {
+            if (st->m_shards[i]->m_accepts) st->acceptor_ended();
+        }
+    }
+    std::stop_callback<shutdown_requester> link(token, shutdown_requester{st.get()});
+    for (auto& f : shards) {
+        try {
+            co_await std::move(f).await_with(hop::detail::stop_policy::ignore);
+        } catch (...) {
+            if (!failure) failure = std::current_exception();
+        }
+    }
+    if (failure) std::rethrow_exception(failure);
+}
+
+namespace {
 
 void validate(const server_options& o) {
     const char* where = "hop::http::server::bind: ";
@@ -960,6 +1285,10 @@ void validate(const server_options& o) {
         throw std::invalid_argument(std::string(where) + "backlog is " + std::to_string(o.backlog) +
                                     ": it must be at least 1");
     }
+    if (o.accept != accept_mode::least_loaded && o.accept != accept_mode::reuse_port) {
+        throw std::invalid_argument(std::string(where) + "accept is " + std::to_string(static_cast<int>(o.accept)) +
+                                    ": it must be hop::accept_mode::least_loaded or reuse_port");
+    }
     if (o.tls && !o.tls->is_server()) {
         throw std::invalid_argument(std::string(where) +
                                     "tls is a client context: use hop::tls::context::server(cert, key)");
@@ -970,7 +1299,10 @@ std::shared_ptr<server_state> make_state(const endpoint& local, server_options o
     validate(options);
     // This server speaks HTTP/1.1 only: that is what it agrees to in ALPN.
     if (options.tls) options.tls->set_alpn({"http/1.1"});
-    const listen_options lo{.backlog = options.backlog, .reuse_port = options.reuse_port, .reuse_address = true};
+    // reuse_port: serve(io_pool&) binds more listeners to the same port.
+    const listen_options lo{.backlog = options.backlog,
+                            .reuse_port = options.reuse_port || options.accept == accept_mode::reuse_port,
+                            .reuse_address = true};
     auto st = std::make_shared<server_state>(std::move(options));
     st->m_listener = tcp_listener::bind(local, lo);
     st->m_local = st->m_listener.local_endpoint();
@@ -1022,24 +1354,9 @@ endpoint server::local_endpoint() const {
     return m_state->m_local;
 }
 
-task<void> server::serve() {
-    if (!m_state) throw std::logic_error("hop::http::server::serve: the server is empty");
-    std::shared_ptr<detail::server_state> st = m_state;
-    {
-        std::lock_guard lock(st->m_mutex);
-        if (st->m_serve_started) throw std::logic_error("hop::http::server::serve: this server has served already");
-        st->m_serve_started = true;
-    }
-    // The server runs on the caller's loop (the default loop for a caller
-    // on none); its listener and connections belong to that loop.
-    st->m_loop = &this_thread_loop();
-    const std::stop_token token = co_await get_stop_token();
-    future<void> running = st->m_loop->spawn(detail::server_state::run(st));
-    std::stop_callback<detail::shutdown_requester> link(token, detail::shutdown_requester{st.get()});
-    // Not a cancellation point: a stop asks for the graceful shutdown above,
-    // and serve() returns once it is over.
-    co_await std::move(running).await_with(hop::detail::stop_policy::ignore);
-}
+task<void> server::serve() { return detail::server_state::serve_one(m_state); }
+
+task<void> server::serve(io_pool& loops) { return detail::server_state::serve_pool(m_state, loops); }
 
 void server::shutdown() noexcept {
     if (m_state) m_state->request_shutdown();
@@ -1048,10 +1365,14 @@ void server::shutdown() noexcept {
 server_stats server::stats() const noexcept {
     server_stats s;
     if (!m_state) return s;
-    s.connections = m_state->m_open_count.load(std::memory_order_relaxed);
-    s.accepted = m_state->m_accepted.load(std::memory_order_relaxed);
-    s.requests = m_state->m_requests.load(std::memory_order_relaxed);
-    s.accept_failures = m_state->m_accept_failures.load(std::memory_order_relaxed);
+    const std::size_t n = m_state->m_shard_count.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < n; ++i) {
+        const detail::server_shard& sh = *m_state->m_shards[i];
+        s.connections += sh.m_load.load(std::memory_order_relaxed);
+        s.accepted += sh.m_accepted.load(std::memory_order_relaxed);
+        s.requests += sh.m_requests.load(std::memory_order_relaxed);
+        s.accept_failures += sh.m_accept_failures.load(std::memory_order_relaxed);
+    }
     return s;
 }
 

@@ -1,6 +1,7 @@
 #pragma once
 /// @file
-/// hop::http::server — an HTTP/1.0 and HTTP/1.1 server on an io_loop.
+/// hop::http::server — an HTTP/1.0 and HTTP/1.1 server on an io_loop, or
+/// on every loop of an io_pool.
 ///
 /// A handler is a coroutine `request& -> task<response>`: it runs on the
 /// server's loop and may hop to the CPU pool (`co_await hop::cpu().schedule()`)
@@ -17,6 +18,13 @@
 ///      .shutdown_grace = 10s});
 /// srv.local_endpoint();
 /// co_await srv.serve();   // until its stop token is requested: then a graceful shutdown
+/// @endcode
+///
+/// On every core, one line more (serve(io_pool&)):
+/// @code
+/// hop::io_pool loops;                       // one loop per core
+/// auto srv = hop::http::server::bind(ep, handler);
+/// co_await srv.serve(loops);                // connections spread over the loops
 /// @endcode
 ///
 /// What the server does on the wire:
@@ -46,18 +54,24 @@
 /// - a handler that throws gets a 500 (logged) and the server goes on; so
 ///   does a handler that returns a status outside 200-999 (1xx is no final
 ///   status);
-/// - at most max_connections connections are served at once: further ones
-///   wait in the listen backlog until one ends (with io_uring up to 64 more
-///   may already be accepted by the kernel; they wait unserved too);
+/// - at most max_connections connections are served at once (over every
+///   loop): further ones wait in the listen backlog until one ends (with
+///   io_uring up to 64 more may already be accepted by the kernel, and with
+///   accept_mode::reuse_port each loop's acceptor may hold one it took as
+///   the last slot went to another loop; they wait unserved too);
 /// - accept failures that come from the machine (out of descriptors or
 ///   memory, a connection aborted before it was taken) do not stop the
 ///   server: it waits (a few ms, doubling up to 1 s) and tries again, and
-///   logs one line when such a run of failures starts and one when it ends.
+///   logs one line when such a run of failures starts and one when it ends
+///   (an accept succeeds again). On a pool each acceptor does so on its
+///   own; a reuse_port acceptor with no connection waiting fails too (the
+///   descriptor is taken first), and its run ends at its next connection.
 ///
 /// Upgrade requests (WebSocket, h2c) are answered as plain requests and the
 /// connection is then closed; there is no TLS yet.
 
 #include <hop/http/message.hpp>
+#include <hop/io_pool.hpp>
 #include <hop/tls.hpp>
 #include <hop/net.hpp>
 #include <hop/task.hpp>
@@ -91,20 +105,37 @@ struct server_options {
     /// makes no progress, a response the client does not read: closed after
     /// this long. Must be positive.
     std::chrono::nanoseconds idle_timeout = std::chrono::seconds(60);
-    /// Connections served at once; at least 1.
+    /// Connections served at once (by the whole server, over every loop it
+    /// serves on); at least 1.
     std::size_t max_connections = 10000;
     /// After serve()'s stop: how long requests in flight may take to
     /// finish before they are cancelled. 0 cancels them at once; not negative.
     std::chrono::nanoseconds shutdown_grace = std::chrono::seconds(10);
     /// The listen backlog (at least 1) and SO_REUSEPORT, as in
-    /// hop::listen_options.
+    /// hop::listen_options (accept_mode::reuse_port sets SO_REUSEPORT
+    /// whatever this says).
     int backlog = 1024;
     bool reuse_port = false;
+    /// How serve(io_pool&) spreads connections over the pool's loops:
+    /// - least_loaded: one listener and one acceptor; each connection goes
+    ///   to the loop serving the fewest of this server's connections at
+    ///   that moment (among equals, in turn). Balanced whatever the
+    ///   clients' addresses; a connection served on another loop than the
+    ///   acceptor's costs one hand-off between threads.
+    /// - reuse_port: bind() sets SO_REUSEPORT and serve(io_pool&) binds one
+    ///   more listener per further loop on the same port; each loop accepts
+    ///   its own connections and the kernel spreads them by a hash of
+    ///   their addresses (no hand-off, no balancing: a loop keeps what it
+    ///   gets). Another process of the same user may then bind the port
+    ///   too.
+    /// serve() on one loop ignores it (apart from SO_REUSEPORT).
+    accept_mode accept = accept_mode::least_loaded;
     /// The Server header's value; empty (the default): no Server header.
     std::string server_header{};
     /// Where the server's log lines go (a handler that threw, a bad
     /// status, accept failures); each call is one line without its newline.
-    /// Called on the server's loop. Empty (the default): stderr.
+    /// Called on the loop the line is about (any of a pool's loops, with
+    /// serve(io_pool&)); calls never overlap. Empty (the default): stderr.
     std::function<void(std::string_view)> log{};
     /// Serve https: each accepted connection shakes hands with this
     /// (server) context before its first request; a failed handshake closes
@@ -113,6 +144,7 @@ struct server_options {
 };
 
 /// What a server has done so far; see server::stats().
+/// With serve(io_pool&), each figure is the sum over the loops.
 struct server_stats {
     std::size_t connections = 0;        ///< open now
     std::uint64_t accepted = 0;         ///< connections accepted in all
@@ -122,6 +154,7 @@ struct server_stats {
 
 namespace detail {
 class server_state;
+class server_shard;
 class server_connection;
 }  // namespace detail
 
@@ -194,13 +227,16 @@ private:
 
 /// An HTTP/1.x server on one io_loop: the loop of the coroutine that
 /// awaits serve() (hop::default_loop() for one on a thread that runs none);
-/// its listener, connections and handlers run there.
+/// its listener, connections and handlers run there. Or on every loop of an
+/// io_pool (serve(io_pool&)): each connection is served, and its handlers
+/// run, on one of the pool's loops, so the handler is called on several
+/// threads at once and what it shares must be thread-safe.
 ///
 /// Lifetime: the handler is stored in the server's state, which lives as
 /// long as the server object or any coroutine it started (serve(), a
 /// connection, a handler) — a capturing lambda is safe. Destroying the
-/// server requests the same graceful shutdown as stopping serve(); do it
-/// on the loop's thread.
+/// server requests the same graceful shutdown as stopping serve() (on any
+/// thread); serve() still runs it to its end.
 class server {
 public:
     /// The plain handler: the whole request in, the whole response out.
@@ -265,6 +301,35 @@ public:
     /// @throws std::system_error for an accept failure that is not
     ///         transient (EBADF, EINVAL...), after the same graceful shutdown.
     task<void> serve();
+
+    /// serve() on every loop of `loops`: each loop serves its own share of
+    /// the connections (its own connection list, deadlines and counters;
+    /// nothing is locked per request), spread as options.accept says. With
+    /// accept_mode::least_loaded the acceptor runs on the pool's loop that
+    /// runs the awaiting coroutine, or on loops[0] if it runs none of them.
+    ///
+    /// Runs until the awaiting coroutine's stop token is requested,
+    /// shutdown() is called, or the pool is stopped; then the graceful
+    /// shutdown serve() describes happens on every loop: all listeners
+    /// close first, then each loop closes its idle connections, gives its
+    /// requests in flight shutdown_grace, cancels the rest and waits for
+    /// them; serve(loops) returns normally once every loop is done. The
+    /// pool waits for that before it stops (its tasks are serve's).
+    ///
+    /// The caller resumes on its own executor (a pool loop or another);
+    /// `loops` must be running and outlive the call. serve() and
+    /// serve(io_pool&) together can run once per server.
+    /// @throws std::logic_error for an empty server or a second serve.
+    /// @throws hop::executor_shutdown_error if `loops` is stopping.
+    /// @throws std::system_error if a reuse_port listener cannot be bound
+    ///         (naming the endpoint), or for an accept failure that is not
+    ///         transient, after the graceful shutdown.
+    ///
+    /// @code
+    /// hop::io_pool loops{4};
+    /// auto f = loops.spawn_on(0, srv.serve(loops));  // f.cancel(): graceful shutdown
+    /// @endcode
+    task<void> serve(io_pool& loops);
 
     /// Requests the graceful shutdown that stopping serve() does (serve()
     /// then returns; if serve() has not started yet it will return at once
