@@ -11,6 +11,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 #include <unordered_set>
 
 namespace hop::detail {
@@ -287,12 +289,20 @@ std::vector<bool> wait_states(const std::vector<future_state_base*>& states, ret
         }
     };
     auto b = std::make_shared<block>();
+    // The nodes still linked when the wait returns (a timeout, or
+    // first_completed with others pending) are unlinked and freed below: a
+    // polling loop (`while (!wait(fs, ..., 50ms).done...)`) must not leave
+    // one behind per call and future.
+    std::vector<std::pair<future_state_base*, node*>> linked;
+    linked.reserve(states.size());
     for (auto* s : states) {
         auto* n = new node;
         n->notify = &node::on_notify;
         n->b = b;
         n->s = s;
-        if (!s->add_waiter(n)) {
+        if (s->add_waiter(n)) {
+            linked.emplace_back(s, n);
+        } else {
             delete n;
             std::lock_guard lock(b->mutex);
             ++b->done;
@@ -317,6 +327,14 @@ std::vector<bool> wait_states(const std::vector<future_state_base*>& states, ret
         } else {
             b->cv.wait(lock, satisfied);
         }
+    }
+    for (auto [s, n] : linked) {
+        // unlink_waiter_locked reads nothing of `n` once the state's list
+        // was taken (then its completion frees `n`, or has freed it).
+        s->lock_waiters();
+        const bool unlinked = s->unlink_waiter_locked(n);
+        s->unlock_waiters();
+        if (unlinked) delete n;
     }
     std::vector<bool> flags(states.size());
     for (std::size_t i = 0; i < states.size(); ++i) flags[i] = states[i]->done();

@@ -27,6 +27,10 @@ thread_local loop_core* tl_core = nullptr;
 
 loop_core* current_core() noexcept { return tl_core; }
 
+#ifndef NDEBUG
+void (*test_before_wake_flush)() = nullptr;
+#endif
+
 void throw_errno(int err, const char* what) {
     if (err < 0) err = -err;
     throw std::system_error(err, std::generic_category(), what);
@@ -59,16 +63,40 @@ void loop_core::post(work_item* w) noexcept {
     }
     // The wake happens under the lock: once the item is visible the loop may
     // run it and be destroyed, and the destructor takes this lock before it
-    // frees the backend, so no poster is still inside wake() then.
-    std::lock_guard lock(m_remote_mutex);
-    if (m_remote_tail) {
-        m_remote_tail->next = w;
-    } else {
-        m_remote_head = w;
+    // frees the backend, so no poster is still inside wake() then. A wake
+    // prepared on the poster's own backend (wake_from) is sent after the
+    // lock: the woken loop's first act is to take it, and the poster's
+    // backend is alive (this thread runs it).
+    loop_backend* flush = nullptr;
+    {
+        std::lock_guard lock(m_remote_mutex);
+        if (m_remote_tail) {
+            m_remote_tail->next = w;
+        } else {
+            m_remote_head = w;
+        }
+        m_remote_tail = w;
+        m_remote_count.fetch_add(1, std::memory_order_seq_cst);
+        flush = wake_if_sleeping();
     }
-    m_remote_tail = w;
-    m_remote_count.fetch_add(1, std::memory_order_seq_cst);
-    wake_if_sleeping();
+    if (flush != nullptr) {
+#ifndef NDEBUG
+        if (test_before_wake_flush) test_before_wake_flush();
+#endif
+        flush->flush_wakes();
+    }
+}
+
+loop_backend* loop_core::wake_for_poster() noexcept {
+    // A thread running another loop may wake through that loop's backend
+    // (io_uring: a MSG_RING on its ring). Not while that backend is being
+    // destroyed (the core no longer holds it then).
+    loop_core* poster = tl_core;
+    if (poster != nullptr && poster != this && poster->m_backend != nullptr) {
+        return m_backend->wake_from(*poster->m_backend) ? poster->m_backend.get() : nullptr;
+    }
+    m_backend->wake();
+    return nullptr;
 }
 
 // ---- the turn -----------------------------------------------------------------

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -33,11 +34,28 @@ struct fd_registration {
     virtual ~fd_registration() = default;
 };
 
+/// How a backend's loop woke other loops, and was woken by them: figures for
+/// tests and benchmarks (loop_backend::wake_counts). Only io_uring keeps them.
+struct wake_stats {
+    /// Wakes this loop sent to sleeping io_uring loops as IORING_OP_MSG_RING.
+    std::uint64_t msg_ring_sent = 0;
+    /// Wakes this loop sent to sleeping loops by their eventfd: the target
+    /// or this loop takes no MSG_RING (epoll, HOP_URING_NO_MSG_RING=1), or a
+    /// MSG_RING failed.
+    std::uint64_t eventfd_sent = 0;
+    /// MSG_RING wakes that could not be submitted or that the kernel refused
+    /// (the target is then woken by its eventfd; see uring_backend.cpp).
+    std::uint64_t msg_ring_failed = 0;
+    /// MSG_RING wakes this loop received.
+    std::uint64_t msg_ring_received = 0;
+};
+
 /// What a kernel facility provides to loop_core.
 ///
 /// Threads: every function is called on the loop thread (the thread inside
-/// the core's turn, or the thread destroying the loop) except wake(), which
-/// any thread may call, and the destructor, called after shutdown.
+/// the core's turn, or the thread destroying the loop) except wake() and
+/// wake_from(), which other threads call, and the destructor, called after
+/// shutdown.
 ///
 /// Completions: an operation's completion is its io_operation::complete()
 /// call. A backend calls it only from start_io (a call that finished at
@@ -75,6 +93,25 @@ public:
     /// Thread-safe, never blocks: makes a wait() in progress (or the next
     /// one) return soon. The core calls it only while the loop sleeps.
     virtual void wake() noexcept = 0;
+    /// wake() for a post made on a thread that runs another loop, `poster`
+    /// (inside its run, poll or shutdown), under this core's remote lock (so
+    /// this backend is alive throughout). A backend may wake through the
+    /// poster's kernel facility instead (io_uring to io_uring: an
+    /// IORING_OP_MSG_RING prepared on the poster's ring); it returns true
+    /// then, and the core calls poster.flush_wakes() as soon as it has let
+    /// go of the lock, before the post returns. Otherwise it wakes as wake()
+    /// does and returns false.
+    virtual bool wake_from(loop_backend& poster) noexcept {
+        (void)poster;
+        wake();
+        return false;
+    }
+    /// Hands the wakes that wake_from() prepared here to the kernel (the
+    /// targets may be gone by now); a wake that fails is made by eventfd.
+    /// Loop thread.
+    virtual void flush_wakes() noexcept {}
+    /// How this loop woke others and was woken (loop thread).
+    virtual wake_stats wake_counts() const noexcept { return {}; }
 
     // ---- driving the loop from a program's own poll loop --------------------
 
@@ -184,6 +221,11 @@ public:
     }
     std::size_t timer_count() const noexcept { return m_heap.size(); }
 
+    /// True while the loop sleeps in the backend (or its host sleeps on the
+    /// native handle) and a post from another thread must wake it. Any
+    /// thread; for tests and benchmarks that need a sleeping target.
+    bool sleeping() const noexcept { return m_sleeping.load(std::memory_order_seq_cst); }
+
     // ---- stop -------------------------------------------------------------
 
     void request_stop() noexcept {
@@ -209,14 +251,20 @@ public:
 
 private:
     std::size_t turn(bool may_block);
-    void wake_if_sleeping() noexcept {
+    /// Under m_remote_mutex. Returns the backend whose flush_wakes() the
+    /// caller must call once it has released the lock, or null.
+    loop_backend* wake_if_sleeping() noexcept {
         // A load first: a loop that is awake costs the poster no write to
         // the shared line.
         if (m_always_wake ||
             (m_sleeping.load(std::memory_order_seq_cst) && m_sleeping.exchange(false, std::memory_order_seq_cst))) {
-            m_backend->wake();
+            return wake_for_poster();
         }
+        return nullptr;
     }
+    /// Wakes this loop for a post from another thread: through the
+    /// poster's own loop when the thread runs one (wake_from), else wake().
+    loop_backend* wake_for_poster() noexcept;
     std::size_t fire_expired();
     void abort_timers() noexcept;
     void sift_up(std::size_t i) noexcept;
@@ -253,6 +301,13 @@ private:
 
 /// The loop the calling thread runs, or null.
 loop_core* current_core() noexcept;
+
+#ifndef NDEBUG
+/// Debug builds, for tests: called by a post that prepared its wake on the
+/// poster's backend (wake_from), after it let go of the target's lock and
+/// before it sends the wake — the window in which the target may go.
+extern void (*test_before_wake_flush)();
+#endif
 
 /// Turns a liburing / syscall `-errno` (or errno) into std::system_error.
 [[noreturn]] void throw_errno(int err, const char* what);

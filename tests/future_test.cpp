@@ -1,4 +1,5 @@
 #include <hop/future.hpp>
+#include <hop/combinators.hpp>
 
 #include <hop/cpu_pool.hpp>
 #include <hop/task.hpp>
@@ -1148,6 +1149,30 @@ TEST_CASE("wait_for polling a pending future does not grow memory") {
     CHECK(f.wait_for(0s));
     CHECK(f.get() == 8);
     CHECK(hop_test::allocations_on_this_thread - before == made);
+}
+
+TEST_CASE("hop::wait polling pending futures with a timeout leaves nothing behind per call") {
+    hop::promise<int> p1;
+    hop::promise<int> p2;
+    hop::promise<int> p3;
+    std::vector<hop::future<int>> fs{p1.get_future(), p2.get_future(), p3.get_future()};
+    p3.set_value(3);  // one done: first_completed returns at once, leaving two linked
+    auto live = [] { return hop_test::allocations_total.load() - hop_test::frees_total.load(); };
+    const auto before = live();
+    int timed_out = 0;
+    for (int i = 0; i < 10'000; ++i) {
+        timed_out += hop::wait(fs, hop::return_when::all_completed, 1us).not_done.size() == 2;
+        timed_out += hop::wait(fs, hop::return_when::first_completed).not_done.size() == 2;
+    }
+    CHECK(timed_out == 20'000);
+    // Before the fix: the nodes still linked to p1 and p2 (60,000 counted:
+    // a node and its shared block per call and future).
+    CHECK(live() - before < 100);
+    p1.set_value(1);
+    p2.set_value(2);
+    auto r = hop::wait(fs, hop::return_when::all_completed, 1s);
+    CHECK(r.done.size() == 3);
+    CHECK(r.not_done.empty());
 }
 
 TEST_CASE("co_await a future is a cancellation point: stop resumes the awaiter on its executor and cancels the future") {

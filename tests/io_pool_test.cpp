@@ -14,6 +14,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -63,13 +64,18 @@ int connect_blocking(std::uint16_t port) {
 
 // A task's future completes just before the pool counts it out (its frame
 // goes first): wait for the count, with a guard that fails, not hangs.
-bool load_drops_to_zero(const hop::io_pool& pool, std::size_t i) {
+template <class Pred>
+bool eventually(Pred pred) {
     const auto until = std::chrono::steady_clock::now() + hop_test::socket_guard;
-    while (pool.load(i) != 0) {
+    while (!pred()) {
         if (std::chrono::steady_clock::now() > until) return false;
         std::this_thread::yield();
     }
     return true;
+}
+
+bool load_drops_to_zero(const hop::io_pool& pool, std::size_t i) {
+    return eventually([&] { return pool.load(i) == 0; });
 }
 
 }  // namespace
@@ -365,5 +371,132 @@ TEST_CASE("a pool destroyed from one of its own tasks shuts down without it and 
         CHECK(owner == nullptr);
         // The threads end and free the state on their own (ASan/LSan check
         // that nothing leaks at exit).
+    });
+}
+
+TEST_CASE("pin_threads puts loop i's thread on one CPU the process may use") {
+    hop_test::for_each_backend([](hop::backend b) {
+        auto o = pool_options(b, 2);
+        o.pin_threads = true;
+        hop::io_pool pool{o};
+        cpu_set_t allowed;
+        CPU_ZERO(&allowed);
+        REQUIRE(::sched_getaffinity(0, sizeof allowed, &allowed) == 0);
+        for (std::size_t i = 0; i < pool.size(); ++i) {
+            auto f = pool.spawn_on(i, []() -> hop::task<int> {
+                cpu_set_t mine;
+                CPU_ZERO(&mine);
+                if (::sched_getaffinity(0, sizeof mine, &mine) != 0) co_return -1;
+                co_return CPU_COUNT(&mine);
+            }());
+            CHECK(f.get() == 1);
+        }
+        CHECK(CPU_COUNT(&allowed) >= 1);
+    });
+}
+
+TEST_CASE("stop() on one of the pool's loops does not end it: the pool runs it again") {
+    hop_test::for_each_backend([](hop::backend b) {
+        hop::io_pool pool{pool_options(b, 2)};
+        pool[1].stop();
+        CHECK(pool.spawn_on(1, where_am_i(pool)).get().index == 1);
+    });
+}
+
+namespace {
+// The least_loaded acceptor: each connection goes to the loop with the
+// fewest tasks, as a stream no loop owns yet.
+hop::task<void> hand_over(hop::io_pool& pool, hop::tcp_listener& lis, int count,
+                          std::vector<std::atomic<int>>& served, std::atomic<int>& wrong_loop) {
+    for (int i = 0; i < count; ++i) {
+        hop::tcp_stream s = co_await lis.accept_detached();
+        const std::size_t target = pool.least_loaded();
+        (void)pool.spawn_on(target, [](hop::io_pool& p, std::size_t want, hop::tcp_stream st,
+                                       std::vector<std::atomic<int>>& per_loop,
+                                       std::atomic<int>& wrong) -> hop::task<void> {
+            if (p.this_index() != want) wrong.fetch_add(1);
+            per_loop[p.this_index()].fetch_add(1);
+            std::array<char, 16> buf{};
+            // Its first operation binds the stream to this loop.
+            while (co_await st.read_some(buf) != 0) {
+            }
+        }(pool, target, std::move(s), served, wrong_loop));
+    }
+}
+}  // namespace
+
+TEST_CASE("1,000 connections handed to the least loaded loop: none holds more than 1.5x the mean") {
+    hop_test::for_each_backend([](hop::backend b) {
+        constexpr int conns = 1000;
+        hop::io_pool pool{pool_options(b, 3)};
+        auto lis = hop::tcp_listener::bind(hop::endpoint::loopback_v4(0), {.backlog = 1024});
+        std::vector<std::atomic<int>> served(pool.size());
+        std::atomic<int> wrong{0};
+        // The acceptor is a spawn_on task too, so loop 0 counts it.
+        auto acceptor = pool.spawn_on(0, hand_over(pool, lis, conns, served, wrong));
+        std::vector<int> clients;
+        clients.reserve(conns);
+        for (int i = 0; i < conns; ++i) clients.push_back(connect_blocking(lis.local_endpoint().port()));
+        REQUIRE(acceptor.wait_for(hop_test::socket_guard));
+        acceptor.get();
+        const auto until = std::chrono::steady_clock::now() + hop_test::socket_guard;
+        auto total = [&] {
+            int t = 0;
+            for (auto& s : served) t += s.load();
+            return t;
+        };
+        while (total() < conns && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+        REQUIRE(total() == conns);
+        const double mean = static_cast<double>(conns) / static_cast<double>(pool.size());
+        for (std::size_t i = 0; i < pool.size(); ++i) {
+            INFO("loop " << i << " serves " << served[i].load() << " of " << conns);
+            CHECK(static_cast<double>(served[i].load()) <= 1.5 * mean);
+            // (The acceptor's own count leaves loop 0 just after its future is done.)
+            CHECK(eventually([&] { return pool.load(i) == static_cast<std::size_t>(served[i].load()); }));
+        }
+        CHECK(wrong.load() == 0);
+        for (int fd : clients) ::close(fd);  // each session reads the end and ends
+        for (std::size_t i = 0; i < pool.size(); ++i) CHECK(load_drops_to_zero(pool, i));
+    });
+}
+
+TEST_CASE("a stream from accept_detached() binds to the loop of its first operation; accept() binds at once") {
+    hop_test::for_each_backend([](hop::backend b) {
+        hop::io_pool pool{pool_options(b, 2)};
+        auto lis = hop::tcp_listener::bind(hop::endpoint::loopback_v4(0));
+        const auto port = lis.local_endpoint().port();
+        const int c1 = connect_blocking(port);
+        const int c2 = connect_blocking(port);
+        REQUIRE(::write(c1, "x", 1) == 1);
+        REQUIRE(::write(c2, "y", 1) == 1);
+
+        // Detached: accepted on loop 0, read on loop 1.
+        auto detached = pool.spawn_on(0, [](hop::tcp_listener& l) -> hop::task<hop::tcp_stream> {
+                                co_return co_await l.accept_detached();
+                            }(lis)).get();
+        auto got = pool.spawn_on(1, [](hop::tcp_stream& s) -> hop::task<char> {
+                           std::array<char, 1> c{};
+                           co_await s.read_exact(c);
+                           co_return c[0];
+                       }(detached)).get();
+        CHECK(got == 'x');
+        // Now it belongs to loop 1: loop 0 may not use it.
+        CHECK_THROWS_WITH_AS(pool.spawn_on(0, [](hop::tcp_stream& s) -> hop::task<void> {
+                                     std::array<char, 1> c{};
+                                     co_await s.read_some(c);
+                                 }(detached)).get(),
+                             doctest::Contains("belongs to"), std::logic_error);
+
+        // accept(): the stream belongs to the accepting loop from the start.
+        auto bound = pool.spawn_on(0, [](hop::tcp_listener& l) -> hop::task<hop::tcp_stream> {
+                             co_return co_await l.accept();
+                         }(lis)).get();
+        CHECK_THROWS_WITH_AS(pool.spawn_on(1, [](hop::tcp_stream& s) -> hop::task<void> {
+                                     std::array<char, 1> c{};
+                                     co_await s.read_some(c);
+                                 }(bound)).get(),
+                             doctest::Contains("belongs to"), std::logic_error);
+        ::close(c1);
+        ::close(c2);
     });
 }

@@ -131,6 +131,9 @@ detached_task pool_child(io_pool_state* pool, std::size_t i, future_state<T>* s,
 /// pending on it (its own timers and IO). One task failing does not touch
 /// the others: its exception goes to its future.
 ///
+/// The loops belong to the pool: `pool[i].stop()` does not end loop i (its
+/// thread runs it again); stop the pool instead.
+///
 /// Work a pool loop runs that was not started through spawn_on (a
 /// loops[i].spawn(), a post) is not waited for at shutdown: it is
 /// cancelled when its loop is destroyed, and must not then move to
@@ -158,7 +161,8 @@ public:
 
     /// Number of loops.
     std::size_t size() const noexcept;
-    /// Loop `i`. Thread-safe.
+    /// Loop `i`. Thread-safe. The reference is good until the pool has
+    /// shut down (run() returned, or the destructor).
     /// @throws std::out_of_range naming `i` and size().
     io_loop& operator[](std::size_t i) const;
     /// The pool's loop the calling thread runs, or null.

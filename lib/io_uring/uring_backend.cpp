@@ -10,6 +10,54 @@
 // Cross-thread wakeup: a read on an eventfd is kept armed in the ring; the
 // core calls wake() (which writes the eventfd) only while the loop sleeps,
 // so a busy loop pays no syscall per post.
+//
+// Loop to loop: a post made on a thread that runs another io_uring loop
+// wakes a sleeping target with an IORING_OP_MSG_RING submitted on the
+// poster's own ring (wake_from): the kernel puts a CQE (msg_wake_tag) in the
+// target's completion queue, which ends its wait directly — no eventfd
+// write, no armed read to complete (task work on the target) and re-arm.
+// IOSQE_CQE_SKIP_SUCCESS keeps the poster's ring free of a CQE for every
+// wake; a failed send still posts one (msg_sent_tag). (IORING_MSG_RING_CQE_SKIP,
+// the other "skip" flag, is about the target's CQE and only for
+// IORING_MSG_SEND_FD: data messages with it are refused with -EINVAL.)
+//
+// When the SQE goes: in the post itself, right after the target's remote
+// lock is released (loop_core::post calls flush_wakes): one io_uring_enter,
+// which also takes whatever else the poster had queued. Not at the end of
+// the poster's handler batch: that would let the wake ride on the submit
+// the turn makes anyway (one syscall fewer when the batch also queues IO),
+// but the target would sleep through the rest of the batch — forever if a
+// later handler blocks on an answer from it (future::get() on a loop thread:
+// poor style, not an error; tests/cross_loop_test has the case). Not under
+// the lock either: the woken loop's first act is to take that lock, and a
+// poster still inside io_uring_enter would put it back to sleep on the
+// mutex (measured: no gain over eventfd then, bench/cross_loop_bench idle).
+// The poster pays one syscall per wake, as an eventfd write costs; the
+// target saves the read's completion (task work) and its re-arm.
+//
+// The target's ring fd is read under the target's lock, but the SQE is
+// submitted just after: if the target is destroyed in between, the fd may
+// be closed (-EBADFD, a failure: see below) or reused by another ring (which
+// gets a stray msg_wake_tag CQE, a spurious wake; hop ignores it). Never
+// memory: a data message carries no pointers.
+//
+// Failures fall back to eventfd, so no wake is lost. No SQE (the queue is
+// full even after a submit): the target's eventfd at once, under its lock.
+// After the lock the target may be gone, so a submit that fails (-EBUSY,
+// -EAGAIN...) or a send the kernel refuses (-EBADFD, -EOVERFLOW...) writes
+// the eventfd of every live io_uring loop (a registry; an extra wake costs
+// a turn). Issue of a data message to a ring without IOPOLL or DEFER_TASKRUN
+// (hop sets neither) is inline in the submit, so a refusal's CQE is in the
+// poster's queue when the submit returns: flush_wakes looks for it there;
+// should one ever come later, reap_ready does the same (each refusal is
+// acted on once).
+//
+// HOP_URING_NO_MSG_RING=1, read when a ring is set up, makes that ring
+// neither send nor take MSG_RING wakes (eventfd only): a benchmark and test
+// knob (bench/cross_loop_bench, tests/cross_loop_test). For tests only,
+// HOP_TEST_URING_MSG_RING_FAIL=1 makes the ring send its MSG_RING wakes to
+// the target's eventfd instead of its ring, which the kernel refuses
+// (-EBADFD): the fallback must still wake the target.
 
 #include "uring_backend.hpp"
 
@@ -21,11 +69,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <cerrno>
 #include <ctime>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <system_error>
@@ -39,7 +89,30 @@ namespace {
 constexpr __u64 wake_tag = 1;
 constexpr __u64 timeout_tag = 2;
 constexpr __u64 cancel_tag = 3;
+// Another loop's MSG_RING wake arrived (the target's CQE).
+constexpr __u64 msg_wake_tag = 4;
+// A MSG_RING wake this loop sent (the poster's CQE: only on failure when the
+// kernel has IORING_FEAT_CQE_SKIP, always otherwise).
+constexpr __u64 msg_sent_tag = 5;
 constexpr unsigned submit_batch = 32;
+
+// The wake eventfds of every live io_uring loop: where a MSG_RING wake that
+// failed after the target's lock was let go falls back to (wake_every_loop).
+// Immortal: loops in static objects may outlive any static registry.
+struct wake_registry {
+    std::mutex mutex;
+    std::vector<int> fds;
+};
+wake_registry& live_wake_fds() {
+    static auto* r = new wake_registry;
+    return *r;
+}
+
+void wake_every_loop() noexcept {
+    auto& r = live_wake_fds();
+    std::lock_guard lock(r.mutex);
+    for (int fd : r.fds) (void)::eventfd_write(fd, 1);
+}
 
 // liburing maps and unmaps the rings with raw syscalls, which TSan does not
 // see: a ring mapped where another loop's ring was unmapped a moment ago
@@ -63,17 +136,32 @@ void ring_mapped() noexcept {}
 void ring_unmapped() noexcept {}
 #endif
 
-// What hop relies on arrived together in Linux 5.19: cancel by fd and of
-// everything (IORING_ASYNC_CANCEL_FD / _ANY: close and shutdown), multishot
-// accept. None of them can be probed; IORING_OP_SOCKET, from the same
-// release, can. HOP_TEST_URING_TOO_OLD=1 makes a test see an older kernel.
-bool kernel_is_new_enough_for(io_uring& ring) noexcept {
-    if (const char* t = std::getenv("HOP_TEST_URING_TOO_OLD"); t != nullptr && std::strcmp(t, "1") == 0) return false;
+bool env_is_1(const char* name) noexcept {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// What the ring's kernel can do, probed once at setup.
+struct ring_caps {
+    // What hop relies on arrived together in Linux 5.19: cancel by fd and
+    // of everything (IORING_ASYNC_CANCEL_FD / _ANY: close and shutdown),
+    // multishot accept. None of them can be probed; IORING_OP_SOCKET, from
+    // the same release, can. HOP_TEST_URING_TOO_OLD=1 makes a test see an
+    // older kernel.
+    bool new_enough = false;
+    // IORING_OP_MSG_RING (5.18), unless HOP_URING_NO_MSG_RING=1.
+    bool msg_ring = false;
+};
+
+ring_caps probe_ring(io_uring& ring) noexcept {
+    ring_caps caps;
+    if (env_is_1("HOP_TEST_URING_TOO_OLD")) return caps;
     io_uring_probe* probe = io_uring_get_probe_ring(&ring);
-    if (probe == nullptr) return false;
-    const bool ok = io_uring_opcode_supported(probe, IORING_OP_SOCKET) != 0;
+    if (probe == nullptr) return caps;
+    caps.new_enough = io_uring_opcode_supported(probe, IORING_OP_SOCKET) != 0;
+    caps.msg_ring = io_uring_opcode_supported(probe, IORING_OP_MSG_RING) != 0 && !env_is_1("HOP_URING_NO_MSG_RING");
     io_uring_free_probe(probe);
-    return ok;
+    return caps;
 }
 
 __kernel_timespec to_timespec(loop_clock::duration d) {
@@ -117,7 +205,11 @@ public:
         }
         if (r < 0) throw_errno(r, "hop::io_loop: io_uring_queue_init");
         ring_mapped();
-        if (!kernel_is_new_enough_for(m_ring)) {
+        const ring_caps caps = probe_ring(m_ring);
+        m_msg_ring = caps.msg_ring;
+        m_test_msg_fail = env_is_1("HOP_TEST_URING_MSG_RING_FAIL");
+        m_cqe_skip = (p.features & IORING_FEAT_CQE_SKIP) != 0;
+        if (!caps.new_enough) {
             ring_unmapped();
             io_uring_queue_exit(&m_ring);
             throw std::system_error(ENOSYS, std::generic_category(),
@@ -131,12 +223,28 @@ public:
             io_uring_queue_exit(&m_ring);
             throw_errno(e, "hop::io_loop: eventfd");
         }
+        try {
+            auto& reg = live_wake_fds();
+            std::lock_guard lock(reg.mutex);
+            reg.fds.push_back(m_wake_fd);
+        } catch (...) {
+            ::close(m_wake_fd);
+            ring_unmapped();
+            io_uring_queue_exit(&m_ring);
+            throw;
+        }
     }
 
     ~uring_backend() override {
         cancel_everything_and_reap();
         while (m_regs) delete m_regs;
         if (m_notify_fd >= 0) ::close(m_notify_fd);
+        {
+            // Out of the registry before the fd can be reused.
+            auto& reg = live_wake_fds();
+            std::lock_guard lock(reg.mutex);
+            if (auto it = std::find(reg.fds.begin(), reg.fds.end(), m_wake_fd); it != reg.fds.end()) reg.fds.erase(it);
+        }
         ::close(m_wake_fd);
         ring_unmapped();  // before the unmapping: a new ring may be mapped here at once
         io_uring_queue_exit(&m_ring);
@@ -170,6 +278,47 @@ public:
     bool results_ready() const noexcept override { return io_uring_cq_ready(&m_ring) != 0; }
 
     void wake() noexcept override { (void)::eventfd_write(m_wake_fd, 1); }
+
+    // Called on the poster's thread, under this (the target's) core's
+    // remote lock: this backend and its ring fd are alive throughout.
+    bool wake_from(loop_backend& poster_backend) noexcept override {
+        if (poster_backend.kind() == hop::backend::io_uring) {
+            // The only io_uring backend there is.
+            auto& poster = static_cast<uring_backend&>(poster_backend);
+            if (m_msg_ring && poster.m_msg_ring) {
+                const int target_fd = poster.m_test_msg_fail ? m_wake_fd : m_ring.ring_fd;
+                if (poster.prepare_msg_wake(target_fd)) return true;
+            }
+            ++poster.m_stats.eventfd_sent;
+        }
+        wake();
+        return false;
+    }
+
+    // Right after the post that prepared a MSG_RING wake released the
+    // target's lock (the target may be gone now).
+    void flush_wakes() noexcept override {
+        const int r = io_uring_submit(&m_ring);
+        bool failed = r < 0 || io_uring_sq_ready(&m_ring) != 0;  // not (all) submitted
+        if (!failed) {
+            // A refused send's CQE is in the queue now: look at what came
+            // since the last look (reap_ready then skips those).
+            const unsigned tail = io_uring_smp_load_acquire(m_ring.cq.ktail);
+            unsigned pos = *m_ring.cq.khead;
+            if (static_cast<int>(m_msg_scanned_to - pos) > 0) pos = m_msg_scanned_to;
+            for (; pos != tail; ++pos) {
+                const io_uring_cqe& cqe = m_ring.cq.cqes[io_uring_cqe_index(&m_ring, pos, m_ring.cq.ring_mask)];
+                if (cqe.user_data == msg_sent_tag && cqe.res < 0) failed = true;
+            }
+            m_msg_scanned_to = tail;
+        }
+        if (failed) {
+            ++m_stats.msg_ring_failed;
+            wake_every_loop();
+        }
+    }
+
+    wake_stats wake_counts() const noexcept override { return m_stats; }
 
     int native_handle() override {
         if (m_notify_fd < 0) {
@@ -558,6 +707,23 @@ private:
 
     void signal_wake() noexcept { (void)::eventfd_write(m_wake_fd, 1); }
 
+    // Prepares a MSG_RING wake of the ring `target_fd` on this ring (the
+    // poster's; its loop thread); flush_wakes() sends it. False if there is
+    // no SQE for it.
+    bool prepare_msg_wake(int target_fd) noexcept {
+        io_uring_sqe* sqe;
+        try {
+            sqe = get_sqe();
+        } catch (...) {
+            return false;
+        }
+        io_uring_prep_msg_ring(sqe, target_fd, 0, msg_wake_tag, 0);
+        io_uring_sqe_set_data64(sqe, msg_sent_tag);
+        if (m_cqe_skip) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+        ++m_stats.msg_ring_sent;
+        return true;
+    }
+
     void arm_wake() {
         if (m_wake_armed) return;
         io_uring_sqe* sqe = get_sqe();
@@ -586,10 +752,31 @@ private:
                 unsigned flags;
             } batch[64];
             for (unsigned i = 0; i < count; ++i) batch[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+            const unsigned first = *m_ring.cq.khead;  // the queue position of cqes[0]
             io_uring_cq_advance(&m_ring, count);
-            for (unsigned i = 0; i < count; ++i) total += dispatch(batch[i].data, batch[i].res, batch[i].flags);
+            for (unsigned i = 0; i < count; ++i) {
+                if (batch[i].data == msg_sent_tag) {
+                    on_msg_sent_cqe(batch[i].res, first + i);
+                    continue;
+                }
+                total += dispatch(batch[i].data, batch[i].res, batch[i].flags);
+            }
+            // Never behind the head: positions wrap around.
+            if (static_cast<int>(first + count - m_msg_scanned_to) > 0) m_msg_scanned_to = first + count;
         }
         return total;
+    }
+
+    // A MSG_RING wake this loop sent: a refusal (or, without
+    // IORING_FEAT_CQE_SKIP, any send). flush_wakes acted on the refusals
+    // in the queue up to m_msg_scanned_to, which is all of them when the
+    // kernel posts them inline, as it does for hop's rings; one that came
+    // later wakes every loop now (an extra wake costs a turn; a lost one,
+    // a hang).
+    void on_msg_sent_cqe(int res, unsigned position) noexcept {
+        if (res >= 0 || static_cast<int>(m_msg_scanned_to - position) > 0) return;
+        ++m_stats.msg_ring_failed;
+        wake_every_loop();
     }
 
     // True if the CQE completed an operation (a handler ran).
@@ -601,6 +788,9 @@ private:
             case timeout_tag:
                 --m_timeouts_inflight;
                 m_armed_deadline.reset();
+                return false;
+            case msg_wake_tag:
+                ++m_stats.msg_ring_received;
                 return false;
             case cancel_tag:
             case LIBURING_UDATA_TIMEOUT:
@@ -617,6 +807,9 @@ private:
     void cancel_everything_and_reap() noexcept {
         try {
             loop_core::running_scope scope(m_core);
+            // Failure CQEs of MSG_RING wakes still queued are acted on
+            // (reap_ready) before the ring, and they with it, goes.
+            reap_ready();
             // IORING_ASYNC_CANCEL_ANY needs Linux 5.19; older kernels refuse
             // it, so nothing here may depend on it: the wake read (the only
             // internal request that writes to our memory) is ended by
@@ -641,6 +834,13 @@ private:
     io_uring m_ring{};
     int m_wake_fd = -1;
     int m_notify_fd = -1;
+    bool m_msg_ring = false;   // sends and takes MSG_RING wakes (probe, HOP_URING_NO_MSG_RING)
+    bool m_cqe_skip = false;   // IOSQE_CQE_SKIP_SUCCESS works (IORING_FEAT_CQE_SKIP)
+    bool m_test_msg_fail = false;  // HOP_TEST_URING_MSG_RING_FAIL=1: send wakes where they fail
+    // Completion queue position up to which flush_wakes has acted on
+    // refused MSG_RING wakes (reap_ready skips those).
+    unsigned m_msg_scanned_to = 0;
+    wake_stats m_stats;
     eventfd_t m_wake_buf = 0;
     bool m_wake_armed = false;
     std::optional<loop_clock::time_point> m_armed_deadline;

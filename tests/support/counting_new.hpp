@@ -21,6 +21,9 @@ inline thread_local std::size_t allocations_on_this_thread = 0;
 inline std::atomic<std::uint64_t> allocated_bytes{0};
 /// Allocations made by every thread.
 inline std::atomic<std::uint64_t> allocations_total{0};
+/// Non-null pointers freed by every thread (allocations_total minus this is
+/// what is live, counting what was allocated before the counting began).
+inline std::atomic<std::uint64_t> frees_total{0};
 }  // namespace hop_test
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -37,6 +40,10 @@ void* counted_alloc(std::size_t n, std::size_t align) {
                                                  : std::aligned_alloc(align, (n + align - 1) / align * align);
     if (!p) throw std::bad_alloc();
     return p;
+}
+void counted_free(void* p) noexcept {
+    if (p) hop_test::frees_total.fetch_add(1, std::memory_order_relaxed);
+    std::free(p);
 }
 }  // namespace
 void* operator new(std::size_t n) { return counted_alloc(n, alignof(std::max_align_t)); }
@@ -61,18 +68,18 @@ void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noe
 void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t& t) noexcept {
     return operator new(n, a, t);
 }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { counted_free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { counted_free(p); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { counted_free(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { counted_free(p); }
+void operator delete(void* p) noexcept { counted_free(p); }
+void operator delete[](void* p) noexcept { counted_free(p); }
+void operator delete(void* p, std::size_t) noexcept { counted_free(p); }
+void operator delete[](void* p, std::size_t) noexcept { counted_free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { counted_free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { counted_free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { counted_free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { counted_free(p); }
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
