@@ -23,6 +23,7 @@
 /// a `std::vector<T>` of size() and index it with this_index() from code
 /// that runs on the pool's loops; examples/per_loop_state.cpp shows it.
 
+#include <hop/detail/linked_child.hpp>
 #include <hop/future.hpp>
 #include <hop/io_loop.hpp>
 #include <hop/task.hpp>
@@ -78,45 +79,12 @@ void pool_task_started(io_pool_state& s, std::size_t i);
 void pool_task_ended(io_pool_state& s, std::size_t i) noexcept;
 std::stop_token pool_stop_token(io_pool_state& s) noexcept;
 
-struct pool_stop_forwarder {
-    std::stop_source* child;
-    void operator()() const noexcept { child->request_stop(); }
+/// What a task tells its pool when it has ended (its frame gone).
+struct pool_task_end {
+    io_pool_state* pool;
+    std::size_t index;
+    void operator()(std::exception_ptr) const noexcept { pool_task_ended(*pool, index); }
 };
-
-template <class T>
-struct pool_future_state final : future_state<T>, frame_allocated {
-    pool_future_state() noexcept : future_state<T>(&pool_future_state::destroy, 2) {}
-    static void destroy(future_state_base* s) noexcept {
-        delete static_cast<pool_future_state*>(static_cast<future_state<T>*>(s));
-    }
-};
-
-template <class T>
-detached_task pool_child(io_pool_state* pool, std::size_t i, future_state<T>* s, task<T> t) {
-    {
-        // The pool's shutdown reaches the task through its future's source
-        // (which future::cancel() also stops).
-        std::stop_callback<pool_stop_forwarder> link(pool_stop_token(*pool), pool_stop_forwarder{&s->stop_source()});
-        if (s->try_start()) {
-            std::exception_ptr error;
-            try {
-                if constexpr (std::is_void_v<T>) {
-                    co_await std::move(t);
-                    s->set_value();
-                } else {
-                    s->set_value(co_await std::move(t));
-                }
-            } catch (...) {
-                error = std::current_exception();
-            }
-            if (error) s->complete_with_error(error);
-        }
-    }
-    // The task's frame (and what it owns) goes before the pool may end.
-    t = task<T>();
-    s->release();
-    pool_task_ended(*pool, i);
-}
 
 }  // namespace detail
 
@@ -220,7 +188,7 @@ future<T> io_pool::spawn_on(std::size_t i, task<T> t) {
     if (!t.valid()) throw std::invalid_argument("hop::io_pool::spawn_on: the task is empty (moved-from or default)");
     io_loop& loop = (*this)[i];
     detail::pool_task_started(*m_state, i);  // throws after stop()
-    auto* s = new detail::pool_future_state<T>();
+    auto* s = new detail::child_future_state<T>();
     try {
         s->enable_stop();
     } catch (...) {
@@ -229,7 +197,9 @@ future<T> io_pool::spawn_on(std::size_t i, task<T> t) {
         throw;
     }
     auto fut = detail::make_future<T>(s);
-    auto driver = detail::pool_child<T>(m_state, i, s, std::move(t));
+    // The pool's shutdown reaches the task through its future's source.
+    auto driver = detail::linked_child<T>(detail::pool_stop_token(*m_state), s, std::move(t),
+                                          detail::pool_task_end{m_state, i});
     auto& p = driver.promise();
     p.m_stop_token = s->stop_source().get_token();
     try {

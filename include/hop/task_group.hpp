@@ -4,6 +4,7 @@
 /// nursery).
 
 #include <hop/detail/executor.hpp>
+#include <hop/detail/linked_child.hpp>
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 
@@ -55,50 +56,11 @@ private:
     std::exception_ptr m_error;  // written once, by the first failure
 };
 
-/// Forwards the group's stop to one child's own source (its future's).
-struct group_stop_forwarder {
-    std::stop_source* child;
-    void operator()() const noexcept { child->request_stop(); }
+/// What a child tells its group when it has ended.
+struct group_child_ended {
+    std::shared_ptr<group_state> group;
+    void operator()(std::exception_ptr e) const noexcept { group->child_ended(std::move(e)); }
 };
-
-/// A child's future state, from the frame cache rather than the heap.
-template <class T>
-struct group_future_state final : future_state<T>, frame_allocated {
-    group_future_state() noexcept : future_state<T>(&group_future_state::destroy, 2) {}
-    static void destroy(future_state_base* s) noexcept {
-        delete static_cast<group_future_state*>(static_cast<future_state<T>*>(s));
-    }
-};
-
-template <class T>
-detached_task group_child(std::shared_ptr<group_state> g, future_state<T>* s, task<T> t) {
-    std::exception_ptr error;
-    {
-        // The group's stop reaches the child through its future's source
-        // (which future::cancel() also stops); at once if the group was
-        // stopped already.
-        std::stop_callback<group_stop_forwarder> link(g->token(), group_stop_forwarder{&s->stop_source()});
-        if (s->try_start()) {
-            try {
-                if constexpr (std::is_void_v<T>) {
-                    co_await std::move(t);
-                    s->set_value();
-                } else {
-                    s->set_value(co_await std::move(t));
-                }
-            } catch (...) {
-                error = std::current_exception();
-            }
-            // Outside the handler: this thread's only reference is `error`.
-            if (error) s->complete_with_error(error);
-        }
-    }
-    // Free the child's frame (and the arguments it owns) before wait() can
-    // return: once it does, every child has ended.
-    t = task<T>();
-    s->release();
-    g->child_ended(std::move(error));
-}
 
 }  // namespace detail
 
@@ -182,7 +144,7 @@ private:
     template <class T>
     future<T> spawn_impl(detail::executor_base* ex, task<T> t) {
         if (!t.valid()) throw std::invalid_argument("hop::task_group::spawn: the task is empty (moved-from or default)");
-        auto* s = new detail::group_future_state<T>();
+        auto* s = new detail::child_future_state<T>();
         try {
             s->enable_stop();
         } catch (...) {
@@ -192,7 +154,7 @@ private:
         auto fut = detail::make_future<T>(s);
         // The child's token is its future's: cancel() on the future stops it,
         // and the group stops it through the same source.
-        auto driver = detail::group_child<T>(m_state, s, std::move(t));
+        auto driver = detail::linked_child<T>(m_state->token(), s, std::move(t), detail::group_child_ended{m_state});
         auto& p = driver.promise();
         p.m_stop_token = s->stop_source().get_token();
         m_state->child_started();
