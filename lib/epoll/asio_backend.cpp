@@ -9,9 +9,11 @@
 // performs the call itself (a stream socket's recv and send: async_receive /
 // async_send, which keep the fd's epoll registration as it is) or reports
 // readiness (async_wait) and the call is tried again. File calls run on the
-// blocking pool. Cancelling one waiting operation cancels what waits on its
-// fd in Asio (Asio's socket-wide cancel); the others, which moved no byte,
-// simply wait again. (Per-operation cancellation slots were tried: under
+// blocking pool. A call that finished at once resumes its coroutine inline,
+// except when calls keep finishing at once: every max_at_once-th in a row
+// completes through the loop's queue (finish_queued). Cancelling one
+// waiting operation cancels what waits on its fd in Asio (Asio's
+// socket-wide cancel); the others, which moved no byte, simply wait again. (Per-operation cancellation slots were tried: under
 // load, Asio 1.22's slot memory was seen destroyed twice, in
 // accept_backoff_test under ASan+UBSan.)
 //
@@ -291,7 +293,11 @@ public:
         }
         const int r = k.attempt(op.io, false);
         if (r != -EAGAIN) {
-            finish(op, r);
+            if (++m_at_once < max_at_once) {
+                finish(op, r);
+            } else {
+                finish_queued(op, *e, r);
+            }
             return;
         }
         wait_in_asio(op, *e);
@@ -372,6 +378,33 @@ private:
         op.complete(result);  // may start the operation's next part (`all`)
     }
 
+    // A call that finished at once completes inline: its coroutine goes on
+    // without a trip through the loop's queue. But calls that keep finishing
+    // at once (an acceptor with a full backlog, a reader whose data keeps
+    // coming) would then hold the loop for as long as that lasts, and every
+    // connection they start at once is served a whole pass of the loop later.
+    // With thousands of connections a pass outlasts Linux's delayed-ACK
+    // timeout (40 ms): their TCP then ACKs every segment on its own, and
+    // each round trip costs more (echo_bench ten_k: 47 segments per
+    // connection instead of 29, 0.67x Asio). So the max_at_once-th call in a
+    // row completes through the queue, behind the work already there, as
+    // every completion does on io_uring and in Asio.
+    static constexpr unsigned max_at_once = 16;
+
+    void finish_queued(io_operation& op, epoll_io& e, int result) noexcept {
+        m_at_once = 0;
+        e.item.op = &op;
+        e.item.result = result;
+        e.item.run = [](work_item* w) noexcept {
+            auto* it = static_cast<epoll_io::result_item*>(w);
+            io_operation& o = *it->op;
+            static_cast<asio_backend*>(&o.loop().core().backend())->finish(o, it->result);
+        };
+        // The loop thread's own queue: shutdown runs it to the end, and a
+        // hosted drain runs until it is empty.
+        m_core.post(&e.item);
+    }
+
     // The fd's registration, made at the first wait.
     epoll_reg* registration_for(io_operation& op, bool& one_off) {
         one_off = op.io.reg == nullptr;
@@ -435,6 +468,7 @@ private:
     }
 
     void wait_on(io_operation& op, epoll_io& e, epoll_reg& reg) noexcept {
+        m_at_once = 0;
         epoll_reg* r = &reg;
         e.reg = r;
         link(op);
@@ -762,6 +796,7 @@ private:
     epoll_reg* m_regs = nullptr;  // live registrations (loop thread)
     io_op_queue m_orphans;        // waiting in Asio, their registration gone (loop thread)
     std::size_t m_in_asio = 0;
+    unsigned m_at_once = 0;  // calls finished at once since one last waited (or was queued)
     std::size_t m_completed = 0;  // operations completed (loop thread)
     std::atomic<std::size_t> m_blocking_calls{0};
     std::atomic<bool> m_drain_scheduled{false};
