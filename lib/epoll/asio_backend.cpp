@@ -412,7 +412,7 @@ private:
             fd_registration* cur = op.io.reg->load(std::memory_order_acquire);
             if (auto* r = real_registration(cur)) return static_cast<epoll_reg*>(r);
         }
-        auto r = make_registration(op.io.fd);  // throws: EPERM for a regular file, ENOMEM
+        auto r = make_registration(op.io.fd, op.io.kind->readiness.fd);  // throws: ENOMEM, an epoll_ctl error
         if (!one_off) {
             fd_registration* expected = claimed_registration();
             if (!op.io.reg->compare_exchange_strong(expected, r.get(), std::memory_order_acq_rel)) {
@@ -430,21 +430,25 @@ private:
         return raw;
     }
 
-    std::unique_ptr<epoll_reg> make_registration(int fd) {
-        int type = 0;
-        int family = 0;
-        socklen_t len = sizeof type;
-        if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) {
-            len = sizeof family;
-            if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) != 0) throw_errno(errno, "getsockopt");
-            if (type == SOCK_STREAM) {
-                return std::make_unique<epoll_reg>(std::in_place_type<stream_socket>, m_ctx.get_executor(),
-                                                   asio::generic::stream_protocol(family, 0), fd);
+    // The fd as an Asio object of its type: the operation's kind knows it
+    // for hop's sockets; any other fd is asked (SO_TYPE; not a socket: a
+    // descriptor). The protocol's family is left unspecified: Asio reads it
+    // only for endpoints, which this file never asks for.
+    std::unique_ptr<epoll_reg> make_registration(int fd, readiness_fd what) {
+        if (what == readiness_fd::unknown) {
+            int type = 0;
+            socklen_t len = sizeof type;
+            if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+                return std::make_unique<epoll_reg>(std::in_place_type<descriptor>, m_ctx.get_executor(), fd);
             }
-            return std::make_unique<epoll_reg>(std::in_place_type<datagram_socket>, m_ctx.get_executor(),
-                                               asio::generic::datagram_protocol(family, 0), fd);
+            what = type == SOCK_STREAM ? readiness_fd::stream_socket : readiness_fd::datagram_socket;
         }
-        return std::make_unique<epoll_reg>(std::in_place_type<descriptor>, m_ctx.get_executor(), fd);
+        if (what == readiness_fd::stream_socket) {
+            return std::make_unique<epoll_reg>(std::in_place_type<stream_socket>, m_ctx.get_executor(),
+                                               asio::generic::stream_protocol(AF_UNSPEC, 0), fd);
+        }
+        return std::make_unique<epoll_reg>(std::in_place_type<datagram_socket>, m_ctx.get_executor(),
+                                           asio::generic::datagram_protocol(AF_UNSPEC, 0), fd);
     }
 
     // The call would block: Asio waits (and, for a stream's recv / send,
