@@ -249,7 +249,10 @@ public:
         // failed). Asio's edge-triggered reactor then waits for the next
         // edge before it reads again, and bytes or a FIN that came with the
         // data make none: so the next read tries the call here first.
-        bool asio_read_short = true;
+        // False at first: Asio tries the first receive on a new registration
+        // at once itself, and a try here too would double a failed recv (a
+        // client's first read after its connect).
+        bool asio_read_short = false;
         io_op_queue waiting;  // its operations waiting in Asio
         epoll_reg* next_live = nullptr;
         epoll_reg* prev_live = nullptr;
@@ -556,11 +559,10 @@ private:
     // What an Asio completion means for the operation: the call's result,
     // or (a readiness wait) -EAGAIN: try again.
     static int result_of(const std::error_code& ec, std::size_t n) noexcept {
+        if (!ec) return n == ~std::size_t{0} ? -EAGAIN : static_cast<int>(n);  // ready: the call goes again
         if (ec == asio::error::operation_aborted) return -ECANCELED;
         if (ec == asio::error::eof) return 0;
-        if (ec) return ec.category() == asio::system_category() ? -ec.value() : -EIO;
-        if (n == ~std::size_t{0}) return -EAGAIN;  // ready: the call goes again
-        return static_cast<int>(n);
+        return ec.category() == asio::system_category() ? -ec.value() : -EIO;
     }
 
     // The wait ended: the result, or (readiness) the call's next try.
