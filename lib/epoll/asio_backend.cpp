@@ -250,8 +250,8 @@ public:
         // edge before it reads again, and bytes or a FIN that came with the
         // data make none: so the next read tries the call here first.
         // False at first: Asio tries the first receive on a new registration
-        // at once itself, and a try here too would double a failed recv (a
-        // client's first read after its connect).
+        // at once itself, and a try here too would double a failed recv (the
+        // first read on a registration a connect or a send made).
         bool asio_read_short = false;
         io_op_queue waiting;  // its operations waiting in Asio
         epoll_reg* next_live = nullptr;
@@ -278,18 +278,23 @@ public:
     void start_io(io_operation& op) noexcept override {
         auto* e = ::new (static_cast<void*>(op.backend_storage)) epoll_io;
         const readiness_kind& k = op.io.kind->readiness;
-        if (op.io.reg != nullptr && !claim(op)) return;
+        bool first_call = false;  // the fd's first call on this loop
+        if (op.io.reg != nullptr && !claim(op, first_call)) return;
         if (k.wait == readiness_wait::blocking_pool) {
             start_blocking_call(op, *e);
             return;
         }
         if (k.wait == readiness_wait::receive && op.io.reg != nullptr) {
             auto* r = static_cast<epoll_reg*>(real_registration(op.io.reg->load(std::memory_order_acquire)));
-            if (r != nullptr && !r->asio_read_short) {
-                // Asio's last read here filled its buffer: its async_receive
-                // tries the call itself first and completes it in the same
-                // poll; a try here too would only double the failed recv of
-                // a read that must wait.
+            // Asio's async_receive tries the call itself first, and
+            // completes it in the same poll, when its last read here filled
+            // its buffer or the registration is new: a try here too would
+            // only double the failed recv of a read that must wait. With no
+            // registration yet, a read that is not the fd's first call (a
+            // client's first read after its connect, a session's second
+            // read) goes to Asio too: it mostly waits, and the registration
+            // would be made for it anyway.
+            if (r != nullptr ? !r->asio_read_short : !first_call) {
                 wait_in_asio(op, *e);
                 return;
             }
@@ -363,9 +368,10 @@ private:
 
     // The slot's protocol (io_op.hpp): marks the fd as in use on this loop.
     // False (and the operation ended) if it was closed.
-    bool claim(io_operation& op) noexcept {
+    bool claim(io_operation& op, bool& first_call) noexcept {
         fd_registration* cur = op.io.reg->load(std::memory_order_acquire);
         if (cur == nullptr && op.io.reg->compare_exchange_strong(cur, claimed_registration(), std::memory_order_acq_rel)) {
+            first_call = true;
             return true;
         }
         if (cur == closed_registration()) {
