@@ -81,7 +81,11 @@ class asio_backend final : public loop_backend {
 public:
     asio_backend(loop_core& core, asio::io_context* host)
         : m_core(core),
-          m_owned(host ? nullptr : std::make_unique<asio::io_context>(1)),
+          // Own context: only the loop thread runs it and starts, cancels
+          // and closes what it waits on, so the reactor's per-fd state needs
+          // no mutex (UNSAFE_IO); the scheduler keeps its lock, which wake()
+          // and posts from other threads take.
+          m_owned(host ? nullptr : std::make_unique<asio::io_context>(ASIO_CONCURRENCY_HINT_UNSAFE_IO)),
           m_ctx(host ? *host : *m_owned),
           m_timer(m_ctx),
           m_shared(std::make_shared<shared>()),
