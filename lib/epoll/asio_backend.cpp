@@ -13,9 +13,10 @@
 // except when calls keep finishing at once: every max_at_once-th in a row
 // completes through the loop's queue (finish_queued). Cancelling one
 // waiting operation cancels what waits on its fd in Asio (Asio's
-// socket-wide cancel); the others, which moved no byte, simply wait again. (Per-operation cancellation slots were tried: under
-// load, Asio 1.22's slot memory was seen destroyed twice, in
-// accept_backoff_test under ASan+UBSan.)
+// socket-wide cancel); the others, which moved no byte, simply wait again.
+// (Per-operation cancellation slots were tried: under load, Asio 1.22's
+// slot memory was seen destroyed twice, in accept_backoff_test under
+// ASan+UBSan.)
 //
 // Hosted: on a program's asio::io_context (run by the program, maybe on
 // several threads), hop's turns run as "drain" handlers, one at a time, and
@@ -244,9 +245,9 @@ public:
 
     // ---- operations -------------------------------------------------------------
 
-    // An fd's registration: the fd as an Asio object of its own protocol
-    // (a stream or datagram socket of its family, or, for anything else, a
-    // descriptor), registered with the reactor once, for the fd's lifetime.
+    // An fd's registration: the fd as an Asio object of its type (a stream
+    // or datagram socket, or, for anything else, a descriptor), registered
+    // with the reactor once, for the fd's lifetime.
     struct epoll_reg final : fd_registration {
         // (no_unique_address: the flag below goes in the variant's tail
         // padding, 88 bytes instead of 96, a 96-byte heap block instead of a
