@@ -11,14 +11,16 @@
 namespace hop::detail {
 
 using w = readiness_wait;
+constexpr auto stream = readiness_fd::stream_socket;
+constexpr auto datagram = readiness_fd::datagram_socket;
 
 const io_kind io_kind_poll{"wait", HOP_URING_PREP(prep_poll), {&readiness_ops::attempt_poll, w::by_events}};
-const io_kind io_kind_recv{"recv", HOP_URING_PREP(prep_recv), {&readiness_ops::attempt_recv, w::receive}};
-const io_kind io_kind_send{"send", HOP_URING_PREP(prep_send), {&readiness_ops::attempt_send, w::send}};
-const io_kind io_kind_accept{"accept", HOP_URING_PREP(prep_accept), {&readiness_ops::attempt_accept, w::readable}};
-const io_kind io_kind_connect{"connect", HOP_URING_PREP(prep_connect), {&readiness_ops::attempt_connect, w::writable}};
-const io_kind io_kind_recvmsg{"recvmsg", HOP_URING_PREP(prep_recvmsg), {&readiness_ops::attempt_recvmsg, w::readable}};
-const io_kind io_kind_sendmsg{"sendmsg", HOP_URING_PREP(prep_sendmsg), {&readiness_ops::attempt_sendmsg, w::writable}};
+const io_kind io_kind_recv{"recv", HOP_URING_PREP(prep_recv), {&readiness_ops::attempt_recv, w::receive, stream}};
+const io_kind io_kind_send{"send", HOP_URING_PREP(prep_send), {&readiness_ops::attempt_send, w::send, stream}};
+const io_kind io_kind_accept{"accept", HOP_URING_PREP(prep_accept), {&readiness_ops::attempt_accept, w::readable, stream}};
+const io_kind io_kind_connect{"connect", HOP_URING_PREP(prep_connect), {&readiness_ops::attempt_connect, w::writable, stream}};
+const io_kind io_kind_recvmsg{"recvmsg", HOP_URING_PREP(prep_recvmsg), {&readiness_ops::attempt_recvmsg, w::readable, datagram}};
+const io_kind io_kind_sendmsg{"sendmsg", HOP_URING_PREP(prep_sendmsg), {&readiness_ops::attempt_sendmsg, w::writable, datagram}};
 const io_kind io_kind_read_at{"read", HOP_URING_PREP(prep_read_at), {&readiness_ops::call_read_at, w::blocking_pool}};
 const io_kind io_kind_write_at{"write", HOP_URING_PREP(prep_write_at), {&readiness_ops::call_write_at, w::blocking_pool}};
 const io_kind io_kind_fsync{"fsync", HOP_URING_PREP(prep_fsync), {&readiness_ops::call_fsync, w::blocking_pool}};

@@ -28,12 +28,22 @@ enum class readiness_wait : std::uint8_t {
     blocking_pool,  ///< a file call: runs on the blocking pool, never waits
 };
 
+/// Readiness (epoll): what the fd of an operation of this kind is, for the
+/// registration its first wait makes. Known from the kind for the socket
+/// calls, so no getsockopt is needed to learn it.
+enum class readiness_fd : std::uint8_t {
+    unknown,          ///< any fd (a readiness wait): the registration asks the fd
+    stream_socket,    ///< recv, send, accept, connect
+    datagram_socket,  ///< recvmsg, sendmsg
+};
+
 struct readiness_kind {
     /// One non-blocking try of the call: its result, or -EAGAIN to wait.
     /// `after_wait`: the fd became ready since the first try (connect then
     /// reads SO_ERROR; a readiness wait reports the event).
     int (*attempt)(io_params& io, bool after_wait) noexcept;
     readiness_wait wait;
+    readiness_fd fd = readiness_fd::unknown;
 };
 
 struct io_kind {

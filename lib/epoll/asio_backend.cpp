@@ -9,11 +9,14 @@
 // performs the call itself (a stream socket's recv and send: async_receive /
 // async_send, which keep the fd's epoll registration as it is) or reports
 // readiness (async_wait) and the call is tried again. File calls run on the
-// blocking pool. Cancelling one waiting operation cancels what waits on its
-// fd in Asio (Asio's socket-wide cancel); the others, which moved no byte,
-// simply wait again. (Per-operation cancellation slots were tried: under
-// load, Asio 1.22's slot memory was seen destroyed twice, in
-// accept_backoff_test under ASan+UBSan.)
+// blocking pool. A call that finished at once resumes its coroutine inline,
+// except when calls keep finishing at once: every max_at_once-th in a row
+// completes through the loop's queue (finish_queued). Cancelling one
+// waiting operation cancels what waits on its fd in Asio (Asio's
+// socket-wide cancel); the others, which moved no byte, simply wait again.
+// (Per-operation cancellation slots were tried: under load, Asio 1.22's
+// slot memory was seen destroyed twice, in accept_backoff_test under
+// ASan+UBSan.)
 //
 // Hosted: on a program's asio::io_context (run by the program, maybe on
 // several threads), hop's turns run as "drain" handlers, one at a time, and
@@ -79,7 +82,11 @@ class asio_backend final : public loop_backend {
 public:
     asio_backend(loop_core& core, asio::io_context* host)
         : m_core(core),
-          m_owned(host ? nullptr : std::make_unique<asio::io_context>(1)),
+          // Own context: only the loop thread runs it and starts, cancels
+          // and closes what it waits on, so the reactor's per-fd state needs
+          // no mutex (UNSAFE_IO); the scheduler keeps its lock, which wake()
+          // and posts from other threads take.
+          m_owned(host ? nullptr : std::make_unique<asio::io_context>(ASIO_CONCURRENCY_HINT_UNSAFE_IO)),
           m_ctx(host ? *host : *m_owned),
           m_timer(m_ctx),
           m_shared(std::make_shared<shared>()),
@@ -238,16 +245,22 @@ public:
 
     // ---- operations -------------------------------------------------------------
 
-    // An fd's registration: the fd as an Asio object of its own protocol
-    // (a stream or datagram socket of its family, or, for anything else, a
-    // descriptor), registered with the reactor once, for the fd's lifetime.
+    // An fd's registration: the fd as an Asio object of its type (a stream
+    // or datagram socket, or, for anything else, a descriptor), registered
+    // with the reactor once, for the fd's lifetime.
     struct epoll_reg final : fd_registration {
-        std::variant<stream_socket, datagram_socket, descriptor> obj;
+        // (no_unique_address: the flag below goes in the variant's tail
+        // padding, 88 bytes instead of 96, a 96-byte heap block instead of a
+        // 112-byte one per registration.)
+        [[no_unique_address]] std::variant<stream_socket, datagram_socket, descriptor> obj;
         // Asio's last receive here came back short (or ended the stream, or
         // failed). Asio's edge-triggered reactor then waits for the next
         // edge before it reads again, and bytes or a FIN that came with the
         // data make none: so the next read tries the call here first.
-        bool asio_read_short = true;
+        // False at first: Asio tries the first receive on a new registration
+        // at once itself, and a try here too would double a failed recv (the
+        // first read on a registration a connect or a send made).
+        bool asio_read_short = false;
         io_op_queue waiting;  // its operations waiting in Asio
         epoll_reg* next_live = nullptr;
         epoll_reg* prev_live = nullptr;
@@ -266,6 +279,7 @@ public:
         } item;  // hosted results and blocking-pool calls come back through it
     };
     static_assert(sizeof(epoll_io) <= sizeof(io_operation::backend_storage));
+    static_assert(sizeof(epoll_reg) <= 88, "epoll_reg grew: its heap block is no longer 96 bytes");
     static epoll_io& io_of(io_operation& op) noexcept {
         return *std::launder(reinterpret_cast<epoll_io*>(op.backend_storage));
     }
@@ -273,25 +287,34 @@ public:
     void start_io(io_operation& op) noexcept override {
         auto* e = ::new (static_cast<void*>(op.backend_storage)) epoll_io;
         const readiness_kind& k = op.io.kind->readiness;
-        if (op.io.reg != nullptr && !claim(op)) return;
+        bool first_call = false;  // the fd's first call on this loop
+        if (op.io.reg != nullptr && !claim(op, first_call)) return;
         if (k.wait == readiness_wait::blocking_pool) {
             start_blocking_call(op, *e);
             return;
         }
         if (k.wait == readiness_wait::receive && op.io.reg != nullptr) {
             auto* r = static_cast<epoll_reg*>(real_registration(op.io.reg->load(std::memory_order_acquire)));
-            if (r != nullptr && !r->asio_read_short) {
-                // Asio's last read here filled its buffer: its async_receive
-                // tries the call itself first and completes it in the same
-                // poll; a try here too would only double the failed recv of
-                // a read that must wait.
+            // Asio's async_receive tries the call itself first, and
+            // completes it in the same poll, when its last read here filled
+            // its buffer or the registration is new: a try here too would
+            // only double the failed recv of a read that must wait. With no
+            // registration yet, a read that is not the fd's first call (a
+            // client's first read after its connect, a session's second
+            // read) goes to Asio too: it mostly waits, and the registration
+            // would be made for it anyway.
+            if (r != nullptr ? !r->asio_read_short : !first_call) {
                 wait_in_asio(op, *e);
                 return;
             }
         }
         const int r = k.attempt(op.io, false);
         if (r != -EAGAIN) {
-            finish(op, r);
+            if (++m_at_once < max_at_once) {
+                finish(op, r);
+            } else {
+                finish_queued(op, *e, r);
+            }
             return;
         }
         wait_in_asio(op, *e);
@@ -354,9 +377,10 @@ private:
 
     // The slot's protocol (io_op.hpp): marks the fd as in use on this loop.
     // False (and the operation ended) if it was closed.
-    bool claim(io_operation& op) noexcept {
+    bool claim(io_operation& op, bool& first_call) noexcept {
         fd_registration* cur = op.io.reg->load(std::memory_order_acquire);
         if (cur == nullptr && op.io.reg->compare_exchange_strong(cur, claimed_registration(), std::memory_order_acq_rel)) {
+            first_call = true;
             return true;
         }
         if (cur == closed_registration()) {
@@ -372,6 +396,33 @@ private:
         op.complete(result);  // may start the operation's next part (`all`)
     }
 
+    // A call that finished at once completes inline: its coroutine goes on
+    // without a trip through the loop's queue. But calls that keep finishing
+    // at once (an acceptor with a full backlog, a reader whose data keeps
+    // coming) would then hold the loop for as long as that lasts, and every
+    // connection they start at once is served a whole pass of the loop later.
+    // With thousands of connections a pass outlasts Linux's delayed-ACK
+    // timeout (40 ms): their TCP then ACKs every segment on its own, and
+    // each round trip costs more (echo_bench ten_k: 47 segments per
+    // connection instead of 29, 0.67x Asio). So the max_at_once-th call in a
+    // row completes through the queue, behind the work already there, as
+    // every completion does on io_uring and in Asio.
+    static constexpr unsigned max_at_once = 16;
+
+    void finish_queued(io_operation& op, epoll_io& e, int result) noexcept {
+        m_at_once = 0;
+        e.item.op = &op;
+        e.item.result = result;
+        e.item.run = [](work_item* w) noexcept {
+            auto* it = static_cast<epoll_io::result_item*>(w);
+            io_operation& o = *it->op;
+            static_cast<asio_backend*>(&o.loop().core().backend())->finish(o, it->result);
+        };
+        // The loop thread's own queue: shutdown runs it to the end, and a
+        // hosted drain runs until it is empty.
+        m_core.post(&e.item);
+    }
+
     // The fd's registration, made at the first wait.
     epoll_reg* registration_for(io_operation& op, bool& one_off) {
         one_off = op.io.reg == nullptr;
@@ -379,7 +430,7 @@ private:
             fd_registration* cur = op.io.reg->load(std::memory_order_acquire);
             if (auto* r = real_registration(cur)) return static_cast<epoll_reg*>(r);
         }
-        auto r = make_registration(op.io.fd);  // throws: EPERM for a regular file, ENOMEM
+        auto r = make_registration(op.io.fd, op.io.kind->readiness.fd);  // throws: ENOMEM, an epoll_ctl error
         if (!one_off) {
             fd_registration* expected = claimed_registration();
             if (!op.io.reg->compare_exchange_strong(expected, r.get(), std::memory_order_acq_rel)) {
@@ -397,21 +448,25 @@ private:
         return raw;
     }
 
-    std::unique_ptr<epoll_reg> make_registration(int fd) {
-        int type = 0;
-        int family = 0;
-        socklen_t len = sizeof type;
-        if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) {
-            len = sizeof family;
-            if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) != 0) throw_errno(errno, "getsockopt");
-            if (type == SOCK_STREAM) {
-                return std::make_unique<epoll_reg>(std::in_place_type<stream_socket>, m_ctx.get_executor(),
-                                                   asio::generic::stream_protocol(family, 0), fd);
+    // The fd as an Asio object of its type: the operation's kind knows it
+    // for hop's sockets; any other fd is asked (SO_TYPE; not a socket: a
+    // descriptor). The protocol's family is left unspecified: Asio reads it
+    // only for endpoints, which this file never asks for.
+    std::unique_ptr<epoll_reg> make_registration(int fd, readiness_fd what) {
+        if (what == readiness_fd::unknown) {
+            int type = 0;
+            socklen_t len = sizeof type;
+            if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+                return std::make_unique<epoll_reg>(std::in_place_type<descriptor>, m_ctx.get_executor(), fd);
             }
-            return std::make_unique<epoll_reg>(std::in_place_type<datagram_socket>, m_ctx.get_executor(),
-                                               asio::generic::datagram_protocol(family, 0), fd);
+            what = type == SOCK_STREAM ? readiness_fd::stream_socket : readiness_fd::datagram_socket;
         }
-        return std::make_unique<epoll_reg>(std::in_place_type<descriptor>, m_ctx.get_executor(), fd);
+        if (what == readiness_fd::stream_socket) {
+            return std::make_unique<epoll_reg>(std::in_place_type<stream_socket>, m_ctx.get_executor(),
+                                               asio::generic::stream_protocol(AF_UNSPEC, 0), fd);
+        }
+        return std::make_unique<epoll_reg>(std::in_place_type<datagram_socket>, m_ctx.get_executor(),
+                                           asio::generic::datagram_protocol(AF_UNSPEC, 0), fd);
     }
 
     // The call would block: Asio waits (and, for a stream's recv / send,
@@ -435,6 +490,7 @@ private:
     }
 
     void wait_on(io_operation& op, epoll_io& e, epoll_reg& reg) noexcept {
+        m_at_once = 0;
         epoll_reg* r = &reg;
         e.reg = r;
         link(op);
@@ -518,11 +574,10 @@ private:
     // What an Asio completion means for the operation: the call's result,
     // or (a readiness wait) -EAGAIN: try again.
     static int result_of(const std::error_code& ec, std::size_t n) noexcept {
+        if (!ec) return n == ~std::size_t{0} ? -EAGAIN : static_cast<int>(n);  // ready: the call goes again
         if (ec == asio::error::operation_aborted) return -ECANCELED;
         if (ec == asio::error::eof) return 0;
-        if (ec) return ec.category() == asio::system_category() ? -ec.value() : -EIO;
-        if (n == ~std::size_t{0}) return -EAGAIN;  // ready: the call goes again
-        return static_cast<int>(n);
+        return ec.category() == asio::system_category() ? -ec.value() : -EIO;
     }
 
     // The wait ended: the result, or (readiness) the call's next try.
@@ -762,6 +817,7 @@ private:
     epoll_reg* m_regs = nullptr;  // live registrations (loop thread)
     io_op_queue m_orphans;        // waiting in Asio, their registration gone (loop thread)
     std::size_t m_in_asio = 0;
+    unsigned m_at_once = 0;  // calls finished at once since one last waited (or was queued)
     std::size_t m_completed = 0;  // operations completed (loop thread)
     std::atomic<std::size_t> m_blocking_calls{0};
     std::atomic<bool> m_drain_scheduled{false};

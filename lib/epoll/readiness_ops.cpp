@@ -51,7 +51,13 @@ int attempt_connect(io_params& io, bool after_wait) noexcept {
         return -err;
     }
     if (::connect(io.fd, io.addr, io.addrlen) == 0) return 0;
-    return errno == EINPROGRESS ? -EAGAIN : -errno;
+    if (errno != EINPROGRESS) return -errno;
+    // Asked again, connect reports a handshake that finished meanwhile (0,
+    // or its error), as over loopback, where it finishes inside the first
+    // call: the connect then needs no wait, so no registration either (an
+    // idle connected socket holds none until a call on it waits).
+    if (::connect(io.fd, io.addr, io.addrlen) == 0 || errno == EISCONN) return 0;
+    return errno == EALREADY || errno == EINPROGRESS ? -EAGAIN : -errno;
 }
 
 int attempt_recvmsg(io_params& io, bool) noexcept {
