@@ -22,6 +22,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -431,7 +432,50 @@ hop::task<void> small_pieces_and_moves() {
     CHECK(std::string_view(got.data(), got.size()) == "moved");
 }
 
+// Reads that keep finishing at once must not hold the loop: with 4,096 bytes
+// already buffered, a callable posted before 4,096 one-byte reads runs while
+// they go on, not after them. (On epoll every such read used to complete
+// inline or inside one Asio poll(), so the post ran after the last one; on
+// io_uring each read is a completion from the ring.) The backends hand the
+// turn back after a few dozen handlers at most, so the post runs well before
+// the end.
+hop::task<void> buffered_reads_let_posts_run() {
+    auto p = co_await hop_test::make_pair();
+    const std::string data(4096, 'x');
+    co_await p.client.write_all(data);
+    // Wait (the kernel's loopback delivery, no loop involved) until every
+    // byte is in the server's receive queue.
+    for (int queued = 0; queued < 4096;) {
+        REQUIRE(::ioctl(p.server.native_handle(), FIONREAD, &queued) == 0);
+        if (queued < 4096) std::this_thread::yield();
+    }
+    std::size_t reads = 0;
+    std::size_t reads_when_posted_ran = 0;
+    bool posted_ran = false;
+    hop::io_loop* loop = hop::current_loop();
+    REQUIRE(loop != nullptr);
+    loop->post([&] {
+        posted_ran = true;
+        reads_when_posted_ran = reads;
+    });
+    char c = 0;
+    while (reads < 4096) {
+        const std::size_t n = co_await p.server.read_some(std::span(&c, 1));
+        REQUIRE(n == 1);
+        ++reads;
+    }
+    CHECK(posted_ran);
+    CHECK(reads_when_posted_ran <= 256);
+}
+
 }  // namespace
+
+TEST_CASE("tcp: a callable posted before 4,096 one-byte reads of buffered bytes runs while they go on") {
+    for_each_backend([](hop::backend b) {
+        fd_leak_check fds;
+        run_on(b, buffered_reads_let_posts_run());
+    });
+}
 
 TEST_CASE("tcp: read_exact across 1,000 one-byte writes; move-assignment closes the stream it replaces") {
     for_each_backend([](hop::backend b) {
