@@ -4,6 +4,8 @@
 // own, not the sum of both libraries), and the "name | hop | asio | ratio"
 // table.
 
+#include "../tests/support/loopback.hpp"
+
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -424,33 +426,8 @@ inline void check_curl_transfers(const std::string& output, std::size_t n, std::
     }
 }
 
-/// True if something accepts TCP connections on 127.0.0.1:`port` now.
-inline bool accepting(std::uint16_t port) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return false;
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(port);
-    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    return ok;
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-inline std::uint16_t free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-        if (fd >= 0) ::close(fd);
-        throw std::runtime_error("cannot bind 127.0.0.1:0");
-    }
-    ::close(fd);
-    return ntohs(a.sin_port);
-}
+// Loopback ports, shared with the tests.
+using hop_test::accepting;
+using hop_test::free_port;
 
 }  // namespace bench

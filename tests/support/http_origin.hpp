@@ -102,27 +102,6 @@ inline std::string find_program(const std::string& name) {
     return "";
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, read
-/// back, released). A server that then fails to bind it is started again
-/// on another (see start_with_free_port).
-inline std::uint16_t free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    socklen_t len = sizeof a;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-        const int e = errno;
-        ::close(fd);
-        throw std::runtime_error(std::string("bind 127.0.0.1:0: ") + std::strerror(e));
-    }
-    ::close(fd);
-    return ntohs(a.sin_port);
-}
-
 /// A child process (argv[0] a full path), its stdout and stderr in `log`.
 /// The destructor ends it (SIGTERM, then SIGKILL if it lingers) and reaps it.
 class child_process {

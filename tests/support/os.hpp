@@ -2,6 +2,8 @@
 // Small helpers around the OS for tests: an environment variable set for a
 // scope, a pipe, whether a loopback port accepts connections.
 
+#include "loopback.hpp"  // accepting(), free_port()
+
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -57,18 +59,5 @@ struct pipe_fds {
     pipe_fds(const pipe_fds&) = delete;
     pipe_fds& operator=(const pipe_fds&) = delete;
 };
-
-/// True if something accepts TCP connections on 127.0.0.1:`port` now.
-inline bool accepting(std::uint16_t port) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return false;
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(port);
-    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    return ok;
-}
 
 }  // namespace hop_test
