@@ -298,6 +298,7 @@ struct server_figures {
     std::uint64_t rearms = 0;  // multishot recvs re-armed after they ended
     std::uint64_t nobufs = 0;  // ... of which ended with -ENOBUFS
     std::uint64_t multishot_cqes = 0;
+    std::uint64_t enters = 0;  // io_uring_submit_and_wait calls in the timed part
 };
 
 server_figures figures(const timed& t0, const timed& t1) {
@@ -447,6 +448,7 @@ server_figures raw_server(bool multishot, unsigned ring_flags, std::size_t conns
     ctl.go();
     const timed t0 = timed::now();
     while (ended < conns) {
+        ++f.enters;
         reap(ring, [&](const io_uring_cqe& cqe) {
             const std::size_t i = cqe.user_data >> 8;
             raw_conn& c = cs[i];
@@ -515,6 +517,7 @@ server_figures raw_server(bool multishot, unsigned ring_flags, std::size_t conns
     out.rearms = f.rearms;
     out.nobufs = f.nobufs;
     out.multishot_cqes = f.multishot_cqes;
+    out.enters = f.enters;
     return out;
 }
 
@@ -710,13 +713,14 @@ struct run_result {
     std::uint64_t rearms = 0;
     std::uint64_t nobufs = 0;
     std::uint64_t multishot_cqes = 0;
+    std::uint64_t enters = 0;
     bool ok = false;
     char error[256] = {};
 };
 
 struct run_config {
     std::size_t conns = 100;
-    std::size_t rounds_each = 2000;
+    std::size_t rounds_each = 3000;
     unsigned buffers = 256;
 };
 
@@ -787,6 +791,7 @@ run_result server_process(variant v, const run_config& rc) {
     r.rearms = sf.rearms;
     r.nobufs = sf.nobufs;
     r.multishot_cqes = sf.multishot_cqes;
+    r.enters = sf.enters;
     r.ok = true;
     return r;
 }
@@ -929,8 +934,8 @@ int main(int argc, char** argv) try {
             throw std::invalid_argument("unknown argument '" + a + "' (expected --quick, --rounds N, --buffers N)");
         }
     }
-    if (rounds == 0) rounds = quick ? 1 : 5;
-    rc.rounds_each = quick ? 200 : 2000;
+    if (rounds == 0) rounds = quick ? 1 : 9;
+    rc.rounds_each = quick ? 200 : 3000;
 
     const std::string kernel = kernel_release();
     std::printf("uring_recv_bench: Linux %s, liburing-dev %s, %zu cores; %zu connections x %zu round trips of %zu "
@@ -966,23 +971,44 @@ int main(int argc, char** argv) try {
     auto total = [&](const run_result& r) { return (r.srv_user + r.srv_sys) * 1e6 / rts; };
     auto client = [&](const run_result& r) { return (r.cli_user + r.cli_sys) * 1e6 / rts; };
 
-    const double sys_a = fig(0, sys)[0];
-    const double sys_asio = fig(all_variants.size() - 1, sys)[0];
-    const double total_a = fig(0, total)[0];
-    std::printf("\nserver CPU per round trip (us); ratios are baseline/variant: above 1 = the variant uses less\n");
-    std::printf("%-40s | %-22s | %-5s | %-17s | %-5s | %-6s | %-6s | %-6s | %-6s\n", "server", "round trips/s", "user",
-                "sys", "u+s", "client", "sys/a", "sys/asio", "u+s/a");
-    std::printf("%s\n", std::string(40 + 22 + 5 + 17 + 5 + 6 * 4 + 2 + 8 * 3, '-').c_str());
+    auto enter_rate = [&](const run_result& r) { return r.enters ? rts / static_cast<double>(r.enters) : 0.0; };
+    auto range = [](const std::array<double, 3>& f, int decimals) {
+        char b[64];
+        std::snprintf(b, sizeof b, "%.*f [%.*f..%.*f]", decimals, f[0], decimals, f[1], decimals, f[2]);
+        return std::string(b);
+    };
+    // Per round, baseline / variant of the runs next to each other in time
+    // (the load on the machine changes less within a round than across).
+    auto paired = [&](std::size_t base, std::size_t k, auto f) {
+        std::vector<double> v;
+        for (std::size_t r = 0; r < runs[k].size(); ++r) v.push_back(f(runs[base][r]) / f(runs[k][r]));
+        return std::array<double, 3>{median(v), *std::min_element(v.begin(), v.end()),
+                                     *std::max_element(v.begin(), v.end())};
+    };
+    const std::size_t asio_k = all_variants.size() - 1;
+
+    std::printf("\nper round trip, the SERVER process's CPU (us); median [min..max] over the rounds\n");
+    std::printf("(user/sys split by scheduler-tick sampling, coarse; user+sys is exact)\n");
+    std::printf("%-40s | %-24s | %-5s | %-18s | %-18s | %-6s | %s\n", "server", "round trips/s", "user", "sys",
+                "user+sys", "client", "rt/enter");
+    std::printf("%s\n", std::string(136, '-').c_str());
     for (std::size_t k = 0; k < all_variants.size(); ++k) {
-        const auto ra = fig(k, rate);
-        const auto us = fig(k, user);
-        const auto sy = fig(k, sys);
-        const auto to = fig(k, total);
-        const auto cl = fig(k, client);
-        std::printf("%-40s | %6.0f [%6.0f..%6.0f] | %5.2f | %5.2f [%4.2f..%4.2f] | %5.2f | %6.2f | %5.2fx | %7.2fx | %5.2fx\n",
-                    label(all_variants[k]), ra[0], ra[1], ra[2], us[0], sy[0], sy[1], sy[2], to[0], cl[0],
-                    sys_a / sy[0], sys_asio / sy[0], total_a / to[0]);
+        const double per_enter = fig(k, enter_rate)[0];
+        std::printf("%-40s | %-24s | %5.2f | %-18s | %-18s | %6.2f | %s\n", label(all_variants[k]),
+                    range(fig(k, rate), 0).c_str(), fig(k, user)[0], range(fig(k, sys), 2).c_str(),
+                    range(fig(k, total), 2).c_str(), fig(k, client)[0],
+                    per_enter > 0 ? std::to_string(per_enter).substr(0, 5).c_str() : "-");
     }
+    std::printf("\nratios, per round then median [min..max]: baseline / variant, above 1 = the variant uses less\n");
+    std::printf("%-40s | %-18s | %-18s | %-18s | %-18s\n", "server", "sys vs (a)", "user+sys vs (a)", "sys vs Asio",
+                "user+sys vs Asio");
+    std::printf("%s\n", std::string(125, '-').c_str());
+    for (std::size_t k = 0; k < all_variants.size(); ++k) {
+        std::printf("%-40s | %-18s | %-18s | %-18s | %-18s\n", label(all_variants[k]), range(paired(0, k, sys), 2).c_str(),
+                    range(paired(0, k, total), 2).c_str(), range(paired(asio_k, k, sys), 2).c_str(),
+                    range(paired(asio_k, k, total), 2).c_str());
+    }
+    std::printf("\n");
     for (std::size_t k = 0; k < all_variants.size(); ++k) {
         std::uint64_t rearms = 0, nobufs = 0, cqes = 0;
         for (const auto& r : runs[k]) {
@@ -991,7 +1017,8 @@ int main(int argc, char** argv) try {
             cqes += r.multishot_cqes;
         }
         if (cqes) {
-            std::printf("%s: %llu multishot recv completions, %llu re-arms (%llu after -ENOBUFS) over all rounds\n",
+            std::printf("%s: %llu multishot recv completions (with -ENOBUFS ones), %llu re-arms (%llu after -ENOBUFS) "
+                        "over all rounds\n",
                         label(all_variants[k]), static_cast<unsigned long long>(cqes),
                         static_cast<unsigned long long>(rearms), static_cast<unsigned long long>(nobufs));
         }
