@@ -58,6 +58,10 @@
 #include <sys/mman.h>
 #include <sys/utsname.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
+
 #include <array>
 #include <csignal>
 #include <cstring>
@@ -93,6 +97,15 @@ extern "C" void on_watchdog(int) {
     static const char text[] = "uring_recv_bench: a side has not finished after 120 s: it is stuck\n";
     (void)!::write(2, text, sizeof text - 1);
     ::_exit(3);
+}
+
+// The children end with _exit (no atexit handlers, no second flush of
+// stdio): under ASan, check them for leaks first (a leak kills the child, so
+// its run fails).
+void leak_check_before_exit() {
+#if defined(__SANITIZE_ADDRESS__)
+    __lsan_do_leak_check();
+#endif
 }
 
 void start_watchdog() {
@@ -139,6 +152,10 @@ struct timed {
     static timed now() { return {bench::clock::now(), bench::process_cpu_times()}; }
 };
 
+double seconds_between(const timed& t0, const timed& t1) {
+    return std::chrono::duration<double>(t1.wall - t0.wall).count();
+}
+
 // An io_uring, exited on scope end.
 class ring_owner {
 public:
@@ -172,9 +189,14 @@ io_uring_sqe* next_sqe(io_uring* ring) {
     return s;
 }
 
-// user_data: connection index << 8 | operation.
+// user_data: connection index << 8 | side << 4 | operation (a client and a
+// server may share one ring: the in-process section).
 enum op : std::uint64_t { op_recv = 1, op_send = 2 };
-std::uint64_t tag(std::size_t conn, op o) { return static_cast<std::uint64_t>(conn) << 8 | o; }
+enum side : std::uint64_t { client_side = 0, server_side = 1 };
+std::uint64_t tag(std::size_t conn, side sd, op o) { return static_cast<std::uint64_t>(conn) << 8 | sd << 4 | o; }
+std::size_t conn_of(const io_uring_cqe& c) { return static_cast<std::size_t>(c.user_data >> 8); }
+side side_of(const io_uring_cqe& c) { return static_cast<side>((c.user_data >> 4) & 0xf); }
+op op_of(const io_uring_cqe& c) { return static_cast<op>(c.user_data & 0xf); }
 
 // Waits for at least one completion and hands every ready one to `fn`.
 template <class Fn>
@@ -211,69 +233,106 @@ struct client_conn {
     msg in{};
 };
 
-client_report run_client(std::uint16_t port, std::size_t conns, std::size_t rounds, int from_server) {
-    std::vector<client_conn> cs(conns);
-    for (auto& c : cs) {
-        c.fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (c.fd < 0) throw_errno(errno, "client socket");
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        a.sin_port = htons(port);
-        if (::connect(c.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw_errno(errno, "client connect");
-        set_nodelay(c.fd);
+int connect_loopback(std::uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw_errno(errno, "client socket");
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        int e = errno;
+        ::close(fd);
+        throw_errno(e, "client connect to 127.0.0.1:" + std::to_string(port));
     }
-    ring_owner ro(1024, hop_flags, "client");
-    io_uring* ring = ro.get();
-    char go = 0;
-    if (!read_all_fd(from_server, &go, 1, "client: wait for go")) throw std::runtime_error("client: the server went away");
+    set_nodelay(fd);
+    return fd;
+}
 
-    auto start_round = [&](std::size_t i) {
-        client_conn& c = cs[i];
+// The client's connections and what each completion does to them.
+class raw_client {
+public:
+    raw_client(std::uint16_t port, std::size_t conns, std::size_t rounds) : m_cs(conns), m_rounds(rounds) {
+        for (auto& c : m_cs) c.fd = connect_loopback(port);
+    }
+    ~raw_client() { close_all(); }
+    raw_client(const raw_client&) = delete;
+    raw_client& operator=(const raw_client&) = delete;
+
+    void start(io_uring* ring) {
+        for (std::size_t i = 0; i < m_cs.size(); ++i) start_round(ring, i);
+    }
+    bool finished() const { return m_done == m_cs.size(); }
+    std::uint64_t check() const { return m_check; }
+    void close_all() {
+        for (auto& c : m_cs) {
+            if (c.fd >= 0) ::close(c.fd);
+            c.fd = -1;
+        }
+    }
+
+    void on_cqe(io_uring* ring, const io_uring_cqe& cqe) {
+        const std::size_t i = conn_of(cqe);
+        client_conn& c = m_cs[i];
+        if (op_of(cqe) == op_send) {
+            if (cqe.res != static_cast<int>(msg_size)) {
+                if (cqe.res < 0) throw_errno(cqe.res, "client send");
+                throw std::runtime_error("client: short send of " + std::to_string(cqe.res) + " bytes");
+            }
+            return;
+        }
+        if (cqe.res < 0) throw_errno(cqe.res, "client recv");
+        if (cqe.res == 0) throw std::runtime_error("client: the server closed a connection early");
+        c.got += static_cast<std::size_t>(cqe.res);
+        if (c.got < msg_size) {
+            io_uring_sqe* s = next_sqe(ring);
+            io_uring_prep_recv(s, c.fd, c.in.data() + c.got, static_cast<unsigned>(msg_size - c.got), 0);
+            io_uring_sqe_set_data64(s, tag(i, client_side, op_recv));
+            return;
+        }
+        if (c.in != c.out) throw std::runtime_error("client: the echo differs from what was sent");
+        m_check += static_cast<unsigned char>(c.in[0]) + static_cast<unsigned char>(c.in[msg_size - 1]);
+        if (++c.round == m_rounds) {
+            ++m_done;
+        } else {
+            start_round(ring, i);
+        }
+    }
+
+private:
+    // The send and the recv for the echo go in together.
+    void start_round(io_uring* ring, std::size_t i) {
+        client_conn& c = m_cs[i];
         c.out = pattern(c.round, i);
         c.got = 0;
         io_uring_sqe* s = next_sqe(ring);
         io_uring_prep_send(s, c.fd, c.out.data(), msg_size, MSG_NOSIGNAL);
-        io_uring_sqe_set_data64(s, tag(i, op_send));
+        io_uring_sqe_set_data64(s, tag(i, client_side, op_send));
         s = next_sqe(ring);
         io_uring_prep_recv(s, c.fd, c.in.data(), msg_size, 0);
-        io_uring_sqe_set_data64(s, tag(i, op_recv));
-    };
-    client_report rep;
-    std::size_t done = 0;
-    const timed t0 = timed::now();
-    for (std::size_t i = 0; i < conns; ++i) start_round(i);
-    while (done < conns) {
-        reap(ring, [&](const io_uring_cqe& cqe) {
-            const std::size_t i = cqe.user_data >> 8;
-            client_conn& c = cs[i];
-            if ((cqe.user_data & 0xff) == op_send) {
-                if (cqe.res != static_cast<int>(msg_size)) {
-                    if (cqe.res < 0) throw_errno(cqe.res, "client send");
-                    throw std::runtime_error("client: short send of " + std::to_string(cqe.res) + " bytes");
-                }
-                return;
-            }
-            if (cqe.res < 0) throw_errno(cqe.res, "client recv");
-            if (cqe.res == 0) throw std::runtime_error("client: the server closed a connection early");
-            c.got += static_cast<std::size_t>(cqe.res);
-            if (c.got < msg_size) {
-                io_uring_sqe* s = next_sqe(ring);
-                io_uring_prep_recv(s, c.fd, c.in.data() + c.got, static_cast<unsigned>(msg_size - c.got), 0);
-                io_uring_sqe_set_data64(s, tag(i, op_recv));
-                return;
-            }
-            if (c.in != c.out) throw std::runtime_error("client: the echo differs from what was sent");
-            rep.check += static_cast<unsigned char>(c.in[0]) + static_cast<unsigned char>(c.in[msg_size - 1]);
-            if (++c.round == rounds) {
-                ++done;
-            } else {
-                start_round(i);
-            }
-        });
+        io_uring_sqe_set_data64(s, tag(i, client_side, op_recv));
     }
+
+    std::vector<client_conn> m_cs;
+    std::size_t m_rounds;
+    std::size_t m_done = 0;
+    std::uint64_t m_check = 0;
+};
+
+// The client in its own process: connects, waits for the server's go, runs.
+client_report run_client(std::uint16_t port, std::size_t conns, std::size_t rounds, int from_server) {
+    raw_client cl(port, conns, rounds);
+    ring_owner ro(1024, hop_flags, "client");
+    io_uring* ring = ro.get();
+    char go = 0;
+    if (!read_all_fd(from_server, &go, 1, "client: wait for go")) throw std::runtime_error("client: the server went away");
+    client_report rep;
+    const timed t0 = timed::now();
+    cl.start(ring);
+    while (!cl.finished()) reap(ring, [&](const io_uring_cqe& cqe) { cl.on_cqe(ring, cqe); });
     const timed t1 = timed::now();
-    for (auto& c : cs) ::close(c.fd);
+    cl.close_all();
+    rep.check = cl.check();
     rep.wall = std::chrono::duration<double>(t1.wall - t0.wall).count();
     rep.user = t1.cpu.user - t0.cpu.user;
     rep.sys = t1.cpu.system - t0.cpu.system;
@@ -389,135 +448,225 @@ int listen_loopback(std::uint16_t* port) {
     return fd;
 }
 
-server_figures raw_server(bool multishot, unsigned ring_flags, std::size_t conns, unsigned buffers, control& ctl) {
-    std::uint16_t port = 0;
-    const int lfd = listen_loopback(&port);
-    ctl.send_port(port);
-    std::vector<raw_conn> cs(conns);
-    for (auto& c : cs) {
-        c.fd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
-        if (c.fd < 0) throw_errno(errno, "server accept4");
-        set_nodelay(c.fd);
+// The raw echo server's connections and what each completion does to them.
+class raw_server {
+public:
+    // Accepts `conns` connections from `lfd`; `multishot`: into `buffers`
+    // provided buffers of a ring registered on `ring`.
+    raw_server(io_uring* ring, int lfd, std::size_t conns, bool multishot, unsigned buffers)
+        : m_ring(ring), m_cs(conns), m_multishot(multishot) {
+        for (auto& c : m_cs) {
+            c.fd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+            if (c.fd < 0) throw_errno(errno, "server accept4");
+            set_nodelay(c.fd);
+        }
+        if (multishot) m_br = std::make_unique<buffer_ring>(ring, buffers);
     }
-    ::close(lfd);
+    ~raw_server() {
+        for (auto& c : m_cs) {
+            if (c.fd >= 0) ::close(c.fd);
+        }
+    }
+    raw_server(const raw_server&) = delete;
+    raw_server& operator=(const raw_server&) = delete;
 
-    ring_owner ro(1024, ring_flags, "server");
-    io_uring* ring = ro.get();
-    std::unique_ptr<buffer_ring> br;
-    if (multishot) br = std::make_unique<buffer_ring>(ring, buffers);
+    void start() {
+        for (std::size_t i = 0; i < m_cs.size(); ++i) arm_recv(i);
+    }
+    bool finished() const { return m_ended == m_cs.size(); }
+    const server_figures& counts() const { return m_f; }
 
-    server_figures f;
-    std::size_t ended = 0;
-    std::vector<std::size_t> parked;  // multishots that ended with -ENOBUFS
-    auto arm_recv = [&](std::size_t i) {
-        io_uring_sqe* s = next_sqe(ring);
-        if (multishot) {
-            io_uring_prep_recv_multishot(s, cs[i].fd, nullptr, 0, 0);
+    void on_cqe(const io_uring_cqe& cqe) {
+        const std::size_t i = conn_of(cqe);
+        raw_conn& c = m_cs[i];
+        if (op_of(cqe) == op_send) {
+            if (cqe.res < 0) throw_errno(cqe.res, "server send");
+            c.sent += static_cast<unsigned>(cqe.res);
+            if (c.sent < c.send_len) {
+                send_rest(i);
+                return;
+            }
+            c.sending = false;
+            if (!m_multishot) {
+                arm_recv(i);
+            } else if (!c.waiting.empty()) {
+                auto [bid, len] = c.waiting.front();
+                c.waiting.pop_front();
+                consume(i, bid, len);
+            } else if (c.eof) {
+                finish(i);
+            }
+            return;
+        }
+        // A recv.
+        if (!m_multishot) {
+            if (cqe.res < 0) throw_errno(cqe.res, "server recv");
+            if (cqe.res == 0) {
+                finish(i);
+            } else {
+                start_send(i, static_cast<unsigned>(cqe.res));
+            }
+            return;
+        }
+        ++m_f.multishot_cqes;
+        const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
+        if (cqe.res > 0) {
+            if (!(cqe.flags & IORING_CQE_F_BUFFER)) throw std::runtime_error("server: a multishot recv came without a buffer");
+            const unsigned bid = cqe.flags >> IORING_CQE_BUFFER_SHIFT;
+            if (c.sending) {
+                c.waiting.emplace_back(bid, static_cast<unsigned>(cqe.res));
+            } else {
+                consume(i, bid, static_cast<unsigned>(cqe.res));
+            }
+            if (!more) {
+                ++m_f.rearms;
+                arm_recv(i);
+            }
+        } else if (cqe.res == 0) {
+            c.eof = true;
+            if (!c.sending && c.waiting.empty()) finish(i);
+        } else if (cqe.res == -ENOBUFS) {
+            ++m_f.rearms;
+            ++m_f.nobufs;
+            m_parked.push_back(i);
+        } else if (cqe.res == -EINVAL) {
+            throw std::runtime_error("server: multishot recv refused (-EINVAL): it needs Linux 6.0+");
+        } else {
+            throw_errno(cqe.res, "server multishot recv");
+        }
+    }
+
+    // After a batch of completions has given its buffers back: the
+    // multishots that ran out of buffers go again.
+    void after_batch() {
+        for (std::size_t i : m_parked) arm_recv(i);
+        m_parked.clear();
+    }
+
+private:
+    void arm_recv(std::size_t i) {
+        io_uring_sqe* s = next_sqe(m_ring);
+        if (m_multishot) {
+            io_uring_prep_recv_multishot(s, m_cs[i].fd, nullptr, 0, 0);
             s->flags |= IOSQE_BUFFER_SELECT;
             s->buf_group = 0;
         } else {
-            io_uring_prep_recv(s, cs[i].fd, cs[i].buf.get(), buf_size, 0);
+            io_uring_prep_recv(s, m_cs[i].fd, m_cs[i].buf.get(), buf_size, 0);
         }
-        io_uring_sqe_set_data64(s, tag(i, op_recv));
-    };
-    auto send_rest = [&](std::size_t i) {
-        raw_conn& c = cs[i];
-        io_uring_sqe* s = next_sqe(ring);
+        io_uring_sqe_set_data64(s, tag(i, server_side, op_recv));
+    }
+    void send_rest(std::size_t i) {
+        raw_conn& c = m_cs[i];
+        io_uring_sqe* s = next_sqe(m_ring);
         io_uring_prep_send(s, c.fd, c.buf.get() + c.sent, c.send_len - c.sent, MSG_NOSIGNAL);
-        io_uring_sqe_set_data64(s, tag(i, op_send));
-    };
-    auto start_send = [&](std::size_t i, unsigned len) {
-        cs[i].send_len = len;
-        cs[i].sent = 0;
-        cs[i].sending = true;
+        io_uring_sqe_set_data64(s, tag(i, server_side, op_send));
+    }
+    void start_send(std::size_t i, unsigned len) {
+        m_cs[i].send_len = len;
+        m_cs[i].sent = 0;
+        m_cs[i].sending = true;
         send_rest(i);
-    };
+    }
     // Multishot: what read_some(caller's buffer) would do with a completion.
-    auto consume = [&](std::size_t i, unsigned bid, unsigned len) {
-        std::memcpy(cs[i].buf.get(), br->buffer(bid), len);
-        br->give_back(bid);
+    void consume(std::size_t i, unsigned bid, unsigned len) {
+        std::memcpy(m_cs[i].buf.get(), m_br->buffer(bid), len);
+        m_br->give_back(bid);
         start_send(i, len);
-    };
-    auto finish = [&](std::size_t i) {
-        ::close(cs[i].fd);
-        cs[i].fd = -1;
-        ++ended;
-    };
+    }
+    void finish(std::size_t i) {
+        ::close(m_cs[i].fd);
+        m_cs[i].fd = -1;
+        ++m_ended;
+    }
 
-    for (std::size_t i = 0; i < conns; ++i) arm_recv(i);
+    io_uring* m_ring;
+    std::vector<raw_conn> m_cs;
+    bool m_multishot;
+    std::unique_ptr<buffer_ring> m_br;
+    std::vector<std::size_t> m_parked;  // multishots that ended with -ENOBUFS
+    std::size_t m_ended = 0;
+    server_figures m_f;
+};
+
+// (a) / (b) as a server process: serves a client in another process.
+server_figures run_raw_server(bool multishot, unsigned ring_flags, std::size_t conns, unsigned buffers, control& ctl) {
+    std::uint16_t port = 0;
+    const int lfd = listen_loopback(&port);
+    ctl.send_port(port);
+    ring_owner ro(1024, ring_flags, "server");
+    io_uring* ring = ro.get();
+    std::unique_ptr<raw_server> srv;
+    try {
+        srv = std::make_unique<raw_server>(ring, lfd, conns, multishot, buffers);
+    } catch (...) {
+        ::close(lfd);
+        throw;
+    }
+    ::close(lfd);
+    srv->start();
     ctl.go();
+    std::uint64_t enters = 0;
     const timed t0 = timed::now();
-    while (ended < conns) {
-        ++f.enters;
-        reap(ring, [&](const io_uring_cqe& cqe) {
-            const std::size_t i = cqe.user_data >> 8;
-            raw_conn& c = cs[i];
-            if ((cqe.user_data & 0xff) == op_send) {
-                if (cqe.res < 0) throw_errno(cqe.res, "server send");
-                c.sent += static_cast<unsigned>(cqe.res);
-                if (c.sent < c.send_len) {
-                    send_rest(i);
-                    return;
-                }
-                c.sending = false;
-                if (!multishot) {
-                    arm_recv(i);
-                } else if (!c.waiting.empty()) {
-                    auto [bid, len] = c.waiting.front();
-                    c.waiting.pop_front();
-                    consume(i, bid, len);
-                } else if (c.eof) {
-                    finish(i);
-                }
-                return;
-            }
-            // A recv.
-            if (!multishot) {
-                if (cqe.res < 0) throw_errno(cqe.res, "server recv");
-                if (cqe.res == 0) {
-                    finish(i);
-                } else {
-                    start_send(i, static_cast<unsigned>(cqe.res));
-                }
-                return;
-            }
-            ++f.multishot_cqes;
-            const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
-            if (cqe.res > 0) {
-                if (!(cqe.flags & IORING_CQE_F_BUFFER)) throw std::runtime_error("server: a multishot recv came without a buffer");
-                const unsigned bid = cqe.flags >> IORING_CQE_BUFFER_SHIFT;
-                if (c.sending) {
-                    c.waiting.emplace_back(bid, static_cast<unsigned>(cqe.res));
-                } else {
-                    consume(i, bid, static_cast<unsigned>(cqe.res));
-                }
-                if (!more) {
-                    ++f.rearms;
-                    arm_recv(i);
-                }
-            } else if (cqe.res == 0) {
-                c.eof = true;
-                if (!c.sending && c.waiting.empty()) finish(i);
-            } else if (cqe.res == -ENOBUFS) {
-                ++f.rearms;
-                ++f.nobufs;
-                parked.push_back(i);
-            } else if (cqe.res == -EINVAL) {
-                throw std::runtime_error("server: multishot recv refused (-EINVAL): it needs Linux 6.0+");
-            } else {
-                throw_errno(cqe.res, "server multishot recv");
-            }
-        });
-        // The batch has given its buffers back: the parked ones may go again.
-        for (std::size_t i : parked) arm_recv(i);
-        parked.clear();
+    while (!srv->finished()) {
+        ++enters;
+        reap(ring, [&](const io_uring_cqe& cqe) { srv->on_cqe(cqe); });
+        srv->after_batch();
     }
     const timed t1 = timed::now();
     server_figures out = figures(t0, t1);
-    out.rearms = f.rearms;
-    out.nobufs = f.nobufs;
-    out.multishot_cqes = f.multishot_cqes;
-    out.enters = f.enters;
+    out.rearms = srv->counts().rearms;
+    out.nobufs = srv->counts().nobufs;
+    out.multishot_cqes = srv->counts().multishot_cqes;
+    out.enters = enters;
+    return out;
+}
+
+// (a) / (b) with the client in the same process, on the same thread and the
+// same ring (echo_bench's setup): the figures are client + server.
+server_figures run_raw_inproc(bool multishot, unsigned ring_flags, std::size_t conns, std::size_t rounds,
+                              unsigned buffers, std::uint64_t* check, double* wall) {
+    std::uint16_t port = 0;
+    const int lfd = listen_loopback(&port);
+    ring_owner ro(1024, ring_flags, "in-process");
+    io_uring* ring = ro.get();
+    std::unique_ptr<raw_client> cl;
+    std::unique_ptr<raw_server> srv;
+    try {
+        cl = std::make_unique<raw_client>(port, conns, rounds);
+        srv = std::make_unique<raw_server>(ring, lfd, conns, multishot, buffers);
+    } catch (...) {
+        ::close(lfd);
+        throw;
+    }
+    ::close(lfd);
+    srv->start();
+    std::uint64_t enters = 0;
+    const timed t0 = timed::now();
+    cl->start(ring);
+    bool closed = false;
+    while (!srv->finished()) {
+        ++enters;
+        reap(ring, [&](const io_uring_cqe& cqe) {
+            if (side_of(cqe) == client_side) {
+                cl->on_cqe(ring, cqe);
+            } else {
+                srv->on_cqe(cqe);
+            }
+        });
+        srv->after_batch();
+        if (!closed && cl->finished()) {
+            *wall = seconds_between(t0, timed::now());
+            cl->close_all();
+            closed = true;
+        }
+    }
+    const timed t1 = timed::now();
+    *check = cl->check();
+    server_figures out = figures(t0, t1);
+    out.rearms = srv->counts().rearms;
+    out.nobufs = srv->counts().nobufs;
+    out.multishot_cqes = srv->counts().multishot_cqes;
+    out.enters = enters;
     return out;
 }
 
@@ -722,14 +871,19 @@ struct run_config {
     std::size_t conns = 100;
     std::size_t rounds_each = 3000;
     unsigned buffers = 256;
+    bool inproc = false;  // client and server on one thread and one ring (raw variants only)
 };
+
+bool is_raw(variant v) { return v != variant::hop_uring && v != variant::asio; }
+bool is_multishot(variant v) { return v == variant::multi || v == variant::multi_defer; }
+unsigned flags_of(variant v) { return v == variant::single_defer || v == variant::multi_defer ? defer_flags : hop_flags; }
 
 server_figures serve(variant v, const run_config& rc, control& ctl) {
     switch (v) {
-    case variant::single: return raw_server(false, hop_flags, rc.conns, rc.buffers, ctl);
-    case variant::single_defer: return raw_server(false, defer_flags, rc.conns, rc.buffers, ctl);
-    case variant::multi: return raw_server(true, hop_flags, rc.conns, rc.buffers, ctl);
-    case variant::multi_defer: return raw_server(true, defer_flags, rc.conns, rc.buffers, ctl);
+    case variant::single: return run_raw_server(false, hop_flags, rc.conns, rc.buffers, ctl);
+    case variant::single_defer: return run_raw_server(false, defer_flags, rc.conns, rc.buffers, ctl);
+    case variant::multi: return run_raw_server(true, hop_flags, rc.conns, rc.buffers, ctl);
+    case variant::multi_defer: return run_raw_server(true, defer_flags, rc.conns, rc.buffers, ctl);
     case variant::hop_uring: return run_hop_server(rc.conns, ctl);
     case variant::asio: return run_asio_server(rc.conns, ctl);
     }
@@ -739,6 +893,20 @@ server_figures serve(variant v, const run_config& rc, control& ctl) {
 // In the server's child: starts the client, serves, collects the client's report.
 run_result server_process(variant v, const run_config& rc) {
     start_watchdog();
+    if (rc.inproc) {
+        if (!is_raw(v)) throw std::logic_error("the in-process section runs the raw variants only");
+        run_result r;
+        const server_figures sf = run_raw_inproc(is_multishot(v), flags_of(v), rc.conns, rc.rounds_each, rc.buffers,
+                                                 &r.check, &r.wall);
+        r.srv_user = sf.user;
+        r.srv_sys = sf.sys;
+        r.rearms = sf.rearms;
+        r.nobufs = sf.nobufs;
+        r.multishot_cqes = sf.multishot_cqes;
+        r.enters = sf.enters;
+        r.ok = true;
+        return r;
+    }
     int to_client[2], from_client[2];
     if (::pipe2(to_client, O_CLOEXEC) != 0 || ::pipe2(from_client, O_CLOEXEC) != 0) throw_errno(errno, "pipe2");
     std::fflush(stdout);
@@ -759,6 +927,7 @@ run_result server_process(variant v, const run_config& rc) {
         } catch (const std::exception& e) {
             std::snprintf(rep.error, sizeof rep.error, "%s", e.what());
         }
+        leak_check_before_exit();
         ssize_t w = ::write(from_client[1], &rep, sizeof rep);
         ::_exit(rep.ok && w == static_cast<ssize_t>(sizeof rep) ? 0 : 1);
     }
@@ -812,6 +981,7 @@ run_result run_isolated(variant v, const run_config& rc) {
         } catch (const std::exception& e) {
             std::snprintf(r.error, sizeof r.error, "%s", e.what());
         }
+        leak_check_before_exit();
         ssize_t w = ::write(fds[1], &r, sizeof r);
         ::_exit(r.ok && w == static_cast<ssize_t>(sizeof r) ? 0 : 1);
     }
@@ -910,49 +1080,16 @@ double median(std::vector<double> v) {
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-}  // namespace
 
-int main(int argc, char** argv) try {
-    bool quick = false;
-    std::size_t rounds = 0;
-    run_config rc;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-            return argv[++i];
-        };
-        if (a == "--quick") {
-            quick = true;
-        } else if (a == "--rounds") {
-            rounds = parse_count(a, value(), 1, 1000);
-        } else if (a == "--buffers") {
-            const std::string v = value();
-            rc.buffers = static_cast<unsigned>(parse_count(a, v, 1, 32768));
-            if (rc.buffers & (rc.buffers - 1)) throw std::invalid_argument("--buffers " + v + ": expected a power of 2");
-        } else {
-            throw std::invalid_argument("unknown argument '" + a + "' (expected --quick, --rounds N, --buffers N)");
-        }
-    }
-    if (rounds == 0) rounds = quick ? 1 : 9;
-    rc.rounds_each = quick ? 200 : 3000;
-
-    const std::string kernel = kernel_release();
-    std::printf("uring_recv_bench: Linux %s, liburing-dev %s, %zu cores; %zu connections x %zu round trips of %zu "
-                "bytes, TCP_NODELAY, 127.0.0.1; client in its own process (raw liburing, single-shot); %zu round(s), "
-                "interleaved; median [min..max]; buffer ring: %u x %u B\n",
-                kernel.c_str(), liburing_version().c_str(), bench::core_count(), rc.conns, rc.rounds_each, msg_size,
-                rounds, rc.buffers, buf_size);
-    if (quick) std::printf("--quick: runs are short, so the CPU times (counted in scheduler ticks) are coarse\n");
-    check_features();
-    std::printf("features: IORING_OP_RECV/SEND, SINGLE_ISSUER|DEFER_TASKRUN, provided-buffer ring, multishot recv: ok\n");
-
-    std::array<std::vector<run_result>, all_variants.size()> runs;
+// Runs `vs` interleaved for `rounds` rounds and prints the section's tables.
+void run_section(const char* title, const std::vector<variant>& vs, const run_config& rc, std::size_t rounds,
+                 bool separate) {
+    std::vector<std::vector<run_result>> runs(vs.size());
     for (std::size_t r = 0; r < rounds; ++r) {
-        for (std::size_t k = 0; k < all_variants.size(); ++k) {
-            run_result res = run_isolated(all_variants[k], rc);
+        for (std::size_t k = 0; k < vs.size(); ++k) {
+            run_result res = run_isolated(vs[k], rc);
             if (!runs[0].empty() && res.check != runs[0].front().check) {
-                throw std::runtime_error(std::string(label(all_variants[k])) + ": the client's checksum differs");
+                throw std::runtime_error(std::string(label(vs[k])) + ": the client's checksum differs");
             }
             runs[k].push_back(res);
         }
@@ -970,7 +1107,6 @@ int main(int argc, char** argv) try {
     auto sys = [&](const run_result& r) { return r.srv_sys * 1e6 / rts; };
     auto total = [&](const run_result& r) { return (r.srv_user + r.srv_sys) * 1e6 / rts; };
     auto client = [&](const run_result& r) { return (r.cli_user + r.cli_sys) * 1e6 / rts; };
-
     auto enter_rate = [&](const run_result& r) { return r.enters ? rts / static_cast<double>(r.enters) : 0.0; };
     auto range = [](const std::array<double, 3>& f, int decimals) {
         char b[64];
@@ -985,31 +1121,38 @@ int main(int argc, char** argv) try {
         return std::array<double, 3>{median(v), *std::min_element(v.begin(), v.end()),
                                      *std::max_element(v.begin(), v.end())};
     };
-    const std::size_t asio_k = all_variants.size() - 1;
+    std::size_t asio_k = vs.size();
+    for (std::size_t k = 0; k < vs.size(); ++k) {
+        if (vs[k] == variant::asio) asio_k = k;
+    }
 
-    std::printf("\nper round trip, the SERVER process's CPU (us); median [min..max] over the rounds\n");
+    std::printf("\n%s\n", title);
+    std::printf("per round trip, %s CPU (us); median [min..max] over %zu rounds\n",
+                separate ? "the SERVER process's" : "the process's (client + server)", rounds);
     std::printf("(user/sys split by scheduler-tick sampling, coarse; user+sys is exact)\n");
     std::printf("%-40s | %-24s | %-5s | %-18s | %-18s | %-6s | %s\n", "server", "round trips/s", "user", "sys",
                 "user+sys", "client", "rt/enter");
     std::printf("%s\n", std::string(136, '-').c_str());
-    for (std::size_t k = 0; k < all_variants.size(); ++k) {
+    for (std::size_t k = 0; k < vs.size(); ++k) {
         const double per_enter = fig(k, enter_rate)[0];
-        std::printf("%-40s | %-24s | %5.2f | %-18s | %-18s | %6.2f | %s\n", label(all_variants[k]),
-                    range(fig(k, rate), 0).c_str(), fig(k, user)[0], range(fig(k, sys), 2).c_str(),
-                    range(fig(k, total), 2).c_str(), fig(k, client)[0],
-                    per_enter > 0 ? std::to_string(per_enter).substr(0, 5).c_str() : "-");
+        char pe[32] = "-";
+        if (per_enter > 0) std::snprintf(pe, sizeof pe, "%.1f", per_enter);
+        char cl[32] = "-";
+        if (separate) std::snprintf(cl, sizeof cl, "%.2f", fig(k, client)[0]);
+        std::printf("%-40s | %-24s | %5.2f | %-18s | %-18s | %6s | %s\n", label(vs[k]), range(fig(k, rate), 0).c_str(),
+                    fig(k, user)[0], range(fig(k, sys), 2).c_str(), range(fig(k, total), 2).c_str(), cl, pe);
     }
     std::printf("\nratios, per round then median [min..max]: baseline / variant, above 1 = the variant uses less\n");
     std::printf("%-40s | %-18s | %-18s | %-18s | %-18s\n", "server", "sys vs (a)", "user+sys vs (a)", "sys vs Asio",
                 "user+sys vs Asio");
     std::printf("%s\n", std::string(125, '-').c_str());
-    for (std::size_t k = 0; k < all_variants.size(); ++k) {
-        std::printf("%-40s | %-18s | %-18s | %-18s | %-18s\n", label(all_variants[k]), range(paired(0, k, sys), 2).c_str(),
-                    range(paired(0, k, total), 2).c_str(), range(paired(asio_k, k, sys), 2).c_str(),
-                    range(paired(asio_k, k, total), 2).c_str());
+    for (std::size_t k = 0; k < vs.size(); ++k) {
+        const bool asio = asio_k < vs.size();
+        std::printf("%-40s | %-18s | %-18s | %-18s | %-18s\n", label(vs[k]), range(paired(0, k, sys), 2).c_str(),
+                    range(paired(0, k, total), 2).c_str(), asio ? range(paired(asio_k, k, sys), 2).c_str() : "-",
+                    asio ? range(paired(asio_k, k, total), 2).c_str() : "-");
     }
-    std::printf("\n");
-    for (std::size_t k = 0; k < all_variants.size(); ++k) {
+    for (std::size_t k = 0; k < vs.size(); ++k) {
         std::uint64_t rearms = 0, nobufs = 0, cqes = 0;
         for (const auto& r : runs[k]) {
             rearms += r.rearms;
@@ -1019,9 +1162,64 @@ int main(int argc, char** argv) try {
         if (cqes) {
             std::printf("%s: %llu multishot recv completions (with -ENOBUFS ones), %llu re-arms (%llu after -ENOBUFS) "
                         "over all rounds\n",
-                        label(all_variants[k]), static_cast<unsigned long long>(cqes),
-                        static_cast<unsigned long long>(rearms), static_cast<unsigned long long>(nobufs));
+                        label(vs[k]), static_cast<unsigned long long>(cqes), static_cast<unsigned long long>(rearms),
+                        static_cast<unsigned long long>(nobufs));
         }
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    bool quick = false;
+    std::size_t rounds = 0;
+    std::string only;
+    run_config rc;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
+            return argv[++i];
+        };
+        if (a == "--quick") {
+            quick = true;
+        } else if (a == "--rounds") {
+            rounds = parse_count(a, value(), 1, 1000);
+        } else if (a == "--buffers") {
+            const std::string v = value();
+            rc.buffers = static_cast<unsigned>(parse_count(a, v, 1, 32768));
+            if (rc.buffers & (rc.buffers - 1)) throw std::invalid_argument("--buffers " + v + ": expected a power of 2");
+        } else if (a == "--only") {
+            only = value();
+            if (only != "separate" && only != "inproc") {
+                throw std::invalid_argument("--only " + only + ": expected separate or inproc");
+            }
+        } else {
+            throw std::invalid_argument("unknown argument '" + a +
+                                        "' (expected --quick, --rounds N, --buffers N, --only separate|inproc)");
+        }
+    }
+    if (rounds == 0) rounds = quick ? 1 : 9;
+    rc.rounds_each = quick ? 200 : 3000;
+
+    const std::string kernel = kernel_release();
+    std::printf("uring_recv_bench: Linux %s, liburing-dev %s, %zu cores; %zu connections x %zu round trips of %zu "
+                "bytes, TCP_NODELAY, 127.0.0.1; %zu round(s), interleaved; buffer ring: %u x %u B\n",
+                kernel.c_str(), liburing_version().c_str(), bench::core_count(), rc.conns, rc.rounds_each, msg_size,
+                rounds, rc.buffers, buf_size);
+    if (quick) std::printf("--quick: runs are short, so the CPU times (counted in scheduler ticks) are coarse\n");
+    check_features();
+    std::printf("features: IORING_OP_RECV/SEND, SINGLE_ISSUER|DEFER_TASKRUN, provided-buffer ring, multishot recv: ok\n");
+
+    if (only.empty() || only == "separate") {
+        run_section("SEPARATE: the server in one process, the client (raw liburing, single-shot) in another",
+                    {all_variants.begin(), all_variants.end()}, rc, rounds, true);
+    }
+    if (only.empty() || only == "inproc") {
+        run_config ip = rc;
+        ip.inproc = true;
+        run_section("INPROC: client (raw liburing, single-shot) and server on one thread, one ring (echo_bench's setup)",
+                    {variant::single, variant::single_defer, variant::multi, variant::multi_defer}, ip, rounds, false);
     }
     return 0;
 } catch (const std::exception& e) {
