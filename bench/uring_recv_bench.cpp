@@ -1,7 +1,57 @@
 // Does multishot recv into a provided-buffer ring cut an io_uring echo
 // server's system CPU per round trip (hop issue 10)?
 //
-// RESULTS_PLACEHOLDER
+// CONCLUSION (Linux 6.18.44, liburing 2.3, 2 cores shared with other work
+// at load 4-10): NO. At 100 connections multishot recv into a provided-buffer
+// ring does not measurably cut the server's CPU per round trip: single-shot
+// (a) / multishot (b), user+sys, the per-round paired ratio's median over 9
+// rounds, in five runs: 0.96, 0.99, 1.05, 0.94, 1.06 (above 1: (b) cheaper;
+// spread within a run 0.6..2.1); with the client on the same thread and ring
+// (INPROC): 1.05, 0.89, 1.06. SINGLE_ISSUER|DEFER_TASKRUN on top (b') is no
+// better: 0.94, 0.91, 1.02, 1.13, 1.05 (INPROC 0.99, 0.98, 1.01). So ~0-5% at
+// best, below what this machine can resolve, and not worth redesigning
+// read_some.
+//
+// Why (reasoned, not profiled: this VM has no PMU and perf_event_paranoid is
+// 2): per round trip the server does one recv and one send. Multishot saves
+// only the recv's SQE, its first non-blocking try (-EAGAIN when the next
+// message is not there yet) and the poll arm; it keeps the wakeup, the task work and
+// the copy out of the socket. The send, which on loopback also runs the
+// peer's TCP receive in softirq on the server's CPU, stays the bulk of
+// ~2.4 us. The syscall is already amortised: ~50 round trips per
+// io_uring_enter for (a) and (b) (~21 with DEFER_TASKRUN, still no dearer).
+//
+// Figures (SEPARATE, server process CPU, us per round trip, medians of 9
+// rounds; five runs; the paired ratios in each run's table):
+//   run   (a) raw single  (b) multishot   (c) hop io_uring  (d) Asio
+//   1     2.83            2.47            4.34              9.50
+//   2     2.40            2.38            2.67              9.02
+//   3     2.90            3.01            2.71              9.90
+//   4     2.59            3.25            3.91              9.74
+//   5     2.39            2.30            2.78             10.60
+// (min..max within a run: e.g. (a) 2.12..3.09, (b) 2.02..3.46; system CPU is
+// 97-99% of it for (a)/(b), ~90% for hop, ~75% for Asio.) Paired per round,
+// hop uses 1.07-1.43x raw (a)'s CPU (+0.2-0.3 us of user time) and
+// 3.0-3.7x less than Asio; raw (a) 3.7-4.0x less than Asio. Round trips/s
+// (client's wall clock) varied 45k-235k with the load, equally for a and b.
+//
+// What adopting it in hop's read_some would cost, for that ~0-5%:
+//   - a copy from the ring buffer into the caller's buffer (what (b) does
+//     here; 64 B is nothing, bulk reads pay one more pass over every byte),
+//     or a new read API lending loop-owned buffers (both backends; epoll
+//     would emulate it);
+//   - per loop a registered buffer group: entries x size pinned (256 x 4 KiB
+//     = 1 MiB here) plus the ring itself; too few and connections end their
+//     multishot with -ENOBUFS and need parking and re-arming (--buffers 4
+//     exercises that path: it works, at many more completions);
+//   - a multishot that outlives each read_some: per stream a queue of
+//     filled buffers (with an offset for a caller's buffer smaller than the
+//     data), data read from the socket while nobody reads (the TCP window
+//     no longer pushes back: one slow reader can drain the group for all),
+//     and close/cancel must cancel the multishot and reap its last CQE
+//     before the stream's state goes; read_some's cancellation would no
+//     longer cancel the kernel operation.
+// INPROC is echo_bench's setup (client + server CPU): (a) 4.16-5.44 us.
 //
 // The work is echo_bench's "hundred" case: 100 TCP connections over
 // 127.0.0.1, TCP_NODELAY on every socket, each ping-ponging 64-byte messages
@@ -39,8 +89,14 @@
 // over the rounds with the min..max spread. Server CPU is the getrusage delta
 // from the "go" (all connections accepted, every session waiting in its first
 // read) to the last session's end of stream; round trips/s is the client's.
+// Ratios are taken per round (runs next to each other in time) and their
+// median shown: the load changes less within a round than across rounds.
+// The INPROC section runs (a)-(b') again with the client on the server's
+// thread and ring (echo_bench's setup): its CPU is client + server.
+// getrusage's user/sys split comes from tick sampling (HZ=250 here), so it is
+// coarse; user+sys is exact.
 //
-//   uring_recv_bench [--quick] [--rounds N] [--buffers N]
+//   uring_recv_bench [--quick] [--rounds N] [--buffers N] [--only separate|inproc]
 
 // Asio 1.22 looks for clang's old <experimental/coroutine>; clang 16 has the
 // standard one (bench/meson.build passes this too; here for a bare compile).
