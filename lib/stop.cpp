@@ -2,6 +2,8 @@
 
 #include <hop/detail/stop.hpp>
 
+#include <hop/detail/assert.hpp>
+
 #include <thread>
 
 namespace hop::detail {
@@ -26,11 +28,13 @@ const std::stop_token& lazy_stop_source::token() {
         m_link.reset();
         m_token = {};
         m_source = std::stop_source(std::nostopstate);
-        m_state.store(lazy, std::memory_order_release);
+        const std::uint8_t prev = m_state.exchange(lazy, std::memory_order_acq_rel);
+        HOP_ASSERT(prev == making, "only the caller that moved lazy -> making undoes it");
         throw;
     }
     // Pairs with request_stop(): one of the two sees the other's store.
-    m_state.store(made, std::memory_order_seq_cst);
+    const std::uint8_t prev = m_state.exchange(made, std::memory_order_seq_cst);
+    HOP_ASSERT(prev == making, "only the caller that moved lazy -> making makes the token");
     if (m_stopped.load(std::memory_order_seq_cst)) m_source.request_stop();
     return m_token;
 }

@@ -1,5 +1,6 @@
 #include <hop/task_group.hpp>
 
+#include <hop/detail/assert.hpp>
 
 namespace hop::detail {
 
@@ -23,10 +24,17 @@ void group_state::child_ended(std::exception_ptr e) noexcept {
     // The last child out takes the waiter, if one is registered; the
     // acq_rel chain on the count orders every child's writes (m_error, the
     // results) before the waiter's reads.
-    if (m_running.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    const std::size_t before = m_running.fetch_sub(1, std::memory_order_acq_rel);
+    HOP_ASSERT(before != 0, "a child ended that never started");
+    if (before != 1) return;
     if (waiter* w = m_waiter.exchange(nullptr, std::memory_order_acq_rel)) resume_on(w->executor, *w);
 }
 
+// m_waiter: null -> w (register_waiter, the one waiter; a second is refused)
+// -> null, by exactly one of: the last child out (exchange: it resumes w) or
+// register_waiter itself when it finds no child running (compare-exchange:
+// it wins only if the last child has not taken w, and then returns false so
+// the waiter does not suspend).
 bool group_state::register_waiter(waiter* w) {
     waiter* none = nullptr;
     if (!m_waiter.compare_exchange_strong(none, w, std::memory_order_acq_rel)) {

@@ -2,6 +2,7 @@
 /// @file
 /// hop::task<T> (lazy coroutine), hop::sync_wait, hop::spawn, hop::get_stop_token.
 
+#include <hop/detail/assert.hpp>
 #include <hop/detail/awaitable_traits.hpp>
 #include <hop/detail/executor.hpp>
 #include <hop/detail/stop.hpp>
@@ -29,6 +30,20 @@ namespace detail {
 // with a plain resume() and returns `false` from await_suspend when the child
 // finished synchronously, so a loop of synchronous co_awaits never nests a
 // stack frame, even at -O0 where GCC emits no tail call (libcoro #273).
+//
+// m_flag's states and who moves it (each move is one exchange, so exactly one
+// side sees the other's mark):
+//   task_running          set by start() before the child first runs;
+//   -> task_finished      by the child's final_suspend (any thread). If it
+//                         finds task_running, the parent is still inside
+//                         start() on the first thread and goes on itself;
+//   -> task_parent_suspended
+//                         by start() once the child's first resume()
+//                         returned. If it finds task_finished the parent
+//                         does not suspend; else the child, at its end,
+//                         finds task_parent_suspended and resumes the parent.
+// Each side moves the flag once per start(): HOP_ASSERT checks that the
+// other never saw its own mark already.
 enum : std::uint8_t { task_running = 0, task_finished = 1, task_parent_suspended = 2 };
 
 template <class T>
@@ -50,7 +65,9 @@ public:
                 sink->ended(*sink, p.m_failed);
                 return std::noop_coroutine();
             }
-            if (p.m_flag.exchange(task_finished, std::memory_order_acq_rel) != task_parent_suspended) {
+            const std::uint8_t prev = p.m_flag.exchange(task_finished, std::memory_order_acq_rel);
+            HOP_ASSERT(prev != task_finished, "a task reached its end twice in one start()");
+            if (prev != task_parent_suspended) {
                 return std::noop_coroutine();  // the parent's await_suspend continues it
             }
             auto* ex = p.m_continuation_executor;
@@ -70,7 +87,9 @@ public:
         if (const promise_base* pp = hop_promise_of(parent.promise())) inherit_stop(*pp);
         m_flag.store(task_running, std::memory_order_relaxed);
         self.resume();
-        return m_flag.exchange(task_parent_suspended, std::memory_order_acq_rel) != task_finished;
+        const std::uint8_t prev = m_flag.exchange(task_parent_suspended, std::memory_order_acq_rel);
+        HOP_ASSERT(prev != task_parent_suspended, "a parent suspended twice on one task");
+        return prev != task_finished;
     }
 
     /// For drivers that start a task without a parent coroutine.

@@ -62,6 +62,12 @@ public:
     void request_stop() noexcept;
 
 private:
+    // m_state: lazy -> making (token(): the one caller whose compare-exchange
+    // wins; others yield until it is done) -> made (that caller, once the
+    // source and its link to the parent exist), or making -> lazy again if
+    // making them threw. Never leaves made. request_stop() and token() each
+    // store one flag and then read the other's (seq_cst), so a stop that
+    // lands while the source is being made reaches it.
     enum : std::uint8_t { lazy, making, made };
     struct stopper {
         std::stop_source* s;
