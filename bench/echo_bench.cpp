@@ -305,70 +305,11 @@ bench::sample hop_side(hop::backend b, Make make) {
 
 using asio::ip::tcp;
 
-// A one-shot event: a timer that never expires, cancelled to wake the waiter.
-class asio_event {
-public:
-    explicit asio_event(asio::io_context& ctx) : m_timer(ctx, asio::steady_timer::time_point::max()) {}
-    void set() {
-        m_set = true;
-        m_timer.cancel();
-    }
-    asio::awaitable<void> wait() {
-        while (!m_set) {
-            std::error_code ec;
-            co_await m_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        }
-    }
+using bench::asio_event;
+using bench::asio_state;
 
-private:
-    asio::steady_timer m_timer;
-    bool m_set = false;
-};
-
-struct asio_state {
-    explicit asio_state(asio::io_context& ctx) : all_waiting(ctx), all_ended(ctx) {}
-    std::size_t sessions = 0;
-    std::size_t waiting = 0;
-    std::size_t ended = 0;
-    std::size_t errors = 0;
-    std::string first_error;
-    asio_event all_waiting;
-    asio_event all_ended;
-
-    void fail(const std::string& what) {
-        if (errors++ == 0) first_error = what;
-    }
-    void check() const {
-        if (errors) throw std::runtime_error("asio: " + std::to_string(errors) + " error(s), the first: " + first_error);
-    }
-};
-
-// The echo server's session: 64-byte buffer in the coroutine frame. Error
-// codes rather than exceptions, so the end of the stream costs no throw.
-asio::awaitable<void> asio_session(tcp::socket s, asio_state* st) {
-    std::error_code ec;
-    s.set_option(tcp::no_delay(true), ec);
-    if (ec) st->fail("set_option(no_delay): " + ec.message());
-    msg buf;
-    bool first = true;
-    for (;;) {
-        if (first) {
-            first = false;
-            if (++st->waiting == st->sessions) st->all_waiting.set();
-        }
-        std::size_t n = co_await s.async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
-        if (ec == asio::error::eof) break;
-        if (ec) {
-            st->fail("async_read_some: " + ec.message());
-            break;
-        }
-        co_await asio::async_write(s, asio::buffer(buf.data(), n), asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) {
-            st->fail("async_write: " + ec.message());
-            break;
-        }
-    }
-    if (++st->ended == st->sessions) st->all_ended.set();
+asio::awaitable<void> asio_session(asio::ip::tcp::socket s, asio_state* st) {
+    return bench::asio_echo_session<sizeof(msg)>(std::move(s), st);
 }
 
 asio::awaitable<void> asio_acceptor(tcp::acceptor* acc, std::size_t n, asio_state* st) {

@@ -792,63 +792,11 @@ server_figures run_hop_server(std::size_t conns, control& ctl) {
 
 using asio::ip::tcp;
 
-class asio_event {
-public:
-    explicit asio_event(asio::io_context& ctx) : m_timer(ctx, asio::steady_timer::time_point::max()) {}
-    void set() {
-        m_set = true;
-        m_timer.cancel();
-    }
-    asio::awaitable<void> wait() {
-        while (!m_set) {
-            std::error_code ec;
-            co_await m_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        }
-    }
-
-private:
-    asio::steady_timer m_timer;
-    bool m_set = false;
-};
-
-struct asio_state {
-    explicit asio_state(asio::io_context& ctx) : all_waiting(ctx), all_ended(ctx) {}
-    std::size_t sessions = 0;
-    std::size_t waiting = 0;
-    std::size_t ended = 0;
-    std::size_t errors = 0;
-    std::string first_error;
-    asio_event all_waiting;
-    asio_event all_ended;
-    void fail(const std::string& what) {
-        if (errors++ == 0) first_error = what;
-    }
-};
+using bench::asio_event;
+using bench::asio_state;
 
 asio::awaitable<void> asio_session(tcp::socket s, asio_state* st) {
-    std::error_code ec;
-    s.set_option(tcp::no_delay(true), ec);
-    if (ec) st->fail("set_option(no_delay): " + ec.message());
-    std::array<char, buf_size> buf;
-    bool first = true;
-    for (;;) {
-        if (first) {
-            first = false;
-            if (++st->waiting == st->sessions) st->all_waiting.set();
-        }
-        std::size_t n = co_await s.async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
-        if (ec == asio::error::eof) break;
-        if (ec) {
-            st->fail("async_read_some: " + ec.message());
-            break;
-        }
-        co_await asio::async_write(s, asio::buffer(buf.data(), n), asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) {
-            st->fail("async_write: " + ec.message());
-            break;
-        }
-    }
-    if (++st->ended == st->sessions) st->all_ended.set();
+    return bench::asio_echo_session<buf_size>(std::move(s), st);
 }
 
 asio::awaitable<server_figures> asio_server(asio::io_context* ctx, std::size_t conns, control* ctl) {
