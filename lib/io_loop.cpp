@@ -24,12 +24,7 @@ namespace detail {
 
 namespace {
 thread_local loop_core* tl_core = nullptr;
-thread_local bool tl_thread_bound = false;
 }  // namespace
-
-thread_bound_loops::thread_bound_loops() noexcept : m_prev(tl_thread_bound) { tl_thread_bound = true; }
-thread_bound_loops::~thread_bound_loops() { tl_thread_bound = m_prev; }
-bool thread_bound_loops::active() noexcept { return tl_thread_bound; }
 
 loop_core* current_core() noexcept { return tl_core; }
 
@@ -411,7 +406,7 @@ std::unique_ptr<loop_backend> make_backend(loop_core& core, const io_loop_option
                 throw std::system_error(ENOSYS, std::generic_category(),
                                         "hop::io_loop: this build of hop has no io_uring backend");
             }
-            return make_uring_backend(core, options.queue_depth, thread_bound_loops::active());
+            return make_uring_backend(core, options.queue_depth);
         case hop::backend::epoll:
             return make_asio_backend(core, nullptr);
         case hop::backend::automatic:
@@ -419,7 +414,7 @@ std::unique_ptr<loop_backend> make_backend(loop_core& core, const io_loop_option
     }
     if (uring_compiled_in()) {
         try {
-            return make_uring_backend(core, options.queue_depth, thread_bound_loops::active());
+            return make_uring_backend(core, options.queue_depth);
         } catch (const std::system_error&) {
             // ENOSYS (old kernel), EPERM (seccomp, io_uring_disabled), ENOMEM
             // (locked-memory limit): fall back to readiness.

@@ -20,8 +20,6 @@
 #include <hop/io_pool.hpp>
 #include <hop/detail/blocking.hpp>
 
-#include "loop_core.hpp"
-
 #include <pthread.h>
 #include <sched.h>
 
@@ -96,8 +94,6 @@ void loop_thread(io_pool_state* s, std::size_t i, io_loop_options options, int c
     {
         std::unique_lock lock(s->m);
         try {
-            // Made, run and destroyed on this thread only.
-            detail::thread_bound_loops bound;
             loop.emplace(options);
             s->loops[i] = &*loop;
             ++s->ready;

@@ -127,9 +127,6 @@ public:
     virtual void wake_deferred() noexcept {}
     /// How this loop woke others and was woken (loop thread).
     virtual wake_stats wake_counts() const noexcept { return {}; }
-    /// True if the backend tied itself to the thread that made it (see
-    /// thread_bound_loops): for tests.
-    virtual bool thread_bound() const noexcept { return false; }
 
     // ---- driving the loop from a program's own poll loop --------------------
 
@@ -388,26 +385,8 @@ extern void (*test_before_wake_flush)();
 /// -ECANCELED, else std::system_error; both name `what`.
 [[noreturn]] void throw_io_failure(int result, const std::string& what);
 
-/// While alive, io_loops made on the calling thread promise to be run and
-/// destroyed on it alone (io_pool's loop threads; never a plain io_loop,
-/// which may move between threads): an io_uring backend may then tie its
-/// ring to the thread (IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN).
-class thread_bound_loops {
-public:
-    thread_bound_loops() noexcept;
-    ~thread_bound_loops();
-    thread_bound_loops(const thread_bound_loops&) = delete;
-    thread_bound_loops& operator=(const thread_bound_loops&) = delete;
-    /// Whether loops made on the calling thread now are thread-bound.
-    static bool active() noexcept;
-
-private:
-    bool m_prev;
-};
-
-// The backends (lib/io_uring/, lib/epoll/). `thread_bound`: see
-// thread_bound_loops.
-std::unique_ptr<loop_backend> make_uring_backend(loop_core& core, unsigned queue_depth, bool thread_bound);
+// The backends (lib/io_uring/, lib/epoll/).
+std::unique_ptr<loop_backend> make_uring_backend(loop_core& core, unsigned queue_depth);
 std::unique_ptr<loop_backend> make_asio_backend(loop_core& core, asio::io_context* host);
 bool uring_compiled_in() noexcept;
 

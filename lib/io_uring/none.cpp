@@ -7,7 +7,7 @@
 
 namespace hop::detail {
 
-std::unique_ptr<loop_backend> make_uring_backend(loop_core&, unsigned, bool) {
+std::unique_ptr<loop_backend> make_uring_backend(loop_core&, unsigned) {
     throw std::system_error(ENOSYS, std::generic_category(), "hop::io_loop: built without io_uring support");
 }
 

@@ -194,7 +194,7 @@ __kernel_timespec to_timespec(loop_clock::duration d) {
 
 class uring_backend final : public loop_backend {
 public:
-    uring_backend(loop_core& core, unsigned depth, bool thread_bound) : m_core(core) {
+    uring_backend(loop_core& core, unsigned depth) : m_core(core) {
         io_uring_params p{};
         // Task work runs when the loop enters the kernel anyway: no IPIs.
         //
@@ -215,19 +215,21 @@ public:
         // waits, so a loop made on one thread, run on a second and destroyed
         // on a third (default_loop, io_loop_test) could never reap what it
         // started.
-        int r = -EINVAL;
-        if (thread_bound && !env_is_1("HOP_URING_NO_SINGLE_ISSUER")) {
-            // io_pool's loops (thread_bound_loops): see above.
-            p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-                      IORING_SETUP_TASKRUN_FLAG;
-            r = io_uring_queue_init_params(depth, &m_ring, &p);
-            m_defer_taskrun = r >= 0;
-        }
-        if (r == -EINVAL) {
-            p = io_uring_params{};
-            p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
-            r = io_uring_queue_init_params(depth, &m_ring, &p);
-        }
+        //
+        // io_pool's loops are made, run and destroyed on one thread each, so
+        // theirs could be SINGLE_ISSUER | DEFER_TASKRUN (+ TASKRUN_FLAG, the
+        // spin then watching IORING_SQ_TASKRUN and reap running the task
+        // work first). Tried (branch uringwake, commit d94ad8d, reverted):
+        // a MSG_RING into such a ring does end its wait (Linux 6.18.44),
+        // ASan and TSan clean, but bench/pool_echo_bench --quick, 16 runs
+        // alternating with and without on the same binary (2 cores, load
+        // 2.5-7), hop's round trips/s with / without, median of the
+        // per-pair ratios: 100 connections 1.02 (1 loop), 1.04
+        // (least_loaded), 1.03 (reuse_port); 1,000 connections 0.91, 0.95,
+        // 0.96. No gain: not kept. (cross_loop_bench's loops are plain
+        // io_loops and were not tried.)
+        p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
+        int r = io_uring_queue_init_params(depth, &m_ring, &p);
         if (r == -EINVAL) {
             p = io_uring_params{};
             r = io_uring_queue_init_params(depth, &m_ring, &p);
@@ -309,12 +311,7 @@ public:
     }
 
     bool can_spin() const noexcept override { return true; }
-    bool results_ready() const noexcept override {
-        // DEFER_TASKRUN: results wait as task work until this thread enters
-        // the kernel for them (IORING_SQ_TASKRUN says there are some).
-        return io_uring_cq_ready(&m_ring) != 0 || (m_defer_taskrun && task_work_pending());
-    }
-    bool thread_bound() const noexcept override { return m_defer_taskrun; }
+    bool results_ready() const noexcept override { return io_uring_cq_ready(&m_ring) != 0; }
 
     void wake() noexcept override { (void)::eventfd_write(m_wake_fd, 1); }
 
@@ -808,14 +805,8 @@ private:
         }
     }
 
-    bool task_work_pending() const noexcept {
-        return (IO_URING_READ_ONCE(*m_ring.sq.kflags) & IORING_SQ_TASKRUN) != 0;
-    }
-
     std::size_t reap_ready() {
         std::size_t total = 0;
-        // DEFER_TASKRUN: run the task work that posts the ready results.
-        if (m_defer_taskrun && task_work_pending()) (void)io_uring_get_events(&m_ring);
         for (;;) {
             io_uring_cqe* cqes[64];
             unsigned count = io_uring_peek_batch_cqe(&m_ring, cqes, 64);
@@ -911,7 +902,6 @@ private:
     bool m_msg_ring = false;   // sends and takes MSG_RING wakes (probe, HOP_URING_NO_MSG_RING)
     bool m_cqe_skip = false;   // IOSQE_CQE_SKIP_SUCCESS works (IORING_FEAT_CQE_SKIP)
     bool m_test_msg_fail = false;  // HOP_TEST_URING_MSG_RING_FAIL=1: send wakes where they fail
-    bool m_defer_taskrun = false;  // SINGLE_ISSUER | DEFER_TASKRUN (thread-bound: io_pool)
     // Completion queue position up to which flush_wakes has acted on
     // refused MSG_RING wakes (reap_ready skips those).
     unsigned m_msg_scanned_to = 0;
@@ -940,8 +930,8 @@ uring_backend::uring_reg::~uring_reg() {
     }
 }
 
-std::unique_ptr<loop_backend> make_uring_backend(loop_core& core, unsigned queue_depth, bool thread_bound) {
-    return std::make_unique<uring_backend>(core, queue_depth, thread_bound);
+std::unique_ptr<loop_backend> make_uring_backend(loop_core& core, unsigned queue_depth) {
+    return std::make_unique<uring_backend>(core, queue_depth);
 }
 
 bool uring_compiled_in() noexcept { return true; }
