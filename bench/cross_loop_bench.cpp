@@ -8,6 +8,9 @@
 //             total wall time / total round trips)
 //   idle      the target loop has been idle for 100 us (so it sleeps): ns
 //             from the post on A until the coroutine runs on B, median
+//   fanout    as idle, but one handler on A posts to three sleeping loops
+//             B, C, D: ns from the first post until the last of them ran,
+//             median (4 loops, 4 threads)
 //
 // hop runs three ways: io_uring waking a sleeping loop with an
 // IORING_OP_MSG_RING from the posting loop's ring, io_uring waking it by
@@ -25,6 +28,16 @@
 // Measured (Linux 6.18, 2 cores shared with other builds, load 2.5-5;
 // medians of 3 rounds, two runs): idle MSG_RING 3557 / 4489 ns, eventfd
 // 9549 / 9318 ns, Asio 3948 / 4740 ns.
+//
+// A MSG_RING wake posted by a handler rides on its loop's next submit
+// (lib/io_uring/uring_backend.cpp); the line under each table says how many
+// still needed an io_uring_enter of their own. Measured against the same
+// library with that deferral switched off (--quick, 4 alternating runs,
+// load 3-5, medians): fanout MSG_RING 62339 -> 33408 ns (eventfd, which
+// does not defer, 63496 -> 62018), io_uring_enter calls in the fanout
+// section 3979 -> 3016 (perf stat); idle 3468 -> 3591 ns and the same
+// number of enters (the spin's first reap submits the wake: one enter
+// either way); pingpong and storm hardly ever wake a loop.
 
 #include "common.hpp"
 
@@ -42,7 +55,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr const char* sections[] = {"pingpong", "storm", "idle"};
+constexpr const char* sections[] = {"pingpong", "storm", "idle", "fanout"};
 
 enum class hop_way { uring_msg_ring, uring_eventfd, epoll };
 
@@ -78,6 +91,15 @@ struct hop_pair {
         auto sa = a.core().backend().wake_counts();
         auto sb = b.core().backend().wake_counts();
         return static_cast<double>(sa.msg_ring_sent + sa.eventfd_sent + sb.msg_ring_sent + sb.eventfd_sent);
+    }
+    /// The share of MSG_RING wakes that needed an io_uring_enter of their
+    /// own (the rest rode on the poster's next submit). Call after
+    /// stop_and_join().
+    double own_enter_share() {
+        auto sa = a.core().backend().wake_counts();
+        auto sb = b.core().backend().wake_counts();
+        const auto sent = sa.msg_ring_sent + sb.msg_ring_sent;
+        return sent == 0 ? 0.0 : static_cast<double>(sa.wake_flushes + sb.wake_flushes) / static_cast<double>(sent);
     }
     void stop_and_join() {
         a.stop();
@@ -115,6 +137,7 @@ bench::sample hop_ping(hop_way w, std::size_t coroutines, std::size_t n) {
     p.stop_and_join();
     bench::sample r{s, on_b};
     r.value = p.wakes_sent() / double(coroutines * n);
+    r.system_seconds = p.own_enter_share();  // not a time: see table()
     return r;
 }
 
@@ -200,6 +223,7 @@ bench::sample hop_idle(hop_way w, std::size_t n) {
     bench::sample r{s, on_b};
     r.value = median(lat);
     r.user_seconds = p.wakes_sent() / double(n);  // wakes per trip, reported beside
+    r.system_seconds = p.own_enter_share();      // not a time: see table()
     return r;
 }
 
@@ -239,6 +263,126 @@ bench::sample asio_idle(std::size_t n) {
     return r;
 }
 
+// ---- fanout: one handler wakes three sleeping loops ---------------------------
+
+constexpr std::size_t fan = 3;
+
+/// A + `fan` target loops, each run by its own thread until destroyed.
+struct hop_fan {
+    explicit hop_fan(hop_way w) {
+        loops.push_back(std::make_unique<hop::io_loop>(hop_pair::options(w)));
+        for (std::size_t i = 0; i < fan; ++i) loops.push_back(std::make_unique<hop::io_loop>(hop_pair::options(w)));
+        for (auto& l : loops) threads.emplace_back([lp = l.get()] { lp->run(); });
+    }
+    ~hop_fan() { stop_and_join(); }
+    hop_fan(const hop_fan&) = delete;
+    hop_fan& operator=(const hop_fan&) = delete;
+    void stop_and_join() {
+        for (auto& l : loops) l->stop();
+        for (auto& t : threads) {
+            if (t.joinable()) t.join();
+        }
+    }
+    hop::io_loop& a() { return *loops[0]; }
+    std::vector<std::unique_ptr<hop::io_loop>> loops;
+    std::vector<std::thread> threads;
+};
+
+hop::task<std::uint64_t> hop_fan_trips(hop_fan& f, std::size_t n, std::vector<double>& lat) {
+    std::uint64_t ran = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        co_await hop::sleep_for(idle_gap);  // on A; the targets sleep
+        hop::promise<void> all_ran;
+        auto done = all_ran.get_future();
+        std::atomic<std::size_t> left{fan};
+        const auto t0 = bench::clock::now();
+        for (std::size_t k = 1; k <= fan; ++k) {
+            f.loops[k]->post([&] {
+                if (left.fetch_sub(1) == 1) {
+                    lat.push_back(std::chrono::duration<double, std::nano>(bench::clock::now() - t0).count());
+                    all_ran.set_value();
+                }
+            });
+        }
+        co_await done;  // resumes on A
+        ran += fan;
+    }
+    co_return ran;
+}
+
+bench::sample hop_fanout(hop_way w, std::size_t n) {
+    hop_fan p(w);
+    std::vector<double> lat;
+    lat.reserve(n);
+    auto t0 = bench::clock::now();
+    auto f = p.a().spawn(hop_fan_trips(p, n, lat));
+    std::uint64_t ran = f.get();
+    double s = bench::seconds_since(t0);
+    p.stop_and_join();
+    double wakes = 0, sent = 0, flushes = 0;
+    for (auto& l : p.loops) {
+        auto st = l->core().backend().wake_counts();
+        wakes += static_cast<double>(st.msg_ring_sent + st.eventfd_sent);
+        sent += static_cast<double>(st.msg_ring_sent);
+        flushes += static_cast<double>(st.wake_flushes);
+    }
+    bench::sample r{s, ran};
+    r.value = median(lat);
+    r.user_seconds = wakes / double(n);
+    r.system_seconds = sent == 0 ? 0.0 : flushes / sent;  // not a time: see table()
+    return r;
+}
+
+bench::sample asio_fanout(std::size_t n) {
+    std::vector<std::unique_ptr<asio::io_context>> ctxs;
+    std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i <= fan; ++i) {
+        ctxs.push_back(std::make_unique<asio::io_context>(1));
+        guards.push_back(asio::make_work_guard(*ctxs.back()));
+    }
+    for (auto& c : ctxs) threads.emplace_back([cp = c.get()] { cp->run(); });
+    std::vector<double> lat;
+    lat.reserve(n);
+    std::uint64_t ran = 0;
+    std::promise<void> finished;
+    auto trips = [&]() -> asio::awaitable<void> {
+        asio::steady_timer timer(co_await asio::this_coro::executor);
+        for (std::size_t i = 0; i < n; ++i) {
+            timer.expires_after(idle_gap);
+            co_await timer.async_wait(asio::use_awaitable);
+            std::atomic<std::size_t> left{fan};
+            const auto t0 = bench::clock::now();
+            co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+                [&](auto handler) {
+                    auto h = std::make_shared<decltype(handler)>(std::move(handler));
+                    for (std::size_t k = 1; k <= fan; ++k) {
+                        asio::post(*ctxs[k], [&, h] {
+                            if (left.fetch_sub(1) == 1) {
+                                lat.push_back(
+                                    std::chrono::duration<double, std::nano>(bench::clock::now() - t0).count());
+                                auto ex = asio::get_associated_executor(*h);
+                                asio::post(ex, std::move(*h));
+                            }
+                        });
+                    }
+                },
+                asio::use_awaitable);
+            ran += fan;
+        }
+    };
+    auto t0 = bench::clock::now();
+    asio::co_spawn(*ctxs[0], trips(), [&](std::exception_ptr) { finished.set_value(); });
+    finished.get_future().wait();
+    double s = bench::seconds_since(t0);
+    guards.clear();
+    for (auto& c : ctxs) c->stop();
+    for (auto& t : threads) t.join();
+    bench::sample r{s, ran};
+    r.value = median(lat);
+    return r;
+}
+
 bool uring_available() {
     try {
         hop::io_loop probe{{.backend = hop::backend::io_uring}};
@@ -260,7 +404,7 @@ double load_average() {
 }  // namespace
 
 int main(int argc, char** argv) try {
-    auto opt = bench::parse_options(argc, argv, {sections[0], sections[1], sections[2]});
+    auto opt = bench::parse_options(argc, argv, {sections[0], sections[1], sections[2], sections[3]});
     const std::size_t rounds = opt.quick ? 1 : 3;
     const bool uring = uring_available();
     std::printf("cross-loop benchmark: %zu cores, load average %.2f at start, %zu round(s) each (medians), "
@@ -296,11 +440,20 @@ int main(int argc, char** argv) try {
         }
         for (std::size_t i = 0; i < ways.size(); ++i) {
             if (ways[i] == hop_way::epoll) continue;
-            const bool idle = std::string(title).find("idle") != std::string::npos;
+            const bool idle = std::string(title).find("idle") != std::string::npos ||
+                              std::string(title).find("fanout") != std::string::npos;
             const double wakes = bench::median_of(hop_runs[i], [&](const bench::measured& m) {
                 return idle ? m.s.user_seconds : m.s.value;
             });
-            std::printf("  %s: %.3f wakes of a sleeping loop per round trip\n", label(ways[i]), wakes);
+            std::printf("  %s: %.3f wakes of a sleeping loop per round trip", label(ways[i]), wakes);
+            if (ways[i] == hop_way::uring_msg_ring) {
+                // The hop sides carry the share in system_seconds.
+                const double own = bench::median_of(hop_runs[i], [](const bench::measured& m) {
+                    return m.s.system_seconds;
+                });
+                std::printf(", %.2f of the MSG_RING wakes sent by an io_uring_enter of their own", own);
+            }
+            std::printf("\n");
         }
     };
 
@@ -324,6 +477,13 @@ int main(int argc, char** argv) try {
         table(
             "idle: post to a loop asleep for 100 us, until the coroutine runs there (ns, median, lower is better)",
             [&](hop_way w) { return hop_idle(w, n); }, [&] { return asio_idle(n); },
+            [&](const bench::measured& m) { return m.s.value; }, 0);
+    }
+    if (opt.wants("fanout")) {
+        const std::size_t n = opt.quick ? 300 : 2'000;
+        table(
+            "fanout: one handler posts to 3 loops asleep for 100 us, until the last ran (ns, median, lower is better)",
+            [&](hop_way w) { return hop_fanout(w, n); }, [&] { return asio_fanout(n); },
             [&](const bench::measured& m) { return m.s.value; }, 0);
     }
     std::printf("\nload average %.2f at the end\n", load_average());

@@ -2,6 +2,7 @@
 // templates in combinators.hpp stay thin.
 
 #include <hop/combinators.hpp>
+#include <hop/detail/blocking.hpp>
 #include <hop/detail/fork.hpp>
 
 #include <condition_variable>
@@ -152,6 +153,7 @@ public:
     }
 
     std::optional<std::size_t> next_blocking() override {
+        before_blocking();
         std::unique_lock lock(m_mutex);
         if (m_yielded == m_total) return std::nullopt;
         auto ready = [&] { return !m_ready.empty(); };
@@ -320,6 +322,7 @@ std::vector<bool> wait_states(const std::vector<future_state_base*>& states, ret
         }
         return b->done == states.size();
     };
+    before_blocking();
     {
         std::unique_lock lock(b->mutex);
         if (deadline) {

@@ -28,6 +28,8 @@
 
 #include <algorithm>
 #include <cassert>
+#include <hop/detail/blocking.hpp>
+
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -702,6 +704,7 @@ void cpu_pool::shutdown(bool wait, bool cancel_pending) {
     }
     i.wake_all();
     if (!wait) return;
+    detail::before_blocking();
     if (impl::tl_pool == &i) {
         // On one of our own workers: it cannot join itself, and joining the
         // others would deadlock against a thread that is joining this one

@@ -1,6 +1,7 @@
 // The thread-local executor pointer, the inline-resume trampoline, the frame
 // allocator, and the blocking loop behind sync_wait.
 
+#include <hop/detail/blocking.hpp>
 #include <hop/detail/executor.hpp>
 #include <hop/task.hpp>
 
@@ -296,6 +297,9 @@ void blocking_loop::finish() noexcept {
 void blocking_loop::run_until_finished() noexcept {
     auto& i = *m_impl;
     for (;;) {
+        // What just ran may have posted to a loop whose wake is still owed
+        // (sync_wait inside a loop's handler): this thread may wait for it.
+        before_blocking();
         spin_until([&] { return i.ready.load(std::memory_order_acquire); });
         work_item* batch = nullptr;
         {

@@ -5,6 +5,8 @@
 
 #include "spin.hpp"
 
+#include <hop/detail/blocking.hpp>
+
 #include <condition_variable>
 #include <mutex>
 #include <string>
@@ -147,6 +149,7 @@ bool future_state_base::add_waiter(future_waiter* w) noexcept {
 
 void future_state_base::wait() const noexcept {
     if (done()) return;
+    before_blocking();
     m_sleepers.store(true, std::memory_order_seq_cst);
     for (;;) {
         auto s = m_status.load(std::memory_order_seq_cst);
@@ -187,6 +190,7 @@ bool future_state_base::wait_for(std::chrono::nanoseconds timeout) {
     }
     if (done()) return true;
     if (timeout == std::chrono::nanoseconds::zero()) return false;  // a poll
+    before_blocking();
     // now + timeout past what steady_clock holds would wrap into the past (and
     // libstdc++'s wait_for would return at once): that is no deadline at all.
     const auto now = std::chrono::steady_clock::now();

@@ -4,6 +4,7 @@
 #include "loop_core.hpp"
 #include "spin.hpp"
 
+#include <hop/detail/blocking.hpp>
 #include <hop/detail/fd_wait.hpp>
 #include <hop/io_loop.hpp>
 
@@ -43,12 +44,37 @@ void throw_io_failure(int result, const std::string& what) {
 
 loop_core::running_scope::running_scope(loop_core& c) noexcept
     : m_exec(&c.owner()), m_prev_loop(tl_core) {
+    // Another loop (or this one, nested) runs on this thread now: the
+    // outer loop's turn may not submit for a long while.
+    if (m_prev_loop != nullptr && m_prev_loop->m_wakes_owed) m_prev_loop->flush_owed_wakes();
     tl_core = &c;
 }
 
 loop_core::running_scope::~running_scope() { tl_core = m_prev_loop; }
 
 bool loop_core::running_in_this_thread() const noexcept { return tl_core == this; }
+
+void loop_core::flush_owed_wakes() noexcept {
+    m_wakes_owed = false;
+#ifndef NDEBUG
+    if (test_before_wake_flush) test_before_wake_flush();
+#endif
+    m_backend->flush_wakes();
+}
+
+void loop_core::owed_wakes_submitting() noexcept {
+    // The backend's reap() / wait() that follows sends them (and falls
+    // back to eventfd if it cannot).
+    if (!m_wakes_owed) return;
+    m_wakes_owed = false;
+#ifndef NDEBUG
+    if (test_before_wake_flush) test_before_wake_flush();
+#endif
+}
+
+void before_blocking() noexcept {
+    if (loop_core* c = tl_core; c != nullptr && c->wakes_owed()) c->flush_owed_wakes();
+}
 
 void loop_core::post(work_item* w) noexcept {
     w->next = nullptr;
@@ -66,7 +92,10 @@ void loop_core::post(work_item* w) noexcept {
     // frees the backend, so no poster is still inside wake() then. A wake
     // prepared on the poster's own backend (wake_from) is sent after the
     // lock: the woken loop's first act is to take it, and the poster's
-    // backend is alive (this thread runs it).
+    // backend is alive (this thread runs it). By a handler of the poster's
+    // run / run_once / poll it goes with the poster's next submit (see
+    // wakes_owed in loop_core.hpp); otherwise (shutdown, a loop's own
+    // internals) now.
     loop_backend* flush = nullptr;
     {
         std::lock_guard lock(m_remote_mutex);
@@ -80,6 +109,15 @@ void loop_core::post(work_item* w) noexcept {
         flush = wake_if_sleeping();
     }
     if (flush != nullptr) {
+        loop_core& poster = *tl_core;  // wake_for_poster: flush is its backend
+        if (poster.m_defer_wakes) {
+            if (!poster.m_wakes_owed) {
+                poster.m_wakes_owed = true;
+                poster.m_handlers_since_owed = 0;
+            }
+            flush->wake_deferred();
+            return;
+        }
 #ifndef NDEBUG
         if (test_before_wake_flush) test_before_wake_flush();
 #endif
@@ -103,6 +141,9 @@ loop_backend* loop_core::wake_for_poster() noexcept {
 
 std::size_t loop_core::turn(bool may_block) {
     std::size_t n = run_ready();
+    // Every way on from here submits first (reap() or wait()): the wakes
+    // the handlers deferred go with it.
+    owed_wakes_submitting();
     bool block = may_block && n == 0 && !has_ready_work() && !stopped();
     if (block && m_backend->can_spin()) {
         // Look for work a little before paying for a sleep and a wakeup: a
@@ -141,6 +182,7 @@ std::size_t loop_core::turn(bool may_block) {
 std::size_t loop_core::run() {
     if (m_backend->hosted()) return m_backend->drive_host(loop_backend::drive_mode::run);
     running_scope scope(*this);
+    deferral_scope deferral(*this);
     std::size_t n = 0;
     while (!stopped()) n += turn(true);
     return n;
@@ -150,6 +192,7 @@ std::size_t loop_core::run_once() {
     if (m_backend->hosted()) return m_backend->drive_host(loop_backend::drive_mode::run_once);
     running_scope scope(*this);
     if (stopped()) return 0;
+    deferral_scope deferral(*this);
     return turn(true);
 }
 
@@ -160,7 +203,11 @@ std::size_t loop_core::poll() {
         m_sleeping.store(false, std::memory_order_seq_cst);
         m_backend->host_woke();
     }
-    std::size_t n = turn(false);
+    std::size_t n;
+    {
+        deferral_scope deferral(*this);
+        n = turn(false);
+    }
     if (m_native) {
         // The host sleeps on the native handle next: it must become readable
         // at the next deadline, on a result, and on a post from another
@@ -248,6 +295,7 @@ std::size_t loop_core::run_ready() {
         auto* next = batch->next;
         batch->run(batch);
         ++n;
+        handler_ran();
         batch = next;
     }
     return n + fire_expired();
@@ -262,6 +310,7 @@ std::size_t loop_core::fire_expired() {
         remove_timer(t);
         t->fire(t, false);
         ++n;
+        handler_ran();
     }
     return n;
 }

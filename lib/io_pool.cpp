@@ -18,6 +18,7 @@
 // end brings the loops down.
 
 #include <hop/io_pool.hpp>
+#include <hop/detail/blocking.hpp>
 
 #include <pthread.h>
 #include <sched.h>
@@ -211,6 +212,7 @@ io_pool::io_pool(const io_pool_options& options) {
 io_pool::~io_pool() {
     auto* s = m_state;
     stop();
+    detail::before_blocking();
     if (detail::tl_pool == s) {
         // On one of our own threads: it cannot join itself. The threads
         // go on without us; the last one out frees the state.
@@ -285,6 +287,7 @@ void io_pool::run() {
         throw std::logic_error("hop::io_pool::run: called on one of the pool's own threads (loop " +
                                std::to_string(detail::tl_index) + "), which would wait for itself");
     }
+    detail::before_blocking();
     for (auto& t : s->threads) {
         if (t.joinable()) t.join();
     }

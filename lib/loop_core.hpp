@@ -48,6 +48,13 @@ struct wake_stats {
     std::uint64_t msg_ring_failed = 0;
     /// MSG_RING wakes this loop received.
     std::uint64_t msg_ring_received = 0;
+    /// MSG_RING wakes prepared inside this loop's turn and left for the
+    /// submit the turn makes anyway (no syscall of their own).
+    std::uint64_t msg_ring_deferred = 0;
+    /// io_uring_enter calls made only to send prepared MSG_RING wakes at
+    /// once (flush_wakes): a post outside a turn, a handler about to block,
+    /// a long handler batch, the end of run / run_once / poll.
+    std::uint64_t wake_flushes = 0;
 };
 
 /// What a kernel facility provides to loop_core.
@@ -98,18 +105,26 @@ public:
     /// this backend is alive throughout). A backend may wake through the
     /// poster's kernel facility instead (io_uring to io_uring: an
     /// IORING_OP_MSG_RING prepared on the poster's ring); it returns true
-    /// then, and the core calls poster.flush_wakes() as soon as it has let
-    /// go of the lock, before the post returns. Otherwise it wakes as wake()
-    /// does and returns false.
+    /// then, and the poster's core either calls poster.wake_deferred() (the
+    /// post was made by a handler of the poster's run / run_once / poll: the
+    /// wake goes with the next reap() or wait() of the poster, or an earlier
+    /// flush_wakes(), see loop_core::post) or calls poster.flush_wakes() as
+    /// soon as it has let go of the lock, before the post returns. Otherwise
+    /// it wakes as wake() does and returns false.
     virtual bool wake_from(loop_backend& poster) noexcept {
         (void)poster;
         wake();
         return false;
     }
-    /// Hands the wakes that wake_from() prepared here to the kernel (the
-    /// targets may be gone by now); a wake that fails is made by eventfd.
-    /// Loop thread.
+    /// Hands the wakes that wake_from() prepared here and that have not
+    /// reached the kernel yet to the kernel now (the targets may be gone by
+    /// now); a wake that fails is made by eventfd. Does nothing when there
+    /// are none. Loop thread.
     virtual void flush_wakes() noexcept {}
+    /// The wake wake_from() just prepared here is left for this backend's
+    /// next reap() or wait(), which must send it (and fall back as
+    /// flush_wakes() does if it cannot). Counts it. Loop thread.
+    virtual void wake_deferred() noexcept {}
     /// How this loop woke others and was woken (loop thread).
     virtual wake_stats wake_counts() const noexcept { return {}; }
 
@@ -203,6 +218,31 @@ public:
                (!m_heap.empty() && m_heap.front()->deadline <= loop_clock::now());
     }
     bool has_local_work() const noexcept { return m_local_head != nullptr; }
+
+    // ---- wakes of other loops left for this loop's next submit ------------
+    //
+    // A handler of run / run_once / poll that posts to a sleeping io_uring
+    // loop prepares a MSG_RING wake on this loop's ring (wake_from) that
+    // goes with the turn's own submit, not with a syscall of its own. They
+    // are sent at once instead (flush_owed_wakes) before anything could
+    // keep them from the kernel: a blocking wait hop offers on this thread
+    // (before_blocking(): future::get/wait/wait_for, hop::wait,
+    // as_completed, sync_wait, pool joins), another loop run on this thread
+    // (running_scope), every max_deferred_handlers handlers, and the end of
+    // run / run_once / poll.
+
+    /// Handlers that may run after a deferred wake before it is flushed: a
+    /// long batch must not keep the target asleep. 32, the submission
+    /// batch io_uring already keeps to: handlers are short (a resume, an
+    /// SQE: well under a microsecond each), so the target waits at most a
+    /// few microseconds more than for an immediate send — less than its own
+    /// wakeup costs — while a batch of a dozen posts still shares one
+    /// submit.
+    static constexpr std::size_t max_deferred_handlers = 32;
+    /// Whether wakes prepared by this loop wait for its next submit.
+    bool wakes_owed() const noexcept { return m_wakes_owed; }
+    /// Sends the deferred wakes now. Loop thread.
+    void flush_owed_wakes() noexcept;
     bool has_remote_work() const noexcept { return m_remote_count.load(std::memory_order_seq_cst) != 0; }
 
     /// A cancel item will resume an operation that already finished
@@ -251,6 +291,30 @@ public:
 
 private:
     std::size_t turn(bool may_block);
+    /// Marks run / run_once / poll: posts made by handlers may defer their
+    /// wakes. Flushes what is owed when it ends (also by an exception).
+    class deferral_scope {
+    public:
+        explicit deferral_scope(loop_core& c) noexcept : m_core(c), m_prev(c.m_defer_wakes) {
+            c.m_defer_wakes = true;
+        }
+        ~deferral_scope() {
+            m_core.m_defer_wakes = m_prev;
+            if (m_core.m_wakes_owed) m_core.flush_owed_wakes();
+        }
+        deferral_scope(const deferral_scope&) = delete;
+        deferral_scope& operator=(const deferral_scope&) = delete;
+
+    private:
+        loop_core& m_core;
+        bool m_prev;
+    };
+    /// A handler ran: flushes deferred wakes after max_deferred_handlers.
+    void handler_ran() noexcept {
+        if (m_wakes_owed && ++m_handlers_since_owed >= max_deferred_handlers) flush_owed_wakes();
+    }
+    /// The turn is about to submit (reap / wait): the deferred wakes go.
+    void owed_wakes_submitting() noexcept;
     /// Under m_remote_mutex. Returns the backend whose flush_wakes() the
     /// caller must call once it has released the lock, or null.
     loop_backend* wake_if_sleeping() noexcept {
@@ -295,6 +359,11 @@ private:
     // the last look for work, cleared by whoever wakes it.
     std::atomic<bool> m_sleeping{false};
     bool m_native = false;  // native_handle() was asked for
+    // Loop thread: handlers may defer their wakes (inside run / run_once /
+    // poll); wakes are deferred; handlers run since the first was.
+    bool m_defer_wakes = false;
+    bool m_wakes_owed = false;
+    std::size_t m_handlers_since_owed = 0;
     std::atomic<bool> m_stopped{false};
     std::atomic<bool> m_closing{false};
 };
@@ -303,9 +372,10 @@ private:
 loop_core* current_core() noexcept;
 
 #ifndef NDEBUG
-/// Debug builds, for tests: called by a post that prepared its wake on the
-/// poster's backend (wake_from), after it let go of the target's lock and
-/// before it sends the wake — the window in which the target may go.
+/// Debug builds, for tests: called after a post that prepared its wake on
+/// the poster's backend (wake_from) let go of the target's lock and before
+/// the wake is sent (by the post itself, or by the poster's next submit or
+/// flush when it was deferred) — the window in which the target may go.
 extern void (*test_before_wake_flush)();
 #endif
 

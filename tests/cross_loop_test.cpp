@@ -9,6 +9,7 @@
 // state the test reaches, each bounded by a guard that fails the test
 // instead of hanging it.
 
+#include <hop/combinators.hpp>
 #include <hop/future.hpp>
 #include <hop/io_loop.hpp>
 #include <hop/task.hpp>
@@ -193,8 +194,13 @@ TEST_CASE("a post made on a running loop wakes a sleeping target loop") {
             switch (path) {
                 case wake_path::msg_ring:
                     // Every round the target slept, and only the poster's
-                    // post woke it.
+                    // post woke it. The post was made by a handler of the
+                    // poster's run(), which went on (no blocking, a short
+                    // batch): the wake went with the poster's own next
+                    // submit, never with an io_uring_enter of its own.
                     CHECK(sent.msg_ring_sent == rounds);
+                    CHECK(sent.msg_ring_deferred == rounds);
+                    CHECK(sent.wake_flushes == 0);
                     CHECK(sent.eventfd_sent == 0);
                     CHECK(sent.msg_ring_failed == 0);
                     CHECK(got.msg_ring_received == rounds);
@@ -242,7 +248,14 @@ TEST_CASE("a loop that stops, or returns from run_once, right after posting has 
                 });
                 t.join();  // the poster is idle from here on
                 CHECK(f.wait_for(guard));
-                if (path == wake_path::msg_ring) CHECK(poster.core().backend().wake_counts().msg_ring_sent == 1);
+                if (path == wake_path::msg_ring) {
+                    // Deferred by the handler, sent when run / run_once
+                    // returned: one io_uring_enter of its own.
+                    const auto s = poster.core().backend().wake_counts();
+                    CHECK(s.msg_ring_sent == 1);
+                    CHECK(s.msg_ring_deferred == 1);
+                    CHECK(s.wake_flushes == 1);
+                }
             }
         });
     });
@@ -268,6 +281,142 @@ TEST_CASE("a handler that blocks its loop right after posting to a sleeping loop
                 REQUIRE(f.wait_for(guard * 2));
                 CHECK(f.get() == 42);
             }
+        });
+    });
+}
+
+TEST_CASE("a handler that posts to a sleeping loop, then blocks in any of hop's waits for the answer, gets it") {
+    // A post made by a handler leaves its MSG_RING wake for the poster's
+    // next submit. The handler here blocks before that submit, in one of
+    // hop's own blocking waits, on an answer only the target can give: each
+    // wait must send the owed wake first (detail::before_blocking), or the
+    // target sleeps on. Should it not, this thread rescues the target after
+    // `guard` (an eventfd wake): the handler then finishes and the test
+    // fails instead of hanging.
+    struct blocker {
+        const char* name;
+        int (*wait)(hop::future<int>&);
+    };
+    static const blocker blockers[] = {
+        {"future::get()", [](hop::future<int>& g) { return g.get(); }},
+        {"future::wait()",
+         [](hop::future<int>& g) {
+             g.wait();
+             return g.get();
+         }},
+        {"future::wait_for()", [](hop::future<int>& g) { return g.wait_for(guard * 2) ? g.get() : -1; }},
+        {"hop::wait()",
+         [](hop::future<int>& g) {
+             (void)hop::wait(std::vector<hop::future<int>>{g});
+             return g.get();
+         }},
+        {"hop::sync_wait()",
+         [](hop::future<int>& g) {
+             return hop::sync_wait([](hop::future<int> h) -> hop::task<int> { co_return co_await h; }(g));
+         }},
+        {"hop::run() (another loop on this thread)",
+         [](hop::future<int>& g) {
+             return hop::run([](hop::future<int> h) -> hop::task<int> { co_return co_await h; }(g));
+         }},
+    };
+    static constexpr std::uint64_t rounds = 3;
+    for_each_backend([](hop::backend b) {
+        for_each_wake_path(b, [&](wake_path path) {
+            for (const blocker& how : blockers) {
+                INFO("the handler blocks in " << std::string(how.name));
+                running_loop poster(b);
+                running_loop target(b);
+                std::uint64_t rescues = 0;
+                for (std::uint64_t i = 0; i < rounds; ++i) {
+                    INFO("round " << i);
+                    REQUIRE(wait_until_sleeping(target.loop()));
+                    hop::promise<int> answer;
+                    auto f = answer.get_future();
+                    poster.loop().post([&] {
+                        auto g = target.loop().spawn([]() -> hop::task<int> { co_return 42; }());
+                        answer.set_value(how.wait(g));
+                    });
+                    if (!f.wait_for(guard)) {
+                        // The post marked the target awake (its wake was
+                        // owed): only a wake of its own backend rescues it.
+                        ++rescues;
+                        target.loop().core().backend().wake();
+                        REQUIRE(f.wait_for(guard));
+                    }
+                    CHECK(f.get() == 42);
+                }
+                CHECK(rescues == 0);
+                if (path == wake_path::msg_ring) {
+                    // Each round: deferred by the post, flushed by the wait.
+                    const auto s = stats_of(poster.loop());
+                    CHECK(s.msg_ring_sent == rounds);
+                    CHECK(s.msg_ring_deferred == rounds);
+                    CHECK(s.wake_flushes == rounds);
+                    CHECK(s.msg_ring_failed == 0);
+                }
+            }
+        });
+    });
+}
+
+TEST_CASE("a long handler batch after a post to a sleeping loop: the target is woken within the batch") {
+    // One batch of the poster runs: the post, then max_deferred_handlers
+    // more handlers, then one that waits (spinning, not in a hop wait) for
+    // the target to have run the post. The deferred wake must go out after
+    // max_deferred_handlers handlers, not at the end of the batch, which
+    // the last handler keeps from coming (it gives up after `guard`: the
+    // test then fails instead of hanging).
+    static constexpr std::size_t fillers = hop::detail::loop_core::max_deferred_handlers;
+    for_each_backend([](hop::backend b) {
+        for_each_wake_path(b, [&](wake_path path) {
+            running_loop poster(b);
+            running_loop target(b);
+            REQUIRE(wait_until_sleeping(target.loop()));
+            std::atomic<bool> target_ran{false};
+            std::size_t fillers_ran = 0;  // poster's thread
+            hop::promise<bool> seen;
+            auto f = seen.get_future();
+            hop::io_loop& p = poster.loop();
+            p.post([&] {
+                // Queued from the poster's own thread: they run together,
+                // in order, in the poster's next batch.
+                p.post([&] { target.loop().post([&] { target_ran = true; }); });
+                for (std::size_t k = 0; k < fillers; ++k) p.post([&] { ++fillers_ran; });
+                p.post([&] {
+                    const auto deadline = std::chrono::steady_clock::now() + guard;
+                    while (!target_ran.load() && std::chrono::steady_clock::now() < deadline) {
+                        std::this_thread::yield();
+                    }
+                    seen.set_value(target_ran.load());
+                });
+            });
+            REQUIRE(f.wait_for(guard * 2));
+            CHECK(f.get());
+            CHECK(fillers_ran == fillers);
+            if (path == wake_path::msg_ring) {
+                const auto s = stats_of(poster.loop());
+                CHECK(s.msg_ring_sent == 1);
+                CHECK(s.msg_ring_deferred == 1);
+                CHECK(s.wake_flushes == 1);  // by the batch's length
+            }
+        });
+    });
+}
+
+TEST_CASE("a post from a thread that runs no loop wakes a sleeping loop at once") {
+    for_each_backend([](hop::backend b) {
+        for_each_wake_path(b, [&](wake_path path) {
+            running_loop target(b);
+            for (int i = 0; i < 10; ++i) {
+                INFO("round " << i);
+                REQUIRE(wait_until_sleeping(target.loop()));
+                hop::promise<void> arrived;
+                auto f = arrived.get_future();
+                std::thread t([&] { target.loop().post([&] { arrived.set_value(); }); });
+                t.join();  // the poster is gone: its post alone woke the target
+                REQUIRE(f.wait_for(guard));
+            }
+            if (path != wake_path::epoll) CHECK(stats_of(target.loop()).msg_ring_received == 0);  // by eventfd
         });
     });
 }

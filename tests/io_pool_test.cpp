@@ -7,7 +7,9 @@
 #include <hop/task_group.hpp>
 #include <hop/time.hpp>
 
+#include "lib/loop_core.hpp"
 #include "support/backend.hpp"
+#include "support/os.hpp"
 #include "support/sockets.hpp"
 
 #include <doctest/doctest.h>
@@ -498,5 +500,44 @@ TEST_CASE("a stream from accept_detached() binds to the loop of its first operat
                              doctest::Contains("belongs to"), std::logic_error);
         ::close(c1);
         ::close(c2);
+    });
+}
+
+TEST_CASE("a task hopping from one pool loop to another that sleeps wakes it (MSG_RING or eventfd)") {
+    // A handler of loop 0 posts to sleeping loop 1: the MSG_RING wake (or
+    // eventfd, HOP_URING_NO_MSG_RING=1) rides on loop 0's next submit and
+    // must end loop 1's wait; a timer on loop 1 must then complete.
+    hop_test::for_each_backend([](hop::backend b) {
+        for (const char* no_msg_ring : {"0", "1"}) {
+            if (b != hop::backend::io_uring && no_msg_ring[0] == '1') continue;
+            hop_test::env_override knob("HOP_URING_NO_MSG_RING", no_msg_ring);
+            INFO("HOP_URING_NO_MSG_RING=" << std::string(no_msg_ring));
+            hop::io_pool pool(pool_options(b, 2));
+            for (int round = 0; round < 20; ++round) {
+                INFO("round " << round);
+                // Loop 1 sleeps (a state, not a time; a guard fails the test).
+                const auto deadline = std::chrono::steady_clock::now() + 60s;
+                while (!pool[1].core().sleeping() && std::chrono::steady_clock::now() < deadline) {
+                    std::this_thread::yield();
+                }
+                REQUIRE(pool[1].core().sleeping());
+                auto f = pool.spawn_on(0, [](hop::io_pool& p) -> hop::task<std::size_t> {
+                    co_await p[1].schedule();  // a post from loop 0 to sleeping loop 1
+                    co_await hop::sleep_for(1ms);  // a timer on loop 1
+                    const std::size_t at = p.this_index();
+                    co_await p[0].schedule();
+                    co_return at;
+                }(pool));
+                REQUIRE(f.wait_for(60s));
+                CHECK(f.get() == 1u);
+            }
+            if (b == hop::backend::io_uring) {
+                // Every round's hop to loop 1 found it asleep.
+                const auto got = pool.spawn_on(1, [](hop::io_pool& p) -> hop::task<hop::detail::wake_stats> {
+                                         co_return p.this_loop()->core().backend().wake_counts();
+                                     }(pool)).get();
+                CHECK(got.msg_ring_received == (no_msg_ring[0] == '1' ? 0u : 20u));
+            }
+        }
     });
 }

@@ -58,6 +58,14 @@ struct loop_anchor {
 /// that are on it. Every member is for the thread that runs the loop except
 /// where it says "thread-safe".
 ///
+/// Do not block the loop's thread in a handler: everything else on the loop
+/// waits. hop's own blocking waits (future::get / wait / wait_for, hop::wait,
+/// sync_wait, pool joins) still work there, if slowly: a wake of another
+/// (io_uring) loop that a handler's post left for the loop's next submit is
+/// sent before they block. A thread blocked on anything else
+/// (std::condition_variable, std::future, a spin) waiting for a loop it has
+/// just posted to may never wake it: a deadlock.
+///
 /// @code
 /// hop::io_loop loop;
 /// auto f = loop.spawn(main_task());

@@ -19,6 +19,13 @@
 /// another loop before it is used (tcp_listener::accept_detached() makes
 /// connections for that).
 ///
+/// A hop to a sleeping io_uring loop wakes it with an IORING_OP_MSG_RING
+/// that rides on the posting loop's next submit (no syscall of its own).
+/// So never block a loop thread on a primitive hop does not own
+/// (std::condition_variable, std::future) waiting for another loop of the
+/// pool: that loop may never be woken (hop's own blocking waits send the
+/// wake first; io_loop says more).
+///
 /// Per-loop state (a cache or a connection pool per loop, no locks): keep
 /// a `std::vector<T>` of size() and index it with this_index() from code
 /// that runs on the pool's loops; examples/per_loop_state.cpp shows it.

@@ -21,19 +21,35 @@
 // the other "skip" flag, is about the target's CQE and only for
 // IORING_MSG_SEND_FD: data messages with it are refused with -EINVAL.)
 //
-// When the SQE goes: in the post itself, right after the target's remote
-// lock is released (loop_core::post calls flush_wakes): one io_uring_enter,
-// which also takes whatever else the poster had queued. Not at the end of
-// the poster's handler batch: that would let the wake ride on the submit
-// the turn makes anyway (one syscall fewer when the batch also queues IO),
-// but the target would sleep through the rest of the batch — forever if a
-// later handler blocks on an answer from it (future::get() on a loop thread:
-// poor style, not an error; tests/cross_loop_test has the case). Not under
-// the lock either: the woken loop's first act is to take that lock, and a
-// poster still inside io_uring_enter would put it back to sleep on the
-// mutex (measured: no gain over eventfd then, bench/cross_loop_bench idle).
-// The poster pays one syscall per wake, as an eventfd write costs; the
-// target saves the read's completion (task work) and its re-arm.
+// When the SQE goes. A post made by a handler of the poster's run, run_once
+// or poll (the common case: a coroutine hopping loops) leaves it in the
+// poster's submission queue, and it rides on the submit the poster's turn
+// makes anyway after its handler batch (reap(), the spin before a sleep, or
+// the submit folded into wait()): no io_uring_enter of its own
+// (wake_stats::msg_ring_deferred). It is sent at once instead
+// (flush_wakes, wake_stats::wake_flushes) when the wait for that submit
+// could be long or endless (loop_core::flush_owed_wakes):
+//   - the loop thread is about to block in a wait hop offers
+//     (detail::before_blocking: future::get / wait / wait_for, hop::wait,
+//     as_completed, sync_wait, io_pool and cpu_pool joins): a handler may
+//     block on an answer from the very loop it just posted to
+//     (tests/cross_loop_test has each of them);
+//   - another loop runs on this thread (hop::run inside a handler);
+//   - max_deferred_handlers (32) handlers ran since the post: a long batch
+//     must not keep the target asleep;
+//   - run / run_once / poll return: there may be no next turn.
+// Posts made outside a handler batch (shutdown, a thread whose loop is not
+// in run) flush in the post itself, right after the target's remote lock is
+// released. Not under the lock: the woken loop's first act is to take that
+// lock, and a poster still inside io_uring_enter would put it back to sleep
+// on the mutex (measured: no gain over eventfd then, bench/cross_loop_bench
+// idle).
+//
+// The hazard left: a handler that blocks its thread on a primitive hop does
+// not own (std::condition_variable, std::future, a spin) waiting for a loop
+// it posted to, within 32 handlers of the post, never sends the wake: the
+// target sleeps on and both hang. Blocking a loop thread is already wrong;
+// hop's own waits are safe.
 //
 // The target's ring fd is read under the target's lock, but the SQE is
 // submitted just after: if the target is destroyed in between, the fd may
@@ -49,8 +65,10 @@
 // a turn). Issue of a data message to a ring without IOPOLL or DEFER_TASKRUN
 // (hop sets neither) is inline in the submit, so a refusal's CQE is in the
 // poster's queue when the submit returns: flush_wakes looks for it there;
-// should one ever come later, reap_ready does the same (each refusal is
-// acted on once).
+// for a wake that went with the turn's submit (or should a refusal ever
+// come later) reap_ready does the same (each refusal is acted on once). A
+// turn's submit that leaves deferred wakes in the queue (-EBUSY...) wakes
+// every loop, as a failed flush does (deferred_wakes_submitted).
 //
 // HOP_URING_NO_MSG_RING=1, read when a ring is set up, makes that ring
 // neither send nor take MSG_RING wakes (eventfd only): a benchmark and test
@@ -197,6 +215,19 @@ public:
         // waits, so a loop made on one thread, run on a second and destroyed
         // on a third (default_loop, io_loop_test) could never reap what it
         // started.
+        //
+        // io_pool's loops are made, run and destroyed on one thread each, so
+        // theirs could be SINGLE_ISSUER | DEFER_TASKRUN (+ TASKRUN_FLAG, the
+        // spin then watching IORING_SQ_TASKRUN and reap running the task
+        // work first). Tried (branch uringwake, commit d94ad8d, reverted):
+        // a MSG_RING into such a ring does end its wait (Linux 6.18.44),
+        // ASan and TSan clean, but bench/pool_echo_bench --quick, 16 runs
+        // alternating with and without on the same binary (2 cores, load
+        // 2.5-7), hop's round trips/s with / without, median of the
+        // per-pair ratios: 100 connections 1.02 (1 loop), 1.04
+        // (least_loaded), 1.03 (reuse_port); 1,000 connections 0.91, 0.95,
+        // 0.96. No gain: not kept. (cross_loop_bench's loops are plain
+        // io_loops and were not tried.)
         p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
         int r = io_uring_queue_init_params(depth, &m_ring, &p);
         if (r == -EINVAL) {
@@ -256,7 +287,11 @@ public:
     // ---- the backend's half of the turn --------------------------------------
 
     std::size_t reap() override {
-        if (io_uring_sq_ready(&m_ring) != 0) submit_checked(io_uring_submit(&m_ring));
+        if (io_uring_sq_ready(&m_ring) != 0) {
+            const int r = submit_sq();
+            deferred_wakes_submitted();
+            submit_checked(r);
+        }
         return reap_ready();
     }
 
@@ -270,6 +305,7 @@ public:
         } else {
             r = io_uring_submit_and_wait(&m_ring, 1);
         }
+        deferred_wakes_submitted();
         submit_checked(r);
         return reap_ready();
     }
@@ -296,8 +332,12 @@ public:
     }
 
     // Right after the post that prepared a MSG_RING wake released the
-    // target's lock (the target may be gone now).
+    // target's lock, or later when the core deferred the wake and must send
+    // it now (the target may be gone by then).
     void flush_wakes() noexcept override {
+        if (m_unsent_wakes == 0) return;  // a submit since took them
+        m_unsent_wakes = 0;
+        ++m_stats.wake_flushes;
         const int r = io_uring_submit(&m_ring);
         bool failed = r < 0 || io_uring_sq_ready(&m_ring) != 0;  // not (all) submitted
         if (!failed) {
@@ -317,6 +357,8 @@ public:
             wake_every_loop();
         }
     }
+
+    void wake_deferred() noexcept override { ++m_stats.msg_ring_deferred; }
 
     wake_stats wake_counts() const noexcept override { return m_stats; }
 
@@ -347,7 +389,7 @@ public:
             m_armed_deadline = deadline;
             ++m_timeouts_inflight;
         }
-        if (io_uring_sq_ready(&m_ring) != 0) submit_checked(io_uring_submit(&m_ring));
+        if (io_uring_sq_ready(&m_ring) != 0) submit_checked(submit_sq());
     }
 
     void host_woke() noexcept override {
@@ -486,7 +528,7 @@ public:
                 io_uring_sqe* sqe = get_sqe();
                 io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
                 io_uring_sqe_set_data64(sqe, cancel_tag);
-                io_uring_submit(&m_ring);
+                submit_sq();
             } catch (...) {
             }
             r->closed = true;  // the last completion frees it
@@ -637,10 +679,10 @@ public:
         // operations queued in one turn would otherwise reach the kernel at
         // once and overflow the completion queue (measured: 10,000
         // connections, depth 256: 870 ms; batches of 32: 665 ms).
-        if (io_uring_sq_ready(&m_ring) >= submit_batch) io_uring_submit(&m_ring);
+        if (io_uring_sq_ready(&m_ring) >= submit_batch) submit_sq();
         io_uring_sqe* sqe = io_uring_get_sqe(&m_ring);
         if (sqe == nullptr) {
-            io_uring_submit(&m_ring);
+            submit_sq();
             sqe = io_uring_get_sqe(&m_ring);
             if (sqe == nullptr) throw_errno(EBUSY, "hop::io_loop: io_uring submission queue full");
         }
@@ -707,6 +749,28 @@ private:
 
     void signal_wake() noexcept { (void)::eventfd_write(m_wake_fd, 1); }
 
+    // io_uring_submit, noting that the MSG_RING wakes in the queue went
+    // with it (its refusals, if any, come as CQEs: reap_ready).
+    int submit_sq() noexcept {
+        const int r = io_uring_submit(&m_ring);
+        if (m_unsent_wakes != 0 && io_uring_sq_ready(&m_ring) == 0) m_unsent_wakes = 0;
+        return r;
+    }
+
+    // After the turn's submit (reap, wait), which carried the wakes the
+    // core deferred: any still in the queue could not be submitted, and
+    // this loop may be about to sleep. The targets may be gone: wake every
+    // loop, as flush_wakes does. A refused send's CQE is in the queue;
+    // reap_ready, which follows, acts on it.
+    void deferred_wakes_submitted() noexcept {
+        if (m_unsent_wakes == 0) return;
+        m_unsent_wakes = 0;
+        if (io_uring_sq_ready(&m_ring) != 0) {
+            ++m_stats.msg_ring_failed;
+            wake_every_loop();
+        }
+    }
+
     // Prepares a MSG_RING wake of the ring `target_fd` on this ring (the
     // poster's; its loop thread); flush_wakes() sends it. False if there is
     // no SQE for it.
@@ -721,6 +785,7 @@ private:
         io_uring_sqe_set_data64(sqe, msg_sent_tag);
         if (m_cqe_skip) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
         ++m_stats.msg_ring_sent;
+        ++m_unsent_wakes;
         return true;
     }
 
@@ -840,6 +905,8 @@ private:
     // Completion queue position up to which flush_wakes has acted on
     // refused MSG_RING wakes (reap_ready skips those).
     unsigned m_msg_scanned_to = 0;
+    // MSG_RING wakes prepared and maybe still in the submission queue.
+    unsigned m_unsent_wakes = 0;
     wake_stats m_stats;
     eventfd_t m_wake_buf = 0;
     bool m_wake_armed = false;
