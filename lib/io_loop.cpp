@@ -87,16 +87,19 @@ void loop_core::post(work_item* w) noexcept {
         m_local_tail = w;
         return;
     }
-    // The wake happens under the lock: once the item is visible the loop may
-    // run it and be destroyed, and the destructor takes this lock before it
-    // frees the backend, so no poster is still inside wake() then. A wake
-    // prepared on the poster's own backend (wake_from) is sent after the
-    // lock: the woken loop's first act is to take it, and the poster's
-    // backend is alive (this thread runs it). By a handler of the poster's
-    // run / run_once / poll it goes with the poster's next submit (see
-    // wakes_owed in loop_core.hpp); otherwise (shutdown, a loop's own
-    // internals) now.
+    // The wake is decided under the lock but made after it: the woken loop's
+    // first act is to take that lock, and a poster still inside wake()
+    // would put it back to sleep on the mutex (strace, cross_loop_bench
+    // idle on epoll: a futex sleep and wakeup more per wake). Once the item
+    // is visible the loop may run it and be destroyed: the destructor waits
+    // for posters counted in m_wakers (under the lock) to leave wake()
+    // (quiesce_posters). A wake prepared on the poster's own backend
+    // (wake_from) is sent after the lock too; the poster's backend is alive
+    // (this thread runs it). By a handler of the poster's run / run_once /
+    // poll it goes with the poster's next submit (see wakes_owed in
+    // loop_core.hpp); otherwise (shutdown, a loop's own internals) now.
     loop_backend* flush = nullptr;
+    bool wake_self = false;
     {
         std::lock_guard lock(m_remote_mutex);
         if (m_remote_tail) {
@@ -106,7 +109,12 @@ void loop_core::post(work_item* w) noexcept {
         }
         m_remote_tail = w;
         m_remote_count.fetch_add(1, std::memory_order_seq_cst);
-        flush = wake_if_sleeping();
+        flush = wake_if_sleeping(wake_self);
+    }
+    if (wake_self) {
+        m_backend->wake();
+        m_wakers.fetch_sub(1, std::memory_order_release);  // last touch of this loop
+        return;
     }
     if (flush != nullptr) {
         loop_core& poster = *tl_core;  // wake_for_poster: flush is its backend
@@ -133,7 +141,6 @@ loop_backend* loop_core::wake_for_poster() noexcept {
     if (poster != nullptr && poster != this && poster->m_backend != nullptr) {
         return m_backend->wake_from(*poster->m_backend) ? poster->m_backend.get() : nullptr;
     }
-    m_backend->wake();
     return nullptr;
 }
 

@@ -23,6 +23,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace hop::detail {
@@ -110,10 +111,10 @@ public:
     /// wake goes with the next reap() or wait() of the poster, or an earlier
     /// flush_wakes(), see loop_core::post) or calls poster.flush_wakes() as
     /// soon as it has let go of the lock, before the post returns. Otherwise
-    /// it wakes as wake() does and returns false.
+    /// it returns false, and the core calls wake() once it has let go of the
+    /// lock.
     virtual bool wake_from(loop_backend& poster) noexcept {
         (void)poster;
-        wake();
         return false;
     }
     /// Hands the wakes that wake_from() prepared here and that have not
@@ -206,8 +207,12 @@ public:
     void post(work_item* w) noexcept;
     /// True once the loop is being destroyed: no new outside work.
     bool closing() const noexcept { return m_closing.load(std::memory_order_acquire); }
-    /// Waits until no other thread is inside post() (destruction).
-    void quiesce_posters() noexcept { std::lock_guard lock(m_remote_mutex); }
+    /// Waits until no other thread is inside post() (destruction): none
+    /// holds the lock, and none is still waking this loop after it.
+    void quiesce_posters() noexcept {
+        std::lock_guard lock(m_remote_mutex);
+        while (m_wakers.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    }
 
     /// Runs everything queued now (not what that queues) and every expired
     /// timer. Loop thread. Returns how many handlers ran.
@@ -316,18 +321,23 @@ private:
     /// The turn is about to submit (reap / wait): the deferred wakes go.
     void owed_wakes_submitting() noexcept;
     /// Under m_remote_mutex. Returns the backend whose flush_wakes() the
-    /// caller must call once it has released the lock, or null.
-    loop_backend* wake_if_sleeping() noexcept {
+    /// caller must call once it has released the lock, or null; sets
+    /// `wake_self` (and counts the caller in m_wakers) when the caller must
+    /// call this backend's wake() once it has released the lock.
+    loop_backend* wake_if_sleeping(bool& wake_self) noexcept {
         // A load first: a loop that is awake costs the poster no write to
         // the shared line.
         if (m_always_wake ||
             (m_sleeping.load(std::memory_order_seq_cst) && m_sleeping.exchange(false, std::memory_order_seq_cst))) {
-            return wake_for_poster();
+            if (loop_backend* flush = wake_for_poster()) return flush;
+            wake_self = true;
+            m_wakers.fetch_add(1, std::memory_order_relaxed);
         }
         return nullptr;
     }
-    /// Wakes this loop for a post from another thread: through the
-    /// poster's own loop when the thread runs one (wake_from), else wake().
+    /// Prepares the wake of this loop for a post from another thread through
+    /// the poster's own loop when the thread runs one (wake_from): returns
+    /// the poster's backend then, else null (the caller wakes it).
     loop_backend* wake_for_poster() noexcept;
     std::size_t fire_expired();
     void abort_timers() noexcept;
@@ -346,6 +356,9 @@ private:
     work_item* m_local_tail = nullptr;
     // Queue for other threads.
     std::mutex m_remote_mutex;
+    // Posters that queued an item under the lock and call wake() after it:
+    // the destructor waits for them (quiesce_posters).
+    std::atomic<std::size_t> m_wakers{0};
     work_item* m_remote_head = nullptr;
     work_item* m_remote_tail = nullptr;
     std::atomic<std::size_t> m_remote_count{0};

@@ -58,7 +58,7 @@
 // memory: a data message carries no pointers.
 //
 // Failures fall back to eventfd, so no wake is lost. No SQE (the queue is
-// full even after a submit): the target's eventfd at once, under its lock.
+// full even after a submit): the core writes the target's eventfd after the lock.
 // After the lock the target may be gone, so a submit that fails (-EBUSY,
 // -EAGAIN...) or a send the kernel refuses (-EBADFD, -EOVERFLOW...) writes
 // the eventfd of every live io_uring loop (a registry; an extra wake costs
@@ -327,8 +327,7 @@ public:
             }
             ++poster.m_stats.eventfd_sent;
         }
-        wake();
-        return false;
+        return false;  // the core wakes by eventfd (wake()) after the lock
     }
 
     // Right after the post that prepared a MSG_RING wake released the
