@@ -382,6 +382,7 @@ struct cpu_pool::impl {
         {
             std::lock_guard lock(idle_mutex);
             woken.swap(idle);
+            idle.reserve(workers.size());  // it went with the swap
             for (auto* w : woken) {
                 w->parked = false;
                 idle_count.fetch_sub(1, std::memory_order_seq_cst);
@@ -557,6 +558,7 @@ cpu_pool::cpu_pool(std::size_t threads) : m_impl(std::make_unique<impl>()) {
     i.owner = this;
     i.workers.reserve(threads);
     for (std::size_t k = 0; k < threads; ++k) i.workers.push_back(std::make_unique<impl::worker>());
+    i.idle.reserve(threads);  // parking never allocates (park() pushes here)
     i.shard_count = std::clamp<std::size_t>(threads, 2, max_inject_shards);
     i.shards.reset(new inject_shard[i.shard_count]);
     // Workers start looking at different shards.
