@@ -126,10 +126,7 @@ void loop_core::post(work_item* w) noexcept {
             flush->wake_deferred();
             return;
         }
-#ifndef NDEBUG
-        if (test_before_wake_flush) test_before_wake_flush();
-#endif
-        flush->flush_wakes();
+        poster.flush_owed_wakes();  // sends it now (flush is poster's backend)
     }
 }
 
