@@ -2,8 +2,8 @@
 //
 // 1. one loop against one nginx worker: `wrk -t1 -c100 -d5s`, requests/s
 //    and p99 latency; then the memory an idle keep-alive connection costs
-//    each server (VmRSS before and after 2000 connections that made one
-//    request each and stay open);
+//    each server (VmRSS growth over the second 1000 of 2000 connections that
+//    made one request each and stay open);
 // 2. every core: hop on an io_pool of --loops loops (default 2), in each
 //    accept mode (least_loaded, reuse_port), against nginx with as many
 //    workers (one shared listener, as nginx does by default, and with
@@ -346,13 +346,22 @@ std::vector<int> open_idle(std::uint16_t port, std::size_t n) {
     return fds;
 }
 
-/// RSS growth per idle connection of process `pid`, in bytes.
+/// RSS growth per idle connection of process `pid`, in bytes: the growth
+/// over the second half of `n` connections, divided by n/2. The first half
+/// takes up the heap the wrk runs left free (nginx's request pools, hop's
+/// frames and buffers), which would otherwise hide a server's own cost
+/// (nginx read 0 bytes that way, in some runs). nginx preallocates its
+/// connection and event structures for `worker_connections` at start, so
+/// its figure is what a connection adds beyond those.
 double idle_cost(pid_t pid, std::uint16_t port, std::size_t n) {
+    const std::size_t half = std::max<std::size_t>(n / 2, 1);
+    auto first = open_idle(port, half);
     const long before = rss_kib(pid);
-    auto fds = open_idle(port, n);
+    auto second = open_idle(port, half);
     const long after = rss_kib(pid);
-    for (int fd : fds) ::close(fd);
-    return static_cast<double>(after - before) * 1024.0 / static_cast<double>(n);
+    for (int fd : first) ::close(fd);
+    for (int fd : second) ::close(fd);
+    return static_cast<double>(after - before) * 1024.0 / static_cast<double>(half);
 }
 
 std::string load_average() {
