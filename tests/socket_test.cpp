@@ -1041,6 +1041,98 @@ TEST_CASE("tcp: with_timeout on a read times out and leaves the stream usable, n
 
 namespace {
 
+hop::task<void> close_soon(hop::tcp_stream& s) {
+    s.close();
+    co_return;
+}
+
+hop::task<outcome> wait_readable_outcome(hop::tcp_stream& s) {
+    outcome o;
+    HOP_AWAIT_OUTCOME(o, s.wait_readable());
+    co_return o;
+}
+
+hop::task<std::uint64_t> drain_to_end(hop::tcp_stream& s) {
+    std::vector<char> buf(256 * KiB);
+    std::uint64_t total = 0;
+    for (;;) {
+        const std::size_t n = co_await s.read_some(buf);
+        if (n == 0) co_return total;
+        total += n;
+    }
+}
+
+hop::task<void> writable_then_fin(hop::tcp_stream& s) {
+    co_await s.wait_writable();
+    s.shutdown_write();
+}
+
+/// write_all pattern chunks until stopped; `written`: the chunks finished.
+hop::task<void> write_until_stopped(hop::tcp_stream& s, std::uint64_t& written);
+
+hop::task<void> readiness_waits() {
+    auto p = co_await hop_test::make_pair();
+    {
+        // Nothing sent: the wait does not end (a spurious wake-up would
+        // return instead of timing out).
+        outcome o;
+        HOP_AWAIT_OUTCOME(o, hop::with_timeout(10ms, p.server.wait_readable()));
+        CHECK_MESSAGE(o.kind == outcome::timeout, toString(o));
+    }
+    // Bytes come: the wait ends and consumes nothing (a second wait ends at
+    // once; the read gets every byte).
+    co_await p.client.write_all("ping"sv);
+    co_await p.server.wait_readable();
+    co_await p.server.wait_readable();
+    std::string got;
+    char buf[16];
+    while (got.size() < 4) {
+        const std::size_t n = co_await p.server.read_some(buf);
+        REQUIRE(n > 0);
+        got.append(buf, n);
+    }
+    CHECK(got == "ping");
+
+    // A fresh stream can be written at once; one whose peer does not read
+    // cannot, until the peer drains it.
+    co_await p.client.wait_writable();
+    std::uint64_t written = 0;
+    outcome o;
+    HOP_AWAIT_OUTCOME(o, hop::with_timeout(10ms, write_until_stopped(p.client, written)));
+    CHECK_MESSAGE(o.kind == outcome::timeout, toString(o));
+    HOP_AWAIT_OUTCOME(o, hop::with_timeout(10ms, p.client.wait_writable()));
+    CHECK_MESSAGE(o.kind == outcome::timeout, toString(o));
+    auto drained = co_await hop::when_all(drain_to_end(p.server), writable_then_fin(p.client));
+    CHECK(std::get<0>(drained) >= written);
+
+    // The peer's FIN: readable, and the read says end of stream.
+    auto q = co_await hop_test::make_pair();
+    q.client.shutdown_write();
+    co_await q.server.wait_readable();
+    CHECK(co_await q.server.read_some(buf) == 0);
+
+    // Closed while waiting: cancelled_error; closed before: EBADF naming the call.
+    auto r = co_await hop::when_all(wait_readable_outcome(q.client), close_soon(q.client));
+    CHECK_MESSAGE(std::get<0>(r).kind == outcome::cancelled, toString(std::get<0>(r)));
+    HOP_AWAIT_OUTCOME(o, q.client.wait_readable());
+    CHECK_MESSAGE((o.kind == outcome::system && o.code == EBADF), toString(o));
+    CHECK(o.what.find("hop::tcp_stream::wait_readable") != std::string::npos);
+    HOP_AWAIT_OUTCOME(o, q.client.wait_writable());
+    CHECK_MESSAGE((o.kind == outcome::system && o.code == EBADF), toString(o));
+    CHECK(o.what.find("hop::tcp_stream::wait_writable") != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("tcp: wait_readable / wait_writable end on readiness, consume nothing, and are cancelled by close") {
+    for_each_backend([](hop::backend b) {
+        fd_leak_check fds;
+        run_on(b, readiness_waits());
+    });
+}
+
+namespace {
+
 /// write_all pattern chunks until stopped; `written`: the chunks finished.
 hop::task<void> write_until_stopped(hop::tcp_stream& s, std::uint64_t& written) {
     const auto& pat = hop_test::shared_pattern();

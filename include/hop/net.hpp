@@ -156,6 +156,18 @@ private:
     bool m_ready = false;
 };
 
+/// wait_readable / wait_writable: readiness, on the socket's own
+/// registration; nothing is read or written.
+class readiness_operation : public io_operation {
+public:
+    readiness_operation(socket_handle& s, bool writable, const char* what);
+    /// @throws std::system_error naming the call and the fd; cancelled_error.
+    void await_resume();
+
+private:
+    const char* m_what;
+};
+
 class accept_operation : public io_operation {
 public:
     /// `detached`: the stream belongs to no loop yet (accept_detached()).
@@ -270,6 +282,18 @@ public:
                 const_cast<void*>(static_cast<const void*>(std::data(bytes))), std::size(bytes) * 1,
                 "hop::tcp_stream::write_all"};
     }
+
+    /// `co_await s.wait_readable()`: resumes once a read would not block
+    /// (bytes, the peer's FIN, or an error wait to be read); consumes
+    /// nothing. A server waiting for a client's next request this way holds
+    /// no read buffer meanwhile. A cancellation point, like every await.
+    /// @throws std::system_error (EBADF) if the stream is closed;
+    ///         cancelled_error if it is closed or stopped while waiting.
+    detail::readiness_operation wait_readable() { return {m_handle, false, "hop::tcp_stream::wait_readable"}; }
+    /// `co_await s.wait_writable()`: resumes once a write would not block
+    /// (send buffer space, or an error); writes nothing.
+    /// @throws as wait_readable.
+    detail::readiness_operation wait_writable() { return {m_handle, true, "hop::tcp_stream::wait_writable"}; }
 
     /// Sends FIN: the peer's reads end; this side can still read.
     void shutdown_write();
