@@ -405,6 +405,14 @@ private:
             return {m_data.get() + m_end, m_cap - m_end};
         }
         void commit(std::size_t n) noexcept { m_end += n; }
+        // Frees the buffer if it holds nothing.
+        void release() noexcept {
+            if (m_begin == m_end) {
+                m_data.reset();
+                m_cap = 0;
+                m_begin = m_end = 0;
+            }
+        }
         // Frees a large buffer that holds nothing.
         void shrink() noexcept {
             if (m_begin == m_end && m_cap > small_read) {
@@ -423,6 +431,7 @@ private:
     };
 
     task<int> request_loop();
+    task<bool> await_request();
     task<bool> fill(parser& p);
     task<void> flush();
     task<bool> respond(request& req);
@@ -539,6 +548,12 @@ task<int> server_connection::request_loop() {
         m_in.consume(used);
         switch (ev) {
             case parser::event::need_more: {
+                if (!p.started() && !m_tls && m_in.view().empty()) {
+                    // Between requests, nothing buffered: wait in a small
+                    // frame, holding neither an input buffer nor fill's frame.
+                    const bool open = co_await await_request();
+                    if (!open) co_return 0;
+                }
                 const bool more = co_await fill(p);
                 if (!more) co_return 0;
                 break;
@@ -581,6 +596,22 @@ task<int> server_connection::request_loop() {
             }
         }
     }
+}
+
+// A keep-alive connection waiting for its next request (plain http, no
+// input left over): flushes what is pending, frees the input buffer and
+// waits until the client sends, so an idle connection holds no read buffer
+// (nginx frees its header buffer the same way). fill() then reads at once.
+// False: the server drains and the connection ends here.
+task<bool> server_connection::await_request() {
+    if (!m_out.empty()) co_await flush();
+    if (m_sh->m_draining) co_return false;
+    m_phase = phase::idle;
+    m_in.release();
+    if (m_out.capacity() > small_read) std::string().swap(m_out);
+    arm_idle();
+    co_await m_stream.wait_readable();
+    co_return true;
 }
 
 // Flushes what is pending, then reads more input. False: the connection
