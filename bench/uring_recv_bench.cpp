@@ -202,15 +202,8 @@ bool read_all_fd(int fd, void* p, std::size_t n, const char* what) {
     return true;
 }
 
-struct timed {
-    bench::clock::time_point wall;
-    bench::cpu_times cpu;
-    static timed now() { return {bench::clock::now(), bench::process_cpu_times()}; }
-};
-
-double seconds_between(const timed& t0, const timed& t1) {
-    return std::chrono::duration<double>(t1.wall - t0.wall).count();
-}
+using bench::seconds_between;
+using bench::timed;
 
 // An io_uring, exited on scope end.
 class ring_owner {
@@ -389,7 +382,7 @@ client_report run_client(std::uint16_t port, std::size_t conns, std::size_t roun
     const timed t1 = timed::now();
     cl.close_all();
     rep.check = cl.check();
-    rep.wall = std::chrono::duration<double>(t1.wall - t0.wall).count();
+    rep.wall = seconds_between(t0, t1);
     rep.user = t1.cpu.user - t0.cpu.user;
     rep.sys = t1.cpu.system - t0.cpu.system;
     rep.ok = true;
@@ -730,34 +723,25 @@ server_figures run_raw_inproc(bool multishot, unsigned ring_flags, std::size_t c
 // (c) hop's io_uring tcp_stream server
 // ============================================================================
 
-struct hop_state {
-    std::size_t sessions = 0;
-    std::size_t waiting = 0;
-    std::size_t ended = 0;
-    std::size_t errors = 0;
-    std::string first_error;
-    hop::event all_waiting;
-    hop::event all_ended;
-};
+using bench::hop_state;
 
 hop::task<void> hop_session(hop::tcp_stream s, hop_state* st) {
-    try {
-        s.set_nodelay(true);
-        std::array<char, buf_size> buf;
-        bool first = true;
-        for (;;) {
-            if (first) {
-                first = false;
-                if (++st->waiting == st->sessions) st->all_waiting.set();
-            }
-            std::size_t n = co_await s.read_some(buf);
-            if (n == 0) break;
-            co_await s.write_all(std::span<const char>(buf.data(), n));
-        }
-    } catch (const std::exception& e) {
-        if (st->errors++ == 0) st->first_error = e.what();
-    }
-    if (++st->ended == st->sessions) st->all_ended.set();
+    return bench::hop_echo_session<buf_size>(std::move(s), st);
+}
+
+// Once every session waits in its first read: tells the client to go, waits
+// for the last session's end, and returns the CPU used in between. `Task` is
+// the side's coroutine type (hop::task or asio::awaitable), `State` its
+// bench::echo_state. @throws std::runtime_error for a session's error.
+template <class Task, class State>
+Task timed_sessions(State* st, control* ctl) {
+    co_await st->all_waiting.wait();
+    ctl->go();
+    const timed t0 = timed::now();
+    co_await st->all_ended.wait();
+    const timed t1 = timed::now();
+    st->check();
+    co_return figures(t0, t1);
 }
 
 hop::task<server_figures> hop_server(hop::io_loop* loop, std::size_t conns, control* ctl) {
@@ -769,21 +753,12 @@ hop::task<server_figures> hop_server(hop::io_loop* loop, std::size_t conns, cont
         hop::tcp_stream s = co_await lis.accept();
         (void)loop->spawn(hop_session(std::move(s), &st));
     }
-    co_await st.all_waiting.wait();
-    ctl->go();
-    const timed t0 = timed::now();
-    co_await st.all_ended.wait();
-    const timed t1 = timed::now();
-    if (st.errors) throw std::runtime_error("hop server: " + std::to_string(st.errors) + " error(s), the first: " + st.first_error);
-    co_return figures(t0, t1);
+    co_return co_await timed_sessions<hop::task<server_figures>>(&st, ctl);
 }
 
 server_figures run_hop_server(std::size_t conns, control& ctl) {
-    hop::io_loop loop{{.backend = hop::backend::io_uring}};
-    auto f = loop.spawn(hop_server(&loop, conns, &ctl));
-    f.on_done([&loop](const auto&) { loop.stop(); });
-    loop.run();
-    return f.get();
+    return bench::run_on_loop(hop::backend::io_uring,
+                              [conns, &ctl](hop::io_loop* loop) { return hop_server(loop, conns, &ctl); });
 }
 
 // ============================================================================
@@ -813,27 +788,11 @@ asio::awaitable<server_figures> asio_server(asio::io_context* ctx, std::size_t c
         tcp::socket s = co_await acc.async_accept(asio::use_awaitable);
         asio::co_spawn(*ctx, asio_session(std::move(s), &st), asio::detached);
     }
-    co_await st.all_waiting.wait();
-    ctl->go();
-    const timed t0 = timed::now();
-    co_await st.all_ended.wait();
-    const timed t1 = timed::now();
-    if (st.errors) throw std::runtime_error("asio server: " + std::to_string(st.errors) + " error(s), the first: " + st.first_error);
-    co_return figures(t0, t1);
+    co_return co_await timed_sessions<asio::awaitable<server_figures>>(&st, ctl);
 }
 
 server_figures run_asio_server(std::size_t conns, control& ctl) {
-    asio::io_context ctx{1};
-    server_figures out;
-    std::exception_ptr error;
-    asio::co_spawn(ctx, asio_server(&ctx, conns, &ctl), [&](std::exception_ptr e, server_figures f) {
-        error = e;
-        out = f;
-        ctx.stop();
-    });
-    ctx.run();
-    if (error) std::rethrow_exception(error);
-    return out;
+    return bench::run_on_context([conns, &ctl](asio::io_context* ctx) { return asio_server(ctx, conns, &ctl); });
 }
 
 // ============================================================================
