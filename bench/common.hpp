@@ -480,6 +480,14 @@ struct echo_state {
     Event all_waiting;
     Event all_ended;
 
+    /// A session reached its first read; the last one sets all_waiting.
+    void session_waiting() {
+        if (++waiting == sessions) all_waiting.set();
+    }
+    /// A session ended; the last one sets all_ended.
+    void session_ended() {
+        if (++ended == sessions) all_ended.set();
+    }
     void fail(const std::string& what) {
         if (errors++ == 0) first_error = what;
     }
@@ -510,12 +518,8 @@ hop::task<void> hop_echo_session(hop::tcp_stream s, hop_state* st) {
     try {
         s.set_nodelay(true);
         std::array<char, N> buf;
-        bool first = true;
+        st->session_waiting();
         for (;;) {
-            if (first) {
-                first = false;
-                if (++st->waiting == st->sessions) st->all_waiting.set();
-            }
             std::size_t n = co_await s.read_some(buf);
             if (n == 0) break;
             co_await s.write_all(std::span<const char>(buf.data(), n));
@@ -523,7 +527,7 @@ hop::task<void> hop_echo_session(hop::tcp_stream s, hop_state* st) {
     } catch (const std::exception& e) {
         st->fail(e.what());
     }
-    if (++st->ended == st->sessions) st->all_ended.set();
+    st->session_ended();
 }
 
 /// The Asio echo server's session (echo_bench, uring_recv_bench): an N-byte
@@ -536,12 +540,8 @@ asio::awaitable<void> asio_echo_session(asio::ip::tcp::socket s, asio_state* st)
     s.set_option(tcp::no_delay(true), ec);
     if (ec) st->fail("set_option(no_delay): " + ec.message());
     std::array<char, N> buf;
-    bool first = true;
+    st->session_waiting();
     for (;;) {
-        if (first) {
-            first = false;
-            if (++st->waiting == st->sessions) st->all_waiting.set();
-        }
         std::size_t n = co_await s.async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
         if (ec == asio::error::eof) break;
         if (ec) {
@@ -554,7 +554,7 @@ asio::awaitable<void> asio_echo_session(asio::ip::tcp::socket s, asio_state* st)
             break;
         }
     }
-    if (++st->ended == st->sessions) st->all_ended.set();
+    st->session_ended();
 }
 
 /// Runs the task `make(&loop)` on a new io_loop of backend `b`, on this
