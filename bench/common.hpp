@@ -40,6 +40,12 @@
 #include <utility>
 #include <vector>
 
+// Asio 1.22 looks for clang's old <experimental/coroutine>; clang 16 has the
+// standard one (bench/meson.build passes this too; here for a bare compile).
+#if defined(__clang__) && !defined(ASIO_HAS_CO_AWAIT)
+#define ASIO_HAS_CO_AWAIT 1
+#endif
+
 // Asio is a reference here, not our code: its warnings are not ours to fix.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpedantic"

@@ -98,12 +98,6 @@
 //
 //   uring_recv_bench [--quick] [--rounds N] [--buffers N] [--only separate|inproc]
 
-// Asio 1.22 looks for clang's old <experimental/coroutine>; clang 16 has the
-// standard one (bench/meson.build passes this too; here for a bare compile).
-#if defined(__clang__) && !defined(ASIO_HAS_CO_AWAIT)
-#define ASIO_HAS_CO_AWAIT 1
-#endif
-
 #include "common.hpp"
 
 #include <hop/hop.hpp>
