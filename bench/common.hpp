@@ -6,6 +6,8 @@
 
 #include "../tests/support/loopback.hpp"
 
+#include <hop/hop.hpp>
+
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -30,12 +32,19 @@
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
+#include <span>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
+
+// Asio 1.22 looks for clang's old <experimental/coroutine>; clang 16 has the
+// standard one (bench/meson.build passes this too; here for a bare compile).
+#if defined(__clang__) && !defined(ASIO_HAS_CO_AWAIT)
+#define ASIO_HAS_CO_AWAIT 1
+#endif
 
 // Asio is a reference here, not our code: its warnings are not ours to fix.
 #pragma GCC diagnostic push
@@ -280,6 +289,18 @@ inline cpu_times process_cpu_times() {
             static_cast<double>(ru.ru_stime.tv_sec) + static_cast<double>(ru.ru_stime.tv_usec) / 1e6};
 }
 
+/// A point in time: the wall clock and this process's CPU times.
+struct timed {
+    clock::time_point wall;
+    cpu_times cpu;
+    static timed now() { return {clock::now(), process_cpu_times()}; }
+};
+
+/// Wall seconds from `t0` to `t1`.
+inline double seconds_between(const timed& t0, const timed& t1) {
+    return std::chrono::duration<double>(t1.wall - t0.wall).count();
+}
+
 /// This process's resident set size now, in bytes (/proc/self/statm).
 /// @throws std::runtime_error if it cannot be read.
 inline std::size_t current_rss_bytes() {
@@ -446,25 +467,74 @@ private:
     bool m_set = false;
 };
 
-/// What an Asio echo server's sessions share (echo_bench, uring_recv_bench):
-/// counts, the first error, and events for "all waiting" and "all ended".
-struct asio_state {
-    explicit asio_state(asio::io_context& ctx) : all_waiting(ctx), all_ended(ctx) {}
-    std::size_t sessions = 0;
-    std::size_t waiting = 0;
+/// What an echo server's sessions share (echo_bench, uring_recv_bench), on
+/// either side: counts, the first error, and one-shot events (`Event`:
+/// hop::event or asio_event) for "all waiting" and "all ended".
+template <class Event>
+struct echo_state {
+    /// `side` names the side in check()'s message; `event_args` construct
+    /// each event.
+    template <class... EventArgs>
+    explicit echo_state(const char* side, EventArgs&... event_args)
+        : who(side), all_waiting(event_args...), all_ended(event_args...) {}
+    const char* who;
+    std::size_t sessions = 0;  ///< how many the acceptors will start
+    std::size_t waiting = 0;   ///< sessions that reached their first read
     std::size_t ended = 0;
     std::size_t errors = 0;
     std::string first_error;
-    asio_event all_waiting;
-    asio_event all_ended;
+    Event all_waiting;
+    Event all_ended;
 
+    /// A session reached its first read; the last one sets all_waiting.
+    void session_waiting() {
+        if (++waiting == sessions) all_waiting.set();
+    }
+    /// A session ended; the last one sets all_ended.
+    void session_ended() {
+        if (++ended == sessions) all_ended.set();
+    }
     void fail(const std::string& what) {
         if (errors++ == 0) first_error = what;
     }
+    /// @throws std::runtime_error with the error count and the first error, if any.
     void check() const {
-        if (errors) throw std::runtime_error("asio: " + std::to_string(errors) + " error(s), the first: " + first_error);
+        if (errors) {
+            throw std::runtime_error(std::string(who) + ": " + std::to_string(errors) + " error(s), the first: " +
+                                     first_error);
+        }
     }
 };
+
+/// The hop echo server's shared state.
+struct hop_state : echo_state<hop::event> {
+    hop_state() : echo_state("hop") {}
+};
+
+/// The Asio echo server's shared state (its events live on `ctx`).
+struct asio_state : echo_state<asio_event> {
+    explicit asio_state(asio::io_context& ctx) : echo_state("asio", ctx) {}
+};
+
+/// The hop echo server's session (echo_bench, uring_recv_bench): an N-byte
+/// buffer in the coroutine frame, read_some then write_all until the peer's
+/// end of stream. An error ends the session and goes to `st->fail`.
+template <std::size_t N>
+hop::task<void> hop_echo_session(hop::tcp_stream s, hop_state* st) {
+    try {
+        s.set_nodelay(true);
+        std::array<char, N> buf;
+        st->session_waiting();
+        for (;;) {
+            std::size_t n = co_await s.read_some(buf);
+            if (n == 0) break;
+            co_await s.write_all(std::span<const char>(buf.data(), n));
+        }
+    } catch (const std::exception& e) {
+        st->fail(e.what());
+    }
+    st->session_ended();
+}
 
 /// The Asio echo server's session (echo_bench, uring_recv_bench): an N-byte
 /// buffer in the coroutine frame; error codes rather than exceptions, so the
@@ -476,12 +546,8 @@ asio::awaitable<void> asio_echo_session(asio::ip::tcp::socket s, asio_state* st)
     s.set_option(tcp::no_delay(true), ec);
     if (ec) st->fail("set_option(no_delay): " + ec.message());
     std::array<char, N> buf;
-    bool first = true;
+    st->session_waiting();
     for (;;) {
-        if (first) {
-            first = false;
-            if (++st->waiting == st->sessions) st->all_waiting.set();
-        }
         std::size_t n = co_await s.async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
         if (ec == asio::error::eof) break;
         if (ec) {
@@ -494,7 +560,39 @@ asio::awaitable<void> asio_echo_session(asio::ip::tcp::socket s, asio_state* st)
             break;
         }
     }
-    if (++st->ended == st->sessions) st->all_ended.set();
+    st->session_ended();
+}
+
+/// Runs the task `make(&loop)` on a new io_loop of backend `b`, on this
+/// thread, until the task finishes; returns its result.
+/// @throws what the task threw, or std::system_error if the loop cannot start.
+template <class Make>
+auto run_on_loop(hop::backend b, Make make) {
+    hop::io_loop loop{{.backend = b}};
+    auto f = loop.spawn(make(&loop));
+    f.on_done([&loop](const auto&) { loop.stop(); });
+    loop.run();
+    return f.get();
+}
+
+/// Runs the awaitable `make(&ctx)` on a new single-threaded io_context, on
+/// this thread, until it finishes; returns its result.
+/// @throws what the awaitable threw.
+template <class Make>
+auto run_on_context(Make make) {
+    asio::io_context ctx{1};
+    using result = typename decltype(make(&ctx))::value_type;
+    result out{};
+    std::exception_ptr error;
+    auto on_done = [&](std::exception_ptr e, result r) {
+        error = e;
+        out = r;
+        ctx.stop();
+    };
+    asio::co_spawn(ctx, make(&ctx), on_done);
+    ctx.run();
+    if (error) std::rethrow_exception(error);
+    return out;
 }
 
 // Loopback ports, shared with the tests.

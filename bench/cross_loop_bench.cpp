@@ -71,13 +71,15 @@ const char* label(hop_way w) {
     return "hop epoll";
 }
 
-/// Two loops of one kind, each run by its own thread until destroyed.
-struct hop_pair {
-    explicit hop_pair(hop_way w)
-        : a(options(w)), b(options(w)), ta([this] { a.run(); }), tb([this] { b.run(); }) {}
-    ~hop_pair() { stop_and_join(); }
-    hop_pair(const hop_pair&) = delete;
-    hop_pair& operator=(const hop_pair&) = delete;
+/// `n` loops of one kind, each run by its own thread until destroyed.
+struct hop_loops {
+    hop_loops(hop_way w, std::size_t n) {
+        for (std::size_t i = 0; i < n; ++i) m_loops.push_back(std::make_unique<hop::io_loop>(options(w)));
+        for (auto& l : m_loops) m_threads.emplace_back([lp = l.get()] { lp->run(); });
+    }
+    ~hop_loops() { stop_and_join(); }
+    hop_loops(const hop_loops&) = delete;
+    hop_loops& operator=(const hop_loops&) = delete;
     static hop::io_loop_options options(hop_way w) {
         // Read when a ring is set up: the child process sets it before.
         if (w == hop_way::uring_eventfd) ::setenv("HOP_URING_NO_MSG_RING", "1", 1);
@@ -85,33 +87,63 @@ struct hop_pair {
         o.backend = w == hop_way::epoll ? hop::backend::epoll : hop::backend::io_uring;
         return o;
     }
-    /// Wakes of a sleeping loop sent by the two loops (io_uring counts
+    hop::io_loop& loop(std::size_t i) { return *m_loops[i]; }
+    /// Wakes of a sleeping loop sent by all the loops (io_uring counts
     /// them; epoll reports 0). Call after stop_and_join().
     double wakes_sent() {
-        auto sa = a.core().backend().wake_counts();
-        auto sb = b.core().backend().wake_counts();
-        return static_cast<double>(sa.msg_ring_sent + sa.eventfd_sent + sb.msg_ring_sent + sb.eventfd_sent);
+        double wakes = 0;
+        for (auto& l : m_loops) {
+            auto st = l->core().backend().wake_counts();
+            wakes += static_cast<double>(st.msg_ring_sent + st.eventfd_sent);
+        }
+        return wakes;
     }
     /// The share of MSG_RING wakes that needed an io_uring_enter of their
     /// own (the rest rode on the poster's next submit). Call after
     /// stop_and_join().
     double own_enter_share() {
-        auto sa = a.core().backend().wake_counts();
-        auto sb = b.core().backend().wake_counts();
-        const auto sent = sa.msg_ring_sent + sb.msg_ring_sent;
-        return sent == 0 ? 0.0 : static_cast<double>(sa.wake_flushes + sb.wake_flushes) / static_cast<double>(sent);
+        double sent = 0, flushes = 0;
+        for (auto& l : m_loops) {
+            auto st = l->core().backend().wake_counts();
+            sent += static_cast<double>(st.msg_ring_sent);
+            flushes += static_cast<double>(st.wake_flushes);
+        }
+        return sent == 0 ? 0.0 : flushes / sent;
     }
     void stop_and_join() {
-        a.stop();
-        b.stop();
-        if (ta.joinable()) ta.join();
-        if (tb.joinable()) tb.join();
+        for (auto& l : m_loops) l->stop();
+        for (auto& t : m_threads) {
+            if (t.joinable()) t.join();
+        }
     }
 
-    hop::io_loop a;
-    hop::io_loop b;
-    std::thread ta;
-    std::thread tb;
+private:
+    std::vector<std::unique_ptr<hop::io_loop>> m_loops;
+    std::vector<std::thread> m_threads;
+};
+
+/// `n` io_contexts, each run by its own thread until destroyed.
+struct asio_loops {
+    explicit asio_loops(std::size_t n) {
+        for (std::size_t i = 0; i < n; ++i) {
+            m_ctxs.push_back(std::make_unique<asio::io_context>(1));
+            m_guards.push_back(asio::make_work_guard(*m_ctxs.back()));
+        }
+        for (auto& c : m_ctxs) m_threads.emplace_back([cp = c.get()] { cp->run(); });
+    }
+    ~asio_loops() {
+        m_guards.clear();
+        for (auto& c : m_ctxs) c->stop();
+        for (auto& t : m_threads) t.join();
+    }
+    asio_loops(const asio_loops&) = delete;
+    asio_loops& operator=(const asio_loops&) = delete;
+    asio::io_context& ctx(std::size_t i) { return *m_ctxs[i]; }
+
+private:
+    std::vector<std::unique_ptr<asio::io_context>> m_ctxs;
+    std::vector<asio::executor_work_guard<asio::io_context::executor_type>> m_guards;
+    std::vector<std::thread> m_threads;
 };
 
 // ---- pingpong and storm -----------------------------------------------------
@@ -127,10 +159,11 @@ hop::task<std::uint64_t> hop_round_trips(hop::io_loop& a, hop::io_loop& b, std::
 }
 
 bench::sample hop_ping(hop_way w, std::size_t coroutines, std::size_t n) {
-    hop_pair p(w);
+    hop_loops p(w, 2);
     auto t0 = bench::clock::now();
     std::vector<hop::future<std::uint64_t>> fs;
-    for (std::size_t c = 0; c < coroutines; ++c) fs.push_back(p.a.spawn(hop_round_trips(p.a, p.b, n)));
+    hop::io_loop& a = p.loop(0);
+    for (std::size_t c = 0; c < coroutines; ++c) fs.push_back(a.spawn(hop_round_trips(a, p.loop(1), n)));
     std::uint64_t on_b = 0;
     for (auto& f : fs) on_b += f.get();
     double s = bench::seconds_since(t0);
@@ -141,27 +174,6 @@ bench::sample hop_ping(hop_way w, std::size_t coroutines, std::size_t n) {
     return r;
 }
 
-/// Two io_contexts, each run by its own thread until destroyed.
-struct asio_pair {
-    asio_pair() : ta([this] { a.run(); }), tb([this] { b.run(); }) {}
-    asio_pair(const asio_pair&) = delete;
-    asio_pair& operator=(const asio_pair&) = delete;
-    ~asio_pair() {
-        ga.reset();
-        gb.reset();
-        a.stop();
-        b.stop();
-        ta.join();
-        tb.join();
-    }
-    asio::io_context a{1};
-    asio::io_context b{1};
-    asio::executor_work_guard<asio::io_context::executor_type> ga = asio::make_work_guard(a);
-    asio::executor_work_guard<asio::io_context::executor_type> gb = asio::make_work_guard(b);
-    std::thread ta;
-    std::thread tb;
-};
-
 asio::awaitable<void> asio_round_trips(asio::io_context& b, std::size_t n, std::uint64_t& on_b) {
     for (std::size_t i = 0; i < n; ++i) {
         // Runs a handler on B, then resumes here on A: one round trip.
@@ -171,13 +183,13 @@ asio::awaitable<void> asio_round_trips(asio::io_context& b, std::size_t n, std::
 }
 
 bench::sample asio_ping(std::size_t coroutines, std::size_t n) {
-    asio_pair p;
+    asio_loops p(2);
     std::vector<std::uint64_t> on_b(coroutines, 0);
     std::atomic<std::size_t> left{coroutines};
     std::promise<void> all_done;
     auto t0 = bench::clock::now();
     for (std::size_t c = 0; c < coroutines; ++c) {
-        asio::co_spawn(p.a, asio_round_trips(p.b, n, on_b[c]), [&](std::exception_ptr) {
+        asio::co_spawn(p.ctx(0), asio_round_trips(p.ctx(1), n, on_b[c]), [&](std::exception_ptr) {
             if (--left == 0) all_done.set_value();
         });
     }
@@ -188,7 +200,7 @@ bench::sample asio_ping(std::size_t coroutines, std::size_t n) {
     return {s, total};
 }
 
-// ---- idle target: wake latency ------------------------------------------------
+// ---- idle and fanout: wake latency ------------------------------------------
 
 constexpr auto idle_gap = 100us;  // well past hop's 20 us spin before a sleep
 
@@ -197,6 +209,50 @@ double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
 }
+
+/// Runs `trips(p, lat)` on loop 0 of `loops` loops of way `w`: a task that
+/// makes `n` trips, records each one's latency in `lat`, and returns a
+/// count. The sample: wall time, the count, the median latency (value),
+/// wakes sent per trip (user_seconds) and the share of MSG_RING wakes that
+/// needed an io_uring_enter of their own (system_seconds: not a time, see
+/// table()).
+template <class Trips>
+bench::sample hop_latency(hop_way w, std::size_t loops, std::size_t n, Trips trips) {
+    hop_loops p(w, loops);
+    std::vector<double> lat;
+    lat.reserve(n);
+    auto t0 = bench::clock::now();
+    auto f = p.loop(0).spawn(trips(p, lat));
+    std::uint64_t count = f.get();
+    double s = bench::seconds_since(t0);
+    p.stop_and_join();
+    bench::sample r{s, count};
+    r.value = median(lat);
+    r.user_seconds = p.wakes_sent() / double(n);
+    r.system_seconds = p.own_enter_share();
+    return r;
+}
+
+/// Runs `trips(p, lat, count)` on io_context 0 of `loops`: an awaitable that
+/// makes `n` trips, records each one's latency in `lat` and counts in
+/// `count`. The sample: wall time, the count, the median latency (value).
+template <class Trips>
+bench::sample asio_latency(std::size_t loops, std::size_t n, Trips trips) {
+    asio_loops p(loops);
+    std::vector<double> lat;
+    lat.reserve(n);
+    std::uint64_t count = 0;
+    std::promise<void> done;
+    auto t0 = bench::clock::now();
+    asio::co_spawn(p.ctx(0), trips(p, lat, count), [&](std::exception_ptr) { done.set_value(); });
+    done.get_future().wait();
+    double s = bench::seconds_since(t0);
+    bench::sample r{s, count};
+    r.value = median(lat);
+    return r;
+}
+
+// ---- idle target --------------------------------------------------------------
 
 hop::task<std::uint64_t> hop_idle_trips(hop::io_loop& a, hop::io_loop& b, std::size_t n, std::vector<double>& lat) {
     std::uint64_t on_b = 0;
@@ -212,19 +268,9 @@ hop::task<std::uint64_t> hop_idle_trips(hop::io_loop& a, hop::io_loop& b, std::s
 }
 
 bench::sample hop_idle(hop_way w, std::size_t n) {
-    hop_pair p(w);
-    std::vector<double> lat;
-    lat.reserve(n);
-    auto t0 = bench::clock::now();
-    auto f = p.a.spawn(hop_idle_trips(p.a, p.b, n, lat));
-    std::uint64_t on_b = f.get();
-    double s = bench::seconds_since(t0);
-    p.stop_and_join();
-    bench::sample r{s, on_b};
-    r.value = median(lat);
-    r.user_seconds = p.wakes_sent() / double(n);  // wakes per trip, reported beside
-    r.system_seconds = p.own_enter_share();      // not a time: see table()
-    return r;
+    return hop_latency(w, 2, n, [n](hop_loops& p, std::vector<double>& lat) {
+        return hop_idle_trips(p.loop(0), p.loop(1), n, lat);
+    });
 }
 
 asio::awaitable<void> asio_idle_trips(asio::io_context& b, std::size_t n, std::vector<double>& lat,
@@ -249,46 +295,17 @@ asio::awaitable<void> asio_idle_trips(asio::io_context& b, std::size_t n, std::v
 }
 
 bench::sample asio_idle(std::size_t n) {
-    asio_pair p;
-    std::vector<double> lat;
-    lat.reserve(n);
-    std::uint64_t on_b = 0;
-    std::promise<void> done;
-    auto t0 = bench::clock::now();
-    asio::co_spawn(p.a, asio_idle_trips(p.b, n, lat, on_b), [&](std::exception_ptr) { done.set_value(); });
-    done.get_future().wait();
-    double s = bench::seconds_since(t0);
-    bench::sample r{s, on_b};
-    r.value = median(lat);
-    return r;
+    return asio_latency(2, n, [n](asio_loops& p, std::vector<double>& lat, std::uint64_t& on_b) {
+        return asio_idle_trips(p.ctx(1), n, lat, on_b);
+    });
 }
 
 // ---- fanout: one handler wakes three sleeping loops ---------------------------
 
 constexpr std::size_t fan = 3;
 
-/// A + `fan` target loops, each run by its own thread until destroyed.
-struct hop_fan {
-    explicit hop_fan(hop_way w) {
-        loops.push_back(std::make_unique<hop::io_loop>(hop_pair::options(w)));
-        for (std::size_t i = 0; i < fan; ++i) loops.push_back(std::make_unique<hop::io_loop>(hop_pair::options(w)));
-        for (auto& l : loops) threads.emplace_back([lp = l.get()] { lp->run(); });
-    }
-    ~hop_fan() { stop_and_join(); }
-    hop_fan(const hop_fan&) = delete;
-    hop_fan& operator=(const hop_fan&) = delete;
-    void stop_and_join() {
-        for (auto& l : loops) l->stop();
-        for (auto& t : threads) {
-            if (t.joinable()) t.join();
-        }
-    }
-    hop::io_loop& a() { return *loops[0]; }
-    std::vector<std::unique_ptr<hop::io_loop>> loops;
-    std::vector<std::thread> threads;
-};
-
-hop::task<std::uint64_t> hop_fan_trips(hop_fan& f, std::size_t n, std::vector<double>& lat) {
+// On loop 0; loops 1..fan are the targets.
+hop::task<std::uint64_t> hop_fan_trips(hop_loops& p, std::size_t n, std::vector<double>& lat) {
     std::uint64_t ran = 0;
     for (std::size_t i = 0; i < n; ++i) {
         co_await hop::sleep_for(idle_gap);  // on A; the targets sleep
@@ -297,7 +314,7 @@ hop::task<std::uint64_t> hop_fan_trips(hop_fan& f, std::size_t n, std::vector<do
         std::atomic<std::size_t> left{fan};
         const auto t0 = bench::clock::now();
         for (std::size_t k = 1; k <= fan; ++k) {
-            f.loops[k]->post([&] {
+            p.loop(k).post([&] {
                 if (left.fetch_sub(1) == 1) {
                     lat.push_back(std::chrono::duration<double, std::nano>(bench::clock::now() - t0).count());
                     all_ran.set_value();
@@ -311,76 +328,39 @@ hop::task<std::uint64_t> hop_fan_trips(hop_fan& f, std::size_t n, std::vector<do
 }
 
 bench::sample hop_fanout(hop_way w, std::size_t n) {
-    hop_fan p(w);
-    std::vector<double> lat;
-    lat.reserve(n);
-    auto t0 = bench::clock::now();
-    auto f = p.a().spawn(hop_fan_trips(p, n, lat));
-    std::uint64_t ran = f.get();
-    double s = bench::seconds_since(t0);
-    p.stop_and_join();
-    double wakes = 0, sent = 0, flushes = 0;
-    for (auto& l : p.loops) {
-        auto st = l->core().backend().wake_counts();
-        wakes += static_cast<double>(st.msg_ring_sent + st.eventfd_sent);
-        sent += static_cast<double>(st.msg_ring_sent);
-        flushes += static_cast<double>(st.wake_flushes);
+    return hop_latency(w, 1 + fan, n, [n](hop_loops& p, std::vector<double>& lat) { return hop_fan_trips(p, n, lat); });
+}
+
+// On io_context 0; 1..fan are the targets.
+asio::awaitable<void> asio_fan_trips(asio_loops& p, std::size_t n, std::vector<double>& lat, std::uint64_t& ran) {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (std::size_t i = 0; i < n; ++i) {
+        timer.expires_after(idle_gap);
+        co_await timer.async_wait(asio::use_awaitable);
+        std::atomic<std::size_t> left{fan};
+        const auto t0 = bench::clock::now();
+        co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+            [&](auto handler) {
+                auto h = std::make_shared<decltype(handler)>(std::move(handler));
+                for (std::size_t k = 1; k <= fan; ++k) {
+                    asio::post(p.ctx(k), [&, h] {
+                        if (left.fetch_sub(1) == 1) {
+                            lat.push_back(std::chrono::duration<double, std::nano>(bench::clock::now() - t0).count());
+                            auto ex = asio::get_associated_executor(*h);
+                            asio::post(ex, std::move(*h));
+                        }
+                    });
+                }
+            },
+            asio::use_awaitable);
+        ran += fan;
     }
-    bench::sample r{s, ran};
-    r.value = median(lat);
-    r.user_seconds = wakes / double(n);
-    r.system_seconds = sent == 0 ? 0.0 : flushes / sent;  // not a time: see table()
-    return r;
 }
 
 bench::sample asio_fanout(std::size_t n) {
-    std::vector<std::unique_ptr<asio::io_context>> ctxs;
-    std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
-    std::vector<std::thread> threads;
-    for (std::size_t i = 0; i <= fan; ++i) {
-        ctxs.push_back(std::make_unique<asio::io_context>(1));
-        guards.push_back(asio::make_work_guard(*ctxs.back()));
-    }
-    for (auto& c : ctxs) threads.emplace_back([cp = c.get()] { cp->run(); });
-    std::vector<double> lat;
-    lat.reserve(n);
-    std::uint64_t ran = 0;
-    std::promise<void> finished;
-    auto trips = [&]() -> asio::awaitable<void> {
-        asio::steady_timer timer(co_await asio::this_coro::executor);
-        for (std::size_t i = 0; i < n; ++i) {
-            timer.expires_after(idle_gap);
-            co_await timer.async_wait(asio::use_awaitable);
-            std::atomic<std::size_t> left{fan};
-            const auto t0 = bench::clock::now();
-            co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
-                [&](auto handler) {
-                    auto h = std::make_shared<decltype(handler)>(std::move(handler));
-                    for (std::size_t k = 1; k <= fan; ++k) {
-                        asio::post(*ctxs[k], [&, h] {
-                            if (left.fetch_sub(1) == 1) {
-                                lat.push_back(
-                                    std::chrono::duration<double, std::nano>(bench::clock::now() - t0).count());
-                                auto ex = asio::get_associated_executor(*h);
-                                asio::post(ex, std::move(*h));
-                            }
-                        });
-                    }
-                },
-                asio::use_awaitable);
-            ran += fan;
-        }
-    };
-    auto t0 = bench::clock::now();
-    asio::co_spawn(*ctxs[0], trips(), [&](std::exception_ptr) { finished.set_value(); });
-    finished.get_future().wait();
-    double s = bench::seconds_since(t0);
-    guards.clear();
-    for (auto& c : ctxs) c->stop();
-    for (auto& t : threads) t.join();
-    bench::sample r{s, ran};
-    r.value = median(lat);
-    return r;
+    return asio_latency(1 + fan, n, [n](asio_loops& p, std::vector<double>& lat, std::uint64_t& ran) {
+        return asio_fan_trips(p, n, lat, ran);
+    });
 }
 
 bool uring_available() {

@@ -100,15 +100,11 @@ void prepare_child() {
     ::alarm(watchdog_seconds);
 }
 
-struct timed {
-    bench::clock::time_point wall;
-    bench::cpu_times cpu;
-    static timed now() { return {bench::clock::now(), bench::process_cpu_times()}; }
-};
+using bench::timed;
 
 bench::sample make_sample(const timed& t0, const timed& t1, std::uint64_t check) {
     bench::sample s;
-    s.seconds = std::chrono::duration<double>(t1.wall - t0.wall).count();
+    s.seconds = bench::seconds_between(t0, t1);
     s.check = check;
     s.user_seconds = t1.cpu.user - t0.cpu.user;
     s.system_seconds = t1.cpu.system - t0.cpu.system;
@@ -119,42 +115,11 @@ bench::sample make_sample(const timed& t0, const timed& t1, std::uint64_t check)
 // hop
 // ============================================================================
 
-struct hop_state {
-    std::size_t sessions = 0;  // how many the acceptors will start
-    std::size_t waiting = 0;   // sessions that reached their first read
-    std::size_t ended = 0;
-    std::size_t errors = 0;
-    std::string first_error;
-    hop::event all_waiting;
-    hop::event all_ended;
-
-    void fail(const std::string& what) {
-        if (errors++ == 0) first_error = what;
-    }
-    void check() const {
-        if (errors) throw std::runtime_error("hop: " + std::to_string(errors) + " error(s), the first: " + first_error);
-    }
-};
+using bench::hop_state;
 
 // The echo server's session: 64-byte buffer in the coroutine frame.
 hop::task<void> hop_session(hop::tcp_stream s, hop_state* st) {
-    try {
-        s.set_nodelay(true);
-        msg buf;
-        bool first = true;
-        for (;;) {
-            if (first) {
-                first = false;
-                if (++st->waiting == st->sessions) st->all_waiting.set();
-            }
-            std::size_t n = co_await s.read_some(buf);
-            if (n == 0) break;
-            co_await s.write_all(std::span<const char>(buf.data(), n));
-        }
-    } catch (const std::exception& e) {
-        st->fail(e.what());
-    }
-    if (++st->ended == st->sessions) st->all_ended.set();
+    return bench::hop_echo_session<sizeof(msg)>(std::move(s), st);
 }
 
 hop::task<void> hop_acceptor(hop::tcp_listener* lis, std::size_t n, hop::io_loop* loop, hop_state* st) {
@@ -292,11 +257,7 @@ hop::task<bench::sample> hop_idle(hop::io_loop* loop, std::size_t conns) {
 template <class Make>
 bench::sample hop_side(hop::backend b, Make make) {
     prepare_child();
-    hop::io_loop loop{{.backend = b}};
-    auto f = loop.spawn(make(&loop));
-    f.on_done([&loop](const auto&) { loop.stop(); });
-    loop.run();
-    return f.get();
+    return bench::run_on_loop(b, make);
 }
 
 // ============================================================================
@@ -465,18 +426,7 @@ asio::awaitable<bench::sample> asio_idle(asio::io_context* ctx, std::size_t conn
 template <class Make>
 bench::sample asio_side(Make make) {
     prepare_child();
-    asio::io_context ctx{1};
-    bench::sample out;
-    std::exception_ptr error;
-    auto on_done = [&](std::exception_ptr e, bench::sample s) {
-        error = e;
-        out = s;
-        ctx.stop();
-    };
-    asio::co_spawn(ctx, make(&ctx), on_done);
-    ctx.run();
-    if (error) std::rethrow_exception(error);
-    return out;
+    return bench::run_on_context(make);
 }
 
 // ============================================================================

@@ -98,12 +98,6 @@
 //
 //   uring_recv_bench [--quick] [--rounds N] [--buffers N] [--only separate|inproc]
 
-// Asio 1.22 looks for clang's old <experimental/coroutine>; clang 16 has the
-// standard one (bench/meson.build passes this too; here for a bare compile).
-#if defined(__clang__) && !defined(ASIO_HAS_CO_AWAIT)
-#define ASIO_HAS_CO_AWAIT 1
-#endif
-
 #include "common.hpp"
 
 #include <hop/hop.hpp>
@@ -202,15 +196,8 @@ bool read_all_fd(int fd, void* p, std::size_t n, const char* what) {
     return true;
 }
 
-struct timed {
-    bench::clock::time_point wall;
-    bench::cpu_times cpu;
-    static timed now() { return {bench::clock::now(), bench::process_cpu_times()}; }
-};
-
-double seconds_between(const timed& t0, const timed& t1) {
-    return std::chrono::duration<double>(t1.wall - t0.wall).count();
-}
+using bench::seconds_between;
+using bench::timed;
 
 // An io_uring, exited on scope end.
 class ring_owner {
@@ -389,7 +376,7 @@ client_report run_client(std::uint16_t port, std::size_t conns, std::size_t roun
     const timed t1 = timed::now();
     cl.close_all();
     rep.check = cl.check();
-    rep.wall = std::chrono::duration<double>(t1.wall - t0.wall).count();
+    rep.wall = seconds_between(t0, t1);
     rep.user = t1.cpu.user - t0.cpu.user;
     rep.sys = t1.cpu.system - t0.cpu.system;
     rep.ok = true;
@@ -485,24 +472,42 @@ struct raw_conn {
     std::deque<std::pair<unsigned, unsigned>> waiting;  // (buffer id, length) received during a send
 };
 
-int listen_loopback(std::uint16_t* port) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw_errno(errno, "server socket");
-    int one = 1;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, backlog) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-        int e = errno;
-        ::close(fd);
-        throw_errno(e, "server bind/listen on 127.0.0.1:0");
+// A listening socket on 127.0.0.1 at a free port, closed by close() or on
+// scope end.
+class loopback_listener {
+public:
+    loopback_listener() {
+        m_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (m_fd < 0) throw_errno(errno, "server socket");
+        int one = 1;
+        ::setsockopt(m_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof a;
+        if (::bind(m_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(m_fd, backlog) != 0 ||
+            ::getsockname(m_fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+            int e = errno;
+            close();
+            throw_errno(e, "server bind/listen on 127.0.0.1:0");
+        }
+        m_port = ntohs(a.sin_port);
     }
-    *port = ntohs(a.sin_port);
-    return fd;
-}
+    ~loopback_listener() { close(); }
+    loopback_listener(const loopback_listener&) = delete;
+    loopback_listener& operator=(const loopback_listener&) = delete;
+
+    int fd() const { return m_fd; }
+    std::uint16_t port() const { return m_port; }
+    void close() {
+        if (m_fd >= 0) ::close(m_fd);
+        m_fd = -1;
+    }
+
+private:
+    int m_fd = -1;
+    std::uint16_t m_port = 0;
+};
 
 // The raw echo server's connections and what each completion does to them.
 class raw_server {
@@ -644,120 +649,97 @@ private:
     server_figures m_f;
 };
 
+// A raw server's figures: the CPU from t0 to t1, what `srv` counted, and
+// `enters` (its io_uring_submit_and_wait calls in between).
+server_figures raw_figures(const raw_server& srv, const timed& t0, const timed& t1, std::uint64_t enters) {
+    server_figures out = figures(t0, t1);
+    out.rearms = srv.counts().rearms;
+    out.nobufs = srv.counts().nobufs;
+    out.multishot_cqes = srv.counts().multishot_cqes;
+    out.enters = enters;
+    return out;
+}
+
 // (a) / (b) as a server process: serves a client in another process.
 server_figures run_raw_server(bool multishot, unsigned ring_flags, std::size_t conns, unsigned buffers, control& ctl) {
-    std::uint16_t port = 0;
-    const int lfd = listen_loopback(&port);
-    ctl.send_port(port);
+    loopback_listener lis;
+    ctl.send_port(lis.port());
     ring_owner ro(1024, ring_flags, "server");
     io_uring* ring = ro.get();
-    std::unique_ptr<raw_server> srv;
-    try {
-        srv = std::make_unique<raw_server>(ring, lfd, conns, multishot, buffers);
-    } catch (...) {
-        ::close(lfd);
-        throw;
-    }
-    ::close(lfd);
-    srv->start();
+    raw_server srv(ring, lis.fd(), conns, multishot, buffers);
+    lis.close();
+    srv.start();
     ctl.go();
     std::uint64_t enters = 0;
     const timed t0 = timed::now();
-    while (!srv->finished()) {
+    while (!srv.finished()) {
         ++enters;
-        reap(ring, [&](const io_uring_cqe& cqe) { srv->on_cqe(cqe); });
-        srv->after_batch();
+        reap(ring, [&](const io_uring_cqe& cqe) { srv.on_cqe(cqe); });
+        srv.after_batch();
     }
     const timed t1 = timed::now();
-    server_figures out = figures(t0, t1);
-    out.rearms = srv->counts().rearms;
-    out.nobufs = srv->counts().nobufs;
-    out.multishot_cqes = srv->counts().multishot_cqes;
-    out.enters = enters;
-    return out;
+    return raw_figures(srv, t0, t1, enters);
 }
 
 // (a) / (b) with the client in the same process, on the same thread and the
 // same ring (echo_bench's setup): the figures are client + server.
 server_figures run_raw_inproc(bool multishot, unsigned ring_flags, std::size_t conns, std::size_t rounds,
                               unsigned buffers, std::uint64_t* check, double* wall) {
-    std::uint16_t port = 0;
-    const int lfd = listen_loopback(&port);
+    loopback_listener lis;
     ring_owner ro(1024, ring_flags, "in-process");
     io_uring* ring = ro.get();
-    std::unique_ptr<raw_client> cl;
-    std::unique_ptr<raw_server> srv;
-    try {
-        cl = std::make_unique<raw_client>(port, conns, rounds);
-        srv = std::make_unique<raw_server>(ring, lfd, conns, multishot, buffers);
-    } catch (...) {
-        ::close(lfd);
-        throw;
-    }
-    ::close(lfd);
-    srv->start();
+    raw_client cl(lis.port(), conns, rounds);
+    raw_server srv(ring, lis.fd(), conns, multishot, buffers);
+    lis.close();
+    srv.start();
     std::uint64_t enters = 0;
     const timed t0 = timed::now();
-    cl->start(ring);
+    cl.start(ring);
     bool closed = false;
-    while (!srv->finished()) {
+    while (!srv.finished()) {
         ++enters;
         reap(ring, [&](const io_uring_cqe& cqe) {
             if (side_of(cqe) == client_side) {
-                cl->on_cqe(ring, cqe);
+                cl.on_cqe(ring, cqe);
             } else {
-                srv->on_cqe(cqe);
+                srv.on_cqe(cqe);
             }
         });
-        srv->after_batch();
-        if (!closed && cl->finished()) {
+        srv.after_batch();
+        if (!closed && cl.finished()) {
             *wall = seconds_between(t0, timed::now());
-            cl->close_all();
+            cl.close_all();
             closed = true;
         }
     }
     const timed t1 = timed::now();
-    *check = cl->check();
-    server_figures out = figures(t0, t1);
-    out.rearms = srv->counts().rearms;
-    out.nobufs = srv->counts().nobufs;
-    out.multishot_cqes = srv->counts().multishot_cqes;
-    out.enters = enters;
-    return out;
+    *check = cl.check();
+    return raw_figures(srv, t0, t1, enters);
 }
 
 // ============================================================================
 // (c) hop's io_uring tcp_stream server
 // ============================================================================
 
-struct hop_state {
-    std::size_t sessions = 0;
-    std::size_t waiting = 0;
-    std::size_t ended = 0;
-    std::size_t errors = 0;
-    std::string first_error;
-    hop::event all_waiting;
-    hop::event all_ended;
-};
+using bench::hop_state;
 
 hop::task<void> hop_session(hop::tcp_stream s, hop_state* st) {
-    try {
-        s.set_nodelay(true);
-        std::array<char, buf_size> buf;
-        bool first = true;
-        for (;;) {
-            if (first) {
-                first = false;
-                if (++st->waiting == st->sessions) st->all_waiting.set();
-            }
-            std::size_t n = co_await s.read_some(buf);
-            if (n == 0) break;
-            co_await s.write_all(std::span<const char>(buf.data(), n));
-        }
-    } catch (const std::exception& e) {
-        if (st->errors++ == 0) st->first_error = e.what();
-    }
-    if (++st->ended == st->sessions) st->all_ended.set();
+    return bench::hop_echo_session<buf_size>(std::move(s), st);
+}
+
+// Once every session waits in its first read: tells the client to go, waits
+// for the last session's end, and returns the CPU used in between. `Task` is
+// the side's coroutine type (hop::task or asio::awaitable), `State` its
+// bench::echo_state. @throws std::runtime_error for a session's error.
+template <class Task, class State>
+Task timed_sessions(State* st, control* ctl) {
+    co_await st->all_waiting.wait();
+    ctl->go();
+    const timed t0 = timed::now();
+    co_await st->all_ended.wait();
+    const timed t1 = timed::now();
+    st->check();
+    co_return figures(t0, t1);
 }
 
 hop::task<server_figures> hop_server(hop::io_loop* loop, std::size_t conns, control* ctl) {
@@ -769,21 +751,12 @@ hop::task<server_figures> hop_server(hop::io_loop* loop, std::size_t conns, cont
         hop::tcp_stream s = co_await lis.accept();
         (void)loop->spawn(hop_session(std::move(s), &st));
     }
-    co_await st.all_waiting.wait();
-    ctl->go();
-    const timed t0 = timed::now();
-    co_await st.all_ended.wait();
-    const timed t1 = timed::now();
-    if (st.errors) throw std::runtime_error("hop server: " + std::to_string(st.errors) + " error(s), the first: " + st.first_error);
-    co_return figures(t0, t1);
+    co_return co_await timed_sessions<hop::task<server_figures>>(&st, ctl);
 }
 
 server_figures run_hop_server(std::size_t conns, control& ctl) {
-    hop::io_loop loop{{.backend = hop::backend::io_uring}};
-    auto f = loop.spawn(hop_server(&loop, conns, &ctl));
-    f.on_done([&loop](const auto&) { loop.stop(); });
-    loop.run();
-    return f.get();
+    return bench::run_on_loop(hop::backend::io_uring,
+                              [conns, &ctl](hop::io_loop* loop) { return hop_server(loop, conns, &ctl); });
 }
 
 // ============================================================================
@@ -813,27 +786,11 @@ asio::awaitable<server_figures> asio_server(asio::io_context* ctx, std::size_t c
         tcp::socket s = co_await acc.async_accept(asio::use_awaitable);
         asio::co_spawn(*ctx, asio_session(std::move(s), &st), asio::detached);
     }
-    co_await st.all_waiting.wait();
-    ctl->go();
-    const timed t0 = timed::now();
-    co_await st.all_ended.wait();
-    const timed t1 = timed::now();
-    if (st.errors) throw std::runtime_error("asio server: " + std::to_string(st.errors) + " error(s), the first: " + st.first_error);
-    co_return figures(t0, t1);
+    co_return co_await timed_sessions<asio::awaitable<server_figures>>(&st, ctl);
 }
 
 server_figures run_asio_server(std::size_t conns, control& ctl) {
-    asio::io_context ctx{1};
-    server_figures out;
-    std::exception_ptr error;
-    asio::co_spawn(ctx, asio_server(&ctx, conns, &ctl), [&](std::exception_ptr e, server_figures f) {
-        error = e;
-        out = f;
-        ctx.stop();
-    });
-    ctx.run();
-    if (error) std::rethrow_exception(error);
-    return out;
+    return bench::run_on_context([conns, &ctl](asio::io_context* ctx) { return asio_server(ctx, conns, &ctl); });
 }
 
 // ============================================================================
@@ -894,6 +851,48 @@ server_figures serve(variant v, const run_config& rc, control& ctl) {
     throw std::logic_error("unknown variant");
 }
 
+// `r` with the server's figures `sf`, marked ok.
+run_result with_server(run_result r, const server_figures& sf) {
+    r.srv_user = sf.user;
+    r.srv_sys = sf.sys;
+    r.rearms = sf.rearms;
+    r.nobufs = sf.nobufs;
+    r.multishot_cqes = sf.multishot_cqes;
+    r.enters = sf.enters;
+    r.ok = true;
+    return r;
+}
+
+// Forks a child that runs `fn()`, writes the report it returns (a struct
+// with `ok` and `error`, sent as bytes; a throw from `fn` goes to `error`)
+// to `out_fd`, and exits: 0 if the report is ok and written whole. In the
+// parent: the child's pid. @throws std::runtime_error if fork fails.
+template <class Fn>
+pid_t fork_reporting(int out_fd, const char* what, Fn fn) {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    const pid_t pid = ::fork();
+    if (pid < 0) throw_errno(errno, what);
+    if (pid > 0) return pid;
+    decltype(fn()) rep;
+    try {
+        rep = fn();
+    } catch (const std::exception& e) {
+        std::snprintf(rep.error, sizeof rep.error, "%s", e.what());
+    }
+    leak_check_before_exit();
+    ssize_t w = ::write(out_fd, &rep, sizeof rep);
+    ::_exit(rep.ok && w == static_cast<ssize_t>(sizeof rep) ? 0 : 1);
+}
+
+// Waits for the child `pid` to end; its wait status.
+int wait_child(pid_t pid) {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return status;
+}
+
 // In the server's child: starts the client, serves, collects the client's report.
 run_result server_process(variant v, const run_config& rc) {
     start_watchdog();
@@ -902,39 +901,20 @@ run_result server_process(variant v, const run_config& rc) {
         run_result r;
         const server_figures sf = run_raw_inproc(is_multishot(v), flags_of(v), rc.conns, rc.rounds_each, rc.buffers,
                                                  &r.check, &r.wall);
-        r.srv_user = sf.user;
-        r.srv_sys = sf.sys;
-        r.rearms = sf.rearms;
-        r.nobufs = sf.nobufs;
-        r.multishot_cqes = sf.multishot_cqes;
-        r.enters = sf.enters;
-        r.ok = true;
-        return r;
+        return with_server(r, sf);
     }
     int to_client[2], from_client[2];
     if (::pipe2(to_client, O_CLOEXEC) != 0 || ::pipe2(from_client, O_CLOEXEC) != 0) throw_errno(errno, "pipe2");
-    std::fflush(stdout);
-    std::fflush(stderr);
-    const pid_t pid = ::fork();
-    if (pid < 0) throw_errno(errno, "fork the client");
-    if (pid == 0) {
+    const pid_t pid = fork_reporting(from_client[1], "fork the client", [&] {
         ::close(to_client[1]);
         ::close(from_client[0]);
         start_watchdog();
-        client_report rep;
-        try {
-            std::uint16_t port = 0;
-            if (!read_all_fd(to_client[0], &port, sizeof port, "client: read the port")) {
-                throw std::runtime_error("client: the server went away before listening");
-            }
-            rep = run_client(port, rc.conns, rc.rounds_each, to_client[0]);
-        } catch (const std::exception& e) {
-            std::snprintf(rep.error, sizeof rep.error, "%s", e.what());
+        std::uint16_t port = 0;
+        if (!read_all_fd(to_client[0], &port, sizeof port, "client: read the port")) {
+            throw std::runtime_error("client: the server went away before listening");
         }
-        leak_check_before_exit();
-        ssize_t w = ::write(from_client[1], &rep, sizeof rep);
-        ::_exit(rep.ok && w == static_cast<ssize_t>(sizeof rep) ? 0 : 1);
-    }
+        return run_client(port, rc.conns, rc.rounds_each, to_client[0]);
+    });
     ::close(to_client[0]);
     ::close(from_client[1]);
     control ctl{to_client[1]};
@@ -948,9 +928,7 @@ run_result server_process(variant v, const run_config& rc) {
     }
     client_report rep;
     const bool got = read_all_fd(from_client[0], &rep, sizeof rep, "server: read the client's report");
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    wait_child(pid);
     ::close(to_client[1]);
     ::close(from_client[0]);
     if (!got || !rep.ok) throw std::runtime_error(std::string("client failed: ") + (got ? rep.error : "no report"));
@@ -959,43 +937,22 @@ run_result server_process(variant v, const run_config& rc) {
     r.cli_user = rep.user;
     r.cli_sys = rep.sys;
     r.check = rep.check;
-    r.srv_user = sf.user;
-    r.srv_sys = sf.sys;
-    r.rearms = sf.rearms;
-    r.nobufs = sf.nobufs;
-    r.multishot_cqes = sf.multishot_cqes;
-    r.enters = sf.enters;
-    r.ok = true;
-    return r;
+    return with_server(r, sf);
 }
 
 // Runs server_process(v) in a child (nothing of one run is left in the next).
 run_result run_isolated(variant v, const run_config& rc) {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno(errno, "pipe2");
-    std::fflush(stdout);
-    std::fflush(stderr);
-    const pid_t pid = ::fork();
-    if (pid < 0) throw_errno(errno, "fork");
-    if (pid == 0) {
+    const pid_t pid = fork_reporting(fds[1], "fork", [&] {
         ::close(fds[0]);
-        run_result r;
-        try {
-            r = server_process(v, rc);
-        } catch (const std::exception& e) {
-            std::snprintf(r.error, sizeof r.error, "%s", e.what());
-        }
-        leak_check_before_exit();
-        ssize_t w = ::write(fds[1], &r, sizeof r);
-        ::_exit(r.ok && w == static_cast<ssize_t>(sizeof r) ? 0 : 1);
-    }
+        return server_process(v, rc);
+    });
     ::close(fds[1]);
     run_result r;
     const bool got = read_all_fd(fds[0], &r, sizeof r, "read a run's result");
     ::close(fds[0]);
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    const int status = wait_child(pid);
     if (!got) throw std::runtime_error(std::string(label(v)) + ": the run died (status " + std::to_string(status) + ")");
     if (!r.ok) throw std::runtime_error(std::string(label(v)) + ": " + r.error);
     return r;
@@ -1078,12 +1035,13 @@ std::size_t parse_count(const std::string& flag, const std::string& v, std::size
     return n;
 }
 
-double median(std::vector<double> v) {
+// The median (of the middle two for an even count), min and max of `v`
+// (not empty).
+std::array<double, 3> spread(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     const std::size_t n = v.size();
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    return {n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2, v.front(), v.back()};
 }
-
 
 // Runs `vs` interleaved for `rounds` rounds and prints the section's tables.
 void run_section(const char* title, const std::vector<variant>& vs, const run_config& rc, std::size_t rounds,
@@ -1103,8 +1061,7 @@ void run_section(const char* title, const std::vector<variant>& vs, const run_co
     auto fig = [&](std::size_t k, auto f) {
         std::vector<double> v;
         for (const auto& r : runs[k]) v.push_back(f(r));
-        return std::array<double, 3>{median(v), *std::min_element(v.begin(), v.end()),
-                                     *std::max_element(v.begin(), v.end())};
+        return spread(std::move(v));
     };
     auto rate = [&](const run_result& r) { return rts / r.wall; };
     auto user = [&](const run_result& r) { return r.srv_user * 1e6 / rts; };
@@ -1122,8 +1079,7 @@ void run_section(const char* title, const std::vector<variant>& vs, const run_co
     auto paired = [&](std::size_t base, std::size_t k, auto f) {
         std::vector<double> v;
         for (std::size_t r = 0; r < runs[k].size(); ++r) v.push_back(f(runs[base][r]) / f(runs[k][r]));
-        return std::array<double, 3>{median(v), *std::min_element(v.begin(), v.end()),
-                                     *std::max_element(v.begin(), v.end())};
+        return spread(std::move(v));
     };
     std::size_t asio_k = vs.size();
     for (std::size_t k = 0; k < vs.size(); ++k) {
