@@ -548,9 +548,14 @@ task<int> server_connection::request_loop() {
         m_in.consume(used);
         switch (ev) {
             case parser::event::need_more: {
-                if (!p.started() && !m_tls && m_in.view().empty()) {
-                    // Between requests, nothing buffered: wait in a small
-                    // frame, holding neither an input buffer nor fill's frame.
+                if (!p.started() && !m_tls && m_in.view().empty() &&
+                    m_sh->m_loop->backend_kind() == hop::backend::epoll) {
+                    // Between requests, nothing buffered, on epoll: wait in a
+                    // small frame, holding neither an input buffer nor
+                    // fill's frame. (epoll waits for readiness anyway. On
+                    // io_uring the wait and then the read would be two
+                    // submissions per request instead of one: measured,
+                    // 20-30% fewer requests/s; the read keeps its buffer.)
                     const bool open = co_await await_request();
                     if (!open) co_return 0;
                 }
@@ -598,10 +603,11 @@ task<int> server_connection::request_loop() {
     }
 }
 
-// A keep-alive connection waiting for its next request (plain http, no
-// input left over): flushes what is pending, frees the input buffer and
-// waits until the client sends, so an idle connection holds no read buffer
-// (nginx frees its header buffer the same way). fill() then reads at once.
+// A keep-alive connection waiting for its next request (plain http on
+// epoll, no input left over): flushes what is pending, frees the input
+// buffer and waits until the client sends, so an idle connection holds no
+// read buffer (nginx frees its header buffer the same way). fill() then
+// reads at once.
 // False: the server drains and the connection ends here.
 task<bool> server_connection::await_request() {
     if (!m_out.empty()) co_await flush();
