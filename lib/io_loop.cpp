@@ -6,6 +6,7 @@
 
 #include <hop/detail/blocking.hpp>
 #include <hop/detail/fd_wait.hpp>
+#include <hop/detail/io_handle.hpp>
 #include <hop/io_loop.hpp>
 
 #include <unistd.h>
@@ -462,9 +463,17 @@ void io_close_fd(io_loop* loop, int fd, fd_registration* reg) noexcept {
     }
 }
 
+fd_wait_operation::fd_wait_operation(io_handle& h, unsigned events, const char* what)
+    : io_operation(h.loop_for(what)), m_what(what) {
+    io.kind = &io_kind_poll;
+    io.fd = h.fd();
+    io.events = events;
+    io.reg = h.reg();
+}
+
 unsigned fd_wait_operation::await_resume() {
     const int r = take_result();
-    if (r < 0) throw_io_failure(r, "hop: wait on fd " + std::to_string(io.fd));
+    if (r < 0) throw_io_failure(r, std::string(m_what) + " on fd " + std::to_string(io.fd));
     return static_cast<unsigned>(r);
 }
 

@@ -10,7 +10,6 @@
 
 #include <fcntl.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -118,19 +117,6 @@ std::size_t transfer_operation::await_resume() {
         default:
             return static_cast<std::size_t>(r);
     }
-}
-
-readiness_operation::readiness_operation(socket_handle& s, bool writable, const char* what)
-    : io_operation(s.loop_for(what)), m_what(what) {
-    io.kind = &io_kind_poll;
-    io.fd = s.fd();
-    io.events = writable ? POLLOUT : POLLIN;
-    io.reg = s.reg();
-}
-
-void readiness_operation::await_resume() {
-    const int r = take_result();
-    if (r < 0) detail::throw_io_failure(r, on_fd(m_what, io.fd));
 }
 
 // ---- accept -------------------------------------------------------------

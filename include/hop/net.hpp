@@ -32,12 +32,14 @@
 
 #include <hop/detail/buffer.hpp>
 #include <hop/detail/executor.hpp>
+#include <hop/detail/fd_wait.hpp>
 #include <hop/detail/io_handle.hpp>
 #include <hop/detail/io_op.hpp>
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -154,18 +156,6 @@ private:
     const char* m_what;
     mode m_mode;
     bool m_ready = false;
-};
-
-/// wait_readable / wait_writable: readiness, on the socket's own
-/// registration; nothing is read or written.
-class readiness_operation : public io_operation {
-public:
-    readiness_operation(socket_handle& s, bool writable, const char* what);
-    /// @throws std::system_error naming the call and the fd; cancelled_error.
-    void await_resume();
-
-private:
-    const char* m_what;
 };
 
 class accept_operation : public io_operation {
@@ -285,15 +275,18 @@ public:
 
     /// `co_await s.wait_readable()`: resumes once a read would not block
     /// (bytes, the peer's FIN, or an error wait to be read); consumes
-    /// nothing. A server waiting for a client's next request this way holds
-    /// no read buffer meanwhile. A cancellation point, like every await.
-    /// @throws std::system_error (EBADF) if the stream is closed;
-    ///         cancelled_error if it is closed or stopped while waiting.
-    detail::readiness_operation wait_readable() { return {m_handle, false, "hop::tcp_stream::wait_readable"}; }
+    /// nothing. Returns the ready poll events (POLLIN, POLLHUP, POLLERR...).
+    /// A server waiting for a client's next request this way holds no read
+    /// buffer meanwhile. A cancellation point, like every await.
+    /// @throws std::system_error (EBADF) naming the call if the stream is
+    ///         closed; cancelled_error if it is closed or stopped while
+    ///         waiting.
+    detail::fd_wait_operation wait_readable() { return {m_handle, POLLIN, "hop::tcp_stream::wait_readable"}; }
     /// `co_await s.wait_writable()`: resumes once a write would not block
-    /// (send buffer space, or an error); writes nothing.
+    /// (send buffer space, or an error); writes nothing. Returns the ready
+    /// poll events (POLLOUT, POLLHUP, POLLERR...).
     /// @throws as wait_readable.
-    detail::readiness_operation wait_writable() { return {m_handle, true, "hop::tcp_stream::wait_writable"}; }
+    detail::fd_wait_operation wait_writable() { return {m_handle, POLLOUT, "hop::tcp_stream::wait_writable"}; }
 
     /// Sends FIN: the peer's reads end; this side can still read.
     void shutdown_write();

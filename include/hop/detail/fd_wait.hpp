@@ -7,6 +7,8 @@
 
 namespace hop::detail {
 
+class io_handle;
+
 class fd_wait_operation : public io_operation {
 public:
     /// `events`: POLLIN and/or POLLOUT.
@@ -15,11 +17,20 @@ public:
         io.fd = fd;
         io.events = events;
     }
+    /// On an IO object's own fd and registration, on the loop its
+    /// operations use (tcp_stream::wait_readable / wait_writable); `what`
+    /// names the call in errors.
+    /// @throws as io_handle::loop_for (EBADF naming `what` if closed).
+    fd_wait_operation(io_handle& h, unsigned events, const char* what);
 
     /// The ready events (POLLIN, POLLOUT, POLLHUP, POLLERR...).
     /// @throws cancelled_error if stop was requested and the wait was
-    ///         cancelled; std::system_error for a kernel error.
+    ///         cancelled; std::system_error for a kernel error, naming the
+    ///         call (or "hop: wait") and the fd.
     unsigned await_resume();
+
+private:
+    const char* m_what = "hop: wait";
 };
 
 /// `co_await hop::detail::wait_fd(fd, POLLIN)`: waits on the calling
