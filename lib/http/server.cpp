@@ -415,11 +415,7 @@ private:
         }
         // Frees a large buffer that holds nothing.
         void shrink() noexcept {
-            if (m_begin == m_end && m_cap > small_read) {
-                m_data.reset();
-                m_cap = 0;
-                m_begin = m_end = 0;
-            }
+            if (m_cap > small_read) release();
         }
         std::size_t capacity() const noexcept { return m_cap; }
 
@@ -432,6 +428,7 @@ private:
 
     task<int> request_loop();
     task<bool> await_request();
+    bool enter_idle();
     task<bool> fill(parser& p);
     task<void> flush();
     task<bool> respond(request& req);
@@ -611,13 +608,21 @@ task<int> server_connection::request_loop() {
 // False: the server drains and the connection ends here.
 task<bool> server_connection::await_request() {
     if (!m_out.empty()) co_await flush();
-    if (m_sh->m_draining) co_return false;
-    m_phase = phase::idle;
+    if (!enter_idle()) co_return false;
     m_in.release();
+    (void)co_await m_stream.wait_readable();
+    co_return true;
+}
+
+// Between requests: hold as little as possible, and time the wait with
+// idle_timeout. False: the server drains, so the connection ends here.
+bool server_connection::enter_idle() {
+    if (m_sh->m_draining) return false;
+    m_phase = phase::idle;
+    m_in.shrink();
     if (m_out.capacity() > small_read) std::string().swap(m_out);
     arm_idle();
-    co_await m_stream.wait_readable();
-    co_return true;
+    return true;
 }
 
 // Flushes what is pending, then reads more input. False: the connection
@@ -627,14 +632,9 @@ task<bool> server_connection::fill(parser& p) {
     if (!m_out.empty()) co_await flush();
     std::size_t want = m_next_read;
     if (!p.started()) {
-        if (m_sh->m_draining) co_return false;
-        m_phase = phase::idle;
-        // Between requests: hold as little as possible.
-        m_in.shrink();
-        if (m_out.capacity() > small_read) std::string().swap(m_out);
+        if (!enter_idle()) co_return false;
         want = small_read;
         m_next_read = small_read;
-        arm_idle();
     } else if (!p.in_message()) {
         m_phase = phase::head;
         if (!m_header_armed) {
