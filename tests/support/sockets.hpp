@@ -11,6 +11,7 @@
 #include <hop/task.hpp>
 
 #include "backend.hpp"
+#include "guard.hpp"
 
 #include <doctest/doctest.h>
 
@@ -29,6 +30,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <span>
 #include <sstream>
@@ -37,24 +39,11 @@
 #include <utility>
 #include <vector>
 
-#if defined(__SANITIZE_THREAD__)
-#define HOP_TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define HOP_TEST_TSAN 1
-#endif
-#endif
-#ifndef HOP_TEST_TSAN
-#define HOP_TEST_TSAN 0
-#endif
-
 namespace hop_test {
-
-inline constexpr bool under_tsan = HOP_TEST_TSAN != 0;
 
 // A failure guard only: every wait in the socket tests is released by the
 // test itself; the bound turns a hang into a failed check.
-inline constexpr auto socket_guard = std::chrono::seconds(30);
+inline constexpr auto socket_guard = scaled(std::chrono::seconds(30));
 
 /// Runs `t` on `loop` on the calling thread until it is done, and returns
 /// its future (done, unless the watchdog had to stop the loop: then not).
@@ -73,11 +62,15 @@ hop::future<T> drive(hop::io_loop& loop, hop::task<T> t, std::chrono::nanosecond
 }
 
 /// drive() for doctest: REQUIREs that `t` ended, returns its value (or
-/// rethrows its exception).
+/// rethrows its exception). If the guard fires, the failure quotes
+/// `pending()` (what the task still waits for; called on this thread with the
+/// loop stopped), so that a lost wakeup can be told from a slow run.
 template <class T>
-T run_on(hop::io_loop& loop, hop::task<T> t) {
+T run_on(hop::io_loop& loop, hop::task<T> t, const std::function<std::string()>& pending = {}) {
     auto f = drive(loop, std::move(t));
-    REQUIRE_MESSAGE(f.done(), "the test's task did not end within the guard: a lost wakeup or a hang");
+    REQUIRE_MESSAGE(f.done(), "the test's task did not end within the guard ("
+                                  << std::chrono::duration<double>(socket_guard).count()
+                                  << " s): a lost wakeup or a hang; pending: " << (pending ? pending() : "(not described)"));
     if constexpr (std::is_void_v<T>) {
         std::move(f).get();
     } else {
@@ -87,9 +80,9 @@ T run_on(hop::io_loop& loop, hop::task<T> t) {
 
 /// run_on a fresh loop of backend `b` (destroyed before this returns).
 template <class T>
-T run_on(hop::backend b, hop::task<T> t) {
+T run_on(hop::backend b, hop::task<T> t, const std::function<std::string()>& pending = {}) {
     hop::io_loop loop{options_for(b)};
-    return run_on(loop, std::move(t));
+    return run_on(loop, std::move(t), pending);
 }
 
 /// Aborts the process with `what` on stderr if it is still alive after
