@@ -4,6 +4,7 @@
 #include <hop/task.hpp>
 
 #include "support/counted.hpp"
+#include "support/guard.hpp"
 
 #include <doctest/doctest.h>
 
@@ -36,7 +37,7 @@ namespace {
 
 // A failure guard only: every wait below is released by the test itself; the
 // bound just turns a lost wakeup into a failed check instead of a hung run.
-constexpr auto guard = 60s;
+constexpr auto guard = hop_test::scaled(60s);
 
 /// A one-shot signal built on hop's own promise/future.
 struct gate {

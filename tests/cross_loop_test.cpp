@@ -16,6 +16,7 @@
 
 #include "lib/loop_core.hpp"
 #include "support/backend.hpp"
+#include "support/guard.hpp"
 #include "support/os.hpp"
 
 #include <doctest/doctest.h>
@@ -43,7 +44,7 @@ using hop_test::running_loop;
 namespace {
 
 // A failure guard only: every wait below is released by the test itself.
-constexpr auto guard = 60s;
+constexpr auto guard = hop_test::scaled(60s);
 
 using loop_set = std::vector<std::unique_ptr<running_loop>>;
 

@@ -9,6 +9,7 @@
 
 #include "support/backend.hpp"
 #include "support/counted.hpp"
+#include "support/guard.hpp"
 
 #include <doctest/doctest.h>
 
@@ -82,7 +83,7 @@ TEST_CASE("the blocking pool grows: 16 calls that wait for each other all run at
     }
     int sum = 0;
     for (auto& f : fs) {
-        REQUIRE(f.wait_for(60s));
+        REQUIRE(f.wait_for(hop_test::scaled(60s)));
         sum += f.get();
     }
     CHECK(sum == 120);
@@ -97,7 +98,7 @@ using hop_test::running_loop;
 namespace {
 
 // A failure guard only: every wait below is released by the test itself.
-constexpr auto guard = 60s;
+constexpr auto guard = hop_test::scaled(60s);
 
 /// A fresh directory under /tmp, removed with everything in it at the end.
 class temp_dir {

@@ -17,6 +17,7 @@
 #include <hop/task.hpp>
 
 #include "support/counting_new.hpp"
+#include "support/guard.hpp"
 
 #include <doctest/doctest.h>
 
@@ -39,7 +40,7 @@ struct boom : std::runtime_error {
     explicit boom(const std::string& what) : std::runtime_error(what) {}
 };
 
-constexpr auto patience = 60s;  // a failure detector, not a timing assumption
+constexpr auto patience = hop_test::scaled(60s);  // a failure detector, not a timing assumption
 
 /// Signals once; waiters give up after `patience`.
 struct signal {

@@ -7,6 +7,7 @@
 
 #include "support/counted.hpp"
 #include "support/counting_new.hpp"
+#include "support/guard.hpp"
 
 #include <doctest/doctest.h>
 
@@ -36,7 +37,7 @@ constexpr auto long_timeout = std::chrono::hours(1);
 
 // A failure guard only: every wait it bounds is released by the test
 // itself; it turns a lost resumption into a failed check, not a hung run.
-constexpr auto guard = std::chrono::seconds(30);
+constexpr auto guard = hop_test::scaled(std::chrono::seconds(30));
 
 hop::task<int> await_value(hop::future<int> f) { co_return co_await f; }
 
@@ -1170,7 +1171,7 @@ TEST_CASE("hop::wait polling pending futures with a timeout leaves nothing behin
     CHECK(live() - before < 100);
     p1.set_value(1);
     p2.set_value(2);
-    auto r = hop::wait(fs, hop::return_when::all_completed, 1s);
+    auto r = hop::wait(fs, hop::return_when::all_completed, guard);
     CHECK(r.done.size() == 3);
     CHECK(r.not_done.empty());
 }
@@ -1425,7 +1426,7 @@ TEST_CASE("wait_for polled from many threads shares one waiter and wakes them al
     p.set_value(7);
     for (auto& t : pollers) t.join();
     CHECK(finished.load() == 4);
-    CHECK(f.wait_for(1s));
+    CHECK(f.wait_for(guard));
     CHECK(f.get() == 7);
 }
 

@@ -767,7 +767,7 @@ TEST_CASE("http_pool: out-of-descriptors server (child)" * doctest::skip()) {
     std::printf("%u\n", static_cast<unsigned>(srv.local_endpoint().port()));
     std::fflush(stdout);
     auto serving = pool.spawn_on(0, srv.serve(pool));
-    REQUIRE(serving.wait_for(std::chrono::seconds(50)));
+    REQUIRE(serving.wait_for(hop_test::scaled(std::chrono::seconds(50))));
     serving.get();
     std::fflush(stderr);
     std::_Exit(0);

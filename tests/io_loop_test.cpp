@@ -8,6 +8,7 @@
 
 #include "support/backend.hpp"
 #include "support/counted.hpp"
+#include "support/guard.hpp"
 #include "support/os.hpp"
 
 #include <doctest/doctest.h>
@@ -53,7 +54,7 @@ namespace {
 
 // A failure guard only: every wait below is released by the test itself; the
 // bound turns a lost wakeup into a failed check instead of a hung run.
-constexpr auto guard = 30s;
+constexpr auto guard = hop_test::scaled(30s);
 
 /// Runs loop.run() on a helper thread; its result, or nullopt if it did not
 /// return within the guard (the loop is then stopped so the thread ends).

@@ -516,7 +516,7 @@ TEST_CASE("a task hopping from one pool loop to another that sleeps wakes it (MS
             for (int round = 0; round < 20; ++round) {
                 INFO("round " << round);
                 // Loop 1 sleeps (a state, not a time; a guard fails the test).
-                const auto deadline = std::chrono::steady_clock::now() + 60s;
+                const auto deadline = std::chrono::steady_clock::now() + hop_test::scaled(60s);
                 while (!pool[1].core().sleeping() && std::chrono::steady_clock::now() < deadline) {
                     std::this_thread::yield();
                 }
@@ -528,7 +528,7 @@ TEST_CASE("a task hopping from one pool loop to another that sleeps wakes it (MS
                     co_await p[0].schedule();
                     co_return at;
                 }(pool));
-                REQUIRE(f.wait_for(60s));
+                REQUIRE(f.wait_for(hop_test::scaled(60s)));
                 CHECK(f.get() == 1u);
             }
             if (b == hop::backend::io_uring) {

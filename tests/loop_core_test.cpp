@@ -12,6 +12,7 @@
 #include <hop/detail/fd_wait.hpp>
 
 #include "support/backend.hpp"
+#include "support/guard.hpp"
 #include "support/os.hpp"
 
 #include <doctest/doctest.h>
@@ -44,7 +45,7 @@ using hop_test::pipe_fds;
 namespace {
 
 // A failure guard only: every wait below is released by the test itself.
-constexpr auto guard = 30s;
+constexpr auto guard = hop_test::scaled(30s);
 
 // Waits on `loop` (from wherever the coroutine runs) until `fd` is readable.
 hop::task<unsigned> wait_on(hop::io_loop& loop, int fd, std::latch* started) {

@@ -1,6 +1,7 @@
 #include <hop/hop.hpp>
 
 #include "support/counted.hpp"
+#include "support/guard.hpp"
 
 #include <doctest/doctest.h>
 
@@ -24,7 +25,7 @@ using namespace std::chrono_literals;
 namespace {
 
 // A failure guard only (a lost wakeup fails a check instead of hanging).
-constexpr auto guard = 120s;
+constexpr auto guard = hop_test::scaled(120s);
 
 hop::task<bool> to_pool(hop::cpu_pool& pool) {
     co_await pool.schedule();

@@ -7,6 +7,7 @@
 #include <hop/task.hpp>
 
 #include "support/counted.hpp"
+#include "support/guard.hpp"
 
 #include <doctest/doctest.h>
 
@@ -34,7 +35,7 @@ namespace {
 
 // A failure guard only: every wait below is released by the test itself; the
 // bound turns a lost wakeup into a failed check instead of a hung run.
-constexpr auto guard = 60s;
+constexpr auto guard = hop_test::scaled(60s);
 
 /// An io_loop running on its own thread for the length of a test.
 struct loop_thread {

@@ -9,6 +9,7 @@
 #include "support/backend.hpp"
 #include "support/counted.hpp"
 #include "support/counting_new.hpp"
+#include "support/guard.hpp"
 
 #include <doctest/doctest.h>
 
@@ -40,7 +41,7 @@ namespace {
 // A failure guard only: every wait below is released by the test itself; the
 // bound turns a lost wakeup (or a cancellation that does nothing) into a
 // failed check instead of a hung run.
-constexpr auto guard = 30s;
+constexpr auto guard = hop_test::scaled(30s);
 
 /// Waits for every future, all of them within one guard period; returns how
 /// many did not finish.

@@ -354,11 +354,13 @@ hop::task<void> yield_times(hop::io_loop& loop, int n) {
 }
 
 /// A shutdown that must come back by itself: a hang turns into a failed
-/// check after 5 s (its own bound is far smaller).
+/// check after its own bound plus a guard.
 hop::task<bool> shutdown_returns(tls::stream& s, std::chrono::milliseconds wait_for_peer) {
-    auto f = co_await failure_of(hop::with_timeout(5s, s.shutdown(wait_for_peer)));
+    const auto guard = wait_for_peer + hop_test::scaled(std::chrono::milliseconds(5s));
+    auto f = co_await failure_of(hop::with_timeout(guard, s.shutdown(wait_for_peer)));
     CHECK_MESSAGE(f.kind != failure::timeout, "stream::shutdown(" << wait_for_peer.count()
-                                                                  << " ms) did not return within 5 s");
+                                                                  << " ms) did not return within " << guard.count()
+                                                                  << " ms");
     CHECK_MESSAGE(f.kind == failure::none, "stream::shutdown threw " << toString(f));
     co_return f.kind == failure::none;
 }
@@ -1248,7 +1250,7 @@ hop::task<void> shutdown_now_after_writing(tls::version v) {
     const std::size_t size = std::min<std::size_t>(static_cast<std::size_t>(sndbuf) / 4, 256 * KiB);
     REQUIRE(size > 32 * KiB);
     const std::string data = pattern_bytes(0, size);
-    auto w = co_await failure_of(hop::with_timeout(10s, p.client.write_all(data)));
+    auto w = co_await failure_of(hop::with_timeout(hop_test::scaled(10s), p.client.write_all(data)));
     REQUIRE_MESSAGE(w.kind == failure::none, "the write did not fit the send buffer: " << toString(w));
     CHECK(co_await shutdown_returns(p.client, 0ms));
     auto got = co_await failure_of(read_to_end(p.server));

@@ -15,6 +15,8 @@
 
 #include <doctest/doctest.h>
 
+#include "guard.hpp"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -194,7 +196,7 @@ public:
     /// Blocks until stdout holds a whole line (or ends); returns it without
     /// its newline, and "" at the end. The rest stays for wait()/next lines.
     /// Past `guard` the program is killed and "" returned.
-    std::string read_line(std::chrono::milliseconds guard = std::chrono::seconds(60)) {
+    std::string read_line(std::chrono::milliseconds guard = scaled(std::chrono::seconds(60))) {
         const auto deadline = std::chrono::steady_clock::now() + guard;
         for (;;) {
             const auto nl = m_result.out.find('\n', m_line_pos);
@@ -217,7 +219,7 @@ public:
 
     /// Blocks until the program exits (its outputs read to their ends);
     /// past `guard` it is killed (result.timed_out).
-    peer_result wait(std::chrono::milliseconds guard = std::chrono::seconds(120)) {
+    peer_result wait(std::chrono::milliseconds guard = scaled(std::chrono::seconds(120))) {
         const auto deadline = std::chrono::steady_clock::now() + guard;
         while (m_out >= 0 || m_err >= 0) {
             if (!pump(deadline, false)) {

@@ -61,7 +61,7 @@ inline void run_openssl(std::vector<std::string> args) {
     std::string line;
     for (const auto& a : args) line += a + " ";
     peer_process p(std::move(args));
-    const peer_result r = p.wait(std::chrono::seconds(60));
+    const peer_result r = p.wait(scaled(std::chrono::seconds(60)));
     if (!r.exited_ok()) throw std::runtime_error("tls_certs: `" + line + "` failed: " + r.describe());
 }
 

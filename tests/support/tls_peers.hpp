@@ -54,7 +54,7 @@ namespace hop_test {
 
 /// How long a peer may take to become ready, or to print what a test waits
 /// for, before the test fails: a failure guard, not a synchronisation.
-inline constexpr auto tls_peer_guard = std::chrono::seconds(20);
+inline constexpr auto tls_peer_guard = scaled(std::chrono::seconds(20));
 
 /// Calls `ready()` with a backoff (1 ms doubling to 20 ms) until it is true
 /// (true), `gone()` is true (false), or the guard passes (false).
