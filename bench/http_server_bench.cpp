@@ -1,15 +1,21 @@
 // hop::http::server against nginx, same work in the same run, a 4 KiB body:
 //
 // 1. one loop against one nginx worker: `wrk -t1 -c100 -d5s`, requests/s
-//    and p99 latency; then the memory an idle keep-alive connection costs
-//    each server (VmRSS growth over the second 1000 of 2000 connections that
-//    made one request each and stay open);
+//    and p99 latency;
+// 1b. memory: hop on io_uring, hop on epoll and one nginx worker, each
+//    fresh, after a 1 s wrk run: what an idle keep-alive connection costs
+//    (VmRSS growth over the second half of --connections, default 9000,
+//    connections that made one request each and stay open, per
+//    connection), and VmRSS once they have all closed and the server has
+//    idled for --settle seconds (default 8: hop's loops trim after 5 s idle,
+//    io_loop_options::idle_trim; --idle-trim MS sets it, 0 turns it off);
 // 2. every core: hop on an io_pool of --loops loops (default 2), in each
 //    accept mode (least_loaded, reuse_port), against nginx with as many
 //    workers (one shared listener, as nginx does by default, and with
 //    `listen ... reuseport`): `wrk -t<loops> -c100`.
 //
 //   http_server_bench [--quick] [--backend auto|io_uring|epoll] [--connections N] [--duration S] [--loops N]
+//                     [--settle S] [--idle-trim MS]
 //
 // Each server runs in its own process: hop in a forked child of this
 // program, nginx as itself (a config in a temporary directory, `daemon
@@ -57,9 +63,11 @@ constexpr std::size_t body_size = 4096;
 struct bench_options {
     bool quick = false;
     hop::backend backend = hop::backend::automatic;
-    std::size_t idle_connections = 2000;
+    std::size_t idle_connections = 9000;
     int duration_s = 5;
     std::size_t loops = 2;  // the pool case
+    int settle_s = 8;       // idle after the connections close, before VmRSS is read
+    long idle_trim_ms = -1;  // hop's io_loop_options::idle_trim; -1: its default
 };
 
 bench_options parse(int argc, char** argv) {
@@ -73,7 +81,8 @@ bench_options parse(int argc, char** argv) {
         if (a == "--quick") {
             o.quick = true;
             o.duration_s = 2;
-            o.idle_connections = 500;
+            o.idle_connections = 1000;
+            o.settle_s = 6;
         } else if (a == "--backend") {
             const std::string v = value();
             if (v == "io_uring") {
@@ -85,6 +94,12 @@ bench_options parse(int argc, char** argv) {
             }
         } else if (a == "--connections") {
             o.idle_connections = std::stoul(value());
+            if (o.idle_connections < 2) throw std::invalid_argument("--connections: expected 2 or more");
+        } else if (a == "--settle") {
+            o.settle_s = std::stoi(value());
+        } else if (a == "--idle-trim") {
+            o.idle_trim_ms = std::stol(value());
+            if (o.idle_trim_ms < 0) throw std::invalid_argument("--idle-trim: expected 0 or more milliseconds");
         } else if (a == "--duration") {
             o.duration_s = std::stoi(value());
         } else if (a == "--loops") {
@@ -124,7 +139,8 @@ long rss_kib(pid_t pid) {
 /// port. `loops` 0: one io_loop (serve()); else an io_pool of that many
 /// loops (serve(pool)) spreading connections by `mode`. SIGTERM stops it
 /// (gracefully).
-pid_t start_hop(hop::backend backend, std::size_t loops, hop::accept_mode mode, std::uint16_t& port) {
+pid_t start_hop(hop::backend backend, std::size_t loops, hop::accept_mode mode, std::uint16_t& port,
+                long idle_trim_ms = -1) {
     int pipe_fd[2];
     if (::pipe(pipe_fd) != 0) throw std::runtime_error("pipe failed");
     std::fflush(nullptr);
@@ -156,8 +172,10 @@ pid_t start_hop(hop::backend backend, std::size_t loops, hop::accept_mode mode, 
         const std::uint16_t p = srv.local_endpoint().port();
         if (::write(pipe_fd[1], &p, sizeof p) != sizeof p) std::_Exit(3);
         ::close(pipe_fd[1]);
+        hop::io_loop_options lo{.backend = backend};
+        if (idle_trim_ms >= 0) lo.idle_trim = std::chrono::milliseconds(idle_trim_ms);
         if (loops == 0) {
-            hop::io_loop loop{{.backend = backend}};
+            hop::io_loop loop{lo};
             auto f = loop.spawn(srv.serve());
             f.on_done([&loop](const hop::future<void>&) noexcept { loop.stop(); });
             std::thread stopper([&sigs, f]() mutable {
@@ -168,7 +186,7 @@ pid_t start_hop(hop::backend backend, std::size_t loops, hop::accept_mode mode, 
             loop.run();
             stopper.join();
         } else {
-            hop::io_pool pool{hop::io_pool_options{.loops = loops, .loop = {.backend = backend}}};
+            hop::io_pool pool{hop::io_pool_options{.loops = loops, .loop = lo}};
             auto f = pool.spawn_on(0, srv.serve(pool));
             int sig = 0;
             sigwait(&sigs, &sig);
@@ -346,22 +364,49 @@ std::vector<int> open_idle(std::uint16_t port, std::size_t n) {
     return fds;
 }
 
-/// RSS growth per idle connection of process `pid`, in bytes: the growth
-/// over the second half of `n` connections, divided by n/2. The first half
-/// takes up the heap the wrk runs left free (nginx's request pools, hop's
-/// frames and buffers), which would otherwise hide a server's own cost
-/// (nginx read 0 bytes that way, in some runs). nginx preallocates its
-/// connection and event structures for `worker_connections` at start, so
-/// its figure is what a connection adds beyond those.
-double idle_cost(pid_t pid, std::uint16_t port, std::size_t n) {
-    const std::size_t half = std::max<std::size_t>(n / 2, 1);
+/// A server's memory around `n` idle keep-alive connections.
+struct idle_memory {
+    long start_kib = 0;        ///< VmRSS after a 1 s wrk run, before the connections
+    long open_kib = 0;         ///< with all n open
+    double per_connection = 0; ///< bytes: growth over the second half / its size
+    long closed_kib = 0;       ///< after they closed and the server idled settle_s
+};
+
+/// Opens `n` keep-alive connections to `port` (each makes one request and
+/// stays open), reads `pid`'s VmRSS, closes them, lets the server idle
+/// `settle_s` seconds, reads it again. The cost per connection is the growth
+/// over the second half of the connections, divided by their number: the
+/// first half takes up the heap the wrk run left free (nginx's request
+/// pools, hop's frames and buffers), which would otherwise hide a server's
+/// own cost (nginx read 0 bytes that way, in some runs). nginx preallocates
+/// its connection and event structures for `worker_connections` at start,
+/// so its figure is what a connection adds beyond those.
+idle_memory measure_idle(pid_t pid, std::uint16_t port, std::size_t n, int settle_s) {
+    idle_memory m;
+    run_wrk(port, 1);
+    m.start_kib = rss_kib(pid);
+    const std::size_t half = n / 2;
     auto first = open_idle(port, half);
-    const long before = rss_kib(pid);
-    auto second = open_idle(port, half);
-    const long after = rss_kib(pid);
+    const long mid = rss_kib(pid);
+    auto second = open_idle(port, n - half);
+    m.open_kib = rss_kib(pid);
+    m.per_connection = static_cast<double>(m.open_kib - mid) * 1024.0 / static_cast<double>(n - half);
     for (int fd : first) ::close(fd);
     for (int fd : second) ::close(fd);
-    return static_cast<double>(after - before) * 1024.0 / static_cast<double>(half);
+    // A measurement pause, not a synchronisation: how much a server keeps
+    // once its load has gone for a while.
+    std::this_thread::sleep_for(std::chrono::seconds(settle_s));
+    m.closed_kib = rss_kib(pid);
+    return m;
+}
+
+bool backend_starts(hop::backend b) {
+    try {
+        hop::io_loop probe{{.backend = b}};
+        return true;
+    } catch (const std::exception&) {
+        return false;
+    }
 }
 
 std::string load_average() {
@@ -401,30 +446,55 @@ int main(int argc, char** argv) {
             std::uint16_t hop_port = 0;
             const pid_t hop_pid = start_hop(o.backend, 0, hop::accept_mode::least_loaded, hop_port);
             nginx_instance nginx = start_nginx(1, false);
-            const pid_t worker = nginx_worker(nginx.pid);
 
-            std::printf("\n1 loop vs 1 worker: wrk -t1 -c100 -d%ds, %zu-byte body; idle: %zu keep-alive connections\n",
-                        o.duration_s, body_size, o.idle_connections);
+            std::printf("\n1 loop vs 1 worker: wrk -t1 -c100 -d%ds, %zu-byte body\n", o.duration_s, body_size);
             // Warm both (page cache, first connections), then measure.
             run_wrk(hop_port, 1);
             run_wrk(nginx.port, 1);
             const wrk_result h = run_wrk(hop_port, o.duration_s);
             const wrk_result n = run_wrk(nginx.port, o.duration_s);
-            const double hop_idle = idle_cost(hop_pid, hop_port, o.idle_connections);
-            const double nginx_idle = idle_cost(worker, nginx.port, o.idle_connections);
 
             std::printf("%-28s | %12s | %12s | %s\n", "", "hop", "nginx (1 w)", "hop/nginx");
             std::printf("%-28s | %12.0f | %12.0f | %.2f\n", "requests/s", h.requests_per_s, n.requests_per_s,
                         h.requests_per_s / n.requests_per_s);
             std::printf("%-28s | %12.2f | %12.2f | %.2f\n", "p99 latency (ms)", h.p99_ms, n.p99_ms, h.p99_ms / n.p99_ms);
-            std::printf("%-28s | %12.0f | %12.0f | %.2f\n", "idle connection RSS (bytes)", hop_idle, nginx_idle,
-                        hop_idle / nginx_idle);
             if (!h.errors.empty()) std::printf("hop wrk errors: %s\n", h.errors.c_str());
             if (!n.errors.empty()) std::printf("nginx wrk errors: %s\n", n.errors.c_str());
 
             stop(hop_pid);
             stop(nginx.pid);
             remove_dir(nginx.dir);
+        }
+
+        // ---- 1b. memory: idle keep-alive connections, and after they close ------
+        {
+            std::printf("\nmemory: %zu idle keep-alive connections (one request each), then all closed and the "
+                        "server idle %d s; VmRSS\n",
+                        o.idle_connections, o.settle_s);
+            std::printf("%-22s | %10s | %14s | %12s | %16s\n", "", "start (MB)", "with idle (MB)", "per conn (B)",
+                        "after close (MB)");
+            auto row = [](const std::string& name, const idle_memory& m) {
+                std::printf("%-22s | %10.1f | %14.1f | %12.0f | %16.1f\n", name.c_str(), m.start_kib / 1024.0,
+                            m.open_kib / 1024.0, m.per_connection, m.closed_kib / 1024.0);
+                std::fflush(stdout);
+            };
+            for (hop::backend b : {hop::backend::io_uring, hop::backend::epoll}) {
+                const std::string name = std::string("hop, ") + (b == hop::backend::io_uring ? "io_uring" : "epoll");
+                if (o.backend != hop::backend::automatic && o.backend != b) continue;
+                if (!backend_starts(b)) {
+                    std::printf("%-22s | (this backend cannot start here)\n", name.c_str());
+                    continue;
+                }
+                std::uint16_t port = 0;
+                const pid_t pid = start_hop(b, 0, hop::accept_mode::least_loaded, port, o.idle_trim_ms);
+                row(name, measure_idle(pid, port, o.idle_connections, o.settle_s));
+                stop(pid);
+            }
+            nginx_instance nginx = start_nginx(1, false);
+            row("nginx, 1 worker", measure_idle(nginx_worker(nginx.pid), nginx.port, o.idle_connections, o.settle_s));
+            stop(nginx.pid);
+            remove_dir(nginx.dir);
+            if (o.idle_trim_ms == 0) std::printf("(hop's idle trim off: --idle-trim 0)\n");
         }
 
         // ---- 2. every core: an io_pool against nginx's workers -------------------

@@ -112,6 +112,15 @@ struct frame_depot {
         batches[c].pop_back();
         return b;
     }
+    /// Frees every batch (the vectors keep their capacity); returns how
+    /// many frames.
+    std::size_t trim() noexcept;
+    std::size_t size() {
+        std::lock_guard lock(mutex);
+        std::size_t n = 0;
+        for (const auto& b : batches) n += b.size() * depot_batch;
+        return n;
+    }
 };
 
 frame_depot& depot() {
@@ -191,6 +200,43 @@ std::atomic<std::uint64_t> g_frame_cache_misses{0};
 }  // namespace
 
 std::uint64_t frame_cache_misses() noexcept { return g_frame_cache_misses.load(std::memory_order_relaxed); }
+
+std::size_t frame_depot::trim() noexcept {
+    std::lock_guard lock(mutex);
+    std::size_t n = 0;
+    for (auto& list : batches) {
+        for (frame_node* b : list) free_list(b);
+        n += list.size() * depot_batch;
+        list.clear();
+    }
+    return n;
+}
+
+std::size_t trim_frame_cache() noexcept {
+    if constexpr (!HOP_FRAME_CACHE) return 0;
+    auto& cache = tl_frames;
+    std::size_t n = 0;
+    for (std::size_t c = 0; c < frame_classes; ++c) {
+        free_list(cache.heads[c]);
+        n += cache.counts[c];
+        cache.heads[c] = nullptr;
+        cache.counts[c] = 0;
+    }
+    return n + depot().trim();
+}
+
+bool frame_cache_enabled() noexcept { return HOP_FRAME_CACHE != 0; }
+
+std::size_t cached_frames() noexcept {
+    if constexpr (!HOP_FRAME_CACHE) return 0;
+    std::size_t n = 0;
+    for (std::size_t c = 0; c < frame_classes; ++c) n += tl_frames.counts[c];
+    try {
+        return n + depot().size();
+    } catch (...) {
+        return n;  // (a mutex that cannot lock)
+    }
+}
 
 void* frame_allocate(std::size_t size) {
     if constexpr (HOP_FRAME_CACHE) {

@@ -9,6 +9,7 @@
 #include <hop/detail/io_handle.hpp>
 #include <hop/io_loop.hpp>
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -176,12 +177,40 @@ std::size_t loop_core::turn(bool may_block) {
         }
     }
     if (block) {
-        n += m_backend->wait(next_deadline());
+        auto deadline = next_deadline();
+        bool trim_due = false;
+        if (m_trim_owed) {
+            // The first sleep after work fixes when the trim is due; the
+            // sleeps until then (spurious wakeups) keep it.
+            if (!m_trim_at) m_trim_at = loop_clock::now() + m_idle_trim;
+            if (!deadline || *m_trim_at <= *deadline) {
+                deadline = m_trim_at;
+                trim_due = true;
+            }
+        }
+        const std::size_t got = m_backend->wait(deadline);
+        n += got;
         m_sleeping.store(false, std::memory_order_seq_cst);
+        if (trim_due && got == 0 && !has_ready_work() && loop_clock::now() >= *m_trim_at) trim_idle();
     } else {
         n += m_backend->reap();
     }
-    return n + run_ready();
+    n += run_ready();
+    if (n != 0 && m_idle_trim.count() > 0) {
+        m_trim_owed = true;
+        m_trim_at.reset();
+    }
+    return n;
+}
+
+void loop_core::trim_idle() noexcept {
+    m_trim_owed = false;
+    m_trim_at.reset();
+    trim_frame_cache();
+#ifdef __GLIBC__
+    ::malloc_trim(0);
+#endif
+    m_idle_trims.fetch_add(1, std::memory_order_relaxed);
 }
 
 std::size_t loop_core::run() {
@@ -508,6 +537,11 @@ io_loop::io_loop() : io_loop(io_loop_options{}) {}
 
 io_loop::io_loop(const io_loop_options& options)
     : m_anchor(make_anchor(*this)), m_core(std::make_unique<detail::loop_core>(*this)) {
+    if (options.idle_trim.count() < 0) {
+        throw std::invalid_argument("hop::io_loop: idle_trim " + std::to_string(options.idle_trim.count()) +
+                                    " ms is negative (0: never trim)");
+    }
+    m_core->set_idle_trim(options.idle_trim);
     m_core->set_backend(detail::make_backend(*m_core, options));
 }
 

@@ -278,6 +278,11 @@ public:
         m_backend->wake();
     }
     bool stopped() const noexcept { return m_stopped.load(std::memory_order_seq_cst); }
+    /// How long the loop idles after work before it trims (0: never);
+    /// io_loop_options::idle_trim.
+    void set_idle_trim(loop_clock::duration d) noexcept { m_idle_trim = d; }
+    /// How many times the loop has trimmed (for tests; any thread).
+    std::uint64_t idle_trims() const noexcept { return m_idle_trims.load(std::memory_order_relaxed); }
     void restart() noexcept { m_stopped.store(false, std::memory_order_seq_cst); }
 
     /// Marks the calling thread as running this loop for its lifetime.
@@ -296,6 +301,9 @@ public:
 
 private:
     std::size_t turn(bool may_block);
+    /// The loop has idled for m_idle_trim: gives cached frames and the
+    /// heap's free pages back (io_loop_options::idle_trim).
+    void trim_idle() noexcept;
     /// Marks run / run_once / poll: posts made by handlers may defer their
     /// wakes. Flushes what is owed when it ends (also by an exception).
     class deferral_scope {
@@ -379,6 +387,12 @@ private:
     std::size_t m_handlers_since_owed = 0;
     std::atomic<bool> m_stopped{false};
     std::atomic<bool> m_closing{false};
+    // Idle trim (loop thread): work ran since the last trim; when the trim
+    // is due if nothing else runs (set at the first sleep after work).
+    loop_clock::duration m_idle_trim{0};
+    bool m_trim_owed = false;
+    std::optional<loop_clock::time_point> m_trim_at;
+    std::atomic<std::uint64_t> m_idle_trims{0};
 };
 
 /// The loop the calling thread runs, or null.

@@ -2,7 +2,9 @@
 
 #include <hop/cpu_pool.hpp>
 #include <hop/future.hpp>
+#include <hop/sync.hpp>
 #include <hop/task.hpp>
+#include <hop/task_group.hpp>
 #include <hop/time.hpp>
 #include <hop/detail/fd_wait.hpp>
 
@@ -10,6 +12,7 @@
 #include "support/counted.hpp"
 #include "support/guard.hpp"
 #include "support/os.hpp"
+#include "lib/loop_core.hpp"
 
 #include <doctest/doctest.h>
 
@@ -936,3 +939,92 @@ TEST_CASE("a loop made on one thread, run on a second and destroyed on a third e
 }
 
 }  // TEST_SUITE
+
+namespace {
+
+hop::task<void> wait_for_go(hop::event& go) { co_await go.wait(); }
+
+/// `n` tasks alive at once (each waits on an event), then all ended: their
+/// frames go to the loop thread's frame cache (and the depot). Returns how
+/// many frames are cached then.
+hop::task<std::size_t> churn_frames(hop::io_loop& loop, std::size_t n) {
+    hop::event go;
+    hop::task_group g;
+    for (std::size_t i = 0; i < n; ++i) g.spawn(wait_for_go(go));
+    co_await loop.schedule();  // queued behind the children: they all wait now
+    go.set();
+    co_await g.wait();
+    co_return hop::detail::cached_frames();
+}
+
+hop::task<std::size_t> cached_now() { co_return hop::detail::cached_frames(); }
+
+hop::task<void> nap(std::chrono::milliseconds d) { co_await hop::sleep_for(d); }
+
+}  // namespace
+
+TEST_CASE("io_loop: idle_trim: a loop that idles after work gives its cached frames back (frame cache and depot "
+          "emptied), once per idle period") {
+    for_each_backend([](hop::backend b) {
+        auto o = options_for(b);
+        o.idle_trim = 20ms;
+        hop::io_loop loop{o};
+        std::thread runner([&loop] { loop.run(); });
+        const auto trims_before = loop.core().idle_trims();
+        CHECK(trims_before == 0);  // nothing ran yet: nothing to trim
+
+        const std::size_t cached = loop.spawn(churn_frames(loop, 1000)).get();
+        if (hop::detail::frame_cache_enabled()) {
+            CHECK(cached >= 64);  // a class's worth on the thread at least
+        } else {
+            MESSAGE("the frame cache is compiled out (HOP_FRAME_CACHE=0): only malloc_trim is checked");
+        }
+
+        // The loop idles now: its trim comes idle_trim later. Polled with a
+        // generous guard (a failure bound, not a synchronisation).
+        const auto guard = std::chrono::steady_clock::now() + 2min;
+        while (loop.core().idle_trims() == trims_before && std::chrono::steady_clock::now() < guard) {
+            std::this_thread::sleep_for(1ms);
+        }
+        REQUIRE(loop.core().idle_trims() > trims_before);
+        // Nothing ran on the loop thread since: it caches nothing, and the
+        // depot shared by all threads is empty.
+        CHECK(loop.spawn(cached_now()).get() == 0);
+
+        loop.stop();
+        runner.join();
+    });
+}
+
+TEST_CASE("io_loop: idle_trim: run_once trims once the loop has idled that long after work; 0 never trims; a "
+          "negative idle_trim is refused, naming it") {
+    for_each_backend([](hop::backend b) {
+        auto o = options_for(b);
+        o.idle_trim = -5ms;
+        const auto what = what_of<std::invalid_argument>([&] { hop::io_loop loop{o}; });
+        CHECK_MESSAGE(what.find("idle_trim -5 ms") != std::string::npos, what);
+
+        {
+            o.idle_trim = 1ms;
+            hop::io_loop loop{o};
+            auto f = loop.spawn(churn_frames(loop, 100));
+            while (!f.done()) loop.run_once();
+            // A timer far away (a guard) keeps run_once from blocking for
+            // ever if the trim never came; the trim deadline is sooner.
+            auto guard = loop.spawn(nap(2min));
+            while (loop.core().idle_trims() == 0 && !guard.done()) loop.run_once();
+            CHECK(loop.core().idle_trims() == 1);
+            guard.cancel();
+            while (!guard.done()) loop.run_once();
+        }
+        {
+            o.idle_trim = 0ms;
+            hop::io_loop loop{o};
+            auto f = loop.spawn(churn_frames(loop, 100));
+            while (!f.done()) loop.run_once();
+            auto t = loop.spawn(nap(50ms));
+            while (!t.done()) loop.run_once();
+            CHECK(loop.core().idle_trims() == 0);
+        }
+    });
+}

@@ -76,7 +76,12 @@ public:
 enum class version : std::uint8_t { tls1_2, tls1_3 };
 
 /// OpenSSL's SSL_CTX with hop's defaults: TLS 1.2 minimum, no
-/// renegotiation, no compression. A cheap handle: copies share one
+/// renegotiation, no compression, and Mozilla's "intermediate" cipher
+/// profile: TLS 1.2 with ECDHE key exchange (ECDSA or RSA certificates) and
+/// AES-GCM or ChaCha20-Poly1305 only (no static-RSA key exchange, no CBC),
+/// TLS 1.3 with TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384 and
+/// TLS_CHACHA20_POLY1305_SHA256; the server's order wins. set_ciphers /
+/// set_ciphersuites widen or narrow that. A cheap handle: copies share one
 /// context, and a context may be shared by every stream and thread (set it
 /// up first, then use it).
 ///
@@ -112,6 +117,21 @@ public:
     /// Lowest and highest protocol version spoken.
     /// @throws std::invalid_argument if min is above max.
     void set_versions(version min, version max = version::tls1_3);
+    /// The TLS 1.2 cipher suites, in OpenSSL's cipher-list syntax (`man
+    /// openssl-ciphers`), most preferred first, replacing hop's default
+    /// (ECDHE with AES-GCM or ChaCha20-Poly1305). E.g. to also speak to old
+    /// clients that know only CBC suites:
+    /// `ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES")`; or
+    /// OpenSSL's own default: `ctx.set_ciphers("DEFAULT")`. TLS 1.3 suites
+    /// are set apart, by set_ciphersuites.
+    /// @throws std::invalid_argument naming the list if OpenSSL takes no
+    ///         suite from it (the suites stay as they were).
+    void set_ciphers(std::string_view openssl_list);
+    /// The TLS 1.3 cipher suites, ':'-separated names, most preferred first
+    /// (e.g. "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256").
+    /// @throws std::invalid_argument naming the list if OpenSSL knows none of
+    ///         its names (the suites stay as they were).
+    void set_ciphersuites(std::string_view openssl_list);
     /// ALPN protocols, most preferred first (e.g. {"http/1.1"}): a client
     /// offers them; a server picks the first of its own that the client
     /// offered (none in common: no ALPN, not an error).

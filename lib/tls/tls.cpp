@@ -173,12 +173,29 @@ int alpn_select_callback(SSL*, const unsigned char** out, unsigned char* outlen,
     return SSL_TLSEXT_ERR_OK;
 }
 
+// Mozilla's "intermediate" profile (https://wiki.mozilla.org/Security/Server_Side_TLS),
+// without its DHE suites: TLS 1.2 with an ephemeral ECDH key exchange (forward
+// secrecy) and an AEAD cipher only. No static-RSA key exchange, no CBC (the
+// LUCKY13 family), no SHA-1 MACs. ECDSA suites first: a server with an ECDSA
+// certificate uses those, one with an RSA certificate the ECDHE-RSA ones.
+constexpr const char* default_tls12_ciphers =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+// The TLS 1.3 suites of that profile (all three of RFC 8446's usual ones).
+constexpr const char* default_tls13_ciphersuites =
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+
 std::shared_ptr<context::impl> make_context(bool server) {
     auto c = std::make_shared<context::impl>();
     c->server = server;
     c->ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
     if (!c->ctx) throw_ssl("hop::tls::context: SSL_CTX_new failed");
     SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+    if (SSL_CTX_set_cipher_list(c->ctx, default_tls12_ciphers) != 1 ||
+        SSL_CTX_set_ciphersuites(c->ctx, default_tls13_ciphersuites) != 1) {
+        throw_ssl("hop::tls::context: OpenSSL refuses hop's default cipher suites");
+    }
     SSL_CTX_set_options(c->ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(c->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                                  SSL_MODE_RELEASE_BUFFERS);
@@ -252,6 +269,56 @@ void context::set_versions(version min, version max) {
     }
     SSL_CTX_set_min_proto_version(m_impl->ctx, code(min));
     SSL_CTX_set_max_proto_version(m_impl->ctx, code(max));
+}
+
+namespace {
+
+/// The context's TLS 1.3 suites (`tls13`) or older ones, as an OpenSSL
+/// list ("" for none).
+std::string suite_names(SSL_CTX* ctx, bool tls13) {
+    std::string names;
+    const STACK_OF(SSL_CIPHER)* all = SSL_CTX_get_ciphers(ctx);
+    for (int i = 0; all != nullptr && i < sk_SSL_CIPHER_num(all); ++i) {
+        const SSL_CIPHER* c = sk_SSL_CIPHER_value(all, i);
+        if ((std::strcmp(SSL_CIPHER_get_version(c), "TLSv1.3") == 0) != tls13) continue;
+        if (!names.empty()) names += ':';
+        names += SSL_CIPHER_get_name(c);
+    }
+    return names;
+}
+
+}  // namespace
+
+// Both put the suites from before back on failure: OpenSSL may have changed
+// the list already when it reports that nothing matched (a TLS 1.2 list of
+// unknown names leaves only the TLS 1.3 suites), and OpenSSL 3 skips TLS 1.3
+// names it does not know, so a list of nothing but those would quietly turn
+// TLS 1.3 off.
+
+void context::set_ciphers(std::string_view openssl_list) {
+    const std::string list(openssl_list);
+    const std::string before = suite_names(m_impl->ctx, false);
+    if (list.empty() || SSL_CTX_set_cipher_list(m_impl->ctx, list.c_str()) != 1 ||
+        suite_names(m_impl->ctx, false).empty()) {
+        ERR_clear_error();
+        SSL_CTX_set_cipher_list(m_impl->ctx, before.c_str());
+        ERR_clear_error();
+        throw std::invalid_argument("hop::tls::context::set_ciphers: OpenSSL accepts no TLS 1.2 cipher suite from '" +
+                                    list + "' (see `openssl ciphers -v '" + list + "'`)");
+    }
+}
+
+void context::set_ciphersuites(std::string_view openssl_list) {
+    const std::string list(openssl_list);
+    const std::string before = suite_names(m_impl->ctx, true);
+    if (list.empty() || SSL_CTX_set_ciphersuites(m_impl->ctx, list.c_str()) != 1 ||
+        suite_names(m_impl->ctx, true).empty()) {
+        ERR_clear_error();
+        SSL_CTX_set_ciphersuites(m_impl->ctx, before.c_str());
+        ERR_clear_error();
+        throw std::invalid_argument("hop::tls::context::set_ciphersuites: OpenSSL accepts no TLS 1.3 cipher suite "
+                                    "from '" + list + "' (names such as TLS_AES_128_GCM_SHA256, separated by ':')");
+    }
 }
 
 void context::set_alpn(std::vector<std::string> protocols) {

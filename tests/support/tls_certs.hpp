@@ -12,6 +12,8 @@
 //   wrong_host    CN and SAN wrong.example, signed by ca
 //   self_signed   the localhost names, signed by its own key
 //   other_ca      the localhost names, signed by a second CA nobody trusts
+//   rsa           as localhost, with an RSA 2048 key (the others are EC
+//                 P-256), signed by ca
 //
 // The `openssl` binary missing fails the test that asked (scripts/deps
 // installs it), it never skips.
@@ -50,6 +52,7 @@ struct tls_cert_set {
     tls_cert_files self_signed;   ///< localhost names, self-signed
     tls_cert_files other_ca;      ///< localhost names, from an untrusted CA
     std::string other_ca_cert;    ///< that untrusted CA's certificate
+    tls_cert_files rsa;           ///< as localhost, with an RSA key
 };
 
 namespace detail_tls {
@@ -96,10 +99,19 @@ private:
 
 inline constexpr const char* localhost_names = "DNS:localhost,IP:127.0.0.1,IP:::1";
 
-/// A new EC P-256 key and a certificate request for `cn`.
-inline void make_key_and_csr(const std::filesystem::path& dir, const std::string& name, const std::string& cn) {
-    run_openssl({"req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-                 (dir / (name + ".key")).string(), "-out", (dir / (name + ".csr")).string(), "-subj", "/CN=" + cn});
+/// A new key (EC P-256, or RSA 2048 if `rsa`) and a certificate request for `cn`.
+inline void make_key_and_csr(const std::filesystem::path& dir, const std::string& name, const std::string& cn,
+                             bool rsa = false) {
+    std::vector<std::string> key = {"-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"};
+    if (rsa) key = {"-newkey", "rsa:2048"};
+    std::vector<std::string> args = {"req", "-new"};
+    args.insert(args.end(), key.begin(), key.end());
+    for (std::string a : {"-nodes", "-keyout"}) args.push_back(a);
+    for (const auto& a : {(dir / (name + ".key")).string(), std::string("-out"), (dir / (name + ".csr")).string(),
+                          std::string("-subj"), "/CN=" + cn}) {
+        args.push_back(a);
+    }
+    run_openssl(std::move(args));
 }
 
 /// A self-signed CA certificate and key, `name`.pem / `name`.key.
@@ -112,10 +124,14 @@ inline void make_ca(const std::filesystem::path& dir, const std::string& name, c
 
 /// A leaf `name`.pem/.key for `cn` with `san`, signed by CA `ca` (valid a year).
 inline void make_leaf(const std::filesystem::path& dir, const std::string& name, const std::string& cn,
-                      const std::string& san, const std::string& ca, int serial) {
-    make_key_and_csr(dir, name, cn);
+                      const std::string& san, const std::string& ca, int serial, bool rsa = false) {
+    make_key_and_csr(dir, name, cn, rsa);
     const auto ext = dir / (name + ".ext");
-    write_text(ext, "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+    // An RSA key may also encipher (static-RSA key exchange), as RSA
+    // server certificates in the wild do: the tests check that hop refuses
+    // that exchange, not that the certificate forbids it.
+    write_text(ext, std::string("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature") +
+                        (rsa ? ",keyEncipherment" : "") + "\n"
                     "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=" + san + "\n");
     run_openssl({"x509", "-req", "-in", (dir / (name + ".csr")).string(), "-CA", (dir / (ca + ".pem")).string(),
                  "-CAkey", (dir / (ca + ".key")).string(), "-set_serial", std::to_string(serial), "-days", "365",
@@ -138,6 +154,7 @@ struct cert_store {
         make_leaf(d, "localhost", "localhost", localhost_names, "ca", 2);
         make_leaf(d, "wrong_host", "wrong.example", "DNS:wrong.example", "ca", 3);
         make_leaf(d, "other_ca_leaf", "localhost", localhost_names, "other_ca", 4);
+        make_leaf(d, "rsa", "localhost", localhost_names, "ca", 5, true);
 
         // Self-signed: its own issuer, not a CA.
         run_openssl({"req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -175,6 +192,7 @@ struct cert_store {
         set.self_signed = files_of(d, "self_signed");
         set.other_ca = files_of(d, "other_ca_leaf");
         set.other_ca_cert = (d / "other_ca.pem").string();
+        set.rsa = files_of(d, "rsa");
     }
 };
 

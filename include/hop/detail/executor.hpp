@@ -110,6 +110,15 @@ void frame_deallocate(void* p, std::size_t size) noexcept;
 /// threads so far (for tests and benchmarks: hop's own allocations are the
 /// heap allocations beyond these).
 std::uint64_t frame_cache_misses() noexcept;
+/// Gives the frames cached for reuse back to the heap: the calling thread's
+/// cache and the depot shared by all threads (an idle loop calls it,
+/// io_loop_options::idle_trim). Returns how many frames it freed.
+std::size_t trim_frame_cache() noexcept;
+/// Frames cached now on the calling thread and in the shared depot (for
+/// tests); 0 when the cache is compiled out (HOP_FRAME_CACHE=0).
+std::size_t cached_frames() noexcept;
+/// Whether frames are cached at all (HOP_FRAME_CACHE; off under ASan).
+bool frame_cache_enabled() noexcept;
 
 /// Allocation policy shared by every hop promise type.
 struct frame_allocated {
