@@ -287,38 +287,36 @@ std::string suite_names(SSL_CTX* ctx, bool tls13) {
     return names;
 }
 
-}  // namespace
-
-// Both put the suites from before back on failure: OpenSSL may have changed
-// the list already when it reports that nothing matched (a TLS 1.2 list of
-// unknown names leaves only the TLS 1.3 suites), and OpenSSL 3 skips TLS 1.3
-// names it does not know, so a list of nothing but those would quietly turn
-// TLS 1.3 off.
-
-void context::set_ciphers(std::string_view openssl_list) {
+/// Sets a suite list with `set` (TLS 1.2's or 1.3's); on failure puts the
+/// suites from before back and throws, naming `call`, the list and `hint`.
+/// The restore is needed: OpenSSL may have changed the list already when it
+/// reports that nothing matched (a TLS 1.2 list of unknown names leaves only
+/// the TLS 1.3 suites), and OpenSSL 3 skips TLS 1.3 names it does not know,
+/// so a list of nothing but those would quietly turn TLS 1.3 off.
+void set_suites(SSL_CTX* ctx, std::string_view openssl_list, bool tls13, int (*set)(SSL_CTX*, const char*),
+                std::string_view call, std::string_view hint) {
     const std::string list(openssl_list);
-    const std::string before = suite_names(m_impl->ctx, false);
-    if (list.empty() || SSL_CTX_set_cipher_list(m_impl->ctx, list.c_str()) != 1 ||
-        suite_names(m_impl->ctx, false).empty()) {
+    const std::string before = suite_names(ctx, tls13);
+    if (list.empty() || set(ctx, list.c_str()) != 1 || suite_names(ctx, tls13).empty()) {
         ERR_clear_error();
-        SSL_CTX_set_cipher_list(m_impl->ctx, before.c_str());
+        set(ctx, before.c_str());
         ERR_clear_error();
-        throw std::invalid_argument("hop::tls::context::set_ciphers: OpenSSL accepts no TLS 1.2 cipher suite from '" +
-                                    list + "' (see `openssl ciphers -v '" + list + "'`)");
+        throw std::invalid_argument("hop::tls::context::" + std::string(call) + ": OpenSSL accepts no TLS " +
+                                    (tls13 ? "1.3" : "1.2") + " cipher suite from '" + list + "' (" +
+                                    std::string(hint) + ")");
     }
 }
 
+}  // namespace
+
+void context::set_ciphers(std::string_view openssl_list) {
+    set_suites(m_impl->ctx, openssl_list, false, SSL_CTX_set_cipher_list, "set_ciphers",
+               "see `openssl ciphers -v '" + std::string(openssl_list) + "'`");
+}
+
 void context::set_ciphersuites(std::string_view openssl_list) {
-    const std::string list(openssl_list);
-    const std::string before = suite_names(m_impl->ctx, true);
-    if (list.empty() || SSL_CTX_set_ciphersuites(m_impl->ctx, list.c_str()) != 1 ||
-        suite_names(m_impl->ctx, true).empty()) {
-        ERR_clear_error();
-        SSL_CTX_set_ciphersuites(m_impl->ctx, before.c_str());
-        ERR_clear_error();
-        throw std::invalid_argument("hop::tls::context::set_ciphersuites: OpenSSL accepts no TLS 1.3 cipher suite "
-                                    "from '" + list + "' (names such as TLS_AES_128_GCM_SHA256, separated by ':')");
-    }
+    set_suites(m_impl->ctx, openssl_list, true, SSL_CTX_set_ciphersuites, "set_ciphersuites",
+               "names such as TLS_AES_128_GCM_SHA256, separated by ':'");
 }
 
 void context::set_alpn(std::vector<std::string> protocols) {
