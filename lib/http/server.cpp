@@ -48,8 +48,6 @@ constexpr std::size_t small_read = 1024;
 constexpr std::size_t large_read = 16 * 1024;
 // Pipelined responses are gathered into one write up to this size.
 constexpr std::size_t max_pending_output = 64 * 1024;
-// After an error answer, at most this much more input is read and dropped.
-constexpr std::size_t max_linger_bytes = 1 << 20;
 constexpr auto first_backoff = std::chrono::milliseconds(4);
 constexpr auto max_backoff = std::chrono::seconds(1);
 
@@ -166,8 +164,9 @@ public:
 
     // loop
     task_group m_connections;
-    deadline_list m_header_deadlines;  // header_timeout, and the linger after an error answer
+    deadline_list m_header_deadlines;  // header_timeout
     deadline_list m_idle_deadlines;    // idle_timeout: keep-alive, body progress, write progress
+    deadline_list m_linger_deadlines;  // lingering_timeout: each read of a lingering close
     event m_sweeper_wake;
     event m_incoming_done;             // m_incoming reached 0 while draining
     server_connection* m_first = nullptr;  // every open connection
@@ -189,9 +188,12 @@ public:
     void arm(deadline_list& list, deadline_node& n, std::chrono::nanoseconds d) {
         deadline_list::unlink(n);
         n.deadline = saturating_add(clock::now(), d);
-        const bool was_empty = m_header_deadlines.empty() && m_idle_deadlines.empty();
+        const bool was_empty = no_deadlines();
         list.insert(n);
         if (was_empty) m_sweeper_wake.set();
+    }
+    bool no_deadlines() const noexcept {
+        return m_header_deadlines.empty() && m_idle_deadlines.empty() && m_linger_deadlines.empty();
     }
     void expire(deadline_list& list, clock::time_point now) noexcept;
     // loop: starts serving `s` here (the connection is counted already).
@@ -746,8 +748,8 @@ void server_connection::append_error(int status, std::string_view text) {
 }
 
 // Answers a request the server refuses, then reads and drops what the
-// client still sends (for at most header_timeout) before the close, so the
-// answer is not destroyed by a reset.
+// client still sends (lingering_time, lingering_timeout) before the close,
+// so the answer is not destroyed by a reset.
 task<void> server_connection::answer_error(int status) {
     // Responses to requests pipelined before this one go out first.
     m_head_request = false;
@@ -760,17 +762,25 @@ task<void> server_connection::answer_error(int status) {
     if (m_tls) {
         // close_notify, then what the client still sends is read and dropped
         // until its own close_notify, for at most header_timeout.
-        co_await m_tls->shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(m_st->m_options.header_timeout));
+        co_await m_tls->shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(m_st->m_options.lingering_time));
         co_return;
     }
+    // Lingering close, as nginx's: our FIN goes out after the answer; the
+    // client may still be sending a body it did not wait to send. Reading
+    // it until the client closes (bounded) keeps our close from being a
+    // reset that would make the client's kernel drop the answer unread.
     m_stream.shutdown_write();
-    m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
-    std::size_t dropped = 0;
+    const server_options& o = m_st->m_options;
+    const auto until = saturating_add(clock::now(), o.lingering_time);
     m_in.consume(m_in.view().size());
-    while (dropped < max_linger_bytes) {
+    for (;;) {
+        const auto now = clock::now();
+        if (now >= until) break;
+        // Each read waits at most lingering_timeout, and not past the total.
+        m_sh->arm(m_sh->m_linger_deadlines, m_deadline,
+                  std::min<std::chrono::nanoseconds>(o.lingering_timeout, until - now));
         const std::size_t n = co_await m_stream.read_some(m_in.space(large_read));
         if (n == 0) break;
-        dropped += n;
     }
     disarm();
 }
@@ -1124,12 +1134,16 @@ task<void> server_state::sweep(std::shared_ptr<server_state> self, server_shard*
     server_shard& here = *sh;
     // Nothing is added with a deadline sooner than now + the shorter
     // timeout, so a sleep never longer than that misses none.
-    const auto longest_sleep = std::min(self->m_options.header_timeout, self->m_options.idle_timeout);
+    // (A lingering read's deadline may be sooner, at the end of
+    // lingering_time: it then ends up to that much late.)
+    const auto longest_sleep = std::min({self->m_options.header_timeout, self->m_options.idle_timeout,
+                                         self->m_options.lingering_timeout});
     for (;;) {
         const auto now = clock::now();
         here.expire(here.m_header_deadlines, now);
         here.expire(here.m_idle_deadlines, now);
-        if (here.m_header_deadlines.empty() && here.m_idle_deadlines.empty()) {
+        here.expire(here.m_linger_deadlines, now);
+        if (here.no_deadlines()) {
             here.m_sweeper_wake.reset();
             co_await here.m_sweeper_wake.wait();
             continue;
@@ -1137,6 +1151,7 @@ task<void> server_state::sweep(std::shared_ptr<server_state> self, server_shard*
         auto until = saturating_add(now, longest_sleep);
         if (auto* n = here.m_header_deadlines.front()) until = std::min(until, n->deadline);
         if (auto* n = here.m_idle_deadlines.front()) until = std::min(until, n->deadline);
+        if (auto* n = here.m_linger_deadlines.front()) until = std::min(until, n->deadline);
         co_await sleep_until(until);
     }
 }
@@ -1312,6 +1327,14 @@ void validate(const server_options& o) {
     }
     if (o.idle_timeout <= std::chrono::nanoseconds::zero()) {
         throw std::invalid_argument(std::string(where) + "idle_timeout is " + ns_text(o.idle_timeout) +
+                                    ": it must be positive");
+    }
+    if (o.lingering_time <= std::chrono::nanoseconds::zero()) {
+        throw std::invalid_argument(std::string(where) + "lingering_time is " + ns_text(o.lingering_time) +
+                                    ": it must be positive");
+    }
+    if (o.lingering_timeout <= std::chrono::nanoseconds::zero()) {
+        throw std::invalid_argument(std::string(where) + "lingering_timeout is " + ns_text(o.lingering_timeout) +
                                     ": it must be positive");
     }
     if (o.shutdown_grace < std::chrono::nanoseconds::zero()) {

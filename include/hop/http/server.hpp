@@ -47,8 +47,9 @@
 ///   431; a body larger than max_body_bytes gets 413; a head that has not
 ///   arrived header_timeout after its first byte, or a body that makes no
 ///   progress for idle_timeout, gets 408. Each of them closes the connection
-///   (after reading what the client still sends, for at most header_timeout,
-///   so the answer is not lost to a reset);
+///   after a lingering close (what the client still sends is read and
+///   dropped until it closes, within lingering_time / lingering_timeout, so
+///   the answer is not lost to a reset);
 /// - a keep-alive connection with no request for idle_timeout, or a client
 ///   that does not read its response for idle_timeout, is closed silently;
 /// - a handler that throws gets a 500 (logged) and the server goes on; so
@@ -108,6 +109,17 @@ struct server_options {
     /// Connections served at once (by the whole server, over every loop it
     /// serves on); at least 1.
     std::size_t max_connections = 10000;
+    /// Lingering close (nginx's lingering_time and lingering_timeout): after
+    /// an answer sent before the request was read to its end (413, 400,
+    /// 431...), the server shuts down its sending side and goes on reading
+    /// and dropping what the client still sends, until the client closes,
+    /// for at most lingering_time in all, each read waiting at most
+    /// lingering_timeout; then it closes. Without it a client that sends
+    /// its whole body before reading (no "Expect: 100-continue") would get
+    /// a reset from our close, and its kernel would drop the answer unread.
+    /// Both must be positive.
+    std::chrono::nanoseconds lingering_time = std::chrono::seconds(30);
+    std::chrono::nanoseconds lingering_timeout = std::chrono::seconds(5);
     /// After serve()'s stop: how long requests in flight may take to
     /// finish before they are cancelled. 0 cancels them at once; not negative.
     std::chrono::nanoseconds shutdown_grace = std::chrono::seconds(10);
@@ -256,8 +268,9 @@ public:
     /// `request&` and returning `task<response>`, or taking
     /// `(request&, response_writer&)` and returning `task<void>`.
     /// @throws std::invalid_argument naming the value: an empty handler,
-    ///         max_connections 0, max_header_bytes 0, a header_timeout or
-    ///         idle_timeout that is not positive, a negative shutdown_grace,
+    ///         max_connections 0, max_header_bytes 0, a header_timeout,
+    ///         idle_timeout, lingering_time or lingering_timeout that is not
+    ///         positive, a negative shutdown_grace,
     ///         a backlog below 1.
     /// @throws std::system_error (EADDRINUSE, EACCES...) naming the endpoint.
     template <class F>

@@ -1,0 +1,191 @@
+// hop::http::server against what attackers and careless clients do: an
+// over-limit upload sent without waiting for an answer (lingering close),
+// floods of idle connections against max_connections, and log lines a
+// peer can trigger (each kind counted, at most one line per interval).
+#include <hop/http/server.hpp>
+
+#include <hop/future.hpp>
+#include <hop/io_loop.hpp>
+#include <hop/net.hpp>
+#include <hop/sync.hpp>
+#include <hop/task.hpp>
+#include <hop/time.hpp>
+
+#include "support/backend.hpp"
+#include "support/http_peers.hpp"
+#include "support/http_server_fixture.hpp"
+#include "support/sockets.hpp"
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+using namespace std::chrono_literals;
+using namespace std::string_view_literals;
+using hop_test::for_each_backend;
+using hop_test::options_for;
+using hop_test::peer_result;
+using hop_test::run_on;
+using hop_test::run_peer;
+using hop_test::url_of;
+using hop_test::with_server;
+
+namespace {
+
+/// A file of `size` bytes in a fresh temp directory, removed with it.
+class temp_file {
+public:
+    explicit temp_file(std::size_t size) {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "hop-abuse-XXXXXX").string();
+        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+        m_dir = tmpl;
+        std::ofstream f(path(), std::ios::binary);
+        f << std::string(size, 'u');
+        REQUIRE(f.good());
+    }
+    ~temp_file() {
+        std::error_code ec;
+        std::filesystem::remove_all(m_dir, ec);
+    }
+    temp_file(const temp_file&) = delete;
+    temp_file& operator=(const temp_file&) = delete;
+    std::filesystem::path path() const { return m_dir / "upload.bin"; }
+
+private:
+    std::filesystem::path m_dir;
+};
+
+/// Waits until `srv` serves `n` connections (a condition the server
+/// reaches by itself; the run's guard bounds the wait).
+hop::task<void> wait_for_connections(hop::http::server& srv, std::size_t n) {
+    while (srv.stats().connections != n) co_await hop::sleep_for(5ms);
+}
+
+}  // namespace
+
+TEST_SUITE("http_server_abuse") {
+
+// ============================================================================
+// Lingering close: the 413 reaches a client that sends its body regardless
+// ============================================================================
+
+TEST_CASE("413 to a 9 MB upload without Expect reaches curl and python's http.client, 10 of 10 each") {
+    constexpr std::size_t upload = 9u << 20;
+    constexpr int rounds = 10;
+    const temp_file data(upload);
+    const auto file = data.path();
+    for_each_backend([&](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        auto o = hop_test::test_options();
+        o.max_body_bytes = 64 * 1024;
+        run_on(loop, with_server(hop_test::test_app, o, [&](hop::http::server& srv) -> hop::task<void> {
+                   // curl stops sending when the answer comes (or sends it all);
+                   // either way it must read the 413, not a reset.
+                   int curl_413 = 0;
+                   for (int i = 0; i < rounds; ++i) {
+                       auto run = run_peer({"curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect:",
+                                            "--data-binary", "@" + file.string(), url_of(srv, "/echo")});
+                       peer_result r = co_await std::move(run);
+                       if (r.out == "413") {
+                           ++curl_413;
+                       } else {
+                           MESSAGE("curl round " << i << ": " << r.describe());
+                       }
+                   }
+                   CHECK(curl_413 == rounds);
+
+                   // http.client sends the whole body, then reads the answer.
+                   const std::string script = R"PY(
+import http.client, sys
+port, rounds, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+body = b'u' * size
+for i in range(rounds):
+    c = http.client.HTTPConnection('127.0.0.1', port)
+    try:
+        c.request('POST', '/echo', body=body, headers={'Content-Type': 'application/octet-stream'})
+        r = c.getresponse()
+        r.read()
+        print(r.status)
+    except Exception as e:
+        print(type(e).__name__, e)
+    c.close()
+)PY";
+                   auto py_run = run_peer({"/usr/bin/python3", "-c", script,
+                                           std::to_string(srv.local_endpoint().port()), std::to_string(rounds),
+                                           std::to_string(upload)});
+                   peer_result py = co_await std::move(py_run);
+                   REQUIRE_MESSAGE(py.exited_ok(), py.describe());
+                   const auto lines = hop_test::lines_of(py.out);
+                   int py_413 = 0;
+                   for (const auto& line : lines) {
+                       if (line == "413") ++py_413;
+                   }
+                   CHECK_MESSAGE(py_413 == rounds, py.out);
+               }));
+    });
+}
+
+TEST_CASE("lingering close ends at lingering_timeout of silence, or at lingering_time in all") {
+    for (auto bad : {std::chrono::nanoseconds(0), std::chrono::nanoseconds(-1)}) {
+        auto o = hop_test::test_options();
+        o.lingering_time = bad;
+        CHECK_THROWS_WITH_AS(hop::http::server::bind(hop::endpoint::loopback_v4(0), hop_test::test_app, o),
+                             doctest::Contains(("lingering_time is " + std::to_string(bad.count()) + "ns").c_str()),
+                             std::invalid_argument);
+        o = hop_test::test_options();
+        o.lingering_timeout = bad;
+        CHECK_THROWS_WITH_AS(hop::http::server::bind(hop::endpoint::loopback_v4(0), hop_test::test_app, o),
+                             doctest::Contains(("lingering_timeout is " + std::to_string(bad.count()) + "ns").c_str()),
+                             std::invalid_argument);
+    }
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        auto o = hop_test::test_options();
+        o.max_body_bytes = 1000;
+        o.header_timeout = 10min;
+        o.idle_timeout = 10min;
+        // A silent client: closed after lingering_timeout.
+        o.lingering_timeout = 100ms;
+        o.lingering_time = 10min;
+        run_on(loop, with_server(hop_test::test_app, o, [](hop::http::server& srv) -> hop::task<void> {
+                   auto c = co_await hop::tcp_stream::connect(srv.local_endpoint());
+                   co_await c.write_all("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\nabc"sv);
+                   // The answer, then the server's FIN (its write side shut down).
+                   std::string got = co_await hop_test::read_until_close(c);
+                   CHECK(hop_test::starts_with(got, "HTTP/1.1 413 "));
+                   // The connection stays open on the server's side until
+                   // lingering_timeout has passed without a byte from us.
+                   co_await wait_for_connections(srv, 0);
+               }));
+        // A client that trickles forever: closed after lingering_time.
+        o.lingering_timeout = 10min;
+        o.lingering_time = 300ms;
+        run_on(loop, with_server(hop_test::test_app, o, [](hop::http::server& srv) -> hop::task<void> {
+                   auto c = co_await hop::tcp_stream::connect(srv.local_endpoint());
+                   co_await c.write_all("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5000000\r\n\r\n"sv);
+                   std::string buffered;
+                   auto answer = co_await hop_test::read_response(c, buffered);
+                   CHECK(answer.status == 413);
+                   bool refused = false;
+                   while (!refused && srv.stats().connections != 0) {
+                       try {
+                           co_await c.write_all("x"sv);
+                       } catch (const std::system_error&) {
+                           refused = true;  // reset: the server closed
+                       }
+                       co_await hop::sleep_for(5ms);  // a trickle, not a synchronisation
+                   }
+                   co_await wait_for_connections(srv, 0);
+               }));
+    });
+}
+
+}  // TEST_SUITE
