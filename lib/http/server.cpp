@@ -88,6 +88,116 @@ bool has_token(std::string_view value, std::string_view token) {
     return false;
 }
 
+// RFC 3986 3.2.2 / RFC 9110 7.2: uri-host [ ":" port ], host not empty
+// (an "http" URI has a host). IP-literals are checked for their alphabet.
+bool valid_host(std::string_view v) {
+    auto is_unreserved_or_sub = [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               std::string_view("-._~!$&'()*+,;=").find(c) != std::string_view::npos;
+    };
+    auto is_hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); };
+    std::size_t i = 0;
+    if (!v.empty() && v.front() == '[') {
+        const auto close = v.find(']');
+        if (close == std::string_view::npos || close == 1) return false;
+        for (char c : v.substr(1, close - 1)) {
+            if (!is_unreserved_or_sub(c) && c != ':') return false;
+        }
+        i = close + 1;
+    } else {
+        for (; i < v.size() && v[i] != ':'; ++i) {
+            if (v[i] == '%') {
+                if (i + 2 >= v.size() || !is_hex(v[i + 1]) || !is_hex(v[i + 2])) return false;
+                i += 2;
+            } else if (!is_unreserved_or_sub(v[i])) {
+                return false;
+            }
+        }
+        if (i == 0) return false;
+    }
+    if (i == v.size()) return true;
+    if (v[i] != ':') return false;
+    for (char c : v.substr(i + 1)) {
+        if (c < '0' || c > '9') return false;
+    }
+    return true;
+}
+
+// The RFC 9112 section 3 and 6 rules llhttp leaves to the server; 0 if the
+// head passes, else the status to refuse it with (`why` says what). An
+// absolute-form target is turned into origin-form, its authority put in Host
+// (RFC 9112 3.2.2: the target's authority wins over the Host field).
+int check_request_head(message_head& h, std::string& why) {
+    const auto hosts = h.headers.get_all("Host");
+    if (hosts.size() > 1) {
+        why = "more than one Host field";
+        return 400;
+    }
+    if (hosts.empty() && h.version_minor >= 1) {
+        why = "an HTTP/1.1 request without a Host field";
+        return 400;
+    }
+    if (!hosts.empty() && !valid_host(hosts.front())) {
+        why = "the Host field '" + std::string(hosts.front()) + "' is not a host[:port]";
+        return 400;
+    }
+    if (auto te = h.headers.get("Transfer-Encoding")) {
+        // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has
+        // faulty framing; 6.3: chunked must be the last coding (400), and
+        // a coding this server does not implement is 501.
+        if (h.version_minor == 0) {
+            why = "Transfer-Encoding in an HTTP/1.0 request";
+            return 400;
+        }
+        if (!h.chunked) {
+            why = "Transfer-Encoding '" + std::string(*te) + "' does not end with chunked";
+            return 400;
+        }
+        std::string_view rest = *te;
+        while (!rest.empty()) {
+            const auto comma = rest.find(',');
+            std::string_view item = rest.substr(0, comma);
+            while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+            while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+            if (!item.empty() && !iequals(item, "chunked")) {
+                why = "the transfer coding '" + std::string(item) + "' is not implemented";
+                return 501;
+            }
+            if (comma == std::string_view::npos) break;
+            rest.remove_prefix(comma + 1);
+        }
+    }
+    std::string& target = h.target;
+    if (h.method == "CONNECT") {
+        why = "CONNECT: this server is not a proxy";
+        return 400;
+    }
+    if (target == "*") {
+        if (h.method == "OPTIONS") return 0;  // asterisk-form: the server as a whole
+        why = "the target * is for OPTIONS only";
+        return 400;
+    }
+    if (!target.empty() && target.front() == '/') return 0;  // origin-form
+    // absolute-form: scheme "://" authority path-abempty [ "?" query ]
+    const auto sep = target.find("://");
+    const auto authority_end = sep == std::string::npos ? sep : target.find_first_of("/?#", sep + 3);
+    const std::string_view authority = sep == std::string::npos
+                                           ? std::string_view()
+                                           : std::string_view(target).substr(sep + 3, authority_end == std::string::npos
+                                                                                           ? std::string::npos
+                                                                                           : authority_end - sep - 3);
+    if (sep == std::string::npos || sep == 0 || !valid_host(authority)) {
+        why = "the request target '" + target + "' is not origin-form or absolute-form";
+        return 400;
+    }
+    std::string host(authority);
+    std::string path = authority_end == std::string::npos ? std::string("/") : target.substr(authority_end);
+    if (path.front() == '?') path.insert(0, "/");
+    h.headers.set("Host", host);
+    target = std::move(path);
+    return 0;
+}
+
 clock::time_point saturating_add(clock::time_point t, std::chrono::nanoseconds d) {
     if (t > clock::time_point::max() - d) return clock::time_point::max();
     return t + std::chrono::duration_cast<clock::duration>(d);
@@ -567,6 +677,7 @@ task<int> server_connection::request_loop() {
                 m_header_armed = false;
                 m_phase = phase::body;
                 message_head& h = p.head();
+                if (const int refused = check_request_head(h, m_error_text)) co_return refused;
                 req.method = std::move(h.method);
                 req.url = std::move(h.target);
                 req.headers = std::move(h.headers);
@@ -754,7 +865,10 @@ task<void> server_connection::answer_error(int status) {
     // Responses to requests pipelined before this one go out first.
     m_head_request = false;
     append_error(status, status == 413   ? "the body is over the server's limit"
+                         : status == 414 ? "the request target is over the server's limit"
                          : status == 431 ? "the header fields are over the server's limit"
+                         : status == 501 ? "the request uses a transfer coding this server does not implement"
+                         : status == 505 ? "this server speaks HTTP/1.0 and HTTP/1.1"
                                          : "the request is malformed");
     m_sh->m_requests.fetch_add(1, std::memory_order_relaxed);
     m_phase = phase::linger;

@@ -43,8 +43,16 @@
 ///   headers a GET would, and no body; 204 and 304 never carry a body;
 /// - malformed or ambiguous requests (Content-Length with
 ///   Transfer-Encoding, two different Content-Lengths, a lone CR, obs-fold,
-///   a bad chunk size...) get 400; a head larger than max_header_bytes gets
-///   431; a body larger than max_body_bytes gets 413; a head that has not
+///   a bad chunk size...) get 400, and so does what RFC 9112 sections 3
+///   and 6 require it for: an HTTP/1.1 request without Host, two Host
+///   fields or one that is not host[:port]; Transfer-Encoding in HTTP/1.0
+///   or not ending with chunked; CONNECT (this is no proxy), and "*" as
+///   the target of anything but OPTIONS. A transfer coding other than
+///   chunked gets 501, a version other than 1.x 505, a request line over
+///   max_header_bytes 414. An absolute-form target
+///   ("GET http://host/path") is accepted: the handler sees url "/path"
+///   and the target's authority as Host. A head larger than
+///   max_header_bytes gets 431; a body larger than max_body_bytes gets 413; a head that has not
 ///   arrived header_timeout after its first byte, or a body that makes no
 ///   progress for idle_timeout, gets 408. Each of them closes the connection
 ///   after a lingering close (what the client still sends is read and
