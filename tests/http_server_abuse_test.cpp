@@ -25,6 +25,8 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <functional>
+#include <mutex>
 #include <system_error>
 #include <vector>
 
@@ -61,6 +63,31 @@ public:
 
 private:
     std::filesystem::path m_dir;
+};
+
+/// A server_options::log sink for tests: the lines, in order.
+struct log_lines {
+    std::mutex mutex;
+    std::vector<std::string> lines;
+    std::function<void(std::string_view)> sink() {
+        return [this](std::string_view line) {
+            std::lock_guard lock(mutex);
+            lines.emplace_back(line);
+        };
+    }
+    /// How many lines hold `text`.
+    std::size_t count(std::string_view text) {
+        std::lock_guard lock(mutex);
+        std::size_t n = 0;
+        for (const auto& l : lines) n += l.find(text) != std::string::npos ? 1 : 0;
+        return n;
+    }
+    std::string all() {
+        std::lock_guard lock(mutex);
+        std::string s;
+        for (const auto& l : lines) s += l + "\n";
+        return s;
+    }
 };
 
 /// Waits until `srv` serves `n` connections (a condition the server
@@ -185,6 +212,96 @@ TEST_CASE("lingering close ends at lingering_timeout of silence, or at lingering
                    }
                    co_await wait_for_connections(srv, 0);
                }));
+    });
+}
+
+// ============================================================================
+// Idle floods against max_connections
+// ============================================================================
+
+TEST_CASE("a new connection that sends nothing, or not a whole head, is closed at header_timeout from its accept") {
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        auto o = hop_test::test_options();
+        o.header_timeout = 100ms;
+        o.idle_timeout = 10min;  // not what closes them
+        run_on(loop, with_server(hop_test::test_app, o, [](hop::http::server& srv) -> hop::task<void> {
+                   auto silent = co_await hop::tcp_stream::connect(srv.local_endpoint());
+                   auto partial = co_await hop::tcp_stream::connect(srv.local_endpoint());
+                   co_await partial.write_all("GET / HT"sv);
+                   // Released by the server's close.
+                   const std::string nothing = co_await hop_test::read_until_close(silent);
+                   CHECK(nothing.empty());  // closed silently: it never asked anything
+                   const std::string answer = co_await hop_test::read_until_close(partial);
+                   CHECK(hop_test::starts_with(answer, "HTTP/1.1 408 "));
+                   // A keep-alive connection after its first request is timed by
+                   // idle_timeout (10 min) instead: still served.
+                   auto kept = co_await hop::tcp_stream::connect(srv.local_endpoint());
+                   co_await kept.write_all(hop_test::get_request("/one"));
+                   std::string buffered;
+                   auto r1 = co_await hop_test::read_response(kept, buffered);
+                   CHECK(r1.status == 200);
+               }));
+    });
+}
+
+TEST_CASE("an idle flood at max_connections: a new client is served, longest-idle connections make room") {
+    hop_test::nofile_raised nofile;
+    constexpr std::size_t cap = 100;
+    // 10,000 connections (the issue's flood) where descriptors allow: each
+    // is one here and, while it lasts, one in the server.
+    const std::size_t fds = nofile.limit();
+    const std::size_t flood = std::min<std::size_t>(10000, fds > 2 * cap + 200 ? fds - cap - 200 : 0);
+    REQUIRE_MESSAGE(flood >= 4 * cap, "RLIMIT_NOFILE " << fds << " is too low for the flood");
+    MESSAGE("flood of " << flood << " connections against max_connections " << cap);
+    for_each_backend([&](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        log_lines log;
+        auto o = hop_test::test_options();
+        o.max_connections = cap;
+        // Nothing times out while the flood holds its connections: the
+        // only way for the last client to get a slot is an eviction.
+        o.header_timeout = 10min;
+        o.idle_timeout = 10min;
+        o.log_interval = 10min;
+        o.log = log.sink();
+        auto flooded = with_server(hop_test::test_app, o, [&](hop::http::server& srv) -> hop::task<void> {
+            std::vector<hop::tcp_stream> held;
+            held.reserve(flood);
+            std::size_t answered = 0;
+            for (std::size_t i = 0; i < flood; ++i) {
+                auto c = co_await hop::tcp_stream::connect(srv.local_endpoint());
+                if (i % 2 == 0) {
+                    // One request, then an idle keep-alive connection.
+                    co_await c.write_all(hop_test::get_request("/flood"));
+                    std::string buffered;
+                    auto r = co_await hop_test::read_response(c, buffered);
+                    if (r.status == 200) ++answered;
+                }
+                // The others send nothing.
+                held.push_back(std::move(c));
+            }
+            // Each asking connection was the newest when it asked: answered.
+            CHECK(answered == (flood + 1) / 2);
+            // A normal client, while every flood connection is still open on
+            // this side and no timeout can have freed a slot.
+            auto c = co_await hop::tcp_stream::connect(srv.local_endpoint());
+            co_await c.write_all(hop_test::get_request("/normal", "Connection: close\r\n"));
+            std::string buffered;
+            auto r = co_await hop_test::read_response(c, buffered);
+            CHECK(r.status == 200);
+            CHECK(r.body == "hello GET /normal");
+            CHECK(srv.stats().connections <= cap);
+            CHECK(held.size() == flood);
+            // One line for the whole burst so far.
+            CHECK_MESSAGE(log.count("max_connections (100) reached") == 1, log.all());
+        });
+        auto f = hop_test::drive(loop, std::move(flooded), std::chrono::minutes(10));
+        REQUIRE_MESSAGE(f.done(), "the flood test did not end within its guard: the normal client was not served");
+        f.get();
+        // serve() ended: the burst's count is written.
+        CHECK_MESSAGE(log.count("idle connections closed at max_connections: ... and ") == 1, log.all());
+        CHECK(log.lines.size() == 2);
     });
 }
 

@@ -48,6 +48,9 @@ constexpr std::size_t small_read = 1024;
 constexpr std::size_t large_read = 16 * 1024;
 // Pipelined responses are gathered into one write up to this size.
 constexpr std::size_t max_pending_output = 64 * 1024;
+// At max_connections, each shard closes at most this many idle connections
+// per request for room (nginx drains 32 at a time).
+constexpr std::size_t evict_batch = 16;
 constexpr auto first_backoff = std::chrono::milliseconds(4);
 constexpr auto max_backoff = std::chrono::seconds(1);
 
@@ -226,6 +229,8 @@ public:
 
     bool empty() const noexcept { return m_head.next == &m_head; }
     deadline_node* front() noexcept { return empty() ? nullptr : m_head.next; }
+    // The entry after `n` (in this list), or null at the end.
+    deadline_node* after(const deadline_node* n) noexcept { return n->next == &m_head ? nullptr : n->next; }
     void insert(deadline_node& n) noexcept {
         deadline_node* at = m_head.prev;
         while (at != &m_head && at->deadline > n.deadline) at = at->prev;
@@ -281,6 +286,8 @@ public:
     event m_incoming_done;             // m_incoming reached 0 while draining
     server_connection* m_first = nullptr;  // every open connection
     bool m_draining = false;
+    // When this shard's sweeper next flushes the log budget (max: never).
+    clock::time_point m_log_flush_at = clock::time_point::max();
 
     // thread-safe
     event m_drain;  // every acceptor has ended: drain
@@ -306,6 +313,11 @@ public:
         return m_header_deadlines.empty() && m_idle_deadlines.empty() && m_linger_deadlines.empty();
     }
     void expire(deadline_list& list, clock::time_point now) noexcept;
+    // loop: closes up to `n` connections that wait for a request, the
+    // longest-waiting first (keep-alive ones and new ones that sent
+    // nothing). Returns how many.
+    std::size_t evict_idle(std::size_t n, std::chrono::nanoseconds idle_timeout,
+                           std::chrono::nanoseconds header_timeout) noexcept;
     // loop: starts serving `s` here (the connection is counted already).
     void start_connection(const std::shared_ptr<server_state>& st, tcp_stream s);
 };
@@ -339,9 +351,37 @@ public:
     std::vector<future<void>> m_accepts;  // m_mutex: the running acceptors
     std::atomic<std::size_t> m_acceptors_running{0};
     std::mutex m_log_mutex;
+    // Set while an acceptor waits at max_connections: a keep-alive
+    // connection that goes idle then closes, to make room.
+    std::atomic<bool> m_room_wanted{false};
+
+    // The log budget: what a peer can trigger is logged at most once per
+    // log_interval per kind, with a count of the rest. m_log_mutex.
+    enum class log_kind : std::uint8_t { tls_handshake, eviction, count };
+    struct log_window {
+        bool open = false;
+        clock::time_point end{};
+        std::uint64_t more = 0;  // events after the first in this window
+        std::string what;        // the summary's subject
+    };
+    log_window m_windows[static_cast<std::size_t>(log_kind::count)];
+
+    // Thread-safe, on `sh`'s loop: logs `line` if no window of `kind` is
+    // open (opening one, flushed by sh's sweeper at its end), else counts
+    // it. `what` names the kind in the summary line.
+    void log_limited(server_shard& sh, log_kind kind, const std::string& line, std::string_view what) noexcept;
+    // Thread-safe: ends the windows that ended by `now`, logging each
+    // count ("... and 1,999 more in the last 10 s").
+    void flush_log_budget(clock::time_point now) noexcept;
+
+    std::string summary(const log_window& w) const;
 
     void log(const std::string& line) noexcept {
         std::lock_guard lock(m_log_mutex);
+        emit(line);
+    }
+    // log() with m_log_mutex held.
+    void emit(const std::string& line) noexcept {
         try {
             if (m_options.log) {
                 m_options.log(line);
@@ -416,6 +456,11 @@ public:
         if (m_slots.fetch_sub(1, std::memory_order_acq_rel) == m_options.max_connections) m_slot_free.set();
     }
 
+    // The acceptor on `here` is at max_connections: asks every shard to
+    // close its longest-idle connections, and keep-alive connections that
+    // go idle from now on to close, until a slot is free.
+    void make_room(const std::shared_ptr<server_state>& self, server_shard& here);
+
     // Marks serve as started. @throws std::logic_error the second time.
     void begin_serve(const char* where);
     // Sets up a shard per loop (on the thread that calls serve, before any
@@ -438,7 +483,7 @@ public:
 class server_connection {
 public:
     enum class phase : std::uint8_t { handshake, idle, head, body, handler, linger };
-    enum class stop_reason : std::uint8_t { none, timeout, shutdown };
+    enum class stop_reason : std::uint8_t { none, timeout, shutdown, evicted };
 
     // On `sh`'s loop. The connection was counted (its slot and the
     // shard's load) when it was accepted; it gives both back when it ends.
@@ -477,6 +522,8 @@ public:
     }
     // No request begun: closed at once when the server drains.
     bool idle() const noexcept { return m_phase == phase::idle || m_phase == phase::handshake; }
+    // Waiting for a request (not in a TLS handshake): may be evicted.
+    bool waiting() const noexcept { return m_phase == phase::idle; }
     server_connection* next() const noexcept { return m_next; }
 
     task<void> writer_start(response_writer& w, int status, headers fields);
@@ -576,6 +623,9 @@ private:
     bool m_continue_pending = false;
     bool m_upgrade = false;
     bool m_header_armed = false;
+    // No request head has arrived yet: header_timeout runs from the
+    // accept (or the TLS handshake's start), first byte or not.
+    bool m_fresh = true;
 };
 
 // ---------------------------------------------------------------------------
@@ -629,12 +679,16 @@ task<bool> server_connection::handshake() {
     } catch (const tls::error& e) {
         failure = e.what();
     }
-    disarm();
     m_phase = phase::idle;
     if (!failure.empty()) {
-        m_st->log("hop::http::server: " + failure + " (connection closed)");
+        disarm();
+        m_st->log_limited(*m_sh, server_state::log_kind::tls_handshake,
+                          "hop::http::server: TLS handshake failed: " + failure + " (connection closed)",
+                          "TLS handshakes failed");
         co_return false;
     }
+    // header_timeout goes on: the first request's head is due within it.
+    m_header_armed = true;
     co_return true;
 }
 
@@ -675,6 +729,7 @@ task<int> server_connection::request_loop() {
             case parser::event::head: {
                 disarm();
                 m_header_armed = false;
+                m_fresh = false;
                 m_phase = phase::body;
                 message_head& h = p.head();
                 if (const int refused = check_request_head(h, m_error_text)) co_return refused;
@@ -731,10 +786,20 @@ task<bool> server_connection::await_request() {
 // idle_timeout. False: the server drains, so the connection ends here.
 bool server_connection::enter_idle() {
     if (m_sh->m_draining) return false;
+    // An acceptor waits at max_connections: a keep-alive connection makes
+    // room rather than wait (a new one has its first request to come).
+    if (!m_fresh && m_st->m_room_wanted.load(std::memory_order_relaxed)) return false;
     m_phase = phase::idle;
     m_in.shrink();
     if (m_out.capacity() > small_read) std::string().swap(m_out);
-    arm_idle();
+    if (!m_fresh) {
+        arm_idle();
+    } else if (!m_header_armed) {
+        // A new connection: its first head is due header_timeout after
+        // the accept, whether or not a byte came.
+        m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+        m_header_armed = true;
+    }
     return true;
 }
 
@@ -771,13 +836,14 @@ task<bool> server_connection::fill(parser& p) {
     } else {
         n = co_await m_stream.read_some(space);
     }
-    if (m_phase != phase::head) disarm();
+    const bool header_runs = m_phase == phase::head || (m_phase == phase::idle && m_fresh);
+    if (!header_runs) disarm();
     if (n == 0) co_return false;
     m_in.commit(n);
     if (n == space.size()) m_next_read = large_read;
     if (m_phase == phase::idle) {
         m_phase = phase::head;
-        m_header_armed = false;
+        m_header_armed = m_fresh;
     }
     co_return true;
 }
@@ -1202,7 +1268,11 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_
         // acceptor that waits holds none (with several acceptors, each may
         // accept one connection that then waits, unserved, for a slot).
         if (st.m_slots.load(std::memory_order_acquire) >= st.m_options.max_connections) {
+            // At the cap: idle connections make room (nginx's "reusing
+            // connections"); the new one waits only if none is idle.
+            st.make_room(self, here);
             co_await st.wait_for_slot(false);
+            st.m_room_wanted.store(false, std::memory_order_relaxed);
         }
         tcp_stream s;
         std::string failure;
@@ -1231,7 +1301,11 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_
             burst = 0;
             backoff = first_backoff;
         }
-        if (!st.try_take_slot()) co_await st.wait_for_slot(true);
+        if (!st.try_take_slot()) {
+            st.make_room(self, here);
+            co_await st.wait_for_slot(true);
+            st.m_room_wanted.store(false, std::memory_order_relaxed);
+        }
         st.dispatch(self, here, turn, std::move(s));
     }
 }
@@ -1241,6 +1315,131 @@ void server_shard::expire(deadline_list& list, clock::time_point now) noexcept {
         if (n->deadline > now) break;
         deadline_list::unlink(*n);
         n->owner->stop(server_connection::stop_reason::timeout);
+    }
+}
+
+std::size_t server_shard::evict_idle(std::size_t n, std::chrono::nanoseconds idle_timeout,
+                                     std::chrono::nanoseconds header_timeout) noexcept {
+    // The longest-waiting first: the front of each list waited longest of
+    // those in it (each list's entries are "since + a fixed timeout").
+    // Entries of connections that do not wait for a request (a body, a
+    // response being written) are passed over.
+    std::size_t closed = 0;
+    deadline_node* idle = m_idle_deadlines.front();
+    deadline_node* fresh = m_header_deadlines.front();
+    auto next_waiting = [](deadline_node* at, deadline_list& list) -> deadline_node* {
+        while (at != nullptr && !at->owner->waiting()) at = list.after(at);
+        return at;
+    };
+    idle = next_waiting(idle, m_idle_deadlines);
+    fresh = next_waiting(fresh, m_header_deadlines);
+    while (closed < n && (idle != nullptr || fresh != nullptr)) {
+        bool take_idle = fresh == nullptr;
+        if (idle != nullptr && fresh != nullptr) {
+            take_idle = idle->deadline - idle_timeout <= fresh->deadline - header_timeout;
+        }
+        deadline_node*& pick = take_idle ? idle : fresh;
+        deadline_list& list = take_idle ? m_idle_deadlines : m_header_deadlines;
+        deadline_node* victim = pick;
+        pick = next_waiting(list.after(victim), list);
+        deadline_list::unlink(*victim);
+        victim->owner->stop(server_connection::stop_reason::evicted);
+        ++closed;
+    }
+    return closed;
+}
+
+void server_state::make_room(const std::shared_ptr<server_state>& self, server_shard& here) {
+    m_room_wanted.store(true, std::memory_order_relaxed);
+    const std::size_t n = m_shard_count.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < n; ++i) {
+        server_shard* sh = m_shards[i].get();
+        auto evict = [self, sh]() noexcept {
+            if (sh->m_draining) return;
+            const std::size_t closed =
+                sh->evict_idle(evict_batch, self->m_options.idle_timeout, self->m_options.header_timeout);
+            for (std::size_t k = 0; k < closed; ++k) {
+                self->log_limited(*sh, log_kind::eviction,
+                                  "hop::http::server: max_connections (" +
+                                      std::to_string(self->m_options.max_connections) +
+                                      ") reached: closing the longest-idle connections to admit new ones",
+                                  "idle connections closed at max_connections");
+            }
+        };
+        if (sh == &here) {
+            evict();
+            continue;
+        }
+        try {
+            sh->m_loop->post(std::move(evict));
+        } catch (...) {
+            // That loop is stopping: its connections end anyway.
+        }
+    }
+}
+
+namespace {
+
+// "1,999"
+std::string with_commas(std::uint64_t v) {
+    std::string digits = std::to_string(v);
+    std::string out;
+    for (std::size_t i = 0; i < digits.size(); ++i) {
+        if (i != 0 && (digits.size() - i) % 3 == 0) out += ',';
+        out += digits[i];
+    }
+    return out;
+}
+
+std::string interval_text(std::chrono::nanoseconds d) {
+    using namespace std::chrono;
+    if (d % seconds(1) == nanoseconds::zero()) return std::to_string(duration_cast<seconds>(d).count()) + " s";
+    return std::to_string(duration_cast<milliseconds>(d).count()) + " ms";
+}
+
+}  // namespace
+
+void server_state::log_limited(server_shard& sh, log_kind kind, const std::string& line,
+                               std::string_view what) noexcept {
+    const auto now = clock::now();
+    bool first = false;
+    {
+        std::lock_guard lock(m_log_mutex);
+        log_window& w = m_windows[static_cast<std::size_t>(kind)];
+        if (w.open && now < w.end) {
+            ++w.more;
+            return;
+        }
+        if (w.open && w.more != 0) emit(summary(w));  // ended, not flushed yet
+        w.open = true;
+        w.end = saturating_add(now, m_options.log_interval);
+        w.more = 0;
+        try {
+            w.what = what;
+        } catch (...) {
+        }
+        first = true;
+        emit(line + " (counted from now on: at most one line per " + interval_text(m_options.log_interval) + ")");
+    }
+    if (first) {
+        // This shard's sweeper writes the count when the window ends.
+        sh.m_log_flush_at = std::min(sh.m_log_flush_at, saturating_add(now, m_options.log_interval));
+        sh.m_sweeper_wake.set();
+    }
+}
+
+std::string server_state::summary(const log_window& w) const {
+    return "hop::http::server: " + w.what + ": ... and " + with_commas(w.more) + " more in the last " +
+           interval_text(m_options.log_interval);
+}
+
+void server_state::flush_log_budget(clock::time_point now) noexcept {
+    std::lock_guard lock(m_log_mutex);
+    for (auto& w : m_windows) {
+        if (!w.open || now < w.end) continue;
+        if (w.more != 0) emit(summary(w));
+        w.open = false;
+        w.more = 0;
     }
 }
 
@@ -1257,12 +1456,16 @@ task<void> server_state::sweep(std::shared_ptr<server_state> self, server_shard*
         here.expire(here.m_header_deadlines, now);
         here.expire(here.m_idle_deadlines, now);
         here.expire(here.m_linger_deadlines, now);
-        if (here.no_deadlines()) {
+        if (here.m_log_flush_at <= now) {
+            here.m_log_flush_at = clock::time_point::max();
+            self->flush_log_budget(now);
+        }
+        if (here.no_deadlines() && here.m_log_flush_at == clock::time_point::max()) {
             here.m_sweeper_wake.reset();
             co_await here.m_sweeper_wake.wait();
             continue;
         }
-        auto until = saturating_add(now, longest_sleep);
+        auto until = std::min(saturating_add(now, longest_sleep), here.m_log_flush_at);
         if (auto* n = here.m_header_deadlines.front()) until = std::min(until, n->deadline);
         if (auto* n = here.m_idle_deadlines.front()) until = std::min(until, n->deadline);
         if (auto* n = here.m_linger_deadlines.front()) until = std::min(until, n->deadline);
@@ -1325,6 +1528,8 @@ task<void> server_state::run_shard(std::shared_ptr<server_state> self, server_sh
         co_await sweeper;
     } catch (const cancelled_error&) {
     }
+    // The counts still in the log budget's windows.
+    st.flush_log_budget(clock::time_point::max());
     if (fatal) std::rethrow_exception(fatal);
 }
 
@@ -1449,6 +1654,10 @@ void validate(const server_options& o) {
     }
     if (o.lingering_timeout <= std::chrono::nanoseconds::zero()) {
         throw std::invalid_argument(std::string(where) + "lingering_timeout is " + ns_text(o.lingering_timeout) +
+                                    ": it must be positive");
+    }
+    if (o.log_interval <= std::chrono::nanoseconds::zero()) {
+        throw std::invalid_argument(std::string(where) + "log_interval is " + ns_text(o.log_interval) +
                                     ": it must be positive");
     }
     if (o.shutdown_grace < std::chrono::nanoseconds::zero()) {

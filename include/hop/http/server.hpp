@@ -63,8 +63,16 @@
 /// - a handler that throws gets a 500 (logged) and the server goes on; so
 ///   does a handler that returns a status outside 200-999 (1xx is no final
 ///   status);
+/// - a new connection must send its first request head within
+///   header_timeout of its accept (a first byte or not), else it is closed
+///   (408 if part of a head came);
 /// - at most max_connections connections are served at once (over every
-///   loop): further ones wait in the listen backlog until one ends (with
+///   loop). At the cap, the connections that wait for a request (idle
+///   keep-alive ones, new ones that sent nothing), the longest-waiting
+///   first (each loop up to 16 of its own at a time), are closed to admit
+///   new ones, as nginx reuses connections (one
+///   log line per log_interval, with a count); only if none waits do
+///   further ones wait in the listen backlog until one ends (with
 ///   io_uring up to 64 more may already be accepted by the kernel, and with
 ///   accept_mode::reuse_port each loop's acceptor may hold one it took as
 ///   the last slot went to another loop; they wait unserved too);
@@ -108,14 +116,16 @@ struct server_options {
     /// no body.
     std::uint64_t max_body_bytes = 8 << 20;
     /// From a request's first byte until its head is complete (then: 408
-    /// and close). Must be positive.
+    /// and close); for a connection's first request, from its accept (a
+    /// connection that sends nothing is closed silently). Must be positive.
     std::chrono::nanoseconds header_timeout = std::chrono::seconds(10);
     /// A keep-alive connection waiting for its next request, a body that
     /// makes no progress, a response the client does not read: closed after
     /// this long. Must be positive.
     std::chrono::nanoseconds idle_timeout = std::chrono::seconds(60);
     /// Connections served at once (by the whole server, over every loop it
-    /// serves on); at least 1.
+    /// serves on); at least 1. At the cap, idle ones are closed to make
+    /// room for new ones (see the class).
     std::size_t max_connections = 10000;
     /// Lingering close (nginx's lingering_time and lingering_timeout): after
     /// an answer sent before the request was read to its end (413, 400,
@@ -153,10 +163,19 @@ struct server_options {
     /// The Server header's value; empty (the default): no Server header.
     std::string server_header{};
     /// Where the server's log lines go (a handler that threw, a bad
-    /// status, accept failures); each call is one line without its newline.
-    /// Called on the loop the line is about (any of a pool's loops, with
-    /// serve(io_pool&)); calls never overlap. Empty (the default): stderr.
+    /// status, accept failures, failed TLS handshakes, idle connections
+    /// closed at max_connections); each call is one line without its
+    /// newline. Called on the loop the line is about (any of a pool's
+    /// loops, with serve(io_pool&)); calls never overlap. Empty (the
+    /// default): stderr.
     std::function<void(std::string_view)> log{};
+    /// The log budget: what a peer can trigger (failed TLS handshakes,
+    /// idle connections closed at max_connections) is logged once per
+    /// log_interval per kind; the rest are counted and the count logged
+    /// when the interval ends ("... and 1,999 more in the last 10 s"), or
+    /// when serve() ends. A client that goes away mid-response is not
+    /// logged at all. Must be positive.
+    std::chrono::nanoseconds log_interval = std::chrono::seconds(10);
     /// Serve https: each accepted connection shakes hands with this
     /// (server) context before its first request; a failed handshake closes
     /// the connection (and is logged). Empty (the default): plain HTTP.
