@@ -15,6 +15,7 @@
 #include "support/http_peers.hpp"
 #include "support/http_server_fixture.hpp"
 #include "support/sockets.hpp"
+#include "support/tls_certs.hpp"
 
 #include <doctest/doctest.h>
 
@@ -27,6 +28,7 @@
 #include <string_view>
 #include <functional>
 #include <mutex>
+#include <span>
 #include <system_error>
 #include <vector>
 
@@ -302,6 +304,66 @@ TEST_CASE("an idle flood at max_connections: a new client is served, longest-idl
         // serve() ended: the burst's count is written.
         CHECK_MESSAGE(log.count("idle connections closed at max_connections: ... and ") == 1, log.all());
         CHECK(log.lines.size() == 2);
+    });
+}
+
+// ============================================================================
+// The log budget
+// ============================================================================
+
+TEST_CASE("log budget: 200 plain-HTTP connections to the TLS port log one line, then one count") {
+    constexpr int probes = 200;
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        log_lines log;
+        auto o = hop_test::test_options();
+        const auto& certs = hop_test::test_certs();
+        o.tls = hop::tls::context::server(certs.localhost.cert, certs.localhost.key);
+        o.log_interval = 10min;  // every probe falls in one interval
+        o.log = log.sink();
+        run_on(loop, with_server(hop_test::test_app, o, [&](hop::http::server& srv) -> hop::task<void> {
+                   for (int i = 0; i < probes; ++i) {
+                       // Plain HTTP to the https port: the handshake fails
+                       // and the server closes.
+                       const std::string got = co_await hop_test::exchange(
+                           srv.local_endpoint(), hop_test::get_request("/", "Connection: close\r\n"));
+                       (void)got;
+                   }
+                   co_await wait_for_connections(srv, 0);
+                   CHECK_MESSAGE(log.count("TLS handshake failed") == 1, log.all());
+                   CHECK_MESSAGE(log.lines.size() == 1, log.all());
+               }));
+        // serve() ended: the interval's count.
+        CHECK_MESSAGE(log.count("TLS handshakes failed: ... and 199 more in the last 600 s") == 1, log.all());
+        CHECK_MESSAGE(log.lines.size() == 2, log.all());
+    });
+}
+
+TEST_CASE("log budget: clients that go away in the middle of a streamed response are not logged") {
+    constexpr int clients = 20;
+    // A response far larger than the socket buffers, written in pieces.
+    auto endless = [](hop::http::request&, hop::http::response_writer& out) -> hop::task<> {
+        const std::string piece(64 * 1024, 'z');
+        for (int i = 0; i < 4096; ++i) co_await out.write(piece);
+    };
+    for_each_backend([&](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        log_lines log;
+        auto o = hop_test::test_options();
+        o.log = log.sink();
+        run_on(loop, with_server(endless, o, [&](hop::http::server& srv) -> hop::task<void> {
+                   for (int i = 0; i < clients; ++i) {
+                       auto c = co_await hop::tcp_stream::connect(srv.local_endpoint());
+                       co_await c.write_all(hop_test::get_request("/big"));
+                       char head[256];
+                       const std::size_t n = co_await c.read_some(std::span<char>(head));
+                       CHECK(n > 0);
+                       // Gone with the response half sent (unread bytes: a reset).
+                       c.close();
+                   }
+                   co_await wait_for_connections(srv, 0);
+               }));
+        CHECK_MESSAGE(log.lines.empty(), log.all());
     });
 }
 

@@ -626,6 +626,9 @@ private:
     // No request head has arrived yet: header_timeout runs from the
     // accept (or the TLS handshake's start), first byte or not.
     bool m_fresh = true;
+    // A write to the client failed (it reset or went away): a handler
+    // failing because of it is not worth a log line.
+    bool m_client_gone = false;
 };
 
 // ---------------------------------------------------------------------------
@@ -855,10 +858,17 @@ task<void> server_connection::flush() {
         // A client that does not read its response is timed by idle_timeout.
         arm_idle();
         std::size_t n = 0;
-        if (m_tls) {
-            n = co_await m_tls->write_some(std::string_view(m_out).substr(done));
-        } else {
-            n = co_await m_stream.write_some(std::string_view(m_out).substr(done));
+        try {
+            if (m_tls) {
+                n = co_await m_tls->write_some(std::string_view(m_out).substr(done));
+            } else {
+                n = co_await m_stream.write_some(std::string_view(m_out).substr(done));
+            }
+        } catch (const cancelled_error&) {
+            throw;
+        } catch (const std::exception&) {
+            m_client_gone = true;
+            throw;
         }
         disarm();
         done += n;
@@ -1039,6 +1049,12 @@ task<bool> server_connection::respond(request& req) {
     if (!w.started()) {
         answer_500(req, failure);
         co_return m_keep_alive;
+    }
+    if (m_client_gone) {
+        // The client went away mid-response: an everyday event, not logged.
+        m_out.clear();
+        m_keep_alive = false;
+        co_return false;
     }
     m_st->log("hop::http::server: the handler for " + req.method + " " + req.url + " " + failure +
               " after its response started: connection closed");
