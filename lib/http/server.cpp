@@ -529,6 +529,7 @@ public:
     task<void> writer_start(response_writer& w, int status, headers fields);
     task<void> writer_write(response_writer& w, std::string_view data);
     task<void> writer_finish(response_writer& w);
+    void writer_send_head(response_writer& w, bool empty);
 
     future<void> m_future;
 
@@ -1046,7 +1047,7 @@ task<bool> server_connection::respond(request& req) {
         }
     }
     if (failure.empty()) co_return m_keep_alive;
-    if (!w.started()) {
+    if (!w.started() || w.m_head_pending) {
         answer_500(req, failure);
         co_return m_keep_alive;
     }
@@ -1096,18 +1097,42 @@ task<void> server_connection::writer_start(response_writer& w, int status, heade
         w.m_remaining = *length;
     } else if (no_body_status) {
         f = framing::none;
-    } else if (m_minor >= 1) {
-        fields.add_unchecked("Transfer-Encoding", "chunked");
-        f = framing::chunked;
     } else {
-        m_keep_alive = false;  // HTTP/1.0: the body ends with the connection
-        f = framing::until_close;
+        f = m_minor >= 1 ? framing::chunked : framing::until_close;
+        // HEAD: the head a GET that writes a body would get.
+        if (m_head_request && f == framing::chunked) fields.add_unchecked("Transfer-Encoding", "chunked");
     }
     if (m_head_request || no_body_status) f = framing::none;
     w.m_framing = f;
     w.m_started = true;
+    if (f == framing::chunked || f == framing::until_close) {
+        // The length is not known yet: if the response ends before its
+        // first byte, it is 0 and needs no chunking (nor a close for 1.0).
+        w.m_head_pending = true;
+        w.m_pending_status = status;
+        w.m_pending_fields = std::move(fields);
+        co_return;
+    }
     finish_head(fields, status);
     co_await flush();
+}
+
+// The head start() held back, framed now that the first byte comes
+// (`empty`: the response ended without one).
+void server_connection::writer_send_head(response_writer& w, bool empty) {
+    using framing = response_writer::framing;
+    w.m_head_pending = false;
+    headers fields = std::move(w.m_pending_fields);
+    if (empty) {
+        fields.add_unchecked("Content-Length", "0");
+        w.m_framing = framing::length;
+        w.m_remaining = 0;
+    } else if (w.m_framing == framing::chunked) {
+        fields.add_unchecked("Transfer-Encoding", "chunked");
+    } else {
+        m_keep_alive = false;  // HTTP/1.0: the body ends with the connection
+    }
+    finish_head(fields, w.m_pending_status);
 }
 
 task<void> server_connection::writer_write(response_writer& w, std::string_view data) {
@@ -1116,6 +1141,7 @@ task<void> server_connection::writer_write(response_writer& w, std::string_view 
     if (w.m_finished) throw std::logic_error("hop::http::response_writer::write: called after finish()");
     if (!w.m_started) co_await writer_start(w, 200, headers{});
     if (data.empty()) co_return;
+    if (w.m_head_pending) writer_send_head(w, false);  // goes out with this first piece
     switch (w.m_framing) {
         case framing::none:
             co_return;
@@ -1150,6 +1176,11 @@ task<void> server_connection::writer_finish(response_writer& w) {
         co_await writer_start(w, 200, std::move(h));
     }
     w.m_finished = true;
+    if (w.m_head_pending) {
+        writer_send_head(w, true);
+        co_await flush();
+        co_return;
+    }
     if (w.m_framing == framing::chunked) {
         m_out.append(last_chunk);
         co_await flush();
@@ -1280,16 +1311,10 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_
     std::uint64_t burst = 0;
     std::size_t turn = 0;
     for (;;) {
-        // The cap: a slot is taken once a connection is accepted, so an
-        // acceptor that waits holds none (with several acceptors, each may
-        // accept one connection that then waits, unserved, for a slot).
-        if (st.m_slots.load(std::memory_order_acquire) >= st.m_options.max_connections) {
-            // At the cap: idle connections make room (nginx's "reusing
-            // connections"); the new one waits only if none is idle.
-            st.make_room(self, here);
-            co_await st.wait_for_slot(false);
-            st.m_room_wanted.store(false, std::memory_order_relaxed);
-        }
+        // The cap: a slot is taken once a connection is accepted. At the
+        // cap, the connection just accepted is the one idle connections
+        // make room for (nginx's "reusing connections"); it waits,
+        // unserved, only if none is idle (and others wait in the backlog).
         tcp_stream s;
         std::string failure;
         try {

@@ -198,15 +198,18 @@ class server_connection;
 }  // namespace detail
 
 /// A streamed response, for handlers of the form
-/// `(request&, response_writer&) -> task<void>`. The head goes out with the
-/// first write (or start()); each write() is sent at once as one chunk, so
-/// a client sees the body as it is produced.
+/// `(request&, response_writer&) -> task<void>`. Each write() is sent at
+/// once (as one chunk), so a client sees the body as it is produced.
 ///
-/// Framing: "Transfer-Encoding: chunked" for an HTTP/1.1 client; if the
-/// headers given to start() hold a Content-Length, exactly that many bytes
-/// are sent as they are (no chunking); an HTTP/1.0 client gets the bytes as
-/// they are and the connection closes after the last. A HEAD request, 204
-/// and 304 get the head only: writes are dropped.
+/// Framing: if the headers given to start() hold a Content-Length, the head
+/// goes out at start() and exactly that many bytes are sent as they are
+/// (no chunking; an HTTP/1.0 client that asked for keep-alive keeps its
+/// connection). Without one, the head waits for the first non-empty
+/// write(): then it is "Transfer-Encoding: chunked" for an HTTP/1.1 client,
+/// and for an HTTP/1.0 client the bytes as they are, the connection
+/// closing after the last; a response that finishes before any byte was
+/// written gets "Content-Length: 0" instead, no chunking. A HEAD request,
+/// 204 and 304 get the head only (at start()): writes are dropped.
 ///
 /// When the handler returns, finish() is called for it if it did not. If
 /// it throws before the head went out the client gets a 500; after, the
@@ -230,8 +233,10 @@ public:
     response_writer(const response_writer&) = delete;
     response_writer& operator=(const response_writer&) = delete;
 
-    /// Sends the head. Date (and Server) are added; Transfer-Encoding and
-    /// Connection are the server's to set and are replaced.
+    /// Sets the head, and sends it if its length is known (see the class;
+    /// otherwise it goes with the first write or finish). Date (and Server)
+    /// are added; Transfer-Encoding and Connection are the server's to set
+    /// and are replaced.
     /// @throws std::invalid_argument for a status outside 200-999, or a
     ///         Content-Length that is not a number.
     /// @throws std::logic_error if the head was sent already.
@@ -260,6 +265,11 @@ private:
     detail::server_connection* m_conn;
     bool m_started = false;
     bool m_finished = false;
+    // start() without a length: the head waits here for the first byte
+    // (chunked / until close) or finish() (Content-Length: 0).
+    bool m_head_pending = false;
+    int m_pending_status = 200;
+    headers m_pending_fields;
     framing m_framing = framing::chunked;
     std::uint64_t m_remaining = 0;  // framing::length: bytes still owed
 };
