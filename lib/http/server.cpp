@@ -126,6 +126,21 @@ bool valid_host(std::string_view v) {
     return true;
 }
 
+// The first item of the comma-separated `list` that is not `token`
+// (case-insensitive), or "".
+std::string_view first_coding_not(std::string_view list, std::string_view token) {
+    while (!list.empty()) {
+        const auto comma = list.find(',');
+        std::string_view item = list.substr(0, comma);
+        while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+        while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+        if (!item.empty() && !iequals(item, token)) return item;
+        if (comma == std::string_view::npos) break;
+        list.remove_prefix(comma + 1);
+    }
+    return {};
+}
+
 // The RFC 9112 section 3 and 6 rules llhttp leaves to the server; 0 if the
 // head passes, else the status to refuse it with (`why` says what). An
 // absolute-form target is turned into origin-form, its authority put in Host
@@ -144,7 +159,8 @@ int check_request_head(message_head& h, std::string& why) {
         why = "the Host field '" + std::string(hosts.front()) + "' is not a host[:port]";
         return 400;
     }
-    if (auto te = h.headers.get("Transfer-Encoding")) {
+    if (const auto codings = h.headers.get_all("Transfer-Encoding"); !codings.empty()) {
+        const std::string_view te = codings.back();
         // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has
         // faulty framing; 6.3: chunked must be the last coding (400), and
         // a coding this server does not implement is 501.
@@ -153,21 +169,15 @@ int check_request_head(message_head& h, std::string& why) {
             return 400;
         }
         if (!h.chunked) {
-            why = "Transfer-Encoding '" + std::string(*te) + "' does not end with chunked";
+            why = "Transfer-Encoding '" + std::string(te) + "' does not end with chunked";
             return 400;
         }
-        std::string_view rest = *te;
-        while (!rest.empty()) {
-            const auto comma = rest.find(',');
-            std::string_view item = rest.substr(0, comma);
-            while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
-            while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
-            if (!item.empty() && !iequals(item, "chunked")) {
-                why = "the transfer coding '" + std::string(item) + "' is not implemented";
+        for (std::string_view list : codings) {
+            const std::string_view other = first_coding_not(list, "chunked");
+            if (!other.empty()) {
+                why = "the transfer coding '" + std::string(other) + "' is not implemented";
                 return 501;
             }
-            if (comma == std::string_view::npos) break;
-            rest.remove_prefix(comma + 1);
         }
     }
     std::string& target = h.target;
