@@ -54,10 +54,31 @@ struct options {
     hop::accept_mode accept = hop::accept_mode::least_loaded;
 };
 
+/// 405 with the methods `url` takes.
+hop::http::response not_allowed(const std::string& method, std::string_view allow) {
+    hop::http::response r{.status = 405};
+    r.headers.add("Allow", allow);
+    r.headers.add("Content-Type", "text/plain; charset=utf-8");
+    r.body = method + " is not allowed here; try " + std::string(allow) + "\n";
+    return r;
+}
+
 /// The plain handler: the whole request in, the whole response out.
 hop::task<hop::http::response> app(hop::http::request& req) {
     hop::http::response r;
+    const bool get = req.method == "GET" || req.method == "HEAD";
     if (req.url == "/echo") {
+        if (get) {
+            // What a browser following the link gets: a form that POSTs here.
+            r.headers.add("Content-Type", "text/html; charset=utf-8");
+            r.body =
+                "<!doctype html><title>hop: echo</title><h1>Echo</h1>"
+                "<form method=\"post\" action=\"/echo\" enctype=\"text/plain\">"
+                "<textarea name=\"text\" rows=\"4\" cols=\"40\">hello</textarea><br>"
+                "<button>POST it</button></form><p>or: <code>curl --data-binary 'hi' URL/echo</code></p>\n";
+            co_return r;
+        }
+        if (req.method != "POST" && req.method != "PUT") co_return not_allowed(req.method, "GET, HEAD, POST, PUT");
         r.headers.add("Content-Type", req.headers.get("Content-Type").value_or("application/octet-stream"));
         r.body = std::move(req.body);
         co_return r;
@@ -72,13 +93,16 @@ hop::task<hop::http::response> app(hop::http::request& req) {
     }
     if (req.url != "/" && req.url != "/index.html") {
         r.status = 404;
+        r.headers.add("Content-Type", "text/plain; charset=utf-8");
         r.body = "no page " + req.url + "\n";
         co_return r;
     }
+    if (!get) co_return not_allowed(req.method, "GET, HEAD");
     r.headers.add("Content-Type", "text/html; charset=utf-8");
     r.body =
         "<!doctype html><title>hop</title><h1>Hello from hop</h1>"
-        "<p>POST a body to <a href=\"/echo\">/echo</a>, or watch <a href=\"/stream\">/stream</a>.</p>\n";
+        "<p>POST a body to <a href=\"/echo\">/echo</a> (a form), add up bytes with POST /sum, "
+        "or watch <a href=\"/stream\">/stream</a>.</p>\n";
     co_return r;
 }
 
@@ -88,6 +112,9 @@ hop::task<> handle(hop::http::request& req, hop::http::response_writer& out) {
     if (req.url != "/stream") {
         auto whole = app(req);
         hop::http::response r = co_await std::move(whole);
+        // The length is known: Content-Length, not chunks (so HTTP/1.0
+        // clients that ask for keep-alive keep their connection).
+        r.headers.set("Content-Length", std::to_string(r.body.size()));
         co_await out.start(r.status, std::move(r.headers));
         co_await out.write(r.body);
         co_return;

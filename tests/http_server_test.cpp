@@ -24,6 +24,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdlib>
 #include <memory>
 #include <numeric>
 #include <stdexcept>
@@ -205,6 +206,46 @@ TEST_CASE("curl: a streamed response arrives chunk by chunk, before the handler 
                    CHECK_FALSE(icontains(r.err, "content-length"));
                }));
         CHECK(handler_runs == 1);
+    });
+}
+
+TEST_CASE("response_writer: a stream that ends before its first byte is not chunked; ab -k keeps HTTP/1.0 alive") {
+    auto handler = [](hop::http::request& req, hop::http::response_writer& out) -> hop::task<void> {
+        hop::http::headers h;
+        h.add("Content-Type", "text/plain");
+        if (req.url == "/known") h.add("Content-Length", "5");
+        co_await out.start(200, std::move(h));
+        if (req.url == "/known") co_await out.write("known");
+        // "/nothing": the stream ends here, before any byte.
+    };
+    for_each_backend([&](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        run_on(loop, with_server(handler, hop_test::test_options(), [](hop::http::server& srv) -> hop::task<void> {
+                   auto c = co_await hop::tcp_stream::connect(srv.local_endpoint());
+                   co_await c.write_all(hop_test::get_request("/nothing") +
+                                        "GET /nothing HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+                   std::string buf;
+                   auto r1 = co_await hop_test::read_response(c, buf);
+                   CHECK_FALSE(r1.chunked);
+                   CHECK(r1.field("Content-Length") == "0");
+                   auto r2 = co_await hop_test::read_response(c, buf);
+                   CHECK(hop_test::starts_with(r2.head, "HTTP/1.1 200 OK\r\n"));
+                   CHECK(r2.field("Content-Length") == "0");
+                   CHECK(r2.field("Connection") == "keep-alive");
+                   for (const char* path : {"/nothing", "/known"}) {
+                       CAPTURE(path);
+                       auto ab_run = run_peer({"ab", "-k", "-n", "500", "-c", "5", url_of(srv, path)});
+                       peer_result ab = co_await std::move(ab_run);
+                       REQUIRE_MESSAGE(ab.exited_ok(), ab.describe());
+                       auto figure = [&](std::string_view label) {
+                           const auto at = ab.out.find(label);
+                           return at == std::string::npos ? -1L : std::atol(ab.out.c_str() + at + label.size());
+                       };
+                       CHECK_MESSAGE(figure("Complete requests:") == 500, ab.out);
+                       CHECK_MESSAGE(figure("Failed requests:") == 0, ab.out);
+                       CHECK_MESSAGE(figure("Keep-Alive requests:") == 500, ab.out);
+                   }
+               }));
     });
 }
 

@@ -12,6 +12,8 @@ int parse_error::status() const noexcept {
     switch (m_kind) {
     case parse_failure::header_too_large: return 431;
     case parse_failure::body_too_large: return 413;
+    case parse_failure::uri_too_long: return 414;
+    case parse_failure::version_not_supported: return 505;
     case parse_failure::bad_message: break;
     }
     return 400;
@@ -75,6 +77,7 @@ struct parser::impl {
     std::string field_name;
     std::string field_value;
     bool in_trailers = false;
+    bool url_complete = false;  // a request's target has ended
 
     // The event the last execute stopped at, and a message_end that
     // followed a head in the same run (a message without a body, where
@@ -125,6 +128,7 @@ struct parser::impl {
             llhttp_settings_init(&st);
             st.on_message_begin = on_message_begin;
             st.on_url = on_url;
+            st.on_url_complete = on_url_complete;
             st.on_status = on_status;
             st.on_header_field = on_header_field;
             st.on_header_value = on_header_value;
@@ -145,6 +149,7 @@ struct parser::impl {
         self.field_name.clear();
         self.field_value.clear();
         self.in_trailers = false;
+        self.url_complete = false;
         self.started = true;
         self.body_bytes = 0;
         return 0;
@@ -152,6 +157,11 @@ struct parser::impl {
 
     static int on_url(llhttp_t* p, const char* at, std::size_t n) {
         of(p).head.target.append(at, n);
+        return 0;
+    }
+
+    static int on_url_complete(llhttp_t* p) {
+        of(p).url_complete = true;
         return 0;
     }
 
@@ -199,8 +209,12 @@ struct parser::impl {
         h.upgrade = p->upgrade != 0;
         self.in_trailers = true;
         // llhttp takes any single-digit version ("HTTP/2.0"); this framing is 1.x only.
+        // A request in another version gets 505 (as nginx answers HTTP/2.0).
         if (h.version_major != 1)
-            return self.refuse(parse_failure::bad_message, "HTTP/" + std::to_string(h.version_major) + "." +
+            return self.refuse(self.kind == parser::kind::request && h.version_major > 1
+                                   ? parse_failure::version_not_supported
+                                                                   : parse_failure::bad_message,
+                               "HTTP/" + std::to_string(h.version_major) + "." +
                                                                std::to_string(h.version_minor) +
                                                                " is not HTTP/1.x");
 
@@ -376,6 +390,11 @@ struct parser::impl {
                 // The head's size: every byte from the end of the last
                 // message up to the end of this head.
                 head_bytes += used;
+                // RFC 9112 3: a request-target longer than the server
+                // parses gets 414, not 431.
+                if (head_bytes > lim.max_header_bytes && kind == parser::kind::request && !url_complete)
+                    fail(parse_failure::uri_too_long, "request line exceeds the limit of " +
+                                                          std::to_string(lim.max_header_bytes) + " bytes");
                 if (head_bytes > lim.max_header_bytes)
                     fail(parse_failure::header_too_large, "message head exceeds the limit of " +
                                                               std::to_string(lim.max_header_bytes) + " bytes");

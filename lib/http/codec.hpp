@@ -45,6 +45,8 @@ enum class parse_failure {
     bad_message,       ///< 400
     header_too_large,  ///< 431
     body_too_large,    ///< 413
+    uri_too_long,      ///< 414: a request line alone over max_header_bytes
+    version_not_supported,  ///< 505: a request that is not HTTP/1.x
 };
 
 /// A message the parser refuses. what() names the reason (llhttp's own
@@ -53,7 +55,7 @@ class parse_error : public protocol_error {
 public:
     parse_error(parse_failure kind, const std::string& what) : protocol_error(what), m_kind(kind) {}
     parse_failure kind() const noexcept { return m_kind; }
-    /// 400, 431 or 413.
+    /// 400, 431, 413, 414 or 505.
     int status() const noexcept;
 
 private:

@@ -48,8 +48,9 @@ constexpr std::size_t small_read = 1024;
 constexpr std::size_t large_read = 16 * 1024;
 // Pipelined responses are gathered into one write up to this size.
 constexpr std::size_t max_pending_output = 64 * 1024;
-// After an error answer, at most this much more input is read and dropped.
-constexpr std::size_t max_linger_bytes = 1 << 20;
+// At max_connections, each shard closes at most this many idle connections
+// per request for room (nginx drains 32 at a time).
+constexpr std::size_t evict_batch = 16;
 constexpr auto first_backoff = std::chrono::milliseconds(4);
 constexpr auto max_backoff = std::chrono::seconds(1);
 
@@ -90,6 +91,126 @@ bool has_token(std::string_view value, std::string_view token) {
     return false;
 }
 
+// RFC 3986 3.2.2 / RFC 9110 7.2: uri-host [ ":" port ], host not empty
+// (an "http" URI has a host). IP-literals are checked for their alphabet.
+bool valid_host(std::string_view v) {
+    auto is_unreserved_or_sub = [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               std::string_view("-._~!$&'()*+,;=").find(c) != std::string_view::npos;
+    };
+    auto is_hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); };
+    std::size_t i = 0;
+    if (!v.empty() && v.front() == '[') {
+        const auto close = v.find(']');
+        if (close == std::string_view::npos || close == 1) return false;
+        for (char c : v.substr(1, close - 1)) {
+            if (!is_unreserved_or_sub(c) && c != ':') return false;
+        }
+        i = close + 1;
+    } else {
+        for (; i < v.size() && v[i] != ':'; ++i) {
+            if (v[i] == '%') {
+                if (i + 2 >= v.size() || !is_hex(v[i + 1]) || !is_hex(v[i + 2])) return false;
+                i += 2;
+            } else if (!is_unreserved_or_sub(v[i])) {
+                return false;
+            }
+        }
+        if (i == 0) return false;
+    }
+    if (i == v.size()) return true;
+    if (v[i] != ':') return false;
+    for (char c : v.substr(i + 1)) {
+        if (c < '0' || c > '9') return false;
+    }
+    return true;
+}
+
+// The first item of the comma-separated `list` that is not `token`
+// (case-insensitive), or "".
+std::string_view first_coding_not(std::string_view list, std::string_view token) {
+    while (!list.empty()) {
+        const auto comma = list.find(',');
+        std::string_view item = list.substr(0, comma);
+        while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+        while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+        if (!item.empty() && !iequals(item, token)) return item;
+        if (comma == std::string_view::npos) break;
+        list.remove_prefix(comma + 1);
+    }
+    return {};
+}
+
+// The RFC 9112 section 3 and 6 rules llhttp leaves to the server; 0 if the
+// head passes, else the status to refuse it with (`why` says what). An
+// absolute-form target is turned into origin-form, its authority put in Host
+// (RFC 9112 3.2.2: the target's authority wins over the Host field).
+int check_request_head(message_head& h, std::string& why) {
+    const auto hosts = h.headers.get_all("Host");
+    if (hosts.size() > 1) {
+        why = "more than one Host field";
+        return 400;
+    }
+    if (hosts.empty() && h.version_minor >= 1) {
+        why = "an HTTP/1.1 request without a Host field";
+        return 400;
+    }
+    if (!hosts.empty() && !valid_host(hosts.front())) {
+        why = "the Host field '" + std::string(hosts.front()) + "' is not a host[:port]";
+        return 400;
+    }
+    if (const auto codings = h.headers.get_all("Transfer-Encoding"); !codings.empty()) {
+        const std::string_view te = codings.back();
+        // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has
+        // faulty framing; 6.3: chunked must be the last coding (400), and
+        // a coding this server does not implement is 501.
+        if (h.version_minor == 0) {
+            why = "Transfer-Encoding in an HTTP/1.0 request";
+            return 400;
+        }
+        if (!h.chunked) {
+            why = "Transfer-Encoding '" + std::string(te) + "' does not end with chunked";
+            return 400;
+        }
+        for (std::string_view list : codings) {
+            const std::string_view other = first_coding_not(list, "chunked");
+            if (!other.empty()) {
+                why = "the transfer coding '" + std::string(other) + "' is not implemented";
+                return 501;
+            }
+        }
+    }
+    std::string& target = h.target;
+    if (h.method == "CONNECT") {
+        why = "CONNECT: this server is not a proxy";
+        return 400;
+    }
+    if (target == "*") {
+        if (h.method == "OPTIONS") return 0;  // asterisk-form: the server as a whole
+        why = "the target * is for OPTIONS only";
+        return 400;
+    }
+    if (!target.empty() && target.front() == '/') return 0;  // origin-form
+    // absolute-form: scheme "://" authority path-abempty [ "?" query ]
+    const auto sep = target.find("://");
+    const auto authority_end = sep == std::string::npos ? sep : target.find_first_of("/?#", sep + 3);
+    const std::string_view authority = sep == std::string::npos
+                                           ? std::string_view()
+                                           : std::string_view(target).substr(sep + 3, authority_end == std::string::npos
+                                                                                           ? std::string::npos
+                                                                                           : authority_end - sep - 3);
+    if (sep == std::string::npos || sep == 0 || !valid_host(authority)) {
+        why = "the request target '" + target + "' is not origin-form or absolute-form";
+        return 400;
+    }
+    std::string host(authority);
+    std::string path = authority_end == std::string::npos ? std::string("/") : target.substr(authority_end);
+    if (path.front() == '?') path.insert(0, "/");
+    h.headers.set("Host", host);
+    target = std::move(path);
+    return 0;
+}
+
 clock::time_point saturating_add(clock::time_point t, std::chrono::nanoseconds d) {
     if (t > clock::time_point::max() - d) return clock::time_point::max();
     return t + std::chrono::duration_cast<clock::duration>(d);
@@ -118,6 +239,8 @@ public:
 
     bool empty() const noexcept { return m_head.next == &m_head; }
     deadline_node* front() noexcept { return empty() ? nullptr : m_head.next; }
+    // The entry after `n` (in this list), or null at the end.
+    deadline_node* after(const deadline_node* n) noexcept { return n->next == &m_head ? nullptr : n->next; }
     void insert(deadline_node& n) noexcept {
         deadline_node* at = m_head.prev;
         while (at != &m_head && at->deadline > n.deadline) at = at->prev;
@@ -166,12 +289,15 @@ public:
 
     // loop
     task_group m_connections;
-    deadline_list m_header_deadlines;  // header_timeout, and the linger after an error answer
+    deadline_list m_header_deadlines;  // header_timeout
     deadline_list m_idle_deadlines;    // idle_timeout: keep-alive, body progress, write progress
+    deadline_list m_linger_deadlines;  // lingering_timeout: each read of a lingering close
     event m_sweeper_wake;
     event m_incoming_done;             // m_incoming reached 0 while draining
     server_connection* m_first = nullptr;  // every open connection
     bool m_draining = false;
+    // When this shard's sweeper next flushes the log budget (max: never).
+    clock::time_point m_log_flush_at = clock::time_point::max();
 
     // thread-safe
     event m_drain;  // every acceptor has ended: drain
@@ -189,11 +315,19 @@ public:
     void arm(deadline_list& list, deadline_node& n, std::chrono::nanoseconds d) {
         deadline_list::unlink(n);
         n.deadline = saturating_add(clock::now(), d);
-        const bool was_empty = m_header_deadlines.empty() && m_idle_deadlines.empty();
+        const bool was_empty = no_deadlines();
         list.insert(n);
         if (was_empty) m_sweeper_wake.set();
     }
+    bool no_deadlines() const noexcept {
+        return m_header_deadlines.empty() && m_idle_deadlines.empty() && m_linger_deadlines.empty();
+    }
     void expire(deadline_list& list, clock::time_point now) noexcept;
+    // loop: closes up to `n` connections that wait for a request, the
+    // longest-waiting first (keep-alive ones and new ones that sent
+    // nothing). Returns how many.
+    std::size_t evict_idle(std::size_t n, std::chrono::nanoseconds idle_timeout,
+                           std::chrono::nanoseconds header_timeout) noexcept;
     // loop: starts serving `s` here (the connection is counted already).
     void start_connection(const std::shared_ptr<server_state>& st, tcp_stream s);
 };
@@ -227,9 +361,37 @@ public:
     std::vector<future<void>> m_accepts;  // m_mutex: the running acceptors
     std::atomic<std::size_t> m_acceptors_running{0};
     std::mutex m_log_mutex;
+    // Set while an acceptor waits at max_connections: a keep-alive
+    // connection that goes idle then closes, to make room.
+    std::atomic<bool> m_room_wanted{false};
+
+    // The log budget: what a peer can trigger is logged at most once per
+    // log_interval per kind, with a count of the rest. m_log_mutex.
+    enum class log_kind : std::uint8_t { tls_handshake, eviction, count };
+    struct log_window {
+        bool open = false;
+        clock::time_point end{};
+        std::uint64_t more = 0;  // events after the first in this window
+        std::string what;        // the summary's subject
+    };
+    log_window m_windows[static_cast<std::size_t>(log_kind::count)];
+
+    // Thread-safe, on `sh`'s loop: logs `line` if no window of `kind` is
+    // open (opening one, flushed by sh's sweeper at its end), else counts
+    // it. `what` names the kind in the summary line.
+    void log_limited(server_shard& sh, log_kind kind, const std::string& line, std::string_view what) noexcept;
+    // Thread-safe: ends the windows that ended by `now`, logging each
+    // count ("... and 1,999 more in the last 10 s").
+    void flush_log_budget(clock::time_point now) noexcept;
+
+    std::string summary(const log_window& w) const;
 
     void log(const std::string& line) noexcept {
         std::lock_guard lock(m_log_mutex);
+        emit(line);
+    }
+    // log() with m_log_mutex held.
+    void emit(const std::string& line) noexcept {
         try {
             if (m_options.log) {
                 m_options.log(line);
@@ -304,6 +466,11 @@ public:
         if (m_slots.fetch_sub(1, std::memory_order_acq_rel) == m_options.max_connections) m_slot_free.set();
     }
 
+    // The acceptor on `here` is at max_connections: asks every shard to
+    // close its longest-idle connections, and keep-alive connections that
+    // go idle from now on to close, until a slot is free.
+    void make_room(const std::shared_ptr<server_state>& self, server_shard& here);
+
     // Marks serve as started. @throws std::logic_error the second time.
     void begin_serve(const char* where);
     // Sets up a shard per loop (on the thread that calls serve, before any
@@ -326,7 +493,7 @@ public:
 class server_connection {
 public:
     enum class phase : std::uint8_t { handshake, idle, head, body, handler, linger };
-    enum class stop_reason : std::uint8_t { none, timeout, shutdown };
+    enum class stop_reason : std::uint8_t { none, timeout, shutdown, evicted };
 
     // On `sh`'s loop. The connection was counted (its slot and the
     // shard's load) when it was accepted; it gives both back when it ends.
@@ -365,11 +532,14 @@ public:
     }
     // No request begun: closed at once when the server drains.
     bool idle() const noexcept { return m_phase == phase::idle || m_phase == phase::handshake; }
+    // Waiting for a request (not in a TLS handshake): may be evicted.
+    bool waiting() const noexcept { return m_phase == phase::idle; }
     server_connection* next() const noexcept { return m_next; }
 
     task<void> writer_start(response_writer& w, int status, headers fields);
     task<void> writer_write(response_writer& w, std::string_view data);
     task<void> writer_finish(response_writer& w);
+    void writer_send_head(response_writer& w, bool empty);
 
     future<void> m_future;
 
@@ -464,6 +634,12 @@ private:
     bool m_continue_pending = false;
     bool m_upgrade = false;
     bool m_header_armed = false;
+    // No request head has arrived yet: header_timeout runs from the
+    // accept (or the TLS handshake's start), first byte or not.
+    bool m_fresh = true;
+    // A write to the client failed (it reset or went away): a handler
+    // failing because of it is not worth a log line.
+    bool m_client_gone = false;
 };
 
 // ---------------------------------------------------------------------------
@@ -517,12 +693,16 @@ task<bool> server_connection::handshake() {
     } catch (const tls::error& e) {
         failure = e.what();
     }
-    disarm();
     m_phase = phase::idle;
     if (!failure.empty()) {
-        m_st->log("hop::http::server: " + failure + " (connection closed)");
+        disarm();
+        m_st->log_limited(*m_sh, server_state::log_kind::tls_handshake,
+                          "hop::http::server: TLS handshake failed: " + failure + " (connection closed)",
+                          "TLS handshakes failed");
         co_return false;
     }
+    // header_timeout goes on: the first request's head is due within it.
+    m_header_armed = true;
     co_return true;
 }
 
@@ -563,8 +743,10 @@ task<int> server_connection::request_loop() {
             case parser::event::head: {
                 disarm();
                 m_header_armed = false;
+                m_fresh = false;
                 m_phase = phase::body;
                 message_head& h = p.head();
+                if (const int refused = check_request_head(h, m_error_text)) co_return refused;
                 req.method = std::move(h.method);
                 req.url = std::move(h.target);
                 req.headers = std::move(h.headers);
@@ -618,10 +800,20 @@ task<bool> server_connection::await_request() {
 // idle_timeout. False: the server drains, so the connection ends here.
 bool server_connection::enter_idle() {
     if (m_sh->m_draining) return false;
+    // An acceptor waits at max_connections: a keep-alive connection makes
+    // room rather than wait (a new one has its first request to come).
+    if (!m_fresh && m_st->m_room_wanted.load(std::memory_order_relaxed)) return false;
     m_phase = phase::idle;
     m_in.shrink();
     if (m_out.capacity() > small_read) std::string().swap(m_out);
-    arm_idle();
+    if (!m_fresh) {
+        arm_idle();
+    } else if (!m_header_armed) {
+        // A new connection: its first head is due header_timeout after
+        // the accept, whether or not a byte came.
+        m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+        m_header_armed = true;
+    }
     return true;
 }
 
@@ -658,13 +850,14 @@ task<bool> server_connection::fill(parser& p) {
     } else {
         n = co_await m_stream.read_some(space);
     }
-    if (m_phase != phase::head) disarm();
+    const bool header_runs = m_phase == phase::head || (m_phase == phase::idle && m_fresh);
+    if (!header_runs) disarm();
     if (n == 0) co_return false;
     m_in.commit(n);
     if (n == space.size()) m_next_read = large_read;
     if (m_phase == phase::idle) {
         m_phase = phase::head;
-        m_header_armed = false;
+        m_header_armed = m_fresh;
     }
     co_return true;
 }
@@ -676,10 +869,17 @@ task<void> server_connection::flush() {
         // A client that does not read its response is timed by idle_timeout.
         arm_idle();
         std::size_t n = 0;
-        if (m_tls) {
-            n = co_await m_tls->write_some(std::string_view(m_out).substr(done));
-        } else {
-            n = co_await m_stream.write_some(std::string_view(m_out).substr(done));
+        try {
+            if (m_tls) {
+                n = co_await m_tls->write_some(std::string_view(m_out).substr(done));
+            } else {
+                n = co_await m_stream.write_some(std::string_view(m_out).substr(done));
+            }
+        } catch (const cancelled_error&) {
+            throw;
+        } catch (const std::exception&) {
+            m_client_gone = true;
+            throw;
         }
         disarm();
         done += n;
@@ -746,13 +946,16 @@ void server_connection::append_error(int status, std::string_view text) {
 }
 
 // Answers a request the server refuses, then reads and drops what the
-// client still sends (for at most header_timeout) before the close, so the
-// answer is not destroyed by a reset.
+// client still sends (lingering_time, lingering_timeout) before the close,
+// so the answer is not destroyed by a reset.
 task<void> server_connection::answer_error(int status) {
     // Responses to requests pipelined before this one go out first.
     m_head_request = false;
     append_error(status, status == 413   ? "the body is over the server's limit"
+                         : status == 414 ? "the request target is over the server's limit"
                          : status == 431 ? "the header fields are over the server's limit"
+                         : status == 501 ? "the request uses a transfer coding this server does not implement"
+                         : status == 505 ? "this server speaks HTTP/1.0 and HTTP/1.1"
                                          : "the request is malformed");
     m_sh->m_requests.fetch_add(1, std::memory_order_relaxed);
     m_phase = phase::linger;
@@ -760,17 +963,25 @@ task<void> server_connection::answer_error(int status) {
     if (m_tls) {
         // close_notify, then what the client still sends is read and dropped
         // until its own close_notify, for at most header_timeout.
-        co_await m_tls->shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(m_st->m_options.header_timeout));
+        co_await m_tls->shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(m_st->m_options.lingering_time));
         co_return;
     }
+    // Lingering close, as nginx's: our FIN goes out after the answer; the
+    // client may still be sending a body it did not wait to send. Reading
+    // it until the client closes (bounded) keeps our close from being a
+    // reset that would make the client's kernel drop the answer unread.
     m_stream.shutdown_write();
-    m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
-    std::size_t dropped = 0;
+    const server_options& o = m_st->m_options;
+    const auto until = saturating_add(clock::now(), o.lingering_time);
     m_in.consume(m_in.view().size());
-    while (dropped < max_linger_bytes) {
+    for (;;) {
+        const auto now = clock::now();
+        if (now >= until) break;
+        // Each read waits at most lingering_timeout, and not past the total.
+        m_sh->arm(m_sh->m_linger_deadlines, m_deadline,
+                  std::min<std::chrono::nanoseconds>(o.lingering_timeout, until - now));
         const std::size_t n = co_await m_stream.read_some(m_in.space(large_read));
         if (n == 0) break;
-        dropped += n;
     }
     disarm();
 }
@@ -846,9 +1057,15 @@ task<bool> server_connection::respond(request& req) {
         }
     }
     if (failure.empty()) co_return m_keep_alive;
-    if (!w.started()) {
+    if (!w.started() || w.m_head_pending) {
         answer_500(req, failure);
         co_return m_keep_alive;
+    }
+    if (m_client_gone) {
+        // The client went away mid-response: an everyday event, not logged.
+        m_out.clear();
+        m_keep_alive = false;
+        co_return false;
     }
     m_st->log("hop::http::server: the handler for " + req.method + " " + req.url + " " + failure +
               " after its response started: connection closed");
@@ -890,18 +1107,42 @@ task<void> server_connection::writer_start(response_writer& w, int status, heade
         w.m_remaining = *length;
     } else if (no_body_status) {
         f = framing::none;
-    } else if (m_minor >= 1) {
-        fields.add_unchecked("Transfer-Encoding", "chunked");
-        f = framing::chunked;
     } else {
-        m_keep_alive = false;  // HTTP/1.0: the body ends with the connection
-        f = framing::until_close;
+        f = m_minor >= 1 ? framing::chunked : framing::until_close;
+        // HEAD: the head a GET that writes a body would get.
+        if (m_head_request && f == framing::chunked) fields.add_unchecked("Transfer-Encoding", "chunked");
     }
     if (m_head_request || no_body_status) f = framing::none;
     w.m_framing = f;
     w.m_started = true;
+    if (f == framing::chunked || f == framing::until_close) {
+        // The length is not known yet: if the response ends before its
+        // first byte, it is 0 and needs no chunking (nor a close for 1.0).
+        w.m_head_pending = true;
+        w.m_pending_status = status;
+        w.m_pending_fields = std::move(fields);
+        co_return;
+    }
     finish_head(fields, status);
     co_await flush();
+}
+
+// The head start() held back, framed now that the first byte comes
+// (`empty`: the response ended without one).
+void server_connection::writer_send_head(response_writer& w, bool empty) {
+    using framing = response_writer::framing;
+    w.m_head_pending = false;
+    headers fields = std::move(w.m_pending_fields);
+    if (empty) {
+        fields.add_unchecked("Content-Length", "0");
+        w.m_framing = framing::length;
+        w.m_remaining = 0;
+    } else if (w.m_framing == framing::chunked) {
+        fields.add_unchecked("Transfer-Encoding", "chunked");
+    } else {
+        m_keep_alive = false;  // HTTP/1.0: the body ends with the connection
+    }
+    finish_head(fields, w.m_pending_status);
 }
 
 task<void> server_connection::writer_write(response_writer& w, std::string_view data) {
@@ -910,6 +1151,7 @@ task<void> server_connection::writer_write(response_writer& w, std::string_view 
     if (w.m_finished) throw std::logic_error("hop::http::response_writer::write: called after finish()");
     if (!w.m_started) co_await writer_start(w, 200, headers{});
     if (data.empty()) co_return;
+    if (w.m_head_pending) writer_send_head(w, false);  // goes out with this first piece
     switch (w.m_framing) {
         case framing::none:
             co_return;
@@ -944,6 +1186,11 @@ task<void> server_connection::writer_finish(response_writer& w) {
         co_await writer_start(w, 200, std::move(h));
     }
     w.m_finished = true;
+    if (w.m_head_pending) {
+        writer_send_head(w, true);
+        co_await flush();
+        co_return;
+    }
     if (w.m_framing == framing::chunked) {
         m_out.append(last_chunk);
         co_await flush();
@@ -1074,12 +1321,10 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_
     std::uint64_t burst = 0;
     std::size_t turn = 0;
     for (;;) {
-        // The cap: a slot is taken once a connection is accepted, so an
-        // acceptor that waits holds none (with several acceptors, each may
-        // accept one connection that then waits, unserved, for a slot).
-        if (st.m_slots.load(std::memory_order_acquire) >= st.m_options.max_connections) {
-            co_await st.wait_for_slot(false);
-        }
+        // The cap: a slot is taken once a connection is accepted. At the
+        // cap, the connection just accepted is the one idle connections
+        // make room for (nginx's "reusing connections"); it waits,
+        // unserved, only if none is idle (and others wait in the backlog).
         tcp_stream s;
         std::string failure;
         try {
@@ -1107,7 +1352,11 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_
             burst = 0;
             backoff = first_backoff;
         }
-        if (!st.try_take_slot()) co_await st.wait_for_slot(true);
+        if (!st.try_take_slot()) {
+            st.make_room(self, here);
+            co_await st.wait_for_slot(true);
+            st.m_room_wanted.store(false, std::memory_order_relaxed);
+        }
         st.dispatch(self, here, turn, std::move(s));
     }
 }
@@ -1120,23 +1369,157 @@ void server_shard::expire(deadline_list& list, clock::time_point now) noexcept {
     }
 }
 
+std::size_t server_shard::evict_idle(std::size_t n, std::chrono::nanoseconds idle_timeout,
+                                     std::chrono::nanoseconds header_timeout) noexcept {
+    // The longest-waiting first: the front of each list waited longest of
+    // those in it (each list's entries are "since + a fixed timeout").
+    // Entries of connections that do not wait for a request (a body, a
+    // response being written) are passed over.
+    std::size_t closed = 0;
+    deadline_node* idle = m_idle_deadlines.front();
+    deadline_node* fresh = m_header_deadlines.front();
+    auto next_waiting = [](deadline_node* at, deadline_list& list) -> deadline_node* {
+        while (at != nullptr && !at->owner->waiting()) at = list.after(at);
+        return at;
+    };
+    idle = next_waiting(idle, m_idle_deadlines);
+    fresh = next_waiting(fresh, m_header_deadlines);
+    while (closed < n && (idle != nullptr || fresh != nullptr)) {
+        bool take_idle = fresh == nullptr;
+        if (idle != nullptr && fresh != nullptr) {
+            take_idle = idle->deadline - idle_timeout <= fresh->deadline - header_timeout;
+        }
+        deadline_node*& pick = take_idle ? idle : fresh;
+        deadline_list& list = take_idle ? m_idle_deadlines : m_header_deadlines;
+        deadline_node* victim = pick;
+        pick = next_waiting(list.after(victim), list);
+        deadline_list::unlink(*victim);
+        victim->owner->stop(server_connection::stop_reason::evicted);
+        ++closed;
+    }
+    return closed;
+}
+
+void server_state::make_room(const std::shared_ptr<server_state>& self, server_shard& here) {
+    m_room_wanted.store(true, std::memory_order_relaxed);
+    const std::size_t n = m_shard_count.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < n; ++i) {
+        server_shard* sh = m_shards[i].get();
+        auto evict = [self, sh]() noexcept {
+            if (sh->m_draining) return;
+            const std::size_t closed =
+                sh->evict_idle(evict_batch, self->m_options.idle_timeout, self->m_options.header_timeout);
+            for (std::size_t k = 0; k < closed; ++k) {
+                self->log_limited(*sh, log_kind::eviction,
+                                  "hop::http::server: max_connections (" +
+                                      std::to_string(self->m_options.max_connections) +
+                                      ") reached: closing the longest-idle connections to admit new ones",
+                                  "idle connections closed at max_connections");
+            }
+        };
+        if (sh == &here) {
+            evict();
+            continue;
+        }
+        try {
+            sh->m_loop->post(std::move(evict));
+        } catch (...) {
+            // That loop is stopping: its connections end anyway.
+        }
+    }
+}
+
+namespace {
+
+// "1,999"
+std::string with_commas(std::uint64_t v) {
+    std::string digits = std::to_string(v);
+    std::string out;
+    for (std::size_t i = 0; i < digits.size(); ++i) {
+        if (i != 0 && (digits.size() - i) % 3 == 0) out += ',';
+        out += digits[i];
+    }
+    return out;
+}
+
+std::string interval_text(std::chrono::nanoseconds d) {
+    using namespace std::chrono;
+    if (d % seconds(1) == nanoseconds::zero()) return std::to_string(duration_cast<seconds>(d).count()) + " s";
+    return std::to_string(duration_cast<milliseconds>(d).count()) + " ms";
+}
+
+}  // namespace
+
+void server_state::log_limited(server_shard& sh, log_kind kind, const std::string& line,
+                               std::string_view what) noexcept {
+    const auto now = clock::now();
+    bool first = false;
+    {
+        std::lock_guard lock(m_log_mutex);
+        log_window& w = m_windows[static_cast<std::size_t>(kind)];
+        if (w.open && now < w.end) {
+            ++w.more;
+            return;
+        }
+        if (w.open && w.more != 0) emit(summary(w));  // ended, not flushed yet
+        w.open = true;
+        w.end = saturating_add(now, m_options.log_interval);
+        w.more = 0;
+        try {
+            w.what = what;
+        } catch (...) {
+        }
+        first = true;
+        emit(line + " (counted from now on: at most one line per " + interval_text(m_options.log_interval) + ")");
+    }
+    if (first) {
+        // This shard's sweeper writes the count when the window ends.
+        sh.m_log_flush_at = std::min(sh.m_log_flush_at, saturating_add(now, m_options.log_interval));
+        sh.m_sweeper_wake.set();
+    }
+}
+
+std::string server_state::summary(const log_window& w) const {
+    return "hop::http::server: " + w.what + ": ... and " + with_commas(w.more) + " more in the last " +
+           interval_text(m_options.log_interval);
+}
+
+void server_state::flush_log_budget(clock::time_point now) noexcept {
+    std::lock_guard lock(m_log_mutex);
+    for (auto& w : m_windows) {
+        if (!w.open || now < w.end) continue;
+        if (w.more != 0) emit(summary(w));
+        w.open = false;
+        w.more = 0;
+    }
+}
+
 task<void> server_state::sweep(std::shared_ptr<server_state> self, server_shard* sh) {
     server_shard& here = *sh;
     // Nothing is added with a deadline sooner than now + the shorter
     // timeout, so a sleep never longer than that misses none.
-    const auto longest_sleep = std::min(self->m_options.header_timeout, self->m_options.idle_timeout);
+    // (A lingering read's deadline may be sooner, at the end of
+    // lingering_time: it then ends up to that much late.)
+    const auto longest_sleep = std::min({self->m_options.header_timeout, self->m_options.idle_timeout,
+                                         self->m_options.lingering_timeout});
     for (;;) {
         const auto now = clock::now();
         here.expire(here.m_header_deadlines, now);
         here.expire(here.m_idle_deadlines, now);
-        if (here.m_header_deadlines.empty() && here.m_idle_deadlines.empty()) {
+        here.expire(here.m_linger_deadlines, now);
+        if (here.m_log_flush_at <= now) {
+            here.m_log_flush_at = clock::time_point::max();
+            self->flush_log_budget(now);
+        }
+        if (here.no_deadlines() && here.m_log_flush_at == clock::time_point::max()) {
             here.m_sweeper_wake.reset();
             co_await here.m_sweeper_wake.wait();
             continue;
         }
-        auto until = saturating_add(now, longest_sleep);
+        auto until = std::min(saturating_add(now, longest_sleep), here.m_log_flush_at);
         if (auto* n = here.m_header_deadlines.front()) until = std::min(until, n->deadline);
         if (auto* n = here.m_idle_deadlines.front()) until = std::min(until, n->deadline);
+        if (auto* n = here.m_linger_deadlines.front()) until = std::min(until, n->deadline);
         co_await sleep_until(until);
     }
 }
@@ -1196,6 +1579,8 @@ task<void> server_state::run_shard(std::shared_ptr<server_state> self, server_sh
         co_await sweeper;
     } catch (const cancelled_error&) {
     }
+    // The counts still in the log budget's windows.
+    st.flush_log_budget(clock::time_point::max());
     if (fatal) std::rethrow_exception(fatal);
 }
 
@@ -1312,6 +1697,18 @@ void validate(const server_options& o) {
     }
     if (o.idle_timeout <= std::chrono::nanoseconds::zero()) {
         throw std::invalid_argument(std::string(where) + "idle_timeout is " + ns_text(o.idle_timeout) +
+                                    ": it must be positive");
+    }
+    if (o.lingering_time <= std::chrono::nanoseconds::zero()) {
+        throw std::invalid_argument(std::string(where) + "lingering_time is " + ns_text(o.lingering_time) +
+                                    ": it must be positive");
+    }
+    if (o.lingering_timeout <= std::chrono::nanoseconds::zero()) {
+        throw std::invalid_argument(std::string(where) + "lingering_timeout is " + ns_text(o.lingering_timeout) +
+                                    ": it must be positive");
+    }
+    if (o.log_interval <= std::chrono::nanoseconds::zero()) {
+        throw std::invalid_argument(std::string(where) + "log_interval is " + ns_text(o.log_interval) +
                                     ": it must be positive");
     }
     if (o.shutdown_grace < std::chrono::nanoseconds::zero()) {

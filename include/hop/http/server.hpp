@@ -43,19 +43,36 @@
 ///   headers a GET would, and no body; 204 and 304 never carry a body;
 /// - malformed or ambiguous requests (Content-Length with
 ///   Transfer-Encoding, two different Content-Lengths, a lone CR, obs-fold,
-///   a bad chunk size...) get 400; a head larger than max_header_bytes gets
-///   431; a body larger than max_body_bytes gets 413; a head that has not
+///   a bad chunk size...) get 400, and so does what RFC 9112 sections 3
+///   and 6 require it for: an HTTP/1.1 request without Host, two Host
+///   fields or one that is not host[:port]; Transfer-Encoding in HTTP/1.0
+///   or not ending with chunked; CONNECT (this is no proxy), and "*" as
+///   the target of anything but OPTIONS. A transfer coding other than
+///   chunked gets 501, a version other than 1.x 505, a request line over
+///   max_header_bytes 414. An absolute-form target
+///   ("GET http://host/path") is accepted: the handler sees url "/path"
+///   and the target's authority as Host. A head larger than
+///   max_header_bytes gets 431; a body larger than max_body_bytes gets 413; a head that has not
 ///   arrived header_timeout after its first byte, or a body that makes no
 ///   progress for idle_timeout, gets 408. Each of them closes the connection
-///   (after reading what the client still sends, for at most header_timeout,
-///   so the answer is not lost to a reset);
+///   after a lingering close (what the client still sends is read and
+///   dropped until it closes, within lingering_time / lingering_timeout, so
+///   the answer is not lost to a reset);
 /// - a keep-alive connection with no request for idle_timeout, or a client
 ///   that does not read its response for idle_timeout, is closed silently;
 /// - a handler that throws gets a 500 (logged) and the server goes on; so
 ///   does a handler that returns a status outside 200-999 (1xx is no final
 ///   status);
+/// - a new connection must send its first request head within
+///   header_timeout of its accept (a first byte or not), else it is closed
+///   (408 if part of a head came);
 /// - at most max_connections connections are served at once (over every
-///   loop): further ones wait in the listen backlog until one ends (with
+///   loop). At the cap, the connections that wait for a request (idle
+///   keep-alive ones, new ones that sent nothing), the longest-waiting
+///   first (each loop up to 16 of its own at a time), are closed to admit
+///   new ones, as nginx reuses connections (one
+///   log line per log_interval, with a count); only if none waits do
+///   further ones wait in the listen backlog until one ends (with
 ///   io_uring up to 64 more may already be accepted by the kernel, and with
 ///   accept_mode::reuse_port each loop's acceptor may hold one it took as
 ///   the last slot went to another loop; they wait unserved too);
@@ -99,15 +116,28 @@ struct server_options {
     /// no body.
     std::uint64_t max_body_bytes = 8 << 20;
     /// From a request's first byte until its head is complete (then: 408
-    /// and close). Must be positive.
+    /// and close); for a connection's first request, from its accept (a
+    /// connection that sends nothing is closed silently). Must be positive.
     std::chrono::nanoseconds header_timeout = std::chrono::seconds(10);
     /// A keep-alive connection waiting for its next request, a body that
     /// makes no progress, a response the client does not read: closed after
     /// this long. Must be positive.
     std::chrono::nanoseconds idle_timeout = std::chrono::seconds(60);
     /// Connections served at once (by the whole server, over every loop it
-    /// serves on); at least 1.
+    /// serves on); at least 1. At the cap, idle ones are closed to make
+    /// room for new ones (see the class).
     std::size_t max_connections = 10000;
+    /// Lingering close (nginx's lingering_time and lingering_timeout): after
+    /// an answer sent before the request was read to its end (413, 400,
+    /// 431...), the server shuts down its sending side and goes on reading
+    /// and dropping what the client still sends, until the client closes,
+    /// for at most lingering_time in all, each read waiting at most
+    /// lingering_timeout; then it closes. Without it a client that sends
+    /// its whole body before reading (no "Expect: 100-continue") would get
+    /// a reset from our close, and its kernel would drop the answer unread.
+    /// Both must be positive.
+    std::chrono::nanoseconds lingering_time = std::chrono::seconds(30);
+    std::chrono::nanoseconds lingering_timeout = std::chrono::seconds(5);
     /// After serve()'s stop: how long requests in flight may take to
     /// finish before they are cancelled. 0 cancels them at once; not negative.
     std::chrono::nanoseconds shutdown_grace = std::chrono::seconds(10);
@@ -133,10 +163,19 @@ struct server_options {
     /// The Server header's value; empty (the default): no Server header.
     std::string server_header{};
     /// Where the server's log lines go (a handler that threw, a bad
-    /// status, accept failures); each call is one line without its newline.
-    /// Called on the loop the line is about (any of a pool's loops, with
-    /// serve(io_pool&)); calls never overlap. Empty (the default): stderr.
+    /// status, accept failures, failed TLS handshakes, idle connections
+    /// closed at max_connections); each call is one line without its
+    /// newline. Called on the loop the line is about (any of a pool's
+    /// loops, with serve(io_pool&)); calls never overlap. Empty (the
+    /// default): stderr.
     std::function<void(std::string_view)> log{};
+    /// The log budget: what a peer can trigger (failed TLS handshakes,
+    /// idle connections closed at max_connections) is logged once per
+    /// log_interval per kind; the rest are counted and the count logged
+    /// when the interval ends ("... and 1,999 more in the last 10 s"), or
+    /// when serve() ends. A client that goes away mid-response is not
+    /// logged at all. Must be positive.
+    std::chrono::nanoseconds log_interval = std::chrono::seconds(10);
     /// Serve https: each accepted connection shakes hands with this
     /// (server) context before its first request; a failed handshake closes
     /// the connection (and is logged). Empty (the default): plain HTTP.
@@ -159,15 +198,18 @@ class server_connection;
 }  // namespace detail
 
 /// A streamed response, for handlers of the form
-/// `(request&, response_writer&) -> task<void>`. The head goes out with the
-/// first write (or start()); each write() is sent at once as one chunk, so
-/// a client sees the body as it is produced.
+/// `(request&, response_writer&) -> task<void>`. Each write() is sent at
+/// once (as one chunk), so a client sees the body as it is produced.
 ///
-/// Framing: "Transfer-Encoding: chunked" for an HTTP/1.1 client; if the
-/// headers given to start() hold a Content-Length, exactly that many bytes
-/// are sent as they are (no chunking); an HTTP/1.0 client gets the bytes as
-/// they are and the connection closes after the last. A HEAD request, 204
-/// and 304 get the head only: writes are dropped.
+/// Framing: if the headers given to start() hold a Content-Length, the head
+/// goes out at start() and exactly that many bytes are sent as they are
+/// (no chunking; an HTTP/1.0 client that asked for keep-alive keeps its
+/// connection). Without one, the head waits for the first non-empty
+/// write(): then it is "Transfer-Encoding: chunked" for an HTTP/1.1 client,
+/// and for an HTTP/1.0 client the bytes as they are, the connection
+/// closing after the last; a response that finishes before any byte was
+/// written gets "Content-Length: 0" instead, no chunking. A HEAD request,
+/// 204 and 304 get the head only (at start()): writes are dropped.
 ///
 /// When the handler returns, finish() is called for it if it did not. If
 /// it throws before the head went out the client gets a 500; after, the
@@ -191,8 +233,10 @@ public:
     response_writer(const response_writer&) = delete;
     response_writer& operator=(const response_writer&) = delete;
 
-    /// Sends the head. Date (and Server) are added; Transfer-Encoding and
-    /// Connection are the server's to set and are replaced.
+    /// Sets the head, and sends it if its length is known (see the class;
+    /// otherwise it goes with the first write or finish). Date (and Server)
+    /// are added; Transfer-Encoding and Connection are the server's to set
+    /// and are replaced.
     /// @throws std::invalid_argument for a status outside 200-999, or a
     ///         Content-Length that is not a number.
     /// @throws std::logic_error if the head was sent already.
@@ -221,6 +265,11 @@ private:
     detail::server_connection* m_conn;
     bool m_started = false;
     bool m_finished = false;
+    // start() without a length: the head waits here for the first byte
+    // (chunked / until close) or finish() (Content-Length: 0).
+    bool m_head_pending = false;
+    int m_pending_status = 200;
+    headers m_pending_fields;
     framing m_framing = framing::chunked;
     std::uint64_t m_remaining = 0;  // framing::length: bytes still owed
 };
@@ -256,8 +305,9 @@ public:
     /// `request&` and returning `task<response>`, or taking
     /// `(request&, response_writer&)` and returning `task<void>`.
     /// @throws std::invalid_argument naming the value: an empty handler,
-    ///         max_connections 0, max_header_bytes 0, a header_timeout or
-    ///         idle_timeout that is not positive, a negative shutdown_grace,
+    ///         max_connections 0, max_header_bytes 0, a header_timeout,
+    ///         idle_timeout, lingering_time or lingering_timeout that is not
+    ///         positive, a negative shutdown_grace,
     ///         a backlog below 1.
     /// @throws std::system_error (EADDRINUSE, EACCES...) naming the endpoint.
     template <class F>
