@@ -21,6 +21,9 @@
 
 #include <doctest/doctest.h>
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -263,6 +266,18 @@ hop::task<void> total_after_redirect_raw(hop::backend) {
 
 // ---- bug 4: an early answer during a large upload ----------------------------------------
 
+// Until the peer has acknowledged every byte sent on `c` (SIOCOUTQ 0):
+// polled, bounded by a generous guard.
+hop::task<void> acknowledged(hop::tcp_stream& c) {
+    for (int i = 0; i < 120'000; ++i) {
+        int unacked = 0;
+        REQUIRE(::ioctl(c.native_handle(), SIOCOUTQ, &unacked) == 0);
+        if (unacked == 0) co_return;
+        co_await hop::sleep_for(1ms);
+    }
+    FAIL("the client did not acknowledge the server's answer in 2 minutes");
+}
+
 // Reads the request's head only, answers `answer` and closes with the body
 // unread (the kernel resets the connection): the client's write fails.
 hop::task<void> answer_early(hop::tcp_listener& lis, std::string answer) {
@@ -275,7 +290,13 @@ hop::task<void> answer_early(hop::tcp_listener& lis, std::string answer) {
         buf.append(tmp, n);
     }
     CHECK(buf.starts_with("POST /upload HTTP/1.1\r\n"));
-    if (!answer.empty()) co_await c.write_all(std::string_view(answer));
+    if (!answer.empty()) {
+        co_await c.write_all(std::string_view(answer));
+        // A close with unread input resets the connection and drops what is
+        // still in the send queue: close once the client has acknowledged
+        // the answer (on loopback, as soon as the kernel sends it).
+        co_await acknowledged(c);
+    }
     c.close();
 }
 
