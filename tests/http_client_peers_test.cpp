@@ -343,6 +343,71 @@ hop::task<void> early_answer_raw(hop::backend) {
     }
 }
 
+// ---- the request forms g++ 12 compiles correctly inline ------------------------------------
+
+// Answers each request on one connection with what it carried.
+hop::task<void> echo_requests(hop::tcp_listener& lis, int count) {
+    hop::tcp_stream c = co_await lis.accept();
+    std::string buf;
+    for (int i = 0; i < count; ++i) {
+        auto r = co_await read_request(c, buf);
+        REQUIRE(r);
+        co_await c.write_all(std::string_view(ok(r->method + " " + r->target + " ct=" +
+                                                 r->header("Content-Type").value_or("-") + " accept=" +
+                                                 r->header("Accept").value_or("-") + " len=" +
+                                                 r->header("Content-Length").value_or("-") + " " + r->body)));
+    }
+    co_await wait_for_eof(c);
+}
+
+hop::task<void> request_forms_client(std::string u) {
+    http::client client;
+    http::headers accept{{"Accept", "text/plain"}};
+    CHECK((co_await client.get(u, std::move(accept))).body == "GET /f ct=- accept=text/plain len=- ");
+    CHECK((co_await client.post(u, "{}")).body == "POST /f ct=- accept=- len=2 {}");
+    http::headers h{{"Content-Type", "application/json"}};
+    CHECK((co_await client.post(u, "{\"a\":1}", std::move(h))).body ==
+          "POST /f ct=application/json accept=- len=7 {\"a\":1}");
+    CHECK((co_await client.post(u, "")).body == "POST /f ct=- accept=- len=0 ");
+    http::response_stream s = co_await client.open(u);
+    CHECK(s.status == 200);
+    CHECK((co_await s.read_all()) == "GET /f ct=- accept=- len=- ");
+    CHECK(client.stats().connects == 1);
+}
+
+hop::task<void> request_forms(hop::backend) {
+    auto a = listen_any();
+    co_await hop::when_all(echo_requests(a, 5), request_forms_client(base_url(a) + "/f"));
+}
+
+// total_timeout counts the wait for a free connection too: the only
+// connection is held by a response_stream whose body is not read.
+hop::task<void> head_then_stall(hop::tcp_listener& lis) {
+    hop::tcp_stream c = co_await lis.accept();
+    std::string buf;
+    auto r = co_await read_request(c, buf);
+    REQUIRE(r);
+    co_await c.write_all(std::string_view("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart"));
+    co_await wait_for_eof(c);
+}
+
+hop::task<void> total_in_pool_client(std::string u) {
+    http::client_options o;
+    o.max_connections = 1;
+    o.total_timeout = 300ms;
+    http::client client{o};
+    http::response_stream holder = co_await client.open(u);
+    CHECK(client.stats().open == 1);
+    const std::string what = co_await timeout_kind_of(client.get(u));
+    CHECK_MESSAGE(what.starts_with("timeout_error: "), what);
+    CHECK(client.stats().waiting == 0);
+}
+
+hop::task<void> total_in_pool(hop::backend) {
+    auto a = listen_any();
+    co_await hop::when_all(head_then_stall(a), total_in_pool_client(base_url(a) + "/held"));
+}
+
 // ---- error messages ------------------------------------------------------------------------
 
 hop::task<void> messages_case(hop::backend) {
@@ -434,6 +499,16 @@ TEST_SUITE("http_client_peers") {
     TEST_CASE("total_timeout covers the redirect's target and the body read through open()") {
         hop_test::fd_leak_check fds;
         hop_test::for_each_backend([](hop::backend b) { hop_test::run_on(b, total_after_redirect_raw(b)); });
+    }
+
+    TEST_CASE("total_timeout counts a wait for a free connection") {
+        hop_test::fd_leak_check fds;
+        hop_test::for_each_backend([](hop::backend b) { hop_test::run_on(b, total_in_pool(b)); });
+    }
+
+    TEST_CASE("get(url, fields), post(url, body[, fields]) and open(url) send what they say") {
+        hop_test::fd_leak_check fds;
+        hop_test::for_each_backend([](hop::backend b) { hop_test::run_on(b, request_forms(b)); });
     }
 
     TEST_CASE("a server that answers early and closes during a 32 MB upload: its answer is returned") {

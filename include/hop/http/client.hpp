@@ -132,8 +132,11 @@ public:
     /// so does every later read.
     /// A stream has no size limit (max_body_bytes is for get, fetch and
     /// read_all).
-    /// @throws read_timeout, hop::timeout_error (total_timeout);
-    ///         protocol_error for a malformed or badly encoded body;
+    /// @throws read_timeout, hop::timeout_error (total_timeout, which runs
+    ///         until the body has been read, redirects included);
+    ///         protocol_error for a malformed or badly encoded body, and for
+    ///         a connection that ends before the body's framing (its
+    ///         Content-Length or last chunk) says the body ended;
     ///         std::system_error when the connection fails;
     ///         std::logic_error when used from another loop than its own.
     task<std::size_t> read_some(std::span<char> buf);
