@@ -411,6 +411,7 @@ step body_step(stream_state& s, std::string_view& piece) {
 // redirect, and its total_timeout still runs.
 void release_connection(stream_state& s) {
     s.in_body = false;
+    s.timers.disarm_phase();  // the read timeout was this response's
     std::unique_ptr<connection> c = std::move(s.conn);
     ++c->served;
     const bool reuse = !s.peer_closed && !s.req.close_after && !s.send_cut_short && c->parse.keep_alive() &&
@@ -426,7 +427,6 @@ void release_connection(stream_state& s) {
 void finish_message(stream_state& s) {
     release_connection(s);
     s.done = true;
-    s.timers.disarm_phase();
     s.timers.disarm_total();
 }
 
@@ -612,6 +612,9 @@ struct slot_guard {
 };
 
 task<void> acquire(stream_state& s, bool force_new) {
+    // No timeout of an earlier phase (a failed attempt's read) runs on into
+    // the pool wait, which arms none when pool_timeout is 0.
+    s.timers.disarm_phase();
     const pool_key key{s.loop, origin_of(s.req.target)};
     for (;;) {
         pool_wait w(*s.st, key, force_new);
