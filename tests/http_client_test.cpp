@@ -59,6 +59,23 @@ std::set<std::uint64_t> connections_of(const std::vector<hop_test::access_entry>
 
 // ---- nginx -----------------------------------------------------------------------------
 
+// nginx answers 413 from the head and closes, resetting the connection under
+// the client's 32 MB upload: the client returns the 413 (RFC 9112 section
+// 9.5), not the write's ECONNRESET; a small body is stored.
+hop::task<void> early_413(hop_test::nginx_origin& ngx) {
+    http::client client;
+    const std::string u = ngx.url("/upload-limit");
+    for (int i = 0; i < 3; ++i) {
+        http::response r = co_await client.post(u, std::string(std::size_t{32} << 20, 'u'));
+        CHECK(r.status == 413);
+        CHECK(r.body.find("413 Request Entity Too Large") != std::string::npos);
+        CHECK(client.stats().open == 0);  // not pooled: the request was not all sent
+    }
+    http::response small = co_await client.post(u, "small");
+    CHECK(small.status == 200);
+    CHECK(small.body == "stored\n");
+}
+
 hop::task<void> files_and_reuse(hop_test::nginx_origin& ngx, std::string hello) {
     http::client client;
     for (int i = 0; i < 20; ++i) {
@@ -429,6 +446,11 @@ TEST_SUITE("http_client") {
             hop_test::fd_leak_check fds;
             hop_test::run_on(b, streamed(ngx, big));
         });
+    }
+
+    TEST_CASE("nginx: a 413 answered early during a 32 MB upload is returned, not the write's reset") {
+        hop_test::nginx_origin ngx;
+        hop_test::for_each_backend([&](hop::backend b) { hop_test::run_on(b, early_413(ngx)); });
     }
 
     TEST_CASE("nginx: a name is resolved (localhost); a refused port is std::system_error") {

@@ -7,7 +7,9 @@
 //   -> acquire (idle connection for this loop and host, or a slot: connect)
 //   -> send -> read the head -> [redirect: skip the body, go round]
 //   -> body (get/fetch: whole; open: the response_stream's reads)
-//   -> finish_message: the connection back to the pool, or closed.
+//   -> finish_message: the connection back to the pool, or closed; the
+//      request is done (a redirect's response only releases its connection:
+//      release_connection).
 // Every wait runs under the request's own stop source (stop_scope), which
 // the caller's token and the agent's timeouts both stop; a cancelled_error
 // then becomes the timeout's own error if a timeout fired.
@@ -57,10 +59,20 @@ bool has_ctl_breaks(std::string_view s) noexcept {
     return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
 }
 
-// `s` for an error message: control characters escaped, long text cut.
+// At most this many bytes of a URL or value quoted in an error message.
+constexpr std::size_t shown_bytes = 200;
+
+// `s` for an error message: control characters escaped, text longer than
+// shown_bytes cut (at a UTF-8 character's start) and marked with "…".
 std::string shown(std::string_view s) {
+    std::string_view head = s;
+    if (s.size() > shown_bytes) {
+        std::size_t cut = shown_bytes;
+        while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xc0) == 0x80) --cut;
+        head = s.substr(0, cut);
+    }
     std::string out;
-    for (char c : s.substr(0, 200)) {
+    for (char c : head) {
         switch (c) {
             case '\r': out += "\\r"; break;
             case '\n': out += "\\n"; break;
@@ -76,8 +88,17 @@ std::string shown(std::string_view s) {
                 }
         }
     }
-    if (s.size() > 200) out += "...";
+    if (head.size() < s.size()) out += "\u2026";  // …
     return out;
+}
+
+// e.what() without the ": <errno text>" std::system_error appended to it,
+// for an error that wraps `e` with the same code (and so appends it again).
+std::string context_of(const std::system_error& e) {
+    std::string_view w = e.what();
+    const std::string tail = ": " + e.code().message();
+    if (w.size() > tail.size() && w.ends_with(tail)) w.remove_suffix(tail.size());
+    return std::string(w);
 }
 
 std::string_view trim(std::string_view s) noexcept {
@@ -260,6 +281,9 @@ struct stream_state {
     bool eof_before_response = false;
     std::string wire;
     bool body_separate = false;
+    // The server answered before the request's body was all sent (and
+    // closed its side): the connection cannot carry another request.
+    bool send_cut_short = false;
 
     // The response.
     int status = 0;
@@ -305,17 +329,17 @@ void stream_state::throw_timeout(timeout_kind k) const {
                 caps += ", max_connections_per_host " + std::to_string(o.max_connections_per_host);
             }
             throw pool_timeout(prefix + "pool timeout (" + format_duration(o.pool_timeout) +
-                               ") waiting for a free connection for " + url_text + " (" + caps + ")");
+                               ") waiting for a free connection for " + shown(url_text) + " (" + caps + ")");
         }
         case timeout_kind::connect:
             throw connect_timeout(prefix + "connect timeout (" + format_duration(o.connect_timeout) +
-                                  ") connecting to " + url_text);
+                                  ") connecting to " + shown(url_text));
         case timeout_kind::read:
             throw read_timeout(prefix + "read timeout (" + format_duration(o.read_timeout) + ") waiting for " +
-                               url_text);
+                               shown(url_text));
         case timeout_kind::total:
             throw timeout_error(prefix + "total timeout (" + format_duration(o.total_timeout) + ") for " +
-                                req.method + " " + first_url);
+                                req.method + " " + shown(first_url));
         case timeout_kind::none:
             break;
     }
@@ -327,7 +351,7 @@ namespace {
 enum class step { piece, end, more };
 
 [[noreturn]] void throw_malformed(const stream_state& s, const std::exception& e) {
-    throw protocol_error("hop::http::client: a malformed response from " + s.url_text + ": " + e.what());
+    throw protocol_error("hop::http::client: a malformed response from " + shown(s.url_text) + ": " + e.what());
 }
 
 // After a read of `n` > 0 bytes into the connection's buffer.
@@ -362,7 +386,7 @@ step body_step(stream_state& s, std::string_view& piece) {
             case parser::event::message_end:
                 return step::end;
             case parser::event::head:
-                throw protocol_error("hop::http::client: a second response head inside the body from " + s.url_text);
+                throw protocol_error("hop::http::client: a second response head inside the body from " + shown(s.url_text));
             case parser::event::need_more:
                 break;
         }
@@ -377,25 +401,33 @@ step body_step(stream_state& s, std::string_view& piece) {
     }
     if (ev != parser::event::message_end) {
         throw protocol_error("hop::http::client: the connection closed in the middle of the response from " +
-                             s.url_text);
+                             shown(s.url_text));
     }
     return step::end;
 }
 
-// The message has ended: the connection back to the pool, or closed.
-void finish_message(stream_state& s) {
-    s.done = true;
+// A response has ended (a redirect's, or the final one): its connection
+// back to the pool, or closed. The request goes on: it may follow a
+// redirect, and its total_timeout still runs.
+void release_connection(stream_state& s) {
     s.in_body = false;
+    s.timers.disarm_phase();  // the read timeout was this response's
     std::unique_ptr<connection> c = std::move(s.conn);
-    s.timers.disarm_phase();
-    s.timers.disarm_total();
     ++c->served;
-    const bool reuse = !s.peer_closed && !s.req.close_after && c->parse.keep_alive() && c->buffered().empty();
+    const bool reuse = !s.peer_closed && !s.req.close_after && !s.send_cut_short && c->parse.keep_alive() &&
+                       c->buffered().empty();
     if (reuse) {
         s.st->release(std::move(c));
     } else {
         s.st->discard(std::move(c));
     }
+}
+
+// The final response's body has ended: the request is over.
+void finish_message(stream_state& s) {
+    release_connection(s);
+    s.done = true;
+    s.timers.disarm_total();
 }
 
 void build_wire(stream_state& s) {
@@ -484,11 +516,11 @@ task<void> read_head(stream_state& s) {
                 continue;
             }
             if (ev != parser::event::head) {
-                throw protocol_error("hop::http::client: a response from " + s.url_text + " without a head");
+                throw protocol_error("hop::http::client: a response from " + shown(s.url_text) + " without a head");
             }
             message_head& h = c.parse.head();
             if (h.status == 101) {
-                throw protocol_error("hop::http::client: " + s.url_text +
+                throw protocol_error("hop::http::client: " + shown(s.url_text) +
                                      " switched protocols (101), which this client does not do");
             }
             if (h.status < 200) {
@@ -508,7 +540,7 @@ task<void> read_head(stream_state& s) {
             if (s.response_bytes == 0) {
                 s.eof_before_response = true;
                 throw protocol_error("hop::http::client: the server closed the connection before answering " +
-                                     s.req.method + " " + s.url_text);
+                                     s.req.method + " " + shown(s.url_text));
             }
             try {
                 c.parse.finish();
@@ -516,7 +548,7 @@ task<void> read_head(stream_state& s) {
                 throw_malformed(s, e);
             }
             throw protocol_error("hop::http::client: the connection closed in the middle of the response head from " +
-                                 s.url_text);
+                                 shown(s.url_text));
         }
         took(s, n);
     }
@@ -548,7 +580,7 @@ task<void> connect(stream_state& s, const pool_key& key) {
             t = co_await tcp_stream::connect(std::move(candidates));
         }
     } catch (const std::system_error& e) {
-        throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + s.url_text + ": " + e.what());
+        throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " + context_of(e));
     }
     t.set_nodelay(true);
     std::unique_ptr<tls::stream> secure;
@@ -558,7 +590,7 @@ task<void> connect(stream_state& s, const pool_key& key) {
             secure = std::make_unique<tls::stream>(co_await tls::stream::connect(s.st->tls_context(), std::move(t), u.host));
             if (secure->session_reused()) s.st->tls_resumed.fetch_add(1, std::memory_order_relaxed);
         } catch (const tls::error& e) {
-            throw tls::error("hop::http::client: " + s.req.method + " " + s.url_text + ": " + e.what(),
+            throw tls::error("hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " + e.what(),
                              e.verify_result());
         }
     }
@@ -580,6 +612,9 @@ struct slot_guard {
 };
 
 task<void> acquire(stream_state& s, bool force_new) {
+    // No timeout of an earlier phase (a failed attempt's read) runs on into
+    // the pool wait, which arms none when pool_timeout is 0.
+    s.timers.disarm_phase();
     const pool_key key{s.loop, origin_of(s.req.target)};
     for (;;) {
         pool_wait w(*s.st, key, force_new);
@@ -614,7 +649,7 @@ task<void> acquire(stream_state& s, bool force_new) {
 }
 
 [[noreturn]] void throw_stale(const stream_state& s, std::exception_ptr failure) {
-    const std::string why = "hop::http::client: " + s.req.method + " " + s.url_text +
+    const std::string why = "hop::http::client: " + s.req.method + " " + shown(s.url_text) +
                             ": the server closed the kept-alive connection before answering; " + s.req.method +
                             " is not idempotent, so it was not sent again";
     try {
@@ -623,6 +658,50 @@ task<void> acquire(stream_state& s, bool force_new) {
         throw std::system_error(e.code(), why);
     } catch (...) {
         throw protocol_error(why);
+    }
+}
+
+// Sends the request and reads the response's head. A server may answer
+// before it has read the whole request body and close the connection (a 413
+// for an upload too large, RFC 9112 section 9.5): the write then fails with
+// EPIPE or ECONNRESET while the answer waits in the socket's receive queue.
+// That answer is read and returned, as curl does; only if none can be read
+// is the write's failure reported.
+task<void> send_then_read_head(stream_state& s) {
+    s.send_cut_short = false;
+    std::exception_ptr send_failure;
+    try {
+        co_await send_request(s);
+    } catch (const std::system_error& e) {
+        if (!is_reset(e.code())) throw;
+        send_failure = std::current_exception();
+    }
+    if (!send_failure) {
+        co_await read_head(s);
+        co_return;
+    }
+    s.send_cut_short = true;  // the connection cannot carry another request
+    bool answered = false;
+    try {
+        co_await read_head(s);
+        answered = true;
+    } catch (const cancelled_error&) {
+        throw;
+    } catch (const std::exception&) {
+        // No answer could be read: the write's failure is the error.
+    }
+    if (!answered) std::rethrow_exception(send_failure);
+}
+
+// A failure of the connection while a request was sent or its head read:
+// std::system_error gets the request's method and URL (the socket's own
+// message names only its descriptor).
+[[noreturn]] void rethrow_naming_request(const stream_state& s, std::exception_ptr failure) {
+    try {
+        std::rethrow_exception(failure);
+    } catch (const std::system_error& e) {
+        throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " +
+                                              context_of(e));
     }
 }
 
@@ -638,8 +717,7 @@ task<void> exchange_head(stream_state& s) {
         std::exception_ptr failure;
         bool stale = false;
         try {
-            co_await send_request(s);
-            co_await read_head(s);
+            co_await send_then_read_head(s);
         } catch (const cancelled_error&) {
             throw;
         } catch (const std::system_error& e) {
@@ -652,7 +730,7 @@ task<void> exchange_head(stream_state& s) {
         if (!failure) co_return;
         s.in_body = false;
         s.st->discard(std::move(s.conn));
-        if (!stale) std::rethrow_exception(failure);
+        if (!stale) rethrow_naming_request(s, failure);
         if (!is_idempotent(s.req.method)) throw_stale(s, failure);
         retried = true;
         s.st->retries.fetch_add(1, std::memory_order_relaxed);
@@ -667,7 +745,9 @@ task<void> skip_body(stream_state& s) {
         std::string_view piece;
         const step st = body_step(s, piece);
         if (st == step::end) {
-            finish_message(s);
+            // Not the end of the request: it goes on to the redirect's
+            // target (under the same total_timeout).
+            release_connection(s);
             co_return;
         }
         if (st == step::piece) {
@@ -721,14 +801,14 @@ task<void> open_head(stream_state& s) {
         std::string where(*location);
         if (redirects >= o.max_redirects) {
             throw redirect_error("hop::http::client: more than " + std::to_string(o.max_redirects) +
-                                 " redirects (max_redirects) for " + s.req.method + " " + s.first_url +
-                                 "; the last one, from " + s.url_text + ", was to " + shown(where));
+                                 " redirects (max_redirects) for " + s.req.method + " " + shown(s.first_url) +
+                                 "; the last one, from " + shown(s.url_text) + ", was to " + shown(where));
         }
         url next;
         try {
             next = s.req.target.resolve(where);
         } catch (const std::invalid_argument& e) {
-            throw protocol_error("hop::http::client: " + s.url_text + " redirected to a bad Location '" + shown(where) +
+            throw protocol_error("hop::http::client: " + shown(s.url_text) + " redirected to a bad Location '" + shown(where) +
                                  "': " + e.what());
         }
         co_await skip_body(s);
@@ -750,7 +830,7 @@ void prepare_decoder(stream_state& s) {
 }
 
 [[noreturn]] void throw_too_big(const stream_state& s) {
-    throw protocol_error("hop::http::client: the response body from " + s.url_text +
+    throw protocol_error("hop::http::client: the response body from " + shown(s.url_text) +
                          " exceeds client_options::max_body_bytes (" + std::to_string(s.st->opts.max_body_bytes) +
                          " bytes)");
 }
@@ -760,7 +840,7 @@ void decode_into(stream_state& s, std::string_view in, std::string& out, std::si
         s.decoder->feed(in, out, limit);
     } catch (const protocol_error& e) {
         if (out.size() >= limit) throw_too_big(s);
-        throw protocol_error("hop::http::client: a badly encoded body from " + s.url_text + ": " + e.what());
+        throw protocol_error("hop::http::client: a badly encoded body from " + shown(s.url_text) + ": " + e.what());
     }
     if (out.size() > limit) throw_too_big(s);
 }
@@ -769,7 +849,7 @@ void decode_finish(stream_state& s) {
     try {
         s.decoder->finish();
     } catch (const protocol_error& e) {
-        throw protocol_error("hop::http::client: a badly encoded body from " + s.url_text + ": " + e.what());
+        throw protocol_error("hop::http::client: a badly encoded body from " + shown(s.url_text) + ": " + e.what());
     }
 }
 
@@ -882,7 +962,12 @@ task<std::size_t> read_inner(stream_state& s, std::span<char> buf) {
             s.timers.disarm_phase();
             co_return n;
         }
-        if (!s.conn) co_return 0;
+        if (!s.conn) {
+            // Only a stream that is done has no connection: never end a body
+            // that its framing has not ended.
+            throw protocol_error("hop::http::client: the response body from " + shown(s.url_text) +
+                                 " has no connection to come from (the stream was closed)");
+        }
         std::string_view piece;
         const step st = body_step(s, piece);
         if (st == step::piece) {
@@ -908,8 +993,20 @@ task<std::size_t> stream_read(stream_state* s, std::span<char> buf) {
     if (s->broken) std::rethrow_exception(s->broken);
     if (s->done) co_return 0;
     if (&this_thread_loop() != s->loop) {
-        throw std::logic_error("hop::http::response_stream::read_some: the stream of " + s->url_text +
+        throw std::logic_error("hop::http::response_stream::read_some: the stream of " + shown(s->url_text) +
                                " belongs to another loop than the caller's (use it where it was opened)");
+    }
+    // total_timeout runs until the body has been read: past it, a read
+    // fails even if the rest of the body is already in the buffer.
+    if (s->timers.fired.load(std::memory_order_acquire) == timeout_kind::total) {
+        s->in_body = false;
+        if (s->conn) s->st->discard(std::move(s->conn));
+        try {
+            s->throw_timeout(timeout_kind::total);
+        } catch (...) {
+            s->broken = std::current_exception();
+            throw;
+        }
     }
     std::exception_ptr failure;
     try {
@@ -1031,6 +1128,28 @@ task<response> client::get(std::string url) {
     request r;
     r.url = std::move(url);
     return fetch(std::move(r));
+}
+
+task<response> client::get(std::string url, http::headers fields) {
+    request r;
+    r.url = std::move(url);
+    r.headers = std::move(fields);
+    return fetch(std::move(r));
+}
+
+task<response> client::post(std::string url, std::string body, http::headers fields) {
+    request r;
+    r.method = "POST";
+    r.url = std::move(url);
+    r.headers = std::move(fields);
+    r.body = std::move(body);
+    return fetch(std::move(r));
+}
+
+task<response_stream> client::open_url(std::string url) {
+    request r;
+    r.url = std::move(url);
+    return open(std::move(r));
 }
 
 task<response> client::fetch(request req) {

@@ -41,7 +41,7 @@ std::string quoted(std::string_view s) {
             out += ch;
         }
     }
-    if (s.size() > 200) out += "...";
+    if (s.size() > 200) out += "\u2026";  // …
     out += '"';
     return out;
 }

@@ -195,6 +195,7 @@ struct access_entry {
 ///   /echo                          200 "METHOD URI auth=... cookie=... len=..." from the request
 ///   /gz/...                        files gzipped on the fly (chunked, no Content-Length)
 ///   /sub/...                       files through sub_filter ("a" -> "A"): chunked, not compressed
+///   /upload-limit                  413 for a body over 1k, answered early and closed (reset)
 ///   everything else                files under root()
 class nginx_origin {
 public:
@@ -299,6 +300,10 @@ private:
              "cookie=$http_cookie len=$content_length\\n\"; }\n"
           << "        location /gz/ { gzip on; gzip_min_length 0; gzip_comp_level 1; gzip_types *; }\n"
           << "        location /sub/ { sub_filter 'a' 'A'; sub_filter_once off; sub_filter_types *; }\n"
+          // 413 as soon as the head says more than 1k; lingering_time 0 closes
+          // at once after it (a reset: the body was not read), not after 30 s
+          // of reading and dropping the rest.
+          << "        location = /upload-limit { client_max_body_size 1k; lingering_time 0; return 200 \"stored\\n\"; }\n"
           << "    }\n"
           << "}\n";
         write_file(conf(), c.str());

@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -188,6 +189,17 @@ public:
 
     pid_t pid() const noexcept { return m_pid; }
 
+    /// False once the program has ended (it is then reaped; wait() still
+    /// gives its outputs).
+    bool running() {
+        if (m_pid <= 0) return false;
+        int st = 0;
+        if (::waitpid(m_pid, &st, WNOHANG) != m_pid) return true;
+        m_result.wait_status = st;
+        m_pid = -1;
+        return false;
+    }
+
     /// Sends `sig` (SIGTERM by default) if the program still runs.
     void signal(int sig = SIGTERM) {
         if (m_pid > 0) ::kill(m_pid, sig);
@@ -309,6 +321,81 @@ inline hop::task<peer_result> run_peer(std::vector<std::string> argv, std::strin
     });
     co_return co_await std::move(f);
 }
+
+/// True if 127.0.0.1:`port` answers `GET /status/200 HTTP/1.0` with a 200
+/// within `guard` (one try: connect, send, read the status line).
+inline bool answers_200(std::uint16_t port, std::chrono::milliseconds guard = std::chrono::seconds(10)) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    const auto ep = hop::endpoint::loopback_v4(port);
+    bool ok = false;
+    if (::connect(fd, ep.data(), ep.size()) == 0) {
+        static constexpr std::string_view req = "GET /status/200 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
+            std::string got;
+            char buf[512];
+            pollfd p{fd, POLLIN, 0};
+            while (got.size() < 12 && ::poll(&p, 1, static_cast<int>(guard.count())) == 1) {
+                const auto n = ::recv(fd, buf, sizeof buf, 0);
+                if (n <= 0) break;
+                got.append(buf, static_cast<std::size_t>(n));
+            }
+            ok = got.starts_with("HTTP/1.") && got.size() >= 12 && got.compare(9, 3, "200") == 0;
+        }
+    }
+    ::close(fd);
+    return ok;
+}
+
+/// httpbin (Debian's python3-httpbin, a real HTTP app nobody here wrote:
+/// redirects, delays, drips, chunked streams) under gunicorn, as PEERS.md
+/// says: `/usr/bin/python3 -m gunicorn -b 127.0.0.1:PORT -w 2 --log-level
+/// warning httpbin:app` on a free port (`workers`: -w). The constructor returns once it
+/// answers (bounded: 2 minutes, for slow sanitizer runs); the destructor
+/// stops it with SIGINT (gunicorn's quick shutdown, workers included) and
+/// reaps it. gunicorn's sync workers close the connection after each
+/// response.
+class httpbin_peer {
+public:
+    explicit httpbin_peer(int workers = 2) {
+        require_program("/usr/bin/python3");
+        for (int attempt = 0; attempt < 10; ++attempt) {
+            m_port = free_loopback_port();
+            m_proc = std::make_unique<peer_process>(std::vector<std::string>{
+                "/usr/bin/python3", "-m", "gunicorn", "-b", "127.0.0.1:" + std::to_string(m_port), "-w",
+                std::to_string(workers), "--log-level", "warning", "--graceful-timeout", "5", "httpbin:app"});
+            const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+            while (m_proc->running() && std::chrono::steady_clock::now() < deadline) {
+                if (answers_200(m_port)) return;
+                ::usleep(50 * 1000);  // a readiness poll, bounded by the deadline
+            }
+            const peer_result r = m_proc->wait(std::chrono::seconds(30));
+            m_proc.reset();
+            if (r.err.find("Address already in use") == std::string::npos) {
+                FAIL("httpbin under gunicorn did not answer on 127.0.0.1:"
+                     << m_port << " (install python3-httpbin and gunicorn: scripts/deps): " << r.describe());
+            }
+        }
+        FAIL("httpbin: no free port after 10 tries");
+    }
+    ~httpbin_peer() {
+        if (m_proc) {
+            m_proc->signal(SIGINT);
+            m_proc->wait(std::chrono::seconds(60));  // killed if it lingers
+        }
+    }
+    httpbin_peer(const httpbin_peer&) = delete;
+    httpbin_peer& operator=(const httpbin_peer&) = delete;
+
+    std::uint16_t port() const noexcept { return m_port; }
+    std::string url(std::string_view path) const {
+        return "http://127.0.0.1:" + std::to_string(m_port) + std::string(path);
+    }
+
+private:
+    std::uint16_t m_port = 0;
+    std::unique_ptr<peer_process> m_proc;
+};
 
 /// What a finished `wrk` run reports: the request count, after checking it
 /// had no socket errors and no non-2xx answers (failed checks otherwise).

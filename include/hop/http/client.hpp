@@ -18,12 +18,14 @@
 #include <hop/task.hpp>
 
 #include <chrono>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 
 namespace hop::http {
 
@@ -101,7 +103,7 @@ struct stream_state;
 /// keep it past the end of its loop (its connection belongs to that loop).
 ///
 /// @code
-/// hop::http::response_stream s = co_await http.open({.url = u});
+/// hop::http::response_stream s = co_await http.open(u);
 /// char buf[16384];
 /// while (std::size_t n = co_await s.read_some(buf)) out.write(buf, n);
 /// @endcode
@@ -130,8 +132,11 @@ public:
     /// so does every later read.
     /// A stream has no size limit (max_body_bytes is for get, fetch and
     /// read_all).
-    /// @throws read_timeout, hop::timeout_error (total_timeout);
-    ///         protocol_error for a malformed or badly encoded body;
+    /// @throws read_timeout, hop::timeout_error (total_timeout, which runs
+    ///         until the body has been read, redirects included);
+    ///         protocol_error for a malformed or badly encoded body, and for
+    ///         a connection that ends before the body's framing (its
+    ///         Content-Length or last chunk) says the body ended;
     ///         std::system_error when the connection fails;
     ///         std::logic_error when used from another loop than its own.
     task<std::size_t> read_some(std::span<char> buf);
@@ -170,10 +175,13 @@ private:
 /// an exception. The client must outlive the requests made with it.
 ///
 /// What the request functions throw:
-/// - std::invalid_argument (at once, before any IO) for a bad URL, a
-///   method that is not a token, CR/LF/NUL in a field, a Content-Length
-///   that does not match the body, a Transfer-Encoding other than chunked,
-///   and for https:// ("https is not supported yet (hop::tls is coming)");
+/// - std::invalid_argument (at once, before any IO) for a bad URL (or a
+///   scheme other than http:// and https://), a method that is not a
+///   token, CR/LF/NUL in a field, a Content-Length that does not match the
+///   body, and a Transfer-Encoding other than chunked; URLs and values
+///   quoted in any error message are cut to 200 bytes (and end in "…");
+/// - hop::tls::error for an https:// handshake or certificate verification
+///   that fails (client_options::tls);
 /// - connect_timeout, read_timeout, pool_timeout (each a hop::timeout_error)
 ///   and hop::timeout_error for total_timeout, each naming its value and
 ///   the URL;
@@ -203,6 +211,20 @@ public:
     /// `co_await http.get(url)`: GET `url` and read the whole body.
     /// @throws as described for the class.
     task<response> get(std::string url);
+    /// `co_await http.get(url, fields)`: GET `url` with request header
+    /// `fields` (Accept, Authorization...). Build the fields first (a named
+    /// hop::http::headers): see "Writing requests with GCC 12" below.
+    /// @throws as described for the class.
+    task<response> get(std::string url, http::headers fields);
+    /// `co_await http.post(url, body)`: POST `body` (with Content-Length) and
+    /// read the whole response; `fields` for Content-Type and others.
+    /// @code
+    /// hop::http::response r = co_await http.post(u, json);
+    /// hop::http::headers h{{"Content-Type", "application/json"}};
+    /// hop::http::response t = co_await http.post(u, json, std::move(h));
+    /// @endcode
+    /// @throws as described for the class.
+    task<response> post(std::string url, std::string body, http::headers fields = {});
     /// Sends `req` (method, absolute URL, fields, body) and reads the whole
     /// response. A body is sent with Content-Length, or chunked when the
     /// request has "Transfer-Encoding: chunked". Host, User-Agent,
@@ -223,22 +245,42 @@ public:
     /// DELETE, OPTIONS, TRACE); another method fails with a message saying
     /// so (protocol_error, or std::system_error for a reset).
     /// @code
-    /// hop::http::request req{.method = "POST", .url = u, .headers = {{"Content-Type", "application/json"}},
+    /// hop::http::request req{.method = "PUT", .url = u, .headers = {{"Content-Type", "application/json"}},
     ///                        .body = json};
     /// hop::http::response r = co_await http.fetch(std::move(req));
     /// @endcode
+    ///
+    /// Writing requests with GCC 12: g++ 12.2 (Debian 12's compiler)
+    /// destroys a temporary request built inside a `co_await` operand twice,
+    /// so `co_await http.fetch({.method = "POST", .url = u})` (or
+    /// `fetch(hop::http::request{...})`) crashes with a double free when
+    /// built with it; a braced hop::http::headers list there does not
+    /// compile. Name the request (as above) or the headers first, or use
+    /// get(url), get(url, fields), post(url, body, fields) and open(url),
+    /// which are safe inline. clang has no such bug.
     /// @throws as described for the class.
     task<response> fetch(request req);
     /// As fetch, but returns once the final response's head has arrived:
     /// read the body from the stream.
     /// @throws as described for the class.
     task<response_stream> open(request req);
+    /// `co_await http.open(url)`: open(request) for a GET of `url` (a
+    /// std::string, string_view or C string; a template so that
+    /// `open({.url = u})` still means open(request)).
+    /// @throws as described for the class.
+    template <class Url>
+        requires std::constructible_from<std::string, Url&&>
+    task<response_stream> open(Url&& url) {
+        return open_url(std::string(std::forward<Url>(url)));
+    }
 
     const client_options& options() const noexcept;
     /// The pool now (a snapshot). Thread-safe.
     client_stats stats() const;
 
 private:
+    task<response_stream> open_url(std::string url);
+
     std::shared_ptr<detail::client_state> m_state;
 };
 
