@@ -37,9 +37,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -230,12 +232,15 @@ private:
 
 /// Opens connections until each of the `loops` loops serves at least one;
 /// returns one per loop, in loop order. Connections landing on a loop that
-/// has one already are closed. A bound turns bad luck or a bug into a
-/// failed check (with reuse_port, the kernel's hash decides).
+/// has one already are closed. The guard turns a bug into a failed check
+/// (with reuse_port, the kernel's hash decides, and a loop whose listener
+/// serve() has not bound yet gets none: so a time bound, not a count).
 std::vector<std::unique_ptr<client>> one_per_loop(std::uint16_t port, std::size_t loops) {
     std::vector<std::unique_ptr<client>> by_loop(loops);
     std::size_t have = 0;
-    for (int attempt = 0; attempt < 400 && have < loops; ++attempt) {
+    int attempt = 0;
+    const auto until = std::chrono::steady_clock::now() + hop_test::socket_guard;
+    for (; have < loops && std::chrono::steady_clock::now() < until; ++attempt) {
         auto c = std::make_unique<client>(port);
         const int i = c->loop();
         REQUIRE(i >= 0);
@@ -245,8 +250,35 @@ std::vector<std::unique_ptr<client>> one_per_loop(std::uint16_t port, std::size_
             ++have;
         }
     }
-    REQUIRE_MESSAGE(have == loops, "400 connections reached only " << have << " of " << loops << " loops");
+    REQUIRE_MESSAGE(have == loops, attempt << " connections reached only " << have << " of " << loops << " loops");
     return by_loop;
+}
+
+/// How many sockets listen on 127.0.0.1:`port` (IPv4, from /proc/net/tcp).
+std::size_t listeners_on(std::uint16_t port) {
+    std::ifstream table("/proc/net/tcp");
+    std::string line;
+    std::getline(table, line);  // the column names
+    char suffix[8];
+    std::snprintf(suffix, sizeof suffix, ":%04X", static_cast<unsigned>(port));
+    std::size_t n = 0;
+    while (std::getline(table, line)) {
+        std::istringstream fields(line);
+        std::string slot, local, remote, state;
+        fields >> slot >> local >> remote >> state;
+        if (state == "0A" && local.size() > 5 && local.ends_with(suffix)) ++n;  // 0A: LISTEN
+    }
+    return n;
+}
+
+/// Waits until serve(pool) listens on every socket it will: with
+/// accept_mode::reuse_port it binds one more per loop when it starts, and a
+/// client started before that lands on the first loop only.
+void wait_listening(const hop::http::server& srv, hop::accept_mode mode, std::size_t loops) {
+    const std::size_t want = mode == hop::accept_mode::reuse_port ? loops : 1;
+    const std::uint16_t port = srv.local_endpoint().port();
+    REQUIRE_MESSAGE(wait_until([&] { return listeners_on(port) >= want; }),
+                    "serve() listens on " << listeners_on(port) << " sockets of " << want);
 }
 
 /// True if a connect to 127.0.0.1:port is refused.
@@ -304,6 +336,7 @@ TEST_CASE("curl: 30 connections to a server on 2 and 3 loops are served on every
                     outside = std::make_unique<hop_test::running_loop>(b);
                     serving = outside->loop().spawn(srv.serve(pool));
                 }
+                wait_listening(srv, mode, loops);
                 // "Connection: close": a new connection for each URL.
                 std::vector<std::string> argv{"curl", "-sS", "-H", "Connection: close", "-w", "\n"};
                 const std::string url = hop_test::url_of(srv, "/where");
@@ -337,6 +370,7 @@ TEST_CASE("wrk -t2 -c40 against 2 loops: no errors, only 2xx, both loops serve; 
             auto srv = hop::http::server::bind(hop::endpoint::loopback_v4(0), handler_for(app),
                                                pool_server_options(mode));
             auto serving = pool.spawn_on(0, srv.serve(pool));
+            wait_listening(srv, mode, 2);
             peer_process wrk({"wrk", "-t2", "-c40", "-d1s", hop_test::url_of(srv, "/size/4096")});
             const peer_result r = wrk.wait();
             const long requests = hop_test::wrk_clean_requests(r);
@@ -724,7 +758,7 @@ std::string read_log_line(int fd, std::string& pending) {
 TEST_CASE("http_pool: out-of-descriptors server (child)" * doctest::skip()) {
     const char* spec = std::getenv("HOP_POOL_EMFILE_CHILD");
     if (spec == nullptr) return;
-    ::alarm(60);  // a hang becomes SIGALRM
+    ::alarm(static_cast<unsigned>(hop_test::scaled(std::chrono::seconds(60)).count()));  // a hang: SIGALRM
     const std::string s = spec;
     const hop::backend b = s.rfind("epoll", 0) == 0 ? hop::backend::epoll : hop::backend::io_uring;
     const hop::accept_mode mode =
@@ -787,7 +821,7 @@ TEST_CASE("http_pool: out of descriptors, every acceptor backs off, logs once pe
             {
                 pollfd p{out[0], POLLIN, 0};
                 char ch;
-                while (::poll(&p, 1, 30000) == 1 && ::read(out[0], &ch, 1) == 1 && ch != '\n') port_line += ch;
+                while (::poll(&p, 1, static_cast<int>(hop_test::scaled(std::chrono::milliseconds(30000)).count())) == 1 && ::read(out[0], &ch, 1) == 1 && ch != '\n') port_line += ch;
             }
             const auto port = static_cast<std::uint16_t>(std::atoi(port_line.c_str()));
             REQUIRE_MESSAGE(port > 0, "the child printed no port: '" << port_line << "'");
