@@ -225,7 +225,10 @@ TEST_CASE("a new connection that sends nothing, or not a whole head, is closed a
     for_each_backend([](hop::backend b) {
         hop::io_loop loop{options_for(b)};
         auto o = hop_test::test_options();
-        o.header_timeout = 100ms;
+        // Short, for the silent client; long enough that the partial one's
+        // bytes (sent right after its connect) are read before it, even
+        // under a sanitizer beside a CPU hog.
+        o.header_timeout = hop_test::scaled(250ms);
         o.idle_timeout = 10min;  // not what closes them
         run_on(loop, with_server(hop_test::test_app, o, [](hop::http::server& srv) -> hop::task<void> {
                    auto silent = co_await hop::tcp_stream::connect(srv.local_endpoint());
@@ -236,13 +239,6 @@ TEST_CASE("a new connection that sends nothing, or not a whole head, is closed a
                    CHECK(nothing.empty());  // closed silently: it never asked anything
                    const std::string answer = co_await hop_test::read_until_close(partial);
                    CHECK(hop_test::starts_with(answer, "HTTP/1.1 408 "));
-                   // A keep-alive connection after its first request is timed by
-                   // idle_timeout (10 min) instead: still served.
-                   auto kept = co_await hop::tcp_stream::connect(srv.local_endpoint());
-                   co_await kept.write_all(hop_test::get_request("/one"));
-                   std::string buffered;
-                   auto r1 = co_await hop_test::read_response(kept, buffered);
-                   CHECK(r1.status == 200);
                }));
     });
 }

@@ -81,7 +81,8 @@ private:
     // Polls connect() until nginx listens (bounded: a failed start is a
     // failed test, not a hang).
     bool accepting() const {
-        for (int i = 0; i < 500; ++i) {
+        const auto deadline = std::chrono::steady_clock::now() + hop_test::scaled(std::chrono::seconds(10));
+        while (std::chrono::steady_clock::now() < deadline) {
             const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
             const auto ep = hop::endpoint::loopback_v4(m_port);
             const bool ok = ::connect(fd, ep.data(), ep.size()) == 0;
