@@ -209,6 +209,46 @@ TEST_CASE("curl: a streamed response arrives chunk by chunk, before the handler 
     });
 }
 
+TEST_CASE("response_writer: flush() sends a held-back head before the first byte of the body (server-sent events)") {
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        hop::event head_seen;
+        auto handler = [&](hop::http::request&, hop::http::response_writer& out) -> hop::task<void> {
+            hop::http::headers h;
+            h.add("Content-Type", "text/event-stream");
+            co_await out.start(200, std::move(h));
+            co_await out.flush();
+            co_await out.flush();  // once out, nothing more
+            // Held until the client has read the head: it can only have if
+            // flush() sent it on its own.
+            co_await head_seen.wait();
+            co_await out.write("data: one\n\n");
+        };
+        run_on(loop, with_server(handler, hop_test::test_options(), [&](hop::http::server& srv) -> hop::task<void> {
+                   auto c = co_await hop::tcp_stream::connect(srv.local_endpoint());
+                   co_await c.write_all(hop_test::get_request("/events"));
+                   std::string got;
+                   char buf[512];
+                   while (got.find("\r\n\r\n") == std::string::npos) {
+                       const std::size_t n = co_await c.read_some(std::span<char>(buf));
+                       REQUIRE(n > 0);
+                       got.append(buf, n);
+                   }
+                   CHECK(hop_test::starts_with(got, "HTTP/1.1 200 OK\r\n"));
+                   CHECK(icontains(got, "transfer-encoding: chunked"));
+                   CHECK(got.ends_with("\r\n\r\n"));  // the head alone
+                   head_seen.set();
+                   got.clear();
+                   while (got.find("0\r\n\r\n") == std::string::npos) {
+                       const std::size_t n = co_await c.read_some(std::span<char>(buf));
+                       REQUIRE(n > 0);
+                       got.append(buf, n);
+                   }
+                   CHECK(got == "b\r\ndata: one\n\n\r\n0\r\n\r\n");
+               }));
+    });
+}
+
 TEST_CASE("response_writer: a stream that ends before its first byte is not chunked; ab -k keeps HTTP/1.0 alive") {
     auto handler = [](hop::http::request& req, hop::http::response_writer& out) -> hop::task<void> {
         hop::http::headers h;

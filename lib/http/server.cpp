@@ -538,6 +538,7 @@ public:
 
     task<void> writer_start(response_writer& w, int status, headers fields);
     task<void> writer_write(response_writer& w, std::string_view data);
+    task<void> writer_flush(response_writer& w);
     task<void> writer_finish(response_writer& w);
     void writer_send_head(response_writer& w, bool empty);
 
@@ -1176,6 +1177,15 @@ task<void> server_connection::writer_write(response_writer& w, std::string_view 
     co_await flush();
 }
 
+task<void> server_connection::writer_flush(response_writer& w) {
+    co_await m_sh->m_loop->schedule();
+    if (w.m_finished) co_return;
+    if (!w.m_started) co_await writer_start(w, 200, headers{});
+    if (!w.m_head_pending) co_return;
+    writer_send_head(w, false);
+    co_await flush();
+}
+
 task<void> server_connection::writer_finish(response_writer& w) {
     using framing = response_writer::framing;
     co_await m_sh->m_loop->schedule();
@@ -1753,6 +1763,7 @@ task<void> response_writer::start(int status, headers fields) {
     return m_conn->writer_start(*this, status, std::move(fields));
 }
 task<void> response_writer::write(std::string_view data) { return m_conn->writer_write(*this, data); }
+task<void> response_writer::flush() { return m_conn->writer_flush(*this); }
 task<void> response_writer::finish() { return m_conn->writer_finish(*this); }
 
 // ---- server -------------------------------------------------------------------

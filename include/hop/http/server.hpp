@@ -248,6 +248,14 @@ public:
     ///         given to start().
     /// @throws std::system_error if the client is gone; cancelled_error.
     task<void> write(std::string_view data);
+    /// Sends the head now if start() is holding it back for the first byte
+    /// (then the body is chunked, or for an HTTP/1.0 client runs until the
+    /// close): for a stream whose first byte may be long in coming (server-sent
+    /// events), so the client sees the status at once. start() first if it
+    /// was not called (status 200, no fields). Does nothing once the head is
+    /// out.
+    /// @throws std::system_error if the client is gone; cancelled_error.
+    task<void> flush();
     /// Ends the body (the last chunk). Calling it again does nothing.
     /// @throws std::logic_error if fewer bytes than start()'s
     ///         Content-Length were written (the connection will be closed).
