@@ -1701,26 +1701,16 @@ void validate(const server_options& o) {
     if (o.max_header_bytes == 0) {
         throw std::invalid_argument(std::string(where) + "max_header_bytes is 0: no request head fits");
     }
-    if (o.header_timeout <= std::chrono::nanoseconds::zero()) {
-        throw std::invalid_argument(std::string(where) + "header_timeout is " + ns_text(o.header_timeout) +
-                                    ": it must be positive");
-    }
-    if (o.idle_timeout <= std::chrono::nanoseconds::zero()) {
-        throw std::invalid_argument(std::string(where) + "idle_timeout is " + ns_text(o.idle_timeout) +
-                                    ": it must be positive");
-    }
-    if (o.lingering_time <= std::chrono::nanoseconds::zero()) {
-        throw std::invalid_argument(std::string(where) + "lingering_time is " + ns_text(o.lingering_time) +
-                                    ": it must be positive");
-    }
-    if (o.lingering_timeout <= std::chrono::nanoseconds::zero()) {
-        throw std::invalid_argument(std::string(where) + "lingering_timeout is " + ns_text(o.lingering_timeout) +
-                                    ": it must be positive");
-    }
-    if (o.log_interval <= std::chrono::nanoseconds::zero()) {
-        throw std::invalid_argument(std::string(where) + "log_interval is " + ns_text(o.log_interval) +
-                                    ": it must be positive");
-    }
+    auto require_positive = [&](const char* name, std::chrono::nanoseconds d) {
+        if (d <= std::chrono::nanoseconds::zero()) {
+            throw std::invalid_argument(std::string(where) + name + " is " + ns_text(d) + ": it must be positive");
+        }
+    };
+    require_positive("header_timeout", o.header_timeout);
+    require_positive("idle_timeout", o.idle_timeout);
+    require_positive("lingering_time", o.lingering_time);
+    require_positive("lingering_timeout", o.lingering_timeout);
+    require_positive("log_interval", o.log_interval);
     if (o.shutdown_grace < std::chrono::nanoseconds::zero()) {
         throw std::invalid_argument(std::string(where) + "shutdown_grace is " + ns_text(o.shutdown_grace) +
                                     ": it must not be negative");
