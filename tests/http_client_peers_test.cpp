@@ -61,24 +61,6 @@ std::string chunked(std::string_view body) {
     return out + "0\r\n\r\n";
 }
 
-/// What `t` throws, by its exact kind among the timeouts: "timeout_error: ..."
-/// only for hop::timeout_error itself.
-template <class T>
-hop::task<std::string> timeout_kind_of(hop::task<T> t) {
-    try {
-        co_await std::move(t);
-    } catch (const http::read_timeout& e) {
-        co_return std::string("read_timeout: ") + e.what();
-    } catch (const http::connect_timeout& e) {
-        co_return std::string("connect_timeout: ") + e.what();
-    } catch (const http::pool_timeout& e) {
-        co_return std::string("pool_timeout: ") + e.what();
-    } catch (const hop::timeout_error& e) {
-        co_return std::string("timeout_error: ") + e.what();
-    }
-    co_return "(nothing thrown)";
-}
-
 hop::task<std::string> read_all_of(http::response_stream& s) { co_return co_await s.read_all(); }
 
 /// open(url), or nothing if the total timeout fired before the head came:

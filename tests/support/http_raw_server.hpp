@@ -156,4 +156,22 @@ inline hop::task<std::string> what_of(hop::task<T> t) {
     co_return "(nothing thrown)";
 }
 
+/// What `t` throws, by its exact kind among the timeouts: "timeout_error: ..."
+/// only for hop::timeout_error itself.
+template <class T>
+inline hop::task<std::string> timeout_kind_of(hop::task<T> t) {
+    try {
+        co_await std::move(t);
+    } catch (const hop::http::read_timeout& e) {
+        co_return std::string("read_timeout: ") + e.what();
+    } catch (const hop::http::connect_timeout& e) {
+        co_return std::string("connect_timeout: ") + e.what();
+    } catch (const hop::http::pool_timeout& e) {
+        co_return std::string("pool_timeout: ") + e.what();
+    } catch (const hop::timeout_error& e) {
+        co_return std::string("timeout_error: ") + e.what();
+    }
+    co_return "(nothing thrown)";
+}
+
 }  // namespace hop_test::raw_http
