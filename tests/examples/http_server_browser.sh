@@ -7,24 +7,8 @@
 set -euo pipefail
 build=$1
 backend=$2
-dir=$(mktemp -d /tmp/hop-http-browser-XXXXXX)
-server_pid=
-cleanup() {
-    [ -n "$server_pid" ] && kill -KILL "$server_pid" 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-"$build/examples/http_server" --port 0 --backend "$backend" >"$dir/server.out" 2>"$dir/server.err" &
-server_pid=$!
-# Its first line says where it listens; wait for it (bounded: 20 s).
-for _ in $(seq 1 400); do
-    grep -q "listening on" "$dir/server.out" 2>/dev/null && break
-    kill -0 "$server_pid" 2>/dev/null || { echo "http_server died:"; cat "$dir/server.err"; exit 1; }
-    sleep 0.05
-done
-url=$(grep -o 'http://[^ ]*' "$dir/server.out" | head -1)
-[ -n "$url" ] || { echo "http_server did not say where it listens:"; cat "$dir/server.out" "$dir/server.err"; exit 1; }
+source "$(dirname "$0")/serve.sh"
+start_server --backend "$backend"
 
 echo "== ab -k -n 2000 -c 10 $url ($backend)"
 ab -k -n 2000 -c 10 "$url" >"$dir/ab.out" 2>&1 || { cat "$dir/ab.out"; echo "FAIL: ab"; exit 1; }

@@ -8,26 +8,9 @@ set -euo pipefail
 build=$1
 backend=$2
 mode=$3
-dir=$(mktemp -d /tmp/hop-http-loops-XXXXXX)
-server_pid=
-cleanup() {
-    [ -n "$server_pid" ] && kill -KILL "$server_pid" 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-"$build/examples/http_server" --port 0 --backend "$backend" --loops 2 --accept "$mode" \
-    >"$dir/server.out" 2>"$dir/server.err" &
-server_pid=$!
-# Its first line says where it listens; wait for it (bounded: 20 s).
-for _ in $(seq 1 400); do
-    grep -q "listening on" "$dir/server.out" 2>/dev/null && break
-    kill -0 "$server_pid" 2>/dev/null || { echo "http_server died:"; cat "$dir/server.err"; exit 1; }
-    sleep 0.05
-done
+source "$(dirname "$0")/serve.sh"
+start_server --backend "$backend" --loops 2 --accept "$mode"
 grep -q "2 loops, $mode)" "$dir/server.out" || { echo "FAIL: not on 2 loops ($mode):"; cat "$dir/server.out"; exit 1; }
-url=$(grep -o 'http://[^ ]*' "$dir/server.out" | head -1)
-[ -n "$url" ] || { echo "http_server did not say where it listens:"; cat "$dir/server.out" "$dir/server.err"; exit 1; }
 
 echo "== requests against $url ($backend, 2 loops, $mode)"
 "$build/examples/requests" --backend "$backend" --url "$url" --requests 400 --concurrency 20 | tee "$dir/ok.out"

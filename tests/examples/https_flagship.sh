@@ -7,29 +7,13 @@
 set -euo pipefail
 build=$1
 backend=$2
-dir=$(mktemp -d /tmp/hop-https-flagship-XXXXXX)
-server_pid=
-cleanup() {
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/serve.sh"
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>"$dir/openssl.log" \
     || { cat "$dir/openssl.log"; exit 1; }
 
-"$build/examples/http_server" --port 0 --backend "$backend" --cert "$dir/cert.pem" --key "$dir/key.pem" \
-    >"$dir/server.out" 2>"$dir/server.err" &
-server_pid=$!
-# Its first line says where it listens; wait for it (bounded: 20 s).
-for _ in $(seq 1 400); do
-    grep -q "listening on" "$dir/server.out" 2>/dev/null && break
-    kill -0 "$server_pid" 2>/dev/null || { echo "http_server died:"; cat "$dir/server.err"; exit 1; }
-    sleep 0.05
-done
-url=$(grep -o 'https://[^ ]*' "$dir/server.out" | head -1)
-[ -n "$url" ] || { echo "http_server did not say where it listens:"; cat "$dir/server.out" "$dir/server.err"; exit 1; }
+start_server --backend "$backend" --cert "$dir/cert.pem" --key "$dir/key.pem"
 url=${url/127.0.0.1/localhost}
 
 echo "== requests --cacert against $url ($backend)"
