@@ -795,9 +795,13 @@ TEST_CASE("http_pool: out-of-descriptors server (child)" * doctest::skip()) {
     ::getrlimit(RLIMIT_NOFILE, &low);
     low.rlim_cur = static_cast<rlim_t>(open.back() + 1 + 4 + (mode == hop::accept_mode::reuse_port ? 1 : 0));
     REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    auto serving = pool.spawn_on(0, srv.serve(pool));
+    // The port goes out once every listener is bound: with reuse_port, a
+    // client accepted before loop 1's listener would take the descriptor
+    // kept for it, and serve() would fail with EMFILE.
+    wait_listening(srv, mode, 2);
     std::printf("%u\n", static_cast<unsigned>(srv.local_endpoint().port()));
     std::fflush(stdout);
-    auto serving = pool.spawn_on(0, srv.serve(pool));
     REQUIRE(serving.wait_for(hop_test::scaled(std::chrono::seconds(50))));
     serving.get();
     std::fflush(stderr);

@@ -96,8 +96,10 @@ hop::task<> count_down(std::latch& l) {
 }
 
 /// Runs `t` until it first suspends (or ends), then completes `queued`.
-/// Both start inline on the caller's thread in that order, so once `queued`
-/// is done, a wait inside `t` is either finished or linked in its queue.
+/// On a loop both start inline on the caller's thread in that order, so once
+/// `queued` is done, a wait inside `t` is either finished or linked in its
+/// queue. On a cpu_pool worker when_all forks, and another worker may steal
+/// and complete `queued` first: a test that needs `t`'s state waits for it.
 template <class T>
 hop::task<T> queued_then(hop::task<T> t, hop::promise<void> queued) {
     [[maybe_unused]] auto r = co_await hop::when_all(std::move(t), signal(std::move(queued)));
@@ -617,6 +619,12 @@ TEST_CASE("channel: a sender on a full channel stays suspended until a recv") {
     hop::cpu_pool pool{2};
     std::atomic<bool> second_sent{false};
     auto s = start_queued(pool, send_two(ch, second_sent));
+    // start_queued's "queued" can come first on a pool: when_all forks on a
+    // worker, and the other worker may steal it before send_two has run. The
+    // first send itself is what the checks below need: a state, with a guard.
+    const auto until = std::chrono::steady_clock::now() + guard;
+    while (ch.size() != 1 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+    REQUIRE(ch.size() == 1);
     std::vector<int> flags;
     auto got = hop::sync_wait(consume_two(ch, second_sent, flags));
     CHECK(flags == std::vector<int>{0, 1});
