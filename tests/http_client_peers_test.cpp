@@ -380,15 +380,6 @@ hop::task<void> request_forms(hop::backend) {
 
 // total_timeout counts the wait for a free connection too: the only
 // connection is held by a response_stream whose body is not read.
-hop::task<void> head_then_stall(hop::tcp_listener& lis) {
-    hop::tcp_stream c = co_await lis.accept();
-    std::string buf;
-    auto r = co_await read_request(c, buf);
-    REQUIRE(r);
-    co_await c.write_all(std::string_view("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart"));
-    co_await wait_for_eof(c);
-}
-
 hop::task<void> total_in_pool_client(std::string u) {
     http::client_options o;
     o.max_connections = 1;
@@ -404,19 +395,15 @@ hop::task<void> total_in_pool_client(std::string u) {
 
 hop::task<void> total_in_pool(hop::backend) {
     auto a = listen_any();
-    co_await hop::when_all(head_then_stall(a), total_in_pool_client(base_url(a) + "/held"));
+    co_await hop::when_all(stalling_body_server(a), total_in_pool_client(base_url(a) + "/held"));
 }
 
 // ---- error messages ------------------------------------------------------------------------
 
 hop::task<void> messages_case(hop::backend) {
-    std::uint16_t port;
-    {
-        auto lis = listen_any();
-        port = lis.local_endpoint().port();
-    }  // closed: connections to it are refused
+    hop_test::refusing_port port;
     http::client client;
-    const std::string u = "http://127.0.0.1:" + std::to_string(port) + "/";
+    const std::string u = "http://127.0.0.1:" + std::to_string(port.endpoint().port()) + "/";
     std::string what;
     try {
         co_await client.get(u);

@@ -172,16 +172,6 @@ hop::task<void> read_timeout_case(hop::backend) {
     CHECK(saw_eof);  // the timed-out connection was closed, not pooled
 }
 
-// Sends a head, then stalls the body: total_timeout fires (not read_timeout).
-hop::task<void> stalling_body_server(hop::tcp_listener& lis) {
-    hop::tcp_stream c = co_await lis.accept();
-    std::string buf;
-    auto r = co_await read_request(c, buf);
-    REQUIRE(r);
-    co_await c.write_all(std::string_view("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart"));
-    co_await wait_for_eof(c);
-}
-
 hop::task<void> total_timeout_client(hop::tcp_listener& lis) {
     http::client client{{.read_timeout = 30s, .total_timeout = 150ms}};
     const std::string u = base_url(lis) + "/stall";

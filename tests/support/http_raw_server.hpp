@@ -7,6 +7,8 @@
 #include <hop/hop.hpp>
 #include <hop/http.hpp>
 
+#include <doctest/doctest.h>
+
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -143,6 +145,18 @@ inline std::string base_url(const hop::tcp_listener& lis) {
 }
 
 inline hop::tcp_listener listen_any() { return hop::tcp_listener::bind(hop::endpoint::loopback_v4(0)); }
+
+/// One connection: reads a request, answers a head and 4 of its 100 body
+/// bytes, then stalls until the client closes (a total or read timeout
+/// must end the exchange).
+inline hop::task<void> stalling_body_server(hop::tcp_listener& lis) {
+    hop::tcp_stream c = co_await lis.accept();
+    std::string buf;
+    auto r = co_await read_request(c, buf);
+    REQUIRE(r);
+    co_await c.write_all(std::string_view("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart"));
+    co_await wait_for_eof(c);
+}
 
 /// What `t` throws as E (its message), or "(nothing thrown)"; another type
 /// propagates.
