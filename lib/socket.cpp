@@ -6,6 +6,7 @@
 #include <hop/task_group.hpp>
 #include <hop/time.hpp>
 
+#include "error_text.hpp"
 #include "loop_core.hpp"
 
 #include <fcntl.h>
@@ -296,11 +297,8 @@ task<tcp_stream> connect_any(std::vector<endpoint> targets, std::string name) {
     try {
         std::rethrow_exception(race.last_error);
     } catch (const std::system_error& e) {
-        // e.what() without the errno text system_error appends: the new
-        // error appends it once more.
-        std::string last = e.what();
-        const std::string tail = ": " + e.code().message();
-        if (last.size() > tail.size() && last.ends_with(tail)) last.resize(last.size() - tail.size());
+        // The new error appends the errno text once more.
+        const std::string last = detail::without_code_text(e);
         throw std::system_error(e.code(), "hop::tcp_stream::connect to " + name + ": none of " +
                                               std::to_string(race.targets.size()) +
                                               " addresses connected; the last error, " + last);

@@ -16,6 +16,7 @@
 
 #include <hop/http/client.hpp>
 
+#include "../error_text.hpp"
 #include "client_pool.hpp"
 #include "codec.hpp"
 #include "tls_read.hpp"
@@ -90,15 +91,6 @@ std::string shown(std::string_view s) {
     }
     if (head.size() < s.size()) out += "\u2026";  // …
     return out;
-}
-
-// e.what() without the ": <errno text>" std::system_error appended to it,
-// for an error that wraps `e` with the same code (and so appends it again).
-std::string context_of(const std::system_error& e) {
-    std::string_view w = e.what();
-    const std::string tail = ": " + e.code().message();
-    if (w.size() > tail.size() && w.ends_with(tail)) w.remove_suffix(tail.size());
-    return std::string(w);
 }
 
 std::string_view trim(std::string_view s) noexcept {
@@ -580,7 +572,7 @@ task<void> connect(stream_state& s, const pool_key& key) {
             t = co_await tcp_stream::connect(std::move(candidates));
         }
     } catch (const std::system_error& e) {
-        throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " + context_of(e));
+        throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " + hop::detail::without_code_text(e));
     }
     t.set_nodelay(true);
     std::unique_ptr<tls::stream> secure;
@@ -701,7 +693,7 @@ task<void> send_then_read_head(stream_state& s) {
         std::rethrow_exception(failure);
     } catch (const std::system_error& e) {
         throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " +
-                                              context_of(e));
+                                              hop::detail::without_code_text(e));
     }
 }
 
