@@ -19,7 +19,7 @@
 #include "../error_text.hpp"
 #include "client_pool.hpp"
 #include "codec.hpp"
-#include "tls_read.hpp"
+#include "grammar.hpp"
 
 #include <hop/io_loop.hpp>
 #include <hop/net.hpp>
@@ -46,15 +46,6 @@ constexpr std::uint64_t redirect_body_limit = 64 * 1024;  // more than this of a
 constexpr auto unchecked_idle = std::chrono::milliseconds(100);
 
 // ---- validation ---------------------------------------------------------------
-
-bool is_tchar(char c) noexcept {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
-    return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != '\0';
-}
-
-bool is_token(std::string_view s) noexcept {
-    return !s.empty() && std::all_of(s.begin(), s.end(), is_tchar);
-}
 
 bool has_ctl_breaks(std::string_view s) noexcept {
     return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
@@ -456,36 +447,23 @@ void build_wire(stream_state& s) {
     }
 }
 
-// Sends on the connection, over TLS for https.
-task<void> send_all(connection& c, std::string_view bytes) {
-    if (c.secure) {
-        co_await c.secure->write_all(bytes);
-    } else {
-        co_await c.stream.write_all(bytes);
-    }
-}
-
 task<void> send_request(stream_state& s) {
     s.timers.arm_phase(timeout_kind::read, s.st->opts.read_timeout);
     build_wire(s);
-    co_await send_all(*s.conn, std::string_view(s.wire));
+    co_await s.conn->io.write_all(s.wire);
     if (s.body_separate) {
         s.timers.progress();
-        co_await send_all(*s.conn, std::string_view(s.req.body));
+        co_await s.conn->io.write_all(s.req.body);
         if (s.req.chunked) {
             static constexpr std::string_view tail = "\r\n0\r\n\r\n";
-            co_await send_all(*s.conn, tail);
+            co_await s.conn->io.write_all(tail);
         }
     }
     s.timers.progress();
 }
 
-// Reads from the connection into its buffer; 0 at the end of the stream
-// (over TLS: read_tls).
-task<std::size_t> receive(connection& c) {
-    if (!c.secure) co_return co_await c.stream.read_some(c.free_space());
-    co_return co_await read_tls(*c.secure, c.free_space());
-}
+// Reads from the connection into its buffer; 0 at the end of the stream.
+transport::read_operation receive(connection& c) { return c.io.read_some(c.free_space()); }
 
 task<void> read_head(stream_state& s) {
     connection& c = *s.conn;
@@ -575,20 +553,19 @@ task<void> connect(stream_state& s, const pool_key& key) {
         throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " + hop::detail::without_code_text(e));
     }
     t.set_nodelay(true);
-    std::unique_ptr<tls::stream> secure;
+    transport io(std::move(t));
     if (u.scheme == "https") {
         // The handshake is part of connecting: under connect_timeout.
         try {
-            secure = std::make_unique<tls::stream>(co_await tls::stream::connect(s.st->tls_context(), std::move(t), u.host));
-            if (secure->session_reused()) s.st->tls_resumed.fetch_add(1, std::memory_order_relaxed);
+            co_await io.start_tls_client(s.st->tls_context(), u.host);
+            if (io.tls()->session_reused()) s.st->tls_resumed.fetch_add(1, std::memory_order_relaxed);
         } catch (const tls::error& e) {
             throw tls::error("hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " + e.what(),
                              e.verify_result());
         }
     }
     s.timers.disarm_phase();
-    s.conn = std::make_unique<connection>(std::move(t), key, o.max_header_bytes);
-    s.conn->secure = std::move(secure);
+    s.conn = std::make_unique<connection>(std::move(io), key, o.max_header_bytes);
     s.conn_reused = false;
     s.peer_closed = false;
     s.st->connects.fetch_add(1, std::memory_order_relaxed);

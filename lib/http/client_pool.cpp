@@ -225,8 +225,8 @@ task<void> run_agent(std::shared_ptr<client_state> st, std::shared_ptr<loop_agen
 
 // ---- connection ------------------------------------------------------------------------
 
-connection::connection(tcp_stream s, const pool_key& k, std::size_t max_header_bytes)
-    : stream(std::move(s)),
+connection::connection(transport t, const pool_key& k, std::size_t max_header_bytes)
+    : io(std::move(t)),
       key(k),
       parse(parser::kind::response,
             parser::limits{max_header_bytes, std::numeric_limits<std::uint64_t>::max()}),

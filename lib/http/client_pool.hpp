@@ -20,6 +20,7 @@
 // while it holds its own.
 
 #include "codec.hpp"
+#include "transport.hpp"
 
 #include <hop/detail/loop_op.hpp>
 #include <hop/detail/timer.hpp>
@@ -230,26 +231,22 @@ struct pool_key_hash {
     }
 };
 
-/// One TCP connection: the socket, the response parser (its state carries
+/// One connection: its transport (TCP, or TLS over TCP), the response parser (its state carries
 /// over from one response to the next) and the read buffer.
 struct connection {
-    connection(tcp_stream s, const pool_key& k, std::size_t max_header_bytes);
+    connection(transport t, const pool_key& k, std::size_t max_header_bytes);
     connection(const connection&) = delete;
     connection& operator=(const connection&) = delete;
 
-    tcp_stream stream;  // plain http; empty for https
-    std::unique_ptr<tls::stream> secure;  // https: the TLS stream (over the TCP one)
+    transport io;
     pool_key key;
     parser parse;
     std::uint64_t served = 0;  // responses completed on it
     clock::time_point idle_since{};
 
     /// The socket's descriptor (for the idle peek).
-    int fd() const noexcept { return secure ? secure->lower().native_handle() : stream.native_handle(); }
-    void close() noexcept {
-        if (secure) secure->close();
-        stream.close();
-    }
+    int fd() const noexcept { return io.native_handle(); }
+    void close() noexcept { io.close(); }
 
     std::string_view buffered() const noexcept { return {m_buf.get() + m_begin, m_end - m_begin}; }
     void consume(std::size_t n) noexcept {

@@ -1,4 +1,5 @@
 #include "codec.hpp"
+#include "grammar.hpp"
 
 #include <llhttp.h>
 
@@ -488,11 +489,6 @@ bool parser::started() const noexcept { return m_impl->started; }
 
 namespace {
 
-bool is_token_char(unsigned char c) noexcept {
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
-    return std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
-}
-
 void write_fields(std::string& out, const headers& fields) {
     for (const auto& f : fields) {
         out += f.name;
@@ -507,9 +503,8 @@ void write_fields(std::string& out, const headers& fields) {
 
 void write_request_head(std::string& out, std::string_view method, std::string_view target, const headers& fields) {
     if (method.empty()) throw std::invalid_argument("empty HTTP method");
-    for (char c : method)
-        if (!is_token_char(static_cast<unsigned char>(c)))
-            throw std::invalid_argument("HTTP method \"" + std::string(method) + "\" is not a token");
+    if (!is_token(method))
+        throw std::invalid_argument("HTTP method \"" + std::string(method) + "\" is not a token");
     if (target.empty()) throw std::invalid_argument("empty request target (use \"/\")");
     for (char c : target) {
         auto u = static_cast<unsigned char>(c);

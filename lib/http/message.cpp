@@ -1,5 +1,7 @@
 #include <hop/http/message.hpp>
 
+#include "grammar.hpp"
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
@@ -8,22 +10,6 @@
 namespace hop::http {
 
 namespace {
-
-// RFC 9110 5.6.2: tchar.
-bool is_tchar(unsigned char c) noexcept {
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
-    switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
-        return true;
-    default:
-        return false;
-    }
-}
-
-bool is_token(std::string_view s) noexcept {
-    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return is_tchar(static_cast<unsigned char>(c)); });
-}
 
 char lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
@@ -108,7 +94,7 @@ headers::headers(std::initializer_list<std::pair<std::string_view, std::string_v
 
 void headers::add(std::string_view name, std::string_view value) {
     if (name.empty()) throw std::invalid_argument("empty header name (value " + quoted(value) + ")");
-    if (!is_token(name))
+    if (!detail::is_token(name))
         throw std::invalid_argument("header name " + quoted(name) +
                                     " is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~ only)");
     for (char c : value) {

@@ -5,7 +5,7 @@
 #include <hop/http/server.hpp>
 
 #include "codec.hpp"
-#include "tls_read.hpp"
+#include "transport.hpp"
 
 #include <hop/io_loop.hpp>
 #include <hop/sync.hpp>
@@ -498,13 +498,13 @@ public:
     // On `sh`'s loop. The connection was counted (its slot and the
     // shard's load) when it was accepted; it gives both back when it ends.
     server_connection(std::shared_ptr<server_state> st, server_shard& sh, tcp_stream s) noexcept
-        : m_st(std::move(st)), m_sh(&sh), m_stream(std::move(s)) {
+        : m_st(std::move(st)), m_sh(&sh), m_io(std::move(s)) {
         m_deadline.owner = this;
         m_next = m_sh->m_first;
         if (m_next) m_next->m_prev = this;
         m_sh->m_first = this;
         try {
-            m_stream.set_nodelay(true);
+            m_io.set_nodelay(true);
         } catch (const std::exception&) {
             // Reset before we got here: the first read says so.
         }
@@ -608,7 +608,6 @@ private:
     void answer_500(const request& req, const std::string& failure);
     void append_error(int status, std::string_view text);
     task<void> answer_error(int status);
-    void send_now(std::string_view bytes) noexcept;
     void arm_idle() { m_sh->arm(m_sh->m_idle_deadlines, m_deadline, m_st->m_options.idle_timeout); }
     void disarm() noexcept { deadline_list::unlink(m_deadline); }
     void finish_head(headers& h, int status);
@@ -617,8 +616,7 @@ private:
 
     std::shared_ptr<server_state> m_st;
     server_shard* m_sh;                 // owned by *m_st
-    tcp_stream m_stream;                // plain http; empty once TLS took it
-    std::unique_ptr<tls::stream> m_tls;  // https
+    transport m_io;
     server_connection* m_prev = nullptr;
     server_connection* m_next = nullptr;
     deadline_node m_deadline;
@@ -664,7 +662,7 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
         // read), so one non-blocking send delivers it.
         c.m_out.clear();
         c.append_error(408, "the request did not arrive in time");
-        c.send_now(c.m_out);
+        c.m_io.try_write(c.m_out);
         c.m_sh->m_requests.fetch_add(1, std::memory_order_relaxed);
     }
     if (error_status != 0) {
@@ -673,15 +671,12 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
         } catch (const std::exception&) {
         }
     }
-    if (c.m_tls && !cancelled && c.m_tls->is_open()) {
-        // close_notify, so the client can tell our close from a cut.
-        try {
-            co_await c.m_tls->shutdown(std::chrono::milliseconds(0));
-        } catch (const std::exception&) {
-        }
+    if (cancelled) {
+        c.m_io.close();
+    } else {
+        // Over TLS close_notify, so the client can tell our close from a cut.
+        co_await c.m_io.close_gracefully();
     }
-    if (c.m_tls) c.m_tls->close();
-    c.m_stream.close();
 }
 
 // https: the TLS handshake, under header_timeout. False: it failed (logged).
@@ -690,7 +685,7 @@ task<bool> server_connection::handshake() {
     m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
     std::string failure;
     try {
-        m_tls = std::make_unique<tls::stream>(co_await tls::stream::accept(*m_st->m_options.tls, std::move(m_stream)));
+        co_await m_io.start_tls_server(*m_st->m_options.tls);
     } catch (const tls::error& e) {
         failure = e.what();
     }
@@ -726,14 +721,10 @@ task<int> server_connection::request_loop() {
         m_in.consume(used);
         switch (ev) {
             case parser::event::need_more: {
-                if (!p.started() && !m_tls && m_in.view().empty() &&
-                    m_sh->m_loop->backend_kind() == hop::backend::epoll) {
-                    // Between requests, nothing buffered, on epoll: wait in a
-                    // small frame, holding neither an input buffer nor
-                    // fill's frame. (epoll waits for readiness anyway. On
-                    // io_uring the wait and then the read would be two
-                    // submissions per request instead of one: measured,
-                    // 20-30% fewer requests/s; the read keeps its buffer.)
+                if (!p.started() && m_in.view().empty() && m_io.cheap_readiness_wait()) {
+                    // Between requests, nothing buffered: wait in a small
+                    // frame, holding neither an input buffer nor fill's
+                    // frame.
                     const bool open = co_await await_request();
                     if (!open) co_return 0;
                 }
@@ -793,7 +784,7 @@ task<bool> server_connection::await_request() {
     if (!m_out.empty()) co_await flush();
     if (!enter_idle()) co_return false;
     m_in.release();
-    (void)co_await m_stream.wait_readable();
+    (void)co_await m_io.wait_readable();
     co_return true;
 }
 
@@ -845,12 +836,7 @@ task<bool> server_connection::fill(parser& p) {
         arm_idle();
     }
     auto space = m_in.space(want);
-    std::size_t n = 0;
-    if (m_tls) {
-        n = co_await read_tls(*m_tls, space);
-    } else {
-        n = co_await m_stream.read_some(space);
-    }
+    const std::size_t n = co_await m_io.read_some(space);
     const bool header_runs = m_phase == phase::head || (m_phase == phase::idle && m_fresh);
     if (!header_runs) disarm();
     if (n == 0) co_return false;
@@ -871,11 +857,7 @@ task<void> server_connection::flush() {
         arm_idle();
         std::size_t n = 0;
         try {
-            if (m_tls) {
-                n = co_await m_tls->write_some(std::string_view(m_out).substr(done));
-            } else {
-                n = co_await m_stream.write_some(std::string_view(m_out).substr(done));
-            }
+            n = co_await m_io.write_some(std::string_view(m_out).substr(done));
         } catch (const cancelled_error&) {
             throw;
         } catch (const std::exception&) {
@@ -890,15 +872,6 @@ task<void> server_connection::flush() {
     if (m_header_armed && m_phase == phase::head) {
         m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
     }
-}
-
-void server_connection::send_now(std::string_view bytes) noexcept {
-    if (m_tls) {
-        m_tls->try_write(bytes);
-        return;
-    }
-    if (!m_stream.is_open()) return;
-    [[maybe_unused]] auto r = ::send(m_stream.native_handle(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 // The fields every response carries; `h` is the handler's, changed in place.
@@ -961,18 +934,14 @@ task<void> server_connection::answer_error(int status) {
     m_sh->m_requests.fetch_add(1, std::memory_order_relaxed);
     m_phase = phase::linger;
     co_await flush();
-    if (m_tls) {
-        // close_notify, then what the client still sends is read and dropped
-        // until its own close_notify, for at most header_timeout.
-        co_await m_tls->shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(m_st->m_options.lingering_time));
-        co_return;
-    }
-    // Lingering close, as nginx's: our FIN goes out after the answer; the
-    // client may still be sending a body it did not wait to send. Reading
-    // it until the client closes (bounded) keeps our close from being a
-    // reset that would make the client's kernel drop the answer unread.
-    m_stream.shutdown_write();
+    // Lingering close, as nginx's: our end of output goes out after the
+    // answer; the client may still be sending a body it did not wait to
+    // send. Reading it until the client closes (bounded) keeps our close
+    // from being a reset that would make the client's kernel drop the
+    // answer unread. (Over TLS the transport does this itself while it
+    // waits for the client's close_notify.)
     const server_options& o = m_st->m_options;
+    if (!co_await m_io.end_output(std::chrono::duration_cast<std::chrono::milliseconds>(o.lingering_time))) co_return;
     const auto until = saturating_add(clock::now(), o.lingering_time);
     m_in.consume(m_in.view().size());
     for (;;) {
@@ -981,7 +950,7 @@ task<void> server_connection::answer_error(int status) {
         // Each read waits at most lingering_timeout, and not past the total.
         m_sh->arm(m_sh->m_linger_deadlines, m_deadline,
                   std::min<std::chrono::nanoseconds>(o.lingering_timeout, until - now));
-        const std::size_t n = co_await m_stream.read_some(m_in.space(large_read));
+        const std::size_t n = co_await m_io.read_some(m_in.space(large_read));
         if (n == 0) break;
     }
     disarm();
