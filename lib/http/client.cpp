@@ -38,6 +38,7 @@ namespace detail {
 
 namespace {
 
+constexpr std::size_t read_size = 16 * 1024;          // a response's reads, at most
 constexpr std::size_t inline_body_limit = 64 * 1024;  // larger bodies are written on their own
 constexpr std::uint64_t redirect_body_limit = 64 * 1024;  // more than this of a redirect's body: close instead
 // An idempotent request takes a connection idle for less than this without
@@ -337,9 +338,13 @@ enum class step { piece, end, more };
     throw protocol_error("hop::http::client: a malformed response from " + shown(s.url_text) + ": " + e.what());
 }
 
-// After a read of `n` > 0 bytes into the connection's buffer.
+// After a read of `n` bytes into the connection's input (0: the server
+// ended its side).
 void took(stream_state& s, std::size_t n) noexcept {
-    s.conn->commit(n);
+    if (n == 0) {
+        s.peer_closed = true;
+        return;
+    }
     s.response_bytes += n;
     s.timers.progress();
 }
@@ -352,15 +357,12 @@ step body_step(stream_state& s, std::string_view& piece) {
         // Called with nothing buffered too: an event may be due without
         // input (the end of a message whose last body byte was the last
         // thing parsed, or of a message without a body).
-        const std::string_view in = c.buffered();
-        std::size_t used = 0;
         parser::event ev;
         try {
-            ev = c.parse.parse(in, used);
+            ev = c.next_event();
         } catch (const parse_error& e) {
             throw_malformed(s, e);
         }
-        c.consume(used);
         switch (ev) {
             case parser::event::body:
                 piece = c.parse.body();
@@ -398,7 +400,7 @@ void release_connection(stream_state& s) {
     std::unique_ptr<connection> c = std::move(s.conn);
     ++c->served;
     const bool reuse = !s.peer_closed && !s.req.close_after && !s.send_cut_short && c->parse.keep_alive() &&
-                       c->buffered().empty();
+                       c->in.empty();
     if (reuse) {
         s.st->release(std::move(c));
     } else {
@@ -462,8 +464,9 @@ task<void> send_request(stream_state& s) {
     s.timers.progress();
 }
 
-// Reads from the connection into its buffer; 0 at the end of the stream.
-transport::read_operation receive(connection& c) { return c.io.read_some(c.free_space()); }
+// Reads more of the response into the connection's input; 0 at the end of
+// the stream.
+h1_connection::read_operation receive(connection& c) { return c.read_more(read_size); }
 
 task<void> read_head(stream_state& s) {
     connection& c = *s.conn;
@@ -471,15 +474,12 @@ task<void> read_head(stream_state& s) {
     bool informational = false;  // between a 1xx head and its end
     for (;;) {
         for (;;) {
-            const std::string_view in = c.buffered();
-            std::size_t used = 0;
             parser::event ev;
             try {
-                ev = c.parse.parse(in, used);
+                ev = c.next_event();
             } catch (const parse_error& e) {
                 throw_malformed(s, e);
             }
-            c.consume(used);
             if (ev == parser::event::need_more) break;
             if (ev == parser::event::message_end && informational) {
                 informational = false;
@@ -724,12 +724,7 @@ task<void> skip_body(stream_state& s) {
             if (skipped > redirect_body_limit) break;
             continue;
         }
-        const std::size_t n = co_await receive(*s.conn);
-        if (n == 0) {
-            s.peer_closed = true;
-        } else {
-            took(s, n);
-        }
+        took(s, co_await receive(*s.conn));
     }
     s.in_body = false;
     s.st->discard(std::move(s.conn));
@@ -848,12 +843,7 @@ task<void> read_body(stream_state& s, std::string& out) {
             finish_message(s);
             co_return;
         }
-        const std::size_t n = co_await receive(*s.conn);
-        if (n == 0) {
-            s.peer_closed = true;
-        } else {
-            took(s, n);
-        }
+        took(s, co_await receive(*s.conn));
     }
 }
 
@@ -948,12 +938,7 @@ task<std::size_t> read_inner(stream_state& s, std::span<char> buf) {
             finish_message(s);
             co_return 0;
         }
-        const std::size_t n = co_await receive(*s.conn);
-        if (n == 0) {
-            s.peer_closed = true;
-        } else {
-            took(s, n);
-        }
+        took(s, co_await receive(*s.conn));
     }
 }
 

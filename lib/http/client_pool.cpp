@@ -15,8 +15,6 @@
 namespace hop::http::detail {
 
 namespace {
-constexpr std::size_t initial_buffer = 16 * 1024;
-constexpr std::size_t max_buffer = 256 * 1024;
 constexpr auto name_ttl = std::chrono::seconds(30);
 constexpr std::size_t max_names = 256;
 // The agent wakes at least this often (a bound, not a poll: it normally
@@ -226,31 +224,9 @@ task<void> run_agent(std::shared_ptr<client_state> st, std::shared_ptr<loop_agen
 // ---- connection ------------------------------------------------------------------------
 
 connection::connection(transport t, const pool_key& k, std::size_t max_header_bytes)
-    : io(std::move(t)),
-      key(k),
-      parse(parser::kind::response,
-            parser::limits{max_header_bytes, std::numeric_limits<std::uint64_t>::max()}),
-      m_buf(new char[initial_buffer]),
-      m_cap(initial_buffer) {}
-
-std::span<char> connection::free_space() {
-    if (m_end == m_cap) {
-        if (m_begin > 0) {
-            std::memmove(m_buf.get(), m_buf.get() + m_begin, m_end - m_begin);
-            m_end -= m_begin;
-            m_begin = 0;
-        } else {
-            // Full of bytes the parser has not taken yet (it takes all it is
-            // given unless it stops at an event): grow, bounded.
-            const std::size_t cap = std::min(std::max(m_cap * 2, initial_buffer), std::max(max_buffer, m_cap + initial_buffer));
-            std::unique_ptr<char[]> b(new char[cap]);
-            std::memcpy(b.get(), m_buf.get(), m_end);
-            m_buf = std::move(b);
-            m_cap = cap;
-        }
-    }
-    return {m_buf.get() + m_end, m_cap - m_end};
-}
+    : h1_connection(std::move(t), parser::kind::response,
+                    parser::limits{max_header_bytes, std::numeric_limits<std::uint64_t>::max()}),
+      key(k) {}
 
 bool still_open(int fd) noexcept {
     char b;
@@ -447,6 +423,7 @@ void client_state::release(std::unique_ptr<connection> c) {
             return;
         }
         agent = it->second;
+        c->in.release();  // an idle connection holds no input buffer
         c->idle_since = clock::now();
         expires = c->idle_since + opts.idle_timeout;
         m_idle[c->key].push_back(std::move(c));

@@ -19,8 +19,7 @@
 // callback takes the pool's mutex). The pool never takes an agent's mutex
 // while it holds its own.
 
-#include "codec.hpp"
-#include "transport.hpp"
+#include "h1_connection.hpp"
 
 #include <hop/detail/loop_op.hpp>
 #include <hop/detail/timer.hpp>
@@ -231,37 +230,19 @@ struct pool_key_hash {
     }
 };
 
-/// One connection: its transport (TCP, or TLS over TCP), the response parser (its state carries
-/// over from one response to the next) and the read buffer.
-struct connection {
+/// One connection to a server: its transport, input and response parser
+/// (whose state carries over from one response to the next), and where
+/// the pool may reuse it.
+struct connection : h1_connection {
     connection(transport t, const pool_key& k, std::size_t max_header_bytes);
-    connection(const connection&) = delete;
-    connection& operator=(const connection&) = delete;
 
-    transport io;
     pool_key key;
-    parser parse;
     std::uint64_t served = 0;  // responses completed on it
     clock::time_point idle_since{};
 
     /// The socket's descriptor (for the idle peek).
     int fd() const noexcept { return io.native_handle(); }
     void close() noexcept { io.close(); }
-
-    std::string_view buffered() const noexcept { return {m_buf.get() + m_begin, m_end - m_begin}; }
-    void consume(std::size_t n) noexcept {
-        m_begin += n;
-        if (m_begin == m_end) m_begin = m_end = 0;
-    }
-    /// Room to read into (compacts, and grows a full buffer up to 256 KiB).
-    std::span<char> free_space();
-    void commit(std::size_t n) noexcept { m_end += n; }
-
-private:
-    std::unique_ptr<char[]> m_buf;
-    std::size_t m_cap = 0;
-    std::size_t m_begin = 0;
-    std::size_t m_end = 0;
 };
 
 /// False if the server has closed `fd` (or sent bytes nobody asked for):

@@ -5,7 +5,7 @@
 #include <hop/http/server.hpp>
 
 #include "codec.hpp"
-#include "transport.hpp"
+#include "h1_connection.hpp"
 
 #include <hop/io_loop.hpp>
 #include <hop/sync.hpp>
@@ -498,13 +498,17 @@ public:
     // On `sh`'s loop. The connection was counted (its slot and the
     // shard's load) when it was accepted; it gives both back when it ends.
     server_connection(std::shared_ptr<server_state> st, server_shard& sh, tcp_stream s) noexcept
-        : m_st(std::move(st)), m_sh(&sh), m_io(std::move(s)) {
+        : m_st(std::move(st)),
+          m_sh(&sh),
+          m_h1(transport(std::move(s)), parser::kind::request,
+               parser::limits{.max_header_bytes = m_st->m_options.max_header_bytes,
+                              .max_body_bytes = m_st->m_options.max_body_bytes}) {
         m_deadline.owner = this;
         m_next = m_sh->m_first;
         if (m_next) m_next->m_prev = this;
         m_sh->m_first = this;
         try {
-            m_io.set_nodelay(true);
+            m_h1.io.set_nodelay(true);
         } catch (const std::exception&) {
             // Reset before we got here: the first read says so.
         }
@@ -545,58 +549,6 @@ public:
     future<void> m_future;
 
 private:
-    // The bytes read and not yet parsed.
-    class input_buffer {
-    public:
-        std::string_view view() const noexcept { return {m_data.get() + m_begin, m_end - m_begin}; }
-        void consume(std::size_t n) noexcept {
-            m_begin += n;
-            if (m_begin == m_end) m_begin = m_end = 0;
-        }
-        // Room for a read of up to `want` bytes.
-        std::span<char> space(std::size_t want) {
-            if (m_begin == m_end) m_begin = m_end = 0;
-            if (m_cap < want && m_begin == m_end) {
-                m_data.reset();
-                m_data.reset(new char[want]);
-                m_cap = want;
-            } else if (m_end == m_cap) {
-                if (m_begin > 0) {
-                    std::memmove(m_data.get(), m_data.get() + m_begin, m_end - m_begin);
-                    m_end -= m_begin;
-                    m_begin = 0;
-                } else {
-                    const std::size_t cap = std::max(want, m_cap * 2);
-                    std::unique_ptr<char[]> bigger(new char[cap]);
-                    std::memcpy(bigger.get(), m_data.get(), m_end);
-                    m_data = std::move(bigger);
-                    m_cap = cap;
-                }
-            }
-            return {m_data.get() + m_end, m_cap - m_end};
-        }
-        void commit(std::size_t n) noexcept { m_end += n; }
-        // Frees the buffer if it holds nothing.
-        void release() noexcept {
-            if (m_begin == m_end) {
-                m_data.reset();
-                m_cap = 0;
-                m_begin = m_end = 0;
-            }
-        }
-        // Frees a large buffer that holds nothing.
-        void shrink() noexcept {
-            if (m_cap > small_read) release();
-        }
-        std::size_t capacity() const noexcept { return m_cap; }
-
-    private:
-        std::unique_ptr<char[]> m_data;
-        std::size_t m_cap = 0;
-        std::size_t m_begin = 0;
-        std::size_t m_end = 0;
-    };
-
     task<int> request_loop();
     task<bool> await_request();
     bool enter_idle();
@@ -616,11 +568,10 @@ private:
 
     std::shared_ptr<server_state> m_st;
     server_shard* m_sh;                 // owned by *m_st
-    transport m_io;
+    h1_connection m_h1;
     server_connection* m_prev = nullptr;
     server_connection* m_next = nullptr;
     deadline_node m_deadline;
-    input_buffer m_in;
     std::string m_out;
     std::string m_error_text;
     std::size_t m_next_read = small_read;
@@ -662,7 +613,7 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
         // read), so one non-blocking send delivers it.
         c.m_out.clear();
         c.append_error(408, "the request did not arrive in time");
-        c.m_io.try_write(c.m_out);
+        c.m_h1.io.try_write(c.m_out);
         c.m_sh->m_requests.fetch_add(1, std::memory_order_relaxed);
     }
     if (error_status != 0) {
@@ -672,10 +623,10 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
         }
     }
     if (cancelled) {
-        c.m_io.close();
+        c.m_h1.io.close();
     } else {
         // Over TLS close_notify, so the client can tell our close from a cut.
-        co_await c.m_io.close_gracefully();
+        co_await c.m_h1.io.close_gracefully();
     }
 }
 
@@ -685,7 +636,7 @@ task<bool> server_connection::handshake() {
     m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
     std::string failure;
     try {
-        co_await m_io.start_tls_server(*m_st->m_options.tls);
+        co_await m_h1.io.start_tls_server(*m_st->m_options.tls);
     } catch (const tls::error& e) {
         failure = e.what();
     }
@@ -703,25 +654,21 @@ task<bool> server_connection::handshake() {
 }
 
 task<int> server_connection::request_loop() {
-    parser p(parser::kind::request,
-             parser::limits{.max_header_bytes = m_st->m_options.max_header_bytes,
-                            .max_body_bytes = m_st->m_options.max_body_bytes});
+    parser& p = m_h1.parse;
     request req;
     for (;;) {
         parser::event ev = parser::event::need_more;
-        std::size_t used = 0;
         int bad = 0;
         try {
-            ev = p.parse(m_in.view(), used);
+            ev = m_h1.next_event();
         } catch (const parse_error& e) {
             bad = e.status();
             m_error_text = e.what();
         }
         if (bad != 0) co_return bad;
-        m_in.consume(used);
         switch (ev) {
             case parser::event::need_more: {
-                if (!p.started() && m_in.view().empty() && m_io.cheap_readiness_wait()) {
+                if (!p.started() && m_h1.in.empty() && m_h1.io.cheap_readiness_wait()) {
                     // Between requests, nothing buffered: wait in a small
                     // frame, holding neither an input buffer nor fill's
                     // frame.
@@ -783,8 +730,8 @@ task<int> server_connection::request_loop() {
 task<bool> server_connection::await_request() {
     if (!m_out.empty()) co_await flush();
     if (!enter_idle()) co_return false;
-    m_in.release();
-    (void)co_await m_io.wait_readable();
+    m_h1.in.release();
+    (void)co_await m_h1.io.wait_readable();
     co_return true;
 }
 
@@ -796,7 +743,7 @@ bool server_connection::enter_idle() {
     // room rather than wait (a new one has its first request to come).
     if (!m_fresh && m_st->m_room_wanted.load(std::memory_order_relaxed)) return false;
     m_phase = phase::idle;
-    m_in.shrink();
+    m_h1.in.shrink(small_read);
     if (m_out.capacity() > small_read) std::string().swap(m_out);
     if (!m_fresh) {
         arm_idle();
@@ -835,12 +782,12 @@ task<bool> server_connection::fill(parser& p) {
         }
         arm_idle();
     }
-    auto space = m_in.space(want);
-    const std::size_t n = co_await m_io.read_some(space);
+    auto space = m_h1.in.space(want);
+    const std::size_t n = co_await m_h1.io.read_some(space);
     const bool header_runs = m_phase == phase::head || (m_phase == phase::idle && m_fresh);
     if (!header_runs) disarm();
     if (n == 0) co_return false;
-    m_in.commit(n);
+    m_h1.in.commit(n);
     if (n == space.size()) m_next_read = large_read;
     if (m_phase == phase::idle) {
         m_phase = phase::head;
@@ -857,7 +804,7 @@ task<void> server_connection::flush() {
         arm_idle();
         std::size_t n = 0;
         try {
-            n = co_await m_io.write_some(std::string_view(m_out).substr(done));
+            n = co_await m_h1.io.write_some(std::string_view(m_out).substr(done));
         } catch (const cancelled_error&) {
             throw;
         } catch (const std::exception&) {
@@ -941,16 +888,16 @@ task<void> server_connection::answer_error(int status) {
     // answer unread. (Over TLS the transport does this itself while it
     // waits for the client's close_notify.)
     const server_options& o = m_st->m_options;
-    if (!co_await m_io.end_output(std::chrono::duration_cast<std::chrono::milliseconds>(o.lingering_time))) co_return;
+    if (!co_await m_h1.io.end_output(std::chrono::duration_cast<std::chrono::milliseconds>(o.lingering_time))) co_return;
     const auto until = saturating_add(clock::now(), o.lingering_time);
-    m_in.consume(m_in.view().size());
+    m_h1.in.consume(m_h1.in.view().size());
     for (;;) {
         const auto now = clock::now();
         if (now >= until) break;
         // Each read waits at most lingering_timeout, and not past the total.
         m_sh->arm(m_sh->m_linger_deadlines, m_deadline,
                   std::min<std::chrono::nanoseconds>(o.lingering_timeout, until - now));
-        const std::size_t n = co_await m_io.read_some(m_in.space(large_read));
+        const std::size_t n = co_await m_h1.io.read_some(m_h1.in.space(large_read));
         if (n == 0) break;
     }
     disarm();

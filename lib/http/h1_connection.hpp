@@ -1,0 +1,103 @@
+#pragma once
+// Private to hop::http: what an HTTP/1 connection is made of, for the
+// client (lib/http/client_pool.hpp's connection) and the server
+// (lib/http/server_connection.hpp) alike: the transport, the bytes read
+// and not yet parsed, and the llhttp parser, stepped one event at a time.
+// The roles above it decide what an event means and when to read more.
+
+#include "codec.hpp"
+#include "transport.hpp"
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string_view>
+
+namespace hop::http::detail {
+
+/// The bytes read and not yet parsed. Holds no memory while empty and
+/// released, so a connection between messages costs nothing here.
+class input_buffer {
+public:
+    std::string_view view() const noexcept { return {m_data.get() + m_begin, m_end - m_begin}; }
+    bool empty() const noexcept { return m_begin == m_end; }
+    void consume(std::size_t n) noexcept {
+        m_begin += n;
+        if (m_begin == m_end) m_begin = m_end = 0;
+    }
+    /// Room for a read of up to `want` bytes: the free tail, after
+    /// compacting, or a larger buffer when it is full of unparsed bytes
+    /// (doubling up to 256 KiB, then `want` at a time).
+    std::span<char> space(std::size_t want);
+    void commit(std::size_t n) noexcept { m_end += n; }
+    /// Frees the buffer if it holds nothing.
+    void release() noexcept {
+        if (m_begin == m_end) {
+            m_data.reset();
+            m_cap = 0;
+            m_begin = m_end = 0;
+        }
+    }
+    /// Frees a buffer over `keep` bytes that holds nothing.
+    void shrink(std::size_t keep) noexcept {
+        if (m_cap > keep) release();
+    }
+    std::size_t capacity() const noexcept { return m_cap; }
+
+private:
+    std::unique_ptr<char[]> m_data;
+    std::size_t m_cap = 0;
+    std::size_t m_begin = 0;
+    std::size_t m_end = 0;
+};
+
+/// The transport, its input and the parser of one HTTP/1 connection.
+struct h1_connection {
+    h1_connection(transport t, parser::kind k, parser::limits l) : io(std::move(t)), parse(k, l) {}
+    h1_connection(const h1_connection&) = delete;
+    h1_connection& operator=(const h1_connection&) = delete;
+
+    /// The next event in what is buffered (need_more: all of it taken);
+    /// the bytes it used are consumed. A body event's bytes stay valid
+    /// until the next read.
+    /// @throws parse_error (the status to answer, and why).
+    parser::event next_event() {
+        std::size_t used = 0;
+        const parser::event ev = parse.parse(in.view(), used);
+        in.consume(used);
+        return ev;
+    }
+    class read_operation;
+    /// Reads at most `want` more bytes into the input; resumes with how
+    /// many (0: the peer ended its side). A transport read, no frame.
+    read_operation read_more(std::size_t want);
+
+    transport io;
+    input_buffer in;
+    parser parse;
+};
+
+/// `co_await c.read_more(want)`: the transport's read into the input's
+/// free space, committed when it resumes.
+class h1_connection::read_operation {
+public:
+    read_operation(input_buffer& in, transport& io, std::size_t want) : m_in(&in), m_op(io.read_some(in.space(want))) {}
+    bool await_ready() { return m_op.await_ready(); }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        return m_op.await_suspend(h);
+    }
+    std::size_t await_resume() {
+        const std::size_t n = m_op.await_resume();
+        m_in->commit(n);
+        return n;
+    }
+
+private:
+    input_buffer* m_in;
+    transport::read_operation m_op;
+};
+
+inline h1_connection::read_operation h1_connection::read_more(std::size_t want) { return {in, io, want}; }
+
+}  // namespace hop::http::detail
