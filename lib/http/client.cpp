@@ -338,6 +338,23 @@ enum class step { piece, end, more };
     throw protocol_error("hop::http::client: a malformed response from " + shown(s.url_text) + ": " + e.what());
 }
 
+// The connection's next event, or its end once the server closed (finish);
+// a malformed response is a protocol_error naming the URL.
+parser::event next_event(stream_state& s) {
+    try {
+        return s.conn->next_event();
+    } catch (const parse_error& e) {
+        throw_malformed(s, e);
+    }
+}
+parser::event finish_parse(stream_state& s) {
+    try {
+        return s.conn->parse.finish();
+    } catch (const parse_error& e) {
+        throw_malformed(s, e);
+    }
+}
+
 // After a read of `n` bytes into the connection's input (0: the server
 // ended its side).
 void took(stream_state& s, std::size_t n) noexcept {
@@ -357,13 +374,7 @@ step body_step(stream_state& s, std::string_view& piece) {
         // Called with nothing buffered too: an event may be due without
         // input (the end of a message whose last body byte was the last
         // thing parsed, or of a message without a body).
-        parser::event ev;
-        try {
-            ev = c.next_event();
-        } catch (const parse_error& e) {
-            throw_malformed(s, e);
-        }
-        switch (ev) {
+        switch (next_event(s)) {
             case parser::event::body:
                 piece = c.parse.body();
                 if (piece.empty()) continue;
@@ -378,13 +389,7 @@ step body_step(stream_state& s, std::string_view& piece) {
         break;  // need_more: all of `in` was taken
     }
     if (!s.peer_closed) return step::more;
-    parser::event ev;
-    try {
-        ev = c.parse.finish();
-    } catch (const parse_error& e) {
-        throw_malformed(s, e);
-    }
-    if (ev != parser::event::message_end) {
+    if (finish_parse(s) != parser::event::message_end) {
         throw protocol_error("hop::http::client: the connection closed in the middle of the response from " +
                              shown(s.url_text));
     }
@@ -474,12 +479,7 @@ task<void> read_head(stream_state& s) {
     bool informational = false;  // between a 1xx head and its end
     for (;;) {
         for (;;) {
-            parser::event ev;
-            try {
-                ev = c.next_event();
-            } catch (const parse_error& e) {
-                throw_malformed(s, e);
-            }
+            const parser::event ev = next_event(s);
             if (ev == parser::event::need_more) break;
             if (ev == parser::event::message_end && informational) {
                 informational = false;
@@ -512,11 +512,7 @@ task<void> read_head(stream_state& s) {
                 throw protocol_error("hop::http::client: the server closed the connection before answering " +
                                      s.req.method + " " + shown(s.url_text));
             }
-            try {
-                c.parse.finish();
-            } catch (const parse_error& e) {
-                throw_malformed(s, e);
-            }
+            finish_parse(s);
             throw protocol_error("hop::http::client: the connection closed in the middle of the response head from " +
                                  shown(s.url_text));
         }
