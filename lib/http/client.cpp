@@ -21,6 +21,7 @@
 #include "codec.hpp"
 #include "grammar.hpp"
 
+#include <hop/detail/assert.hpp>
 #include <hop/io_loop.hpp>
 #include <hop/net.hpp>
 
@@ -273,7 +274,6 @@ struct stream_state {
     int status = 0;
     http::headers head_fields;
     std::optional<std::uint64_t> content_length;
-    bool in_body = false;  // the head is read and the body not ended: a clean place to stop
     // A response_stream's: closed early, a body already buffered whole is
     // consumed and the connection kept. A request that failed never is.
     bool drain_on_close = false;
@@ -283,8 +283,24 @@ struct stream_state {
     std::string decoded;
     std::size_t decoded_pos = 0;
     std::string_view pending;  // raw body bytes not handed out yet (in the connection's buffer)
-    bool done = false;
-    std::exception_ptr broken;
+    std::exception_ptr broken;  // a failed read: every later read rethrows it
+
+    // Where the request is. Each transition is made in one function:
+    //   exchange --read_head: a final head--> body
+    //   body --release_connection: a redirect's body ended--> exchange
+    //   body --finish_message: the final body ended--> done
+    //   exchange, body --abandon: failed or cut short--> exchange (the
+    //                   caller retries or rethrows; the connection is gone)
+    //   any --close--> done
+    // Only `body` is a clean place to stop and keep the connection.
+    enum class phase : std::uint8_t { exchange, body, done };
+    phase at = phase::exchange;
+    bool done() const noexcept { return at == phase::done; }
+    void move_to(phase next) noexcept {
+        HOP_ASSERT(next != phase::body || (at == phase::exchange && conn), "a body without a head");
+        HOP_ASSERT(at != phase::done || next == phase::done, "a request moved on after it ended");
+        at = next;
+    }
 
     void begin();
     [[noreturn]] void throw_timeout(timeout_kind k) const;
@@ -400,7 +416,7 @@ step body_step(stream_state& s, std::string_view& piece) {
 // back to the pool, or closed. The request goes on: it may follow a
 // redirect, and its total_timeout still runs.
 void release_connection(stream_state& s) {
-    s.in_body = false;
+    s.move_to(stream_state::phase::exchange);
     s.timers.disarm_phase();  // the read timeout was this response's
     std::unique_ptr<connection> c = std::move(s.conn);
     ++c->served;
@@ -413,10 +429,17 @@ void release_connection(stream_state& s) {
     }
 }
 
+// The exchange failed or was cut short mid-message: its connection is
+// closed (it cannot carry another request), its slot freed.
+void abandon(stream_state& s) noexcept {
+    if (!s.done()) s.move_to(stream_state::phase::exchange);
+    if (s.conn) s.st->discard(std::move(s.conn));
+}
+
 // The final response's body has ended: the request is over.
 void finish_message(stream_state& s) {
     release_connection(s);
-    s.done = true;
+    s.move_to(stream_state::phase::done);
     s.timers.disarm_total();
 }
 
@@ -501,7 +524,7 @@ task<void> read_head(stream_state& s) {
             s.status = h.status;
             s.head_fields = std::move(h.headers);
             s.content_length = h.content_length;
-            s.in_body = true;
+            s.move_to(stream_state::phase::body);
             co_return;
         }
         const std::size_t n = co_await receive(c);
@@ -693,8 +716,7 @@ task<void> exchange_head(stream_state& s) {
             failure = std::current_exception();
         }
         if (!failure) co_return;
-        s.in_body = false;
-        s.st->discard(std::move(s.conn));
+        abandon(s);
         if (!stale) rethrow_naming_request(s, failure);
         if (!is_idempotent(s.req.method)) throw_stale(s, failure);
         retried = true;
@@ -722,8 +744,7 @@ task<void> skip_body(stream_state& s) {
         }
         took(s, co_await receive(*s.conn));
     }
-    s.in_body = false;
-    s.st->discard(std::move(s.conn));
+    abandon(s);
 }
 
 void follow(stream_state& s, url next) {
@@ -941,7 +962,7 @@ task<std::size_t> read_inner(stream_state& s, std::span<char> buf) {
 task<std::size_t> stream_read(stream_state* s, std::span<char> buf) {
     if (s == nullptr || buf.empty()) co_return 0;
     if (s->broken) std::rethrow_exception(s->broken);
-    if (s->done) co_return 0;
+    if (s->done()) co_return 0;
     if (&this_thread_loop() != s->loop) {
         throw std::logic_error("hop::http::response_stream::read_some: the stream of " + shown(s->url_text) +
                                " belongs to another loop than the caller's (use it where it was opened)");
@@ -949,8 +970,7 @@ task<std::size_t> stream_read(stream_state* s, std::span<char> buf) {
     // total_timeout runs until the body has been read: past it, a read
     // fails even if the rest of the body is already in the buffer.
     if (s->timers.fired.load(std::memory_order_acquire) == timeout_kind::total) {
-        s->in_body = false;
-        if (s->conn) s->st->discard(std::move(s->conn));
+        abandon(*s);
         try {
             s->throw_timeout(timeout_kind::total);
         } catch (...) {
@@ -966,8 +986,7 @@ task<std::size_t> stream_read(stream_state* s, std::span<char> buf) {
     }
     // A failed or cancelled read leaves the connection mid-message: close it,
     // and every later read fails the same way.
-    s->in_body = false;
-    if (s->conn) s->st->discard(std::move(s->conn));
+    abandon(*s);
     try {
         try {
             std::rethrow_exception(failure);
@@ -990,9 +1009,8 @@ task<std::string> stream_read_all(stream_state* s) {
         const std::size_t n = co_await stream_read(s, std::span<char>(buf, sizeof buf));
         if (n == 0) break;
         if (out.size() + n > limit) {
-            s->in_body = false;
-            if (s->conn) s->st->discard(std::move(s->conn));
-            s->done = true;
+            abandon(*s);
+            s->move_to(stream_state::phase::done);
             throw_too_big(*s);
         }
         out.append(buf, n);
@@ -1007,7 +1025,7 @@ task<std::string> stream_read_all(stream_state* s) {
 void stream_state::close() noexcept {
     if (conn) {
         try {
-            if (drain_on_close && in_body && !broken) {
+            if (drain_on_close && at == phase::body && !broken) {
                 for (;;) {
                     std::string_view piece;
                     const step k = body_step(*this, piece);
@@ -1020,7 +1038,7 @@ void stream_state::close() noexcept {
         }
         if (conn) st->discard(std::move(conn));
     }
-    done = true;
+    move_to(phase::done);
     pending = {};
     timers.disarm_phase();
     timers.disarm_total();
@@ -1054,7 +1072,7 @@ task<std::size_t> response_stream::read_some(std::span<std::byte> buf) {
 
 task<std::string> response_stream::read_all() { return detail::stream_read_all(m_state.get()); }
 
-bool response_stream::done() const noexcept { return !m_state || m_state->done || m_state->broken; }
+bool response_stream::done() const noexcept { return !m_state || m_state->done() || m_state->broken; }
 
 void response_stream::close() noexcept {
     if (m_state) m_state->close();
