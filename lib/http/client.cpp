@@ -22,6 +22,7 @@
 #include "grammar.hpp"
 
 #include <hop/detail/assert.hpp>
+#include <hop/file.hpp>
 #include <hop/io_loop.hpp>
 #include <hop/net.hpp>
 
@@ -40,7 +41,8 @@ namespace detail {
 namespace {
 
 constexpr std::size_t read_size = 16 * 1024;          // a response's reads, at most
-constexpr std::size_t inline_body_limit = 64 * 1024;  // larger bodies are written on their own
+constexpr std::size_t inline_body_limit = 64 * 1024;
+constexpr std::size_t upload_piece = 64 * 1024;  // a streamed body's writes  // larger bodies are written on their own
 constexpr std::uint64_t redirect_body_limit = 64 * 1024;  // more than this of a redirect's body: close instead
 // An idempotent request takes a connection idle for less than this without
 // checking it is still open (servers close idle connections after seconds;
@@ -178,6 +180,7 @@ struct prepared_request {
     url target;
     http::headers fields;  // the caller's
     std::string body;
+    std::optional<body_source> source;  // a streamed body instead of `body`
     bool chunked = false;      // the caller asked for Transfer-Encoding: chunked
     bool close_after = false;  // the caller sent Connection: close
 };
@@ -215,7 +218,17 @@ prepared_request prepare(request&& r) {
     }
     if (te_fields > 1) throw std::invalid_argument("hop::http::client: Transfer-Encoding is given more than once");
     const auto lengths = r.headers.get_all("Content-Length");
-    if (!lengths.empty()) {
+    if (r.body_source) {
+        if (!r.body.empty()) {
+            throw std::invalid_argument("hop::http::client: a request with a body_source has a body of " +
+                                        std::to_string(r.body.size()) + " bytes too: give one or the other");
+        }
+        if (!lengths.empty()) {
+            throw std::invalid_argument("hop::http::client: a request with a body_source has Content-Length '" +
+                                        shown(lengths.front()) + "': the source gives the length (a file's size, "
+                                        "or body_source::producer's size)");
+        }
+    } else if (!lengths.empty()) {
         if (p.chunked) {
             throw std::invalid_argument("hop::http::client: a request cannot have both Content-Length and "
                                         "Transfer-Encoding: chunked");
@@ -234,6 +247,7 @@ prepared_request prepare(request&& r) {
     p.method = std::move(r.method);
     p.fields = std::move(r.headers);
     p.body = std::move(r.body);
+    p.source = std::move(r.body_source);
     return p;
 }
 
@@ -429,6 +443,9 @@ void release_connection(stream_state& s) {
     }
 }
 
+// The request's body is a producer's: it can be sent once.
+bool one_shot_body(const stream_state& s) noexcept { return s.req.source && !s.req.source->replayable(); }
+
 // The exchange failed or was cut short mid-message: its connection is
 // closed (it cannot carry another request), its slot freed.
 void abandon(stream_state& s) noexcept {
@@ -443,7 +460,11 @@ void finish_message(stream_state& s) {
     s.timers.disarm_total();
 }
 
-void build_wire(stream_state& s) {
+// The request's head into s.wire: the caller's fields, and ours where the
+// caller gave none. `length`: the body's, for Content-Length; `chunked`:
+// Transfer-Encoding: chunked (the caller's, or ours for a streamed body of
+// unknown length).
+void build_head(stream_state& s, std::optional<std::uint64_t> length, bool chunked) {
     const client_options& o = s.st->opts;
     const prepared_request& p = s.req;
     headers h;
@@ -451,11 +472,17 @@ void build_wire(stream_state& s) {
     if (!o.user_agent.empty() && !p.fields.contains("User-Agent")) h.add_unchecked("User-Agent", o.user_agent);
     if (o.decompress && !p.fields.contains("Accept-Encoding")) h.add_unchecked("Accept-Encoding", "gzip, deflate");
     for (const auto& f : p.fields) h.add_unchecked(f.name, f.value);
-    if (!p.chunked && !p.fields.contains("Content-Length") && (!p.body.empty() || expects_body(p.method))) {
-        h.add_unchecked("Content-Length", std::to_string(p.body.size()));
+    if (chunked && !p.chunked) h.add_unchecked("Transfer-Encoding", "chunked");
+    if (!chunked && length && !p.fields.contains("Content-Length") && (*length > 0 || expects_body(p.method))) {
+        h.add_unchecked("Content-Length", std::to_string(*length));
     }
     s.wire.clear();
     write_request_head(s.wire, p.method, p.target.target, h);
+}
+
+void build_wire(stream_state& s) {
+    const prepared_request& p = s.req;
+    build_head(s, p.body.size(), p.chunked);
     s.body_separate = false;
     if (p.chunked) {
         if (!p.body.empty()) {
@@ -477,8 +504,74 @@ void build_wire(stream_state& s) {
     }
 }
 
+// A streamed body (body_source): the head, then the body piece by piece as
+// the source gives it, each piece one write (with its chunk framing when
+// the length is not known), never more than one piece in memory.
+task<void> send_streamed(stream_state& s) {
+    const body_source& src = *s.req.source;
+    std::optional<file> f;
+    std::optional<std::uint64_t> length = src.declared_size();
+    if (src.replayable()) {
+        f.emplace(co_await file::open(src.path(), open_mode::read));
+        length = f->size();
+    }
+    const bool chunked = s.req.chunked || !length;
+    build_head(s, length, chunked);
+    co_await s.conn->io.write_all(s.wire);
+    s.timers.progress();
+    // [room for a chunk header][a piece][CRLF]
+    constexpr std::size_t room = 18;
+    std::unique_ptr<char[]> buf(new char[room + upload_piece + 2]);
+    const std::span<char> piece(buf.get() + room, upload_piece);
+    std::uint64_t sent = 0;
+    const auto what = [&] {
+        return "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": the body_source " +
+               (f ? "file '" + shown(src.path()) + "'" : std::string("producer"));
+    };
+    for (;;) {
+        std::size_t n = 0;
+        if (f) {
+            n = co_await f->read_at(piece, static_cast<std::int64_t>(sent));
+        } else {
+            n = co_await src.producer_fn()(piece);
+        }
+        if (n > piece.size()) {
+            throw std::invalid_argument(what() + " returned " + std::to_string(n) + " for a piece of " +
+                                        std::to_string(piece.size()) + " bytes");
+        }
+        if (n == 0) break;
+        sent += n;
+        if (!chunked && sent > *length) {
+            throw std::invalid_argument(what() + " gave more than its " + std::to_string(*length) + " bytes");
+        }
+        std::string_view out(piece.data(), n);
+        if (chunked) {
+            s.wire.clear();
+            write_chunk_header(s.wire, n);
+            char* start = piece.data() - s.wire.size();
+            std::memcpy(start, s.wire.data(), s.wire.size());
+            piece.data()[n] = '\r';  // the buffer has 2 bytes past the piece
+            piece.data()[n + 1] = '\n';
+            out = std::string_view(start, s.wire.size() + n + 2);
+        }
+        co_await s.conn->io.write_all(out);
+        s.timers.progress();
+    }
+    if (chunked) {
+        co_await s.conn->io.write_all(last_chunk);
+    } else if (sent != *length) {
+        throw std::invalid_argument(what() + " gave " + std::to_string(sent) + " bytes of its " +
+                                    std::to_string(*length));
+    }
+    s.timers.progress();
+}
+
 task<void> send_request(stream_state& s) {
     s.timers.arm_phase(timeout_kind::read, s.st->opts.read_timeout);
+    if (s.req.source) {
+        co_await send_streamed(s);
+        co_return;
+    }
     build_wire(s);
     co_await s.conn->io.write_all(s.wire);
     if (s.body_separate) {
@@ -699,7 +792,9 @@ task<void> send_then_read_head(stream_state& s) {
 task<void> exchange_head(stream_state& s) {
     bool retried = false;
     for (;;) {
-        co_await acquire(s, retried);
+        // A body that can be sent once goes on a new connection: a kept-alive
+        // one might turn out closed once part of it is gone.
+        co_await acquire(s, retried || one_shot_body(s));
         s.response_bytes = 0;
         s.eof_before_response = false;
         std::exception_ptr failure;
@@ -718,7 +813,7 @@ task<void> exchange_head(stream_state& s) {
         if (!failure) co_return;
         abandon(s);
         if (!stale) rethrow_naming_request(s, failure);
-        if (!is_idempotent(s.req.method)) throw_stale(s, failure);
+        if (!is_idempotent(s.req.method) || one_shot_body(s)) throw_stale(s, failure);
         retried = true;
         s.st->retries.fetch_add(1, std::memory_order_relaxed);
     }
@@ -759,6 +854,7 @@ void follow(stream_state& s, url next) {
     }
     if (drop_body) {
         p.body.clear();
+        p.source.reset();
         p.chunked = false;
         for (const char* f : {"Content-Length", "Content-Type", "Transfer-Encoding", "Content-Encoding"}) p.fields.erase(f);
     }
@@ -777,6 +873,9 @@ task<void> open_head(stream_state& s) {
     for (;;) {
         co_await exchange_head(s);
         if (!o.follow_redirects || !is_redirect(s.status)) co_return;
+        // A body that can be sent once is not sent again: the 307 or 308
+        // is the answer.
+        if (one_shot_body(s) && (s.status == 307 || s.status == 308)) co_return;
         const auto location = s.head_fields.get("Location");
         if (!location) co_return;
         std::string where(*location);

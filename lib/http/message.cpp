@@ -142,6 +142,21 @@ bool iequals(std::string_view a, std::string_view b) noexcept {
 
 // ---- reason phrases -----------------------------------------------------------
 
+body_source body_source::file(std::string path) {
+    if (path.empty()) throw std::invalid_argument("hop::http::body_source::file: the path is empty");
+    body_source b;
+    b.m_path = std::move(path);
+    return b;
+}
+
+body_source body_source::producer(producer_function fn, std::optional<std::uint64_t> size) {
+    if (!fn) throw std::invalid_argument("hop::http::body_source::producer: the function is empty");
+    body_source b;
+    b.m_produce = std::move(fn);
+    b.m_size = size;
+    return b;
+}
+
 std::string_view reason_phrase(int status) noexcept {
     switch (status) {
     case 100: return "Continue";

@@ -5,11 +5,14 @@
 /// and Python's requests.
 
 #include <hop/future.hpp>
+#include <hop/task.hpp>
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -72,6 +75,52 @@ private:
 /// True if `a` and `b` are equal ignoring ASCII case.
 bool iequals(std::string_view a, std::string_view b) noexcept;
 
+/// A request body the client sends as it is read, never holding more than
+/// one piece (64 KiB) of it: a file, or what a coroutine produces.
+///
+/// @code
+/// hop::http::request up;
+/// up.method = "PUT";
+/// up.url = "http://127.0.0.1:8080/upload";
+/// up.body_source = hop::http::body_source::file("/var/tmp/big.iso");
+/// hop::http::response r = co_await client.fetch(std::move(up));
+/// @endcode
+class body_source {
+public:
+    /// Fills the span with the body's next bytes and returns how many; 0
+    /// ends the body. Awaited on the loop that sends the request, one call
+    /// at a time.
+    using producer_function = std::function<task<std::size_t>(std::span<char>)>;
+
+    /// The file at `path`, opened when the request is sent; Content-Length
+    /// is its size then. Sent again from its start when a 307 or 308
+    /// redirect or a retry on a fresh connection needs it.
+    /// @throws std::invalid_argument for an empty path.
+    static body_source file(std::string path);
+    /// What `fn` produces, sent as it comes: with Transfer-Encoding:
+    /// chunked, or with Content-Length if `size` is given (a producer that
+    /// gives fewer or more bytes fails the request with
+    /// std::invalid_argument naming both counts). It can be sent once: a
+    /// 307 or 308 redirect is then the response (it is not followed), and
+    /// the request goes on a new connection, never a kept-alive one that
+    /// might have been closed under it.
+    /// @throws std::invalid_argument for an empty function.
+    static body_source producer(producer_function fn, std::optional<std::uint64_t> size = std::nullopt);
+
+    /// Whether the body can be sent a second time (a file).
+    bool replayable() const noexcept { return !m_path.empty(); }
+    /// The file's path ("" for a producer).
+    const std::string& path() const noexcept { return m_path; }
+    const producer_function& producer_fn() const noexcept { return m_produce; }
+    /// The producer's declared size, if any (a file's is read when it is sent).
+    std::optional<std::uint64_t> declared_size() const noexcept { return m_size; }
+
+private:
+    std::string m_path;
+    producer_function m_produce;
+    std::optional<std::uint64_t> m_size;
+};
+
 /// A request: what a client sends and what a server's handler receives.
 /// On the client `url` is absolute ("http://host:port/path?q"); on the
 /// server it is the request target as sent ("/path?q").
@@ -80,6 +129,9 @@ struct request {
     std::string url{};
     http::headers headers{};
     std::string body{};
+    /// Client only: a body streamed from a file or a producer instead of
+    /// `body` (which must then be empty).
+    std::optional<http::body_source> body_source{};
 };
 
 /// A response: what a client receives and what a handler returns. A status
