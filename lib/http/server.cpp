@@ -87,6 +87,17 @@ task<void> response_writer::write(std::string_view data) { return m_conn->writer
 task<void> response_writer::flush() { return m_conn->writer_flush(*this); }
 task<void> response_writer::finish() { return m_conn->writer_finish(*this); }
 
+// ---- request_body -----------------------------------------------------------
+
+task<std::size_t> request_body::read_some(std::span<char> buf) { return m_conn->body_read(*this, buf); }
+
+task<std::string> request_body::read_all() {
+    std::string out;
+    char buf[16 * 1024];
+    while (const std::size_t n = co_await read_some(std::span<char>(buf, sizeof buf))) out.append(buf, n);
+    co_return out;
+}
+
 // ---- server -------------------------------------------------------------------
 
 server server::bind_plain(const endpoint& local, handler h, server_options options) {
@@ -100,6 +111,13 @@ server server::bind_streaming(const endpoint& local, stream_handler h, server_op
     if (!h) throw std::invalid_argument("hop::http::server::bind: the handler is empty");
     auto st = detail::make_state(local, std::move(options));
     st->m_streaming = std::move(h);
+    return server(std::move(st));
+}
+
+server server::bind_body(const endpoint& local, body_handler h, server_options options) {
+    if (!h) throw std::invalid_argument("hop::http::server::bind: the handler is empty");
+    auto st = detail::make_state(local, std::move(options));
+    st->m_body_stream = std::move(h);
     return server(std::move(st));
 }
 

@@ -293,6 +293,19 @@ task<int> server_connection::request_loop() {
                     co_return 413;
                 }
                 m_continue_pending = h.expect_continue && (h.chunked || h.content_length.value_or(0) > 0);
+                if (m_st->m_body_stream) {
+                    // The handler reads the body itself, from here.
+                    m_keep_alive = h.keep_alive && !m_upgrade && !m_sh->m_draining;
+                    if (const int refused = co_await respond_reading(req)) co_return refused;
+                    if (!m_keep_alive) {
+                        co_await flush();
+                        if (m_body_left) co_await linger();
+                        co_return 0;
+                    }
+                    if (m_out.size() >= max_pending_output) co_await flush();
+                    req = request{};
+                    break;
+                }
                 if (h.content_length && *h.content_length > 0) {
                     req.body.reserve(static_cast<std::size_t>(*h.content_length));
                 }
@@ -477,12 +490,17 @@ task<void> server_connection::answer_error(int status) {
     m_sh->m_requests.fetch_add(1, std::memory_order_relaxed);
     m_phase = phase::linger;
     co_await flush();
-    // Lingering close, as nginx's: our end of output goes out after the
-    // answer; the client may still be sending a body it did not wait to
-    // send. Reading it until the client closes (bounded) keeps our close
-    // from being a reset that would make the client's kernel drop the
-    // answer unread. (Over TLS the transport does this itself while it
-    // waits for the client's close_notify.)
+    co_await linger();
+}
+
+// Lingering close, as nginx's: our end of output goes out after the
+// answer; the client may still be sending a body it did not wait to send.
+// Reading it until the client closes (bounded) keeps our close from being
+// a reset that would make the client's kernel drop the answer unread.
+// (Over TLS the transport does this itself while it waits for the
+// client's close_notify.)
+task<void> server_connection::linger() {
+    m_phase = phase::linger;
     const server_options& o = m_st->m_options;
     if (!co_await m_h1.io.end_output(std::chrono::duration_cast<std::chrono::milliseconds>(o.lingering_time))) co_return;
     const auto until = saturating_add(clock::now(), o.lingering_time);
@@ -584,6 +602,106 @@ task<bool> server_connection::respond(request& req) {
               " after its response started: connection closed");
     m_out.clear();
     m_keep_alive = false;
+    co_return false;
+}
+
+// ---- request_body's side ----------------------------------------------------
+
+task<int> server_connection::respond_reading(request& req) {
+    m_phase = phase::handler;
+    m_head_request = req.method == "HEAD";
+    const std::stop_token token = co_await get_stop_token();
+    m_sh->m_requests.fetch_add(1, std::memory_order_relaxed);
+    request_body body(*this);
+    response r;
+    std::string failure;
+    try {
+        task<response> t = m_st->m_body_stream(req, body);
+        r = co_await std::move(t);
+        if (r.status < 200 || r.status > 999) {
+            failure = "returned status " + std::to_string(r.status) + " (a final status is 200-999)";
+        }
+    } catch (...) {
+        failure = handler_failure(std::current_exception(), token);
+    }
+    // A body that broke the rules is answered by the server, whatever the
+    // handler made of it.
+    if (body.m_refused != 0) co_return body.m_refused;
+    if (!body.done() && m_continue_pending) {
+        // Nobody read: the client still waits for 100 Continue before it
+        // sends the body. It gets the answer instead, and the connection
+        // closes (lingering, in case it sends anyway).
+        m_keep_alive = false;
+        m_body_left = true;
+    } else if (!body.done() && !co_await drain_body(body)) {
+        if (body.m_refused != 0) co_return body.m_refused;
+        m_keep_alive = false;
+        m_body_left = true;
+    }
+    m_continue_pending = false;
+    if (body.done()) m_keep_alive = m_keep_alive && m_h1.parse.keep_alive();
+    m_phase = phase::handler;
+    if (failure.empty()) {
+        append_response(r);
+    } else {
+        answer_500(req, failure);
+    }
+    co_return 0;
+}
+
+task<std::size_t> server_connection::body_read(request_body& b, std::span<char> buf) {
+    if (b.m_done || buf.empty()) co_return 0;
+    if (b.m_refused != 0) throw protocol_error("hop::http::request_body: " + m_error_text);
+    for (;;) {
+        if (!b.m_pending.empty()) {
+            const std::size_t n = std::min(buf.size(), b.m_pending.size());
+            std::memcpy(buf.data(), b.m_pending.data(), n);
+            b.m_pending.remove_prefix(n);
+            co_return n;
+        }
+        parser::event ev = parser::event::need_more;
+        try {
+            ev = m_h1.next_event();
+        } catch (const parse_error& e) {
+            b.m_refused = e.status();
+            m_error_text = e.what();
+            throw protocol_error(std::string("hop::http::request_body: ") + e.what());
+        }
+        switch (ev) {
+            case parser::event::body:
+                b.m_pending = m_h1.parse.body();
+                break;
+            case parser::event::message_end:
+                b.m_done = true;
+                co_return 0;
+            case parser::event::head:
+                throw std::logic_error("hop::http::request_body: a request head inside a body");
+            case parser::event::need_more: {
+                // The body's pieces are handed out before the next read, which
+                // may move the input buffer.
+                const bool more = co_await fill(m_h1.parse);
+                m_phase = phase::handler;
+                if (!more) throw protocol_error("hop::http::request_body: the client closed the connection in the "
+                                                "middle of the request body");
+                break;
+            }
+        }
+    }
+}
+
+task<bool> server_connection::drain_body(request_body& b) {
+    constexpr std::uint64_t drain_limit = 64 * 1024;
+    std::uint64_t dropped = 0;
+    char scrap[4096];
+    try {
+        while (dropped <= drain_limit) {
+            const std::size_t n = co_await body_read(b, std::span<char>(scrap, sizeof scrap));
+            if (n == 0) co_return true;
+            dropped += n;
+        }
+    } catch (const protocol_error&) {
+        // m_refused says what to answer, if anything.
+    }
     co_return false;
 }
 

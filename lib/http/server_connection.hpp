@@ -84,6 +84,7 @@ public:
     task<void> writer_flush(response_writer& w);
     task<void> writer_finish(response_writer& w);
     void writer_send_head(response_writer& w, bool empty);
+    task<std::size_t> body_read(request_body& b, std::span<char> buf);
 
     future<void> m_future;
 
@@ -94,6 +95,15 @@ private:
     task<bool> fill(parser& p);
     task<void> flush();
     task<bool> respond(request& req);
+    // A body_handler's request, called at its head: the status the server
+    // answers instead (400, 413: the body broke the rules), or 0.
+    task<int> respond_reading(request& req);
+    // Reads and drops the rest of a body the handler left, up to a bound:
+    // false if it was longer (the connection then closes).
+    task<bool> drain_body(request_body& b);
+    // Our end of output, then what the client still sends is read and
+    // dropped (bounded), so our close is not a reset that loses the answer.
+    task<void> linger();
     void append_response(response& r);
     // The handler failed before its response started: log it, answer 500.
     void answer_500(const request& req, const std::string& failure);
@@ -129,6 +139,9 @@ private:
     // A write to the client failed (it reset or went away): a handler
     // failing because of it is not worth a log line.
     bool m_client_gone = false;
+    // A handler answered before the request body ended and the rest was
+    // too long to drain: linger when closing.
+    bool m_body_left = false;
 };
 
 }  // namespace hop::http::detail

@@ -163,6 +163,7 @@ public:
     endpoint m_local;
     server::handler m_plain;
     server::stream_handler m_streaming;
+    server::body_handler m_body_stream;
 
     // Written by serve before any shard runs, then only read. stats()
     // reads m_shards[0, m_shard_count).

@@ -99,6 +99,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -282,6 +283,63 @@ private:
     std::uint64_t m_remaining = 0;  // framing::length: bytes still owed
 };
 
+/// The body of a request as it arrives, for handlers of the form
+/// `(request&, request_body&) -> task<response>`: the handler is called
+/// once the head is in (request::body is empty) and reads the body itself,
+/// so an upload of any size is handled in the memory of one read.
+///
+/// The first read sends "100 Continue" to a client that asked for it
+/// (`Expect: 100-continue`). max_body_bytes still holds: a body over it is
+/// refused with 413 (at once from its Content-Length, before the handler
+/// runs; or when a chunked body passes it, by the server, whatever the
+/// handler then returns). A handler that answers without reading the
+/// whole body: what is left is read and dropped if it is short (up to
+/// 64 KiB), else the connection closes after the answer (with a lingering
+/// close, so the answer is not lost to a reset).
+///
+/// Every member is for the handler's coroutine, on any executor; the
+/// awaiting coroutine resumes on its own executor. Each wait for the
+/// client is bounded by idle_timeout, and is a cancellation point.
+///
+/// @code
+/// auto srv = hop::http::server::bind(ep,
+///     [](hop::http::request& req, hop::http::request_body& body) -> hop::task<hop::http::response> {
+///         std::array<char, 16384> buf;
+///         std::uint64_t total = 0;
+///         while (std::size_t n = co_await body.read_some(buf)) total += n;
+///         co_return hop::http::response{.status = 200, .body = std::to_string(total)};
+///     });
+/// @endcode
+class request_body {
+public:
+    request_body(const request_body&) = delete;
+    request_body& operator=(const request_body&) = delete;
+
+    /// Reads the next bytes of the body into `buf` (at least one unless
+    /// `buf` is empty); 0 at the body's end.
+    /// @throws protocol_error for a body that breaks HTTP's framing or
+    ///         passes max_body_bytes (the server answers 400 or 413 itself,
+    ///         then closes); std::system_error if the client is gone;
+    ///         cancelled_error past idle_timeout without a byte (the
+    ///         server answers 408 and closes) or on a shutdown past its
+    ///         grace.
+    task<std::size_t> read_some(std::span<char> buf);
+    /// The rest of the body.
+    /// @throws as read_some.
+    task<std::string> read_all();
+    /// Whether the body has been read to its end.
+    bool done() const noexcept { return m_done; }
+
+private:
+    friend class detail::server_connection;
+    explicit request_body(detail::server_connection& c) noexcept : m_conn(&c) {}
+
+    detail::server_connection* m_conn;
+    std::string_view m_pending;  // a piece of body not handed out yet (in the connection's input)
+    bool m_done = false;
+    int m_refused = 0;           // the status the server answers instead (400, 413)
+};
+
 /// An HTTP/1.x server on one io_loop: the loop of the coroutine that
 /// awaits serve() (hop::default_loop() for one on a thread that runs none);
 /// its listener, connections and handlers run there. Or on every loop of an
@@ -300,6 +358,8 @@ public:
     using handler = std::function<task<response>(request&)>;
     /// The streaming handler; see response_writer.
     using stream_handler = std::function<task<void>(request&, response_writer&)>;
+    /// The handler that reads the request body as it arrives; see request_body.
+    using body_handler = std::function<task<response>(request&, request_body&)>;
 
     /// An empty server (valid() is false).
     server() noexcept = default;
@@ -310,8 +370,9 @@ public:
     /// Binds and listens on `local` (port 0: the kernel picks one, see
     /// local_endpoint()). Connections wait in the backlog until serve()
     /// runs; bind may be called on any thread. `h` is a copyable callable taking
-    /// `request&` and returning `task<response>`, or taking
-    /// `(request&, response_writer&)` and returning `task<void>`.
+    /// `request&` and returning `task<response>`, taking
+    /// `(request&, response_writer&)` and returning `task<void>`, or taking
+    /// `(request&, request_body&)` and returning `task<response>`.
     /// @throws std::invalid_argument naming the value: an empty handler,
     ///         max_connections 0, max_header_bytes 0, a header_timeout,
     ///         idle_timeout, lingering_time or lingering_timeout that is not
@@ -323,10 +384,13 @@ public:
         using fn = std::decay_t<F>;
         if constexpr (std::is_invocable_r_v<task<void>, fn&, request&, response_writer&>) {
             return bind_streaming(local, stream_handler(std::forward<F>(h)), std::move(options));
+        } else if constexpr (std::is_invocable_r_v<task<response>, fn&, request&, request_body&>) {
+            return bind_body(local, body_handler(std::forward<F>(h)), std::move(options));
         } else {
             static_assert(std::is_invocable_r_v<task<response>, fn&, request&>,
                           "hop::http::server::bind: the handler must be callable as "
-                          "task<response>(request&) or task<void>(request&, response_writer&)");
+                          "task<response>(request&), task<void>(request&, response_writer&) or "
+                          "task<response>(request&, request_body&)");
             return bind_plain(local, handler(std::forward<F>(h)), std::move(options));
         }
     }
@@ -334,6 +398,8 @@ public:
     static server bind_plain(const endpoint& local, handler h, server_options options = {});
     /// bind() with a streaming handler. @throws as bind().
     static server bind_streaming(const endpoint& local, stream_handler h, server_options options = {});
+    /// bind() with a handler that reads the body itself. @throws as bind().
+    static server bind_body(const endpoint& local, body_handler h, server_options options = {});
 
     bool valid() const noexcept { return m_state != nullptr; }
 
