@@ -5,6 +5,8 @@
 // table.
 
 #include "../tests/support/loopback.hpp"
+#include "../tests/support/nginx.hpp"
+#include "../tests/support/peer.hpp"
 
 #include <hop/hop.hpp>
 
@@ -12,7 +14,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/types.h>
@@ -32,6 +33,7 @@
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
+#include <memory>
 #include <span>
 #include <sstream>
 #include <stdexcept>
@@ -365,6 +367,8 @@ inline void check_same(const char* what, const measured& hop, const measured& as
 }
 
 // ---- external programs (wrk, curl, nginx, openssl) and their ports ----------------
+// Started as peers of tests/support/peer.hpp; nginx through
+// tests/support/nginx.hpp.
 
 /// A finished program: exit status, CPU and wall time, what it printed.
 struct child_result {
@@ -381,45 +385,35 @@ inline std::string slurp(const std::filesystem::path& p) {
     return s.str();
 }
 
-/// Starts argv (looked up in PATH) with stdout and stderr to `out`, stdin
-/// from /dev/null. @throws std::runtime_error if it cannot start.
-inline pid_t spawn(const std::vector<std::string>& argv, const std::filesystem::path& out) {
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    pid_t pid = -1;
-    const int r = ::posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (r != 0) throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(r));
-    return pid;
+/// Starts argv (argv[0] looked up in PATH) with stdout and stderr to
+/// `out` (emptied first), stdin from /dev/null: a peer of
+/// tests/support/peer.hpp, which stops it if it is dropped unfinished.
+/// @throws std::runtime_error if it cannot start.
+inline std::unique_ptr<hop_test::peer> start_program(const std::vector<std::string>& argv,
+                                                     const std::filesystem::path& out) {
+    hop_test::peer_options o = hop_test::peer_options::logged(argv, out);
+    o.truncate_log = true;
+    return std::make_unique<hop_test::peer>(std::move(o));
 }
 
-/// Waits for `pid`; its CPU time. @throws std::runtime_error unless it
-/// exited 0 (with what it wrote to `out`).
-inline double reap(pid_t pid, const std::string& name, const std::filesystem::path& out) {
-    int status = 0;
-    rusage ru{};
-    while (::wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
+/// Waits for `p` to end; its CPU time. @throws std::runtime_error unless
+/// it exited 0 (with what it wrote).
+inline double finish(hop_test::peer& p) {
+    const std::string name = p.name();
+    const hop_test::peer_result r = p.wait_unguarded();
+    if (!r.exited_ok()) {
+        throw std::runtime_error(name + " failed (status " + std::to_string(r.wait_status) + "):\n" + r.out);
     }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        throw std::runtime_error(name + " failed (status " + std::to_string(status) + "):\n" + slurp(out));
-    }
-    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    return r.cpu_seconds;
 }
 
 /// Runs argv to its end: its output, CPU and wall time.
 /// @throws std::runtime_error if it cannot start or fails.
 inline child_result run_program(const std::vector<std::string>& argv, const std::filesystem::path& out) {
     const auto t0 = clock::now();
-    const pid_t pid = spawn(argv, out);
+    const auto p = start_program(argv, out);
     child_result r;
-    r.cpu_seconds = reap(pid, argv[0], out);
+    r.cpu_seconds = finish(*p);
     r.wall_seconds = seconds_since(t0);
     r.output = slurp(out);
     return r;

@@ -22,7 +22,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
 
 #include <arpa/inet.h>
@@ -40,7 +39,6 @@
 #include <string>
 #include <vector>
 
-extern char** environ;
 
 namespace {
 
@@ -49,7 +47,6 @@ using bench::child_result;
 using bench::free_port;
 using bench::run_program;
 using bench::slurp;
-using bench::spawn;
 
 constexpr const char* sections[] = {"hop", "wrk", "curl", "python"};
 constexpr std::size_t in_flight = 100;
@@ -60,55 +57,30 @@ constexpr std::size_t body_size = 4096;
 // nginx: one process, one worker, a 4 KiB file, keep-alive, no access log.
 class nginx_server {
 public:
-    explicit nginx_server(const std::filesystem::path& dir) : m_dir(dir) {
-        if (::access("/usr/sbin/nginx", X_OK) != 0) throw std::runtime_error("/usr/sbin/nginx is missing: install nginx-light");
-        std::filesystem::create_directories(dir / "www");
-        m_body.resize(body_size);
-        for (std::size_t i = 0; i < body_size; ++i) m_body[i] = static_cast<char>('a' + (i * 7) % 26);
-        std::ofstream(dir / "www" / "4k.bin", std::ios::binary) << m_body;
-        for (int attempt = 0; attempt < 20; ++attempt) {
-            m_port = free_port();
-            const std::string d = dir.string();
-            std::ofstream(dir / "nginx.conf")
-                << "daemon off;\nmaster_process off;\nworker_processes 1;\npid " << d << "/nginx.pid;\n"
-                << "error_log " << d << "/error.log warn;\nevents { worker_connections 4096; }\n"
-                << "http {\n  access_log off;\n  default_type application/octet-stream;\n"
-                << "  client_body_temp_path " << d << "/cb;\n  proxy_temp_path " << d << "/px;\n"
-                << "  fastcgi_temp_path " << d << "/fc;\n  uwsgi_temp_path " << d << "/uw;\n  scgi_temp_path " << d
-                << "/sc;\n  keepalive_requests 10000000;\n  keepalive_timeout 75s;\n"
-                << "  server { listen 127.0.0.1:" << m_port << " backlog=4096; root " << d << "/www; }\n}\n";
-            m_pid = spawn({"/usr/sbin/nginx", "-p", d + "/", "-c", d + "/nginx.conf", "-e", d + "/error.log"},
-                          dir / "nginx.out");
-            for (int i = 0; i < 1000; ++i) {
-                if (accepting(m_port)) return;
-                int status = 0;
-                if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
-                    m_pid = -1;
-                    break;
-                }
-                std::this_thread::sleep_for(std::chrono::milliseconds(10));
-            }
-            stop();
-        }
-        throw std::runtime_error("nginx did not start; its log:\n" + slurp(dir / "error.log"));
-    }
-    ~nginx_server() { stop(); }
-    void stop() {
-        if (m_pid > 0) {
-            ::kill(m_pid, SIGTERM);
-            int status = 0;
-            ::waitpid(m_pid, &status, 0);
-            m_pid = -1;
-        }
-    }
-    std::string url() const { return "http://127.0.0.1:" + std::to_string(m_port) + "/4k.bin"; }
+    explicit nginx_server(const std::filesystem::path& dir) : m_body(make_body(dir)), m_nginx(config(dir), dir) {}
+
+    std::string url() const { return "http://127.0.0.1:" + std::to_string(m_nginx.port()) + "/4k.bin"; }
     const std::string& body() const { return m_body; }
 
 private:
-    std::filesystem::path m_dir;
-    std::uint16_t m_port = 0;
-    pid_t m_pid = -1;
+    static std::string make_body(const std::filesystem::path& dir) {
+        std::string body(body_size, '\0');
+        for (std::size_t i = 0; i < body_size; ++i) body[i] = static_cast<char>('a' + (i * 7) % 26);
+        std::filesystem::create_directories(dir / "www");
+        std::ofstream(dir / "www" / "4k.bin", std::ios::binary) << body;
+        return body;
+    }
+    static hop_test::nginx_config config(const std::filesystem::path& dir) {
+        hop_test::nginx_config c;
+        c.worker_connections = 4096;
+        c.http = "    access_log off;\n    default_type application/octet-stream;\n"
+                 "    keepalive_requests 10000000;\n    keepalive_timeout 75s;\n";
+        c.servers.push_back(hop_test::nginx_server_block{" backlog=4096", "        root " + (dir / "www").string() + ";"});
+        return c;
+    }
+
     std::string m_body;
+    hop_test::nginx_process m_nginx;
 };
 
 // ---- hop -------------------------------------------------------------------------

@@ -25,6 +25,8 @@
 // threads as cores, client and servers share the cores (the table says how
 // many there are, and the load average before the run).
 
+#include "../tests/support/nginx.hpp"
+
 #include <hop/http.hpp>
 #include <hop/io_loop.hpp>
 #include <hop/io_pool.hpp>
@@ -33,7 +35,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
@@ -47,14 +48,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
-extern char** environ;
 
 namespace {
 
@@ -110,17 +113,6 @@ bench_options parse(int argc, char** argv) {
         }
     }
     return o;
-}
-
-std::uint16_t free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const auto ep = hop::endpoint::loopback_v4(0);
-    if (fd < 0 || ::bind(fd, ep.data(), ep.size()) != 0) throw std::runtime_error("free_port: bind failed");
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-    ::close(fd);
-    return hop::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len).port();
 }
 
 /// VmRSS of `pid`, in KiB.
@@ -203,65 +195,33 @@ pid_t start_hop(hop::backend backend, std::size_t loops, hop::accept_mode mode, 
 // ---- nginx -------------------------------------------------------------------
 
 struct nginx_instance {
-    pid_t pid = -1;
+    hop_test::temp_dir dir{"hop-bench-nginx-"};
+    std::optional<hop_test::nginx_process> process;
     std::uint16_t port = 0;
-    std::string dir;
+    pid_t pid = -1;  // the master's
 };
 
-/// nginx with `workers` worker processes; `reuseport`: each worker gets its
-/// own listener (`listen ... reuseport`) instead of sharing one.
-nginx_instance start_nginx(std::size_t workers, bool reuseport) {
-    nginx_instance n;
-    char tmpl[] = "/tmp/hop-bench-nginx-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
-    n.dir = tmpl;
-    ::chmod(tmpl, 0755);  // nginx's worker runs as another user
-    n.port = free_port();
-    {
-        std::ofstream body(n.dir + "/index.html");
-        body << std::string(body_size, 'x');
-    }
-    std::ofstream conf(n.dir + "/nginx.conf");
-    conf << "worker_processes " << workers << ";\n"
-            "daemon off;\n"
-            "error_log "
-         << n.dir << "/error.log;\n"
-         << "pid " << n.dir << "/nginx.pid;\n"
-         << "events { worker_connections 10000; }\n"
-            "http {\n"
-            "  access_log off;\n"
-            "  keepalive_requests 1000000;\n"
-            "  keepalive_timeout 60s;\n"
-            "  default_type text/plain;\n"
-            "  client_body_temp_path "
-         << n.dir << "/body;\n  proxy_temp_path " << n.dir << "/proxy;\n  fastcgi_temp_path " << n.dir
-         << "/fastcgi;\n  uwsgi_temp_path " << n.dir << "/uwsgi;\n  scgi_temp_path " << n.dir << "/scgi;\n"
-         << "  server { listen 127.0.0.1:" << n.port << (reuseport ? " reuseport" : "") << "; location / { root "
-         << n.dir << "; } }\n}\n";
-    conf.close();
-    std::vector<std::string> args{"nginx", "-e", n.dir + "/error.log", "-c", n.dir + "/nginx.conf", "-p", n.dir};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const char* paths[] = {"/usr/sbin/nginx", "/usr/local/sbin/nginx"};
-    int rc = ENOENT;
-    for (const char* p : paths) {
-        if (::access(p, X_OK) == 0) {
-            rc = ::posix_spawn(&n.pid, p, nullptr, nullptr, argv.data(), environ);
-            break;
-        }
-    }
-    if (rc != 0) throw std::runtime_error("nginx could not be started (install nginx-light)");
-    // Ready once it accepts.
-    for (int i = 0; i < 500; ++i) {
-        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        const auto ep = hop::endpoint::loopback_v4(n.port);
-        const bool ok = ::connect(fd, ep.data(), ep.size()) == 0;
-        ::close(fd);
-        if (ok) return n;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));  // startup poll, not a measurement
-    }
-    throw std::runtime_error("nginx did not start listening (see " + n.dir + "/error.log)");
+/// nginx with `workers` worker processes under a master; `reuseport`: each
+/// worker gets its own listener (`listen ... reuseport`) instead of sharing
+/// one. Stopped when dropped.
+std::unique_ptr<nginx_instance> start_nginx(std::size_t workers, bool reuseport) {
+    auto n = std::make_unique<nginx_instance>();
+    const std::filesystem::path& dir = n->dir.path();
+    std::filesystem::permissions(dir, std::filesystem::perms(0755));  // nginx's worker runs as another user
+    std::ofstream(dir / "index.html") << std::string(body_size, 'x');
+    hop_test::nginx_config c;
+    c.workers = static_cast<int>(workers);
+    c.master = true;
+    c.worker_connections = 10000;
+    c.error_log_level = "error";
+    c.http = "    access_log off;\n    keepalive_requests 1000000;\n    keepalive_timeout 60s;\n"
+             "    default_type text/plain;\n";
+    c.servers.push_back(
+        hop_test::nginx_server_block{reuseport ? " reuseport" : "", "        location / { root " + dir.string() + "; }"});
+    n->process.emplace(std::move(c), dir);
+    n->port = n->process->port();
+    n->pid = n->process->pid();
+    return n;
 }
 
 /// nginx's worker: the master's child.
@@ -416,10 +376,6 @@ std::string load_average() {
     return one + " " + five + " " + fifteen;
 }
 
-void remove_dir(const std::string& dir) {
-    if (std::system(("rm -rf '" + dir + "'").c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", dir.c_str());
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -445,14 +401,14 @@ int main(int argc, char** argv) {
         {
             std::uint16_t hop_port = 0;
             const pid_t hop_pid = start_hop(o.backend, 0, hop::accept_mode::least_loaded, hop_port);
-            nginx_instance nginx = start_nginx(1, false);
+            auto nginx = start_nginx(1, false);
 
             std::printf("\n1 loop vs 1 worker: wrk -t1 -c100 -d%ds, %zu-byte body\n", o.duration_s, body_size);
             // Warm both (page cache, first connections), then measure.
             run_wrk(hop_port, 1);
-            run_wrk(nginx.port, 1);
+            run_wrk(nginx->port, 1);
             const wrk_result h = run_wrk(hop_port, o.duration_s);
-            const wrk_result n = run_wrk(nginx.port, o.duration_s);
+            const wrk_result n = run_wrk(nginx->port, o.duration_s);
 
             std::printf("%-28s | %12s | %12s | %s\n", "", "hop", "nginx (1 w)", "hop/nginx");
             std::printf("%-28s | %12.0f | %12.0f | %.2f\n", "requests/s", h.requests_per_s, n.requests_per_s,
@@ -462,8 +418,7 @@ int main(int argc, char** argv) {
             if (!n.errors.empty()) std::printf("nginx wrk errors: %s\n", n.errors.c_str());
 
             stop(hop_pid);
-            stop(nginx.pid);
-            remove_dir(nginx.dir);
+            nginx.reset();
         }
 
         // ---- 1b. memory: idle keep-alive connections, and after they close ------
@@ -490,10 +445,9 @@ int main(int argc, char** argv) {
                 row(name, measure_idle(pid, port, o.idle_connections, o.settle_s));
                 stop(pid);
             }
-            nginx_instance nginx = start_nginx(1, false);
-            row("nginx, 1 worker", measure_idle(nginx_worker(nginx.pid), nginx.port, o.idle_connections, o.settle_s));
-            stop(nginx.pid);
-            remove_dir(nginx.dir);
+            auto nginx = start_nginx(1, false);
+            row("nginx, 1 worker", measure_idle(nginx_worker(nginx->pid), nginx->port, o.idle_connections, o.settle_s));
+            nginx.reset();
             if (o.idle_trim_ms == 0) std::printf("(hop's idle trim off: --idle-trim 0)\n");
         }
 
@@ -503,16 +457,16 @@ int main(int argc, char** argv) {
             std::uint16_t least_port = 0, reuse_port = 0;
             const pid_t least_pid = start_hop(o.backend, k, hop::accept_mode::least_loaded, least_port);
             const pid_t reuse_pid = start_hop(o.backend, k, hop::accept_mode::reuse_port, reuse_port);
-            nginx_instance shared = start_nginx(k, false);
-            nginx_instance per_worker = start_nginx(k, true);
+            auto shared = start_nginx(k, false);
+            auto per_worker = start_nginx(k, true);
 
             std::printf("\n%zu loops vs %zu workers: wrk -t%zu -c100 -d%ds, %zu-byte body\n", k, k, k, o.duration_s,
                         body_size);
-            for (std::uint16_t port : {least_port, reuse_port, shared.port, per_worker.port}) run_wrk(port, 1, k);
+            for (std::uint16_t port : {least_port, reuse_port, shared->port, per_worker->port}) run_wrk(port, 1, k);
             const wrk_result hl = run_wrk(least_port, o.duration_s, k);
             const wrk_result hr = run_wrk(reuse_port, o.duration_s, k);
-            const wrk_result ns = run_wrk(shared.port, o.duration_s, k);
-            const wrk_result nr = run_wrk(per_worker.port, o.duration_s, k);
+            const wrk_result ns = run_wrk(shared->port, o.duration_s, k);
+            const wrk_result nr = run_wrk(per_worker->port, o.duration_s, k);
 
             const std::string nginx_head = "nginx (" + std::to_string(k) + " w)";
             std::printf("%-28s | %12s | %12s | %12s | %12s | %s\n", "", "requests/s", "p99 (ms)", nginx_head.c_str(),
@@ -531,10 +485,8 @@ int main(int argc, char** argv) {
 
             stop(least_pid);
             stop(reuse_pid);
-            stop(shared.pid);
-            stop(per_worker.pid);
-            remove_dir(shared.dir);
-            remove_dir(per_worker.dir);
+            shared.reset();
+            per_worker.reset();
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "http_server_bench: %s\n", e.what());

@@ -54,7 +54,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -75,17 +74,14 @@
 #include <thread>
 #include <vector>
 
-extern char** environ;
 
 namespace {
 
 using bench::accepting;
 using bench::child_result;
 using bench::free_port;
-using bench::reap;
 using bench::run_program;
 using bench::slurp;
-using bench::spawn;
 
 constexpr std::size_t body_size = 4096;
 constexpr std::size_t in_flight = 100;
@@ -368,61 +364,34 @@ hop_server start_hop(hop_mode mode, hop::backend backend, const std::filesystem:
 /// port with the EC certificate and one with the RSA certificate.
 class nginx_server {
 public:
-    nginx_server(const std::filesystem::path& dir, const certificates& certs) : m_dir(dir / "nginx") {
-        if (::access("/usr/sbin/nginx", X_OK) != 0) throw std::runtime_error("/usr/sbin/nginx is missing: install nginx-light");
-        std::filesystem::create_directories(m_dir / "www");
-        std::ofstream(m_dir / "www" / "index.html", std::ios::binary) << std::string(body_size, 'x');
-        for (int attempt = 0; attempt < 20; ++attempt) {
-            m_plain = free_port();
-            m_ec = free_port();
-            m_rsa = free_port();
-            if (m_plain == m_ec || m_ec == m_rsa || m_plain == m_rsa) continue;
-            const std::string d = m_dir.string();
-            std::ofstream(m_dir / "nginx.conf")
-                << "daemon off;\nmaster_process off;\nworker_processes 1;\npid " << d << "/nginx.pid;\n"
-                << "error_log " << d << "/error.log warn;\nevents { worker_connections 10000; }\n"
-                << "http {\n  access_log off;\n  default_type text/plain;\n"
-                << "  client_body_temp_path " << d << "/cb;\n  proxy_temp_path " << d << "/px;\n"
-                << "  fastcgi_temp_path " << d << "/fc;\n  uwsgi_temp_path " << d << "/uw;\n  scgi_temp_path " << d
-                << "/sc;\n  keepalive_requests 10000000;\n  keepalive_timeout 75s;\n"
-                // nginx 1.22's default is TLSv1 to TLSv1.2; hop speaks 1.2 and 1.3 and
-                // clients pick 1.3: the same protocol on both sides.
-                << "  ssl_protocols TLSv1.2 TLSv1.3;\n"
-                << "  server { listen 127.0.0.1:" << m_plain << " backlog=4096; root " << d << "/www; }\n"
-                << "  server { listen 127.0.0.1:" << m_ec << " ssl backlog=4096; root " << d << "/www;\n"
-                << "    ssl_certificate " << certs.ec_cert.string() << "; ssl_certificate_key " << certs.ec_key.string()
-                << "; }\n"
-                << "  server { listen 127.0.0.1:" << m_rsa << " ssl backlog=4096; root " << d << "/www;\n"
-                << "    ssl_certificate " << certs.rsa_cert.string() << "; ssl_certificate_key "
-                << certs.rsa_key.string() << "; }\n}\n";
-            m_pid = spawn({"/usr/sbin/nginx", "-p", d + "/", "-c", d + "/nginx.conf", "-e", d + "/error.log"},
-                          m_dir / "nginx.out");
-            for (int i = 0; i < 1000; ++i) {
-                if (accepting(m_plain) && accepting(m_ec) && accepting(m_rsa)) return;
-                int status = 0;
-                if (::waitpid(m_pid, &status, WNOHANG) == m_pid) {
-                    m_pid = -1;
-                    break;
-                }
-                std::this_thread::sleep_for(std::chrono::milliseconds(10));  // startup poll, not a measurement
-            }
-            ::stop(m_pid);
-        }
-        throw std::runtime_error("nginx did not start; its log:\n" + slurp(m_dir / "error.log"));
-    }
-    ~nginx_server() { ::stop(m_pid); }
-    nginx_server(const nginx_server&) = delete;
-    nginx_server& operator=(const nginx_server&) = delete;
+    nginx_server(const std::filesystem::path& dir, const certificates& certs) : m_nginx(config(dir / "nginx", certs), dir / "nginx") {}
 
-    pid_t pid() const { return m_pid; }
-    std::uint16_t plain_port() const { return m_plain; }
-    std::uint16_t ec_port() const { return m_ec; }
-    std::uint16_t rsa_port() const { return m_rsa; }
+    pid_t pid() const { return m_nginx.pid(); }
+    std::uint16_t plain_port() const { return m_nginx.port(0); }
+    std::uint16_t ec_port() const { return m_nginx.port(1); }
+    std::uint16_t rsa_port() const { return m_nginx.port(2); }
 
 private:
-    std::filesystem::path m_dir;
-    std::uint16_t m_plain = 0, m_ec = 0, m_rsa = 0;
-    pid_t m_pid = -1;
+    static hop_test::nginx_config config(const std::filesystem::path& dir, const certificates& certs) {
+        std::filesystem::create_directories(dir / "www");
+        std::ofstream(dir / "www" / "index.html", std::ios::binary) << std::string(body_size, 'x');
+        const std::string root = "        root " + (dir / "www").string() + ";\n";
+        hop_test::nginx_config c;
+        c.worker_connections = 10000;
+        c.http = "    access_log off;\n    default_type text/plain;\n"
+                 "    keepalive_requests 10000000;\n    keepalive_timeout 75s;\n"
+                 // nginx 1.22's default is TLSv1 to TLSv1.2; hop speaks 1.2 and 1.3 and
+                 // clients pick 1.3: the same protocol on both sides.
+                 "    ssl_protocols TLSv1.2 TLSv1.3;\n";
+        c.servers = {{" backlog=4096", root},
+                     {" ssl backlog=4096", root + "        ssl_certificate " + certs.ec_cert.string() +
+                                               ";\n        ssl_certificate_key " + certs.ec_key.string() + ";"},
+                     {" ssl backlog=4096", root + "        ssl_certificate " + certs.rsa_cert.string() +
+                                               ";\n        ssl_certificate_key " + certs.rsa_key.string() + ";"}};
+        return c;
+    }
+
+    hop_test::nginx_process m_nginx;
 };
 
 /// "TLSv1.3 TLS_AES_256_GCM_SHA384, ECDSA, X25519" from `openssl s_client -brief`.
@@ -495,20 +464,19 @@ rate run_wrk(const std::filesystem::path& dir, const std::string& scheme, std::u
 rate run_s_time(const std::filesystem::path& dir, std::uint16_t port, pid_t server, int seconds, std::size_t parallel) {
     const double cpu0 = proc_cpu_seconds(server);
     const auto t0 = bench::clock::now();
-    std::vector<pid_t> pids;
+    std::vector<std::unique_ptr<hop_test::peer>> clients;
     double client_cpu = 0;
     for (std::size_t i = 0; i < parallel; ++i) {
         // s_time does not verify the peer, but OpenSSL still looks for the
         // issuer in the default CA directory on every handshake (a scan of
         // /etc/ssl/certs that costs the client more than the handshake):
         // no default CA locations.
-        pids.push_back(spawn({"openssl", "s_time", "-connect", "127.0.0.1:" + std::to_string(port), "-new", "-time",
-                              std::to_string(seconds), "-no-CApath", "-no-CAfile", "-no-CAstore"},
-                             dir / ("s_time." + std::to_string(i) + ".out")));
+        clients.push_back(bench::start_program({"openssl", "s_time", "-connect", "127.0.0.1:" + std::to_string(port),
+                                                "-new", "-time", std::to_string(seconds), "-no-CApath", "-no-CAfile",
+                                                "-no-CAstore"},
+                                               dir / ("s_time." + std::to_string(i) + ".out")));
     }
-    for (std::size_t i = 0; i < parallel; ++i) {
-        client_cpu += reap(pids[i], "openssl s_time", dir / ("s_time." + std::to_string(i) + ".out"));
-    }
+    for (auto& c : clients) client_cpu += bench::finish(*c);
     const double wall = bench::seconds_since(t0);
     const double cpu1 = proc_cpu_seconds(server);
     double total = 0;

@@ -13,6 +13,7 @@
 #include "support/backend.hpp"
 #include "support/http_peers.hpp"
 #include "support/http_server_fixture.hpp"
+#include "support/nginx.hpp"
 #include "support/sockets.hpp"
 
 #include <doctest/doctest.h>
@@ -41,61 +42,23 @@ namespace {
 
 /// nginx on a free loopback port answering every request with
 /// `return 200 "ok"` (a request it accepts), one process, everything in a
-/// temp dir. Stopped (killed) with the object.
+/// temp dir (support/nginx.hpp). Stopped with the object.
 class nginx_peer {
 public:
-    nginx_peer() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "hop-rfc-XXXXXX").string();
-        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-        m_dir = tmpl;
-        for (int attempt = 0; attempt < 20 && !m_proc; ++attempt) {
-            m_port = hop_test::free_loopback_port();
-            const std::string d = m_dir.string();
-            {
-                std::ofstream c(m_dir / "nginx.conf");
-                c << "daemon off;\nmaster_process off;\nworker_processes 1;\npid " << d << "/nginx.pid;\n"
-                  << "error_log " << d << "/error.log warn;\nevents { worker_connections 256; }\nhttp {\n"
-                  << "    access_log off;\n    client_body_temp_path " << d << "/cb;\n    proxy_temp_path " << d
-                  << "/p;\n    fastcgi_temp_path " << d << "/f;\n    uwsgi_temp_path " << d << "/u;\n"
-                  << "    scgi_temp_path " << d << "/s;\n"
-                  << "    server { listen 127.0.0.1:" << m_port << "; location / { return 200 \"ok\\n\"; } }\n}\n";
-            }
-            m_proc.emplace(std::vector<std::string>{"/usr/sbin/nginx", "-p", d + "/", "-c", d + "/nginx.conf", "-e",
-                                                    d + "/error.log"});
-            if (accepting()) break;
-            m_proc.reset();
-        }
-        REQUIRE_MESSAGE(m_proc.has_value(), "nginx did not start (is nginx-light installed? scripts/deps)");
-    }
-    ~nginx_peer() {
-        m_proc.reset();
-        std::error_code ec;
-        std::filesystem::remove_all(m_dir, ec);
-    }
-    nginx_peer(const nginx_peer&) = delete;
-    nginx_peer& operator=(const nginx_peer&) = delete;
+    nginx_peer() : m_nginx(config(), m_dir.path()) {}
 
-    hop::endpoint endpoint() const { return hop::endpoint::loopback_v4(m_port); }
+    hop::endpoint endpoint() const { return hop::endpoint::loopback_v4(m_nginx.port()); }
 
 private:
-    // Polls connect() until nginx listens (bounded: a failed start is a
-    // failed test, not a hang).
-    bool accepting() const {
-        const auto deadline = std::chrono::steady_clock::now() + hop_test::scaled(std::chrono::seconds(10));
-        while (std::chrono::steady_clock::now() < deadline) {
-            const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            const auto ep = hop::endpoint::loopback_v4(m_port);
-            const bool ok = ::connect(fd, ep.data(), ep.size()) == 0;
-            ::close(fd);
-            if (ok) return true;
-            std::this_thread::sleep_for(20ms);
-        }
-        return false;
+    static hop_test::nginx_config config() {
+        hop_test::nginx_config c;
+        c.http = "    access_log off;\n";
+        c.servers.push_back(hop_test::nginx_server_block{"", "        location / { return 200 \"ok\\n\"; }"});
+        return c;
     }
 
-    std::filesystem::path m_dir;
-    std::uint16_t m_port = 0;
-    std::optional<hop_test::peer_process> m_proc;
+    hop_test::temp_dir m_dir{"hop-rfc-"};
+    hop_test::nginx_process m_nginx;
 };
 
 /// Sends `bytes` to `ep` and returns the status of the first response (0 if

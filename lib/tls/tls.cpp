@@ -8,21 +8,28 @@
 // does the crypto and the protocol.
 //
 // Who touches what (one reader and one writer coroutine may overlap, both on
-// the stream's loop; no OpenSSL call ever spans a suspension):
+// the stream's loop; no OpenSSL call ever spans a suspension, so OpenSSL's
+// own state needs no lock: the three locks below order the waits around
+// it, see "The three locks" at stream::impl):
 // - m_in (the bytes read, not yet taken by OpenSSL) is filled by one
-//   coroutine at a time: the holder of m_read_mutex. OpenSSL asks for more
+//   coroutine at a time: the holder of read_mutex. OpenSSL asks for more
 //   (WANT_READ) only after it took everything there was, so a fill always
 //   starts with m_in empty.
 // - m_out collects records from any OpenSSL call (a reader's SSL_read may
-//   queue a KeyUpdate answer or an alert). Only the holder of
-//   m_write_mutex sends: it moves m_out into m_sending and sends that, so
-//   records queued meanwhile never move under a write in flight. It sends
-//   until both are empty before it lets go, so a reader that finds the
-//   mutex taken may leave its records to the writer.
+//   queue a KeyUpdate answer or an alert). Only the holder of send_mutex
+//   sends: it moves m_out into m_sending and sends that, so records queued
+//   meanwhile never move under a send in flight. It sends until both are
+//   empty before it lets go, so a reader that finds the mutex taken may
+//   leave its records to the sender.
 // - A cancelled send leaves the unsent rest in m_sending (m_sent says how
 //   far it got): the next flush goes on from there, so the record stream
 //   stays whole and the connection usable.
+// - Every SSL call that may have to wait (the handshake, SSL_read,
+//   SSL_write, the drain of shutdown) runs through stream::impl::drive,
+//   the one place that maps SSL_get_error to "send what is queued", "read
+//   more" or an error.
 
+#include <hop/detail/assert.hpp>
 #include <hop/sync.hpp>
 #include <hop/time.hpp>
 #include <hop/tls.hpp>
@@ -35,6 +42,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -391,8 +399,53 @@ struct stream::impl {
     std::string sending;
     std::size_t sent = 0;
 
-    async_mutex read_mutex;
+    // The three locks, in the order they may be taken (a coroutine that
+    // holds one may wait for a later one, never for an earlier one):
+    //
+    //   write_mutex   the writer's turn: held across a whole write_some /
+    //                 write_all (OpenSSL wants a write it answered
+    //                 WANT_READ / WANT_WRITE retried with the same bytes,
+    //                 so no other SSL_write / SSL_shutdown may come
+    //                 between), and across SSL_shutdown; held by the
+    //                 handshake.
+    //       |
+    //   read_mutex    the reader's turn and the socket's read side: held
+    //                 across a whole read_some, across shutdown's drain,
+    //                 by the handshake, and by a writer whose SSL_write
+    //                 needs the peer's records first (openssl #11211).
+    //                 Only its holder fills m_in.
+    //       |
+    //   send_mutex    the socket's write side (m_sending / m_sent): held
+    //                 across flush() only. Its holder waits for nothing
+    //                 but the socket.
+    //
+    // Who takes which (drive() does the waiting ones):
+    //   reader   read_mutex; then send_mutex when OpenSSL's output is full
+    //            (WANT_WRITE); try_lock(send_mutex) to send what SSL_read
+    //            queued (never waits).
+    //   writer   write_mutex; then send_mutex to send (WANT_WRITE, and
+    //            after each SSL_write); on WANT_READ, after sending,
+    //            read_mutex, then send_mutex again once the write is done.
+    //   handshake  write_mutex and read_mutex throughout (nobody else
+    //            can hold them yet), send_mutex to send.
+    //   shutdown   write_mutex then send_mutex (close_notify out), lets both
+    //            go, then read_mutex (the drain) then send_mutex.
+    //   try_write, shutdown(0)  take nothing: they act only when neither
+    //            write_mutex nor send_mutex is held (no write pending in
+    //            OpenSSL, no send in flight), and never wait.
+    //
+    // Why this cannot deadlock: every wait is for a lock later in the order
+    // than any the waiter holds, so a cycle of waiters would need some
+    // coroutine to wait for an earlier lock than one it holds. The holder
+    // of send_mutex, last in the order, waits only for the socket (and a
+    // stop request or a timeout ends that). (With a reader that waited for
+    // the writer's lock on WANT_WRITE and a writer that waited for the
+    // reader's on WANT_READ, the two could wait for each other.) drive()
+    // asserts (HOP_ASSERT) that its caller holds what its role says, and
+    // fill() that it runs under read_mutex.
     async_mutex write_mutex;
+    async_mutex read_mutex;
+    async_mutex send_mutex;
 
     impl(std::shared_ptr<context::impl> c, tcp_stream t) : ctx(std::move(c)), tcp(std::move(t)) {}
     impl(const impl&) = delete;
@@ -409,9 +462,36 @@ struct stream::impl {
     void make_ssl(const char* who);
     task<void> handshake(std::string who);
     task<bool> fill();
-    task<void> flush_locked();
-    task<void> flush_if_free();
+    task<void> flush(bool wait);
     [[noreturn]] void fail(const std::string& who, int ssl_error);
+
+    // What a caller of drive() is, which says what it holds on entry (see
+    // the three locks above) and what it does at the ends.
+    enum class role : std::uint8_t {
+        handshake,  // holds write_mutex and read_mutex; on an error sends our alert first
+        reader,     // holds read_mutex; SSL_ERROR_ZERO_RETURN is the end
+        writer,     // holds write_mutex; sends after each call that succeeds
+        drain,      // shutdown: holds read_mutex; errors end it quietly
+    };
+    // How a driven call ended (the errors throw, except for role::drain).
+    enum class outcome : std::uint8_t {
+        done,         // the call returned 1
+        close_notify, // the peer's close_notify (reader, drain)
+        closed,       // the socket ended first (FIN): the caller says what that means
+        failed,       // drain only: an error, nothing thrown
+    };
+    // Names the operation in messages: `who` + " " + `toward` + peer, or
+    // `who` alone when toward is null (the handshake's name has the peer).
+    struct op_name {
+        std::string_view who;
+        const char* toward = nullptr;  // "to" / "from"
+    };
+    std::string text(op_name n) const {
+        return n.toward ? std::string(n.who) + " " + n.toward + " " + peer : std::string(n.who);
+    }
+
+    template <class Call>
+    task<outcome> drive(role r, op_name name, Call& call);
 };
 
 namespace {
@@ -513,6 +593,7 @@ void stream::impl::fail(const std::string& who, int ssl_error) {
 }
 
 task<bool> stream::impl::fill() {
+    HOP_ASSERT(read_mutex.is_locked(), "only the holder of read_mutex fills m_in");
     if (eof) co_return false;
     // OpenSSL asks for more only once it took all there was.
     in_begin = in_end = 0;
@@ -529,7 +610,18 @@ task<bool> stream::impl::fill() {
     co_return true;
 }
 
-task<void> stream::impl::flush_locked() {
+// Sends what OpenSSL queued, as the holder of send_mutex: waits for it
+// (`wait`), or sends only if it is free (the holder sends everything
+// before it lets go, so records left to it go out all the same).
+task<void> stream::impl::flush(bool wait) {
+    async_mutex::scoped_lock lock;
+    if (wait) {
+        lock = co_await send_mutex.lock();
+    } else {
+        if (out.empty()) co_return;
+        lock = send_mutex.try_lock();
+        if (!lock.owns_lock()) co_return;
+    }
     while (true) {
         if (sent == sending.size()) {
             if (out.empty()) {
@@ -548,42 +640,72 @@ task<void> stream::impl::flush_locked() {
     }
 }
 
-task<void> stream::impl::flush_if_free() {
-    if (out.empty()) co_return;
-    auto lock = write_mutex.try_lock();
-    if (!lock.owns_lock()) co_return;  // the writer sends everything before it lets go
-    co_await flush_locked();
+// Runs `call` (an SSL call: 1 is success, else SSL_get_error says why)
+// until it is done, as `r` (which says what the caller holds: see the
+// three locks at stream::impl): WANT_WRITE sends what OpenSSL queued,
+// WANT_READ sends it and reads more from the socket, a TLS error throws
+// hop::tls::error naming `name` and the peer. The caller turns
+// outcome::closed (the socket ended first) into its own error.
+template <class Call>
+task<stream::impl::outcome> stream::impl::drive(role r, op_name name, Call& call) {
+    const bool writes = r == role::handshake || r == role::writer;
+    HOP_ASSERT(!writes || write_mutex.is_locked(), "the handshake and the writer hold write_mutex");
+    HOP_ASSERT(r == role::writer || read_mutex.is_locked(), "the handshake, the reader and the drain hold read_mutex");
+    // The writer's turn at reading, taken on WANT_READ after sending: its
+    // wait comes after write_mutex in the order, and it holds no send_mutex.
+    async_mutex::scoped_lock read_turn;
+    while (true) {
+        ERR_clear_error();
+        const int ret = call();
+        if (ret == 1) {
+            read_turn.unlock();
+            // The writer's records, or a KeyUpdate answer or the like from a
+            // reader: the reader sends it unless a sender will.
+            if (writes || !out.empty()) co_await flush(writes);
+            co_return outcome::done;
+        }
+        const int e = SSL_get_error(ssl, ret);
+        if (e == SSL_ERROR_WANT_READ) {
+            // No data yet (or a record without any: a session ticket, a key
+            // update): send what OpenSSL queued, then read on.
+            if (writes || !out.empty()) co_await flush(writes);
+            if (r == role::writer && !read_turn.owns_lock()) {
+                // OpenSSL needs the peer's records first (openssl #11211).
+                // A reader, if there is one, brings them in; then we do.
+                read_turn = co_await read_mutex.lock();
+                continue;
+            }
+            if (!co_await fill()) co_return outcome::closed;
+        } else if (e == SSL_ERROR_WANT_WRITE) {
+            co_await flush(true);
+        } else if (e == SSL_ERROR_ZERO_RETURN && (r == role::reader || r == role::drain)) {
+            co_return outcome::close_notify;
+        } else if (r == role::drain) {
+            co_return outcome::failed;
+        } else {
+            if (r == role::handshake) {
+                // Send our alert (if any), so the peer learns why; best
+                // effort: OpenSSL's reason is what we report.
+                try {
+                    co_await flush(true);
+                } catch (...) {
+                }
+            }
+            fail(text(name), e);
+        }
+    }
 }
 
 task<void> stream::impl::handshake(std::string who) {
-    while (true) {
-        ERR_clear_error();
-        const int r = SSL_do_handshake(ssl);
-        if (r == 1) {
-            co_await flush_locked();
-            co_return;
-        }
-        const int e = SSL_get_error(ssl, r);
-        if (e == SSL_ERROR_WANT_READ) {
-            co_await flush_locked();
-            if (!co_await fill()) {
-                throw error(who + ": the peer closed the connection during the handshake" +
-                            [&] {
-                                std::string r2 = take_ssl_errors();
-                                return r2.empty() ? std::string() : " (" + r2 + ")";
-                            }());
-            }
-        } else if (e == SSL_ERROR_WANT_WRITE) {
-            co_await flush_locked();
-        } else {
-            // Send our alert (if any), so the peer learns why; best effort:
-            // OpenSSL's reason is what we report.
-            try {
-                co_await flush_locked();
-            } catch (...) {
-            }
-            fail(who, e);
-        }
+    // Nobody else holds these yet: taken so that drive's rules hold here too.
+    auto w = co_await write_mutex.lock();
+    auto rd = co_await read_mutex.lock();
+    auto call = [this] { return SSL_do_handshake(ssl); };
+    const op_name name{who};
+    if (co_await drive(role::handshake, name, call) == outcome::closed) {
+        std::string reasons = take_ssl_errors();
+        throw error(who + ": the peer closed the connection during the handshake" +
+                    (reasons.empty() ? std::string() : " (" + reasons + ")"));
     }
 }
 
@@ -684,35 +806,18 @@ task<std::size_t> stream::read_some_impl(void* data, std::size_t size) {
     impl& s = open_impl(m_impl, who);
     if (size == 0) co_return 0;
     auto lock = co_await s.read_mutex.lock();
-    while (true) {
+    std::size_t n = 0;
+    auto call = [&] { return SSL_read_ex(s.ssl, data, size, &n); };
+    const impl::op_name name{who, "from"};
+    const impl::outcome o = co_await s.drive(impl::role::reader, name, call);
+    if (o == impl::outcome::closed) {
         ERR_clear_error();
-        std::size_t n = 0;
-        const int r = SSL_read_ex(s.ssl, data, size, &n);
-        if (r == 1) {
-            // A KeyUpdate answer or the like: send it unless a writer will.
-            if (!s.out.empty()) co_await s.flush_if_free();
-            s.settle_input();
-            co_return n;
-        }
-        const int e = SSL_get_error(s.ssl, r);
-        if (e == SSL_ERROR_WANT_READ) {
-            // No data yet (or a record without any: a session ticket, a key
-            // update): send what OpenSSL queued, then read on.
-            if (!s.out.empty()) co_await s.flush_if_free();
-            if (!co_await s.fill()) {
-                ERR_clear_error();
-                throw truncated_error(std::string(who) + " from " + s.peer +
-                                      ": the peer closed the connection without close_notify (truncated)");
-            }
-        } else if (e == SSL_ERROR_WANT_WRITE) {
-            auto w = co_await s.write_mutex.lock();
-            co_await s.flush_locked();
-        } else if (e == SSL_ERROR_ZERO_RETURN) {
-            co_return 0;
-        } else {
-            s.fail(std::string(who) + " from " + s.peer, e);
-        }
+        throw truncated_error(s.text(name) +
+                              ": the peer closed the connection without close_notify (truncated)");
     }
+    if (o == impl::outcome::close_notify) co_return 0;
+    s.settle_input();
+    co_return n;
 }
 
 task<std::size_t> stream::read_exact_impl(void* data, std::size_t size) {
@@ -737,40 +842,16 @@ task<std::size_t> stream::write_impl(const void* data, std::size_t size, bool al
     auto lock = co_await s.write_mutex.lock();
     const auto* p = static_cast<const char*>(data);
     std::size_t done = 0;
+    std::size_t n = 0;
+    auto call = [&] { return SSL_write_ex(s.ssl, p + done, size - done, &n); };
+    const impl::op_name name{who, "to"};
     while (done < size) {
-        ERR_clear_error();
-        std::size_t n = 0;
-        const int r = SSL_write_ex(s.ssl, p + done, size - done, &n);
-        if (r == 1) {
-            done += n;
-            co_await s.flush_locked();
-            if (!all) break;
-            continue;
+        if (co_await s.drive(impl::role::writer, name, call) == impl::outcome::closed) {
+            throw truncated_error(s.text(name) +
+                                  ": the peer closed the connection without close_notify (truncated)");
         }
-        const int e = SSL_get_error(s.ssl, r);
-        if (e == SSL_ERROR_WANT_WRITE) {
-            co_await s.flush_locked();
-        } else if (e == SSL_ERROR_WANT_READ) {
-            // OpenSSL needs the peer's records first (openssl #11211). A
-            // reader, if there is one, brings them in; else we do.
-            co_await s.flush_locked();
-            auto r2 = co_await s.read_mutex.lock();
-            ERR_clear_error();
-            const int again = SSL_write_ex(s.ssl, p + done, size - done, &n);
-            if (again == 1) {
-                done += n;
-                r2.unlock();
-                co_await s.flush_locked();
-                if (!all) break;
-                continue;
-            }
-            if (SSL_get_error(s.ssl, again) == SSL_ERROR_WANT_READ && !co_await s.fill()) {
-                throw truncated_error(std::string(who) + " to " + s.peer +
-                                      ": the peer closed the connection without close_notify (truncated)");
-            }
-        } else {
-            s.fail(std::string(who) + " to " + s.peer, e);
-        }
+        done += n;
+        if (!all) break;
     }
     co_return done;
 }
@@ -779,7 +860,8 @@ namespace {
 
 // Hands what OpenSSL queued to the socket without waiting (one
 // non-blocking send); true if all of it went. For last words only: the
-// caller holds no write in flight (the write mutex is free).
+// caller checked that no write is pending in OpenSSL and no send is in
+// flight (write_mutex and send_mutex are free).
 bool send_queued_now(stream::impl& s) noexcept {
     try {
         std::string wire = s.sending.substr(s.sent) + s.out;
@@ -814,19 +896,18 @@ task<void> exchange_close_notify(stream::impl& s) {
         auto w = co_await s.write_mutex.lock();
         ERR_clear_error();
         r = SSL_shutdown(s.ssl);  // queues close_notify: 0 sent, 1 both ways done
-        co_await s.flush_locked();
+        co_await s.flush(true);
         s.tcp.shutdown_write();
     }
     if (r == 1) co_return;
     auto rl = co_await s.read_mutex.lock();
     char sink[4096];
-    while (true) {
-        ERR_clear_error();
-        std::size_t n = 0;
-        const int rr = SSL_read_ex(s.ssl, sink, sizeof sink, &n);
-        if (rr == 1) continue;
-        if (SSL_get_error(s.ssl, rr) != SSL_ERROR_WANT_READ) co_return;
-        if (!co_await s.fill()) co_return;
+    std::size_t n = 0;
+    auto call = [&] { return SSL_read_ex(s.ssl, sink, sizeof sink, &n); };
+    const stream::impl::op_name name{"hop::tls::stream::shutdown"};
+    // Until the peer's close_notify, the socket's end or an error.
+    while (co_await s.drive(stream::impl::role::drain, name, call) ==
+           stream::impl::outcome::done) {
     }
 }
 
@@ -842,7 +923,7 @@ task<void> stream::shutdown(std::chrono::milliseconds wait_for_peer) {
     bool cancelled = false;
     if (wait_for_peer.count() == 0) {
         // close_notify if it can go at once; nothing waits.
-        if (!s.write_mutex.is_locked()) {
+        if (!s.write_mutex.is_locked() && !s.send_mutex.is_locked()) {
             ERR_clear_error();
             SSL_shutdown(s.ssl);
             send_queued_now(s);
@@ -867,7 +948,8 @@ task<void> stream::shutdown(std::chrono::milliseconds wait_for_peer) {
 bool stream::try_write(std::string_view bytes) noexcept {
     if (!is_open() || bytes.empty()) return false;
     impl& s = *m_impl;
-    if (s.write_mutex.is_locked()) return false;  // a write in flight: the socket is its own
+    // A write pending in OpenSSL, or a send in flight: the socket is its own.
+    if (s.write_mutex.is_locked() || s.send_mutex.is_locked()) return false;
     ERR_clear_error();
     std::size_t n = 0;
     if (SSL_write_ex(s.ssl, bytes.data(), bytes.size(), &n) != 1 || n != bytes.size()) {

@@ -1,8 +1,9 @@
 #pragma once
 // External programs as test peers (curl, wrk, h2load, python3, nginx...):
 // started by the test on loopback ports, their output captured, stopped
-// after. A peer that is not installed fails the test with a message that
-// says so (CI installs them through scripts/deps); it never skips.
+// after, all through peer.hpp (peer_process below is its piped form). A
+// peer that is not installed fails the test with a message that says so
+// (CI installs them through scripts/deps); it never skips.
 //
 // A peer runs in its own process; waiting for it blocks a thread, so from a
 // coroutine on the loop under test use run_peer() (the wait happens on
@@ -16,298 +17,45 @@
 #include <doctest/doctest.h>
 
 #include "guard.hpp"
+#include "loopback.hpp"
+#include "peer.hpp"
 
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cctype>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <utility>
 #include <vector>
 
-extern char** environ;
-
 namespace hop_test {
 
-/// The full path of `name` found in PATH, or "" if it is not there.
-inline std::string find_program(const std::string& name) {
-    if (name.find('/') != std::string::npos) return ::access(name.c_str(), X_OK) == 0 ? name : std::string();
-    const char* path = std::getenv("PATH");
-    std::string_view rest = path ? path : "/usr/local/bin:/usr/bin:/bin";
-    while (true) {
-        const auto colon = rest.find(':');
-        std::string dir(rest.substr(0, colon));
-        if (dir.empty()) dir = ".";
-        const std::string full = dir + "/" + name;
-        struct stat st {};
-        if (::stat(full.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(full.c_str(), X_OK) == 0) return full;
-        if (colon == std::string_view::npos) break;
-        rest.remove_prefix(colon + 1);
-    }
-    return {};
-}
-
-/// find_program, or a failed test naming the missing peer.
+/// find_program (peer.hpp), or a failed test naming the missing peer.
 inline std::string require_program(const std::string& name) {
     std::string p = find_program(name);
-    REQUIRE_MESSAGE(!p.empty(), "the test peer '" << name
-                                                  << "' is not installed (not in PATH): install it (scripts/deps "
-                                                     "installs every peer the tests use)");
+    REQUIRE_MESSAGE(!p.empty(), not_installed_text(name));
     return p;
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound, then
 /// released): for a peer that must be told its port on its command line.
-inline std::uint16_t free_loopback_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw std::system_error(errno, std::generic_category(), "free_loopback_port: socket");
-    const auto ep = hop::endpoint::loopback_v4(0);
-    if (::bind(fd, ep.data(), ep.size()) != 0) {
-        const int e = errno;
-        ::close(fd);
-        throw std::system_error(e, std::generic_category(), "free_loopback_port: bind");
-    }
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-    ::close(fd);
-    return hop::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len).port();
-}
+inline std::uint16_t free_loopback_port() { return free_port(); }
 
-/// How a peer ended and what it printed.
-struct peer_result {
-    int wait_status = 0;
-    bool timed_out = false;  // killed by the guard
-    std::string out;
-    std::string err;
-
-    bool exited_ok() const { return !timed_out && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0; }
-    int exit_code() const { return WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1; }
-    /// For failure messages: the status and both outputs (cut).
-    std::string describe() const {
-        std::string s;
-        if (timed_out) {
-            s = "killed after the guard ran out";
-        } else if (WIFEXITED(wait_status)) {
-            s = "exit code " + std::to_string(WEXITSTATUS(wait_status));
-        } else if (WIFSIGNALED(wait_status)) {
-            s = "killed by signal " + std::to_string(WTERMSIG(wait_status));
-        }
-        auto cut = [](const std::string& t) { return t.size() > 2000 ? t.substr(0, 2000) + "..." : t; };
-        return s + "\n--- stdout:\n" + cut(out) + "\n--- stderr:\n" + cut(err);
-    }
-};
-
-/// posix_spawn of `path` with `argv` and the file actions `fa`; the child
-/// starts with default signal handling and nothing blocked (the test main
-/// ignores SIGPIPE). Returns posix_spawn's result; `pid` is set on success.
-inline int spawn_program(pid_t& pid, const std::string& path, std::vector<std::string>& argv,
-                         const posix_spawn_file_actions_t& fa) {
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    sigset_t none, dfl;
-    sigemptyset(&none);
-    sigemptyset(&dfl);
-    sigaddset(&dfl, SIGPIPE);
-    sigaddset(&dfl, SIGTERM);
-    sigaddset(&dfl, SIGINT);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &dfl);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    const int rc = ::posix_spawn(&pid, path.c_str(), &fa, &attr, args.data(), environ);
-    posix_spawnattr_destroy(&attr);
-    return rc;
-}
-
-/// A running program with its stdin, stdout and stderr on pipes.
-/// Destroying it kills the program (SIGKILL) if it still runs, and reaps it.
-class peer_process {
+/// A running program with its stdin, stdout and stderr on pipes (a peer,
+/// peer.hpp): `input` is written to its stdin, which is then closed.
+/// Destroying it ends the program if it still runs, and reaps it.
+class peer_process : public peer {
 public:
-    /// Starts argv[0] (looked up in PATH; missing: a failed REQUIRE).
-    /// `input` is written to its stdin, which is then closed.
     explicit peer_process(std::vector<std::string> argv, std::string input = {})
-        : m_argv(std::move(argv)), m_input(std::move(input)) {
-        REQUIRE(!m_argv.empty());
-        const std::string path = require_program(m_argv[0]);
-        int in[2], out[2], err[2];
-        REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
-        REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-        REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-        posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-        posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-        const int rc = spawn_program(m_pid, path, m_argv, fa);
-        posix_spawn_file_actions_destroy(&fa);
-        ::close(in[0]);
-        ::close(out[1]);
-        ::close(err[1]);
-        m_in = in[1];
-        m_out = out[0];
-        m_err = err[0];
-        if (rc != 0) {
-            m_pid = -1;
-            close_pipes();
-            FAIL("posix_spawn of " << path << " failed: " << std::strerror(rc));
-        }
-        ::fcntl(m_in, F_SETFL, O_NONBLOCK);
-        if (m_input.empty()) close_fd(m_in);
-    }
-    ~peer_process() {
-        if (m_pid > 0) {
-            ::kill(m_pid, SIGKILL);
-            int st = 0;
-            while (::waitpid(m_pid, &st, 0) < 0 && errno == EINTR) {
-            }
-        }
-        close_pipes();
-    }
-    peer_process(const peer_process&) = delete;
-    peer_process& operator=(const peer_process&) = delete;
-
-    pid_t pid() const noexcept { return m_pid; }
-
-    /// False once the program has ended (it is then reaped; wait() still
-    /// gives its outputs).
-    bool running() {
-        if (m_pid <= 0) return false;
-        int st = 0;
-        if (::waitpid(m_pid, &st, WNOHANG) != m_pid) return true;
-        m_result.wait_status = st;
-        m_pid = -1;
-        return false;
-    }
-
-    /// Sends `sig` (SIGTERM by default) if the program still runs.
-    void signal(int sig = SIGTERM) {
-        if (m_pid > 0) ::kill(m_pid, sig);
-    }
-
-    /// Blocks until stdout holds a whole line (or ends); returns it without
-    /// its newline, and "" at the end. The rest stays for wait()/next lines.
-    /// Past `guard` the program is killed and "" returned.
-    std::string read_line(std::chrono::milliseconds guard = scaled(std::chrono::seconds(60))) {
-        const auto deadline = std::chrono::steady_clock::now() + guard;
-        for (;;) {
-            const auto nl = m_result.out.find('\n', m_line_pos);
-            if (nl != std::string::npos) {
-                std::string line = m_result.out.substr(m_line_pos, nl - m_line_pos);
-                m_line_pos = nl + 1;
-                return line;
-            }
-            if (m_out < 0) {
-                std::string line = m_result.out.substr(m_line_pos);
-                m_line_pos = m_result.out.size();
-                return line;
-            }
-            if (!pump(deadline, /*until_line=*/true)) {
-                kill_now();
-                return {};
-            }
-        }
-    }
-
-    /// Blocks until the program exits (its outputs read to their ends);
-    /// past `guard` it is killed (result.timed_out).
-    peer_result wait(std::chrono::milliseconds guard = scaled(std::chrono::seconds(120))) {
-        const auto deadline = std::chrono::steady_clock::now() + guard;
-        while (m_out >= 0 || m_err >= 0) {
-            if (!pump(deadline, false)) {
-                kill_now();
-                m_result.timed_out = true;
-                break;
-            }
-        }
-        if (m_pid > 0) {
-            int st = 0;
-            while (::waitpid(m_pid, &st, 0) < 0 && errno == EINTR) {
-            }
-            m_result.wait_status = st;
-            m_pid = -1;
-        }
-        close_pipes();
-        return m_result;
-    }
-
-private:
-    // One poll round over the open pipes. False once the deadline passed.
-    bool pump(std::chrono::steady_clock::time_point deadline, bool until_line) {
-        const auto left = deadline - std::chrono::steady_clock::now();
-        if (left <= std::chrono::steady_clock::duration::zero()) return false;
-        std::array<pollfd, 3> fds{};
-        nfds_t n = 0;
-        if (m_out >= 0) fds[n++] = {m_out, POLLIN, 0};
-        if (m_err >= 0) fds[n++] = {m_err, POLLIN, 0};
-        if (m_in >= 0) fds[n++] = {m_in, POLLOUT, 0};
-        if (n == 0) return true;
-        const int ms = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(left).count()) + 1;
-        const int r = ::poll(fds.data(), n, ms);
-        if (r < 0 && errno == EINTR) return true;
-        if (r == 0) return std::chrono::steady_clock::now() < deadline;
-        for (nfds_t i = 0; i < n; ++i) {
-            if (fds[i].revents == 0) continue;
-            if (fds[i].fd == m_in) {
-                const auto w = ::write(m_in, m_input.data() + m_input_pos, m_input.size() - m_input_pos);
-                if (w > 0) m_input_pos += static_cast<std::size_t>(w);
-                if (w < 0 && errno != EAGAIN && errno != EINTR) m_input_pos = m_input.size();
-                if (m_input_pos == m_input.size()) close_fd(m_in);
-                continue;
-            }
-            char buf[16384];
-            const auto got = ::read(fds[i].fd, buf, sizeof buf);
-            if (got > 0) {
-                (fds[i].fd == m_out ? m_result.out : m_result.err).append(buf, static_cast<std::size_t>(got));
-            } else if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
-                close_fd(fds[i].fd == m_out ? m_out : m_err);
-            }
-        }
-        (void)until_line;
-        return true;
-    }
-    void kill_now() {
-        if (m_pid > 0) ::kill(m_pid, SIGKILL);
-    }
-    static void close_fd(int& fd) {
-        if (fd >= 0) ::close(fd);
-        fd = -1;
-    }
-    void close_pipes() {
-        close_fd(m_in);
-        close_fd(m_out);
-        close_fd(m_err);
-    }
-
-    std::vector<std::string> m_argv;
-    std::string m_input;
-    std::size_t m_input_pos = 0;
-    pid_t m_pid = -1;
-    int m_in = -1;
-    int m_out = -1;
-    int m_err = -1;
-    std::size_t m_line_pos = 0;
-    peer_result m_result;
+        : peer(peer_options::piped(std::move(argv), std::move(input))) {}
 };
 
 /// Runs a program to its end on hop's blocking pool and returns what it

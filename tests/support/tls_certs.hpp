@@ -74,29 +74,6 @@ inline void write_text(const std::filesystem::path& p, const std::string& text) 
     if (!f) throw std::runtime_error("tls_certs: cannot write " + p.string());
 }
 
-/// The temp dir, removed (with everything in it) when the process exits
-/// normally (static destruction).
-class cert_dir {
-public:
-    cert_dir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "hop-tls-XXXXXX").string();
-        if (::mkdtemp(tmpl.data()) == nullptr) {
-            throw std::system_error(errno, std::generic_category(), "tls_certs: mkdtemp(" + tmpl + ")");
-        }
-        m_path = tmpl;
-    }
-    ~cert_dir() {
-        std::error_code ec;
-        std::filesystem::remove_all(m_path, ec);
-    }
-    cert_dir(const cert_dir&) = delete;
-    cert_dir& operator=(const cert_dir&) = delete;
-    const std::filesystem::path& path() const noexcept { return m_path; }
-
-private:
-    std::filesystem::path m_path;
-};
-
 inline constexpr const char* localhost_names = "DNS:localhost,IP:127.0.0.1,IP:::1";
 
 /// A new key (EC P-256, or RSA 2048 if `rsa`) and a certificate request for `cn`.
@@ -143,7 +120,7 @@ inline tls_cert_files files_of(const std::filesystem::path& dir, const std::stri
 }
 
 struct cert_store {
-    cert_dir dir;
+    temp_dir dir{"hop-tls-"};  // removed when the process exits normally (static destruction)
     tls_cert_set set;
 
     cert_store() {
