@@ -424,8 +424,10 @@ public:
 
     /// Number of worker ranks (the world's size minus rank 0).
     std::size_t size() const noexcept;
+    /// Threads of all the worker ranks' pools together.
+    std::size_t worker_threads() const noexcept;
     /// How many jobs may be sent and unanswered at once, over all ranks
-    /// (per rank: twice its pool's threads). More jobs wait on rank 0.
+    /// (per rank: 8 per thread of its pool). More jobs wait on rank 0.
     std::size_t capacity() const noexcept;
 
     /// Runs `fn(args...)` on some worker rank; the future completes on

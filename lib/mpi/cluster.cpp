@@ -18,6 +18,7 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 #include <sched.h>
+#include <sys/prctl.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -35,9 +36,11 @@ namespace {
 std::atomic<int> g_rank{-1};
 std::atomic<bool> g_started{false};
 
-/// Jobs a worker may hold unanswered, per pool thread: one running, one
-/// queued behind it so the pool never waits for a round trip.
-constexpr std::size_t jobs_per_thread = 2;
+/// Jobs a worker may hold unanswered, per pool thread: enough queued behind
+/// the running one that the pool does not wait for a round trip when jobs
+/// are tiny; few enough that long jobs still spread over the ranks (a rank
+/// ends at most jobs_per_thread jobs per thread after the others).
+constexpr std::size_t jobs_per_thread = 8;
 
 [[noreturn]] void throw_mpi(const char* call, int code) {
     char text[MPI_MAX_ERROR_STRING];
@@ -51,24 +54,32 @@ void check(const char* call, int code) {
 }
 
 /// Polling without burning a core: spin a little, then yield, then sleep
-/// longer and longer up to `cap`.
+/// longer and longer up to `cap`. next() says how long to sleep (zero:
+/// yield or spin instead).
 class backoff {
 public:
     void reset() noexcept { m_n = 0; }
-    void idle(std::chrono::microseconds cap) {
+    std::chrono::microseconds next(std::chrono::microseconds cap) noexcept {
         ++m_n;
-        if (m_n < 32) return;
-        if (m_n < 64) {
+        if (m_n < 16) return std::chrono::microseconds(0);
+        if (m_n < 32) {
             ::sched_yield();
-            return;
+            return std::chrono::microseconds(0);
         }
-        auto d = std::chrono::microseconds(std::int64_t{1} << std::min(m_n - 64, 16u));
-        std::this_thread::sleep_for(std::min(d, cap));
+        return std::min(std::chrono::microseconds(std::int64_t{1} << std::min(m_n - 32, 16u)), cap);
+    }
+    void idle(std::chrono::microseconds cap) {
+        auto d = next(cap);
+        if (d.count() != 0) std::this_thread::sleep_for(d);
     }
 
 private:
     unsigned m_n = 0;
 };
+
+/// Short sleeps of the progress thread are meant short: without this, the
+/// kernel's default 50 us timer slack stretches a 1 us poll to 50 us.
+void tighten_timer_slack() noexcept { ::prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL); }
 
 struct outgoing {
     MPI_Request request = MPI_REQUEST_NULL;
@@ -150,6 +161,7 @@ struct executor::impl {
     std::size_t workers = 0;
     std::vector<std::size_t> limit;  // per rank (index 0 unused)
     std::size_t capacity = 0;
+    std::size_t threads = 0;  // of every worker's pool
 
     // The progress thread's own.
     struct flight {
@@ -170,6 +182,7 @@ struct executor::impl {
 
 std::size_t executor::size() const noexcept { return m_impl->workers; }
 std::size_t executor::capacity() const noexcept { return m_impl->capacity; }
+std::size_t executor::worker_threads() const noexcept { return m_impl->threads; }
 
 bool executor::is_shutdown() const noexcept {
     std::lock_guard lock(m_impl->mutex);
@@ -421,8 +434,15 @@ public:
             if (stop && m_running == 0 && sends.empty()) break;
             if (moved) {
                 idle.reset();
-            } else {
-                idle.idle(m_running != 0 ? std::chrono::microseconds(50) : std::chrono::microseconds(1000));
+                continue;
+            }
+            auto d = idle.next(m_running != 0 ? std::chrono::microseconds(50) : std::chrono::microseconds(1000));
+            if (d.count() != 0) {
+                // An answer from the pool wakes this thread at once; MPI is polled when the wait ends.
+                std::unique_lock lock(m_mutex);
+                m_sleeping = true;
+                m_woken.wait_for(lock, d, [&] { return m_answered != 0; });
+                m_sleeping = false;
             }
         }
         m_pool.shutdown(true);
@@ -479,9 +499,13 @@ private:
         w.write(id);
         w.write(static_cast<std::uint8_t>(failed ? 1 : 0));
         w.write(payload);
-        std::lock_guard lock(m_mutex);
+        std::unique_lock lock(m_mutex);
         m_answers += rec;
         ++m_answered;
+        const bool wake = m_sleeping;
+        m_sleeping = false;
+        lock.unlock();
+        if (wake) m_woken.notify_one();
     }
 
     cpu_pool m_pool;
@@ -489,6 +513,8 @@ private:
     std::mutex m_mutex;
     std::string m_answers;  // under m_mutex
     std::size_t m_answered = 0;
+    bool m_sleeping = false;  // the progress thread waits on m_woken
+    std::condition_variable m_woken;
 };
 
 }  // namespace
@@ -505,6 +531,7 @@ int run(int& argc, char**& argv, std::function<int(executor&)> fn) {
     std::exception_ptr failure;
     int world = 0;
     std::thread progress([&] {
+        tighten_timer_slack();
         try {
             int provided = 0;
             check("MPI_Init_thread", MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided));
@@ -527,6 +554,7 @@ int run(int& argc, char**& argv, std::function<int(executor&)> fn) {
                 for (int r = 1; r < world; ++r) {
                     state.limit[static_cast<std::size_t>(r)] = static_cast<std::size_t>(all[static_cast<std::size_t>(r)]) * jobs_per_thread;
                     state.capacity += state.limit[static_cast<std::size_t>(r)];
+                    state.threads += static_cast<std::size_t>(all[static_cast<std::size_t>(r)]);
                 }
                 {
                     std::lock_guard lock(state.mutex);
