@@ -247,10 +247,27 @@ void executor::shutdown(bool wait, bool cancel_pending) {
 }
 
 std::size_t executor::impl::dispatch() {
-    std::size_t room = 0;
-    for (std::size_t r = 1; r <= workers; ++r) room += limit[r] - busy[r];
-    if (room == 0) return 0;
+    std::size_t room = 0, alive = 0;
+    for (std::size_t r = 1; r <= workers; ++r) {
+        room += limit[r] - busy[r];
+        alive += limit[r] != 0 ? 1 : 0;
+    }
     std::vector<detail::remote_job*> taken;
+    if (alive == 0) {
+        // Every rank failed: what waits here can never run.
+        {
+            std::lock_guard lock(mutex);
+            taken.assign(queue.begin(), queue.end());
+            queue.clear();
+        }
+        auto e = std::make_exception_ptr(rank_failed_error(-1, "hop::mpi: no worker rank is left to run the job"));
+        for (auto* j : taken) {
+            j->fail(e);
+            j->release_job();
+        }
+        return taken.size();
+    }
+    if (room == 0) return 0;
     {
         std::lock_guard lock(mutex);
         while (!queue.empty() && taken.size() < room) {
