@@ -7,7 +7,7 @@
 //               cluster and then on a local cpu_pool with as many threads
 //               as all the worker ranks together: the efficiency (local
 //               time / cluster time) and the overhead per job (the extra
-//               time times the threads, per job).
+//               time times the threads, per job); best of three rounds.
 // Prints "key value" lines that the script reads.
 //
 //   mpirun -n 4 -x HOP_MPI_THREADS=1 mpi_bench [--tiny N] [--ms M]
@@ -17,6 +17,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -87,18 +88,23 @@ int main(int argc, char** argv) {
 
         // Every worker rank's threads together: the local pool gets as many.
         std::size_t worker_threads = cluster.worker_threads();
-        std::vector<hop::future<int>> ms;
-        t0 = clock_type::now();
-        for (int i = 0; i < ms_jobs; ++i) ms.push_back(cluster.submit(spin_1ms, i));
-        for (auto& f : ms) f.get();
-        const double cluster_ms_s = seconds_since(t0);
-
+        // Cluster and local pool in turn, three rounds, the best of each:
+        // a shared machine's noise hits one side or the other, not both.
         hop::cpu_pool pool{worker_threads};
-        std::vector<hop::future<int>> local;
-        t0 = clock_type::now();
-        for (int i = 0; i < ms_jobs; ++i) local.push_back(pool.submit(spin_1ms_impl, i));
-        for (auto& f : local) f.get();
-        const double local_ms_s = seconds_since(t0);
+        double cluster_ms_s = 1e9, local_ms_s = 1e9;
+        for (int round = 0; round < 3; ++round) {
+            std::vector<hop::future<int>> ms;
+            t0 = clock_type::now();
+            for (int i = 0; i < ms_jobs; ++i) ms.push_back(cluster.submit(spin_1ms, i));
+            for (auto& f : ms) f.get();
+            cluster_ms_s = std::min(cluster_ms_s, seconds_since(t0));
+
+            std::vector<hop::future<int>> local;
+            t0 = clock_type::now();
+            for (int i = 0; i < ms_jobs; ++i) local.push_back(pool.submit(spin_1ms_impl, i));
+            for (auto& f : local) f.get();
+            local_ms_s = std::min(local_ms_s, seconds_since(t0));
+        }
 
         std::printf("ranks %zu\n", cluster.size());
         std::printf("worker_threads %zu\n", worker_threads);

@@ -61,12 +61,12 @@ public:
     void reset() noexcept { m_n = 0; }
     std::chrono::microseconds next(std::chrono::microseconds cap) noexcept {
         ++m_n;
-        if (m_n < 16) return std::chrono::microseconds(0);
-        if (m_n < 32) {
+        if (m_n < 4) return std::chrono::microseconds(0);
+        if (m_n < 8) {
             ::sched_yield();
             return std::chrono::microseconds(0);
         }
-        return std::min(std::chrono::microseconds(std::int64_t{1} << std::min(m_n - 32, 16u)), cap);
+        return std::min(std::chrono::microseconds(std::int64_t{1} << std::min(m_n - 8, 16u)), cap);
     }
     void idle(std::chrono::microseconds cap) {
         auto d = next(cap);
@@ -175,6 +175,13 @@ struct executor::impl {
     unsigned next_rank = 0;
 
     void run_progress();
+    /// True if every live rank holds at least two jobs per thread.
+    bool fed() const noexcept {
+        for (std::size_t r = 1; r <= workers; ++r) {
+            if (limit[r] != 0 && busy[r] * jobs_per_thread < limit[r] * 2) return false;
+        }
+        return true;
+    }
     std::size_t dispatch();
     std::size_t collect();
     void fail_rank(int r, const std::exception_ptr& e);
@@ -401,7 +408,9 @@ void executor::impl::run_progress() {
         if (moved) {
             idle.reset();
         } else {
-            idle.idle(std::chrono::microseconds(50));
+            // Every rank has a backlog beyond its threads: the replies can
+            // wait a little longer, and the polls cost the workers CPU.
+            idle.idle(fed() ? std::chrono::microseconds(500) : std::chrono::microseconds(50));
         }
     }
     for (std::size_t r = 1; r <= workers; ++r) send_bytes(sends, std::string(), static_cast<int>(r), detail::tag_stop);
@@ -453,7 +462,11 @@ public:
                 idle.reset();
                 continue;
             }
-            auto d = idle.next(m_running != 0 ? std::chrono::microseconds(50) : std::chrono::microseconds(1000));
+            // An idle rank and one whose pool has a backlog poll MPI slowly
+            // (answers wake this thread at once); a rank with idle threads
+            // and jobs in flight polls fast for the next batch.
+            const bool hungry = m_running != 0 && m_running < 2 * m_pool.size();
+            auto d = idle.next(hungry ? std::chrono::microseconds(50) : std::chrono::microseconds(1000));
             if (d.count() != 0) {
                 // An answer from the pool wakes this thread at once; MPI is polled when the wait ends.
                 std::unique_lock lock(m_mutex);
