@@ -455,7 +455,8 @@ public:
     /// Applies `fn` to every item on the worker ranks, `chunk_size` items
     /// per message (0: about four chunks per worker thread), and returns a
     /// future for the results in input order. The first failure in input
-    /// order is rethrown; cancel() stops the chunks not yet sent.
+    /// order is rethrown; cancel() stops the chunks not yet sent. `R` must
+    /// be default-constructible (the results are written in place).
     /// @throws executor_shutdown_error after shutdown().
     template <class R, class P, std::ranges::input_range Range>
     future<std::vector<R>> map(const function<R(P)>& fn, Range&& items, std::size_t chunk_size = 0) {

@@ -17,6 +17,7 @@
 #define OMPI_SKIP_MPICXX 1
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
+#include <cxxabi.h>
 #include <sched.h>
 #include <sys/prctl.h>
 
@@ -519,8 +520,12 @@ private:
         }
     }
 
+    /// "what() (std::range_error)": the message and the exception's type.
     static std::string describe(const std::exception& e) {
-        return std::string(e.what()) + " (" + typeid(e).name() + ")";
+        int status = 0;
+        std::unique_ptr<char, void (*)(void*)> name(abi::__cxa_demangle(typeid(e).name(), nullptr, nullptr, &status),
+                                                    &std::free);
+        return std::string(e.what()) + " (" + (status == 0 && name ? name.get() : typeid(e).name()) + ")";
     }
 
     void answer(std::uint64_t id, bool failed, const std::string& payload) {
