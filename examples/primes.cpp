@@ -5,10 +5,17 @@
 //   - fork-join: a coroutine that splits its ranges in two and joins both
 //     halves with hop::when_all, which forks on the pool.
 // Prints the times and speedups, and exits 1 unless every result matches.
+// With --mpi (when hop was built with MPI), run under mpirun: rank 0 counts
+// on its local pool and then across the other ranks with the cluster
+// executor's map and submit, and checks that the counts are the same.
 //
 //   primes [--limit N] [--chunks N] [--threads N]
+//   mpirun -n 4 primes --mpi [--limit N] [--chunks N] [--threads N]
 
 #include <hop/hop.hpp>
+#if HOP_PRIMES_MPI
+#include <hop/mpi.hpp>
+#endif
 
 #include <unistd.h>
 
@@ -167,6 +174,55 @@ std::uint64_t count_with_submit(hop::cpu_pool& pool, const std::vector<range>& r
     return total;
 }
 
+#if HOP_PRIMES_MPI
+/// count_primes, registered on every rank under one name.
+hop::mpi::function<std::uint64_t(range)> count_on_rank{"count_primes", &count_primes};
+
+/// Rank 0: the local pool's counts, then the cluster's (map, then submit +
+/// as_completed); the other ranks serve until rank 0 is done.
+int run_mpi(int& argc, char**& argv, std::uint64_t limit, std::uint64_t chunks, std::uint64_t threads) {
+    return hop::mpi::run(argc, argv, [&](hop::mpi::executor& cluster) -> int {
+        if (cluster.size() == 0) {
+            std::fprintf(stderr, "primes --mpi: no worker ranks: start it with mpirun -n 2 (or more) primes --mpi\n");
+            return 2;
+        }
+        hop::cpu_pool pool{threads};
+        std::printf("primes below %llu: %llu ranges; local pool of %zu threads, cluster of %zu worker ranks\n",
+                    static_cast<unsigned long long>(limit), static_cast<unsigned long long>(chunks), pool.size(),
+                    cluster.size());
+        const std::vector<range> ranges = split(limit, chunks);
+
+        auto t0 = clock_type::now();
+        std::vector<std::uint64_t> local = pool.map(count_primes, ranges).get();
+        const double local_s = seconds_since(t0);
+
+        t0 = clock_type::now();
+        std::vector<std::uint64_t> remote = cluster.map(count_on_rank, ranges, 1).get();
+        const double map_s = seconds_since(t0);
+
+        t0 = clock_type::now();
+        std::vector<hop::future<std::uint64_t>> futures;
+        for (range r : ranges) futures.push_back(cluster.submit(count_on_rank, r));
+        std::uint64_t submitted_total = 0;
+        for (const auto& f : hop::as_completed(futures)) submitted_total += f.get();
+        const double submit_s = seconds_since(t0);
+
+        std::uint64_t local_total = 0;
+        for (auto n : local) local_total += n;
+        std::printf("primes found:              %llu\n", static_cast<unsigned long long>(local_total));
+        std::printf("local pool.map:            %7.3f s\n", local_s);
+        std::printf("cluster.map:               %7.3f s\n", map_s);
+        std::printf("cluster.submit+as_completed:%6.3f s\n", submit_s);
+        if (remote != local || submitted_total != local_total) {
+            std::fprintf(stderr, "MISMATCH: the cluster's counts differ from the local pool's\n");
+            return 1;
+        }
+        std::printf("cluster results == local pool results\n");
+        return 0;
+    });
+}
+#endif
+
 std::uint64_t parse_count(const char* flag, const char* text, std::uint64_t min, std::uint64_t max) {
     std::string v = text ? text : "";
     char* end = nullptr;
@@ -228,9 +284,15 @@ int main(int argc, char** argv) {
     std::uint64_t limit = 6'000'000;
     std::uint64_t chunks = 256;
     std::uint64_t threads = std::max(1u, std::thread::hardware_concurrency());
+    bool mpi = false;
     try {
-        for (int i = 1; i < argc; i += 2) {  // every option takes one value
+        for (int i = 1; i < argc; i += 2) {  // every option takes one value, but --mpi
             std::string a = argv[i];
+            if (a == "--mpi") {
+                mpi = true;
+                --i;
+                continue;
+            }
             const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
             if (a == "--limit") {
                 limit = parse_count("--limit", value, 0, std::uint64_t{1} << 40);
@@ -243,11 +305,19 @@ int main(int argc, char** argv) {
             }
         }
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "primes: %s\nusage: primes [--limit N] [--chunks N] [--threads N]\n", e.what());
+        std::fprintf(stderr, "primes: %s\nusage: primes [--mpi] [--limit N] [--chunks N] [--threads N]\n", e.what());
         return 2;
     }
 
     try {
+        if (mpi) {
+#if HOP_PRIMES_MPI
+            return run_mpi(argc, argv, limit, chunks, threads);
+#else
+            std::fprintf(stderr, "primes: --mpi: this hop was built without MPI (install libopenmpi-dev and reconfigure)\n");
+            return 2;
+#endif
+        }
         return run(limit, chunks, threads);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "primes: %s\n", e.what());
