@@ -10,18 +10,14 @@
 #include <hop/http.hpp>
 
 #include "support/backend.hpp"
+#include "support/http_origin.hpp"
 #include "support/http_peers.hpp"
 #include "support/http_server_fixture.hpp"
 
 #include <doctest/doctest.h>
 
-#include <stdlib.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <system_error>
@@ -38,26 +34,6 @@ std::string text_of(std::size_t size) {
     s.resize(size);
     return s;
 }
-
-// A file under the temp dir holding `content`, removed at the end.
-class temp_file {
-public:
-    explicit temp_file(const std::string& content) {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "hop-upload-XXXXXX").string();
-        const int fd = ::mkstemp(tmpl.data());
-        REQUIRE_MESSAGE(fd >= 0, "mkstemp " << tmpl);
-        ::close(fd);
-        m_path = tmpl;
-        std::ofstream(m_path, std::ios::binary) << content;
-    }
-    ~temp_file() { std::filesystem::remove(m_path); }
-    temp_file(const temp_file&) = delete;
-    temp_file& operator=(const temp_file&) = delete;
-    std::string path() const { return m_path; }
-
-private:
-    std::filesystem::path m_path;
-};
 
 std::uint64_t fnv1a(std::string_view s) {
     std::uint64_t h = 1469598103934665603ull;
@@ -141,8 +117,9 @@ http::request put(std::string url, http::body_source src) {
 
 hop::task<void> uploads(hop::backend) {
     const std::string text = text_of(3 * 1024 * 1024 + 17);
-    const temp_file file(text);
-    const std::string path = file.path();
+    const hop_test::temp_dir dir;
+    const std::string path = (dir.path() / "upload.txt").string();
+    hop_test::write_file(path, text);
     const std::string want_len = std::to_string(text.size()) + " - " + std::to_string(text.size()) + " " +
                                  std::to_string(fnv1a(text));
     const std::string want_chunked = "- chunked " + std::to_string(text.size()) + " " + std::to_string(fnv1a(text));
@@ -167,8 +144,9 @@ hop::task<void> uploads(hop::backend) {
         r = co_await client.fetch(std::move(d));
         CHECK(r.body == "PUT " + want_chunked);
         // An empty file and an empty producer.
-        const temp_file empty("");
-        http::request e = put(hop_test::url_of(srv, "/digest"), http::body_source::file(empty.path()));
+        const std::string empty = (dir.path() / "empty").string();
+        hop_test::write_file(empty, "");
+        http::request e = put(hop_test::url_of(srv, "/digest"), http::body_source::file(empty));
         r = co_await client.fetch(std::move(e));
         CHECK(r.body == "PUT 0 - 0 " + std::to_string(fnv1a("")));
         http::request f = put(hop_test::url_of(srv, "/digest"), producer_of("", 10));
@@ -251,8 +229,9 @@ hop::task<void> bad_sources(hop::backend) {
 // and a producer's body chunked (gunicorn de-chunks it).
 hop::task<void> httpbin_uploads(hop::backend, const hop_test::httpbin_peer& bin) {
     const std::string text = text_of(200 * 1024);
-    const temp_file file(text);
-    const std::string path = file.path();
+    const hop_test::temp_dir dir;
+    const std::string path = (dir.path() / "upload.txt").string();
+    hop_test::write_file(path, text);
     // httpbin's JSON: compact, newlines escaped.
     std::string data = "\"data\":\"";
     for (char c : text) {
