@@ -1,1 +1,1 @@
-../app.cpp
+../app/app.cpp
