@@ -288,11 +288,15 @@ template <class T>
 /// The result of when_any: which task finished first, and its value.
 template <class T>
 struct when_any_result {
+    /// Which task finished first (its position in the vector).
     std::size_t index;
+    /// Its result.
     T value;
 };
+/// when_any's result for tasks of void: which one finished first.
 template <>
 struct when_any_result<void> {
+    /// Which task finished first (its position in the vector).
     std::size_t index;
 };
 
@@ -437,7 +441,9 @@ enum class return_when { first_completed, first_exception, all_completed };
 /// order the futures were given.
 template <class T>
 struct wait_result {
+    /// The futures that are done, in the order given.
     std::vector<future<T>> done;
+    /// The futures that are not, in the order given.
     std::vector<future<T>> not_done;
 };
 
@@ -484,6 +490,7 @@ public:
 template <class T>
 class as_completed_stream {
 public:
+    /// A stream over `futures`, ending with timeout_error once `timeout` (if any) has passed; made by hop::as_completed.
     as_completed_stream(std::vector<future<T>> futures, std::optional<std::chrono::nanoseconds> timeout)
         : m_futures(std::move(futures)) {
         std::vector<detail::future_state_base*> states;
@@ -531,18 +538,26 @@ public:
     /// @throws timeout_error past the deadline.
     next_operation next() noexcept { return next_operation{*this}; }
 
+    /// Blocking iteration: `for (auto& f : hop::as_completed(fs))` waits for each next future on this thread.
     class iterator {
     public:
+        /// A finished future.
         using value_type = future<T>;
+        /// Iterator difference type.
         using difference_type = std::ptrdiff_t;
         iterator() = default;
+        /// Waits for the first future (the end if there is none).
         explicit iterator(as_completed_stream* s) : m_stream(s) { advance(); }
+        /// The future that finished last.
         const future<T>& operator*() const { return m_current; }
+        /// Waits for the next future to finish (blocks the thread).
         iterator& operator++() {
             advance();
             return *this;
         }
+        /// Waits for the next future to finish (blocks the thread).
         void operator++(int) { advance(); }
+        /// True once every future has been handed out.
         bool operator==(std::default_sentinel_t) const noexcept { return m_stream == nullptr; }
 
     private:
@@ -559,6 +574,7 @@ public:
     };
     /// Blocks for the first finished future.
     iterator begin() { return iterator{this}; }
+    /// The end of a blocking iteration.
     std::default_sentinel_t end() const noexcept { return {}; }
 
 private:
@@ -573,6 +589,7 @@ template <class T>
 as_completed_stream<T> as_completed(std::vector<future<T>> futures) {
     return as_completed_stream<T>(std::move(futures), std::nullopt);
 }
+/// as_completed with a deadline: the stream throws timeout_error once `timeout` has passed without the next future finishing.
 template <class T, class Rep, class Period>
 as_completed_stream<T> as_completed(std::vector<future<T>> futures, std::chrono::duration<Rep, Period> timeout) {
     return as_completed_stream<T>(std::move(futures), detail::saturating_ns(timeout));
@@ -601,6 +618,7 @@ wait_result<T> wait(const std::vector<future<T>>& futures, return_when when = re
     for (std::size_t k = 0; k < keep.size(); ++k) (flags[k] ? out.done : out.not_done).push_back(futures[keep[k]]);
     return out;
 }
+/// wait with a deadline: returns when `when` holds or `timeout` has passed, whichever comes first (then not_done is non-empty).
 template <class T, class Rep, class Period>
 wait_result<T> wait(const std::vector<future<T>>& futures, return_when when,
                     std::chrono::duration<Rep, Period> timeout) {

@@ -117,7 +117,9 @@ class file {
 public:
     /// Not open (is_open() is false).
     file() noexcept = default;
+    /// Moves the descriptor; `o` is closed afterwards.
     file(file&& o) noexcept = default;
+    /// Closes this file, then takes `o`'s descriptor.
     file& operator=(file&& o) noexcept {
         if (this != &o) {
             m_handle = std::move(o.m_handle);
@@ -188,7 +190,9 @@ public:
     /// Closes the file. Closing twice, or a file never opened, is allowed.
     /// Must not be called while an operation on the file is in flight.
     void close() noexcept;
+    /// False once closed (or moved from).
     bool is_open() const noexcept { return m_handle.is_open(); }
+    /// The file descriptor (-1 when closed); still owned by the file.
     int native_handle() const noexcept { return m_handle.fd(); }
     /// The path it was opened with ("" if not open).
     const std::string& path() const noexcept { return m_path; }

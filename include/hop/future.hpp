@@ -24,6 +24,7 @@ namespace hop {
 class cancelled_error : public std::runtime_error {
 public:
     cancelled_error() : std::runtime_error("hop: operation cancelled") {}
+    /// With a message naming what was cancelled.
     explicit cancelled_error(const std::string& what) : std::runtime_error(what) {}
 };
 
@@ -31,12 +32,14 @@ public:
 class timeout_error : public std::runtime_error {
 public:
     timeout_error() : std::runtime_error("hop: operation timed out") {}
+    /// With a message naming the deadline and what it cut short.
     explicit timeout_error(const std::string& what) : std::runtime_error(what) {}
 };
 
 /// Thrown when work is submitted to an executor that has been shut down.
 class executor_shutdown_error : public std::runtime_error {
 public:
+    /// With a message naming the executor and what was submitted.
     explicit executor_shutdown_error(const std::string& what) : std::runtime_error(what) {}
 };
 
@@ -293,24 +296,29 @@ future<T> make_future(future_state<T>* s) noexcept;
 template <class T>
 class future {
 public:
+    /// The result type.
     using value_type = T;
 
     /// An invalid future (valid() is false); every other call throws
     /// std::logic_error.
     future() noexcept = default;
+    /// Another handle to the same result (futures are shared, like shared_future). Thread-safe.
     future(const future& o) noexcept : m_state(o.m_state) {
         if (m_state) {
             m_state->add_ref();
             m_state->add_handle();
         }
     }
+    /// Takes `o`'s handle; `o` is invalid afterwards.
     future(future&& o) noexcept : m_state(std::exchange(o.m_state, nullptr)) {}
+    /// Drops this handle and takes `o`'s.
     future& operator=(future o) noexcept {
         std::swap(m_state, o.m_state);
         return *this;
     }
     ~future() { reset(); }
 
+    /// False for a default-constructed or moved-from future.
     bool valid() const noexcept { return m_state != nullptr; }
 
     /// True once the future has a value, an exception, or was cancelled.
@@ -383,6 +391,7 @@ public:
     /// An lvalue future is left valid; an rvalue one is consumed (and a
     /// move-only T is moved out when this is the only handle).
     awaiter operator co_await() const& noexcept { return awaiter{m_state, false, detail::stop_policy::cancel}; }
+    /// As the lvalue co_await, on a future that is not kept.
     awaiter operator co_await() && noexcept {
         return awaiter{std::exchange(m_state, nullptr), true, detail::stop_policy::cancel};
     }
@@ -390,6 +399,7 @@ public:
     /// For hop::shield and the library: the awaiter of `co_await *this` with
     /// another stop policy (see detail::stop_policy).
     awaiter await_with(detail::stop_policy policy) const& noexcept { return awaiter{m_state, false, policy}; }
+    /// Awaits with a chosen stop policy (hop::shield uses it); applications use co_await or hop::shield.
     awaiter await_with(detail::stop_policy policy) && noexcept {
         return awaiter{std::exchange(m_state, nullptr), true, policy};
     }
@@ -625,8 +635,10 @@ template <class T>
 class promise {
 public:
     promise() : m_state(new detail::future_state<T>()) {}
+    /// Takes `o`'s result slot; `o` is empty afterwards.
     promise(promise&& o) noexcept
         : m_state(std::exchange(o.m_state, nullptr)), m_retrieved(o.m_retrieved) {}
+    /// Breaks this promise if unfulfilled, then takes `o`'s slot.
     promise& operator=(promise&& o) noexcept {
         if (this != &o) {
             abandon();

@@ -13,3 +13,4 @@
 #include <hop/sync.hpp>
 #include <hop/task_group.hpp>
 #include <hop/time.hpp>
+#include <hop/version.hpp>

@@ -34,6 +34,7 @@ enum class backend {
 
 /// Options for an io_loop.
 struct io_loop_options {
+    /// Which backend to start: automatic (io_uring where it works, else epoll), io_uring or epoll. HOP_BACKEND overrides automatic.
     hop::backend backend = hop::backend::automatic;
     /// io_uring submission queue entries (a power of two, 1 to 32768). The
     /// queue is submitted whenever it fills, so this bounds a batch, not
@@ -105,6 +106,7 @@ public:
 
     /// "io_uring" or "epoll".
     std::string_view backend_name() const noexcept;
+    /// The backend this loop runs (never automatic).
     hop::backend backend_kind() const noexcept;
 
     /// Runs until stop(). Returns the number of handlers run.

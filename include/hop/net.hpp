@@ -82,13 +82,20 @@ public:
     /// @throws std::invalid_argument for another family or a short length.
     static endpoint from_sockaddr(const sockaddr* address, socklen_t length);
 
+    /// The IPv4 loopback address 127.0.0.1 with `port`.
     static endpoint loopback_v4(std::uint16_t port) noexcept;
+    /// The IPv6 loopback address `::1` with `port`.
     static endpoint loopback_v6(std::uint16_t port) noexcept;
+    /// The IPv4 wildcard address 0.0.0.0 with `port` (every IPv4 address).
     static endpoint any_v4(std::uint16_t port) noexcept;
+    /// The IPv6 wildcard address `::` with `port` (every IPv6 address).
     static endpoint any_v6(std::uint16_t port) noexcept;
 
+    /// True for an IPv4 endpoint.
     bool is_v4() const noexcept { return m_addr.v4.sin_family == AF_INET; }
+    /// True for an IPv6 endpoint.
     bool is_v6() const noexcept { return m_addr.v6.sin6_family == AF_INET6; }
+    /// The port, in host byte order.
     std::uint16_t port() const noexcept;
     /// The same address with another port.
     endpoint with_port(std::uint16_t port) const noexcept;
@@ -97,9 +104,12 @@ public:
     /// "127.0.0.1:8080", "[::1]:80": what parse() reads back.
     std::string to_string() const;
 
+    /// The sockaddr, for system calls.
     const sockaddr* data() const noexcept { return reinterpret_cast<const sockaddr*>(&m_addr); }
+    /// The sockaddr's length, for system calls.
     socklen_t size() const noexcept { return is_v4() ? sizeof(sockaddr_in) : sizeof(sockaddr_in6); }
 
+    /// Same family, address and port.
     friend bool operator==(const endpoint& a, const endpoint& b) noexcept;
 
 private:
@@ -186,7 +196,9 @@ private:
 
 /// What udp_socket::recv_from gives: `auto [size, from] = co_await u.recv_from(buf);`
 struct recv_result {
+    /// Bytes received into the buffer.
     std::size_t size = 0;
+    /// The sender.
     endpoint from;
 };
 
@@ -215,7 +227,9 @@ class tcp_stream {
 public:
     /// Not connected (is_open() is false).
     tcp_stream() noexcept = default;
+    /// Moves the socket; `o` is closed afterwards.
     tcp_stream(tcp_stream&&) noexcept = default;
+    /// Closes this socket, then takes the other's.
     tcp_stream& operator=(tcp_stream&&) noexcept = default;
     ~tcp_stream() = default;
 
@@ -293,11 +307,15 @@ public:
     /// Closes the socket. Operations in flight on it end (cancelled_error).
     /// Closing twice, or a closed stream, is allowed.
     void close() noexcept { m_handle.close(); }
+    /// False once closed (or moved from).
     bool is_open() const noexcept { return m_handle.is_open(); }
     /// TCP_NODELAY: send small writes at once.
     void set_nodelay(bool on);
+    /// The local address. @throws std::system_error (getsockname).
     endpoint local_endpoint() const;
+    /// The peer's address. @throws std::system_error (ENOTCONN once the peer is gone).
     endpoint remote_endpoint() const;
+    /// The socket's descriptor (-1 when closed); still owned by the stream.
     int native_handle() const noexcept { return m_handle.fd(); }
 
 private:
@@ -309,6 +327,7 @@ private:
 
 /// tcp_listener::bind options.
 struct listen_options {
+    /// The listen(2) backlog.
     int backlog = 1024;
     /// SO_REUSEPORT: several listeners (threads, processes) on one port.
     bool reuse_port = false;
@@ -326,7 +345,9 @@ struct listen_options {
 class tcp_listener {
 public:
     tcp_listener() noexcept = default;
+    /// Moves the listener; the other is closed afterwards.
     tcp_listener(tcp_listener&&) noexcept = default;
+    /// Closes this listener, then takes the other's.
     tcp_listener& operator=(tcp_listener&&) noexcept = default;
     ~tcp_listener() = default;
 
@@ -353,9 +374,13 @@ public:
     /// should serve it. @throws as accept().
     detail::accept_operation accept_detached();
 
+    /// The bound address (with the port the kernel chose for port 0). @throws std::system_error.
     endpoint local_endpoint() const;
+    /// Closes the socket; pending accepts end with an error. Any thread.
     void close() noexcept { m_handle.close(); }
+    /// False once closed (or moved from).
     bool is_open() const noexcept { return m_handle.is_open(); }
+    /// The socket's descriptor (-1 when closed); still owned by the listener.
     int native_handle() const noexcept { return m_handle.fd(); }
 
 private:
@@ -369,6 +394,7 @@ private:
 /// firewall refused it) and EINTR. The listener is still fine: back off
 /// (a few ms, doubling, up to about a second) and accept again.
 bool is_transient_accept_error(const std::error_code& ec) noexcept;
+/// is_transient_accept_error for a caught std::system_error.
 inline bool is_transient_accept_error(const std::system_error& e) noexcept {
     return is_transient_accept_error(e.code());
 }
@@ -408,7 +434,9 @@ task<tcp_stream> accept_with_backoff(tcp_listener& lis, accept_backoff options =
 class udp_socket {
 public:
     udp_socket() noexcept = default;
+    /// Moves the socket; the other is closed afterwards.
     udp_socket(udp_socket&&) noexcept = default;
+    /// Closes this socket, then takes the other's.
     udp_socket& operator=(udp_socket&&) noexcept = default;
     ~udp_socket() = default;
 
@@ -426,9 +454,13 @@ public:
         return {m_handle, std::data(buf), std::size(buf) * 1};
     }
 
+    /// The bound address. @throws std::system_error.
     endpoint local_endpoint() const;
+    /// Closes the socket; pending operations end with an error. Any thread.
     void close() noexcept { m_handle.close(); }
+    /// False once closed (or moved from).
     bool is_open() const noexcept { return m_handle.is_open(); }
+    /// The socket's descriptor (-1 when closed); still owned by the socket.
     int native_handle() const noexcept { return m_handle.fd(); }
 
 private:

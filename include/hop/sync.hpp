@@ -152,8 +152,11 @@ public:
     class scoped_lock {
     public:
         scoped_lock() noexcept = default;
+        /// Owns a lock on `m` that the caller already holds.
         explicit scoped_lock(async_mutex& m) noexcept : m_mutex(&m) {}
+        /// Takes over `o`'s lock.
         scoped_lock(scoped_lock&& o) noexcept : m_mutex(std::exchange(o.m_mutex, nullptr)) {}
+        /// Unlocks what this holds, then takes over `o`'s lock.
         scoped_lock& operator=(scoped_lock&& o) noexcept {
             if (this != &o) {
                 unlock();
@@ -166,6 +169,7 @@ public:
         void unlock() noexcept {
             if (auto* m = std::exchange(m_mutex, nullptr)) m->unlock();
         }
+        /// True while this holds the lock.
         bool owns_lock() const noexcept { return m_mutex != nullptr; }
 
     private:
@@ -200,6 +204,7 @@ public:
     /// Releases the mutex, handing it to the longest waiter.
     /// @throws std::logic_error if it is not locked.
     void unlock();
+    /// A snapshot: whether someone holds the mutex. Thread-safe.
     bool is_locked() const noexcept;
 
 private:
@@ -211,6 +216,7 @@ private:
 /// A manual-reset event: wait() suspends until set(); reset() clears it.
 class event {
 public:
+    /// An event, set or not.
     explicit event(bool initially_set = false) noexcept : m_set(initially_set) {}
     event(const event&) = delete;
     event& operator=(const event&) = delete;
@@ -233,7 +239,9 @@ public:
     wait_operation wait() noexcept { return wait_operation{*this}; }
     /// Sets the event and wakes every waiter.
     void set();
+    /// Clears the event; later waits wait again. Thread-safe.
     void reset() noexcept;
+    /// A snapshot: whether the event is set. Thread-safe.
     bool is_set() const noexcept;
 
 private:
@@ -364,14 +372,17 @@ public:
         woken.wake_all();
     }
 
+    /// Whether close() was called. Thread-safe.
     bool is_closed() const {
         std::lock_guard lock(m_mutex);
         return m_closed;
     }
+    /// Values buffered now (a snapshot). Thread-safe.
     std::size_t size() const {
         std::lock_guard lock(m_mutex);
         return m_buffer.size();
     }
+    /// The capacity given to the constructor.
     std::size_t capacity() const noexcept { return m_capacity; }
 
 private:

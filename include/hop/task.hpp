@@ -184,12 +184,16 @@ template <class T>
 class [[nodiscard]] task {
 public:
     using promise_type = detail::task_promise<T>;
+    /// The result type.
     using value_type = T;
     using handle_type = std::coroutine_handle<promise_type>;
 
     task() noexcept = default;
+    /// Wraps a coroutine handle (the promise does this).
     explicit task(handle_type h) noexcept : m_handle(h) {}
+    /// Takes `o`'s coroutine; `o` is empty afterwards.
     task(task&& o) noexcept : m_handle(std::exchange(o.m_handle, nullptr)) {}
+    /// Destroys this task's coroutine (if not started), then takes `o`'s.
     task& operator=(task&& o) noexcept {
         if (this != &o) {
             if (m_handle) m_handle.destroy();
@@ -203,6 +207,7 @@ public:
         if (m_handle) m_handle.destroy();
     }
 
+    /// False for a moved-from task.
     bool valid() const noexcept { return static_cast<bool>(m_handle); }
 
     class awaiter {
@@ -223,11 +228,14 @@ public:
         handle_type m_handle;
     };
 
+    /// Starts the task and suspends the caller until it ends; the caller resumes on its own executor (the affinity rule) and gets the result or the exception.
     awaiter operator co_await() & noexcept { return awaiter{m_handle}; }
+    /// Starts the task and suspends the caller until it ends; the caller resumes on its own executor (the affinity rule) and gets the result or the exception.
     awaiter operator co_await() && noexcept { return awaiter{m_handle}; }
 
     /// For drivers (spawn, sync_wait, combinators): give up ownership.
     handle_type release() noexcept { return std::exchange(m_handle, nullptr); }
+    /// The coroutine handle (for hop's own plumbing: combinators, spawn).
     handle_type handle() const noexcept { return m_handle; }
 
 private:
@@ -478,6 +486,7 @@ struct get_stop_token_awaiter {
     }
     std::stop_token await_resume() noexcept { return std::move(m_token); }
 };
+/// `co_await hop::get_stop_token()`: the running task's stop token. Completes at once.
 inline get_stop_token_awaiter get_stop_token() noexcept { return {}; }
 
 /// `co_await hop::cancellation_point()` throws cancelled_error if the running
@@ -494,6 +503,7 @@ struct cancellation_point_awaiter {
         if (m_stop) throw cancelled_error();
     }
 };
+/// `co_await hop::cancellation_point()`: throws cancelled_error if the running task's stop was requested.
 inline cancellation_point_awaiter cancellation_point() noexcept { return {}; }
 
 }  // namespace hop

@@ -52,6 +52,7 @@ namespace hop::tls {
 /// verify failed: certificate has expired".
 class error : public std::runtime_error {
 public:
+    /// @param what the message: OpenSSL's reason and the peer.
     /// @param verify_result X509_V_OK (0), or the X509_V_ERR_* code of a
     ///        failed certificate verification.
     error(const std::string& what, long verify_result = 0)
@@ -142,11 +143,16 @@ public:
     void set_session_tickets(bool on);
     /// Client: whether connect() resumes earlier sessions (default on).
     void set_session_resumption(bool on);
+    /// True for a context made by context::server.
     bool is_server() const noexcept;
 
+    /// Another handle to the same OpenSSL context (shared, reference-counted).
     context(const context&) = default;
+    /// Shares `o`'s OpenSSL context.
     context& operator=(const context&) = default;
+    /// Takes `o`'s OpenSSL context.
     context(context&&) noexcept = default;
+    /// Takes `o`'s OpenSSL context.
     context& operator=(context&&) noexcept = default;
     ~context();
 
@@ -174,7 +180,9 @@ public:
     static task<stream> accept(context ctx, tcp_stream tcp);
 
     stream() noexcept;
+    /// Moves the TLS session and its socket.
     stream(stream&&) noexcept;
+    /// Closes this stream, then takes the other's session and socket.
     stream& operator=(stream&&) noexcept;
     ~stream();
 
@@ -222,6 +230,7 @@ public:
     bool try_write(std::string_view bytes) noexcept;
     /// Closes the socket without close_notify (the peer sees truncation).
     void close() noexcept;
+    /// False once closed (or moved from).
     bool is_open() const noexcept;
 
     /// The negotiated ALPN protocol ("" if none).
@@ -238,6 +247,7 @@ public:
     /// The underlying TCP stream (e.g. for remote_endpoint, set_nodelay).
     /// @throws std::logic_error for an empty (moved-from) stream.
     tcp_stream& lower();
+    /// The TCP stream under TLS (for its endpoints and descriptor).
     const tcp_stream& lower() const;
     /// OpenSSL's SSL object (for what hop does not wrap), or nullptr.
     ::ssl_st* native_handle() const noexcept;

@@ -118,7 +118,9 @@ public:
 
     /// An empty stream: done() is true and read_some returns 0.
     response_stream() noexcept;
+    /// Moves the response and its connection.
     response_stream(response_stream&&) noexcept;
+    /// close()s this stream, then takes the other's response and connection.
     response_stream& operator=(response_stream&&) noexcept;
     response_stream(const response_stream&) = delete;
     response_stream& operator=(const response_stream&) = delete;
@@ -274,6 +276,7 @@ public:
         return open_url(std::string(std::forward<Url>(url)));
     }
 
+    /// The options the client was made with.
     const client_options& options() const noexcept;
     /// The pool now (a snapshot). Thread-safe.
     client_stats stats() const;

@@ -32,10 +32,14 @@ namespace hop::http {
 /// @endcode
 class headers {
 public:
+    /// One header field, as received or to be sent.
     struct field {
+        /// The field name, as written.
         std::string name;
+        /// The field value.
         std::string value;
     };
+    /// Iterates the fields in order.
     using const_iterator = std::vector<field>::const_iterator;
 
     headers() = default;
@@ -53,14 +57,20 @@ public:
     std::optional<std::string_view> get(std::string_view name) const noexcept;
     /// Every value of `name`, in order.
     std::vector<std::string_view> get_all(std::string_view name) const;
+    /// Whether a field called `name` (any case) is present.
     bool contains(std::string_view name) const noexcept;
     /// Removes every field called `name`; returns how many went.
     std::size_t erase(std::string_view name) noexcept;
+    /// Removes every field.
     void clear() noexcept { m_fields.clear(); }
 
+    /// The number of fields (a repeated name counts each time).
     std::size_t size() const noexcept { return m_fields.size(); }
+    /// True with no fields.
     bool empty() const noexcept { return m_fields.empty(); }
+    /// The first field, in the order added.
     const_iterator begin() const noexcept { return m_fields.begin(); }
+    /// Past the last field.
     const_iterator end() const noexcept { return m_fields.end(); }
 
     /// For parsers whose input was already validated: no checks.
@@ -111,6 +121,7 @@ public:
     bool replayable() const noexcept { return !m_path.empty(); }
     /// The file's path ("" for a producer).
     const std::string& path() const noexcept { return m_path; }
+    /// The producer (empty for a file).
     const producer_function& producer_fn() const noexcept { return m_produce; }
     /// The producer's declared size, if any (a file's is read when it is sent).
     std::optional<std::uint64_t> declared_size() const noexcept { return m_size; }
@@ -125,9 +136,13 @@ private:
 /// On the client `url` is absolute ("http://host:port/path?q"); on the
 /// server it is the request target as sent ("/path?q").
 struct request {
+    /// The method, e.g. "GET", "POST".
     std::string method = "GET";
+    /// The absolute URL (client) or the request target as received (server).
     std::string url{};
+    /// The header fields.
     http::headers headers{};
+    /// The body.
     std::string body{};
     /// Client only: a body streamed from a file or a producer instead of
     /// `body` (which must then be empty).
@@ -137,8 +152,11 @@ struct request {
 /// A response: what a client receives and what a handler returns. A status
 /// of 400 or more is a response like any other, not an exception.
 struct response {
+    /// The status code.
     int status = 200;
+    /// The header fields.
     http::headers headers{};
+    /// The body (the client decodes gzip and deflate unless told not to).
     std::string body{};
 };
 
@@ -179,30 +197,35 @@ struct url {
 /// A malformed or unexpected message from the peer.
 class protocol_error : public std::runtime_error {
 public:
+    /// With a message naming what was malformed and where.
     explicit protocol_error(const std::string& what) : std::runtime_error(what) {}
 };
 
 /// More redirects than client_options::max_redirects.
 class redirect_error : public std::runtime_error {
 public:
+    /// With a message naming the redirect and why it was refused.
     explicit redirect_error(const std::string& what) : std::runtime_error(what) {}
 };
 
 /// No connection within client_options::connect_timeout.
 class connect_timeout : public timeout_error {
 public:
+    /// With a message naming the timeout and the URL.
     explicit connect_timeout(const std::string& what) : timeout_error(what) {}
 };
 
 /// No byte from the peer within client_options::read_timeout.
 class read_timeout : public timeout_error {
 public:
+    /// With a message naming the timeout and the URL.
     explicit read_timeout(const std::string& what) : timeout_error(what) {}
 };
 
 /// No free connection within client_options::pool_timeout.
 class pool_timeout : public timeout_error {
 public:
+    /// With a message naming the timeout and the URL.
     explicit pool_timeout(const std::string& what) : timeout_error(what) {}
 };
 

@@ -138,6 +138,7 @@ struct server_options {
     /// a reset from our close, and its kernel would drop the answer unread.
     /// Both must be positive.
     std::chrono::nanoseconds lingering_time = std::chrono::seconds(30);
+    /// Each read's limit during a lingering close (see lingering_time).
     std::chrono::nanoseconds lingering_timeout = std::chrono::seconds(5);
     /// After serve()'s stop: how long requests in flight may take to
     /// finish before they are cancelled. 0 cancels them at once; not negative.
@@ -146,6 +147,7 @@ struct server_options {
     /// hop::listen_options (accept_mode::reuse_port sets SO_REUSEPORT
     /// whatever this says).
     int backlog = 1024;
+    /// SO_REUSEPORT on the listener (see backlog).
     bool reuse_port = false;
     /// How serve(io_pool&) spreads connections over the pool's loops:
     /// - least_loaded: one listener and one acceptor; each connection goes
@@ -263,7 +265,9 @@ public:
     /// @throws std::system_error if the client is gone; cancelled_error.
     task<void> finish();
 
+    /// True once start() was called.
     bool started() const noexcept { return m_started; }
+    /// True once the body has been ended (finish()).
     bool finished() const noexcept { return m_finished; }
 
 private:
@@ -363,7 +367,9 @@ public:
 
     /// An empty server (valid() is false).
     server() noexcept = default;
+    /// Moves the server; the other is invalid afterwards.
     server(server&&) noexcept = default;
+    /// Requests this server's shutdown, then takes the other's.
     server& operator=(server&& other) noexcept;
     ~server();
 
@@ -401,6 +407,7 @@ public:
     /// bind() with a handler that reads the body itself. @throws as bind().
     static server bind_body(const endpoint& local, body_handler h, server_options options = {});
 
+    /// False for a moved-from server.
     bool valid() const noexcept { return m_state != nullptr; }
 
     /// Where the server listens (the port the kernel picked for port 0).
