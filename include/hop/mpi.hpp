@@ -44,6 +44,7 @@ namespace hop::mpi {
 /// "hop::mpi: 'NAME' failed on rank R: MESSAGE".
 class remote_error : public std::runtime_error {
 public:
+    /// Made on rank 0 from a worker's answer.
     remote_error(int rank, std::string function, std::string message);
     /// The rank the job ran on.
     int rank() const noexcept { return m_rank; }
@@ -62,7 +63,9 @@ private:
 /// ends with this error. rank() is -1 when MPI could not say which.
 class rank_failed_error : public std::runtime_error {
 public:
+    /// `rank`: the failed rank, or -1.
     rank_failed_error(int rank, const std::string& what) : std::runtime_error(what), m_rank(rank) {}
+    /// The failed rank, or -1 when MPI could not say which.
     int rank() const noexcept { return m_rank; }
 
 private:
@@ -72,8 +75,11 @@ private:
 /// Appends values to a byte buffer (see hop::mpi::serializable).
 class writer {
 public:
+    /// Appends to `out`.
     explicit writer(std::string& out) noexcept : m_out(&out) {}
+    /// Appends `n` raw bytes.
     void write_bytes(const void* p, std::size_t n) { m_out->append(static_cast<const char*>(p), n); }
+    /// Appends a serializable value (what reader::read<T>() reads back).
     template <class T>
     void write(const T& v);
 
@@ -85,12 +91,15 @@ private:
 /// @throws std::length_error (naming the sizes) when the data runs out.
 class reader {
 public:
+    /// Reads the `n` bytes at `p`.
     reader(const char* p, std::size_t n) noexcept : m_p(p), m_end(p + n) {}
+    /// Copies the next `n` bytes to `out`.
     void read_bytes(void* out, std::size_t n) {
         need(n);
         if (n != 0) std::memcpy(out, m_p, n);
         m_p += n;
     }
+    /// The next value, of a serializable type.
     template <class T>
     T read();
     /// Steps over `n` bytes.
@@ -100,6 +109,7 @@ public:
     }
     /// The next unread byte.
     const char* position() const noexcept { return m_p; }
+    /// How many bytes are left.
     std::size_t remaining() const noexcept { return static_cast<std::size_t>(m_end - m_p); }
     /// @throws std::length_error unless `n` more bytes are left.
     void need(std::size_t n) const;
@@ -362,9 +372,15 @@ class function<R(Args...)> {
     static_assert(std::is_void_v<R> || serializable<R>, "hop::mpi::function: the result type is not serializable");
 
 public:
+    /// What the function returns.
     using result_type = R;
+    /// The function's type.
     using pointer = R (*)(Args...);
 
+    /// Registers `impl` under `name` on this rank (every rank makes the same
+    /// registrations: all run the same binary).
+    /// @throws std::invalid_argument for a null `impl`; std::logic_error if
+    ///         another function is registered under `name`.
     function(std::string name, pointer impl) {
         if (impl == nullptr) throw std::invalid_argument("hop::mpi::function '" + name + "': the function pointer is null");
         m_entry.name = std::move(name);
@@ -378,10 +394,12 @@ public:
     function(const function&) = delete;
     function& operator=(const function&) = delete;
 
+    /// The registered name.
     const std::string& name() const noexcept { return m_entry.name; }
     /// Calls the function here, on this rank.
     R operator()(Args... args) const { return reinterpret_cast<pointer>(m_entry.impl)(std::forward<Args>(args)...); }
 
+    /// The registration (for the executor).
     const detail::function_entry& entry() const noexcept { return m_entry; }
 
 private:
@@ -496,9 +514,11 @@ public:
     /// blocks until every sent job has answered. run() calls shutdown(true)
     /// when its function returns. Idempotent.
     void shutdown(bool wait = true, bool cancel_pending = false);
+    /// Whether shutdown() was called.
     bool is_shutdown() const noexcept;
 
     struct impl;
+    /// Made by run() on rank 0.
     explicit executor(impl* i) noexcept : m_impl(i) {}
 
 private:
