@@ -23,6 +23,7 @@
 #include <system_error>
 
 namespace http = hop::http;
+using hop_test::fnv1a;
 
 namespace {
 
@@ -33,15 +34,6 @@ std::string text_of(std::size_t size) {
     for (std::size_t i = 0; s.size() < size; ++i) s += "upload line " + std::to_string(i) + "\n";
     s.resize(size);
     return s;
-}
-
-std::uint64_t fnv1a(std::string_view s) {
-    std::uint64_t h = 1469598103934665603ull;
-    for (char c : s) {
-        h ^= static_cast<unsigned char>(c);
-        h *= 1099511628211ull;
-    }
-    return h;
 }
 
 // What arrived: "CL TE size hash" ("-" for a field that was absent).

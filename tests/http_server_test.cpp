@@ -40,21 +40,11 @@ using hop_test::options_for;
 using hop_test::peer_result;
 using hop_test::run_on;
 using hop_test::run_peer;
+using hop_test::text_body;
 using hop_test::url_of;
 using hop_test::with_server;
 
 namespace {
-
-/// `n` bytes of printable text that do not repeat in an obvious way.
-std::string text_body(std::size_t n) {
-    std::string s(n, ' ');
-    std::uint32_t x = 12345;
-    for (auto& ch : s) {
-        x = x * 1103515245u + 12345u;
-        ch = static_cast<char>('a' + (x >> 16) % 26);
-    }
-    return s;
-}
 
 bool icontains(std::string_view text, std::string_view needle) {
     auto lower = [](std::string_view v) {

@@ -24,33 +24,17 @@
 #include <string_view>
 
 namespace http = hop::http;
+using hop_test::fnv1a;
 using hop_test::for_each_backend;
 using hop_test::options_for;
 using hop_test::peer_result;
 using hop_test::run_on;
 using hop_test::run_peer;
+using hop_test::text_body;
 using hop_test::url_of;
 using hop_test::with_server;
 
 namespace {
-
-std::string text_body(std::size_t n) {
-    std::string s(n, ' ');
-    std::uint32_t x = 777;
-    for (auto& ch : s) {
-        x = x * 1103515245u + 12345u;
-        ch = static_cast<char>('a' + (x >> 16) % 26);
-    }
-    return s;
-}
-
-std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 1469598103934665603ull) {
-    for (char c : s) {
-        h ^= static_cast<unsigned char>(c);
-        h *= 1099511628211ull;
-    }
-    return h;
-}
 
 std::string digest(std::string_view text) { return std::to_string(text.size()) + " " + std::to_string(fnv1a(text)); }
 

@@ -20,6 +20,7 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <cstdint>
 #include <string_view>
 #include <vector>
 
@@ -50,6 +51,27 @@ inline hop::task<hop::http::response> test_app(hop::http::request& req) {
     r.headers.add("Content-Type", "text/plain");
     r.body = "hello " + req.method + " " + req.url;
     co_return r;
+}
+
+/// `n` bytes of printable text that do not repeat in an obvious way.
+inline std::string text_body(std::size_t n) {
+    std::string s(n, ' ');
+    std::uint32_t x = 12345;
+    for (auto& ch : s) {
+        x = x * 1103515245u + 12345u;
+        ch = static_cast<char>('a' + (x >> 16) % 26);
+    }
+    return s;
+}
+
+/// FNV-1a (64 bits) of `s`, continuing from `h`: a cheap check that the
+/// bytes of an upload arrived whole and in order, piece by piece.
+inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 1469598103934665603ull) {
+    for (char c : s) {
+        h ^= static_cast<unsigned char>(c);
+        h *= 1099511628211ull;
+    }
+    return h;
 }
 
 /// Options with short timeouts for tests that do not time anything.
