@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -828,7 +829,25 @@ TEST_CASE("http_pool: out of descriptors, every acceptor backs off, logs once pe
                 while (::poll(&p, 1, static_cast<int>(hop_test::scaled(std::chrono::milliseconds(30000)).count())) == 1 && ::read(out[0], &ch, 1) == 1 && ch != '\n') port_line += ch;
             }
             const auto port = static_cast<std::uint16_t>(std::atoi(port_line.c_str()));
-            REQUIRE_MESSAGE(port > 0, "the child printed no port: '" << port_line << "'");
+            if (port == 0) {
+                // Say why: what the child wrote to stderr before it ended.
+                std::string child_err;
+                pollfd p{err[0], POLLIN, 0};
+                char buf[4096];
+                ssize_t n = 0;
+                while (::poll(&p, 1, static_cast<int>(hop_test::scaled(std::chrono::milliseconds(5000)).count())) == 1 &&
+                       (n = ::read(err[0], buf, sizeof buf)) > 0) {
+                    child_err.append(buf, static_cast<std::size_t>(n));
+                }
+                int status = 0;
+                const pid_t ended = ::waitpid(pid, &status, WNOHANG);
+                if (ended != pid) {
+                    ::kill(pid, SIGKILL);
+                    ::waitpid(pid, nullptr, 0);
+                }
+                FAIL("the child printed no port: '" << port_line << "'; it " << (ended == pid ? "ended" : "still runs")
+                                                    << " (status " << status << "), its stderr:\n" << child_err);
+            }
             std::string pending;
             std::string first;
             {
