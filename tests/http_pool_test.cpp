@@ -816,10 +816,22 @@ TEST_CASE("http_pool: out of descriptors, every acceptor backs off, logs once pe
             int out[2], err[2];
             REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
             REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
+            // The child runs with no descriptor to spare, where UBSan's vptr
+            // check cannot work: before it trusts a vtable it checks the memory
+            // is readable by writing it into a pipe (sanitizer_common's
+            // IsAccessibleMemoryRange), and with no descriptor for the pipe it
+            // reports a sound object as a bad one (seen: a loop's anchor,
+            // "object is of type _Sp_counted_ptr_inplace<loop_anchor>" yet "not
+            // a _Sp_counted_base"). So the child's vptr reports are suppressed;
+            // ASan and every other UBSan check stay on.
+            const hop_test::temp_dir supp_dir;
+            const std::string supp = (supp_dir.path() / "ubsan.supp").string();
+            std::ofstream(supp) << "vptr_check:*\n";
             const pid_t pid = hop_test::spawn_self(
                 "http_pool: out-of-descriptors server*",
-                {std::string("HOP_POOL_EMFILE_CHILD=") + hop_test::backend_label(b) + ":" + mode_name(mode)}, out[1],
-                err[1]);
+                {std::string("HOP_POOL_EMFILE_CHILD=") + hop_test::backend_label(b) + ":" + mode_name(mode),
+                 "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=" + supp},
+                out[1], err[1]);
             ::close(out[1]);
             ::close(err[1]);
             std::string port_line;

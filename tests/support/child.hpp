@@ -9,19 +9,29 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace hop_test {
 
 /// Starts `/proc/self/exe --test-case=<filter> --no-skip --minimal` with
-/// `extra_env` ("NAME=value") added to the environment; its stdout and
+/// `extra_env` ("NAME=value") added to the environment (replacing a NAME
+/// it inherits); its stdout and
 /// stderr go to `out_fd` / `err_fd` where they are not -1. Everything the
 /// child needs is made before fork: it only execs. Returns the child's pid.
 inline pid_t spawn_self(const std::string& filter, const std::vector<std::string>& extra_env, int out_fd = -1,
                         int err_fd = -1) {
+    // An extra NAME=value replaces an inherited NAME.
+    const auto name_of = [](std::string_view kv) { return kv.substr(0, kv.find('=') + 1); };
     std::vector<std::string> env_strings;
-    for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+    for (char** e = environ; *e != nullptr; ++e) {
+        const std::string_view kv(*e);
+        const bool replaced = std::any_of(extra_env.begin(), extra_env.end(),
+                                          [&](const std::string& x) { return name_of(x) == name_of(kv); });
+        if (!replaced) env_strings.emplace_back(kv);
+    }
     env_strings.insert(env_strings.end(), extra_env.begin(), extra_env.end());
     std::vector<char*> envp;
     for (auto& e : env_strings) envp.push_back(e.data());
