@@ -42,7 +42,6 @@ public:
     void shrink(std::size_t keep) noexcept {
         if (m_cap > keep) release();
     }
-    std::size_t capacity() const noexcept { return m_cap; }
 
 private:
     std::unique_ptr<char[]> m_data;

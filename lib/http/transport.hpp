@@ -135,7 +135,6 @@ public:
     /// Closes at once (over TLS without close_notify).
     void close() noexcept;
 
-    bool is_open() const noexcept { return m_tls ? m_tls->is_open() : m_tcp.is_open(); }
     /// The socket's descriptor (-1 if closed).
     int native_handle() const noexcept { return m_tls ? m_tls->lower().native_handle() : m_tcp.native_handle(); }
     void set_nodelay(bool on) { (m_tls ? m_tls->lower() : m_tcp).set_nodelay(on); }
