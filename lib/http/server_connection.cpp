@@ -229,7 +229,7 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
 // https: the TLS handshake, under header_timeout. False: it failed (logged).
 task<bool> server_connection::handshake() {
     m_phase = phase::handshake;
-    m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+    arm_header();
     std::string failure;
     try {
         co_await m_h1.io.start_tls_server(*m_st->m_options.tls);
@@ -359,7 +359,7 @@ bool server_connection::enter_idle() {
     } else if (!m_header_armed) {
         // A new connection: its first head is due header_timeout after
         // the accept, whether or not a byte came.
-        m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+        arm_header();
         m_header_armed = true;
     }
     return true;
@@ -378,7 +378,7 @@ task<bool> server_connection::fill(parser& p) {
     } else if (!p.in_message()) {
         m_phase = phase::head;
         if (!m_header_armed) {
-            m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+            arm_header();
             m_header_armed = true;
         }
     } else {
@@ -426,7 +426,7 @@ task<void> server_connection::flush() {
     m_phase = was;
     m_out.clear();
     if (m_header_armed && m_phase == phase::head) {
-        m_sh->arm(m_sh->m_header_deadlines, m_deadline, m_st->m_options.header_timeout);
+        arm_header();
     }
 }
 
@@ -509,8 +509,9 @@ task<void> server_connection::linger() {
         const auto now = clock::now();
         if (now >= until) break;
         // Each read waits at most lingering_timeout, and not past the total.
-        m_sh->arm(m_sh->m_linger_deadlines, m_deadline,
-                  std::min<std::chrono::nanoseconds>(o.lingering_timeout, until - now));
+        if (m_sh->m_deadlines) {
+            m_sh->m_deadlines->linger.arm_at(m_timeout, std::min(saturating_add(now, o.lingering_timeout), until));
+        }
         const std::size_t n = co_await m_h1.io.read_some(m_h1.in.space(large_read));
         if (n == 0) break;
     }

@@ -42,7 +42,7 @@ public:
           m_h1(transport(std::move(s)), parser::kind::request,
                parser::limits{.max_header_bytes = m_st->m_options.max_header_bytes,
                               .max_body_bytes = m_st->m_options.max_body_bytes}) {
-        m_deadline.owner = this;
+        m_timeout.owner = this;
         m_next = m_sh->m_first;
         if (m_next) m_next->m_prev = this;
         m_sh->m_first = this;
@@ -53,7 +53,7 @@ public:
         }
     }
     ~server_connection() {
-        deadline_list::unlink(m_deadline);
+        deadline_queue::disarm(m_timeout);
         if (m_prev) m_prev->m_next = m_next;
         if (m_next) m_next->m_prev = m_prev;
         if (m_sh->m_first == this) m_sh->m_first = m_next;
@@ -77,6 +77,11 @@ public:
     bool idle() const noexcept { return m_phase == phase::idle || m_phase == phase::handshake; }
     // Waiting for a request (not in a TLS handshake): may be evicted.
     bool waiting() const noexcept { return m_phase == phase::idle; }
+    // The connection whose timeout `d` is (an entry of a shard's header,
+    // idle or linger queue).
+    static server_connection& owner_of(deadline& d) noexcept { return *static_cast<timeout_entry&>(d).owner; }
+    // Takes its timeout out of its queue.
+    void disarm() noexcept { deadline_queue::disarm(m_timeout); }
     server_connection* next() const noexcept { return m_next; }
 
     task<void> writer_start(response_writer& w, int status, headers fields);
@@ -109,8 +114,12 @@ private:
     void answer_500(const request& req, const std::string& failure);
     void append_error(int status, std::string_view text);
     task<void> answer_error(int status);
-    void arm_idle() { m_sh->arm(m_sh->m_idle_deadlines, m_deadline, m_st->m_options.idle_timeout); }
-    void disarm() noexcept { deadline_list::unlink(m_deadline); }
+    void arm_header() {
+        if (m_sh->m_deadlines) m_sh->m_deadlines->header.arm(m_timeout);
+    }
+    void arm_idle() {
+        if (m_sh->m_deadlines) m_sh->m_deadlines->idle.arm(m_timeout);
+    }
     void finish_head(headers& h, int status);
 
     task<bool> handshake();
@@ -120,7 +129,14 @@ private:
     h1_connection m_h1;
     server_connection* m_prev = nullptr;
     server_connection* m_next = nullptr;
-    deadline_node m_deadline;
+    // The one timeout running (header, idle or lingering): it stops the
+    // connection.
+    struct timeout_entry final : deadline {
+        server_connection* owner = nullptr;
+        void expired(bool loop_closing) noexcept override {
+            if (!loop_closing) owner->stop(stop_reason::timeout);
+        }
+    } m_timeout;
     std::string m_out;
     std::string m_error_text;
     std::size_t m_next_read = small_read;

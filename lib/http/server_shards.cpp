@@ -200,43 +200,73 @@ task<void> server_state::accept_loop(std::shared_ptr<server_state> self, server_
     }
 }
 
-void server_shard::expire(deadline_list& list, clock::time_point now) noexcept {
-    while (deadline_node* n = list.front()) {
-        if (n->deadline > now) break;
-        deadline_list::unlink(*n);
-        n->owner->stop(server_connection::stop_reason::timeout);
+server_shard::deadlines::deadlines(const std::shared_ptr<deadline_service>& service, const server_options& o)
+    : header(service, o.header_timeout),
+      idle(service, o.idle_timeout),
+      linger(service, o.lingering_timeout),
+      log(service, o.log_interval) {}
+
+void server_shard::start_deadlines(server_state& st) {
+    auto service = deadline_service::of(*m_loop);
+    if (!service) throw std::runtime_error("hop::http::server: the loop is being destroyed");
+    m_deadlines.emplace(service, st.m_options);
+    m_log_flush.state = &st;
+    m_log_flush.shard = this;
+}
+
+void server_shard::stop_deadlines() noexcept {
+    deadline_queue::disarm(m_log_flush);
+    m_deadlines.reset();
+}
+
+void server_shard::log_flush::expired(bool loop_closing) noexcept {
+    if (loop_closing) return;
+    // The windows of other kinds may end later: flushed at their end.
+    const clock::time_point next = state->flush_log_budget(clock::now());
+    if (next == clock::time_point::max() || !shard->m_deadlines) return;
+    try {
+        shard->m_deadlines->log.arm_at(*this, next);
+    } catch (...) {
     }
 }
 
 std::size_t server_shard::evict_idle(std::size_t n, std::chrono::nanoseconds idle_timeout,
                                      std::chrono::nanoseconds header_timeout) noexcept {
-    // The longest-waiting first: the front of each list waited longest of
-    // those in it (each list's entries are "since + a fixed timeout").
+    // The longest-waiting first: the front of each queue waited longest of
+    // those in it (each queue's entries are "since + a fixed timeout").
     // Entries of connections that do not wait for a request (a body, a
-    // response being written) are passed over.
-    std::size_t closed = 0;
-    deadline_node* idle = m_idle_deadlines.front();
-    deadline_node* fresh = m_header_deadlines.front();
-    auto next_waiting = [](deadline_node* at, deadline_list& list) -> deadline_node* {
-        while (at != nullptr && !at->owner->waiting()) at = list.after(at);
-        return at;
-    };
-    idle = next_waiting(idle, m_idle_deadlines);
-    fresh = next_waiting(fresh, m_header_deadlines);
-    while (closed < n && (idle != nullptr || fresh != nullptr)) {
-        bool take_idle = fresh == nullptr;
-        if (idle != nullptr && fresh != nullptr) {
-            take_idle = idle->deadline - idle_timeout <= fresh->deadline - header_timeout;
+    // response being written) are passed over. Chosen under the deadline
+    // service's lock, stopped after it.
+    if (!m_deadlines) return 0;
+    std::vector<server_connection*> victims;
+    {
+        auto lock = m_deadlines->idle.service().lock();
+        auto owner = [](deadline* d) { return &server_connection::owner_of(*d); };
+        auto next_waiting = [&](deadline* at) -> deadline* {
+            while (at != nullptr && !owner(at)->waiting()) at = deadline_queue::after_locked(*at);
+            return at;
+        };
+        deadline* idle = next_waiting(m_deadlines->idle.front_locked());
+        deadline* fresh = next_waiting(m_deadlines->header.front_locked());
+        try {
+            while (victims.size() < n && (idle != nullptr || fresh != nullptr)) {
+                bool take_idle = fresh == nullptr;
+                if (idle != nullptr && fresh != nullptr) {
+                    take_idle = idle->when() - idle_timeout <= fresh->when() - header_timeout;
+                }
+                deadline*& pick = take_idle ? idle : fresh;
+                victims.push_back(owner(pick));
+                pick = next_waiting(deadline_queue::after_locked(*pick));
+            }
+        } catch (const std::bad_alloc&) {
+            // Fewer this time.
         }
-        deadline_node*& pick = take_idle ? idle : fresh;
-        deadline_list& list = take_idle ? m_idle_deadlines : m_header_deadlines;
-        deadline_node* victim = pick;
-        pick = next_waiting(list.after(victim), list);
-        deadline_list::unlink(*victim);
-        victim->owner->stop(server_connection::stop_reason::evicted);
-        ++closed;
     }
-    return closed;
+    for (server_connection* c : victims) {
+        c->disarm();
+        c->stop(server_connection::stop_reason::evicted);
+    }
+    return victims.size();
 }
 
 void server_state::make_room(const std::shared_ptr<server_state>& self, server_shard& here) {
@@ -311,10 +341,12 @@ void server_state::log_limited(server_shard& sh, log_kind kind, const std::strin
         first = true;
         emit(line + " (counted from now on: at most one line per " + interval_text(m_options.log_interval) + ")");
     }
-    if (first) {
-        // This shard's sweeper writes the count when the window ends.
-        sh.m_log_flush_at = std::min(sh.m_log_flush_at, saturating_add(now, m_options.log_interval));
-        sh.m_sweeper_wake.set();
+    if (first && sh.m_deadlines && !sh.m_log_flush.armed()) {
+        // This shard writes the count when the window ends.
+        try {
+            sh.m_deadlines->log.arm(sh.m_log_flush);
+        } catch (...) {
+        }
     }
 }
 
@@ -323,44 +355,20 @@ std::string server_state::summary(const log_window& w) const {
            interval_text(m_options.log_interval);
 }
 
-void server_state::flush_log_budget(clock::time_point now) noexcept {
+clock::time_point server_state::flush_log_budget(clock::time_point now) noexcept {
     std::lock_guard lock(m_log_mutex);
+    clock::time_point next = clock::time_point::max();
     for (auto& w : m_windows) {
-        if (!w.open || now < w.end) continue;
+        if (!w.open) continue;
+        if (now < w.end) {
+            next = std::min(next, w.end);
+            continue;
+        }
         if (w.more != 0) emit(summary(w));
         w.open = false;
         w.more = 0;
     }
-}
-
-task<void> server_state::sweep(std::shared_ptr<server_state> self, server_shard* sh) {
-    server_shard& here = *sh;
-    // Nothing is added with a deadline sooner than now + the shorter
-    // timeout, so a sleep never longer than that misses none.
-    // (A lingering read's deadline may be sooner, at the end of
-    // lingering_time: it then ends up to that much late.)
-    const auto longest_sleep = std::min({self->m_options.header_timeout, self->m_options.idle_timeout,
-                                         self->m_options.lingering_timeout});
-    for (;;) {
-        const auto now = clock::now();
-        here.expire(here.m_header_deadlines, now);
-        here.expire(here.m_idle_deadlines, now);
-        here.expire(here.m_linger_deadlines, now);
-        if (here.m_log_flush_at <= now) {
-            here.m_log_flush_at = clock::time_point::max();
-            self->flush_log_budget(now);
-        }
-        if (here.no_deadlines() && here.m_log_flush_at == clock::time_point::max()) {
-            here.m_sweeper_wake.reset();
-            co_await here.m_sweeper_wake.wait();
-            continue;
-        }
-        auto until = std::min(saturating_add(now, longest_sleep), here.m_log_flush_at);
-        if (auto* n = here.m_header_deadlines.front()) until = std::min(until, n->deadline);
-        if (auto* n = here.m_idle_deadlines.front()) until = std::min(until, n->deadline);
-        if (auto* n = here.m_linger_deadlines.front()) until = std::min(until, n->deadline);
-        co_await sleep_until(until);
-    }
+    return next;
 }
 
 // One shard's whole life, on its loop, under a stop token nobody requests
@@ -368,9 +376,17 @@ task<void> server_state::sweep(std::shared_ptr<server_state> self, server_shard*
 task<void> server_state::run_shard(std::shared_ptr<server_state> self, server_shard* sh) {
     server_state& st = *self;
     server_shard& here = *sh;
-    future<void> sweeper = here.m_loop->spawn(sweep(self, sh));
     std::exception_ptr fatal;
-    if (here.m_accepts) {
+    try {
+        here.start_deadlines(st);
+    } catch (...) {
+        fatal = std::current_exception();
+        st.request_shutdown();
+    }
+    if (here.m_accepts && fatal) {
+        here.m_listener.close();
+        st.acceptor_ended();
+    } else if (here.m_accepts) {
         future<void> accept;
         try {
             accept = here.m_loop->spawn(accept_loop(self, sh));
@@ -413,11 +429,7 @@ task<void> server_state::run_shard(std::shared_ptr<server_state> self, server_sh
         // Past the grace: the wait cancelled the rest and waited for them.
     } catch (const cancelled_error&) {
     }
-    sweeper.cancel();
-    try {
-        co_await sweeper;
-    } catch (const cancelled_error&) {
-    }
+    here.stop_deadlines();
     // The counts still in the log budget's windows.
     st.flush_log_budget(clock::time_point::max());
     if (fatal) std::rethrow_exception(fatal);

@@ -2,8 +2,8 @@
 // Private to hop::http::server: what a server is made of above its
 // connections (lib/http/server_connection.hpp):
 //
-//   deadline_list  a shard's deadlines of one kind, earliest first, swept
-//                  by the shard's sweeper (no timer per read);
+//   deadlines      a shard's queues in its loop's deadline service
+//                  (lib/http/deadlines.hpp): no timer per read;
 //   server_shard   one per loop the server runs on: its connections, their
 //                  deadlines, its counters (lib/http/server_shards.cpp);
 //   server_state   what the shards share: options, handler, the connection
@@ -13,6 +13,8 @@
 // server_shards.cpp (acceptors, hand-off between loops, sweepers, the
 // graceful shutdown), server_connection.cpp (one HTTP/1 connection's
 // requests and responses).
+
+#include "deadlines.hpp"
 
 #include <hop/http/server.hpp>
 #include <hop/io_loop.hpp>
@@ -26,60 +28,14 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace hop::http::detail {
 
-using clock = std::chrono::steady_clock;
-
-inline clock::time_point saturating_add(clock::time_point t, std::chrono::nanoseconds d) {
-    if (t > clock::time_point::max() - d) return clock::time_point::max();
-    return t + std::chrono::duration_cast<clock::duration>(d);
-}
-
 class server_connection;
-
-// A connection's place in one of the sweeper's deadline lists.
-struct deadline_node {
-    deadline_node* prev = nullptr;
-    deadline_node* next = nullptr;
-    clock::time_point deadline{};
-    server_connection* owner = nullptr;
-};
-
-// Deadlines in order, earliest first. Entries are added with "now + a fixed
-// timeout", so an insert almost always goes to the tail; the scan from the
-// tail keeps the order when it does not.
-class deadline_list {
-public:
-    deadline_list() noexcept { m_head.prev = m_head.next = &m_head; }
-    deadline_list(const deadline_list&) = delete;
-    deadline_list& operator=(const deadline_list&) = delete;
-
-    bool empty() const noexcept { return m_head.next == &m_head; }
-    deadline_node* front() noexcept { return empty() ? nullptr : m_head.next; }
-    // The entry after `n` (in this list), or null at the end.
-    deadline_node* after(const deadline_node* n) noexcept { return n->next == &m_head ? nullptr : n->next; }
-    void insert(deadline_node& n) noexcept {
-        deadline_node* at = m_head.prev;
-        while (at != &m_head && at->deadline > n.deadline) at = at->prev;
-        n.prev = at;
-        n.next = at->next;
-        at->next->prev = &n;
-        at->next = &n;
-    }
-    static void unlink(deadline_node& n) noexcept {
-        if (n.prev == nullptr) return;
-        n.prev->next = n.next;
-        n.next->prev = n.prev;
-        n.prev = n.next = nullptr;
-    }
-
-private:
-    deadline_node m_head;
-};
 
 // The server is split in shards, one per loop it serves on (one for
 // serve(), one per pool loop for serve(io_pool&)). A shard owns the
@@ -110,15 +66,25 @@ public:
 
     // loop
     task_group m_connections;
-    deadline_list m_header_deadlines;  // header_timeout
-    deadline_list m_idle_deadlines;    // idle_timeout: keep-alive, body progress, write progress
-    deadline_list m_linger_deadlines;  // lingering_timeout: each read of a lingering close
-    event m_sweeper_wake;
+    // This shard's queues in its loop's deadline service, made when the
+    // shard starts on its loop (start_deadlines), gone when it ends.
+    struct deadlines {
+        deadlines(const std::shared_ptr<deadline_service>& service, const server_options& o);
+        deadline_queue header;  // header_timeout
+        deadline_queue idle;    // idle_timeout: keep-alive, body progress, write progress
+        deadline_queue linger;  // lingering_timeout: each read of a lingering close
+        deadline_queue log;     // log_interval: the log budget's next flush
+    };
+    std::optional<deadlines> m_deadlines;
+    // The log budget's flush, armed in m_deadlines->log while a window is open.
+    struct log_flush final : deadline {
+        server_state* state = nullptr;
+        server_shard* shard = nullptr;
+        void expired(bool loop_closing) noexcept override;
+    } m_log_flush;
     event m_incoming_done;             // m_incoming reached 0 while draining
     server_connection* m_first = nullptr;  // every open connection
     bool m_draining = false;
-    // When this shard's sweeper next flushes the log budget (max: never).
-    clock::time_point m_log_flush_at = clock::time_point::max();
 
     // thread-safe
     event m_drain;  // every acceptor has ended: drain
@@ -132,18 +98,11 @@ public:
     std::atomic<std::uint64_t> m_requests{0};
     std::atomic<std::uint64_t> m_accept_failures{0};
 
-    // loop: puts `n` in `list` with its deadline `d` from now.
-    void arm(deadline_list& list, deadline_node& n, std::chrono::nanoseconds d) {
-        deadline_list::unlink(n);
-        n.deadline = saturating_add(clock::now(), d);
-        const bool was_empty = no_deadlines();
-        list.insert(n);
-        if (was_empty) m_sweeper_wake.set();
-    }
-    bool no_deadlines() const noexcept {
-        return m_header_deadlines.empty() && m_idle_deadlines.empty() && m_linger_deadlines.empty();
-    }
-    void expire(deadline_list& list, clock::time_point now) noexcept;
+    // loop: joins the loop's deadline service. @throws std::runtime_error
+    // if the loop is being destroyed.
+    void start_deadlines(server_state& st);
+    // loop: once every connection ended.
+    void stop_deadlines() noexcept;
     // loop: closes up to `n` connections that wait for a request, the
     // longest-waiting first (keep-alive ones and new ones that sent
     // nothing). Returns how many.
@@ -203,8 +162,9 @@ public:
     // it. `what` names the kind in the summary line.
     void log_limited(server_shard& sh, log_kind kind, const std::string& line, std::string_view what) noexcept;
     // Thread-safe: ends the windows that ended by `now`, logging each
-    // count ("... and 1,999 more in the last 10 s").
-    void flush_log_budget(clock::time_point now) noexcept;
+    // count ("... and 1,999 more in the last 10 s"). Returns when the
+    // next open window ends (max: none is open).
+    clock::time_point flush_log_budget(clock::time_point now) noexcept;
 
     std::string summary(const log_window& w) const;
 
@@ -305,7 +265,6 @@ public:
     static task<void> pool_shard(std::shared_ptr<server_state> self, server_shard* sh);
     static task<void> run_shard(std::shared_ptr<server_state> self, server_shard* sh);
     static task<void> accept_loop(std::shared_ptr<server_state> self, server_shard* sh);
-    static task<void> sweep(std::shared_ptr<server_state> self, server_shard* sh);
     // The acceptor's loop: sends `s` to the shard chosen for it.
     void dispatch(const std::shared_ptr<server_state>& self, server_shard& here, std::size_t& turn, tcp_stream s);
 };
