@@ -17,208 +17,106 @@ namespace hop::http::detail {
 namespace {
 constexpr auto name_ttl = std::chrono::seconds(30);
 constexpr std::size_t max_names = 256;
-// The agent wakes at least this often (a bound, not a poll: it normally
-// sleeps until the earliest deadline).
-constexpr auto agent_max_sleep = std::chrono::hours(1);
 }  // namespace
 
 // ---- request_timers ---------------------------------------------------------------
 
 request_timers::~request_timers() {
-    if (agent) {
-        agent->disarm(phase);
-        agent->disarm(total);
-    }
+    deadline_queue::disarm(phase);
+    deadline_queue::disarm(total);
 }
 
 void request_timers::arm_phase(timeout_kind k, std::chrono::milliseconds d) {
-    if (!agent || d.count() <= 0) return;
+    if (!agent || d.count() <= 0) {
+        deadline_queue::disarm(phase);
+        return;
+    }
     if (k == timeout_kind::read) progress();
-    agent->arm(phase, k);
+    phase.kind = k;
+    agent->queue(k).arm(phase);
 }
 
-void request_timers::disarm_phase() noexcept {
-    if (agent) agent->disarm(phase);
-}
+void request_timers::disarm_phase() noexcept { deadline_queue::disarm(phase); }
 
 void request_timers::arm_total(clock::time_point deadline) {
-    if (agent) agent->arm(total, timeout_kind::total, deadline);
+    if (!agent) return;
+    total.kind = timeout_kind::total;
+    agent->queue(timeout_kind::total).arm_at(total, deadline);
 }
 
-void request_timers::disarm_total() noexcept {
-    if (agent) agent->disarm(total);
+void request_timers::disarm_total() noexcept { deadline_queue::disarm(total); }
+
+void request_timers::entry::expired(bool loop_closing) noexcept {
+    if (loop_closing) return;  // the loop cancels the request itself
+    if (kind == timeout_kind::read) {
+        // A read timeout counts from the last progress, which the request
+        // records without arming anything.
+        deadline_queue& q = owner->agent->queue(timeout_kind::read);
+        const clock::time_point last{clock::duration{owner->last_progress.load(std::memory_order_relaxed)}};
+        const auto again = saturating_add(last, q.duration());
+        if (again > clock::now()) {
+            try {
+                q.arm_at(*this, again);
+                return;
+            } catch (...) {
+                // Cannot happen (arming allocates nothing); fire instead.
+            }
+        }
+    }
+    auto none = timeout_kind::none;
+    owner->fired.compare_exchange_strong(none, kind, std::memory_order_acq_rel);
+    // May end the request (and free this entry): the last use of `this`.
+    std::stop_source stop = owner->stop;
+    stop.request_stop();
 }
 
 // ---- loop_agent ----------------------------------------------------------------------
 
-loop_agent::loop_agent(io_loop& loop, const client_options& o) noexcept : m_loop(&loop) {
-    m_duration[index_of(timeout_kind::pool)] = o.pool_timeout;
-    m_duration[index_of(timeout_kind::connect)] = o.connect_timeout;
-    m_duration[index_of(timeout_kind::read)] = o.read_timeout;
-    m_duration[index_of(timeout_kind::total)] = o.total_timeout;
+loop_agent::loop_agent(std::shared_ptr<deadline_service> service, const client_options& o,
+                       std::weak_ptr<client_state> st)
+    : m_state(std::move(st)),
+      m_pool(service, o.pool_timeout),
+      m_connect(service, o.connect_timeout),
+      m_read(service, o.read_timeout),
+      m_total(service, o.total_timeout),
+      m_idle(service, o.idle_timeout) {
+    m_sweep.agent = this;
+    m_idle.arm_at(m_sweep, clock::time_point::max());
 }
 
-void loop_agent::unlink_locked(deadline_entry& e) noexcept {
-    auto& l = m_lists[index_of(e.kind)];
-    if (e.prev) {
-        e.prev->next = e.next;
-    } else {
-        l.head = e.next;
+loop_agent::~loop_agent() { deadline_queue::disarm(m_sweep); }
+
+deadline_queue& loop_agent::queue(timeout_kind k) noexcept {
+    switch (k) {
+        case timeout_kind::pool:
+            return m_pool;
+        case timeout_kind::connect:
+            return m_connect;
+        case timeout_kind::read:
+            return m_read;
+        case timeout_kind::total:
+        case timeout_kind::none:
+            break;
     }
-    if (e.next) {
-        e.next->prev = e.prev;
-    } else {
-        l.tail = e.prev;
+    return m_total;
+}
+
+void loop_agent::note_idle_deadline(clock::time_point t) { m_idle.arm_earlier(m_sweep, t); }
+
+void loop_agent::stop() noexcept { deadline_queue::disarm(m_sweep); }
+
+void loop_agent::idle_sweep::expired(bool loop_closing) noexcept {
+    auto st = agent->m_state.lock();
+    if (!st) return;
+    if (loop_closing) {
+        st->drop_loop(agent->loop(), agent);
+        return;
     }
-    e.prev = e.next = nullptr;
-    e.linked = false;
-}
-
-// Deadlines of one kind mostly arrive in order (same duration, taken under
-// this lock): the walk from the tail is short.
-void loop_agent::insert_sorted_locked(deadline_entry& e) noexcept {
-    auto& l = m_lists[index_of(e.kind)];
-    deadline_entry* after = l.tail;
-    while (after && after->deadline > e.deadline) after = after->prev;
-    e.prev = after;
-    e.next = after ? after->next : l.head;
-    if (e.next) {
-        e.next->prev = &e;
-    } else {
-        l.tail = &e;
-    }
-    if (after) {
-        after->next = &e;
-    } else {
-        l.head = &e;
-    }
-    e.linked = true;
-}
-
-void loop_agent::arm(deadline_entry& e, timeout_kind k, std::optional<clock::time_point> at) {
-    std::stop_source kick{std::nostopstate};
-    {
-        std::lock_guard lock(m_mutex);
-        if (e.linked) unlink_locked(e);
-        const auto d = m_duration[index_of(k)];
-        if (m_dead || (!at && d <= clock::duration::zero())) return;
-        e.kind = k;
-        e.deadline = at ? *at : clock::now() + d;
-        insert_sorted_locked(e);
-        if (e.deadline < m_wake_at) {
-            m_wake_at = e.deadline;
-            kick = m_kick;
-        }
-    }
-    if (kick.stop_possible()) kick.request_stop();
-}
-
-void loop_agent::disarm(deadline_entry& e) noexcept {
-    std::lock_guard lock(m_mutex);
-    if (e.linked) unlink_locked(e);
-}
-
-void loop_agent::note_idle_deadline(clock::time_point t) {
-    std::stop_source kick{std::nostopstate};
-    {
-        std::lock_guard lock(m_mutex);
-        if (t < m_idle_noted) m_idle_noted = t;
-        if (!m_dead && t < m_wake_at) {
-            m_wake_at = t;
-            kick = m_kick;
-        }
-    }
-    if (kick.stop_possible()) kick.request_stop();
-}
-
-void loop_agent::stop() {
-    std::stop_source kick{std::nostopstate};
-    {
-        std::lock_guard lock(m_mutex);
-        m_stopping = true;
-        kick = m_kick;
-    }
-    if (kick.stop_possible()) kick.request_stop();
-}
-
-bool loop_agent::begin_turn() {
-    std::lock_guard lock(m_mutex);
-    if (m_stopping) return false;
-    m_wake_at = clock::time_point::min();
-    m_idle_noted = clock::time_point::max();
-    return true;
-}
-
-clock::time_point loop_agent::fire_and_plan(clock::time_point next_idle, std::stop_source& kick) {
-    std::vector<std::stop_source> to_stop;
-    clock::time_point wake;
-    {
-        std::lock_guard lock(m_mutex);
-        const auto now = clock::now();
-        for (std::size_t i = 0; i < timeout_lists; ++i) {
-            while (m_lists[i].head && m_lists[i].head->deadline <= now) {
-                deadline_entry& e = *m_lists[i].head;
-                unlink_locked(e);
-                if (e.kind == timeout_kind::read) {
-                    // A read timeout counts from the last progress, which
-                    // requests record without this lock.
-                    const clock::time_point last{clock::duration{e.owner->last_progress.load(std::memory_order_relaxed)}};
-                    const auto again = last + m_duration[i];
-                    if (again > now) {
-                        e.deadline = again;
-                        insert_sorted_locked(e);
-                        continue;
-                    }
-                }
-                auto none = timeout_kind::none;
-                e.owner->fired.compare_exchange_strong(none, e.kind, std::memory_order_acq_rel);
-                to_stop.push_back(e.owner->stop);
-            }
-        }
-        wake = now + agent_max_sleep;
-        wake = std::min({wake, next_idle, m_idle_noted});
-        for (const auto& l : m_lists) {
-            if (l.head) wake = std::min(wake, l.head->deadline);
-        }
-        kick = std::stop_source();
-        m_kick = kick;
-        m_wake_at = wake;
-        if (m_stopping) kick.request_stop();  // stop() came during this turn
-    }
-    // Outside the lock: a stop callback may take the pool's lock.
-    for (auto& s : to_stop) s.request_stop();
-    return wake;
-}
-
-void loop_agent::mark_dead() noexcept {
-    std::lock_guard lock(m_mutex);
-    m_dead = true;
-    m_stopping = true;
-}
-
-namespace {
-task<void> sleep_task(clock::time_point t) { co_await hop::sleep_until(t); }
-}  // namespace
-
-task<void> run_agent(std::shared_ptr<client_state> st, std::shared_ptr<loop_agent> agent) {
-    io_loop& loop = agent->loop();
+    const clock::time_point next = st->sweep_idle(agent->loop());
     try {
-        while (!hop::detail::loop_closing(loop) && agent->begin_turn()) {
-            const clock::time_point next_idle = st->sweep_idle(loop);
-            std::stop_source kick{std::nostopstate};
-            const clock::time_point wake = agent->fire_and_plan(next_idle, kick);
-            try {
-                co_await stop_scope<void>(kick, sleep_task(wake));
-            } catch (const cancelled_error&) {
-                // Woken early (an earlier deadline, the client going away) or
-                // the loop is being destroyed: the loop's condition decides.
-            }
-        }
+        agent->m_idle.arm_earlier(*this, next);
     } catch (...) {
-        // Out of memory, say: the agent ends; the pool forgets this loop.
     }
-    agent->mark_dead();
-    st->drop_loop(loop, agent.get());
 }
 
 // ---- connection ------------------------------------------------------------------------
@@ -272,12 +170,9 @@ std::shared_ptr<loop_agent> client_state::agent_for(io_loop& loop) {
     auto it = m_agents.find(&loop);
     if (it != m_agents.end()) return it->second;
     if (m_closed || hop::detail::loop_closing(loop)) return nullptr;
-    auto agent = std::make_shared<loop_agent>(loop, opts);
-    try {
-        loop.spawn(run_agent(shared_from_this(), agent));
-    } catch (const executor_shutdown_error&) {
-        return nullptr;  // the loop is being destroyed
-    }
+    auto service = deadline_service::of(loop);
+    if (!service) return nullptr;  // the loop is being destroyed
+    auto agent = std::make_shared<loop_agent>(std::move(service), opts, weak_from_this());
     m_agents.emplace(&loop, agent);
     return agent;
 }

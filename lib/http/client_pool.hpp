@@ -2,22 +2,22 @@
 // Private to the implementation: what hop::http::client is made of below
 // its request logic (lib/http/client.cpp):
 //
-//   stop_scope     runs a task under a stop source of our own, linked to the
-//                  caller's token, so a timeout can cancel a request's IO;
-//   loop_agent     one per (client, loop): a coroutine on that loop that
-//                  fires the timeouts of the requests running there and
-//                  closes the loop's idle connections (expired, or closed by
-//                  the server); it ends when the loop is destroyed, and then
-//                  drops that loop's idle connections from the pool;
+//   request_timers a request's stop source and its two deadlines (pool,
+//                  connect or read; total), which stop it when they expire;
+//   loop_agent     one per (client, loop): the client's queues in that
+//                  loop's deadline service (lib/http/deadlines.hpp), and the
+//                  deadline that closes the loop's idle connections (expired,
+//                  or closed by the server), and drops them from the pool
+//                  when the loop is destroyed;
 //   connection     a socket, its parser and its read buffer;
 //   client_state   the pool: slots, idle connections per (loop, host:port),
 //                  the FIFO of requests waiting for a slot, and a short
 //                  name cache. One mutex, never held across a co_await.
 //
-// Lock order: a loop_agent's mutex, then the pool's mutex (a fired timeout
-// requests stop while the agent's mutex is held; a pool waiter's stop
-// callback takes the pool's mutex). The pool never takes an agent's mutex
-// while it holds its own.
+// Lock order: the pool's mutex, then the deadline service's (agent_for
+// makes an agent's queues under the pool's lock). The service calls no
+// deadline with its lock held, so a fired timeout may take the pool's lock
+// (a pool waiter's stop callback does).
 
 #include "deadlines.hpp"
 #include "h1_connection.hpp"
@@ -57,33 +57,19 @@ using clock = hop::detail::loop_clock;
 // ---- timeouts -----------------------------------------------------------------
 
 enum class timeout_kind : std::uint8_t { none = 0, pool = 1, connect = 2, read = 3, total = 4 };
-inline constexpr std::size_t timeout_lists = 4;
-
-struct request_timers;
-
-/// A request's place in one of its agent's deadline lists.
-struct deadline_entry {
-    deadline_entry* prev = nullptr;
-    deadline_entry* next = nullptr;
-    bool linked = false;
-    timeout_kind kind = timeout_kind::none;
-    clock::time_point deadline{};
-    request_timers* owner = nullptr;
-};
 
 class loop_agent;
+class client_state;
 
 /// One request's timing: the stop source its IO runs under, which timeout
-/// (if any) stopped it, and its two entries (pool / connect / read, and
-/// total). Lives in heap memory the request owns: entries never move.
+/// (if any) stopped it, and its two deadlines (pool / connect / read, and
+/// total). Lives in heap memory the request owns: the deadlines never move.
 struct request_timers {
     std::shared_ptr<loop_agent> agent;
     std::stop_source stop;
     std::atomic<timeout_kind> fired{timeout_kind::none};
     /// clock ticks of the last progress (read timeouts count from it).
     std::atomic<clock::rep> last_progress{0};
-    deadline_entry phase;
-    deadline_entry total;
 
     request_timers() {
         phase.owner = this;
@@ -94,60 +80,56 @@ struct request_timers {
     ~request_timers();
 
     void progress() noexcept { last_progress.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed); }
-    /// Starts the pool / connect / read phase's timeout (`d` > 0).
+    /// Starts the pool / connect / read phase's timeout (off if `d` <= 0).
     void arm_phase(timeout_kind k, std::chrono::milliseconds d);
     void disarm_phase() noexcept;
     /// total_timeout: `deadline` fixed when the request began.
     void arm_total(clock::time_point deadline);
     void disarm_total() noexcept;
-};
-
-/// One per (client, loop): the coroutine on that loop that fires timeouts
-/// and sweeps idle connections. Thread-safe.
-class loop_agent {
-public:
-    loop_agent(io_loop& loop, const client_options& o) noexcept;
-
-    io_loop& loop() const noexcept { return *m_loop; }
-
-    /// Links `e` into the list of kind `k` with deadline now + duration
-    /// (or `at`, if given). Wakes the agent if this is its earliest.
-    void arm(deadline_entry& e, timeout_kind k, std::optional<clock::time_point> at = std::nullopt);
-    void disarm(deadline_entry& e) noexcept;
-    /// An idle connection on this loop expires at `t`.
-    void note_idle_deadline(clock::time_point t);
-    /// The client is going away: the agent ends at its next turn.
-    void stop();
-
-    // ---- the agent coroutine's side ----
-    /// Starts a turn; false if the agent should end.
-    bool begin_turn();
-    /// Fires what expired (requesting stop outside the lock), then plans the
-    /// next wake-up: the earliest of the deadlines, `next_idle` and an hour
-    /// from now; the returned source wakes the agent earlier.
-    clock::time_point fire_and_plan(clock::time_point next_idle, std::stop_source& kick);
-    void mark_dead() noexcept;
 
 private:
-    struct list {
-        deadline_entry* head = nullptr;
-        deadline_entry* tail = nullptr;
+    struct entry final : deadline {
+        request_timers* owner = nullptr;
+        timeout_kind kind = timeout_kind::none;
+        void expired(bool loop_closing) noexcept override;
     };
-    static std::size_t index_of(timeout_kind k) noexcept { return static_cast<std::size_t>(k) - 1; }
-    void unlink_locked(deadline_entry& e) noexcept;
-    void insert_sorted_locked(deadline_entry& e) noexcept;
+    entry phase;
+    entry total;
+};
 
-    io_loop* m_loop;
-    std::array<clock::duration, timeout_lists> m_duration{};
-    std::mutex m_mutex;
-    std::array<list, timeout_lists> m_lists{};
-    // What the agent's sleep is armed for; min while it is awake (it will
-    // look at the lists before it sleeps again, so no kick is needed).
-    clock::time_point m_wake_at = clock::time_point::min();
-    clock::time_point m_idle_noted = clock::time_point::max();
-    std::stop_source m_kick{std::nostopstate};
-    bool m_stopping = false;
-    bool m_dead = false;
+/// One per (client, loop): the client's deadline queues on that loop, and
+/// the deadline of the loop's idle connections. Thread-safe.
+class loop_agent {
+public:
+    loop_agent(std::shared_ptr<deadline_service> service, const client_options& o, std::weak_ptr<client_state> st);
+    loop_agent(const loop_agent&) = delete;
+    loop_agent& operator=(const loop_agent&) = delete;
+    ~loop_agent();
+
+    io_loop& loop() const noexcept { return m_pool.service().loop(); }
+    deadline_queue& queue(timeout_kind k) noexcept;
+    /// An idle connection on this loop expires at `t`.
+    void note_idle_deadline(clock::time_point t);
+    /// The client is going away: its idle connections are not swept here
+    /// any more.
+    void stop() noexcept;
+
+private:
+    // Sweeps the loop's idle connections when the first expires; armed
+    // (at max while none is idle) until the client goes, so the loop's
+    // closing is heard.
+    struct idle_sweep final : deadline {
+        loop_agent* agent = nullptr;
+        void expired(bool loop_closing) noexcept override;
+    };
+
+    std::weak_ptr<client_state> m_state;
+    deadline_queue m_pool;
+    deadline_queue m_connect;
+    deadline_queue m_read;
+    deadline_queue m_total;
+    deadline_queue m_idle;
+    idle_sweep m_sweep;
 };
 
 // ---- connections ----------------------------------------------------------------
@@ -262,12 +244,11 @@ public:
     /// Drops a failed lookup so the next request asks again.
     void forget_lookup(const std::string& host, std::uint16_t port, const future<std::vector<endpoint>>& f);
 
-    // ---- the agent's side ----
+    // ---- the agents' side ----
     /// Closes `loop`'s idle connections that expired or that the server
     /// closed; returns when the next one expires (max if none).
     clock::time_point sweep_idle(io_loop& loop);
-    /// The loop is going away (or the client): drop its idle connections
-    /// and its agent.
+    /// The loop is going away: drop its idle connections and its agent.
     void drop_loop(io_loop& loop, const loop_agent* agent) noexcept;
 
 private:
@@ -300,8 +281,5 @@ private:
     std::mutex m_names_mutex;
     std::unordered_map<std::string, name_entry> m_names;
 };
-
-/// The agent coroutine for `agent`'s loop (spawned there by agent_for).
-task<void> run_agent(std::shared_ptr<client_state> st, std::shared_ptr<loop_agent> agent);
 
 }  // namespace hop::http::detail

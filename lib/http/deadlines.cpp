@@ -105,10 +105,15 @@ void deadline_queue::arm(deadline& d) {
     arm_at(d, saturating_add(clock::now(), m_duration));
 }
 
-void deadline_queue::arm_at(deadline& d, clock::time_point when) {
+void deadline_queue::arm_at(deadline& d, clock::time_point when) { arm_locked_if(d, when, false); }
+
+void deadline_queue::arm_earlier(deadline& d, clock::time_point when) { arm_locked_if(d, when, true); }
+
+void deadline_queue::arm_locked_if(deadline& d, clock::time_point when, bool only_earlier) {
     std::stop_source kick{std::nostopstate};
     {
         std::unique_lock lock(m_service->m_mutex);
+        if (only_earlier && d.m_queue == this && d.m_when <= when) return;
         if (d.m_queue) {
             HOP_ASSERT(&d.m_queue->service() == m_service.get(), "a deadline moved to another loop's service");
             d.m_queue->unlink_locked(d);
@@ -129,6 +134,8 @@ void deadline_queue::disarm(deadline& d) noexcept {
     std::unique_lock lock(s.m_mutex);
     if (d.m_queue) d.m_queue->unlink_locked(d);
     s.wait_not_firing_locked(lock, d);
+    // Its expired() may have armed it again meanwhile.
+    if (d.m_queue) d.m_queue->unlink_locked(d);
 }
 
 // ---- deadline_service ----------------------------------------------------------

@@ -98,6 +98,9 @@ public:
     /// (Re)arms `d` in this queue for `when` (max: armed, never expires by
     /// time; told only when the loop closes).
     void arm_at(deadline& d, clock::time_point when);
+    /// arm_at(d, when) unless `d` is armed in this queue for `when` or
+    /// earlier already.
+    void arm_earlier(deadline& d, clock::time_point when);
     /// Takes `d` out of whichever queue it is in (nothing if none). If its
     /// expired() runs on another thread, waits until it has returned, so
     /// the owner may free it then.
@@ -110,6 +113,7 @@ public:
 
 private:
     friend class deadline_service;
+    void arm_locked_if(deadline& d, clock::time_point when, bool only_earlier);
     void insert_locked(deadline& d) noexcept;
     void unlink_locked(deadline& d) noexcept;
 
