@@ -21,6 +21,7 @@ const io_kind io_kind_accept{"accept", HOP_URING_PREP(prep_accept), {&readiness_
 const io_kind io_kind_connect{"connect", HOP_URING_PREP(prep_connect), {&readiness_ops::attempt_connect, w::writable, stream}};
 const io_kind io_kind_recvmsg{"recvmsg", HOP_URING_PREP(prep_recvmsg), {&readiness_ops::attempt_recvmsg, w::readable, datagram}};
 const io_kind io_kind_sendmsg{"sendmsg", HOP_URING_PREP(prep_sendmsg), {&readiness_ops::attempt_sendmsg, w::writable, datagram}};
+const io_kind io_kind_send_gathered{"sendmsg", HOP_URING_PREP(prep_send_gathered), {&readiness_ops::attempt_send_gathered, w::writable, stream}};
 const io_kind io_kind_read_at{"read", HOP_URING_PREP(prep_read_at), {&readiness_ops::call_read_at, w::blocking_pool}};
 const io_kind io_kind_write_at{"write", HOP_URING_PREP(prep_write_at), {&readiness_ops::call_write_at, w::blocking_pool}};
 const io_kind io_kind_fsync{"fsync", HOP_URING_PREP(prep_fsync), {&readiness_ops::call_fsync, w::blocking_pool}};

@@ -120,6 +120,34 @@ std::size_t transfer_operation::await_resume() {
     }
 }
 
+gather_operation::gather_operation(socket_handle& s, std::span<const std::string_view> parts, bool all,
+                                   const char* what)
+    : io_operation(s.loop_for(what)), m_what(what) {
+    if (parts.size() > gathered_bytes::max_parts) {
+        throw std::invalid_argument(std::string(what) + ": " + std::to_string(parts.size()) +
+                                    " parts; at most " + std::to_string(gathered_bytes::max_parts) +
+                                    " in one gathered write");
+    }
+    m_bytes.parts = parts.data();
+    m_bytes.count = parts.size();
+    std::size_t total = 0;
+    for (const auto& p : parts) total += p.size();
+    io.kind = &io_kind_send_gathered;
+    io.all = all;
+    io.fd = s.fd();
+    io.buf = &m_bytes;
+    io.len = total;
+    io.reg = s.reg();
+    m_ready = total == 0;
+}
+
+std::size_t gather_operation::await_resume() {
+    if (m_ready) return 0;
+    const int r = take_result();
+    if (r < 0) detail::throw_io_failure(r, on_fd(m_what, io.fd));
+    return io.all ? io.done : static_cast<std::size_t>(r);
+}
+
 // ---- accept -------------------------------------------------------------
 
 accept_operation::accept_operation(socket_handle& s, bool detached)

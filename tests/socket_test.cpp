@@ -492,6 +492,63 @@ TEST_CASE("tcp: empty buffers complete at once with 0 bytes (read_some, read_exa
     });
 }
 
+namespace {
+
+// Writes a gathered head + 8 MiB body + tail (an empty part between) while
+// the other end reads it all: the socket takes it in many partial sends,
+// each continuing where the last one stopped.
+hop::task<std::size_t> write_parts(hop::tcp_stream& s, std::span<const std::string_view> parts) {
+    co_return co_await s.write_all(parts);
+}
+
+hop::task<void> gathered_writes() {
+    auto p = co_await hop_test::make_pair();
+    const std::string head = "head:";
+    std::string body(8 * MiB, '\0');
+    for (std::size_t i = 0; i < body.size(); ++i) body[i] = static_cast<char>('a' + i % 23);
+    const std::string tail = ":tail";
+    const std::array<std::string_view, 4> parts{head, body, std::string_view(), tail};
+    const std::size_t total = head.size() + body.size() + tail.size();
+    std::vector<char> in(total);
+    auto both = co_await hop::when_all(write_parts(p.client, parts), read_into(p.server, in));
+    CHECK(std::get<0>(both) == total);
+    CHECK(std::string_view(in.data(), head.size()) == head);
+    CHECK(std::string_view(in.data() + head.size(), body.size()) == body);
+    CHECK(std::string_view(in.data() + head.size() + body.size(), tail.size()) == tail);
+
+    // write_some: one call, some bytes from the first part on, in order.
+    const std::array<std::string_view, 2> two{"ab"sv, "cd"sv};
+    const std::size_t n = co_await p.client.write_some(two);
+    CHECK(n >= 1);
+    CHECK(n <= 4);
+    std::vector<char> some(n);
+    co_await p.server.read_exact(some);
+    CHECK(std::string_view(some.data(), n) == std::string_view("abcd").substr(0, n));
+
+    // Nothing to send: 0 at once.
+    const std::array<std::string_view, 2> empty{};
+    CHECK(co_await p.client.write_all(empty) == 0);
+
+    // Too many parts: refused at the call, naming the count.
+    const std::array<std::string_view, 17> many{};
+    std::string what;
+    try {
+        (void)p.client.write_all(many);
+    } catch (const std::invalid_argument& e) {
+        what = e.what();
+    }
+    CHECK_MESSAGE(what.find("17 parts") != std::string::npos, what);
+}
+
+}  // namespace
+
+TEST_CASE("tcp: gathered write_all / write_some send their parts in order (8 MiB in many partial sends); 17 parts refused") {
+    for_each_backend([](hop::backend b) {
+        fd_leak_check fds;
+        run_on(b, gathered_writes());
+    });
+}
+
 // ============================================================================
 // connect by name, adopt
 // ============================================================================

@@ -52,6 +52,7 @@
 #include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <span>
 #include <string_view>
 #include <system_error>
 #include <type_traits>
@@ -165,6 +166,24 @@ public:
 private:
     const char* m_what;
     mode m_mode;
+    bool m_ready = false;
+};
+
+/// A gathered send (write_some / write_all of several pieces).
+class gather_operation : public io_operation {
+public:
+    /// @throws std::invalid_argument for more than gathered_bytes::max_parts pieces.
+    gather_operation(socket_handle& s, std::span<const std::string_view> parts, bool all, const char* what);
+    gather_operation(const gather_operation&) = delete;
+    gather_operation& operator=(const gather_operation&) = delete;
+    /// Nothing to send: 0 at once, no call.
+    bool await_ready() const noexcept { return m_ready; }
+    /// Bytes sent. @throws std::system_error with the errno; cancelled_error.
+    std::size_t await_resume();
+
+private:
+    gathered_bytes m_bytes;
+    const char* m_what;
     bool m_ready = false;
 };
 
@@ -285,6 +304,21 @@ public:
         return {m_handle, detail::transfer_operation::mode::write_all,
                 const_cast<void*>(static_cast<const void*>(std::data(bytes))), std::size(bytes) * 1,
                 "hop::tcp_stream::write_all"};
+    }
+
+    /// Sends some of `parts`, in order, in one call (a gathered send, like
+    /// writev): a response's head and body without copying them together.
+    /// Returns how many bytes.
+    /// @throws std::invalid_argument (at the call) for more than 16 parts.
+    detail::gather_operation write_some(std::span<const std::string_view> parts) {
+        return {m_handle, parts, false, "hop::tcp_stream::write_some"};
+    }
+    /// Sends all of `parts`, in order: one call when the socket takes them
+    /// all. `std::array parts{head, body}; co_await s.write_all(parts);`
+    /// @throws std::invalid_argument (at the call) for more than 16 parts;
+    ///         as write_all of one buffer, from the await.
+    detail::gather_operation write_all(std::span<const std::string_view> parts) {
+        return {m_handle, parts, true, "hop::tcp_stream::write_all"};
     }
 
     /// `co_await s.wait_readable()`: resumes once a read would not block

@@ -68,6 +68,12 @@ int attempt_sendmsg(io_params& io, bool) noexcept {
     return result_of(::sendmsg(io.fd, io.msg, io.flags | MSG_DONTWAIT | MSG_NOSIGNAL));
 }
 
+int attempt_send_gathered(io_params& io, bool) noexcept {
+    auto* g = static_cast<gathered_bytes*>(io.buf);
+    g->position(io.done);
+    return result_of(::sendmsg(io.fd, &g->msg, io.flags | MSG_DONTWAIT | MSG_NOSIGNAL));
+}
+
 int call_read_at(io_params& io, bool) noexcept {
     const ssize_t r = ::pread(io.fd, next_byte(io), bytes_left(io), static_cast<off_t>(io.offset + io.done));
     return r >= 0 ? static_cast<int>(r) : -errno;

@@ -25,6 +25,23 @@ void transport::try_write(std::string_view bytes) noexcept {
     [[maybe_unused]] auto r = ::send(m_tcp.native_handle(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
+task<std::size_t> transport::write_parts_tls(tls::stream& s, std::span<const std::string_view> parts) {
+    // What fits in one TLS record goes as one (one SSL_write, one send);
+    // larger parts are written as they are, without a copy.
+    constexpr std::size_t record = 16 * 1024;
+    std::size_t total = 0;
+    for (auto p : parts) total += p.size();
+    if (total <= record) {
+        std::string joined;
+        joined.reserve(total);
+        for (auto p : parts) joined.append(p);
+        co_await s.write_all(joined);
+        co_return total;
+    }
+    for (auto p : parts) co_await s.write_all(p);
+    co_return total;
+}
+
 bool transport::cheap_readiness_wait() const noexcept {
     if (m_tls) return false;
     const io_loop* loop = current_loop();

@@ -82,6 +82,7 @@ class transport {
 public:
     using read_operation = either_operation<hop::detail::transfer_operation, std::size_t, true>;
     using write_operation = either_operation<hop::detail::transfer_operation, std::size_t>;
+    using gathered_write_operation = either_operation<hop::detail::gather_operation, std::size_t>;
 
     transport() noexcept = default;
     explicit transport(tcp_stream s) noexcept : m_tcp(std::move(s)) {}
@@ -107,6 +108,13 @@ public:
     write_operation write_all(std::string_view bytes) {
         if (m_tls) return write_operation(m_tls->write_all(bytes));
         return write_operation([&] { return m_tcp.write_all(bytes); });
+    }
+    /// All of `parts` (at most 16), in order: over TCP one gathered send
+    /// when the socket takes it all; over TLS the small ones as one record.
+    /// `parts` (and what it points to) must live until the write ends.
+    gathered_write_operation write_all(std::span<const std::string_view> parts) {
+        if (m_tls) return gathered_write_operation(write_parts_tls(*m_tls, parts));
+        return gathered_write_operation([&] { return m_tcp.write_all(parts); });
     }
     /// Last words from code that cannot await: one non-blocking send of
     /// what fits. Never throws.
@@ -143,6 +151,8 @@ public:
     const tls::stream* tls() const noexcept { return m_tls.get(); }
 
 private:
+    static task<std::size_t> write_parts_tls(tls::stream& s, std::span<const std::string_view> parts);
+
     tcp_stream m_tcp;                     // empty once TLS took it
     std::unique_ptr<tls::stream> m_tls;  // over m_tcp's socket
 };

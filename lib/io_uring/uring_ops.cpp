@@ -47,6 +47,14 @@ void prep_sendmsg(io_uring_sqe* sqe, const io_params& io) noexcept {
     io_uring_prep_sendmsg(sqe, io.fd, io.msg, static_cast<unsigned>(io.flags) | MSG_NOSIGNAL);
 }
 
+void prep_send_gathered(io_uring_sqe* sqe, const io_params& io) noexcept {
+    // The message lives in the operation until it completes (an io_uring
+    // sendmsg reads it when it runs).
+    auto* g = static_cast<gathered_bytes*>(io.buf);
+    g->position(io.done);
+    io_uring_prep_sendmsg(sqe, io.fd, &g->msg, static_cast<unsigned>(io.flags) | MSG_NOSIGNAL);
+}
+
 void prep_read_at(io_uring_sqe* sqe, const io_params& io) noexcept {
     io_uring_prep_read(sqe, io.fd, next_byte(io), bytes_left(io), io.offset + io.done);
 }

@@ -20,6 +20,7 @@
 #include <hop/task.hpp>
 
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <atomic>
 #include <cerrno>
@@ -27,6 +28,7 @@
 #include <cstdint>
 #include <optional>
 #include <stop_token>
+#include <string_view>
 
 namespace hop::detail {
 
@@ -81,6 +83,7 @@ extern const io_kind io_kind_accept;   // accept4(2)
 extern const io_kind io_kind_connect;  // connect(2)
 extern const io_kind io_kind_recvmsg;  // recvmsg(2) (a datagram socket)
 extern const io_kind io_kind_sendmsg;  // sendmsg(2) (a datagram socket)
+extern const io_kind io_kind_send_gathered;  // sendmsg(2) of a gathered_bytes (a stream socket; io.buf)
 extern const io_kind io_kind_read_at;  // pread(2)
 extern const io_kind io_kind_write_at; // pwrite(2)
 extern const io_kind io_kind_fsync;    // fsync(2), fdatasync(2) with fsync_data_only
@@ -107,6 +110,36 @@ struct io_params {
     /// The fd's registration slot (owned by the IO object; its protocol is
     /// above), or null: the fd is registered for this one operation.
     std::atomic<fd_registration*>* reg = nullptr;
+};
+
+/// What a gathered send sends: up to max_parts pieces, in order. Its
+/// io_params have `buf` pointing here and `len` the total; each call (and
+/// each continuation of an `all` one) sends from io.done on (position()).
+struct gathered_bytes {
+    static constexpr std::size_t max_parts = 16;
+    msghdr msg{};
+    iovec iov[max_parts]{};
+    const std::string_view* parts = nullptr;
+    std::size_t count = 0;
+
+    /// Points msg at what is left after the first `done` bytes.
+    void position(std::size_t done) noexcept {
+        std::size_t n = 0;
+        for (std::size_t i = 0; i < count; ++i) {
+            std::string_view p = parts[i];
+            if (done >= p.size()) {
+                done -= p.size();
+                continue;
+            }
+            p.remove_prefix(done);
+            done = 0;
+            iov[n].iov_base = const_cast<char*>(p.data());
+            iov[n].iov_len = p.size();
+            ++n;
+        }
+        msg.msg_iov = iov;
+        msg.msg_iovlen = n;
+    }
 };
 
 class io_operation : public loop_operation {
