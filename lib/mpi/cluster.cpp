@@ -438,6 +438,12 @@ void executor::impl::fail_rank(int r, const std::exception_ptr& e) {
             rank_failed_error(r, "hop::mpi: rank " + std::to_string(r) + " cannot be reached: " + x.what()));
     } catch (...) {
     }
+    // First, so that whoever sees a future fail sees the rank gone.
+    const auto ri = static_cast<std::size_t>(r);
+    busy[ri] = 0;
+    capacity.fetch_sub(limit[ri], std::memory_order_relaxed);
+    limit[ri] = 0;      // sends nothing more there
+    failed[ri] = true;  // and ignores what still comes from there
     std::size_t released = 0;
     for (auto it = in_flight.begin(); it != in_flight.end();) {
         if (it->second.rank != r) {
@@ -449,11 +455,6 @@ void executor::impl::fail_rank(int r, const std::exception_ptr& e) {
         ++released;
         it = in_flight.erase(it);
     }
-    const auto ri = static_cast<std::size_t>(r);
-    busy[ri] = 0;
-    capacity.fetch_sub(limit[ri], std::memory_order_relaxed);
-    limit[ri] = 0;  // sends nothing more there
-    failed[ri] = true;  // and ignores what still comes from there
     std::lock_guard lock(mutex);
     outstanding -= released;
     if (outstanding == 0) drained.notify_all();
