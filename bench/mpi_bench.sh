@@ -45,7 +45,7 @@ for key in tiny_submit_jobs_per_s tiny_map_items_per_s ms_seconds local_seconds 
     h=$(median "$thread_out" "$key")
     p=$(median "$py_out" "$key")
     ratio=$(awk -v h="$h" -v p="$p" -v k="$key" 'BEGIN {
-        if (k ~ /local|cpu/) print "-"
+        if (k == "local_seconds" || k ~ /^cpu/) print "-"
         else if (k ~ /overhead|seconds/) { if (h > 0 && p > 0) printf "%.1fx", p / h; else print "-" }
         else if (p > 0) printf "%.1fx", h / p; else print "-" }')
     printf '%-24s %30s %30s %30s %8s\n' "$key" "$(cell "$thread_out" "$key")" "$(cell "$loop_out" "$key")" \

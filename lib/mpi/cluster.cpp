@@ -6,6 +6,16 @@
 // per rank, and completes futures from the replies; a worker's progress
 // thread hands jobs to its cpu_pool and sends back what the pool finished.
 // User threads, io_loops and pool workers only take a mutex to queue.
+//
+// Two ways for the progress thread to wait between MPI polls, the same
+// steps either way (HOP_MPI_PROGRESS): "thread" (the default) sleeps on
+// condition variables and nanosleep; "loop" runs the steps as a task on an
+// io_loop of its own (MPI_Test/MPI_Improbe between the loop's events, its
+// timers for the back-off, posts to wake it), which is what polling MPI
+// from an application's loop would cost. bench/mpi_bench.sh measures both:
+// "loop" took more CPU (the loop spins briefly before each of the many
+// short sleeps) and fewer tiny jobs per second, so "thread" is the default
+// (figures in docs/cluster.md).
 
 #include <hop/cpu_pool.hpp>
 #include <hop/io_loop.hpp>
