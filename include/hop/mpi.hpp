@@ -445,7 +445,8 @@ public:
     /// Threads of all the worker ranks' pools together.
     std::size_t worker_threads() const noexcept;
     /// How many jobs may be sent and unanswered at once, over all ranks
-    /// (per rank: 8 per thread of its pool). More jobs wait on rank 0.
+    /// (per rank: 8 per thread of its pool). More jobs wait on rank 0. A
+    /// rank MPI reported an error for (rank_failed_error) no longer counts.
     std::size_t capacity() const noexcept;
 
     /// Runs `fn(args...)` on some worker rank; the future completes on
@@ -537,7 +538,9 @@ private:
 /// result once every job has answered; on every other rank serves jobs on a
 /// cpu_pool (HOP_MPI_THREADS threads, default: the cores) until rank 0 is
 /// done, and returns 0. MPI is finalized before run() returns. Call it
-/// once per process.
+/// once per process. HOP_MPI_PROGRESS=loop makes the progress thread poll
+/// MPI from a task on an io_loop of its own instead (measured against the
+/// default, HOP_MPI_PROGRESS=thread, in docs/cluster.md; it costs more CPU).
 /// @throws what `fn` throws (after the workers were told to stop).
 /// @throws std::logic_error if a function's registration clashed with another.
 int run(int& argc, char**& argv, std::function<int(executor&)> fn);

@@ -6,9 +6,23 @@
 // per rank, and completes futures from the replies; a worker's progress
 // thread hands jobs to its cpu_pool and sends back what the pool finished.
 // User threads, io_loops and pool workers only take a mutex to queue.
+//
+// Two ways for the progress thread to wait between MPI polls, the same
+// steps either way (HOP_MPI_PROGRESS): "thread" (the default) sleeps on
+// condition variables and nanosleep; "loop" runs the steps as a task on an
+// io_loop of its own (MPI_Test/MPI_Improbe between the loop's events, its
+// timers for the back-off, posts to wake it), which is what polling MPI
+// from an application's loop would cost. bench/mpi_bench.sh measures both:
+// "loop" took more CPU (the loop spins briefly before each of the many
+// short sleeps) and fewer tiny jobs per second, so "thread" is the default
+// (figures in docs/cluster.md).
 
 #include <hop/cpu_pool.hpp>
+#include <hop/io_loop.hpp>
 #include <hop/mpi.hpp>
+#include <hop/sync.hpp>
+#include <hop/task.hpp>
+#include <hop/time.hpp>
 
 #include "lib/mpi/wire.hpp"
 
@@ -84,8 +98,27 @@ void tighten_timer_slack() noexcept { ::prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0U
 
 struct outgoing {
     MPI_Request request = MPI_REQUEST_NULL;
-    std::string data;
+    int dest = 0;
+    // On the heap of its own: a send MPI failed to finish keeps its buffer
+    // (MPI may still read it) after the record is dropped.
+    std::unique_ptr<std::string> data;
 };
+
+// The test seam (lib/mpi/wire.hpp): a fault armed for one rank, taken by
+// the next call of its kind that concerns that rank.
+struct armed_fault {
+    std::atomic<int> rank{-1};
+    std::atomic<int> code{0};
+
+    /// The armed code if the fault is armed for `dest` (then disarmed), else 0.
+    int take(int dest) noexcept {
+        int r = rank.load(std::memory_order_acquire);
+        if (r != dest || !rank.compare_exchange_strong(r, -1, std::memory_order_acq_rel)) return 0;
+        return code.load(std::memory_order_relaxed);
+    }
+};
+armed_fault g_isend_fault;
+armed_fault g_test_fault;
 
 /// Isends `data` to `dest` and keeps the buffer until MPI is done with it.
 void send_bytes(std::deque<outgoing>& sends, std::string data, int dest, int tag) {
@@ -95,20 +128,30 @@ void send_bytes(std::deque<outgoing>& sends, std::string data, int dest, int tag
     }
     sends.emplace_back();
     auto& o = sends.back();
-    o.data = std::move(data);
-    int code = MPI_Isend(o.data.data(), static_cast<int>(o.data.size()), MPI_BYTE, dest, tag, MPI_COMM_WORLD, &o.request);
+    o.dest = dest;
+    o.data = std::make_unique<std::string>(std::move(data));
+    int code = g_isend_fault.take(dest);
+    if (code == 0) {
+        code = MPI_Isend(o.data->data(), static_cast<int>(o.data->size()), MPI_BYTE, dest, tag, MPI_COMM_WORLD, &o.request);
+    }
     if (code != MPI_SUCCESS) {
         sends.pop_back();
         throw_mpi("MPI_Isend", code);
     }
 }
 
-/// Tests the oldest sends; returns whether any finished.
+/// What MPI_Test says of a send (or the test seam's armed error).
+int test_send(outgoing& o, int& flag) noexcept {
+    if (int code = g_test_fault.take(o.dest); code != 0) return code;
+    return MPI_Test(&o.request, &flag, MPI_STATUS_IGNORE);
+}
+
+/// Tests the oldest sends; returns whether any finished. An error throws.
 bool reap_sends(std::deque<outgoing>& sends) {
     bool any = false;
     while (!sends.empty()) {
         int flag = 0;
-        check("MPI_Test", MPI_Test(&sends.front().request, &flag, MPI_STATUS_IGNORE));
+        check("MPI_Test", test_send(sends.front(), flag));
         if (!flag) break;
         sends.pop_front();
         any = true;
@@ -129,6 +172,36 @@ bool try_receive(int source, int tag, std::string& out, MPI_Status& st) {
     return true;
 }
 
+/// How the progress thread waits between MPI polls (HOP_MPI_PROGRESS).
+enum class progress_mode {
+    thread,  ///< "thread": condition variables and short sleeps of its own
+    loop,    ///< "loop": an io_loop's timers and wake-ups; MPI polled from a task on it
+};
+
+progress_mode progress_from_env() {
+    const char* v = std::getenv("HOP_MPI_PROGRESS");
+    if (v == nullptr || *v == '\0' || std::string_view(v) == "thread") return progress_mode::thread;
+    if (std::string_view(v) == "loop") return progress_mode::loop;
+    throw std::invalid_argument(std::string("hop::mpi: HOP_MPI_PROGRESS='") + v + "' is neither 'thread' nor 'loop'");
+}
+
+/// `co_await yield_to{loop}`: lets the loop run what is queued on it, then
+/// resumes (io_loop::schedule() does not suspend on the loop's own thread).
+struct yield_to {
+    io_loop& loop;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) { loop.post([h] { h.resume(); }); }
+    void await_resume() const noexcept {}
+};
+
+/// One step of a progress routine: what it did, and what comes next.
+enum class step_result {
+    moved,  ///< something moved: poll again at once
+    idle,   ///< nothing moved: back off
+    park,   ///< nothing in flight: wait for a wake-up
+    done,   ///< finished
+};
+
 std::size_t threads_from_env() {
     const char* v = std::getenv("HOP_MPI_THREADS");
     if (v == nullptr || *v == '\0') return std::max(1u, std::thread::hardware_concurrency());
@@ -144,12 +217,19 @@ std::size_t threads_from_env() {
 
 int rank() noexcept { return g_rank.load(std::memory_order_relaxed); }
 
+void detail::inject_fault(fault_kind kind, int rank, int code) noexcept {
+    armed_fault& f = kind == fault_kind::isend ? g_isend_fault : g_test_fault;
+    f.code.store(code, std::memory_order_relaxed);
+    f.rank.store(rank, std::memory_order_release);
+}
+
 // ---- rank 0 ------------------------------------------------------------------
 
 struct executor::impl {
     // Shared with submitting threads, under `mutex`.
     std::mutex mutex;
-    std::condition_variable wake;     // the progress thread sleeps on it when it has nothing in flight
+    std::condition_variable wake;     // thread mode: the progress thread sleeps on it when it has nothing in flight
+    hop::event parked;                // loop mode: the same, for the task on the progress thread's loop
     std::condition_variable drained;  // shutdown(true) waits on it
     std::deque<detail::remote_job*> queue;
     std::size_t outstanding = 0;  // queued or in flight
@@ -159,10 +239,10 @@ struct executor::impl {
     std::thread::id progress_id;
 
     // Set at start-up, then read-only.
+    progress_mode mode = progress_mode::thread;
     std::size_t workers = 0;
-    std::vector<std::size_t> limit;  // per rank (index 0 unused)
-    std::size_t capacity = 0;
     std::size_t threads = 0;  // of every worker's pool
+    std::atomic<std::size_t> capacity{0};  // the live ranks' limits together
 
     // The progress thread's own.
     struct flight {
@@ -170,12 +250,31 @@ struct executor::impl {
         int rank;
     };
     std::unordered_map<std::uint64_t, flight> in_flight;
-    std::vector<std::size_t> busy;  // per rank
+    std::vector<std::size_t> limit;  // per rank (index 0 unused); 0 once the rank failed
+    std::vector<std::size_t> busy;   // per rank
+    std::vector<bool> failed;        // per rank: MPI reported an error for it
     std::uint64_t next_id = 1;
     std::deque<outgoing> sends;
+    std::vector<std::unique_ptr<std::string>> abandoned;  // buffers of sends MPI failed: it may still read them
     unsigned next_rank = 0;
 
-    void run_progress();
+    /// Wakes the progress thread from park (thread-safe).
+    void wake_progress() {
+        if (mode == progress_mode::loop) {
+            parked.set();
+        } else {
+            wake.notify_one();
+        }
+    }
+    /// Sends, receives, completes futures once.
+    step_result step();
+    /// The progress thread's two ways to wait between steps.
+    void run_progress_thread();
+    task<void> run_progress_loop();
+    /// Tells every worker to stop and waits until the messages left.
+    void stop_workers();
+    /// Tests the oldest sends; a send MPI fails fails its rank.
+    bool reap();
     /// True if every live rank holds at least two jobs per thread.
     bool fed() const noexcept {
         for (std::size_t r = 1; r <= workers; ++r) {
@@ -183,13 +282,20 @@ struct executor::impl {
         }
         return true;
     }
+    /// The longest back-off sleep: when every rank has a backlog beyond its
+    /// threads the replies can wait a little longer, and the polls cost the
+    /// workers CPU.
+    std::chrono::microseconds idle_cap() const noexcept {
+        return fed() ? std::chrono::microseconds(500) : std::chrono::microseconds(50);
+    }
     std::size_t dispatch();
     std::size_t collect();
     void fail_rank(int r, const std::exception_ptr& e);
+    void fail_rank(int r, const char* call, int code);
 };
 
 std::size_t executor::size() const noexcept { return m_impl->workers; }
-std::size_t executor::capacity() const noexcept { return m_impl->capacity; }
+std::size_t executor::capacity() const noexcept { return m_impl->capacity.load(std::memory_order_relaxed); }
 std::size_t executor::worker_threads() const noexcept { return m_impl->threads; }
 
 bool executor::is_shutdown() const noexcept {
@@ -217,7 +323,7 @@ void executor::enqueue_all(const std::vector<detail::remote_job*>& jobs) {
             const bool wake = s.sleeping;
             s.sleeping = false;
             lock.unlock();
-            if (wake) s.wake.notify_one();
+            if (wake) s.wake_progress();
             return;
         }
         lock.unlock();
@@ -325,6 +431,14 @@ std::size_t executor::impl::dispatch() {
     return released;
 }
 
+void executor::impl::fail_rank(int r, const char* call, int code) {
+    try {
+        throw_mpi(call, code);
+    } catch (...) {
+        fail_rank(r, std::current_exception());
+    }
+}
+
 void executor::impl::fail_rank(int r, const std::exception_ptr& e) {
     std::exception_ptr err = e;
     try {
@@ -334,6 +448,12 @@ void executor::impl::fail_rank(int r, const std::exception_ptr& e) {
             rank_failed_error(r, "hop::mpi: rank " + std::to_string(r) + " cannot be reached: " + x.what()));
     } catch (...) {
     }
+    // First, so that whoever sees a future fail sees the rank gone.
+    const auto ri = static_cast<std::size_t>(r);
+    busy[ri] = 0;
+    capacity.fetch_sub(limit[ri], std::memory_order_relaxed);
+    limit[ri] = 0;      // sends nothing more there
+    failed[ri] = true;  // and ignores what still comes from there
     std::size_t released = 0;
     for (auto it = in_flight.begin(); it != in_flight.end();) {
         if (it->second.rank != r) {
@@ -345,8 +465,6 @@ void executor::impl::fail_rank(int r, const std::exception_ptr& e) {
         ++released;
         it = in_flight.erase(it);
     }
-    busy[static_cast<std::size_t>(r)] = 0;
-    limit[static_cast<std::size_t>(r)] = 0;  // sends nothing more there
     std::lock_guard lock(mutex);
     outstanding -= released;
     if (outstanding == 0) drained.notify_all();
@@ -357,6 +475,8 @@ std::size_t executor::impl::collect() {
     std::string msg;
     MPI_Status st;
     while (try_receive(MPI_ANY_SOURCE, detail::tag_results, msg, st)) {
+        // Answers from a rank that failed: its jobs have failed already.
+        if (st.MPI_SOURCE > 0 && static_cast<std::size_t>(st.MPI_SOURCE) <= workers && failed[static_cast<std::size_t>(st.MPI_SOURCE)]) continue;
         reader in(msg.data(), msg.size());
         while (in.remaining() != 0) {
             auto id = in.read<std::uint64_t>();
@@ -383,40 +503,105 @@ std::size_t executor::impl::collect() {
     return released;
 }
 
-void executor::impl::run_progress() {
+bool executor::impl::reap() {
+    bool any = false;
+    while (!sends.empty()) {
+        auto& o = sends.front();
+        int flag = 0;
+        const int code = test_send(o, flag);
+        if (code != MPI_SUCCESS) {
+            // The send's fate is unknown: the request is let go (an error
+            // freeing it changes nothing) and the buffer kept till the end.
+            MPI_Request_free(&o.request);
+            const int dest = o.dest;
+            abandoned.push_back(std::move(o.data));
+            sends.pop_front();
+            fail_rank(dest, "MPI_Test", code);
+            any = true;
+            continue;
+        }
+        if (!flag) break;
+        sends.pop_front();
+        any = true;
+    }
+    return any;
+}
+
+step_result executor::impl::step() {
+    std::size_t released = dispatch();
+    bool moved = reap();
+    released += collect();
+    moved |= released != 0;
+    std::lock_guard lock(mutex);
+    outstanding -= released;
+    if (outstanding == 0) drained.notify_all();
+    if (finish && outstanding == 0 && queue.empty()) return step_result::done;
+    if (in_flight.empty() && sends.empty() && queue.empty() && !finish) {
+        sleeping = true;
+        return step_result::park;
+    }
+    return moved ? step_result::moved : step_result::idle;
+}
+
+void executor::impl::run_progress_thread() {
     backoff idle;
     for (;;) {
-        std::size_t released = 0;
-        bool moved = false;
-        released += dispatch();
-        moved |= reap_sends(sends);
-        std::size_t got = collect();
-        released += got;
-        moved |= got != 0 || released != 0;
-        {
+        const step_result r = step();
+        if (r == step_result::done) return;
+        if (r == step_result::park) {
             std::unique_lock lock(mutex);
-            outstanding -= released;
-            if (outstanding == 0) drained.notify_all();
-            if (finish && outstanding == 0 && queue.empty()) break;
-            if (in_flight.empty() && sends.empty() && queue.empty()) {
-                sleeping = true;
-                wake.wait(lock, [&] { return !queue.empty() || finish; });
-                sleeping = false;
-                idle.reset();
-                continue;
-            }
-        }
-        if (moved) {
+            wake.wait(lock, [&] { return !queue.empty() || finish; });
+            sleeping = false;
+            idle.reset();
+        } else if (r == step_result::moved) {
             idle.reset();
         } else {
-            // Every rank has a backlog beyond its threads: the replies can
-            // wait a little longer, and the polls cost the workers CPU.
-            idle.idle(fed() ? std::chrono::microseconds(500) : std::chrono::microseconds(50));
+            idle.idle(idle_cap());
         }
     }
-    for (std::size_t r = 1; r <= workers; ++r) send_bytes(sends, std::string(), static_cast<int>(r), detail::tag_stop);
+}
+
+// The same steps from a task on an io_loop: MPI_Test/MPI_Improbe polled
+// between the loop's events, the loop's timers for the back-off, a
+// hop::event (set by the submitting thread) to wake from park.
+task<void> executor::impl::run_progress_loop() {
+    io_loop& loop = *current_loop();
+    backoff idle;
+    for (;;) {
+        const step_result r = step();
+        if (r == step_result::done) co_return;
+        if (r == step_result::park) {
+            co_await parked.wait();
+            parked.reset();
+            std::lock_guard lock(mutex);
+            sleeping = false;
+            idle.reset();
+            continue;
+        }
+        if (r == step_result::moved) {
+            idle.reset();
+            continue;
+        }
+        auto d = idle.next(idle_cap());
+        if (d.count() != 0) {
+            co_await hop::sleep_for(d);
+        } else {
+            co_await yield_to{loop};
+        }
+    }
+}
+
+void executor::impl::stop_workers() {
+    for (std::size_t r = 1; r <= workers; ++r) {
+        try {
+            send_bytes(sends, std::string(), static_cast<int>(r), detail::tag_stop);
+        } catch (...) {
+            if (!failed[r]) throw;  // a rank that failed already may not be reachable
+        }
+    }
+    backoff idle;
     while (!sends.empty()) {
-        if (!reap_sends(sends)) idle.idle(std::chrono::microseconds(200));
+        if (!reap()) idle.idle(std::chrono::microseconds(200));
     }
 }
 
@@ -428,46 +613,70 @@ namespace {
 /// sends the answers back as the pool finishes them.
 class worker {
 public:
-    explicit worker(std::size_t threads) : m_pool(threads) {}
+    worker(std::size_t threads, progress_mode mode) : m_pool(threads), m_mode(mode) {}
 
     void serve() {
-        backoff idle;
-        std::deque<outgoing> sends;
+        if (m_mode == progress_mode::loop) {
+            hop::run(serve_loop());
+        } else {
+            serve_thread();
+        }
+        m_pool.shutdown(true);
+    }
+
+private:
+    /// Receives batches, sends the pool's answers, reaps sends: once.
+    step_result step() {
+        bool moved = reap_sends(m_sends);
         std::string msg;
-        bool stop = false;
+        MPI_Status st;
+        while (!m_stop && try_receive(0, MPI_ANY_TAG, msg, st)) {
+            moved = true;
+            if (st.MPI_TAG == detail::tag_stop) {
+                m_stop = true;
+            } else {
+                start_batch(std::make_shared<std::string>(std::move(msg)));
+            }
+        }
+        moved |= flush();
+        if (m_stop && m_running == 0 && m_sends.empty()) return step_result::done;
+        return moved ? step_result::moved : step_result::idle;
+    }
+
+    /// Sends what the pool has answered since the last call, in one message.
+    bool flush() {
+        std::string answers;
+        std::size_t answered = 0;
+        {
+            std::lock_guard lock(m_mutex);
+            answers.swap(m_answers);
+            answered = std::exchange(m_answered, 0);
+            m_flush_posted = false;
+        }
+        if (answered == 0) return false;
+        m_running -= answered;
+        send_bytes(m_sends, std::move(answers), 0, detail::tag_results);
+        return true;
+    }
+
+    // An idle rank and one whose pool has a backlog poll MPI slowly
+    // (answers wake the progress thread at once); a rank with idle threads
+    // and jobs in flight polls fast for the next batch.
+    std::chrono::microseconds idle_cap() const noexcept {
+        const bool hungry = m_running != 0 && m_running < 2 * m_pool.size();
+        return hungry ? std::chrono::microseconds(50) : std::chrono::microseconds(1000);
+    }
+
+    void serve_thread() {
+        backoff idle;
         for (;;) {
-            bool moved = reap_sends(sends);
-            MPI_Status st;
-            while (!stop && try_receive(0, MPI_ANY_TAG, msg, st)) {
-                moved = true;
-                if (st.MPI_TAG == detail::tag_stop) {
-                    stop = true;
-                } else {
-                    start_batch(std::make_shared<std::string>(std::move(msg)));
-                }
-            }
-            std::string answers;
-            std::size_t answered = 0;
-            {
-                std::lock_guard lock(m_mutex);
-                answers.swap(m_answers);
-                answered = std::exchange(m_answered, 0);
-            }
-            if (answered != 0) {
-                m_running -= answered;
-                send_bytes(sends, std::move(answers), 0, detail::tag_results);
-                moved = true;
-            }
-            if (stop && m_running == 0 && sends.empty()) break;
-            if (moved) {
+            const step_result r = step();
+            if (r == step_result::done) return;
+            if (r == step_result::moved) {
                 idle.reset();
                 continue;
             }
-            // An idle rank and one whose pool has a backlog poll MPI slowly
-            // (answers wake this thread at once); a rank with idle threads
-            // and jobs in flight polls fast for the next batch.
-            const bool hungry = m_running != 0 && m_running < 2 * m_pool.size();
-            auto d = idle.next(hungry ? std::chrono::microseconds(50) : std::chrono::microseconds(1000));
+            auto d = idle.next(idle_cap());
             if (d.count() != 0) {
                 // An answer from the pool wakes this thread at once; MPI is polled when the wait ends.
                 std::unique_lock lock(m_mutex);
@@ -476,7 +685,33 @@ public:
                 m_sleeping = false;
             }
         }
-        m_pool.shutdown(true);
+    }
+
+    // The same steps from a task on an io_loop: the pool's answers are
+    // posted to the loop, which sends them at once (flush); MPI is polled
+    // between the loop's events with the loop's timers for the back-off.
+    task<void> serve_loop() {
+        m_loop = current_loop();
+        backoff idle;
+        for (;;) {
+            if (m_loop_error) std::rethrow_exception(m_loop_error);
+            const step_result r = step();
+            if (r == step_result::done) break;
+            if (r == step_result::moved) {
+                idle.reset();
+                co_await yield_to{*m_loop};
+                continue;
+            }
+            auto d = idle.next(idle_cap());
+            if (d.count() != 0) {
+                co_await hop::sleep_for(d);
+            } else {
+                co_await yield_to{*m_loop};
+            }
+        }
+        // Pool threads may still be posting a flush (of nothing): no post after this.
+        std::lock_guard lock(m_mutex);
+        m_loop = nullptr;
     }
 
 private:
@@ -537,6 +772,19 @@ private:
         std::unique_lock lock(m_mutex);
         m_answers += rec;
         ++m_answered;
+        if (m_mode == progress_mode::loop) {
+            // One flush posted at a time: answers that come meanwhile join its message.
+            if (m_flush_posted || m_loop == nullptr) return;
+            m_flush_posted = true;
+            m_loop->post([this] {
+                try {
+                    flush();
+                } catch (...) {  // serve_loop() rethrows it
+                    m_loop_error = std::current_exception();
+                }
+            });
+            return;
+        }
         const bool wake = m_sleeping;
         m_sleeping = false;
         lock.unlock();
@@ -544,11 +792,19 @@ private:
     }
 
     cpu_pool m_pool;
-    std::size_t m_running = 0;  // the progress thread's: received, not yet answered
+    const progress_mode m_mode;
+    // The progress thread's own.
+    std::size_t m_running = 0;  // received, not yet answered
+    std::deque<outgoing> m_sends;
+    bool m_stop = false;
+    // Under m_mutex.
     std::mutex m_mutex;
-    std::string m_answers;  // under m_mutex
+    std::string m_answers;
     std::size_t m_answered = 0;
-    bool m_sleeping = false;  // the progress thread waits on m_woken
+    bool m_sleeping = false;        // thread mode: the progress thread waits on m_woken
+    bool m_flush_posted = false;    // loop mode: a flush is queued on m_loop
+    io_loop* m_loop = nullptr;      // loop mode: the progress thread's loop while it serves
+    std::exception_ptr m_loop_error;  // loop mode: a posted flush failed (the loop's thread only)
     std::condition_variable m_woken;
 };
 
@@ -559,6 +815,7 @@ private:
 int run(int& argc, char**& argv, std::function<int(executor&)> fn) {
     if (g_started.exchange(true)) throw std::logic_error("hop::mpi::run: called twice in one process (MPI starts once)");
     const std::size_t threads = threads_from_env();
+    const progress_mode mode = progress_from_env();
 
     executor::impl state;
     std::promise<void> ready;
@@ -584,8 +841,10 @@ int run(int& argc, char**& argv, std::function<int(executor&)> fn) {
             check("MPI_Gather", MPI_Gather(&mine, 1, MPI_INT, all.data(), 1, MPI_INT, 0, MPI_COMM_WORLD));
             if (me == 0) {
                 state.workers = static_cast<std::size_t>(world - 1);
+                state.mode = mode;
                 state.limit.assign(static_cast<std::size_t>(world), 0);
                 state.busy.assign(static_cast<std::size_t>(world), 0);
+                state.failed.assign(static_cast<std::size_t>(world), false);
                 for (int r = 1; r < world; ++r) {
                     state.limit[static_cast<std::size_t>(r)] = static_cast<std::size_t>(all[static_cast<std::size_t>(r)]) * jobs_per_thread;
                     state.capacity += state.limit[static_cast<std::size_t>(r)];
@@ -596,10 +855,15 @@ int run(int& argc, char**& argv, std::function<int(executor&)> fn) {
                     state.progress_id = std::this_thread::get_id();
                 }
                 ready.set_value();
-                state.run_progress();
+                if (mode == progress_mode::loop) {
+                    hop::run(state.run_progress_loop());
+                } else {
+                    state.run_progress_thread();
+                }
+                state.stop_workers();
             } else {
                 ready.set_value();
-                worker w(threads);
+                worker w(threads, mode);
                 w.serve();
             }
         } catch (...) {
@@ -638,7 +902,7 @@ int run(int& argc, char**& argv, std::function<int(executor&)> fn) {
             state.finish = true;
             state.sleeping = false;
         }
-        state.wake.notify_one();
+        state.wake_progress();
     }
     progress.join();
     if (user_error) std::rethrow_exception(user_error);

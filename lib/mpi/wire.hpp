@@ -20,4 +20,13 @@ inline constexpr int tag_stop = 3;
 /// The registered function called `name`, or null.
 const function_entry* find_function(std::string_view name);
 
+/// Test seam (tests/mpi_fault_test.cpp): OpenMPI 4.1 cannot be made to
+/// return an error for one rank on demand, so this arms a simulated one.
+/// The next call of `kind` in this process that concerns a message to
+/// `rank` reports `code` (an MPI error class, e.g. MPI_ERR_OTHER) as if MPI
+/// had returned it: `isend` instead of calling MPI_Isend, `test` instead of
+/// what MPI_Test says of a send. One-shot; thread-safe.
+enum class fault_kind { isend, test };
+void inject_fault(fault_kind kind, int rank, int code) noexcept;
+
 }  // namespace hop::mpi::detail
