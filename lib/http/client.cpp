@@ -380,7 +380,7 @@ parser::event next_event(stream_state& s) {
 }
 parser::event finish_parse(stream_state& s) {
     try {
-        return s.conn->parse.finish();
+        return s.conn->finish();
     } catch (const parse_error& e) {
         throw_malformed(s, e);
     }

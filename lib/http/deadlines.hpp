@@ -57,8 +57,10 @@ public:
     deadline(const deadline&) = delete;
     deadline& operator=(const deadline&) = delete;
 
+    /// Whether it is in a queue. Read without the service's lock: only on
+    /// the loop, or where nothing can arm or fire it meanwhile.
     bool armed() const noexcept { return m_queue != nullptr; }
-    /// When it expires (meaningful while armed).
+    /// When it expires (meaningful while armed; the same rule).
     clock::time_point when() const noexcept { return m_when; }
 
 protected:

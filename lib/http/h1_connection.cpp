@@ -36,4 +36,13 @@ std::span<char> input_buffer::space(std::size_t want) {
     return {m_data.get() + m_end, m_cap - m_end};
 }
 
+h1_connection::handed h1_connection::hand_over() {
+    HOP_ASSERT(m_state == state::between, "a connection handed over in the middle of a message");
+    handed h{std::move(io), std::string(in.view())};
+    in.consume(in.view().size());
+    in.release();
+    m_state = state::handed_over;
+    return h;
+}
+
 }  // namespace hop::http::detail

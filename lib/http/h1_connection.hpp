@@ -8,9 +8,13 @@
 #include "codec.hpp"
 #include "transport.hpp"
 
+#include <hop/detail/assert.hpp>
+
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace hop::http::detail {
@@ -50,30 +54,85 @@ private:
     std::size_t m_end = 0;
 };
 
-/// The transport, its input and the parser of one HTTP/1 connection.
+/// The transport, its input and the parser of one HTTP/1 connection, and
+/// where it is. next_event() and finish() make every move between
+/// messages, heads and bodies; hand_over() the last one.
+///
+///   between --bytes of a message, no event yet--> head
+///   between, head --head event--> body
+///   body --message_end--> between
+///   between --hand_over--> handed_over (another protocol has the transport)
 struct h1_connection {
+    enum class state : std::uint8_t { between, head, body, handed_over };
+
     h1_connection(transport t, parser::kind k, parser::limits l) : io(std::move(t)), parse(k, l) {}
     h1_connection(const h1_connection&) = delete;
     h1_connection& operator=(const h1_connection&) = delete;
+
+    state at() const noexcept { return m_state; }
 
     /// The next event in what is buffered (need_more: all of it taken);
     /// the bytes it used are consumed. A body event's bytes stay valid
     /// until the next read.
     /// @throws parse_error (the status to answer, and why).
     parser::event next_event() {
+        HOP_ASSERT(m_state != state::handed_over, "an HTTP/1 event after the connection was handed over");
         std::size_t used = 0;
         const parser::event ev = parse.parse(in.view(), used);
         in.consume(used);
+        move_on(ev);
         return ev;
     }
+    /// The peer ended its side: parser::finish (a body that runs until the
+    /// close ends with message_end).
+    /// @throws parse_error if a message was cut short.
+    parser::event finish() {
+        HOP_ASSERT(m_state != state::handed_over, "an HTTP/1 event after the connection was handed over");
+        const parser::event ev = parse.finish();
+        move_on(ev);
+        return ev;
+    }
+
     class read_operation;
     /// Reads at most `want` more bytes into the input; resumes with how
     /// many (0: the peer ended its side). A transport read, no frame.
     read_operation read_more(std::size_t want);
 
+    /// What another protocol takes over (HTTP/2 after its preface, the
+    /// bytes after an Upgrade or a CONNECT): the transport and the bytes
+    /// read but not parsed, in order.
+    struct handed {
+        transport io;
+        std::string unread;
+    };
+    /// Between messages only. The connection is left without a transport.
+    handed hand_over();
+
     transport io;
     input_buffer in;
     parser parse;
+
+private:
+    void move_on(parser::event ev) noexcept {
+        switch (ev) {
+            case parser::event::head:
+                HOP_ASSERT(m_state == state::between || m_state == state::head, "a head inside a body");
+                m_state = state::body;
+                break;
+            case parser::event::body:
+                HOP_ASSERT(m_state == state::body, "body bytes before a head");
+                break;
+            case parser::event::message_end:
+                HOP_ASSERT(m_state == state::body, "the end of a message that had no head");
+                m_state = state::between;
+                break;
+            case parser::event::need_more:
+                if (m_state == state::between && parse.started()) m_state = state::head;
+                break;
+        }
+    }
+
+    state m_state = state::between;
 };
 
 /// `co_await c.read_more(want)`: the transport's read into the input's
