@@ -182,13 +182,17 @@ bool deadline_service::fire_one(clock::time_point now) {
         due->m_queue->unlink_locked(*due);
         m_firing = due;
     }
-    due->expired(false);
+    run_expired(*due, false);
+    return true;
+}
+
+void deadline_service::run_expired(deadline& d, bool loop_closing) noexcept {
+    d.expired(loop_closing);
     {
         std::lock_guard lock(m_mutex);
         m_firing = nullptr;
     }
     m_fired.notify_all();
-    return true;
 }
 
 clock::time_point deadline_service::plan(std::stop_source& kick) {
@@ -214,12 +218,7 @@ void deadline_service::close_all() noexcept {
             d->m_queue->unlink_locked(*d);
             m_firing = d;
         }
-        d->expired(true);
-        {
-            std::lock_guard lock(m_mutex);
-            m_firing = nullptr;
-        }
-        m_fired.notify_all();
+        run_expired(*d, true);
     }
 }
 

@@ -151,6 +151,9 @@ private:
     // The next wake-up (max: none), and the kick that ends the sleep
     // earlier, made under the lock.
     clock::time_point plan(std::stop_source& kick);
+    // Runs d.expired() (taken out of its queue, m_firing set, lock
+    // released), then lets disarms waiting for it return.
+    void run_expired(deadline& d, bool loop_closing) noexcept;
     // The loop is closing: every armed entry is told, once.
     void close_all() noexcept;
     // With the lock held: `d` now expires at `when`; wakes the service if
