@@ -541,9 +541,9 @@ snapshot read() {
 
 namespace {
 
-std::string number(double v) {
+std::string number(double v, std::chars_format format = std::chars_format::general) {
     char buf[64];
-    const auto r = std::to_chars(buf, buf + sizeof buf, v);
+    const auto r = std::to_chars(buf, buf + sizeof buf, v, format);
     return std::string(buf, r.ptr);
 }
 
@@ -642,7 +642,7 @@ std::string prometheus(const snapshot& s) {
     std::uint64_t cumulative = 0;
     for (std::size_t i = 0; i < d.counts.size(); ++i) {
         cumulative += d.counts[i];
-        const std::string le = i < d.bounds.size() ? number(d.bounds[i]) : std::string("+Inf");
+        const std::string le = i < d.bounds.size() ? number(d.bounds[i], std::chars_format::fixed) : std::string("+Inf");
         w.sample(std::string(hist) + "_bucket", "le=\"" + le + "\"", cumulative);
     }
     w.sample(std::string(hist) + "_sum", "", number(d.sum));
