@@ -24,22 +24,33 @@
 
 using namespace std::chrono_literals;
 
-// The functions a stall report must name.
-void hop_test_spinning_handler(std::chrono::milliseconds d);
-hop::task<void> hop_test_spinning_coroutine(std::chrono::milliseconds d);
+// The functions a stall report must name. They spin for `d`; on a machine
+// so loaded that the watchdog has not looked by then, on until `reported`
+// (or a guard): the report must be taken while they hold the loop, and a
+// slow watchdog is not the failure under test.
+void hop_test_spinning_handler(std::chrono::milliseconds d, const std::atomic<bool>& reported);
+hop::task<void> hop_test_spinning_coroutine(std::chrono::milliseconds d, const std::atomic<bool>& reported);
 
-// Not inlined: it must be a frame of its own for the report to name.
-[[gnu::noinline]] void hop_test_spinning_handler(std::chrono::milliseconds d) {
-    const auto until = std::chrono::steady_clock::now() + d;
-    while (std::chrono::steady_clock::now() < until) {
+namespace {
+// Inlined into each: the report must name the spinning function itself.
+[[gnu::always_inline]] inline void spin(std::chrono::milliseconds d, const std::atomic<bool>& reported) {
+    const auto start = std::chrono::steady_clock::now();
+    const auto guard_end = start + hop_test::scaled(std::chrono::seconds(10));
+    for (;;) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now >= guard_end || (now >= start + d && reported.load())) break;
     }
 }
+}  // namespace
 
-hop::task<void> hop_test_spinning_coroutine(std::chrono::milliseconds d) {
+// Not inlined: it must be a frame of its own for the report to name.
+[[gnu::noinline]] void hop_test_spinning_handler(std::chrono::milliseconds d, const std::atomic<bool>& reported) {
+    spin(d, reported);
+}
+
+hop::task<void> hop_test_spinning_coroutine(std::chrono::milliseconds d, const std::atomic<bool>& reported) {
     co_await hop::sleep_for(0ms);
-    const auto until = std::chrono::steady_clock::now() + d;
-    while (std::chrono::steady_clock::now() < until) {
-    }
+    spin(d, reported);
 }
 
 namespace {
@@ -85,6 +96,7 @@ public:
         hop::set_stall_log([this](std::string_view line) {
             std::lock_guard lock(m_mutex);
             m_lines.emplace_back(line);
+            reported.store(true);
         });
         hop::set_stall_threshold(threshold);
     }
@@ -108,6 +120,9 @@ public:
         }
         return out;
     }
+
+    /// A report came.
+    std::atomic<bool> reported{false};
 
 private:
     std::mutex m_mutex;
@@ -406,8 +421,8 @@ TEST_SUITE("metrics") {
             hop_test::running_loop rl(b);
             hop::io_loop& loop = rl.loop();
             std::atomic<bool> done{false};
-            loop.post([&done] {
-                hop_test_spinning_handler(300ms);
+            loop.post([&done, &log] {
+                hop_test_spinning_handler(300ms, log.reported);
                 done.store(true);
             });
             REQUIRE(eventually([&] { return done.load() && !log.about(loop).empty(); }));
@@ -426,7 +441,7 @@ TEST_SUITE("metrics") {
             stall_log log(50ms);
             hop_test::running_loop rl(b);
             hop::io_loop& loop = rl.loop();
-            hop::future<void> f = loop.spawn(hop_test_spinning_coroutine(300ms));
+            hop::future<void> f = loop.spawn(hop_test_spinning_coroutine(300ms, log.reported));
             REQUIRE(f.wait_for(guard));
             REQUIRE(eventually([&] { return !log.about(loop).empty(); }));
             const auto lines = log.about(loop);
@@ -439,7 +454,7 @@ TEST_SUITE("metrics") {
 
     TEST_CASE("a loop that is only idle, or runs short handlers, is never reported") {
         hop_test::for_each_backend([](hop::backend b) {
-            stall_log log(50ms);
+            stall_log log(100ms);  // the default
             hop_test::running_loop rl(b);
             hop::io_loop& loop = rl.loop();
             // Short handlers now and then (a timer every 5 ms) beside the idling.
@@ -447,7 +462,7 @@ TEST_SUITE("metrics") {
                 for (;;) co_await hop::sleep_for(5ms);
             };
             hop::future<void> ticks = loop.spawn(ticking());
-            // The watchdog looks every 12.5 ms: 40 looks span 500 ms, ten
+            // The watchdog looks every 25 ms: 40 looks span a second, ten
             // times the threshold.
             const std::uint64_t from = hop::detail::stall_scans();
             REQUIRE(eventually([&] { return hop::detail::stall_scans() >= from + 40; }));
@@ -464,8 +479,9 @@ TEST_SUITE("metrics") {
             hop_test::running_loop rl(b);
             hop::io_loop& loop = rl.loop();
             std::atomic<bool> done{false};
+            static const std::atomic<bool> no_wait{true};  // nothing to wait for: spin 150 ms
             loop.post([&done] {
-                hop_test_spinning_handler(150ms);
+                hop_test_spinning_handler(150ms, no_wait);
                 done.store(true);
             });
             REQUIRE(eventually([&] { return done.load(); }));
