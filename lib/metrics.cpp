@@ -31,6 +31,7 @@
 #include <thread>
 #include <map>
 #include <unordered_map>
+#include <utility>
 
 namespace hop::detail {
 
@@ -81,27 +82,43 @@ block_registry& blocks() {
     return *r;
 }
 
-struct block_owner {
-    thread_block* block = new thread_block;
-    block_owner() {
+// The calling thread's block: a plain thread-local pointer (no guard on
+// the counting path). The reaper folds the block into `retired` when the
+// thread ends; a count made after that (a destructor at exit) gets a fresh
+// block that stays listed for good.
+thread_local thread_block* tl_block = nullptr;
+
+struct block_reaper {
+    block_reaper() = default;
+    block_reaper(const block_reaper&) = delete;
+    block_reaper& operator=(const block_reaper&) = delete;
+    ~block_reaper() {
+        thread_block* b = std::exchange(tl_block, nullptr);
+        if (b == nullptr) return;
         auto& r = blocks();
         std::lock_guard lock(r.mutex);
-        r.live.push_back(block);
+        b->add_to(r.retired);
+        r.live.erase(std::find(r.live.begin(), r.live.end(), b));
+        delete b;
     }
-    ~block_owner() {
-        auto& r = blocks();
-        std::lock_guard lock(r.mutex);
-        block->add_to(r.retired);
-        r.live.erase(std::find(r.live.begin(), r.live.end(), block));
-        delete block;
-    }
-    block_owner(const block_owner&) = delete;
-    block_owner& operator=(const block_owner&) = delete;
 };
 
+[[gnu::noinline]] thread_block& new_local_block() {
+    auto* b = new thread_block;
+    {
+        auto& r = blocks();
+        std::lock_guard lock(r.mutex);
+        r.live.push_back(b);
+    }
+    tl_block = b;
+    thread_local block_reaper reaper;  // constructed once per thread: its end retires the block
+    (void)reaper;
+    return *b;
+}
+
 thread_block& local_block() {
-    thread_local block_owner owner;
-    return *owner.block;
+    if (thread_block* b = tl_block) return *b;
+    return new_local_block();
 }
 
 }  // namespace
