@@ -257,7 +257,17 @@ std::vector<elf_function> read_functions(const std::string& path) {
 std::string demangle(const std::string& name) {
     int status = 0;
     std::unique_ptr<char, void (*)(void*)> d(abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status), &std::free);
-    return status == 0 && d ? std::string(d.get()) : name;
+    std::string text = status == 0 && d ? std::string(d.get()) : name;
+    // GCC names a coroutine's body "f(f(args)::_Z...Frame*) [clone .actor]":
+    // shown as "f(args) [coroutine]".
+    constexpr std::string_view actor = " [clone .actor]";
+    const auto open = text.find('(');
+    const auto frame = text.rfind("::_Z");
+    if (text.size() > actor.size() && text.compare(text.size() - actor.size(), actor.size(), actor) == 0 &&
+        open != std::string::npos && frame != std::string::npos && frame > open) {
+        return text.substr(open + 1, frame - open - 1) + " [coroutine]";
+    }
+    return text;
 }
 
 std::string hex(std::uintptr_t v) {
