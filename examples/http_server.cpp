@@ -1,10 +1,12 @@
 // An HTTP server: a hello page, /echo (the request body back), /stream (a
-// response sent as it is produced) and /sum (work done on the CPU pool).
+// response sent as it is produced), /sum (work done on the CPU pool) and
+// /metrics (hop's figures for Prometheus).
 // Try it with
 //
 //   http_server &           then    curl http://127.0.0.1:8080/
 //                                   curl --data-binary 'hi there' http://127.0.0.1:8080/echo
 //                                   curl -N http://127.0.0.1:8080/stream
+//                                   curl http://127.0.0.1:8080/metrics
 //
 // Ctrl-C (or SIGTERM) shuts it down gracefully: no new connections, idle
 // ones closed, requests in flight finish (for up to 10 s); then it exits 0.
@@ -22,6 +24,7 @@
 
 #include <hop/hop.hpp>
 #include <hop/http.hpp>
+#include <hop/metrics.hpp>
 
 #include <pthread.h>
 #include <signal.h>
@@ -81,6 +84,13 @@ hop::task<hop::http::response> app(hop::http::request& req) {
         if (req.method != "POST" && req.method != "PUT") co_return not_allowed(req.method, "GET, HEAD, POST, PUT");
         r.headers.add("Content-Type", req.headers.get("Content-Type").value_or("application/octet-stream"));
         r.body = std::move(req.body);
+        co_return r;
+    }
+    if (req.url == "/metrics") {
+        // Every loop, the blocking pool and the server, in Prometheus' text format.
+        if (!get) co_return not_allowed(req.method, "GET, HEAD");
+        r.headers.add("Content-Type", std::string(hop::metrics::prometheus_content_type));
+        r.body = hop::metrics::prometheus();
         co_return r;
     }
     if (req.url == "/sum") {

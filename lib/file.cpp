@@ -5,6 +5,7 @@
 #include <hop/io_loop.hpp>
 
 #include "loop_core.hpp"
+#include "metrics_impl.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -72,6 +73,7 @@ private:
             }
             auto* w = m_queue.front();
             m_queue.pop_front();
+            ++m_jobs;
             lock.unlock();
             w->run(w);
             lock.lock();
@@ -83,15 +85,28 @@ private:
     std::deque<work_item*> m_queue;
     std::size_t m_threads = 0;
     std::size_t m_idle = 0;
+    std::uint64_t m_jobs = 0;
+
+public:
+    blocking_pool_counts counts() noexcept {
+        std::lock_guard lock(m_mutex);
+        return {m_threads, m_queue.size(), m_threads - m_idle, m_jobs};
+    }
 };
 
 }  // namespace
 
-executor_base& blocking_executor() {
+namespace {
+blocking_pool& the_blocking_pool() {
     // Never destroyed: its detached threads may still be parked at exit.
     static auto* pool = new blocking_pool;
     return *pool;
 }
+}  // namespace
+
+executor_base& blocking_executor() { return the_blocking_pool(); }
+
+blocking_pool_counts read_blocking_pool() noexcept { return the_blocking_pool().counts(); }
 
 }  // namespace hop::detail
 

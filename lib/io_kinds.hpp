@@ -50,6 +50,8 @@ struct io_kind {
     const char* name;
     uring_prep_fn uring;  // null in a build without io_uring
     readiness_kind readiness;
+    /// Index of the kind's counters in loop_stats (below io_kind_slots).
+    std::uint8_t metric_slot = 0;
 };
 
 /// True if `io` writes (for the readiness direction of `by_events`).

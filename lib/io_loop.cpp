@@ -1,6 +1,7 @@
 // io_loop: the backend-independent core (queues, timer heap, stop), the one
 // place a backend is chosen, hop::run, current_loop and default_loop.
 
+#include "io_kinds.hpp"
 #include "loop_core.hpp"
 #include "spin.hpp"
 
@@ -10,6 +11,7 @@
 #include <hop/io_loop.hpp>
 
 #include <malloc.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -50,6 +52,7 @@ loop_core::running_scope::running_scope(loop_core& c) noexcept
     // outer loop's turn may not submit for a long while.
     if (m_prev_loop != nullptr && m_prev_loop->m_wakes_owed) m_prev_loop->flush_owed_wakes();
     tl_core = &c;
+    c.m_watch.thread.store(static_cast<unsigned long>(::pthread_self()), std::memory_order_relaxed);
 }
 
 loop_core::running_scope::~running_scope() { tl_core = m_prev_loop; }
@@ -146,6 +149,8 @@ loop_backend* loop_core::wake_for_poster() noexcept {
 // ---- the turn -----------------------------------------------------------------
 
 std::size_t loop_core::turn(bool may_block) {
+    const auto turn_start = loop_clock::now();
+    loop_clock::duration slept{0};
     std::size_t n = run_ready();
     // Every way on from here submits first (reap() or wait()): the wakes
     // the handlers deferred go with it.
@@ -188,14 +193,22 @@ std::size_t loop_core::turn(bool may_block) {
                 trim_due = true;
             }
         }
+        const auto sleep_start = loop_clock::now();
         const std::size_t got = m_backend->wait(deadline);
+        slept = loop_clock::now() - sleep_start;
         n += got;
+        m_stats.sleeps.add();
+        // A poster that found the loop asleep cleared the flag to wake it.
+        if (!m_sleeping.load(std::memory_order_relaxed)) m_stats.wakes.add();
         m_sleeping.store(false, std::memory_order_seq_cst);
         if (trim_due && got == 0 && !has_ready_work() && loop_clock::now() >= *m_trim_at) trim_idle();
     } else {
         n += m_backend->reap();
     }
     n += run_ready();
+    m_stats.turns.add();
+    m_stats.busy_ns.add(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(loop_clock::now() - turn_start - slept).count()));
     if (n != 0 && m_idle_trim.count() > 0) {
         m_trim_owed = true;
         m_trim_at.reset();
@@ -311,6 +324,7 @@ std::size_t loop_core::run_ready() {
             std::lock_guard lock(m_remote_mutex);
             head = std::exchange(m_remote_head, nullptr);
             tail = std::exchange(m_remote_tail, nullptr);
+            m_stats.remote_posts.add(m_remote_count.load(std::memory_order_relaxed));
             m_remote_count.store(0, std::memory_order_seq_cst);
         }
         if (head) {
@@ -325,14 +339,21 @@ std::size_t loop_core::run_ready() {
     std::size_t n = 0;
     work_item* batch = std::exchange(m_local_head, nullptr);
     m_local_tail = nullptr;
+    // The stall watchdog sees the loop busy, and each handler as a step.
+    m_watch.busy.store(true, std::memory_order_relaxed);
     while (batch) {
         auto* next = batch->next;
+        m_watch.step();
         batch->run(batch);
         ++n;
         handler_ran();
         batch = next;
     }
-    return n + fire_expired();
+    n += fire_expired();
+    m_watch.step();
+    m_watch.busy.store(false, std::memory_order_relaxed);
+    m_stats.handlers.add(n);
+    return n;
 }
 
 std::size_t loop_core::fire_expired() {
@@ -342,6 +363,7 @@ std::size_t loop_core::fire_expired() {
     while (!m_heap.empty() && m_heap.front()->deadline <= now) {
         auto* t = m_heap.front();
         remove_timer(t);
+        m_watch.step();
         t->fire(t, false);
         ++n;
         handler_ran();
@@ -357,6 +379,7 @@ void loop_core::add_timer(timer_node* t) {
     t->heap_index = m_heap.size();
     m_heap.push_back(t);
     sift_up(t->heap_index);
+    m_stats.timers.set(m_heap.size());
 }
 
 bool loop_core::remove_timer(timer_node* t) noexcept {
@@ -365,6 +388,7 @@ bool loop_core::remove_timer(timer_node* t) noexcept {
     t->heap_index = timer_node::not_queued;
     auto* last = m_heap.back();
     m_heap.pop_back();
+    m_stats.timers.set(m_heap.size());
     if (i < m_heap.size()) {
         m_heap[i] = last;
         last->heap_index = i;
@@ -467,7 +491,14 @@ void loop_cancel_owed(io_loop& loop, int delta) noexcept {
     }
 }
 
-void io_start(io_loop& loop, io_operation& op) noexcept { loop.core().backend().start_io(op); }
+void io_start(io_loop& loop, io_operation& op) noexcept {
+    loop.core().stats().io_started[op.io.kind->metric_slot].add();
+    loop.core().backend().start_io(op);
+}
+
+void io_completed(io_loop& loop, const io_operation& op) noexcept {
+    loop.core().stats().io_completed[op.io.kind->metric_slot].add();
+}
 void io_cancel(io_loop& loop, io_operation& op) noexcept { loop.core().backend().cancel_io(op); }
 
 void io_close_fd(io_loop* loop, int fd, fd_registration* reg) noexcept {
@@ -543,11 +574,13 @@ io_loop::io_loop(const io_loop_options& options)
     }
     m_core->set_idle_trim(options.idle_trim);
     m_core->set_backend(detail::make_backend(*m_core, options));
+    detail::register_loop(*m_core);
 }
 
 io_loop::io_loop(asio::io_context& host)
     : m_anchor(make_anchor(*this)), m_core(std::make_unique<detail::loop_core>(*this)) {
     m_core->set_backend(detail::make_asio_backend(*m_core, &host));
+    detail::register_loop(*m_core);
 }
 
 io_loop::~io_loop() {
@@ -557,6 +590,7 @@ io_loop::~io_loop() {
     // now (their next operation binds them again), before the backend frees
     // their registrations.
     m_anchor->loop.store(nullptr, std::memory_order_release);
+    detail::unregister_loop(core);
     core.quiesce_posters();
     core.set_backend(nullptr);
 }

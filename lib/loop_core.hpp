@@ -16,6 +16,8 @@
 #include <hop/detail/timer.hpp>
 #include <hop/io_loop.hpp>
 
+#include "metrics_impl.hpp"
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -186,6 +188,7 @@ public:
     void set_backend(std::unique_ptr<loop_backend> b) noexcept {
         m_backend = std::move(b);
         m_always_wake = m_backend && m_backend->hosted();
+        if (m_backend) m_backend_label = m_backend->name();
     }
 
     // ---- the turn (io_loop's run, run_once, poll) -----------------------
@@ -265,6 +268,15 @@ public:
         return m_heap.front()->deadline;
     }
     std::size_t timer_count() const noexcept { return m_heap.size(); }
+
+    // ---- figures (hop::metrics, lib/metrics.cpp) -------------------------
+
+    /// The loop's counters: the loop thread writes them, any thread reads.
+    loop_stats& stats() noexcept { return m_stats; }
+    /// What the stall watchdog watches.
+    stall_watch& watch() noexcept { return m_watch; }
+    /// The backend's name, readable while the loop is registered.
+    const char* backend_label() const noexcept { return m_backend_label; }
 
     /// True while the loop sleeps in the backend (or its host sleeps on the
     /// native handle) and a post from another thread must wake it. Any
@@ -357,6 +369,9 @@ private:
 
     io_loop& m_owner;
     std::unique_ptr<loop_backend> m_backend;
+    loop_stats m_stats;
+    stall_watch m_watch;
+    const char* m_backend_label = "";
     bool m_always_wake = false;  // a hosted backend: every remote post wakes it
 
     // Loop-thread queue (no lock).

@@ -9,6 +9,7 @@
 #include <hop/task.hpp>
 #include <hop/io_loop.hpp>
 #include <hop/io_pool.hpp>
+#include <hop/metrics.hpp>
 #include <hop/net.hpp>
 #include <hop/sync.hpp>
 #include <hop/task_group.hpp>

@@ -393,6 +393,7 @@ task<bool> server_connection::fill(parser& p) {
     }
     auto space = m_h1.in.space(want);
     const std::size_t n = co_await m_h1.io.read_some(space);
+    hop::detail::count(hop::detail::counter::http_bytes_in, n);
     const bool header_runs = m_phase == phase::head || (m_phase == phase::idle && m_fresh);
     if (!header_runs) disarm();
     if (n == 0) co_return false;
@@ -421,6 +422,7 @@ task<void> server_connection::flush() {
             throw;
         }
         disarm();
+        hop::detail::count(hop::detail::counter::http_bytes_out, n);
         done += n;
     }
     m_phase = was;
@@ -446,6 +448,7 @@ void server_connection::finish_head(headers& h, int status) {
         h.add_unchecked("Server", m_st->m_options.server_header);
     }
     write_response_head(m_out, status, h, 1);
+    hop::detail::count_http_status(status);
 }
 
 void server_connection::append_response(response& r) {
@@ -545,6 +548,7 @@ void server_connection::answer_500(const request& req, const std::string& failur
 }
 
 task<bool> server_connection::respond(request& req) {
+    const hop::detail::http_handler_timing timing;
     m_phase = phase::handler;
     m_head_request = req.method == "HEAD";
     const std::stop_token token = co_await get_stop_token();
@@ -609,6 +613,7 @@ task<bool> server_connection::respond(request& req) {
 // ---- request_body's side ----------------------------------------------------
 
 task<int> server_connection::respond_reading(request& req) {
+    const hop::detail::http_handler_timing timing;
     m_phase = phase::handler;
     m_head_request = req.method == "HEAD";
     const std::stop_token token = co_await get_stop_token();

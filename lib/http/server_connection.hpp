@@ -4,6 +4,7 @@
 // shared HTTP/1 connection (lib/http/h1_connection.hpp), the handler's
 // response and response_writer, refusals and the lingering close.
 
+#include "../metrics_impl.hpp"
 #include "h1_connection.hpp"
 #include "server_state.hpp"
 
@@ -46,6 +47,7 @@ public:
         m_next = m_sh->m_first;
         if (m_next) m_next->m_prev = this;
         m_sh->m_first = this;
+        hop::detail::count(hop::detail::counter::http_accepted);
         try {
             m_h1.io.set_nodelay(true);
         } catch (const std::exception&) {
@@ -58,6 +60,7 @@ public:
         if (m_next) m_next->m_prev = m_prev;
         if (m_sh->m_first == this) m_sh->m_first = m_next;
         m_sh->m_load.fetch_sub(1, std::memory_order_relaxed);
+        hop::detail::count(hop::detail::counter::http_closed);
         m_st->release_slot();
     }
     server_connection(const server_connection&) = delete;

@@ -68,6 +68,9 @@ inline fd_registration* real_registration(fd_registration* r) noexcept {
 void io_start(io_loop& loop, io_operation& op) noexcept;
 /// Loop thread: asks the backend to cancel a started operation.
 void io_cancel(io_loop& loop, io_operation& op) noexcept;
+/// Loop thread: the backend completed a start of `op` (for the loop's
+/// count of operations in flight).
+void io_completed(io_loop& loop, const io_operation& op) noexcept;
 /// Closes `fd` (and drops `reg`): operations still in flight on it end
 /// with -ECANCELED first. Any thread: from another thread the close is
 /// posted to the loop (the fd stays open, so its number is not reused,
@@ -155,6 +158,7 @@ public:
     /// loop is closing). If a cancel item is still queued, that item resumes
     /// the waiter.
     void complete(int result) noexcept {
+        io_completed(loop(), *this);
         if (io.all && result > 0) {
             io.done += static_cast<std::size_t>(result);
             if (io.done < io.len) {

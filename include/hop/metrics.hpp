@@ -1,0 +1,162 @@
+#pragma once
+// Seeing inside a running hop: counters and gauges of every io_loop, the
+// blocking pool and hop::http::server, read as plain values or written in
+// the Prometheus text exposition format; and the stall detector, which logs
+// where a loop was held when one handler keeps it longer than a threshold.
+//
+// The figures cost little enough to stay on: each loop's are written by its
+// own thread only (a load and a store, no locked instruction), the HTTP
+// server's go to a block per thread; a read sums them. Nothing is locked
+// on the path that counts.
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hop {
+
+namespace metrics {
+
+/// A histogram as Prometheus keeps one: counts per upper bound.
+struct histogram {
+    /// Upper bounds of the buckets, in seconds, ascending (+Inf is implied).
+    std::vector<double> bounds;
+    /// counts[i]: observations <= bounds[i] and > bounds[i-1]; one more
+    /// entry at the end for those above the last bound. Not cumulative.
+    std::vector<std::uint64_t> counts;
+    /// Sum of all observations, in seconds.
+    double sum = 0;
+    /// Number of observations.
+    std::uint64_t count = 0;
+};
+
+/// Operations of one kind in flight on a loop.
+struct operations_in_flight {
+    /// The kind: "recv", "send", "send_gathered", "accept", "connect",
+    /// "wait", "recvmsg", "sendmsg", "read", "write", "fsync".
+    std::string kind;
+    /// How many are started and not yet completed.
+    std::uint64_t count = 0;
+};
+
+/// One live io_loop's figures.
+struct loop_figures {
+    /// io_loop::id().
+    std::uint64_t id = 0;
+    /// "io_uring" or "epoll".
+    std::string backend;
+    /// Turns of run / run_once / poll.
+    std::uint64_t turns = 0;
+    /// Time spent in turns, not asleep in the kernel (spinning counts as busy).
+    double busy_seconds = 0;
+    /// Handlers run: coroutine resumptions, posted callables, fired timers.
+    std::uint64_t tasks_resumed = 0;
+    /// Items posted from other threads (taken from the loop's remote queue).
+    std::uint64_t remote_posts = 0;
+    /// Times the loop went to sleep in the kernel.
+    std::uint64_t sleeps = 0;
+    /// Sleeps ended by a post from another thread.
+    std::uint64_t wakes = 0;
+    /// Timers armed now.
+    std::uint64_t timers_armed = 0;
+    /// Stalls the detector reported (see set_stall_threshold).
+    std::uint64_t stalls = 0;
+    /// Kernel operations in flight now, by kind (every kind listed).
+    std::vector<operations_in_flight> in_flight;
+};
+
+/// The blocking pool (run_blocking, resolve, file IO on epoll).
+struct blocking_pool_figures {
+    /// Threads alive now.
+    std::uint64_t threads = 0;
+    /// Calls waiting for a thread.
+    std::uint64_t queued = 0;
+    /// Calls running now.
+    std::uint64_t running = 0;
+    /// Calls run in all.
+    std::uint64_t jobs = 0;
+};
+
+/// Every hop::http::server of the process, summed.
+struct http_server_figures {
+    /// Connections accepted in all.
+    std::uint64_t connections_accepted = 0;
+    /// Connections open now.
+    std::uint64_t connections_open = 0;
+    /// Responses by status class: [0] 1xx ... [4] 5xx.
+    std::array<std::uint64_t, 5> responses{};
+    /// Handlers running now.
+    std::uint64_t active_handlers = 0;
+    /// Bytes read from clients.
+    std::uint64_t bytes_received = 0;
+    /// Bytes written to clients.
+    std::uint64_t bytes_sent = 0;
+    /// Handler latency: from the request handed to the handler to its
+    /// response queued (a whole response) or written (a streamed one).
+    histogram request_duration;
+};
+
+/// What read() returns: plain values, taken at one moment (each figure is
+/// exact; figures of different threads may be a few events apart).
+struct snapshot {
+    /// Every live io_loop, by id.
+    std::vector<loop_figures> loops;
+    /// The blocking pool.
+    blocking_pool_figures blocking_pool;
+    /// hop::http::server.
+    http_server_figures http_server;
+};
+
+/// The figures now. Thread-safe; never blocks for long (a loop's own
+/// thread is never waited for).
+snapshot read();
+
+/// read() in the Prometheus text exposition format 0.0.4 (HELP and TYPE
+/// lines, `hop_..._total` counters, `_seconds` histograms): what a
+/// `/metrics` endpoint serves with Content-Type
+/// "text/plain; version=0.0.4; charset=utf-8".
+/// @code
+/// if (req.url == "/metrics") r.body = hop::metrics::prometheus();
+/// @endcode
+std::string prometheus();
+
+/// `s` in the Prometheus text exposition format (see prometheus()).
+std::string prometheus(const snapshot& s);
+
+/// The Content-Type a `/metrics` response carries.
+inline constexpr std::string_view prometheus_content_type = "text/plain; version=0.0.4; charset=utf-8";
+
+}  // namespace metrics
+
+/// The stall threshold, 100 ms unless set: a loop whose one handler (a
+/// coroutine step, a posted callable, a timer) runs longer is reported once
+/// per handler, with a backtrace of the loop thread taken while it is still
+/// held, by a watchdog thread that looks at every loop every threshold / 4.
+/// The backtrace is taken by a signal (SIGRTMIN + 5) sent to the loop
+/// thread; a program that handles that signal itself keeps its handler and
+/// gets reports without a backtrace. Function names come from the symbol
+/// tables of the program and its libraries (.symtab, else .dynsym): a
+/// stripped program shows offsets for its own functions.
+///
+/// 100 ms by default: a handler normally runs for microseconds, so 100 ms is
+/// a loop held thousands of times too long, and a delay a user sees (as
+/// asyncio's slow_callback_duration); it stays above what a preempted
+/// thread on a busy machine loses (a few scheduler slices), so a healthy
+/// loop is not reported.
+/// @param threshold 0: the detector is off.
+/// @throws std::invalid_argument if `threshold` is negative (naming it).
+void set_stall_threshold(std::chrono::milliseconds threshold);
+
+/// The stall threshold now (0: off).
+std::chrono::milliseconds stall_threshold() noexcept;
+
+/// Where stall reports go: `sink` gets each report as one line (without a
+/// newline), on the watchdog thread; null (the default) writes them to
+/// stderr. Thread-safe.
+void set_stall_log(std::function<void(std::string_view line)> sink);
+
+}  // namespace hop

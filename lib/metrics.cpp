@@ -1,0 +1,684 @@
+// hop::metrics: the registry of live loops, the per-thread counter blocks,
+// read(), the Prometheus text writer, and the stall watchdog.
+
+#include <hop/metrics.hpp>
+
+#include "io_kinds.hpp"
+#include "loop_core.hpp"
+#include "metrics_impl.hpp"
+
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <elf.h>
+#include <execinfo.h>
+#include <fcntl.h>
+#include <link.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <map>
+#include <unordered_map>
+#include <utility>
+
+namespace hop::detail {
+
+namespace {
+
+// ---- live loops ----------------------------------------------------------------
+
+struct loop_registry {
+    std::mutex mutex;
+    std::vector<loop_core*> loops;
+};
+
+loop_registry& loops() {
+    // Never destroyed: loops may outlive static destruction (default_loop).
+    static auto* r = new loop_registry;
+    return *r;
+}
+
+void start_watchdog();
+
+// ---- per-thread blocks ---------------------------------------------------------
+
+// Upper bounds of the HTTP latency buckets, in seconds.
+constexpr std::array<double, 14> duration_bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                 0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+constexpr std::size_t counter_count = static_cast<std::size_t>(counter::count_);
+
+struct thread_block {
+    relaxed_counter counters[counter_count];
+    relaxed_counter buckets[duration_bounds.size() + 1];
+    relaxed_counter duration_ns;
+
+    void add_to(thread_block& total) const noexcept {
+        for (std::size_t i = 0; i < counter_count; ++i) total.counters[i].add(counters[i].get());
+        for (std::size_t i = 0; i < std::size(buckets); ++i) total.buckets[i].add(buckets[i].get());
+        total.duration_ns.add(duration_ns.get());
+    }
+};
+
+struct block_registry {
+    std::mutex mutex;
+    std::vector<thread_block*> live;
+    thread_block retired;  // threads that ended (under mutex)
+};
+
+block_registry& blocks() {
+    static auto* r = new block_registry;  // never destroyed (thread exits after static destruction)
+    return *r;
+}
+
+// The calling thread's block: a plain thread-local pointer (no guard on
+// the counting path). The reaper folds the block into `retired` when the
+// thread ends; a count made after that (a destructor at exit) gets a fresh
+// block that stays listed for good.
+thread_local thread_block* tl_block = nullptr;
+
+struct block_reaper {
+    block_reaper() = default;
+    block_reaper(const block_reaper&) = delete;
+    block_reaper& operator=(const block_reaper&) = delete;
+    ~block_reaper() {
+        thread_block* b = std::exchange(tl_block, nullptr);
+        if (b == nullptr) return;
+        auto& r = blocks();
+        std::lock_guard lock(r.mutex);
+        b->add_to(r.retired);
+        r.live.erase(std::find(r.live.begin(), r.live.end(), b));
+        delete b;
+    }
+};
+
+[[gnu::noinline]] thread_block& new_local_block() {
+    auto* b = new thread_block;
+    {
+        auto& r = blocks();
+        std::lock_guard lock(r.mutex);
+        r.live.push_back(b);
+    }
+    tl_block = b;
+    thread_local block_reaper reaper;  // constructed once per thread: its end retires the block
+    (void)reaper;
+    return *b;
+}
+
+thread_block& local_block() {
+    if (thread_block* b = tl_block) return *b;
+    return new_local_block();
+}
+
+}  // namespace
+
+void count(counter c, std::uint64_t n) noexcept { local_block().counters[static_cast<std::size_t>(c)].add(n); }
+
+void observe_http_duration(std::chrono::nanoseconds d) noexcept {
+    thread_block& b = local_block();
+    const double s = std::chrono::duration<double>(d).count();
+    const auto it = std::lower_bound(duration_bounds.begin(), duration_bounds.end(), s);
+    b.buckets[static_cast<std::size_t>(it - duration_bounds.begin())].add();
+    b.duration_ns.add(static_cast<std::uint64_t>(d.count() < 0 ? 0 : d.count()));
+}
+
+void register_loop(loop_core& c) noexcept {
+    {
+        auto& r = loops();
+        std::lock_guard lock(r.mutex);
+        r.loops.push_back(&c);
+    }
+    start_watchdog();
+}
+
+void unregister_loop(loop_core& c) noexcept {
+    auto& r = loops();
+    std::lock_guard lock(r.mutex);
+    r.loops.erase(std::remove(r.loops.begin(), r.loops.end(), &c), r.loops.end());
+}
+
+// ---- the stall watchdog --------------------------------------------------------
+//
+// One thread for the process, started with the first loop. Every threshold
+// / 4 it looks at each loop's stall_watch: a loop busy with the same
+// progress as at an earlier look at least `threshold` ago is held by one
+// handler. It is reported once: the watchdog signals the loop thread, whose
+// handler records its stack with backtrace() (async-signal-safe once
+// libgcc's unwinder is loaded, which the watchdog does first), and the
+// watchdog symbolizes it and logs one line.
+
+namespace {
+
+std::atomic<std::int64_t> g_threshold_ms{100};
+std::atomic<std::uint64_t> g_scans{0};
+
+struct log_sink {
+    std::mutex mutex;
+    std::function<void(std::string_view)> fn;
+};
+log_sink& sink() {
+    static auto* s = new log_sink;
+    return *s;
+}
+
+int stall_signal() noexcept { return SIGRTMIN + 5; }
+
+// The capture protocol between the watchdog and the signal handler:
+//   idle --watchdog--> requested --handler (target thread)--> capturing --> done
+//   requested --watchdog (timed out)--> idle
+enum capture_state : int { cap_idle, cap_requested, cap_capturing, cap_done };
+std::atomic<int> g_capture{cap_idle};
+std::atomic<unsigned long> g_capture_target{0};
+void* g_frames[64];
+int g_frame_count = 0;
+bool g_handler_installed = false;
+
+void on_stall_signal(int) {
+    if (static_cast<unsigned long>(::pthread_self()) != g_capture_target.load(std::memory_order_acquire)) return;
+    int expected = cap_requested;
+    if (!g_capture.compare_exchange_strong(expected, cap_capturing, std::memory_order_acq_rel)) return;
+    const int saved = errno;
+    g_frame_count = ::backtrace(g_frames, static_cast<int>(std::size(g_frames)));
+    errno = saved;
+    g_capture.store(cap_done, std::memory_order_release);
+}
+
+// ---- symbolizing ----------------------------------------------------------------
+//
+// backtrace_symbols() knows only the dynamic symbol table: a program's own
+// functions are nameless unless it was linked with -rdynamic, and lambdas
+// and coroutine bodies (local symbols) are nameless always. The watchdog
+// reads the full symbol table (.symtab; .dynsym where it was stripped) of
+// each object a frame lies in instead, once per object.
+
+struct elf_function {
+    std::uintptr_t start = 0;
+    std::uintptr_t size = 0;
+    std::string name;
+};
+
+// The functions of the ELF file at `path`, sorted by address (link-time
+// addresses); empty if it cannot be read.
+std::vector<elf_function> read_functions(const std::string& path) {
+    std::vector<elf_function> out;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return out;
+    struct stat st {};
+    void* map = MAP_FAILED;
+    if (::fstat(fd, &st) == 0 && static_cast<std::size_t>(st.st_size) >= sizeof(Elf64_Ehdr)) {
+        map = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+    }
+    ::close(fd);
+    if (map == MAP_FAILED) return out;
+    const auto* base = static_cast<const unsigned char*>(map);
+    const std::size_t size = static_cast<std::size_t>(st.st_size);
+    const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(base);
+    const bool ok = std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 && eh->e_ident[EI_CLASS] == ELFCLASS64 &&
+                    eh->e_shoff != 0 && eh->e_shentsize == sizeof(Elf64_Shdr) &&
+                    eh->e_shoff + std::size_t{eh->e_shnum} * sizeof(Elf64_Shdr) <= size;
+    if (ok) {
+        const auto* sh = reinterpret_cast<const Elf64_Shdr*>(base + eh->e_shoff);
+        const Elf64_Shdr* table = nullptr;
+        for (unsigned i = 0; i < eh->e_shnum; ++i) {
+            if (sh[i].sh_type == SHT_SYMTAB) table = &sh[i];
+        }
+        for (unsigned i = 0; table == nullptr && i < eh->e_shnum; ++i) {
+            if (sh[i].sh_type == SHT_DYNSYM) table = &sh[i];
+        }
+        if (table != nullptr && table->sh_link < eh->e_shnum && table->sh_offset + table->sh_size <= size) {
+            const Elf64_Shdr& strings = sh[table->sh_link];
+            const auto* syms = reinterpret_cast<const Elf64_Sym*>(base + table->sh_offset);
+            const std::size_t n = table->sh_size / sizeof(Elf64_Sym);
+            for (std::size_t i = 0; i < n && strings.sh_offset + strings.sh_size <= size; ++i) {
+                const Elf64_Sym& s = syms[i];
+                if (ELF64_ST_TYPE(s.st_info) != STT_FUNC || s.st_value == 0 || s.st_name >= strings.sh_size) continue;
+                const char* name = reinterpret_cast<const char*>(base + strings.sh_offset + s.st_name);
+                out.push_back({static_cast<std::uintptr_t>(s.st_value), static_cast<std::uintptr_t>(s.st_size),
+                               std::string(name, ::strnlen(name, strings.sh_size - s.st_name))});
+            }
+        }
+    }
+    ::munmap(map, size);
+    std::sort(out.begin(), out.end(), [](const elf_function& a, const elf_function& b) { return a.start < b.start; });
+    return out;
+}
+
+std::string demangle(const std::string& name) {
+    int status = 0;
+    std::unique_ptr<char, void (*)(void*)> d(abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status), &std::free);
+    std::string text = status == 0 && d ? std::string(d.get()) : name;
+    // GCC names a coroutine's body "f(f(args)::_Z...Frame*) [clone .actor]":
+    // shown as "f(args) [coroutine]".
+    constexpr std::string_view actor = " [clone .actor]";
+    const auto open = text.find('(');
+    const auto frame = text.rfind("::_Z");
+    if (text.size() > actor.size() && text.compare(text.size() - actor.size(), actor.size(), actor) == 0 &&
+        open != std::string::npos && frame != std::string::npos && frame > open) {
+        return text.substr(open + 1, frame - open - 1) + " [coroutine]";
+    }
+    return text;
+}
+
+std::string hex(std::uintptr_t v) {
+    char buf[32];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v, 16);
+    return "0x" + std::string(buf, r.ptr);
+}
+
+// "function+0x1f", or "object+0x1234" where no symbol covers the address.
+// `return_address`: the frame's address is after a call, so the call
+// itself (one byte earlier) is what is looked up.
+std::string describe_frame(void* frame, bool return_address) {
+    static std::map<std::string, std::vector<elf_function>> cache;  // watchdog thread only
+    const auto addr = reinterpret_cast<std::uintptr_t>(frame) - (return_address ? 1 : 0);
+    Dl_info info{};
+    link_map* lm = nullptr;
+    if (::dladdr1(reinterpret_cast<void*>(addr), &info, reinterpret_cast<void**>(&lm), RTLD_DL_LINKMAP) == 0 ||
+        lm == nullptr) {
+        return hex(reinterpret_cast<std::uintptr_t>(frame));
+    }
+    const std::string path = lm->l_name != nullptr && lm->l_name[0] != '\0' ? lm->l_name : "/proc/self/exe";
+    auto it = cache.find(path);
+    if (it == cache.end()) it = cache.emplace(path, read_functions(path)).first;
+    const std::uintptr_t rel = addr - lm->l_addr;
+    const auto& fns = it->second;
+    auto f = std::upper_bound(fns.begin(), fns.end(), rel,
+                              [](std::uintptr_t a, const elf_function& e) { return a < e.start; });
+    const std::uintptr_t offset = rel + (return_address ? 1 : 0);
+    if (f != fns.begin()) {
+        --f;
+        if (rel < f->start + std::max<std::uintptr_t>(f->size, 1)) return demangle(f->name) + "+" + hex(offset - f->start);
+    }
+    if (info.dli_sname != nullptr && info.dli_saddr != nullptr) {
+        return demangle(info.dli_sname) + "+" + hex(reinterpret_cast<std::uintptr_t>(frame) -
+                                                     reinterpret_cast<std::uintptr_t>(info.dli_saddr));
+    }
+    const char* object = info.dli_fname != nullptr ? std::strrchr(info.dli_fname, '/') : nullptr;
+    return std::string(object ? object + 1 : (info.dli_fname ? info.dli_fname : "?")) + "+" + hex(offset);
+}
+
+// Stack of the thread `thread` while it is still held, symbolized; "" if
+// it could not be taken (the program handles the signal itself, or the
+// thread did not answer within a bound).
+std::string capture_backtrace(unsigned long thread) {
+    if (!g_handler_installed || thread == 0) return {};
+    g_capture_target.store(thread, std::memory_order_release);
+    g_capture.store(cap_requested, std::memory_order_release);
+    if (::pthread_kill(static_cast<pthread_t>(thread), stall_signal()) != 0) {
+        g_capture.store(cap_idle, std::memory_order_release);
+        return {};
+    }
+    // The handler runs when the kernel next schedules the thread (at once,
+    // unless the machine is very busy or a sanitizer defers the signal).
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (g_capture.load(std::memory_order_acquire) != cap_done) {
+        if (std::chrono::steady_clock::now() >= give_up) {
+            int expected = cap_requested;
+            if (g_capture.compare_exchange_strong(expected, cap_idle, std::memory_order_acq_rel)) return {};
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    // Skip the handler's own frame and the kernel's signal trampoline; the
+    // frame the signal interrupted holds the exact instruction, the others
+    // return addresses.
+    const int skip = std::min(g_frame_count, 2);
+    std::string out;
+    for (int i = skip; i < g_frame_count; ++i) {
+        if (!out.empty()) out += " | ";
+        out += "#" + std::to_string(i - skip) + " " + describe_frame(g_frames[i], i != skip);
+    }
+    g_capture.store(cap_idle, std::memory_order_release);
+    return out;
+}
+
+void emit(const std::string& line) {
+    auto& s = sink();
+    std::lock_guard lock(s.mutex);
+    if (s.fn) {
+        try {
+            s.fn(line);
+        } catch (...) {
+            // A sink that throws loses its line, not the watchdog.
+        }
+        return;
+    }
+    const std::string text = line + "\n";
+    (void)!::write(STDERR_FILENO, text.data(), text.size());
+}
+
+struct watchdog_state {
+    std::mutex mutex;
+    std::condition_variable cv;
+    struct entry {
+        std::uint64_t id = 0;
+        std::uint64_t progress = 0;
+        std::chrono::steady_clock::time_point since{};
+        bool reported = false;
+    };
+    std::unordered_map<loop_core*, entry> seen;
+};
+
+watchdog_state& watchdog() {
+    static auto* w = new watchdog_state;
+    return *w;
+}
+
+void scan(std::chrono::milliseconds threshold) {
+    auto& w = watchdog();
+    std::vector<std::string> lines;
+    {
+        auto& r = loops();
+        std::lock_guard lock(r.mutex);
+        const auto now = std::chrono::steady_clock::now();
+        std::unordered_map<loop_core*, watchdog_state::entry> next;
+        for (loop_core* c : r.loops) {
+            stall_watch& sw = c->watch();
+            const bool busy = sw.busy.load(std::memory_order_relaxed);
+            const std::uint64_t progress = sw.progress.load(std::memory_order_relaxed);
+            const std::uint64_t id = c->owner().id();
+            auto it = w.seen.find(c);
+            watchdog_state::entry e = it != w.seen.end() && it->second.id == id ? it->second : watchdog_state::entry{};
+            if (e.id != id || !busy || e.progress != progress) {
+                e = {id, progress, now, false};
+            } else if (!e.reported && now - e.since >= threshold) {
+                e.reported = true;
+                const auto held = std::chrono::duration_cast<std::chrono::milliseconds>(now - e.since);
+                const std::string where = capture_backtrace(sw.thread.load(std::memory_order_relaxed));
+                c->stats().stalls.fetch_add(1, std::memory_order_relaxed);
+                lines.push_back("hop: stall: io_loop #" + std::to_string(id) + " (" + c->backend_label() +
+                                ") has run one handler for " + std::to_string(held.count()) +
+                                " ms (threshold " + std::to_string(threshold.count()) + " ms); backtrace: " +
+                                (where.empty() ? std::string("(not available)") : where));
+            }
+            next.emplace(c, e);
+        }
+        w.seen = std::move(next);
+    }
+    g_scans.fetch_add(1, std::memory_order_release);
+    for (const auto& l : lines) emit(l);
+}
+
+void watchdog_main() {
+    auto& w = watchdog();
+    std::unique_lock lock(w.mutex);
+    for (;;) {
+        const auto threshold = std::chrono::milliseconds(g_threshold_ms.load(std::memory_order_acquire));
+        if (threshold.count() == 0) {
+            w.cv.wait(lock);
+            continue;
+        }
+        const auto period = std::max(std::chrono::milliseconds(1), threshold / 4);
+        w.cv.wait_for(lock, period);
+        lock.unlock();
+        scan(threshold);
+        lock.lock();
+    }
+}
+
+void start_watchdog() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        // backtrace() loads libgcc's unwinder at its first call, which is not
+        // safe inside a signal handler: make that first call here.
+        void* warm[2];
+        (void)::backtrace(warm, 2);
+        struct sigaction old {};
+        if (::sigaction(stall_signal(), nullptr, &old) == 0 && old.sa_handler == SIG_DFL &&
+            (old.sa_flags & SA_SIGINFO) == 0) {
+            struct sigaction sa {};
+            sa.sa_handler = &on_stall_signal;
+            sa.sa_flags = SA_RESTART;
+            sigemptyset(&sa.sa_mask);
+            g_handler_installed = ::sigaction(stall_signal(), &sa, nullptr) == 0;
+        }
+        try {
+            std::thread(&watchdog_main).detach();
+        } catch (const std::system_error&) {
+            // No thread for the watchdog: stalls go unreported.
+        }
+    });
+}
+
+}  // namespace
+
+std::uint64_t stall_scans() noexcept { return g_scans.load(std::memory_order_acquire); }
+
+}  // namespace hop::detail
+
+namespace hop {
+
+void set_stall_threshold(std::chrono::milliseconds threshold) {
+    if (threshold.count() < 0) {
+        throw std::invalid_argument("hop::set_stall_threshold: threshold " + std::to_string(threshold.count()) +
+                                    " ms is negative (0: off)");
+    }
+    auto& w = detail::watchdog();
+    {
+        std::lock_guard lock(w.mutex);
+        detail::g_threshold_ms.store(threshold.count(), std::memory_order_release);
+    }
+    w.cv.notify_all();
+}
+
+std::chrono::milliseconds stall_threshold() noexcept {
+    return std::chrono::milliseconds(detail::g_threshold_ms.load(std::memory_order_acquire));
+}
+
+void set_stall_log(std::function<void(std::string_view line)> fn) {
+    auto& s = detail::sink();
+    std::lock_guard lock(s.mutex);
+    s.fn = std::move(fn);
+}
+
+namespace metrics {
+
+namespace {
+
+// Every kind, with its label: io_kind::name is the call's name for messages,
+// and two kinds make the same call (sendmsg), so the label is its own.
+struct labelled_kind {
+    const detail::io_kind* kind;
+    const char* label;
+};
+const labelled_kind all_kinds[] = {
+    {&detail::io_kind_poll, "wait"},          {&detail::io_kind_recv, "recv"},
+    {&detail::io_kind_send, "send"},          {&detail::io_kind_accept, "accept"},
+    {&detail::io_kind_connect, "connect"},    {&detail::io_kind_recvmsg, "recvmsg"},
+    {&detail::io_kind_sendmsg, "sendmsg"},    {&detail::io_kind_send_gathered, "send_gathered"},
+    {&detail::io_kind_read_at, "read"},       {&detail::io_kind_write_at, "write"},
+    {&detail::io_kind_fsync, "fsync"}};
+static_assert(std::size(all_kinds) == detail::io_kind_slots);
+
+loop_figures read_loop(detail::loop_core& c) {
+    detail::loop_stats& s = c.stats();
+    loop_figures f;
+    f.id = c.owner().id();
+    f.backend = c.backend_label();
+    f.turns = s.turns.get();
+    f.busy_seconds = static_cast<double>(s.busy_ns.get()) / 1e9;
+    f.tasks_resumed = s.handlers.get();
+    f.remote_posts = s.remote_posts.get();
+    f.sleeps = s.sleeps.get();
+    f.wakes = s.wakes.get();
+    f.timers_armed = s.timers.get();
+    f.stalls = s.stalls.load(std::memory_order_relaxed);
+    for (const labelled_kind& k : all_kinds) {
+        // Completed is read first: read later, started is at least as large.
+        const std::uint64_t done = s.io_completed[k.kind->metric_slot].get();
+        const std::uint64_t started = s.io_started[k.kind->metric_slot].get();
+        f.in_flight.push_back({k.label, started > done ? started - done : 0});
+    }
+    return f;
+}
+
+}  // namespace
+
+snapshot read() {
+    snapshot s;
+    {
+        auto& r = detail::loops();
+        std::lock_guard lock(r.mutex);
+        for (detail::loop_core* c : r.loops) s.loops.push_back(read_loop(*c));
+    }
+    std::sort(s.loops.begin(), s.loops.end(), [](const loop_figures& a, const loop_figures& b) { return a.id < b.id; });
+
+    const detail::blocking_pool_counts b = detail::read_blocking_pool();
+    s.blocking_pool = {b.threads, b.queued, b.running, b.jobs};
+
+    detail::thread_block total;
+    {
+        auto& r = detail::blocks();
+        std::lock_guard lock(r.mutex);
+        r.retired.add_to(total);
+        for (const detail::thread_block* t : r.live) t->add_to(total);
+    }
+    auto get = [&](detail::counter c) { return total.counters[static_cast<std::size_t>(c)].get(); };
+    http_server_figures& h = s.http_server;
+    h.connections_accepted = get(detail::counter::http_accepted);
+    const std::uint64_t closed = get(detail::counter::http_closed);
+    h.connections_open = h.connections_accepted > closed ? h.connections_accepted - closed : 0;
+    for (unsigned i = 0; i < 5; ++i) {
+        h.responses[i] = get(static_cast<detail::counter>(static_cast<unsigned>(detail::counter::http_1xx) + i));
+    }
+    const std::uint64_t started = get(detail::counter::http_handlers_started);
+    const std::uint64_t ended = get(detail::counter::http_handlers_ended);
+    h.active_handlers = started > ended ? started - ended : 0;
+    h.bytes_received = get(detail::counter::http_bytes_in);
+    h.bytes_sent = get(detail::counter::http_bytes_out);
+    h.request_duration.bounds.assign(detail::duration_bounds.begin(), detail::duration_bounds.end());
+    for (const auto& b : total.buckets) h.request_duration.counts.push_back(b.get());
+    h.request_duration.sum = static_cast<double>(total.duration_ns.get()) / 1e9;
+    // The count is the buckets' sum: each read alone, the two could differ
+    // by an observation in progress, and Prometheus wants them equal.
+    h.request_duration.count = 0;
+    for (std::uint64_t c : h.request_duration.counts) h.request_duration.count += c;
+    return s;
+}
+
+namespace {
+
+std::string number(double v, std::chars_format format = std::chars_format::general) {
+    char buf[64];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v, format);
+    return std::string(buf, r.ptr);
+}
+
+class writer {
+public:
+    explicit writer(std::string& out) : m_out(out) {}
+
+    void family(std::string_view name, std::string_view type, std::string_view help) {
+        m_out.append("# HELP ").append(name).append(" ").append(help).append("\n");
+        m_out.append("# TYPE ").append(name).append(" ").append(type).append("\n");
+    }
+    void sample(std::string_view name, std::string_view labels, const std::string& value) {
+        m_out.append(name);
+        if (!labels.empty()) m_out.append("{").append(labels).append("}");
+        m_out.append(" ").append(value).append("\n");
+    }
+    void sample(std::string_view name, std::string_view labels, std::uint64_t value) {
+        sample(name, labels, std::to_string(value));
+    }
+
+private:
+    std::string& m_out;
+};
+
+std::string loop_labels(const loop_figures& l) {
+    return "loop=\"" + std::to_string(l.id) + "\",backend=\"" + l.backend + "\"";
+}
+
+template <class Get>
+void per_loop(writer& w, const snapshot& s, std::string_view name, std::string_view type, std::string_view help,
+              Get get) {
+    w.family(name, type, help);
+    for (const auto& l : s.loops) w.sample(name, loop_labels(l), get(l));
+}
+
+}  // namespace
+
+std::string prometheus(const snapshot& s) {
+    std::string out;
+    out.reserve(4096 + s.loops.size() * 2048);
+    writer w(out);
+    per_loop(w, s, "hop_loop_turns_total", "counter", "Turns the io_loop has made (run, run_once, poll).",
+             [](const loop_figures& l) { return l.turns; });
+    per_loop(w, s, "hop_loop_busy_seconds_total", "counter", "Time the io_loop spent in turns, not asleep in the kernel.",
+             [](const loop_figures& l) { return number(l.busy_seconds); });
+    per_loop(w, s, "hop_loop_tasks_resumed_total", "counter",
+             "Handlers the io_loop ran: coroutine resumptions, posted callables, fired timers.",
+             [](const loop_figures& l) { return l.tasks_resumed; });
+    per_loop(w, s, "hop_loop_remote_posts_total", "counter", "Work items posted to the io_loop from other threads.",
+             [](const loop_figures& l) { return l.remote_posts; });
+    per_loop(w, s, "hop_loop_sleeps_total", "counter", "Times the io_loop slept in the kernel.",
+             [](const loop_figures& l) { return l.sleeps; });
+    per_loop(w, s, "hop_loop_wakes_total", "counter", "Sleeps of the io_loop ended by a post from another thread.",
+             [](const loop_figures& l) { return l.wakes; });
+    per_loop(w, s, "hop_loop_stalls_total", "counter",
+             "Handlers that held the io_loop longer than the stall threshold.",
+             [](const loop_figures& l) { return l.stalls; });
+    per_loop(w, s, "hop_loop_timers_armed", "gauge", "Timers armed on the io_loop.",
+             [](const loop_figures& l) { return l.timers_armed; });
+    w.family("hop_loop_operations_in_flight", "gauge", "Kernel operations started on the io_loop and not completed, by kind.");
+    for (const auto& l : s.loops) {
+        for (const auto& k : l.in_flight) {
+            w.sample("hop_loop_operations_in_flight", loop_labels(l) + ",kind=\"" + k.kind + "\"", k.count);
+        }
+    }
+
+    const blocking_pool_figures& b = s.blocking_pool;
+    w.family("hop_blocking_pool_threads", "gauge", "Threads of the blocking pool.");
+    w.sample("hop_blocking_pool_threads", "", b.threads);
+    w.family("hop_blocking_pool_queued", "gauge", "Calls waiting for a thread of the blocking pool.");
+    w.sample("hop_blocking_pool_queued", "", b.queued);
+    w.family("hop_blocking_pool_running", "gauge", "Calls running on the blocking pool.");
+    w.sample("hop_blocking_pool_running", "", b.running);
+    w.family("hop_blocking_pool_jobs_total", "counter", "Calls the blocking pool has started.");
+    w.sample("hop_blocking_pool_jobs_total", "", b.jobs);
+
+    const http_server_figures& h = s.http_server;
+    w.family("hop_http_server_connections_total", "counter", "Connections hop::http::server accepted.");
+    w.sample("hop_http_server_connections_total", "", h.connections_accepted);
+    w.family("hop_http_server_connections", "gauge", "Connections hop::http::server has open.");
+    w.sample("hop_http_server_connections", "", h.connections_open);
+    w.family("hop_http_server_requests_total", "counter", "Responses hop::http::server started, by status class.");
+    for (unsigned i = 0; i < 5; ++i) {
+        w.sample("hop_http_server_requests_total", "code=\"" + std::to_string(i + 1) + "xx\"", h.responses[i]);
+    }
+    w.family("hop_http_server_active_handlers", "gauge", "Request handlers running now.");
+    w.sample("hop_http_server_active_handlers", "", h.active_handlers);
+    w.family("hop_http_server_received_bytes_total", "counter", "Bytes hop::http::server read from clients.");
+    w.sample("hop_http_server_received_bytes_total", "", h.bytes_received);
+    w.family("hop_http_server_sent_bytes_total", "counter", "Bytes hop::http::server wrote to clients.");
+    w.sample("hop_http_server_sent_bytes_total", "", h.bytes_sent);
+
+    const histogram& d = h.request_duration;
+    constexpr std::string_view hist = "hop_http_server_request_duration_seconds";
+    w.family(hist, "histogram", "Time from a request handed to its handler to the response queued or written.");
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < d.counts.size(); ++i) {
+        cumulative += d.counts[i];
+        const std::string le = i < d.bounds.size() ? number(d.bounds[i], std::chars_format::fixed) : std::string("+Inf");
+        w.sample(std::string(hist) + "_bucket", "le=\"" + le + "\"", cumulative);
+    }
+    w.sample(std::string(hist) + "_sum", "", number(d.sum));
+    w.sample(std::string(hist) + "_count", "", d.count);
+    return out;
+}
+
+std::string prometheus() { return prometheus(read()); }
+
+}  // namespace metrics
+
+}  // namespace hop

@@ -1,0 +1,492 @@
+#include <hop/metrics.hpp>
+
+#include <hop/http/server.hpp>
+#include <hop/io_loop.hpp>
+#include <hop/net.hpp>
+#include <hop/time.hpp>
+
+#include "lib/loop_core.hpp"
+#include "lib/metrics_impl.hpp"
+#include "support/backend.hpp"
+#include "support/http_server_fixture.hpp"
+#include "support/peer.hpp"
+#include "support/sockets.hpp"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+// The functions a stall report must name. They spin for `d`; on a machine
+// so loaded that the watchdog has not looked by then, on until `reported`
+// (or a guard): the report must be taken while they hold the loop, and a
+// slow watchdog is not the failure under test.
+void hop_test_spinning_handler(std::chrono::milliseconds d, const std::atomic<bool>& reported);
+hop::task<void> hop_test_spinning_coroutine(std::chrono::milliseconds d, const std::atomic<bool>& reported);
+
+namespace {
+// Inlined into each: the report must name the spinning function itself.
+[[gnu::always_inline]] inline void spin(std::chrono::milliseconds d, const std::atomic<bool>& reported) {
+    const auto start = std::chrono::steady_clock::now();
+    const auto guard_end = start + hop_test::scaled(std::chrono::seconds(10));
+    for (;;) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now >= guard_end || (now >= start + d && reported.load())) break;
+    }
+}
+}  // namespace
+
+// Not inlined: it must be a frame of its own for the report to name.
+[[gnu::noinline]] void hop_test_spinning_handler(std::chrono::milliseconds d, const std::atomic<bool>& reported) {
+    spin(d, reported);
+}
+
+hop::task<void> hop_test_spinning_coroutine(std::chrono::milliseconds d, const std::atomic<bool>& reported) {
+    co_await hop::sleep_for(0ms);
+    spin(d, reported);
+}
+
+namespace {
+
+using hop_test::poll_until;
+using hop_test::scaled;
+
+const hop::metrics::loop_figures* find_loop(const hop::metrics::snapshot& s, const hop::io_loop& loop) {
+    for (const auto& l : s.loops) {
+        if (l.id == loop.id()) return &l;
+    }
+    return nullptr;
+}
+
+hop::metrics::loop_figures figures_of(const hop::io_loop& loop) {
+    const auto s = hop::metrics::read();
+    const auto* l = find_loop(s, loop);
+    REQUIRE_MESSAGE(l != nullptr, "io_loop #" << loop.id() << " is not in hop::metrics::read()");
+    return *l;
+}
+
+std::uint64_t in_flight(const hop::metrics::loop_figures& l, const std::string& kind) {
+    for (const auto& k : l.in_flight) {
+        if (k.kind == kind) return k.count;
+    }
+    FAIL("no kind '" << kind << "' among the operations in flight");
+    return 0;
+}
+
+constexpr auto guard = scaled(std::chrono::seconds(20));
+
+// Polls `ready` (a figure reaching a value the test caused) under the guard.
+template <class F>
+bool eventually(F&& ready) {
+    return poll_until(std::forward<F>(ready), [] { return false; }, guard);
+}
+
+/// Stall reports, collected from hop::set_stall_log while alive; the
+/// threshold is put back to the default when it goes.
+class stall_log {
+public:
+    explicit stall_log(std::chrono::milliseconds threshold) {
+        hop::set_stall_log([this](std::string_view line) {
+            std::lock_guard lock(m_mutex);
+            m_lines.emplace_back(line);
+            reported.store(true);
+        });
+        hop::set_stall_threshold(threshold);
+    }
+    ~stall_log() {
+        hop::set_stall_threshold(100ms);
+        hop::set_stall_log(nullptr);
+    }
+    stall_log(const stall_log&) = delete;
+    stall_log& operator=(const stall_log&) = delete;
+
+    std::vector<std::string> lines() {
+        std::lock_guard lock(m_mutex);
+        return m_lines;
+    }
+    /// The lines naming `loop`.
+    std::vector<std::string> about(const hop::io_loop& loop) {
+        std::vector<std::string> out;
+        const std::string name = "io_loop #" + std::to_string(loop.id()) + " ";
+        for (const auto& l : lines()) {
+            if (l.find(name) != std::string::npos) out.push_back(l);
+        }
+        return out;
+    }
+
+    /// A report came.
+    std::atomic<bool> reported{false};
+
+private:
+    std::mutex m_mutex;
+    std::vector<std::string> m_lines;
+};
+
+// The test server: /metrics serves the exposition; /load/... answers 404
+// (so the load's requests are the only 4xx the server counts: the scrapes
+// are 2xx); /status/N answers N.
+hop::task<hop::http::response> metrics_app(hop::http::request& req) {
+    hop::http::response r;
+    if (req.url == "/metrics") {
+        r.headers.add("Content-Type", std::string(hop::metrics::prometheus_content_type));
+        r.body = hop::metrics::prometheus();
+        co_return r;
+    }
+    if (req.url.rfind("/status/", 0) == 0) {
+        r.status = std::stoi(req.url.substr(8));
+        co_return r;
+    }
+    r.status = 404;
+    r.body = "no page " + req.url + "\n";
+    co_return r;
+}
+
+// Sends `n` GET requests for `path` to `ep`, one connection each, and
+// checks each was answered.
+hop::task<void> send_load(hop::endpoint ep, std::string path, int n) {
+    for (int i = 0; i < n; ++i) {
+        std::string reply = co_await hop_test::exchange(ep, hop_test::get_request(path, "Connection: close\r\n"));
+        CHECK(hop_test::starts_with(reply, "HTTP/1.1 "));
+    }
+}
+
+// A server on a loop of its own thread, serving until destroyed.
+class serving {
+public:
+    explicit serving(hop::backend b) : m_loop(b) {
+        hop::promise<hop::endpoint> bound;
+        hop::future<hop::endpoint> where = bound.get_future();
+        m_loop.loop().post([this, &bound] {
+            try {
+                m_server.emplace(hop::http::server::bind(hop::endpoint::loopback_v4(0), metrics_app,
+                                                         hop_test::test_options()));
+                bound.set_value(m_server->local_endpoint());
+                m_served = m_loop.loop().spawn(m_server->serve());
+            } catch (...) {
+                bound.set_exception(std::current_exception());
+            }
+        });
+        REQUIRE(where.wait_for(guard));
+        m_endpoint = where.get();
+    }
+    ~serving() {
+        m_served.cancel();
+        (void)m_served.wait_for(guard);
+        hop::promise<void> gone;
+        hop::future<void> done = gone.get_future();
+        m_loop.loop().post([this, &gone] {
+            m_server.reset();
+            gone.set_value();
+        });
+        (void)done.wait_for(guard);
+    }
+    serving(const serving&) = delete;
+    serving& operator=(const serving&) = delete;
+
+    const hop::endpoint& endpoint() const noexcept { return m_endpoint; }
+    hop::io_loop& loop() noexcept { return m_loop.loop(); }
+
+    /// Runs `n` requests for `path` from a client loop on this thread.
+    void load(const std::string& path, int n) {
+        hop::io_loop client{hop_test::options_for(m_loop.loop().backend_kind())};
+        hop_test::run_on(client, send_load(m_endpoint, path, n));
+    }
+
+private:
+    hop_test::running_loop m_loop;
+    std::optional<hop::http::server> m_server;
+    hop::future<void> m_served;
+    hop::endpoint m_endpoint;
+};
+
+std::uint64_t requests_of_class(int cls) { return hop::metrics::read().http_server.responses.at(cls - 1); }
+
+// The value of the one series a Prometheus instant query returned, or "".
+std::string query_value(const std::string& json) {
+    const auto v = json.find("\"value\":[");
+    if (v == std::string::npos) return {};
+    const auto q = json.find(",\"", v);
+    const auto end = q == std::string::npos ? q : json.find('"', q + 2);
+    if (end == std::string::npos) return {};
+    return json.substr(q + 2, end - q - 2);
+}
+
+}  // namespace
+
+TEST_SUITE("metrics") {
+    TEST_CASE("a loop's figures count its turns, handlers, posts from other threads, sleeps and wakes") {
+        hop_test::for_each_backend([](hop::backend b) {
+            hop_test::running_loop rl(b);
+            hop::io_loop& loop = rl.loop();
+            REQUIRE(eventually([&] { return loop.core().sleeping(); }));
+            const auto before = figures_of(loop);
+            CHECK(before.backend == hop_test::backend_label(b));
+
+            // Posts from this thread, each one after the loop went back to sleep:
+            // each is a remote post and a wake.
+            constexpr int posts = 5;
+            std::atomic<int> ran{0};
+            for (int i = 0; i < posts; ++i) {
+                REQUIRE(eventually([&] { return loop.core().sleeping(); }));
+                loop.post([&ran] { ran.fetch_add(1); });
+                REQUIRE(eventually([&] { return ran.load() == i + 1; }));
+            }
+            REQUIRE(eventually([&] { return loop.core().sleeping(); }));
+            const auto after = figures_of(loop);
+            CHECK(after.remote_posts - before.remote_posts == posts);
+            CHECK(after.tasks_resumed - before.tasks_resumed >= posts);
+            CHECK(after.wakes - before.wakes == posts);
+            CHECK(after.sleeps - before.sleeps >= posts);
+            CHECK(after.turns - before.turns >= posts);
+            CHECK(after.busy_seconds >= before.busy_seconds);
+            CHECK(after.stalls == 0);
+        });
+    }
+
+    TEST_CASE("a loop's figures show its armed timers and its operations in flight by kind") {
+        hop_test::for_each_backend([](hop::backend b) {
+            hop_test::running_loop rl(b);
+            hop::io_loop& loop = rl.loop();
+            auto lis = hop::tcp_listener::bind(hop::endpoint::loopback_v4(0));
+            const hop::endpoint ep = lis.local_endpoint();
+            auto waiting = [](hop::tcp_listener& l, hop::endpoint to) -> hop::task<void> {
+                // A read that never gets data, a timer that never fires.
+                hop::tcp_stream out = co_await hop::tcp_stream::connect(to);
+                hop::tcp_stream in = co_await l.accept();
+                char byte = 0;
+                auto sleeper = [](hop::tcp_stream& s, char& c) -> hop::task<void> {
+                    (void)co_await s.read_some(std::span<char>(&c, 1));
+                };
+                hop::future<void> reading = hop::current_loop()->spawn(sleeper(in, byte));
+                co_await hop::sleep_for(std::chrono::hours(1));
+                (void)reading;
+            };
+            const auto before = figures_of(loop);
+            CHECK(in_flight(before, "recv") == 0);
+            hop::future<void> f = loop.spawn(waiting(lis, ep));
+            CHECK(eventually([&] {
+                const auto now = figures_of(loop);
+                return in_flight(now, "recv") == 1 && now.timers_armed == 1;
+            }));
+            f.cancel();
+            REQUIRE(f.wait_for(guard));
+            CHECK(eventually([&] {
+                const auto now = figures_of(loop);
+                return in_flight(now, "recv") == 0 && now.timers_armed == 0;
+            }));
+            const auto after = figures_of(loop);
+            CHECK(in_flight(after, "recv") == 0);
+            CHECK(in_flight(after, "accept") == 0);
+            CHECK(in_flight(after, "connect") == 0);
+            CHECK(after.timers_armed == 0);
+        });
+    }
+
+    TEST_CASE("a destroyed loop leaves the figures") {
+        std::uint64_t id = 0;
+        {
+            hop::io_loop loop;
+            id = loop.id();
+            bool listed = false;
+            for (const auto& l : hop::metrics::read().loops) listed = listed || l.id == id;
+            CHECK(listed);
+        }
+        for (const auto& l : hop::metrics::read().loops) CHECK(l.id != id);
+    }
+
+    TEST_CASE("the HTTP server counts connections, responses by status class, bytes and latency") {
+        hop_test::for_each_backend([](hop::backend b) {
+            serving srv(b);
+            const auto before = hop::metrics::read().http_server;
+            srv.load("/status/200", 3);
+            srv.load("/status/302", 1);
+            srv.load("/nothing", 2);
+            srv.load("/status/503", 4);
+            // The server counts a connection closed after the client saw its
+            // end: wait for the gauge rather than race it.
+            CHECK(eventually([&] { return hop::metrics::read().http_server.connections_open == before.connections_open; }));
+            const auto after = hop::metrics::read().http_server;
+            CHECK(after.responses[1] - before.responses[1] == 3);
+            CHECK(after.responses[2] - before.responses[2] == 1);
+            CHECK(after.responses[3] - before.responses[3] == 2);
+            CHECK(after.responses[4] - before.responses[4] == 4);
+            CHECK(after.responses[0] == before.responses[0]);
+            CHECK(after.connections_accepted - before.connections_accepted == 10);
+            CHECK(after.active_handlers == 0);
+            CHECK(after.request_duration.count - before.request_duration.count == 10);
+            CHECK(after.request_duration.sum >= before.request_duration.sum);
+            // Each request was at least its request line; each answer at least its status line.
+            CHECK(after.bytes_received - before.bytes_received >= 10 * std::string("GET / HTTP/1.1\r\n").size());
+            CHECK(after.bytes_sent - before.bytes_sent >= 10 * std::string("HTTP/1.1 200 OK\r\n").size());
+        });
+    }
+
+    TEST_CASE("the blocking pool's figures count its calls") {
+        const auto before = hop::metrics::read().blocking_pool;
+        hop::io_loop loop;
+        auto calls = []() -> hop::task<int> {
+            int sum = 0;
+            for (int i = 0; i < 3; ++i) sum += co_await hop::run_blocking([i] { return i; });
+            co_return sum;
+        };
+        CHECK(hop_test::run_on(loop, calls()) == 3);
+        const auto after = hop::metrics::read().blocking_pool;
+        CHECK(after.jobs - before.jobs >= 3);
+        CHECK(after.threads >= 1);
+        CHECK(after.queued == 0);
+    }
+
+    TEST_CASE("the exposition passes promtool check metrics") {
+        hop_test::for_each_backend([](hop::backend b) {
+            serving srv(b);
+            srv.load("/status/200", 2);
+            srv.load("/nothing", 1);
+            const std::string text = hop::metrics::prometheus();
+            CHECK(text.find("# TYPE hop_loop_turns_total counter") != std::string::npos);
+            CHECK(text.find("# TYPE hop_http_server_request_duration_seconds histogram") != std::string::npos);
+            CHECK(text.find("hop_http_server_request_duration_seconds_bucket{le=\"+Inf\"}") != std::string::npos);
+            CHECK(text.find("hop_loop_operations_in_flight{loop=\"" + std::to_string(srv.loop().id()) + "\",backend=\"" +
+                            hop_test::backend_label(b) + "\",kind=\"accept\"} 1") != std::string::npos);
+            hop_test::peer promtool(hop_test::peer_options::piped({"promtool", "check", "metrics"}, text));
+            const hop_test::peer_result r = promtool.wait(scaled(std::chrono::milliseconds(60'000)));
+            CHECK_MESSAGE(r.exited_ok(), "promtool check metrics: " << r.describe() << "\n--- input:\n" << text);
+        });
+    }
+
+    TEST_CASE("a real Prometheus scrapes the server and stores the request count the load sent") {
+        hop_test::for_each_backend([](hop::backend b) {
+            serving srv(b);
+            hop_test::temp_dir dir("hop-prometheus-");
+            {
+                std::ofstream conf(dir.path() / "prometheus.yml");
+                conf << "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n"
+                        "scrape_configs:\n  - job_name: hop\n    static_configs:\n      - targets: ['"
+                     << srv.endpoint().to_string() << "']\n";
+            }
+            std::optional<hop_test::peer> prom;
+            std::uint16_t port = 0;
+            hop_test::start_on_free_port(
+                "prometheus",
+                [&](int) {
+                    port = hop_test::free_port();
+                    prom.reset();
+                    prom.emplace(hop_test::peer_options::logged(
+                        {"prometheus", "--config.file=" + (dir.path() / "prometheus.yml").string(),
+                         "--storage.tsdb.path=" + (dir.path() / "data").string(),
+                         "--web.listen-address=127.0.0.1:" + std::to_string(port), "--log.level=warn"},
+                        dir.path() / "prometheus.log"));
+                    return prom->wait_for_port(port, scaled(std::chrono::milliseconds(30'000)));
+                },
+                [&] { return prom ? prom->output() : std::string(); });
+
+            const std::uint64_t baseline = requests_of_class(4);
+            constexpr int sent = 40;
+            srv.load("/load", sent);
+            CHECK(requests_of_class(4) - baseline == sent);
+            const std::string want = std::to_string(baseline + sent);
+
+            // Wait (polling the API) until a scrape after the load is stored.
+            std::string last;
+            const bool stored = poll_until(
+                [&] {
+                    hop_test::peer curl(hop_test::peer_options::piped(
+                        {"curl", "-sS", "-G", "http://127.0.0.1:" + std::to_string(port) + "/api/v1/query",
+                         "--data-urlencode", "query=hop_http_server_requests_total{code=\"4xx\"}"}));
+                    const hop_test::peer_result r = curl.wait(scaled(std::chrono::milliseconds(10'000)));
+                    last = r.out;
+                    return r.exited_ok() && query_value(r.out) == want;
+                },
+                [&] { return prom->exited(); }, scaled(std::chrono::milliseconds(30'000)));
+            CHECK_MESSAGE(stored, "Prometheus did not store hop_http_server_requests_total{code=\"4xx\"} == "
+                                      << want << "; its last answer: " << last << "\nits log: " << prom->output());
+        });
+    }
+
+    TEST_CASE("set_stall_threshold refuses a negative threshold, naming it") {
+        CHECK(hop_test::what_of<std::invalid_argument>([] { hop::set_stall_threshold(-5ms); }).find("-5 ms") !=
+              std::string::npos);
+        CHECK(hop::stall_threshold() == 100ms);
+    }
+
+    TEST_CASE("a handler that holds the loop 300 ms is reported, with its function in the backtrace") {
+        hop_test::for_each_backend([](hop::backend b) {
+            stall_log log(50ms);
+            hop_test::running_loop rl(b);
+            hop::io_loop& loop = rl.loop();
+            std::atomic<bool> done{false};
+            loop.post([&done, &log] {
+                hop_test_spinning_handler(300ms, log.reported);
+                done.store(true);
+            });
+            REQUIRE(eventually([&] { return done.load() && !log.about(loop).empty(); }));
+            const auto lines = log.about(loop);
+            REQUIRE(lines.size() == 1);
+            INFO("the report: " << lines[0]);
+            CHECK(lines[0].find("hop: stall: io_loop #" + std::to_string(loop.id()) + " (" +
+                                hop_test::backend_label(b) + ") has run one handler for ") == 0);
+            CHECK(lines[0].find("hop_test_spinning_handler") != std::string::npos);
+            CHECK(figures_of(loop).stalls == 1);
+        });
+    }
+
+    TEST_CASE("a coroutine step that holds the loop 300 ms is reported, with the coroutine in the backtrace") {
+        hop_test::for_each_backend([](hop::backend b) {
+            stall_log log(50ms);
+            hop_test::running_loop rl(b);
+            hop::io_loop& loop = rl.loop();
+            hop::future<void> f = loop.spawn(hop_test_spinning_coroutine(300ms, log.reported));
+            REQUIRE(f.wait_for(guard));
+            REQUIRE(eventually([&] { return !log.about(loop).empty(); }));
+            const auto lines = log.about(loop);
+            REQUIRE(lines.size() == 1);
+            INFO("the report: " << lines[0]);
+            CHECK(lines[0].find("hop_test_spinning_coroutine") != std::string::npos);
+            CHECK(figures_of(loop).stalls == 1);
+        });
+    }
+
+    TEST_CASE("a loop that is only idle, or runs short handlers, is never reported") {
+        hop_test::for_each_backend([](hop::backend b) {
+            stall_log log(100ms);  // the default
+            hop_test::running_loop rl(b);
+            hop::io_loop& loop = rl.loop();
+            // Short handlers now and then (a timer every 5 ms) beside the idling.
+            auto ticking = []() -> hop::task<void> {
+                for (;;) co_await hop::sleep_for(5ms);
+            };
+            hop::future<void> ticks = loop.spawn(ticking());
+            // The watchdog looks every 25 ms: 40 looks span a second, ten
+            // times the threshold.
+            const std::uint64_t from = hop::detail::stall_scans();
+            REQUIRE(eventually([&] { return hop::detail::stall_scans() >= from + 40; }));
+            ticks.cancel();
+            REQUIRE(ticks.wait_for(guard));
+            CHECK(log.about(loop).empty());
+            CHECK(figures_of(loop).stalls == 0);
+        });
+    }
+
+    TEST_CASE("a stall threshold of 0 turns the detector off") {
+        hop_test::for_each_backend([](hop::backend b) {
+            stall_log log(0ms);
+            hop_test::running_loop rl(b);
+            hop::io_loop& loop = rl.loop();
+            std::atomic<bool> done{false};
+            static const std::atomic<bool> no_wait{true};  // nothing to wait for: spin 150 ms
+            loop.post([&done] {
+                hop_test_spinning_handler(150ms, no_wait);
+                done.store(true);
+            });
+            REQUIRE(eventually([&] { return done.load(); }));
+            CHECK(log.about(loop).empty());
+            CHECK(figures_of(loop).stalls == 0);
+        });
+    }
+}
