@@ -23,6 +23,7 @@
 
 #include <hop/cpu_pool.hpp>
 #include <hop/detail/fork.hpp>
+#include <hop/detail/spawned.hpp>
 
 #include "spin.hpp"
 
@@ -115,6 +116,38 @@ public:
             return won;
         }
         return true;
+    }
+
+    /// Owner thread only: takes the newest item if it is a spawned child
+    /// (its run is run_spawned); null otherwise, the deque left as it was.
+    work_item* pop_spawned() {
+        auto b = m_bottom.load(std::memory_order_relaxed) - 1;
+        ring* r = m_ring.load(std::memory_order_relaxed);
+        m_bottom.store(b, std::memory_order_seq_cst);
+        auto t = m_top.load(std::memory_order_seq_cst);
+        work_item* w = t > b ? nullptr : r->get(b);
+        if (w == nullptr || w->run != &run_spawned) {
+            m_bottom.store(b + 1, std::memory_order_relaxed);
+            return nullptr;
+        }
+        if (t == b) {  // the last item: race the thieves for it
+            if (!m_top.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+                w = nullptr;
+            }
+            m_bottom.store(b + 1, std::memory_order_relaxed);
+        }
+        return w;
+    }
+
+    /// Owner thread only: whether `w` looks queued here (a hint: a thief may
+    /// take it meanwhile).
+    bool holds(const work_item* w) const {
+        const auto b = m_bottom.load(std::memory_order_relaxed);
+        const ring* r = m_ring.load(std::memory_order_relaxed);
+        for (auto i = b - 1, t = m_top.load(std::memory_order_acquire); i >= t; --i) {
+            if (r->get(i) == w) return true;
+        }
+        return false;
     }
 
     /// Any thread; oldest first. Null if empty or the race was lost.
@@ -740,6 +773,68 @@ void fork_push(fork_point& at, work_item* const* items, std::size_t n) {
 
 bool fork_take_back(fork_point& at, work_item* w) noexcept {
     return reinterpret_cast<cpu_pool::impl::worker&>(at).deque.pop_if(w);
+}
+
+void run_spawned(work_item* w) noexcept {
+    auto* it = static_cast<spawn_item*>(w);
+    it->start(it);
+}
+
+bool fork_push_if_worker_of(executor_base& ex, work_item* w) {
+    auto* pool = cpu_pool::impl::tl_pool;
+    if (pool == nullptr || current_executor() != &ex || pool->owner != &ex) return false;
+    if (pool->shutdown_flag.load(std::memory_order_relaxed)) return false;  // post_item throws
+    cpu_pool::impl::tl_worker->deque.push(w);
+    pool->notify_one();
+    return true;
+}
+
+namespace {
+// Nested inline runs of spawned children (a join helping with the children
+// queued above its own) stop growing the stack past this depth.
+constexpr int max_help_depth = 512;
+[[gnu::tls_model("initial-exec")]] constinit thread_local int tl_help_depth = 0;
+
+/// Runs the spawned children on top of the calling worker's deque, newest
+/// first, until `done()` or the top is not a spawned child; with `target`,
+/// takes that one back as soon as it is on top.
+template <class Done>
+void help(ws_deque& deque, work_item* target, Done done) noexcept {
+    ++tl_help_depth;
+    for (;;) {
+        if (target != nullptr && deque.pop_if(target)) {
+            target->run(target);
+            target = nullptr;
+        } else {
+            if (tl_help_depth > max_help_depth) break;
+            work_item* w = deque.pop_spawned();
+            if (w == nullptr) break;
+            w->run(w);
+        }
+        if (done()) break;
+    }
+    --tl_help_depth;
+}
+}  // namespace
+
+bool join_forked(work_item* item, const future_state_base& s) noexcept {
+    auto* pool = cpu_pool::impl::tl_pool;
+    if (pool == nullptr || current_executor() != pool->owner) return false;
+    auto& self = *cpu_pool::impl::tl_worker;
+    if (self.deque.pop_if(item)) {  // the common case: nobody stole it, nothing above it
+        item->run(item);
+        return s.done();
+    }
+    if (!self.deque.holds(item)) return false;  // stolen, or queued elsewhere
+    help(self.deque, item, [&s] { return s.done(); });
+    return s.done();
+}
+
+bool help_while(bool (*pending)(const void*), const void* arg) noexcept {
+    auto* pool = cpu_pool::impl::tl_pool;
+    if (pool == nullptr || current_executor() != pool->owner) return !pending(arg);
+    help(cpu_pool::impl::tl_worker->deque, nullptr, [&] { return !pending(arg); });
+    return !pending(arg);
 }
 
 }  // namespace detail

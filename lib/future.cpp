@@ -2,6 +2,7 @@
 
 #include <hop/future.hpp>
 #include <hop/task.hpp>
+#include <hop/detail/stop.hpp>
 
 #include "spin.hpp"
 
@@ -80,6 +81,10 @@ bool future_state_base::cancel() noexcept {
                 }
                 continue;
             case future_status::running:
+                if (m_lazy_stop != nullptr) {
+                    m_lazy_stop->request_stop();
+                    return true;
+                }
                 if (m_stop.stop_possible()) {
                     m_stop.request_stop();
                     return true;
@@ -149,6 +154,9 @@ bool future_state_base::add_waiter(future_waiter* w) noexcept {
 
 void future_state_base::wait() const noexcept {
     if (done()) return;
+    // A child spawned on this worker that nobody stole runs here rather than
+    // leaving the thread blocked on work queued behind it.
+    if (m_forked != nullptr && join_forked(m_forked, *this)) return;
     before_blocking();
     m_sleepers.store(true, std::memory_order_seq_cst);
     for (;;) {

@@ -91,6 +91,15 @@ enum class future_status : std::uint32_t { pending, running, completing, cancell
 
 struct blocking_waiter;
 void release_blocking_waiter(blocking_waiter* w) noexcept;
+class future_state_base;
+class lazy_stop_source;
+
+/// If `item` (the queue item of the child behind `s`, pushed on a pool
+/// worker's deque when it was spawned there) is still on the calling
+/// worker's deque, runs it here, first running the spawned children pushed
+/// above it; returns whether `s` is done then. False at once on any other
+/// thread. Never blocks.
+bool join_forked(work_item* item, const future_state_base& s) noexcept;
 
 /// An intrusive callback run once the state is done. Linked into the state's
 /// waiter list (a doubly-linked list under the state's waiter lock, so that
@@ -176,6 +185,14 @@ public:
     /// For a coroutine job: the stop source its task's token comes from.
     std::stop_source& stop_source() noexcept { return m_stop; }
     void enable_stop() { m_stop = std::stop_source(); }
+    /// For a spawned child: the lazy source cancel() stops while it runs
+    /// (in place of stop_source(), which then stays empty).
+    void set_lazy_stop(lazy_stop_source* s) noexcept { m_lazy_stop = s; }
+
+    /// For a spawned child pushed on a pool worker's deque: its queue item,
+    /// which an await or a wait on that worker may take back and run inline.
+    void set_forked(work_item* item) noexcept { m_forked = item; }
+    work_item* forked_item() const noexcept { return m_forked; }
 
     std::exception_ptr error() const noexcept { return m_error; }
     void set_error(std::exception_ptr e) noexcept { m_error = std::move(e); }
@@ -203,6 +220,8 @@ private:
     destroy_fn m_destroy;
     std::exception_ptr m_error;
     std::stop_source m_stop{std::nostopstate};
+    lazy_stop_source* m_lazy_stop = nullptr;
+    work_item* m_forked = nullptr;  // set before any handle is shared, then constant
     std::atomic<blocking_waiter*> m_blocking{nullptr};  // shared by wait_for calls
     // Set by a thread about to block in wait(): only then does end_complete
     // call notify_all (libstdc++ routes it through a process-wide table, and
@@ -503,11 +522,16 @@ public:
         handle = h;
         m_executor = detail::current_executor();
         future_waiter::notify = &awaiter::on_notify;
+        if (m_policy != detail::stop_policy::ignore && detail::stop_requested_of(h.promise())) {
+            m_phase = phase::stopped_early;
+            return false;
+        }
+        // A child spawned on this worker that nobody stole: run it here.
+        if (work_item* forked = m_state->forked_item(); forked != nullptr && detail::join_forked(forked, *m_state)) {
+            m_phase = phase::ready;
+            return false;
+        }
         if (m_policy != detail::stop_policy::ignore) {
-            if (detail::stop_requested_of(h.promise())) {
-                m_phase = phase::stopped_early;
-                return false;
-            }
             const std::stop_token& token = detail::token_of(h.promise());
             // May run on_stop at once (stop requested meanwhile), or on
             // another thread from here on: the handshake below orders both.
