@@ -798,13 +798,18 @@ constexpr int max_help_depth = 512;
 /// Runs the spawned children on top of the calling worker's deque, newest
 /// first, until `done()` or the top is not a spawned child; with `target`,
 /// takes that one back as soon as it is on top.
+/// Returns whether it ran `target`.
 template <class Done>
-void help(ws_deque& deque, work_item* target, Done done) noexcept {
+bool help(ws_deque& deque, work_item* target, const future_state_base* target_state, const promise_base* link,
+          Done done) noexcept {
+    bool ran = false;
     ++tl_help_depth;
     for (;;) {
         if (target != nullptr && deque.pop_if(target)) {
+            if (link != nullptr) target_state->lazy_stop()->set_parent(link);
             target->run(target);
             target = nullptr;
+            ran = true;
         } else {
             if (tl_help_depth > max_help_depth) break;
             work_item* w = deque.pop_spawned();
@@ -814,26 +819,30 @@ void help(ws_deque& deque, work_item* target, Done done) noexcept {
         if (done()) break;
     }
     --tl_help_depth;
+    return ran;
 }
 }  // namespace
 
-bool join_forked(work_item* item, const future_state_base& s) noexcept {
+join_result join_forked(work_item* item, const future_state_base& s, const promise_base* link) noexcept {
     auto* pool = cpu_pool::impl::tl_pool;
-    if (pool == nullptr || current_executor() != pool->owner) return false;
+    if (pool == nullptr || current_executor() != pool->owner) return join_result::not_here;
     auto& self = *cpu_pool::impl::tl_worker;
+    auto outcome = [&s] { return s.done() ? join_result::done : join_result::started; };
     if (self.deque.pop_if(item)) {  // the common case: nobody stole it, nothing above it
+        if (link != nullptr) s.lazy_stop()->set_parent(link);
         item->run(item);
-        return s.done();
+        return outcome();
     }
-    if (!self.deque.holds(item)) return false;  // stolen, or queued elsewhere
-    help(self.deque, item, [&s] { return s.done(); });
-    return s.done();
+    if (!self.deque.holds(item)) return join_result::not_here;  // stolen, or queued elsewhere
+    const bool ran = help(self.deque, item, &s, link, [&s] { return s.done(); });
+    if (s.done()) return join_result::done;
+    return ran ? join_result::started : join_result::not_here;
 }
 
 bool help_while(bool (*pending)(const void*), const void* arg) noexcept {
     auto* pool = cpu_pool::impl::tl_pool;
     if (pool == nullptr || current_executor() != pool->owner) return !pending(arg);
-    help(cpu_pool::impl::tl_worker->deque, nullptr, [&] { return !pending(arg); });
+    (void)help(cpu_pool::impl::tl_worker->deque, nullptr, nullptr, nullptr, [&] { return !pending(arg); });
     return !pending(arg);
 }
 

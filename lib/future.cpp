@@ -156,7 +156,7 @@ void future_state_base::wait() const noexcept {
     if (done()) return;
     // A child spawned on this worker that nobody stole runs here rather than
     // leaving the thread blocked on work queued behind it.
-    if (m_forked != nullptr && join_forked(m_forked, *this)) return;
+    if (m_forked != nullptr && join_forked(m_forked, *this, nullptr) == join_result::done) return;
     before_blocking();
     m_sleepers.store(true, std::memory_order_seq_cst);
     for (;;) {
@@ -198,6 +198,8 @@ bool future_state_base::wait_for(std::chrono::nanoseconds timeout) {
     }
     if (done()) return true;
     if (timeout == std::chrono::nanoseconds::zero()) return false;  // a poll
+    // As in wait(): a child queued on this worker runs here.
+    if (m_forked != nullptr && join_forked(m_forked, *this, nullptr) == join_result::done) return true;
     before_blocking();
     // now + timeout past what steady_clock holds would wrap into the past (and
     // libstdc++'s wait_for would return at once): that is no deadline at all.

@@ -288,7 +288,8 @@ private:
     friend bool detail::fork_take_back(detail::fork_point&, detail::work_item*) noexcept;
     // Spawned children (hop::spawn on a pool, task_group) likewise.
     friend bool detail::fork_push_if_worker_of(detail::executor_base&, detail::work_item*);
-    friend bool detail::join_forked(detail::work_item*, const detail::future_state_base&) noexcept;
+    friend detail::join_result detail::join_forked(detail::work_item*, const detail::future_state_base&,
+                                                   const detail::promise_base*) noexcept;
     friend bool detail::help_while(bool (*)(const void*), const void*) noexcept;
 };
 

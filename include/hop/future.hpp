@@ -94,12 +94,22 @@ void release_blocking_waiter(blocking_waiter* w) noexcept;
 class future_state_base;
 class lazy_stop_source;
 
+struct promise_base;
+
+/// What join_forked did.
+enum class join_result : std::uint8_t {
+    not_here,  ///< the child is not queued on this worker (stolen, or another thread)
+    started,   ///< it ran here until it suspended: the future is not done yet
+    done,      ///< the future is done
+};
+
 /// If `item` (the queue item of the child behind `s`, pushed on a pool
 /// worker's deque when it was spawned there) is still on the calling
 /// worker's deque, runs it here, first running the spawned children pushed
-/// above it; returns whether `s` is done then. False at once on any other
-/// thread. Never blocks.
-bool join_forked(work_item* item, const future_state_base& s) noexcept;
+/// above it. The child taken back is first linked to `link`'s stop (if not
+/// null): the awaiting coroutine, which must then outlive the child. Never
+/// blocks.
+join_result join_forked(work_item* item, const future_state_base& s, const promise_base* link) noexcept;
 
 /// An intrusive callback run once the state is done. Linked into the state's
 /// waiter list (a doubly-linked list under the state's waiter lock, so that
@@ -188,6 +198,8 @@ public:
     /// For a spawned child: the lazy source cancel() stops while it runs
     /// (in place of stop_source(), which then stays empty).
     void set_lazy_stop(lazy_stop_source* s) noexcept { m_lazy_stop = s; }
+    /// That lazy source (null for other states).
+    lazy_stop_source* lazy_stop() const noexcept { return m_lazy_stop; }
 
     /// For a spawned child pushed on a pool worker's deque: its queue item,
     /// which an await or a wait on that worker may take back and run inline.
@@ -526,10 +538,24 @@ public:
             m_phase = phase::stopped_early;
             return false;
         }
-        // A child spawned on this worker that nobody stole: run it here.
-        if (work_item* forked = m_state->forked_item(); forked != nullptr && detail::join_forked(forked, *m_state)) {
-            m_phase = phase::ready;
-            return false;
+        // A child spawned on this worker that nobody stole runs here. Linked
+        // to this coroutine's stop (so a stop requested now reaches it), it
+        // must end before this coroutine goes on: if it suspends, a stop
+        // then leaves this await waiting for the child (see on_stop).
+        if (work_item* forked = m_state->forked_item();
+            forked != nullptr && m_policy != detail::stop_policy::abandon) {
+            const detail::promise_base* link =
+                m_policy == detail::stop_policy::cancel ? detail::hop_promise_of(h.promise()) : nullptr;
+            switch (detail::join_forked(forked, *m_state, link)) {
+                case detail::join_result::done:
+                    m_phase = phase::ready;
+                    return false;
+                case detail::join_result::started:
+                    m_joined = link != nullptr;
+                    break;
+                case detail::join_result::not_here:
+                    break;
+            }
         }
         if (m_policy != detail::stop_policy::ignore) {
             const std::stop_token& token = detail::token_of(h.promise());
@@ -576,6 +602,9 @@ private:
 
     // C: the awaiting coroutine's stop was requested.
     void on_stop() noexcept {
+        // The child this await started is linked to the same stop and ends
+        // on its own; its completion resumes this coroutine.
+        if (m_joined) return;
         {
             detail::waiters_lock lock(*m_state);
             switch (m_phase) {
@@ -607,6 +636,7 @@ private:
     bool m_owns;
     detail::stop_policy m_policy;
     phase m_phase = phase::idle;
+    bool m_joined = false;  // this await ran the child, linked to its own stop
     detail::executor_base* m_executor = nullptr;
     std::optional<std::stop_callback<canceller>> m_callback;
 };

@@ -139,15 +139,15 @@ public:
             m_promise = detail::hop_promise_of(h.promise());
             // Stopped already: the children are cancelled before they run here.
             if (m_promise != nullptr && m_promise->stop_requested()) m_state->request_stop();
-            if (m_state->running() != 0) {
-                (void)detail::help_while([](const void* g) { return static_cast<const detail::group_state*>(g)->running() != 0; },
-                                         m_state);
-            }
+            if (m_state->running() == 0) return false;
+            // Linked first: a stop requested while children run here reaches them.
+            const std::stop_token& token = detail::token_of(h.promise());
+            if (token.stop_possible()) m_link.emplace(token, stopper{m_state});
+            (void)detail::help_while(
+                [](const void* g) { return static_cast<const detail::group_state*>(g)->running() != 0; }, m_state);
             if (m_state->running() == 0) return false;
             handle = h;
             executor = detail::current_executor();
-            const std::stop_token& token = detail::token_of(h.promise());
-            if (token.stop_possible()) m_link.emplace(token, stopper{m_state});
             return m_state->register_waiter(this);
         }
         /// Rethrows the first failure, or cancelled_error if the waiter was stopped.
