@@ -213,6 +213,16 @@ hop::task<bool> until_stopped(signal& started, bool through_token) {
     co_return false;
 }
 
+
+// The vector tree with its children in a std::array (when_all's array form).
+hop::task<std::uint64_t> tree_array(std::uint64_t base, int depth) {
+    if (depth == 0) co_return base;
+    std::array<hop::task<std::uint64_t>, 4> kids;
+    for (std::uint64_t i = 0; i < 4; ++i) kids[i] = tree_array(base * 4 + i, depth - 1);
+    const std::array<std::uint64_t, 4> r = co_await hop::when_all(std::move(kids));
+    co_return r[0] + r[1] + r[2] + r[3];
+}
+
 }  // namespace
 
 TEST_SUITE("fork_join") {
@@ -644,6 +654,40 @@ TEST_SUITE("fork_join") {
         // state per fork.
         CHECK(spawned == 3 * internal_calls(16) + 1);
         (void)grouped;
+#endif
+    }
+
+    TEST_CASE("when_all over a std::array forks, propagates a failure, and allocates nothing but frames") {
+        for (std::size_t threads : {1u, 2u}) {
+            CAPTURE(threads);
+            hop::cpu_pool pool{threads};
+            const std::uint64_t leaves = 4 * 4 * 4 * 4 * 4;
+            CHECK(pool.submit([] { return tree_array(0, 5); }).get() == leaves * (leaves - 1) / 2);
+            auto failing = [&]() -> hop::task<int> {
+                std::array<hop::task<int>, 3> kids;
+                kids[0] = []() -> hop::task<int> { co_return 1; }();
+                kids[1] = []() -> hop::task<int> {
+                    throw boom("array child");
+                    co_return 0;
+                }();
+                kids[2] = []() -> hop::task<int> { co_return 3; }();
+                auto r = co_await hop::when_all(std::move(kids));
+                co_return r[0];
+            };
+            CHECK_THROWS_WITH_AS(pool.submit(failing).get(), "array child", boom);
+        }
+        hop::cpu_pool pool{1};
+        for (int warm = 0; warm < 5; ++warm) (void)pool.submit([] { return tree_array(0, 4); }).get();
+        const std::uint64_t made = pool.submit([]() -> hop::task<std::uint64_t> {
+                                           const auto before = hop_test::allocations_total.load();
+                                           (void)co_await tree_array(0, 4);
+                                           co_return hop_test::allocations_total.load() - before;
+                                       })
+                                       .get();
+#if HOP_FRAME_CACHE
+        CHECK(made == 0);
+#else
+        CHECK(made == 1 + 4 + 16 + 64 + 256);  // the frames, one per call
 #endif
     }
 }
