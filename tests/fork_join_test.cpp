@@ -690,4 +690,27 @@ TEST_SUITE("fork_join") {
         CHECK(made == 1 + 4 + 16 + 64 + 256);  // the frames, one per call
 #endif
     }
+
+    TEST_CASE("a task_group child awaited through its future and run inline still hears its group's stop") {
+        hop::cpu_pool pool{2};
+        signal started;
+        auto failing = [&]() -> hop::task<void> {
+            CHECK(started.wait());
+            throw boom("sibling failed");
+            co_return;
+        };
+        auto parent = [&]() -> hop::task<bool> {
+            hop::task_group g;
+            auto a = g.spawn(failing());                         // stolen by the other worker
+            auto b = g.spawn(until_stopped(started, false));  // taken back by the await below
+            const bool saw = co_await b;                         // the group's stop must reach it
+            try {
+                co_await g.wait();
+            } catch (const boom&) {
+                co_return saw;
+            }
+            co_return false;
+        };
+        CHECK(pool.submit(parent).get());
+    }
 }

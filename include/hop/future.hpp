@@ -197,7 +197,14 @@ public:
     void enable_stop() { m_stop = std::stop_source(); }
     /// For a spawned child: the lazy source cancel() stops while it runs
     /// (in place of stop_source(), which then stays empty).
-    void set_lazy_stop(lazy_stop_source* s) noexcept { m_lazy_stop = s; }
+    /// `linkable`: a child with no stop parent of its own, which a join that
+    /// runs it inline may link to the joining coroutine's stop.
+    void set_lazy_stop(lazy_stop_source* s, bool linkable) noexcept {
+        m_lazy_stop = s;
+        m_linkable_stop = linkable;
+    }
+    /// See set_lazy_stop (constant once the state is shared).
+    bool linkable_stop() const noexcept { return m_linkable_stop; }
     /// That lazy source (null for other states).
     lazy_stop_source* lazy_stop() const noexcept { return m_lazy_stop; }
 
@@ -233,6 +240,7 @@ private:
     std::exception_ptr m_error;
     std::stop_source m_stop{std::nostopstate};
     lazy_stop_source* m_lazy_stop = nullptr;
+    bool m_linkable_stop = false;
     work_item* m_forked = nullptr;  // set before any handle is shared, then constant
     std::atomic<blocking_waiter*> m_blocking{nullptr};  // shared by wait_for calls
     // Set by a thread about to block in wait(): only then does end_complete
@@ -544,8 +552,10 @@ public:
         // then leaves this await waiting for the child (see on_stop).
         if (work_item* forked = m_state->forked_item();
             forked != nullptr && m_policy != detail::stop_policy::abandon) {
-            const detail::promise_base* link =
-                m_policy == detail::stop_policy::cancel ? detail::hop_promise_of(h.promise()) : nullptr;
+            // A task_group's child keeps its group's stop (the group outlives it).
+            const detail::promise_base* link = m_policy == detail::stop_policy::cancel && m_state->linkable_stop()
+                                                   ? detail::hop_promise_of(h.promise())
+                                                   : nullptr;
             switch (detail::join_forked(forked, *m_state, link)) {
                 case detail::join_result::done:
                     m_phase = phase::ready;

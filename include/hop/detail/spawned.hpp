@@ -73,7 +73,7 @@ public:
         } else {
             m_stop.set_parent(nullptr);
         }
-        this->set_lazy_stop(&m_stop);
+        this->set_lazy_stop(&m_stop, parent_stop == nullptr);
         (void)child.promise().prepare_detached(child, *this, &m_stop);
     }
 
