@@ -60,6 +60,21 @@ bench::sample hop_round_trip(std::size_t threads, std::size_t n) {
     return {s, n};
 }
 
+// The same trips from an io_loop (hop::run on this thread), the home users
+// have: a server handler hopping to the pool and back. sync_wait's loop
+// (above) is a blocking helper, not an event loop.
+bench::sample hop_round_trip_loop(std::size_t threads, std::size_t n) {
+    hop::cpu_pool pool{threads};
+    std::size_t misplaced = 0;
+    const auto home = std::this_thread::get_id();
+    hop::run(hop_round_trips(pool, n / 50 + 1, home, &misplaced));  // warm-up
+    auto t0 = bench::clock::now();
+    hop::run(hop_round_trips(pool, n, home, &misplaced));
+    double s = bench::seconds_since(t0);
+    if (misplaced != 0) throw std::runtime_error("hop round trip (io_loop): " + std::to_string(misplaced) + " resumptions on the wrong thread");
+    return {s, n};
+}
+
 // Asio, closest equivalent: a child coroutine co_spawn'ed onto the pool and
 // awaited with use_awaitable; the parent (an awaitable on an io_context run
 // by this thread) resumes on the io_context when the child ends.
@@ -284,11 +299,17 @@ int run(const bench::options& opt) {
     if (opt.wants("round_trip")) {
         bench::print_table_header("(1) round trip: home thread -> pool -> home thread");
         const std::size_t n = c.round_trips / rounds;
-        auto [h, a1, a2] = bench::run_interleaved(
+        auto [h, a1, a2, hl] = bench::run_interleaved(
             rounds, [&] { return hop_round_trip(t, n); },
             [&] { return asio_round_trip(t, n, asio_round_trips_spawn); },
-            [&] { return asio_round_trip(t, n, asio_round_trips_post); });
+            [&] { return asio_round_trip(t, n, asio_round_trips_post); },
+            [&] { return hop_round_trip_loop(t, n); });
         const double trips = static_cast<double>(n * rounds);
+        bench::print_row("ns/trip from an io_loop (hop::run) vs asio co_spawn", hl.s.seconds * 1e9 / trips,
+                         a1.s.seconds * 1e9 / trips, bench::better::lower);
+        bench::print_row("ns/trip from an io_loop (hop::run) vs asio bare post", hl.s.seconds * 1e9 / trips,
+                         a2.s.seconds * 1e9 / trips, bench::better::lower);
+        std::printf("  (rows below: hop's home is sync_wait's blocking loop)\n");
         bench::print_row("ns/trip vs asio co_spawn child on pool", h.s.seconds * 1e9 / trips,
                          a1.s.seconds * 1e9 / trips, bench::better::lower);
         bench::print_row("ns/trip vs asio bare post(pool, use_awaitable)", h.s.seconds * 1e9 / trips,

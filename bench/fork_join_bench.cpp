@@ -17,6 +17,8 @@
 //                 tg.wait()
 //   when_all      hop::task<long> awaiting hop::when_all(children...) (the
 //                 vector form for skynet), started with pool.submit()
+//   (std::array)  skynet's children in a std::array, when_all's array form
+//                 (no vector in or out); fib as when_all
 //   + schedule()  the same, each child first doing co_await pool.schedule()
 //                 (libcoro's idiom)
 //   spawn         hop::spawn(pool, child) for all children but the last, the
@@ -270,6 +272,19 @@ hop::task<long> skynet_scheduled(hop::cpu_pool& pool, long num, long size) {
     co_return sum;
 }
 
+// -- hop when_all over a std::array (skynet: no vectors)
+
+hop::task<long> skynet_when_all_array(long num, long size) {
+    if (size == 1) co_return num;
+    const long child = size / 10;
+    std::array<hop::task<long>, 10> children;
+    for (long i = 0; i < 10; ++i) children[static_cast<std::size_t>(i)] = skynet_when_all_array(num + i * child, child);
+    const std::array<long, 10> r = co_await hop::when_all(std::move(children));
+    long sum = 0;
+    for (long v : r) sum += v;
+    co_return sum;
+}
+
 // -- hop spawn
 
 hop::task<long> fib_spawn(hop::cpu_pool& pool, long n) {
@@ -397,6 +412,12 @@ std::vector<variant> variants() {
          [](const problem& p, std::size_t t) {
              return run_hop(p, t, [&p](cpu_pool&, long size) {
                  return p.w == workload::fib ? fib_when_all(size) : skynet_when_all(0, skynet_leaves(size));
+             });
+         }},
+        {"hop when_all (skynet: std::array)", true,
+         [](const problem& p, std::size_t t) {
+             return run_hop(p, t, [&p](cpu_pool&, long size) {
+                 return p.w == workload::fib ? fib_when_all(size) : skynet_when_all_array(0, skynet_leaves(size));
              });
          }},
         {"hop when_all, children schedule()", true,

@@ -23,6 +23,7 @@
 
 #include <hop/cpu_pool.hpp>
 #include <hop/detail/fork.hpp>
+#include <hop/detail/spawned.hpp>
 
 #include "spin.hpp"
 
@@ -115,6 +116,38 @@ public:
             return won;
         }
         return true;
+    }
+
+    /// Owner thread only: takes the newest item if it is a spawned child
+    /// (its run is run_spawned); null otherwise, the deque left as it was.
+    work_item* pop_spawned() {
+        auto b = m_bottom.load(std::memory_order_relaxed) - 1;
+        ring* r = m_ring.load(std::memory_order_relaxed);
+        m_bottom.store(b, std::memory_order_seq_cst);
+        auto t = m_top.load(std::memory_order_seq_cst);
+        work_item* w = t > b ? nullptr : r->get(b);
+        if (w == nullptr || w->run != &run_spawned) {
+            m_bottom.store(b + 1, std::memory_order_relaxed);
+            return nullptr;
+        }
+        if (t == b) {  // the last item: race the thieves for it
+            if (!m_top.compare_exchange_strong(t, t + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+                w = nullptr;
+            }
+            m_bottom.store(b + 1, std::memory_order_relaxed);
+        }
+        return w;
+    }
+
+    /// Owner thread only: whether `w` looks queued here (a hint: a thief may
+    /// take it meanwhile).
+    bool holds(const work_item* w) const {
+        const auto b = m_bottom.load(std::memory_order_relaxed);
+        const ring* r = m_ring.load(std::memory_order_relaxed);
+        for (auto i = b - 1, t = m_top.load(std::memory_order_acquire); i >= t; --i) {
+            if (r->get(i) == w) return true;
+        }
+        return false;
     }
 
     /// Any thread; oldest first. Null if empty or the race was lost.
@@ -740,6 +773,77 @@ void fork_push(fork_point& at, work_item* const* items, std::size_t n) {
 
 bool fork_take_back(fork_point& at, work_item* w) noexcept {
     return reinterpret_cast<cpu_pool::impl::worker&>(at).deque.pop_if(w);
+}
+
+void run_spawned(work_item* w) noexcept {
+    auto* it = static_cast<spawn_item*>(w);
+    it->start(it);
+}
+
+bool fork_push_if_worker_of(executor_base& ex, work_item* w) {
+    auto* pool = cpu_pool::impl::tl_pool;
+    if (pool == nullptr || current_executor() != &ex || pool->owner != &ex) return false;
+    if (pool->shutdown_flag.load(std::memory_order_relaxed)) return false;  // post_item throws
+    cpu_pool::impl::tl_worker->deque.push(w);
+    pool->notify_one();
+    return true;
+}
+
+namespace {
+// Nested inline runs of spawned children (a join helping with the children
+// queued above its own) stop growing the stack past this depth.
+constexpr int max_help_depth = 512;
+[[gnu::tls_model("initial-exec")]] constinit thread_local int tl_help_depth = 0;
+
+/// Runs the spawned children on top of the calling worker's deque, newest
+/// first, until `done()` or the top is not a spawned child; with `target`,
+/// takes that one back as soon as it is on top.
+/// Returns whether it ran `target`.
+template <class Done>
+bool help(ws_deque& deque, work_item* target, const future_state_base* target_state, const promise_base* link,
+          Done done) noexcept {
+    bool ran = false;
+    ++tl_help_depth;
+    for (;;) {
+        if (target != nullptr && deque.pop_if(target)) {
+            if (link != nullptr) target_state->lazy_stop()->set_parent(link);
+            target->run(target);
+            target = nullptr;
+            ran = true;
+        } else {
+            if (tl_help_depth > max_help_depth) break;
+            work_item* w = deque.pop_spawned();
+            if (w == nullptr) break;
+            w->run(w);
+        }
+        if (done()) break;
+    }
+    --tl_help_depth;
+    return ran;
+}
+}  // namespace
+
+join_result join_forked(work_item* item, const future_state_base& s, const promise_base* link) noexcept {
+    auto* pool = cpu_pool::impl::tl_pool;
+    if (pool == nullptr || current_executor() != pool->owner) return join_result::not_here;
+    auto& self = *cpu_pool::impl::tl_worker;
+    auto outcome = [&s] { return s.done() ? join_result::done : join_result::started; };
+    if (self.deque.pop_if(item)) {  // the common case: nobody stole it, nothing above it
+        if (link != nullptr) s.lazy_stop()->set_parent(link);
+        item->run(item);
+        return outcome();
+    }
+    if (!self.deque.holds(item)) return join_result::not_here;  // stolen, or queued elsewhere
+    const bool ran = help(self.deque, item, &s, link, [&s] { return s.done(); });
+    if (s.done()) return join_result::done;
+    return ran ? join_result::started : join_result::not_here;
+}
+
+bool help_while(bool (*pending)(const void*), const void* arg) noexcept {
+    auto* pool = cpu_pool::impl::tl_pool;
+    if (pool == nullptr || current_executor() != pool->owner) return !pending(arg);
+    (void)help(cpu_pool::impl::tl_worker->deque, nullptr, nullptr, nullptr, [&] { return !pending(arg); });
+    return !pending(arg);
 }
 
 }  // namespace detail

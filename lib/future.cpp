@@ -2,6 +2,7 @@
 
 #include <hop/future.hpp>
 #include <hop/task.hpp>
+#include <hop/detail/stop.hpp>
 
 #include "spin.hpp"
 
@@ -80,6 +81,10 @@ bool future_state_base::cancel() noexcept {
                 }
                 continue;
             case future_status::running:
+                if (m_lazy_stop != nullptr) {
+                    m_lazy_stop->request_stop();
+                    return true;
+                }
                 if (m_stop.stop_possible()) {
                     m_stop.request_stop();
                     return true;
@@ -149,6 +154,9 @@ bool future_state_base::add_waiter(future_waiter* w) noexcept {
 
 void future_state_base::wait() const noexcept {
     if (done()) return;
+    // A child spawned on this worker that nobody stole runs here rather than
+    // leaving the thread blocked on work queued behind it.
+    if (m_forked != nullptr && join_forked(m_forked, *this, nullptr) == join_result::done) return;
     before_blocking();
     m_sleepers.store(true, std::memory_order_seq_cst);
     for (;;) {
@@ -190,6 +198,8 @@ bool future_state_base::wait_for(std::chrono::nanoseconds timeout) {
     }
     if (done()) return true;
     if (timeout == std::chrono::nanoseconds::zero()) return false;  // a poll
+    // As in wait(): a child queued on this worker runs here.
+    if (m_forked != nullptr && join_forked(m_forked, *this, nullptr) == join_result::done) return true;
     before_blocking();
     // now + timeout past what steady_clock holds would wrap into the past (and
     // libstdc++'s wait_for would return at once): that is no deadline at all.

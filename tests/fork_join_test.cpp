@@ -15,6 +15,7 @@
 #include <hop/cpu_pool.hpp>
 #include <hop/io_loop.hpp>
 #include <hop/task.hpp>
+#include <hop/task_group.hpp>
 
 #include "support/counting_new.hpp"
 #include "support/guard.hpp"
@@ -30,6 +31,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <array>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -156,6 +158,70 @@ bool every_worker_started(hop::cpu_pool& pool) {
 }
 
 std::uint64_t internal_calls(long n) { return n < 2 ? 0 : 1 + internal_calls(n - 1) + internal_calls(n - 2); }
+
+
+// ---- spawn and task_group: helpers ----------------------------------------
+
+hop::task<long> fib_spawn(hop::cpu_pool& pool, long n) {
+    if (n < 2) co_return n;
+    auto f = hop::spawn(pool, fib_spawn(pool, n - 1));
+    const long b = co_await fib_spawn(pool, n - 2);
+    const long a = co_await std::move(f);
+    co_return a + b;
+}
+
+hop::task<long> fib_group(hop::cpu_pool& pool, long n) {
+    if (n < 2) co_return n;
+    hop::task_group g;
+    auto fa = g.spawn(pool, fib_group(pool, n - 1));
+    const long b = co_await fib_group(pool, n - 2);
+    co_await g.wait();
+    co_return fa.get() + b;
+}
+
+// Ten children awaited oldest first: each join finds newer siblings queued
+// above its own child and runs them first.
+hop::task<long> tree_spawn(hop::cpu_pool& pool, long base, int depth) {
+    if (depth == 0) co_return base;
+    std::array<hop::future<long>, 4> f;
+    for (long i = 0; i < 4; ++i) f[static_cast<std::size_t>(i)] = hop::spawn(pool, tree_spawn(pool, base * 4 + i, depth - 1));
+    long sum = 0;
+    for (auto& x : f) sum += co_await std::move(x);
+    co_return sum;
+}
+
+hop::task<std::thread::id> thread_of() { co_return std::this_thread::get_id(); }
+
+/// Loops at cancellation points until stopped (true), or gives up (false).
+hop::task<bool> until_stopped(signal& started, bool through_token) {
+    const auto give_up = std::chrono::steady_clock::now() + patience;
+    if (through_token) {
+        std::stop_token token = co_await hop::get_stop_token();
+        started.fire();
+        while (!token.stop_requested() && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+        co_return token.stop_requested();
+    }
+    started.fire();
+    try {
+        while (std::chrono::steady_clock::now() < give_up) {
+            co_await hop::cancellation_point();
+            std::this_thread::yield();
+        }
+    } catch (const hop::cancelled_error&) {
+        co_return true;
+    }
+    co_return false;
+}
+
+
+// The vector tree with its children in a std::array (when_all's array form).
+hop::task<std::uint64_t> tree_array(std::uint64_t base, int depth) {
+    if (depth == 0) co_return base;
+    std::array<hop::task<std::uint64_t>, 4> kids;
+    for (std::uint64_t i = 0; i < 4; ++i) kids[i] = tree_array(base * 4 + i, depth - 1);
+    const std::array<std::uint64_t, 4> r = co_await hop::when_all(std::move(kids));
+    co_return r[0] + r[1] + r[2] + r[3];
+}
 
 }  // namespace
 
@@ -413,5 +479,238 @@ TEST_SUITE("fork_join") {
             CHECK(t.allocations == calls * (4 + 2 + 2) + 1);
 #endif
         }
+    }
+
+    TEST_CASE("spawn and task_group on a pool worker give the serial answer, stolen or not") {
+        for (std::size_t threads : {1u, 2u}) {
+            CAPTURE(threads);
+            hop::cpu_pool pool{threads};
+            CHECK(pool.submit([&] { return fib_spawn(pool, 18); }).get() == fib_serial(18));
+            CHECK(pool.submit([&] { return fib_group(pool, 18); }).get() == fib_serial(18));
+            const long leaves = 4 * 4 * 4 * 4;
+            CHECK(pool.submit([&] { return tree_spawn(pool, 0, 4); }).get() == leaves * (leaves - 1) / 2);
+        }
+    }
+
+    TEST_CASE("spawn: a child nobody stole runs at the join on the awaiting worker, even under a blocking get()") {
+        // One worker: nobody can steal. get() on that worker used to block
+        // the only thread that could run the child; now the join runs it.
+        hop::cpu_pool pool{1};
+        auto parent = [&]() -> hop::task<bool> {
+            auto f = hop::spawn(pool, thread_of());
+            auto g = hop::spawn(pool, thread_of());
+            const bool g_done = g.wait_for(patience) && g.get() == std::this_thread::get_id();
+            const bool f_same = co_await f == std::this_thread::get_id();
+            co_return g_done && f_same;
+        };
+        CHECK(pool.submit(parent).get());
+    }
+
+    TEST_CASE("spawn and task_group: a child is stolen by another worker while its parent works") {
+        hop::cpu_pool pool{2};
+        SUBCASE("spawn") {
+            signal started;
+            auto parent = [&]() -> hop::task<void> {
+                auto f = hop::spawn(pool, announce(started));
+                auto [seen, me] = co_await wait_for_sibling(started);
+                CHECK(seen);
+                CHECK(co_await f != me);
+            };
+            pool.submit(parent).get();
+        }
+        SUBCASE("task_group") {
+            signal started;
+            auto parent = [&]() -> hop::task<void> {
+                hop::task_group g;
+                auto f = g.spawn(announce(started));
+                auto [seen, me] = co_await wait_for_sibling(started);
+                CHECK(seen);
+                co_await g.wait();
+                CHECK(f.get() != me);
+            };
+            pool.submit(parent).get();
+        }
+    }
+
+    TEST_CASE("spawn and task_group: exceptions propagate from children run inline and from stolen ones") {
+        auto thrower = [](const char* what) -> hop::task<int> {
+            throw boom(what);
+            co_return 0;
+        };
+        SUBCASE("inline (one worker)") {
+            hop::cpu_pool pool{1};
+            auto via_spawn = [&]() -> hop::task<int> {
+                auto f = hop::spawn(pool, thrower("spawned"));
+                co_return co_await f;
+            };
+            CHECK_THROWS_WITH_AS(pool.submit(via_spawn).get(), "spawned", boom);
+            auto via_group = [&]() -> hop::task<void> {
+                hop::task_group g;
+                auto ok = g.spawn(fib_spawn(pool, 5));
+                auto bad = g.spawn(thrower("grouped"));
+                co_await g.wait();
+            };
+            CHECK_THROWS_WITH_AS(pool.submit(via_group).get(), "grouped", boom);
+        }
+        SUBCASE("stolen (two workers)") {
+            hop::cpu_pool pool{2};
+            signal started;
+            auto stolen_thrower = [&]() -> hop::task<int> {
+                started.fire();
+                throw boom("stolen");
+                co_return 0;
+            };
+            auto via_group = [&]() -> hop::task<void> {
+                hop::task_group g;
+                auto bad = g.spawn(stolen_thrower());
+                auto [seen, me] = co_await wait_for_sibling(started);
+                CHECK(seen);
+                (void)me;
+                co_await g.wait();
+            };
+            CHECK_THROWS_WITH_AS(pool.submit(via_group).get(), "stolen", boom);
+        }
+    }
+
+    TEST_CASE("cancelling the parent reaches spawned and grouped children, run inline or stolen") {
+        for (std::size_t threads : {1u, 2u}) {
+            for (bool through_token : {false, true}) {
+                CAPTURE(threads);
+                CAPTURE(through_token);
+                hop::cpu_pool pool{threads};
+                SUBCASE("spawn: the parent awaits the child's future") {
+                    signal started;
+                    auto parent = [&]() -> hop::task<bool> {
+                        auto f = hop::spawn(pool, until_stopped(started, through_token));
+                        co_return co_await f;
+                    };
+                    auto f = pool.submit(parent);
+                    REQUIRE(started.wait());
+                    CHECK(f.cancel());
+                    // Either the child saw the stop and returned true, or the
+                    // await was cancelled: never false (the child gave up).
+                    try {
+                        CHECK(f.get());
+                    } catch (const hop::cancelled_error&) {
+                    }
+                }
+                SUBCASE("task_group: the parent waits on the group") {
+                    signal started;
+                    std::atomic<bool> saw{false};
+                    auto child = [&]() -> hop::task<void> { saw = co_await until_stopped(started, through_token); };
+                    auto parent = [&]() -> hop::task<void> {
+                        hop::task_group g;
+                        auto c = g.spawn(child());
+                        co_await g.wait();
+                    };
+                    auto f = pool.submit(parent);
+                    REQUIRE(started.wait());
+                    CHECK(f.cancel());
+                    CHECK_THROWS_AS(f.get(), hop::cancelled_error);
+                    CHECK(saw.load());
+                }
+            }
+        }
+    }
+
+    TEST_CASE("a task_group's first failure stops a sibling the waiting worker runs inline") {
+        hop::cpu_pool pool{2};
+        signal started;
+        std::atomic<bool> saw{false};
+        auto sibling = [&]() -> hop::task<void> { saw = co_await until_stopped(started, false); };
+        auto failing = [&]() -> hop::task<void> {
+            CHECK(started.wait());
+            throw boom("first failure");
+            co_return;
+        };
+        auto parent = [&]() -> hop::task<void> {
+            hop::task_group g;
+            auto a = g.spawn(failing());  // older: stolen by the other worker
+            auto b = g.spawn(sibling());  // newest: run inline at the join
+            co_await g.wait();
+        };
+        CHECK_THROWS_WITH_AS(pool.submit(parent).get(), "first failure", boom);
+        CHECK(saw.load());
+    }
+
+    TEST_CASE("spawn and task_group forks allocate nothing once the frame cache is warm") {
+        hop::cpu_pool pool{1};
+        auto measure = [&](auto make) {
+            for (int warm = 0; warm < 5; ++warm) (void)pool.submit(make).get();
+            return pool.submit([&]() -> hop::task<std::uint64_t> {
+                       const auto before = hop_test::allocations_total.load();
+                       (void)co_await make();
+                       co_return hop_test::allocations_total.load() - before;
+                   })
+                .get();
+        };
+        const std::uint64_t spawned = measure([&] { return fib_spawn(pool, 16); });
+        const std::uint64_t grouped = measure([&] { return fib_group(pool, 16); });
+#if HOP_FRAME_CACHE
+        CHECK(spawned == 0);
+        MESSAGE("task_group fib(16): " << grouped << " allocations for " << internal_calls(16) << " forks");
+#else
+        // Every call's frame (two per fork, and the root) and one spawned
+        // state per fork.
+        CHECK(spawned == 3 * internal_calls(16) + 1);
+        (void)grouped;
+#endif
+    }
+
+    TEST_CASE("when_all over a std::array forks, propagates a failure, and allocates nothing but frames") {
+        for (std::size_t threads : {1u, 2u}) {
+            CAPTURE(threads);
+            hop::cpu_pool pool{threads};
+            const std::uint64_t leaves = 4 * 4 * 4 * 4 * 4;
+            CHECK(pool.submit([] { return tree_array(0, 5); }).get() == leaves * (leaves - 1) / 2);
+            auto failing = [&]() -> hop::task<int> {
+                std::array<hop::task<int>, 3> kids;
+                kids[0] = []() -> hop::task<int> { co_return 1; }();
+                kids[1] = []() -> hop::task<int> {
+                    throw boom("array child");
+                    co_return 0;
+                }();
+                kids[2] = []() -> hop::task<int> { co_return 3; }();
+                auto r = co_await hop::when_all(std::move(kids));
+                co_return r[0];
+            };
+            CHECK_THROWS_WITH_AS(pool.submit(failing).get(), "array child", boom);
+        }
+        hop::cpu_pool pool{1};
+        for (int warm = 0; warm < 5; ++warm) (void)pool.submit([] { return tree_array(0, 4); }).get();
+        const std::uint64_t made = pool.submit([]() -> hop::task<std::uint64_t> {
+                                           const auto before = hop_test::allocations_total.load();
+                                           (void)co_await tree_array(0, 4);
+                                           co_return hop_test::allocations_total.load() - before;
+                                       })
+                                       .get();
+#if HOP_FRAME_CACHE
+        CHECK(made == 0);
+#else
+        CHECK(made == 1 + 4 + 16 + 64 + 256);  // the frames, one per call
+#endif
+    }
+
+    TEST_CASE("a task_group child awaited through its future and run inline still hears its group's stop") {
+        hop::cpu_pool pool{2};
+        signal started;
+        auto failing = [&]() -> hop::task<void> {
+            CHECK(started.wait());
+            throw boom("sibling failed");
+            co_return;
+        };
+        auto parent = [&]() -> hop::task<bool> {
+            hop::task_group g;
+            auto a = g.spawn(failing());                         // stolen by the other worker
+            auto b = g.spawn(until_stopped(started, false));  // taken back by the await below
+            const bool saw = co_await b;                         // the group's stop must reach it
+            try {
+                co_await g.wait();
+            } catch (const boom&) {
+                co_return saw;
+            }
+            co_return false;
+        };
+        CHECK(pool.submit(parent).get());
     }
 }

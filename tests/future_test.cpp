@@ -188,11 +188,20 @@ hop::task<std::size_t> allocations_of_await(hop::future<int> f, std::atomic<bool
     co_return hop_test::allocations_on_this_thread - before;
 }
 
+// As allocations_of_await, once the task's stop token exists: a group
+// child's token is made on first ask (here, before counting), and the await
+// then registers a stop callback on it without allocating.
+hop::task<std::size_t> allocations_of_await_with_token(hop::future<int> f, std::atomic<bool>* armed) {
+    const std::stop_token token = co_await hop::get_stop_token();
+    REQUIRE(token.stop_possible());
+    co_return co_await allocations_of_await(std::move(f), armed);
+}
+
 // The same, in a task_group child (it has a stop token of its own) run on
 // the calling thread's executor (sync_wait's loop): only this thread runs it.
 hop::task<std::size_t> allocations_of_await_with_stop(hop::future<int> f, std::atomic<bool>* armed) {
     hop::task_group g;
-    auto child = g.spawn(allocations_of_await(std::move(f), armed));
+    auto child = g.spawn(allocations_of_await_with_token(std::move(f), armed));
     co_await g.wait();
     co_return child.get();
 }

@@ -250,6 +250,43 @@ private:
     fan_in m_fan;
 };
 
+/// when_all over a std::array of tasks: everything it needs (the tasks,
+/// one sink per child, the items it starts) lives in the awaitable, in the
+/// awaiting coroutine's frame; the results come back in a std::array.
+template <class T, std::size_t N>
+class when_all_array_awaitable {
+public:
+    explicit when_all_array_awaitable(std::array<task<T>, N> ts) : m_tasks(std::move(ts)), m_fan(N, false) {}
+    bool await_ready() const noexcept { return N == 0; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> parent) {
+        m_fan.attach(parent);
+        std::array<work_item*, N> children;
+        for (std::size_t i = 0; i < N; ++i) children[i] = make_child(m_fan, m_sinks[i], i, m_tasks[i]);
+        start_children(children.data(), N);
+        return m_fan.release_starter();
+    }
+    std::array<stored_t<T>, N> await_resume() {
+        if constexpr (N != 0) {
+            if (const std::size_t f = m_fan.first(); f != fan_in::none) {
+                m_fan.rethrow_start_error(f);
+                take_child_result(m_tasks[f]);  // throws
+            }
+        }
+        return collect(std::make_index_sequence<N>{});
+    }
+
+private:
+    template <std::size_t... I>
+    std::array<stored_t<T>, N> collect(std::index_sequence<I...>) {
+        return std::array<stored_t<T>, N>{take_child_result(m_tasks[I])...};
+    }
+
+    std::array<task<T>, N> m_tasks;
+    std::array<child_sink, N> m_sinks;
+    fan_in m_fan;
+};
+
 }  // namespace detail
 
 /// `co_await hop::when_all(t1, t2, ...)` runs the tasks concurrently and
@@ -283,6 +320,15 @@ template <class... T>
 template <class T>
 [[nodiscard]] detail::when_all_vector_awaitable<T> when_all(std::vector<task<T>> tasks) {
     return detail::when_all_vector_awaitable<T>(std::move(tasks));
+}
+
+/// As above for a std::array of tasks: returns a std::array of their
+/// results in input order (void becomes std::monostate). Nothing is
+/// allocated beyond the tasks' frames: no vector in, no vector out (for a
+/// fixed fan-out such as a 10-way tree).
+template <class T, std::size_t N>
+[[nodiscard]] detail::when_all_array_awaitable<T, N> when_all(std::array<task<T>, N> tasks) {
+    return detail::when_all_array_awaitable<T, N>(std::move(tasks));
 }
 
 /// The result of when_any: which task finished first, and its value.

@@ -8,6 +8,7 @@
 #include <hop/future.hpp>
 #include <hop/task.hpp>
 #include <hop/detail/job.hpp>
+#include <hop/detail/spawned.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <ranges>
+#include <stdexcept>
 #include <stop_token>
 #include <tuple>
 #include <type_traits>
@@ -284,9 +286,30 @@ private:
     friend detail::fork_point* detail::current_fork_point() noexcept;
     friend void detail::fork_push(detail::fork_point&, detail::work_item* const*, std::size_t);
     friend bool detail::fork_take_back(detail::fork_point&, detail::work_item*) noexcept;
+    // Spawned children (hop::spawn on a pool, task_group) likewise.
+    friend bool detail::fork_push_if_worker_of(detail::executor_base&, detail::work_item*);
+    friend detail::join_result detail::join_forked(detail::work_item*, const detail::future_state_base&,
+                                                   const detail::promise_base*) noexcept;
+    friend bool detail::help_while(bool (*)(const void*), const void*) noexcept;
 };
 
 inline cpu_pool::schedule_operation cpu_pool::schedule() noexcept { return {*this, "hop::cpu_pool::schedule"}; }
+
+/// hop::spawn on a cpu_pool: starts `t` on `pool` now and returns a future
+/// for its result, as the generic hop::spawn does. Called from one of
+/// `pool`'s workers, the task goes on that worker's own deque: idle workers
+/// steal it, and if nobody has when the caller awaits the future (or calls
+/// get()) on the same worker, it runs there inline and the caller does not
+/// suspend (oneTBB's task_group::wait). The future is an ordinary one
+/// (shareable, awaitable anywhere); cancel() requests stop on the task's
+/// token, which is made only if the task asks for it.
+/// @throws std::invalid_argument for an empty task.
+/// @throws executor_shutdown_error if `pool` has been shut down.
+template <class T>
+future<T> spawn(cpu_pool& pool, task<T> t) {
+    if (!t.valid()) throw std::invalid_argument("hop::spawn: the task is empty (moved-from or default-constructed)");
+    return detail::spawn_child<T>(&pool, std::move(t), nullptr, nullptr);
+}
 
 /// The process-wide default pool (hardware_concurrency() threads), created at
 /// first use and shut down at exit.

@@ -91,6 +91,25 @@ enum class future_status : std::uint32_t { pending, running, completing, cancell
 
 struct blocking_waiter;
 void release_blocking_waiter(blocking_waiter* w) noexcept;
+class future_state_base;
+class lazy_stop_source;
+
+struct promise_base;
+
+/// What join_forked did.
+enum class join_result : std::uint8_t {
+    not_here,  ///< the child is not queued on this worker (stolen, or another thread)
+    started,   ///< it ran here until it suspended: the future is not done yet
+    done,      ///< the future is done
+};
+
+/// If `item` (the queue item of the child behind `s`, pushed on a pool
+/// worker's deque when it was spawned there) is still on the calling
+/// worker's deque, runs it here, first running the spawned children pushed
+/// above it. The child taken back is first linked to `link`'s stop (if not
+/// null): the awaiting coroutine, which must then outlive the child. Never
+/// blocks.
+join_result join_forked(work_item* item, const future_state_base& s, const promise_base* link) noexcept;
 
 /// An intrusive callback run once the state is done. Linked into the state's
 /// waiter list (a doubly-linked list under the state's waiter lock, so that
@@ -176,6 +195,23 @@ public:
     /// For a coroutine job: the stop source its task's token comes from.
     std::stop_source& stop_source() noexcept { return m_stop; }
     void enable_stop() { m_stop = std::stop_source(); }
+    /// For a spawned child: the lazy source cancel() stops while it runs
+    /// (in place of stop_source(), which then stays empty).
+    /// `linkable`: a child with no stop parent of its own, which a join that
+    /// runs it inline may link to the joining coroutine's stop.
+    void set_lazy_stop(lazy_stop_source* s, bool linkable) noexcept {
+        m_lazy_stop = s;
+        m_linkable_stop = linkable;
+    }
+    /// See set_lazy_stop (constant once the state is shared).
+    bool linkable_stop() const noexcept { return m_linkable_stop; }
+    /// That lazy source (null for other states).
+    lazy_stop_source* lazy_stop() const noexcept { return m_lazy_stop; }
+
+    /// For a spawned child pushed on a pool worker's deque: its queue item,
+    /// which an await or a wait on that worker may take back and run inline.
+    void set_forked(work_item* item) noexcept { m_forked = item; }
+    work_item* forked_item() const noexcept { return m_forked; }
 
     std::exception_ptr error() const noexcept { return m_error; }
     void set_error(std::exception_ptr e) noexcept { m_error = std::move(e); }
@@ -203,6 +239,9 @@ private:
     destroy_fn m_destroy;
     std::exception_ptr m_error;
     std::stop_source m_stop{std::nostopstate};
+    lazy_stop_source* m_lazy_stop = nullptr;
+    bool m_linkable_stop = false;
+    work_item* m_forked = nullptr;  // set before any handle is shared, then constant
     std::atomic<blocking_waiter*> m_blocking{nullptr};  // shared by wait_for calls
     // Set by a thread about to block in wait(): only then does end_complete
     // call notify_all (libstdc++ routes it through a process-wide table, and
@@ -503,11 +542,32 @@ public:
         handle = h;
         m_executor = detail::current_executor();
         future_waiter::notify = &awaiter::on_notify;
-        if (m_policy != detail::stop_policy::ignore) {
-            if (detail::stop_requested_of(h.promise())) {
-                m_phase = phase::stopped_early;
-                return false;
+        if (m_policy != detail::stop_policy::ignore && detail::stop_requested_of(h.promise())) {
+            m_phase = phase::stopped_early;
+            return false;
+        }
+        // A child spawned on this worker that nobody stole runs here. Linked
+        // to this coroutine's stop (so a stop requested now reaches it), it
+        // must end before this coroutine goes on: if it suspends, a stop
+        // then leaves this await waiting for the child (see on_stop).
+        if (work_item* forked = m_state->forked_item();
+            forked != nullptr && m_policy != detail::stop_policy::abandon) {
+            // A task_group's child keeps its group's stop (the group outlives it).
+            const detail::promise_base* link = m_policy == detail::stop_policy::cancel && m_state->linkable_stop()
+                                                   ? detail::hop_promise_of(h.promise())
+                                                   : nullptr;
+            switch (detail::join_forked(forked, *m_state, link)) {
+                case detail::join_result::done:
+                    m_phase = phase::ready;
+                    return false;
+                case detail::join_result::started:
+                    m_joined = link != nullptr;
+                    break;
+                case detail::join_result::not_here:
+                    break;
             }
+        }
+        if (m_policy != detail::stop_policy::ignore) {
             const std::stop_token& token = detail::token_of(h.promise());
             // May run on_stop at once (stop requested meanwhile), or on
             // another thread from here on: the handshake below orders both.
@@ -552,6 +612,9 @@ private:
 
     // C: the awaiting coroutine's stop was requested.
     void on_stop() noexcept {
+        // The child this await started is linked to the same stop and ends
+        // on its own; its completion resumes this coroutine.
+        if (m_joined) return;
         {
             detail::waiters_lock lock(*m_state);
             switch (m_phase) {
@@ -583,6 +646,7 @@ private:
     bool m_owns;
     detail::stop_policy m_policy;
     phase m_phase = phase::idle;
+    bool m_joined = false;  // this await ran the child, linked to its own stop
     detail::executor_base* m_executor = nullptr;
     std::optional<std::stop_callback<canceller>> m_callback;
 };

@@ -50,6 +50,9 @@ public:
     /// The scope whose stop also stops this one (null: none). Before any
     /// child runs.
     void set_parent(const promise_base* parent) noexcept;
+    /// The lazy source whose stop also stops this one (a task_group's, for
+    /// its children); it outlives this one. Before any child runs.
+    void set_parent_source(lazy_stop_source* parent) noexcept;
 
     /// True once request_stop() was called here or upstream. Never allocates.
     bool stop_requested() const noexcept;
@@ -140,6 +143,12 @@ inline void lazy_stop_source::set_parent(const promise_base* parent) noexcept {
         m_clear_epoch.store(m_parent_origin->m_clear_epoch.load(std::memory_order_relaxed),
                             std::memory_order_relaxed);
     }
+}
+
+inline void lazy_stop_source::set_parent_source(lazy_stop_source* parent) noexcept {
+    m_parent_origin = parent;
+    m_root_token = parent->m_root_token;
+    m_clear_epoch.store(parent->m_clear_epoch.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 
 inline bool lazy_stop_source::stop_requested() const noexcept {
