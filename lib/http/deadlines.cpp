@@ -31,9 +31,11 @@ registry& services() {
 
 task<void> sleep_task(clock::time_point t) { co_await hop::sleep_until(t); }
 
-// Nothing armed: wait for a kick without holding a timer (a loop embedded
-// in an Asio io_context must be able to run out of work).
-task<void> wait_task(event& never) { co_await never.wait(); }
+// With queues registered but nothing due by time, the service still sleeps
+// on a timer, at most this long: a loop only resumes what waits on it (a
+// timer, IO) when it is destroyed, and the service must hear that. With no
+// queue at all it ends instead, holding nothing.
+constexpr auto longest_sleep = std::chrono::hours(1);
 
 }  // namespace
 
@@ -47,21 +49,34 @@ deadline::~deadline() {
 
 deadline_queue::deadline_queue(std::shared_ptr<deadline_service> service, clock::duration duration)
     : m_service(std::move(service)), m_duration(duration) {
-    std::lock_guard lock(m_service->m_mutex);
-    m_next_queue = m_service->m_queues;
-    if (m_next_queue) m_next_queue->m_prev_queue = this;
-    m_service->m_queues = this;
+    bool start = false;
+    {
+        std::lock_guard lock(m_service->m_mutex);
+        m_next_queue = m_service->m_queues;
+        if (m_next_queue) m_next_queue->m_prev_queue = this;
+        m_service->m_queues = this;
+        start = !m_service->m_running && !m_service->m_closed;
+        if (start) m_service->m_running = true;
+    }
+    if (start) m_service->start();
 }
 
 deadline_queue::~deadline_queue() {
-    std::lock_guard lock(m_service->m_mutex);
-    HOP_ASSERT(m_head == nullptr, "a deadline queue was destroyed with entries armed");
-    if (m_prev_queue) {
-        m_prev_queue->m_next_queue = m_next_queue;
-    } else {
-        m_service->m_queues = m_next_queue;
+    std::stop_source kick{std::nostopstate};
+    {
+        std::lock_guard lock(m_service->m_mutex);
+        HOP_ASSERT(m_head == nullptr, "a deadline queue was destroyed with entries armed");
+        if (m_prev_queue) {
+            m_prev_queue->m_next_queue = m_next_queue;
+        } else {
+            m_service->m_queues = m_next_queue;
+        }
+        if (m_next_queue) m_next_queue->m_prev_queue = m_prev_queue;
+        // The last one: wake the service so it ends now, not at its next
+        // planned wake-up.
+        if (m_service->m_queues == nullptr) kick = m_service->m_kick;
     }
-    if (m_next_queue) m_next_queue->m_prev_queue = m_prev_queue;
+    if (kick.stop_possible()) kick.request_stop();
 }
 
 void deadline_queue::unlink_locked(deadline& d) noexcept {
@@ -149,13 +164,18 @@ std::shared_ptr<deadline_service> deadline_service::of(io_loop& loop) {
     }
     if (hop::detail::loop_closing(loop)) return nullptr;
     auto s = std::make_shared<deadline_service>(loop);
-    try {
-        loop.spawn(run(s));
-    } catch (const executor_shutdown_error&) {
-        return nullptr;  // the loop is being destroyed
-    }
     r.services[&loop] = s;
-    return s;
+    return s;  // its coroutine starts with its first queue
+}
+
+void deadline_service::start() noexcept {
+    try {
+        m_loop->spawn(run(shared_from_this()));
+    } catch (...) {
+        // The loop is being destroyed (or no memory): nothing fires here.
+        std::lock_guard lock(m_mutex);
+        m_running = false;
+    }
 }
 
 void deadline_service::note_armed_locked(clock::time_point when, std::stop_source& kick) noexcept {
@@ -197,6 +217,12 @@ void deadline_service::run_expired(deadline& d, bool loop_closing) noexcept {
 
 clock::time_point deadline_service::plan(std::stop_source& kick) {
     std::lock_guard lock(m_mutex);
+    if (m_queues == nullptr) {
+        // Nobody uses the service: its coroutine ends; the next queue
+        // starts another.
+        m_running = false;
+        return clock::time_point::min();
+    }
     clock::time_point wake = clock::time_point::max();
     for (deadline_queue* q = m_queues; q != nullptr; q = q->m_next_queue) {
         if (q->m_head) wake = std::min(wake, q->m_head->m_when);
@@ -229,7 +255,6 @@ task<void> deadline_service::run(std::shared_ptr<deadline_service> self) {
         std::lock_guard lock(s.m_mutex);
         s.m_thread = std::this_thread::get_id();
     }
-    event never;
     while (!hop::detail::loop_closing(loop)) {
         {
             std::lock_guard lock(s.m_mutex);
@@ -240,12 +265,9 @@ task<void> deadline_service::run(std::shared_ptr<deadline_service> self) {
         }
         std::stop_source kick{std::nostopstate};
         const clock::time_point wake = s.plan(kick);
+        if (wake == clock::time_point::min()) co_return;  // no queue left: ended (plan said so)
         try {
-            if (wake == clock::time_point::max()) {
-                co_await stop_scope<void>(kick, wait_task(never));
-            } else {
-                co_await stop_scope<void>(kick, sleep_task(wake));
-            }
+            co_await stop_scope<void>(kick, sleep_task(std::min(wake, saturating_add(clock::now(), longest_sleep))));
         } catch (const cancelled_error&) {
             // Kicked (an earlier deadline was armed), or the loop is being
             // destroyed: the loop's condition decides.

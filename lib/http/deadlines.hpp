@@ -13,11 +13,15 @@
 //                     Entries are armed "now + the queue's duration", so an
 //                     insert goes to the tail (the walk from the tail keeps
 //                     the order when an entry is armed at another time);
-//   deadline_service  one per loop, made on first use, lives until the loop
-//                     is destroyed: sleeps until the earliest front of its
-//                     queues (holding no timer while none is armed), fires
-//                     what expired, and when the loop closes tells every
-//                     armed entry so (expired(true)).
+//   deadline_service  one per loop, made on first use: while any queue is
+//                     registered, a coroutine on the loop sleeps until the
+//                     earliest front of its queues (at most an hour: a
+//                     loop being destroyed resumes what sleeps on it, and
+//                     the service must hear that), fires what expired, and
+//                     when the loop closes tells every armed entry so
+//                     (expired(true)). With no queue left it ends, holding
+//                     no timer: a loop embedded in an io_context can run
+//                     out of work.
 //
 // Threads: arm and disarm are thread-safe (one mutex per service, never
 // held while an entry's expired() runs). expired() runs on the loop. An
@@ -145,11 +149,13 @@ public:
 
 private:
     friend class deadline_queue;
+    // Spawns run() on the loop (m_running was set under the lock).
+    void start() noexcept;
     static task<void> run(std::shared_ptr<deadline_service> self);
     // Fires the earliest expired entry, if any; true if it fired one.
     bool fire_one(clock::time_point now);
-    // The next wake-up (max: none), and the kick that ends the sleep
-    // earlier, made under the lock.
+    // The next wake-up (max: nothing armed; min: no queue, the coroutine
+    // ends), and the kick that ends the sleep earlier, made under the lock.
     clock::time_point plan(std::stop_source& kick);
     // Runs d.expired() (taken out of its queue, m_firing set, lock
     // released), then lets disarms waiting for it return.
@@ -172,6 +178,7 @@ private:
     // the queues before it sleeps again, so no kick is needed).
     clock::time_point m_wake_at = clock::time_point::min();
     std::stop_source m_kick{std::nostopstate};
+    bool m_running = false;  // run() exists (started by the first queue)
     bool m_closed = false;
 };
 
