@@ -160,7 +160,7 @@ void unregister_loop(loop_core& c) noexcept {
 
 namespace {
 
-std::atomic<std::int64_t> g_threshold_ms{100};
+std::atomic<std::int64_t> g_threshold_ms{0};  // off until set (see metrics.hpp)
 std::atomic<std::uint64_t> g_scans{0};
 
 struct log_sink {

@@ -132,7 +132,7 @@ inline constexpr std::string_view prometheus_content_type = "text/plain; version
 
 }  // namespace metrics
 
-/// The stall threshold, 100 ms unless set: a loop whose one handler (a
+/// The stall threshold, 0 (off) unless set: a loop whose one handler (a
 /// coroutine step, a posted callable, a timer) runs longer is reported once
 /// per handler, with a backtrace of the loop thread taken while it is still
 /// held, by a watchdog thread that looks at every loop every threshold / 4.
@@ -142,11 +142,14 @@ inline constexpr std::string_view prometheus_content_type = "text/plain; version
 /// tables of the program and its libraries (.symtab, else .dynsym): a
 /// stripped program shows offsets for its own functions.
 ///
-/// 100 ms by default: a handler normally runs for microseconds, so 100 ms is
-/// a loop held thousands of times too long, and a delay a user sees (as
-/// asyncio's slow_callback_duration); it stays above what a preempted
-/// thread on a busy machine loses (a few scheduler slices), so a healthy
-/// loop is not reported.
+/// Off by default for now: the watchdog's scans take the loop registry's
+/// lock, which a fork() from another thread can leave held in the child
+/// (fork handlers are not in yet), and its symbolizer opens files, which a
+/// process at its descriptor limit has none for. 100 ms is the value to
+/// use: a handler normally runs for microseconds, so 100 ms is a loop held
+/// thousands of times too long, and a delay a user sees (as asyncio's
+/// slow_callback_duration); it stays above what a preempted thread on a
+/// busy machine loses (a few scheduler slices).
 /// @param threshold 0: the detector is off.
 /// @throws std::invalid_argument if `threshold` is negative (naming it).
 void set_stall_threshold(std::chrono::milliseconds threshold);
