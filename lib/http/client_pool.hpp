@@ -33,7 +33,6 @@
 #include <hop/task.hpp>
 #include <hop/tls.hpp>
 
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -51,8 +50,6 @@
 #include <vector>
 
 namespace hop::http::detail {
-
-using clock = hop::detail::loop_clock;
 
 // ---- timeouts -----------------------------------------------------------------
 

@@ -7,7 +7,6 @@
 
 #include <hop/detail/assert.hpp>
 #include <hop/detail/loop_op.hpp>
-#include <hop/sync.hpp>
 #include <hop/time.hpp>
 
 #include <algorithm>
