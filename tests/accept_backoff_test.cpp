@@ -116,8 +116,11 @@ TEST_CASE("a server out of descriptors backs off, keeps its connections and serv
         int err[2];
         REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
         REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
+        // The child has no descriptor to spare: see starved_child_ubsan_options.
         const pid_t pid = spawn_self("starved echo server*",
-                                     {std::string("HOP_STARVE_CHILD=") + backend_label(b)}, out[1], err[1]);
+                                     {std::string("HOP_STARVE_CHILD=") + backend_label(b),
+                                      hop_test::starved_child_ubsan_options()},
+                                     out[1], err[1]);
         ::close(out[1]);
         ::close(err[1]);
         abort_if_stuck guard("the starved server test");
@@ -196,6 +199,7 @@ TEST_CASE("a server out of descriptors backs off, keeps its connections and serv
         ::close(out[0]);
         ::close(err[0]);
         INFO("the server's log:\n" << log);
+        hop_test::check_starved_child_reports(log);
         CHECK(WIFEXITED(status));
         CHECK(WEXITSTATUS(status) == 0);
         // It did run out (3 slots, 8 connections), and said so once per burst.

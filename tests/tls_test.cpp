@@ -1222,7 +1222,7 @@ hop::task<void> shutdown_against_a_peer_that_does_not_read() {
         for (int i = 0; i < 1'000'000; ++i) {
             const auto n = ::send(fd, mib.data(), chunk, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-            REQUIRE_MESSAGE(n > 0, "send: " << std::strerror(errno));
+            REQUIRE_MESSAGE(n > 0, "send: " << std::string(std::strerror(errno)));
         }
     }
     CHECK(co_await shutdown_returns(p.client, 200ms));
