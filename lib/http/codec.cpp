@@ -3,9 +3,12 @@
 
 #include <llhttp.h>
 
+#include <hop/detail/assert.hpp>
+
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
+#include <utility>
 
 namespace hop::http::detail {
 
@@ -469,21 +472,55 @@ struct parser::impl {
     }
 };
 
-parser::parser(kind k, limits l) : m_impl(std::make_unique<impl>(k, l)) {}
+parser::parser(kind k, limits l) : m_impl(std::make_unique<impl>(k, l)), m_kind(k), m_limits(l) {}
 parser::~parser() = default;
 
-void parser::expect_no_body() noexcept { m_impl->skip_next_body = true; }
+parser::impl& parser::state() {
+    if (!m_impl) {
+        m_impl = std::make_unique<impl>(m_kind, m_limits);
+        m_impl->offset = m_offset;
+        m_impl->keep_alive = m_keep_alive;
+        m_impl->skip_next_body = std::exchange(m_skip_next_body, false);
+    }
+    return *m_impl;
+}
 
-parser::event parser::parse(std::string_view in, std::size_t& consumed) { return m_impl->run(in, consumed); }
+void parser::release() noexcept {
+    if (!m_impl) return;
+    const impl& s = *m_impl;
+    if (s.started || s.in_message || s.upgraded || s.closed || s.failure || s.deferred || s.skip_next_body ||
+        s.due != event::need_more || s.end_due) {
+        return;
+    }
+    m_offset = s.offset;
+    m_keep_alive = s.keep_alive;
+    m_impl.reset();
+}
 
-parser::event parser::finish() { return m_impl->finish(); }
+void parser::expect_no_body() noexcept {
+    if (m_impl) {
+        m_impl->skip_next_body = true;
+    } else {
+        m_skip_next_body = true;  // for the state the response's first byte makes
+    }
+}
 
-const message_head& parser::head() const noexcept { return m_impl->head; }
-message_head& parser::head() noexcept { return m_impl->head; }
-std::string_view parser::body() const noexcept { return m_impl->body; }
-bool parser::keep_alive() const noexcept { return m_impl->keep_alive; }
-bool parser::in_message() const noexcept { return m_impl->in_message; }
-bool parser::started() const noexcept { return m_impl->started; }
+parser::event parser::parse(std::string_view in, std::size_t& consumed) { return state().run(in, consumed); }
+
+parser::event parser::finish() { return state().finish(); }
+
+const message_head& parser::head() const noexcept {
+    HOP_ASSERT(m_impl != nullptr, "a message head asked of a released parser");
+    return m_impl->head;
+}
+message_head& parser::head() noexcept {
+    HOP_ASSERT(m_impl != nullptr, "a message head asked of a released parser");
+    return m_impl->head;
+}
+std::string_view parser::body() const noexcept { return m_impl ? m_impl->body : std::string_view(); }
+bool parser::keep_alive() const noexcept { return m_impl ? m_impl->keep_alive : m_keep_alive; }
+bool parser::in_message() const noexcept { return m_impl && m_impl->in_message; }
+bool parser::started() const noexcept { return m_impl && m_impl->started; }
 
 // ---- serialisers ------------------------------------------------------------
 

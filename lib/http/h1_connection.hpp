@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <span>
 #include <string>
 #include <string_view>
@@ -98,6 +99,14 @@ struct h1_connection {
     /// many (0: the peer ended its side). A transport read, no frame.
     read_operation read_more(std::size_t want);
 
+    class next_bytes_operation;
+    /// Between messages, nothing buffered: waits for the peer's next bytes
+    /// and reads up to `want` of them into the input's free space, holding
+    /// as little as it can meanwhile. Resumes with how many bytes were read
+    /// (not committed), 0 at the end of the stream, or
+    /// next_bytes_operation::again (a wake found nothing: await another).
+    next_bytes_operation next_bytes(std::size_t want);
+
     /// What another protocol takes over (HTTP/2 after its preface, the
     /// bytes after an Upgrade or a CONNECT): the transport and the bytes
     /// read but not parsed, in order.
@@ -157,5 +166,59 @@ private:
 };
 
 inline h1_connection::read_operation h1_connection::read_more(std::size_t want) { return {in, io, want}; }
+
+/// `co_await c.next_bytes(want)`. One loop operation, built in place in
+/// one slot of the awaiting frame (a connection waits here for most of its
+/// life, so the slot is what an idle connection costs):
+///   - TCP on a readiness loop: a wait until the socket is readable, with
+///     the input buffer freed, then a non-blocking read into a new one;
+///   - otherwise (io_uring, TLS): the transport's read, into the input's
+///     buffer.
+class h1_connection::next_bytes_operation {
+public:
+    /// A wake that found nothing to read.
+    static constexpr std::size_t again = static_cast<std::size_t>(-1);
+
+    next_bytes_operation(h1_connection& c, std::size_t want) : m_c(&c), m_want(want), m_waiting(c.io.cheap_readiness_wait()) {
+        if (m_waiting) {
+            c.in.release();
+            ::new (static_cast<void*>(&m_wait)) hop::detail::fd_wait_operation(c.io.wait_readable());
+        } else {
+            ::new (static_cast<void*>(&m_read)) transport::read_operation(c.io.read_some(c.in.space(want)));
+        }
+    }
+    ~next_bytes_operation() {
+        if (m_waiting) {
+            m_wait.~fd_wait_operation();
+        } else {
+            using op = transport::read_operation;
+            m_read.~op();
+        }
+    }
+    next_bytes_operation(const next_bytes_operation&) = delete;
+    next_bytes_operation& operator=(const next_bytes_operation&) = delete;
+
+    bool await_ready() { return m_waiting ? m_wait.await_ready() : m_read.await_ready(); }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        return m_waiting ? m_wait.await_suspend(h) : m_read.await_suspend(h);
+    }
+    std::size_t await_resume() {
+        if (!m_waiting) return m_read.await_resume();
+        (void)m_wait.await_resume();
+        return m_c->io.try_read_some(m_c->in.space(m_want), again);
+    }
+
+private:
+    h1_connection* m_c;
+    std::size_t m_want;
+    bool m_waiting;
+    union {
+        hop::detail::fd_wait_operation m_wait;
+        transport::read_operation m_read;
+    };
+};
+
+inline h1_connection::next_bytes_operation h1_connection::next_bytes(std::size_t want) { return {*this, want}; }
 
 }  // namespace hop::http::detail

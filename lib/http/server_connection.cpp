@@ -196,7 +196,24 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
     int error_status = 0;
     bool cancelled = false;
     try {
-        if (!c.m_st->m_options.tls || co_await c.handshake()) error_status = co_await c.request_loop();
+        if (!c.m_st->m_options.tls || co_await c.handshake()) {
+            for (;;) {
+                error_status = co_await c.request_loop();
+                if (error_status != between_requests) break;
+                error_status = 0;
+                // Between requests with nothing buffered: the connection
+                // waits here, in its outermost frame, so an idle one holds
+                // no request_loop or fill frame. On a readiness loop it
+                // holds no input buffer either: it waits for the first
+                // byte, then reads.
+                if (!c.m_out.empty()) co_await c.flush();
+                if (!c.enter_idle()) break;
+                std::size_t n;
+                while ((n = co_await c.m_h1.next_bytes(small_read)) == h1_connection::next_bytes_operation::again) {
+                }
+                if (!c.took(n, small_read)) break;
+            }
+        }
     } catch (const cancelled_error&) {
         cancelled = true;
     } catch (const std::exception&) {
@@ -264,13 +281,8 @@ task<int> server_connection::request_loop() {
         if (bad != 0) co_return bad;
         switch (ev) {
             case parser::event::need_more: {
-                if (!p.started() && m_h1.in.empty() && m_h1.io.cheap_readiness_wait()) {
-                    // Between requests, nothing buffered: wait in a small
-                    // frame, holding neither an input buffer nor fill's
-                    // frame.
-                    const bool open = co_await await_request();
-                    if (!open) co_return 0;
-                }
+                // Between requests, nothing buffered: serve_connection waits.
+                if (!p.started() && m_h1.in.empty()) co_return between_requests;
                 const bool more = co_await fill(p);
                 if (!more) co_return 0;
                 break;
@@ -330,20 +342,6 @@ task<int> server_connection::request_loop() {
     }
 }
 
-// A keep-alive connection waiting for its next request (plain http on
-// epoll, no input left over): flushes what is pending, frees the input
-// buffer and waits until the client sends, so an idle connection holds no
-// read buffer (nginx frees its header buffer the same way). fill() then
-// reads at once.
-// False: the server drains and the connection ends here.
-task<bool> server_connection::await_request() {
-    if (!m_out.empty()) co_await flush();
-    if (!enter_idle()) co_return false;
-    m_h1.in.release();
-    (void)co_await m_h1.io.wait_readable();
-    co_return true;
-}
-
 // Between requests: hold as little as possible, and time the wait with
 // idle_timeout. False: the server drains, so the connection ends here.
 bool server_connection::enter_idle() {
@@ -352,8 +350,11 @@ bool server_connection::enter_idle() {
     // room rather than wait (a new one has its first request to come).
     if (!m_fresh && m_st->m_room_wanted.load(std::memory_order_relaxed)) return false;
     m_phase = phase::idle;
+    m_next_read = small_read;
     m_h1.in.shrink(small_read);
-    if (m_out.capacity() > small_read) std::string().swap(m_out);
+    m_h1.parse.release();
+    // Flushed: its memory goes too (a response allocates it again).
+    std::string().swap(m_out);
     if (!m_fresh) {
         arm_idle();
     } else if (!m_header_armed) {
@@ -370,11 +371,8 @@ bool server_connection::enter_idle() {
 // requests).
 task<bool> server_connection::fill(parser& p) {
     if (!m_out.empty()) co_await flush();
-    std::size_t want = m_next_read;
     if (!p.started()) {
         if (!enter_idle()) co_return false;
-        want = small_read;
-        m_next_read = small_read;
     } else if (!p.in_message()) {
         m_phase = phase::head;
         if (!m_header_armed) {
@@ -391,19 +389,22 @@ task<bool> server_connection::fill(parser& p) {
         }
         arm_idle();
     }
-    auto space = m_h1.in.space(want);
-    const std::size_t n = co_await m_h1.io.read_some(space);
+    const auto space = m_h1.in.space(m_next_read);
+    co_return took(co_await m_h1.io.read_some(space), space.size());
+}
+
+bool server_connection::took(std::size_t n, std::size_t asked) {
     hop::detail::count(hop::detail::counter::http_bytes_in, n);
     const bool header_runs = m_phase == phase::head || (m_phase == phase::idle && m_fresh);
     if (!header_runs) disarm();
-    if (n == 0) co_return false;
+    if (n == 0) return false;
     m_h1.in.commit(n);
-    if (n == space.size()) m_next_read = large_read;
+    if (n >= asked) m_next_read = large_read;
     if (m_phase == phase::idle) {
         m_phase = phase::head;
         m_header_armed = m_fresh;
     }
-    co_return true;
+    return true;
 }
 
 task<void> server_connection::flush() {

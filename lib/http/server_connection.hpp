@@ -97,10 +97,16 @@ public:
     future<void> m_future;
 
 private:
+    // Serves requests until one ends the connection (0, or the status of
+    // a refusal to answer) or the connection is between requests with
+    // nothing buffered (between_requests: serve_connection waits).
     task<int> request_loop();
-    task<bool> await_request();
+    static constexpr int between_requests = -1;
     bool enter_idle();
     task<bool> fill(parser& p);
+    // After a read of `n` bytes into space of `asked`: the timeouts, the
+    // phase, the next read's size. False: the stream ended (n == 0).
+    bool took(std::size_t n, std::size_t asked);
     task<void> flush();
     task<bool> respond(request& req);
     // A body_handler's request, called at its head: the status the server

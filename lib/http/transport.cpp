@@ -4,7 +4,12 @@
 
 #include <hop/io_loop.hpp>
 
+#include <hop/detail/assert.hpp>
+
 #include <sys/socket.h>
+
+#include <cerrno>
+#include <system_error>
 
 namespace hop::http::detail {
 
@@ -51,6 +56,17 @@ bool transport::cheap_readiness_wait() const noexcept {
 hop::detail::fd_wait_operation transport::wait_readable() {
     HOP_ASSERT(!m_tls);
     return m_tcp.wait_readable();
+}
+
+std::size_t transport::try_read_some(std::span<char> buf, std::size_t nothing) {
+    HOP_ASSERT(!m_tls);
+    for (;;) {
+        const ssize_t n = ::recv(m_tcp.native_handle(), buf.data(), buf.size(), MSG_DONTWAIT);
+        if (n >= 0) return static_cast<std::size_t>(n);
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return nothing;
+        throw std::system_error(errno, std::system_category(), "hop::http: recv");
+    }
 }
 
 task<bool> transport::end_output(std::chrono::milliseconds tls_wait) {

@@ -130,6 +130,11 @@ public:
     /// Resumes once the peer sent something (or ended). Only where
     /// cheap_readiness_wait() is true.
     hop::detail::fd_wait_operation wait_readable();
+    /// After wait_readable: one non-blocking read into `buf`. Returns the
+    /// bytes read (0: the peer ended), or `nothing` if there was nothing
+    /// to read after all. Only where cheap_readiness_wait() is true.
+    /// @throws std::system_error (a reset...).
+    std::size_t try_read_some(std::span<char> buf, std::size_t nothing);
 
     /// Ends this side's output, so the peer can tell an end from a cut.
     /// TCP: a FIN; returns true, and the caller may go on reading what the
