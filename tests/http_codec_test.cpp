@@ -705,6 +705,75 @@ TEST_CASE("parser: errors name the offset and keep the parser failed") {
     CHECK_THROWS_AS(p.parse("GET / HTTP/1.1\r\n\r\n", consumed), parse_error);
 }
 
+TEST_CASE("parser: release() between messages frees its state and changes nothing else") {
+    std::size_t consumed = 0;
+    // Between messages: the next one parses as before, offsets go on.
+    parser p(req, {});
+    p.release();  // before any byte: nothing to keep
+    REQUIRE(p.parse("GET /1 HTTP/1.1\r\nHost: h\r\n\r\n", consumed) == parser::event::head);
+    CHECK(p.head().target == "/1");
+    p.release();  // inside a message: does nothing
+    CHECK(p.head().target == "/1");
+    REQUIRE(p.parse("", consumed) == parser::event::message_end);
+    p.release();
+    CHECK_FALSE(p.started());
+    CHECK_FALSE(p.in_message());
+    CHECK(p.keep_alive());  // of the last message, kept
+    CHECK(p.body().empty());
+    try {
+        p.parse("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", consumed);
+        FAIL("accepted");
+    } catch (const parse_error& e) {
+        // The same offset as without the release (see the case above).
+        CHECK(std::string(e.what()).find("at byte 47") != std::string::npos);
+        CAPTURE(e.what());
+    }
+    p.release();  // failed: does nothing, the parser stays failed
+    CHECK_THROWS_AS(p.parse("GET / HTTP/1.1\r\n\r\n", consumed), parse_error);
+
+    // Fed 7 bytes at a time, with a release tried before every call: the
+    // same events, bodies and heads as without.
+    const auto events = [&](bool release) {
+        parser q(req, {});
+        std::string_view in = "POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+                              "GET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
+        std::string seen;
+        for (int guard = 0; guard < 100; ++guard) {
+            if (release) q.release();
+            const auto e = q.parse(in.substr(0, 7), consumed);
+            if (e == parser::event::head) seen += "head " + q.head().target + "|";
+            if (e == parser::event::body) seen += std::string(q.body()) + "|";
+            if (e == parser::event::message_end) seen += "end|";
+            in.remove_prefix(consumed);
+            if (e == parser::event::need_more && in.empty()) break;
+        }
+        return seen;
+    };
+    CHECK(events(false) == "head /u|hello|end|head /2|end|");
+    CHECK(events(true) == events(false));
+
+    // A response parser told "no body" while released keeps the word.
+    parser r(resp, {});
+    REQUIRE(r.parse("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", consumed) == parser::event::head);
+    std::string_view rest = "ok";
+    REQUIRE(r.parse(rest, consumed) == parser::event::body);
+    REQUIRE(r.parse(rest.substr(consumed), consumed) == parser::event::message_end);
+    r.release();
+    r.expect_no_body();
+    auto msgs = feed(r, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    REQUIRE(msgs.size() == 2);
+    CHECK(msgs[0].body.empty());
+    CHECK(msgs[1].body == "ok");
+
+    // After an Upgrade the stream is not HTTP any more: nothing is released.
+    parser u(req, {});
+    REQUIRE(u.parse("GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", consumed) ==
+            parser::event::head);
+    REQUIRE(u.parse("", consumed) == parser::event::message_end);
+    u.release();
+    CHECK(u.head().upgrade);
+}
+
 TEST_CASE("parse_error::status") {
     CHECK(parse_error(parse_failure::bad_message, "x").status() == 400);
     CHECK(parse_error(parse_failure::header_too_large, "x").status() == 431);
