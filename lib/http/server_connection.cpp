@@ -196,7 +196,13 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
     int error_status = 0;
     bool cancelled = false;
     try {
-        if (!c.m_st->m_options.tls || co_await c.handshake()) error_status = co_await c.request_loop();
+        if (!c.m_st->m_options.tls || co_await c.handshake()) {
+            if (h2_negotiated(c.m_h1.io, *c.m_st)) {
+                co_await serve_h2(c, c.m_h1.io, std::string());  // ALPN h2 (lib/http/h2_server.hpp)
+            } else {
+                error_status = co_await c.request_loop();
+            }
+        }
     } catch (const cancelled_error&) {
         cancelled = true;
     } catch (const std::exception&) {
@@ -253,6 +259,19 @@ task<int> server_connection::request_loop() {
     parser& p = m_h1.parse;
     request req;
     for (;;) {
+        if (m_fresh && !p.started() && h2_enabled(*m_st)) {
+            // HTTP/2 by prior knowledge: the client preface (lib/http/h2_server.hpp).
+            const h2_preface pre = match_h2_preface(m_h1.in.view());
+            if (pre == h2_preface::whole) {
+                h1_connection::handed h = m_h1.hand_over();
+                co_await serve_h2(*this, h.io, std::move(h.unread));
+                co_return 0;
+            }
+            if (pre == h2_preface::partial) {
+                if (!co_await fill(p)) co_return 0;
+                continue;
+            }
+        }
         parser::event ev = parser::event::need_more;
         int bad = 0;
         try {

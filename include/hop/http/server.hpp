@@ -183,6 +183,15 @@ struct server_options {
     /// (server) context before its first request; a failed handshake closes
     /// the connection (and is logged). Empty (the default): plain HTTP.
     std::optional<tls::context> tls{};
+    /// HTTP/2 (on nghttp2) besides HTTP/1.1, with the plain handler
+    /// (`request& -> task<response>`): over TLS the context offers ALPN
+    /// "h2" and "http/1.1"; in cleartext a connection that opens with the
+    /// HTTP/2 preface (prior knowledge) is served as HTTP/2. Off, or with
+    /// another kind of handler: HTTP/1.x only.
+    bool http2 = true;
+    /// HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS, the streams a client may
+    /// have open at once on one connection. At least 1.
+    std::uint32_t max_concurrent_streams = 100;
 };
 
 /// What a server has done so far; see server::stats().
