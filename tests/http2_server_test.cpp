@@ -229,6 +229,22 @@ TEST_CASE("limits: a body over max_body_bytes gets 413, a head over max_header_b
             peer_result r = co_await std::move(r_run);
             REQUIRE_MESSAGE(r.exited_ok(), r.describe());
             CHECK(r.out == "Content Too Large\n|413");
+            // Far over it (1 MiB): the 413, then RST_STREAM NO_ERROR asks
+            // the client to stop sending (nghttp reads the answer whole).
+            const auto file = std::filesystem::temp_directory_path() /
+                              ("hop-h2-big-" + std::to_string(srv.local_endpoint().port()));
+            {
+                std::ofstream f(file, std::ios::binary);
+                f << std::string(1 << 20, 'B');
+            }
+            auto huge_run = run_peer({"nghttp", "-v", "-d", file.string(), h2c_url(srv, "/echo")});
+            peer_result big_post = co_await std::move(huge_run);
+            std::filesystem::remove(file);
+            REQUIRE_MESSAGE(big_post.exited_ok(), big_post.describe());
+            CHECK_MESSAGE(big_post.out.find(":status: 413") != std::string::npos, big_post.out);
+            CHECK_MESSAGE(big_post.out.find("recv RST_STREAM frame") != std::string::npos, big_post.out);
+            CHECK_MESSAGE(big_post.out.find("error_code=NO_ERROR") != std::string::npos, big_post.out);
+            CHECK(big_post.out.find("Content Too Large") != std::string::npos);
             // Within the limit: echoed.
             auto ok_run = run_peer({"curl", "-sS", "--http2-prior-knowledge", "--data-binary", "@-",
                                                h2c_url(srv, "/echo")},
@@ -375,6 +391,140 @@ TEST_CASE("graceful shutdown: GOAWAY with the last stream id, the stream in flig
             co_await serving;  // serve() returns normally once the stream ended
             CHECK(srv.stats().connections == 0);
         }(srv, port, entered, release));
+    });
+}
+
+// Raw HTTP/2 from Python (hpack from Debian's python3-h2 stack), for what
+// no well-behaved client sends. argv: port, mode.
+//   limit: 4 streams at once before the server's SETTINGS are seen; prints
+//          "rst <stream> <code>" for each RST_STREAM, then "status <s>" for
+//          each response after the test releases the handlers, then "closed".
+//   rapid: 2000 streams, each reset at once (CVE-2023-44487); prints
+//          "goaway <code>" and "closed".
+//   continuation: a HEADERS frame and 30 CONTINUATIONs; prints "goaway
+//          <code>" and "closed".
+constexpr const char* raw_client = R"PY(
+import socket, struct, sys, hpack
+port, mode = int(sys.argv[1]), sys.argv[2]
+s = socket.create_connection(("127.0.0.1", port))
+enc = hpack.Encoder()
+def frame(t, flags, sid, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([t, flags]) + sid.to_bytes(4, "big") + payload
+def get(path):
+    return enc.encode([(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "t")])
+out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)
+if mode == "limit":
+    for sid in (1, 3, 5, 7):
+        out += frame(1, 5, sid, get("/block"))
+elif mode == "rapid":
+    for i in range(2000):
+        sid = 2 * i + 1
+        out += frame(1, 5, sid, get("/r")) + frame(3, 0, sid, (8).to_bytes(4, "big"))
+elif mode == "continuation":
+    block = enc.encode([(":method", "GET"), (":path", "/c"), (":scheme", "http"), (":authority", "t"),
+                        ("x-long", "v" * 300)])
+    pieces = [block[i:i + 10] for i in range(0, len(block), 10)]
+    out += frame(1, 1, 1, pieces[0])
+    for p in pieces[1:-1]:
+        out += frame(9, 0, 1, p)
+    out += frame(9, 4, 1, pieces[-1])
+try:
+    s.sendall(out)
+except OSError:
+    pass
+dec = hpack.Decoder()
+buf = b""
+while True:
+    try:
+        data = s.recv(65536)
+    except OSError:
+        data = b""
+    if not data:
+        print("closed", flush=True)
+        break
+    buf += data
+    while len(buf) >= 9:
+        n = int.from_bytes(buf[0:3], "big")
+        if len(buf) < 9 + n:
+            break
+        t, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff
+        payload = buf[9:9 + n]
+        buf = buf[9 + n:]
+        if t == 4 and not flags & 1:
+            s.sendall(frame(4, 1, 0))
+        elif t == 3:
+            print("rst", sid, int.from_bytes(payload[:4], "big"), flush=True)
+        elif t == 7:
+            print("goaway", int.from_bytes(payload[4:8], "big"), flush=True)
+        elif t == 1:
+            print("status", dict(dec.decode(payload))[":status"], flush=True)
+)PY";
+
+TEST_CASE("max_concurrent_streams: a stream past the SETTINGS limit is refused (REFUSED_STREAM), never run") {
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        auto entered = std::make_shared<int>(0);
+        auto release = std::make_shared<hop::event>();
+        auto all_in = std::make_shared<hop::event>();
+        auto handler = [entered, release, all_in](http::request&) -> hop::task<http::response> {
+            if (++*entered == 3) all_in->set();
+            co_await release->wait();
+            co_return http::response{.status = 200, .headers = {}, .body = "ok"};
+        };
+        auto o = hop_test::test_options();
+        o.max_concurrent_streams = 3;
+        run_on(loop, hop_test::with_server(handler, std::move(o), [entered, release, all_in](http::server& srv)
+                                                                      -> hop::task<void> {
+            const std::string port = std::to_string(srv.local_endpoint().port());
+            auto client = std::make_shared<hop_test::peer_process>(
+                std::vector<std::string>{"/usr/bin/python3", "-c", raw_client, port, "limit"});
+            auto read_line = [client] { return client->read_line(); };
+            auto first = hop::run_blocking(read_line);
+            const std::string line = co_await std::move(first);
+            CHECK(line == "rst 7 7");  // REFUSED_STREAM
+            co_await all_in->wait();
+            CHECK(*entered == 3);
+            release->set();
+            std::vector<std::string> statuses;
+            for (int i = 0; i < 3; ++i) {
+                auto next = hop::run_blocking(read_line);
+                statuses.push_back(co_await std::move(next));
+            }
+            const std::vector<std::string> want(3, "status 200");
+            CHECK(statuses == want);
+            CHECK(*entered == 3);
+        }));
+    });
+}
+
+TEST_CASE("rapid reset and CONTINUATION floods: GOAWAY and the close; other connections are served") {
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        auto ran_c = std::make_shared<bool>(false);
+        auto handler = [ran_c](http::request& req) -> hop::task<http::response> {
+            if (req.url == "/c") *ran_c = true;
+            co_return http::response{.status = 200, .headers = {}, .body = "ok"};
+        };
+        run_on(loop, hop_test::with_server(handler, hop_test::test_options(), [ran_c](http::server& srv)
+                                                                                  -> hop::task<void> {
+            const std::string port = std::to_string(srv.local_endpoint().port());
+            for (const std::string mode : {"rapid", "continuation"}) {
+                auto run = run_peer({"/usr/bin/python3", "-c", raw_client, port, mode});
+                peer_result r = co_await std::move(run);
+                REQUIRE_MESSAGE(r.exited_ok(), mode << ": " << r.describe());
+                // The last two lines: the GOAWAY (an error code, not
+                // NO_ERROR), then the close.
+                CHECK_MESSAGE(r.out.find("goaway ") != std::string::npos, mode << ": " << r.out.substr(0, 2000));
+                CHECK(r.out.find("goaway 0\n") == std::string::npos);
+                CHECK(r.out.size() >= 7);
+                CHECK(r.out.substr(r.out.size() - 7) == "closed\n");
+                auto ok_run = run_peer({"curl", "-sS", "--http2-prior-knowledge", h2c_url(srv, "/fine")});
+                peer_result ok = co_await std::move(ok_run);
+                REQUIRE_MESSAGE(ok.exited_ok(), ok.describe());
+                CHECK(ok.out == "ok");
+            }
+            CHECK(!*ran_c);
+        }));
     });
 }
 

@@ -20,6 +20,7 @@
 #include <ctime>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -42,6 +43,11 @@ constexpr std::size_t read_size = 16 * 1024;
 constexpr std::uint64_t reset_burst = 1000;
 constexpr std::uint64_t reset_rate = 33;
 constexpr std::size_t max_continuations = 8;
+// A request refused before its body ended (413, 431): up to this much more
+// body is read and dropped, so a client that sends it all before it reads
+// gets its answer; past it, RST_STREAM NO_ERROR asks it to stop (RFC 9113
+// 8.1). As the HTTP/1 server drains a short body rather than close.
+constexpr std::uint64_t drain_limit = 64 * 1024;
 
 std::string_view http_date() {
     thread_local std::time_t cached = -1;
@@ -104,6 +110,10 @@ struct h2_stream {
     request req;
     std::string authority;
     std::size_t header_bytes = 0;
+    std::optional<std::uint64_t> content_length;
+    std::uint64_t received = 0;     // body bytes, kept or dropped
+    std::uint64_t dropped = 0;      // body bytes dropped after the response went out
+    bool reset_sent = false;
     int refused = 0;               // the status the server answers instead (400, 413, 431)
     bool request_complete = false;  // END_STREAM received
     bool responded = false;         // a response was submitted
@@ -141,8 +151,11 @@ private:
     void submit(h2_stream& s, response& r);
     void refuse(h2_stream& s, int status, std::string_view text);
     void dispatch(h2_stream& s);
-    void forget(std::int32_t id) noexcept;
-    void streams_changed() noexcept;
+    void forget(std::int32_t id) noexcept { m_streams.erase(id); }
+    // idle_timeout runs while no handler does (the connection waits for
+    // the client: a request, a body, a window to send in); `progress`
+    // (HEADERS or DATA moved) starts it again.
+    void update_timer(bool progress) noexcept;
     void wake() noexcept { m_wake.set(); }
 
     static h2_session& self(void* p) noexcept { return *static_cast<h2_session*>(p); }
@@ -164,8 +177,15 @@ private:
     task_group m_group;
     event m_wake;
     std::string m_out;
+    std::size_t m_running = 0;  // handlers running
     bool m_broken = false;      // the peer left or broke the protocol: flush, then end
     bool m_going_away = false;  // GOAWAY submitted
+    bool m_timer_armed = false;
+    // The connection ends on an error of the client's (a GOAWAY with an
+    // error code, or a preface that was none): a lingering close, so the
+    // GOAWAY is not lost to the reset a close with unread input would be.
+    bool m_linger = false;
+    bool m_sent_progress = false;  // HEADERS or DATA went out in the last write
 };
 
 void h2_session::start_session() {
@@ -213,7 +233,7 @@ task<void> h2_session::run(std::string unread) {
     // stop() is this session's GOAWAY (h2_stop), never an abrupt close.
     m_c.m_phase = server_connection::phase::idle;
     m_c.disarm();
-    m_c.arm_idle();
+    update_timer(true);
     if (m_c.m_sh->m_draining) stop();
     std::exception_ptr failure;
     try {
@@ -228,6 +248,15 @@ task<void> h2_session::run(std::string unread) {
     m_c.disarm();
     m_c.m_h2 = nullptr;
     if (failure) std::rethrow_exception(failure);
+    if (m_linger) {
+        try {
+            co_await m_c.linger();
+        } catch (const cancelled_error&) {
+            throw;
+        } catch (const std::exception&) {
+            // The client reset or left meanwhile.
+        }
+    }
 }
 
 bool h2_session::stop() noexcept {
@@ -238,8 +267,9 @@ bool h2_session::stop() noexcept {
                                          nullptr, 0);
     if (rv != 0) return false;
     // A peer that never reads the GOAWAY nor ends its streams is closed
-    // when the idle timeout comes (or the shutdown's grace ends).
+    // when the idle timeout comes again (or the shutdown's grace ends).
     m_c.arm_idle();
+    m_timer_armed = true;
     wake();
     return true;
 }
@@ -248,7 +278,16 @@ bool h2_session::receive(std::string_view bytes) {
     const ssize_t rv = nghttp2_session_mem_recv(m_session, reinterpret_cast<const std::uint8_t*>(bytes.data()),
                                                 bytes.size());
     if (rv < 0) {
+        // A connection error nghttp2 did not answer itself (a flood of
+        // CONTINUATIONs, a bad preface): GOAWAY says why, if the session
+        // can still send it.
+        if (rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS || rv == NGHTTP2_ERR_FLOODED) {
+            nghttp2_session_terminate_session(m_session, NGHTTP2_ENHANCE_YOUR_CALM);
+        } else if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
+            nghttp2_session_terminate_session(m_session, NGHTTP2_PROTOCOL_ERROR);
+        }
         m_broken = true;
+        m_linger = true;
         wake();
         return false;
     }
@@ -289,8 +328,11 @@ task<void> h2_session::writer() {
                 m_out.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
             }
             if (m_out.empty()) break;
+            m_sent_progress = false;
             co_await m_io.write_all(std::string_view(m_out));
             hop::detail::count(hop::detail::counter::http_bytes_out, m_out.size());
+            // A client that reads its responses is not idle.
+            if (m_sent_progress) update_timer(true);
             if (m_broken) break;
         }
         if (m_out.capacity() > read_size) std::string().swap(m_out);
@@ -307,18 +349,16 @@ task<void> h2_session::writer() {
 
 // ---- streams ------------------------------------------------------------------
 
-void h2_session::streams_changed() noexcept {
-    // idle_timeout runs while no stream is open.
-    if (m_streams.empty()) {
-        m_c.arm_idle();
-    } else if (!m_going_away) {
+void h2_session::update_timer(bool progress) noexcept {
+    if (m_running == 0) {
+        if (progress || !m_timer_armed) {
+            m_c.arm_idle();
+            m_timer_armed = true;
+        }
+    } else if (m_timer_armed && !m_going_away) {
         m_c.disarm();
+        m_timer_armed = false;
     }
-}
-
-void h2_session::forget(std::int32_t id) noexcept {
-    m_streams.erase(id);
-    streams_changed();
 }
 
 int h2_session::on_begin_headers(nghttp2_session* session, const nghttp2_frame* f, void* p) {
@@ -328,7 +368,6 @@ int h2_session::on_begin_headers(nghttp2_session* session, const nghttp2_frame* 
     st->id = f->hd.stream_id;
     nghttp2_session_set_stream_user_data(session, st->id, st.get());
     s.m_streams[st->id] = std::move(st);
-    s.streams_changed();
     return 0;
 }
 
@@ -362,6 +401,7 @@ int h2_session::on_header(nghttp2_session* session, const nghttp2_frame* f, cons
         // nghttp2 checked it is a number and will check the DATA against it.
         std::uint64_t len = 0;
         for (char ch : v) len = len * 10 + static_cast<std::uint64_t>(ch - '0');
+        st->content_length = len;
         if (len > s.st().m_options.max_body_bytes) st->refused = 413;
     }
     st->req.headers.add_unchecked(std::string(n), std::string(v));
@@ -373,6 +413,7 @@ int h2_session::on_frame_recv(nghttp2_session* session, const nghttp2_frame* f, 
     auto* st = static_cast<h2_stream*>(nghttp2_session_get_stream_user_data(session, f->hd.stream_id));
     if (st == nullptr) return 0;
     h2_session& s = self(p);
+    s.update_timer(true);
     const bool end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
         // RFC 9113 8.3.1: :authority stands for Host.
@@ -397,7 +438,16 @@ int h2_session::on_frame_recv(nghttp2_session* session, const nghttp2_frame* f, 
 int h2_session::on_data_chunk(nghttp2_session* session, std::uint8_t, std::int32_t id, const std::uint8_t* data,
                               std::size_t len, void* p) {
     auto* st = static_cast<h2_stream*>(nghttp2_session_get_stream_user_data(session, id));
-    if (st == nullptr || st->responded) return 0;
+    if (st == nullptr) return 0;
+    st->received += len;
+    if (st->responded) {
+        st->dropped += len;
+        if (st->dropped > drain_limit && !st->reset_sent) {
+            st->reset_sent = true;
+            nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
+        }
+        return 0;
+    }
     h2_session& s = self(p);
     if (st->req.body.size() + len > s.st().m_options.max_body_bytes) {
         std::string().swap(st->req.body);
@@ -408,14 +458,22 @@ int h2_session::on_data_chunk(nghttp2_session* session, std::uint8_t, std::int32
     return 0;
 }
 
-int h2_session::on_frame_send(nghttp2_session* session, const nghttp2_frame* f, void*) {
-    if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) return 0;
+int h2_session::on_frame_send(nghttp2_session* session, const nghttp2_frame* f, void* p) {
+    if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code != NGHTTP2_NO_ERROR) self(p).m_linger = true;
     if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) return 0;
+    self(p).m_sent_progress = true;
+    if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) return 0;
     auto* st = static_cast<h2_stream*>(nghttp2_session_get_stream_user_data(session, f->hd.stream_id));
     // RFC 9113 8.1: a response sent before the request ended asks the
-    // client to stop sending with RST_STREAM NO_ERROR.
-    if (st != nullptr && !st->request_complete) {
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+    // client to stop sending with RST_STREAM NO_ERROR, unless what it
+    // said is left is short (drain_limit).
+    if (st != nullptr && !st->request_complete && !st->reset_sent) {
+        const bool short_rest =
+            st->content_length && *st->content_length - std::min(*st->content_length, st->received) <= drain_limit;
+        if (!short_rest) {
+            st->reset_sent = true;
+            nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+        }
     }
     return 0;
 }
@@ -507,6 +565,8 @@ void h2_session::submit(h2_stream& s, response& r) {
 
 void h2_session::dispatch(h2_stream& s) {
     s.running = true;
+    ++m_running;
+    update_timer(false);
     s.handler = m_group.spawn(run_stream(&s));
 }
 
@@ -529,6 +589,8 @@ task<void> h2_session::run_stream(h2_stream* s) {
         failure = "threw an exception that is not a std::exception";
     }
     s->running = false;
+    --m_running;
+    update_timer(true);
     if (s->closed || token.stop_requested()) {
         // Reset by the client, or the connection ends: nobody to answer.
         if (s->closed) forget(s->id);

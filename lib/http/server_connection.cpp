@@ -264,7 +264,8 @@ task<int> server_connection::request_loop() {
             const h2_preface pre = match_h2_preface(m_h1.in.view());
             if (pre == h2_preface::whole) {
                 h1_connection::handed h = m_h1.hand_over();
-                co_await serve_h2(*this, h.io, std::move(h.unread));
+                m_h1.io = std::move(h.io);  // the connection's transport again, for its close
+                co_await serve_h2(*this, m_h1.io, std::move(h.unread));
                 co_return 0;
             }
             if (pre == h2_preface::partial) {
