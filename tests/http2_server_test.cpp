@@ -148,6 +148,14 @@ TEST_CASE("curl --http2 over TLS: ALPN picks h2; --http1.1 still gets HTTP/1.1")
             peer_result one = co_await std::move(one_run);
             REQUIRE_MESSAGE(one.exited_ok(), one.describe());
             CHECK(one.out == "hello GET /one|1.1");
+            // Many streams at once over TLS: its reads and writes overlap.
+            auto load_run = run_peer({"h2load", "-n", "1000", "-c", "2", "-m", "32", https_url(srv, "/size/5000")});
+            peer_result load = co_await std::move(load_run);
+            REQUIRE_MESSAGE(load.exited_ok(), load.describe());
+            CHECK_MESSAGE(load.out.find("requests: 1000 total, 1000 started, 1000 done, 1000 succeeded, 0 failed") !=
+                              std::string::npos,
+                          load.out);
+            CHECK_MESSAGE(load.out.find("Application protocol: h2") != std::string::npos, load.out);
         }));
     });
 }
@@ -212,6 +220,79 @@ TEST_CASE("h2load -n 2000 -c 4 -m 32: every request succeeds, over 4 connections
     });
 }
 
+// Raw HTTP/2 from Python (hpack from Debian's python3-h2 stack), for what
+// no well-behaved client sends. argv: port, mode.
+//   limit: 4 streams at once before the server's SETTINGS are seen; prints
+//          "rst <stream> <code>" for each RST_STREAM, then "status <s>" for
+//          each response after the test releases the handlers, then "closed".
+//   rapid: 2000 streams, each reset at once (CVE-2023-44487); prints
+//          "goaway <code>" and "closed".
+//   continuation: a HEADERS frame and 30 CONTINUATIONs; prints "goaway
+//          <code>" and "closed".
+//   bigbody: a POST without Content-Length whose DATA passes 1000 bytes;
+//          prints "status <s>" and ends.
+constexpr const char* raw_client = R"PY(
+import socket, struct, sys, hpack
+port, mode = int(sys.argv[1]), sys.argv[2]
+s = socket.create_connection(("127.0.0.1", port))
+enc = hpack.Encoder()
+def frame(t, flags, sid, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([t, flags]) + sid.to_bytes(4, "big") + payload
+def get(path):
+    return enc.encode([(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "t")])
+out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)
+if mode == "limit":
+    for sid in (1, 3, 5, 7):
+        out += frame(1, 5, sid, get("/block"))
+elif mode == "rapid":
+    for i in range(2000):
+        sid = 2 * i + 1
+        out += frame(1, 5, sid, get("/r")) + frame(3, 0, sid, (8).to_bytes(4, "big"))
+elif mode == "bigbody":
+    post = enc.encode([(":method", "POST"), (":path", "/echo"), (":scheme", "http"), (":authority", "t")])
+    out += frame(1, 4, 1, post) + frame(0, 0, 1, b"d" * 600) + frame(0, 0, 1, b"d" * 600)
+elif mode == "continuation":
+    block = enc.encode([(":method", "GET"), (":path", "/c"), (":scheme", "http"), (":authority", "t"),
+                        ("x-long", "v" * 300)])
+    pieces = [block[i:i + 10] for i in range(0, len(block), 10)]
+    out += frame(1, 1, 1, pieces[0])
+    for p in pieces[1:-1]:
+        out += frame(9, 0, 1, p)
+    out += frame(9, 4, 1, pieces[-1])
+try:
+    s.sendall(out)
+except OSError:
+    pass
+dec = hpack.Decoder()
+buf = b""
+while True:
+    try:
+        data = s.recv(65536)
+    except OSError:
+        data = b""
+    if not data:
+        print("closed", flush=True)
+        break
+    buf += data
+    while len(buf) >= 9:
+        n = int.from_bytes(buf[0:3], "big")
+        if len(buf) < 9 + n:
+            break
+        t, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff
+        payload = buf[9:9 + n]
+        buf = buf[9 + n:]
+        if t == 4 and not flags & 1:
+            s.sendall(frame(4, 1, 0))
+        elif t == 3:
+            print("rst", sid, int.from_bytes(payload[:4], "big"), flush=True)
+        elif t == 7:
+            print("goaway", int.from_bytes(payload[4:8], "big"), flush=True)
+        elif t == 1:
+            print("status", dict(dec.decode(payload))[":status"], flush=True)
+            if mode == "bigbody":
+                sys.exit(0)
+)PY";
+
 TEST_CASE("limits: a body over max_body_bytes gets 413, a head over max_header_bytes 431") {
     for_each_backend([](hop::backend b) {
         hop::io_loop loop{options_for(b)};
@@ -245,6 +326,12 @@ TEST_CASE("limits: a body over max_body_bytes gets 413, a head over max_header_b
             CHECK_MESSAGE(big_post.out.find("recv RST_STREAM frame") != std::string::npos, big_post.out);
             CHECK_MESSAGE(big_post.out.find("error_code=NO_ERROR") != std::string::npos, big_post.out);
             CHECK(big_post.out.find("Content Too Large") != std::string::npos);
+            // No Content-Length: refused when the DATA passes the limit.
+            const std::string port = std::to_string(srv.local_endpoint().port());
+            auto raw_run = run_peer({"/usr/bin/python3", "-c", raw_client, port, "bigbody"});
+            peer_result raw = co_await std::move(raw_run);
+            REQUIRE_MESSAGE(raw.exited_ok(), raw.describe());
+            CHECK(raw.out == "status 413\n");
             // Within the limit: echoed.
             auto ok_run = run_peer({"curl", "-sS", "--http2-prior-knowledge", "--data-binary", "@-",
                                                h2c_url(srv, "/echo")},
@@ -394,71 +481,6 @@ TEST_CASE("graceful shutdown: GOAWAY with the last stream id, the stream in flig
     });
 }
 
-// Raw HTTP/2 from Python (hpack from Debian's python3-h2 stack), for what
-// no well-behaved client sends. argv: port, mode.
-//   limit: 4 streams at once before the server's SETTINGS are seen; prints
-//          "rst <stream> <code>" for each RST_STREAM, then "status <s>" for
-//          each response after the test releases the handlers, then "closed".
-//   rapid: 2000 streams, each reset at once (CVE-2023-44487); prints
-//          "goaway <code>" and "closed".
-//   continuation: a HEADERS frame and 30 CONTINUATIONs; prints "goaway
-//          <code>" and "closed".
-constexpr const char* raw_client = R"PY(
-import socket, struct, sys, hpack
-port, mode = int(sys.argv[1]), sys.argv[2]
-s = socket.create_connection(("127.0.0.1", port))
-enc = hpack.Encoder()
-def frame(t, flags, sid, payload=b""):
-    return len(payload).to_bytes(3, "big") + bytes([t, flags]) + sid.to_bytes(4, "big") + payload
-def get(path):
-    return enc.encode([(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "t")])
-out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)
-if mode == "limit":
-    for sid in (1, 3, 5, 7):
-        out += frame(1, 5, sid, get("/block"))
-elif mode == "rapid":
-    for i in range(2000):
-        sid = 2 * i + 1
-        out += frame(1, 5, sid, get("/r")) + frame(3, 0, sid, (8).to_bytes(4, "big"))
-elif mode == "continuation":
-    block = enc.encode([(":method", "GET"), (":path", "/c"), (":scheme", "http"), (":authority", "t"),
-                        ("x-long", "v" * 300)])
-    pieces = [block[i:i + 10] for i in range(0, len(block), 10)]
-    out += frame(1, 1, 1, pieces[0])
-    for p in pieces[1:-1]:
-        out += frame(9, 0, 1, p)
-    out += frame(9, 4, 1, pieces[-1])
-try:
-    s.sendall(out)
-except OSError:
-    pass
-dec = hpack.Decoder()
-buf = b""
-while True:
-    try:
-        data = s.recv(65536)
-    except OSError:
-        data = b""
-    if not data:
-        print("closed", flush=True)
-        break
-    buf += data
-    while len(buf) >= 9:
-        n = int.from_bytes(buf[0:3], "big")
-        if len(buf) < 9 + n:
-            break
-        t, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff
-        payload = buf[9:9 + n]
-        buf = buf[9 + n:]
-        if t == 4 and not flags & 1:
-            s.sendall(frame(4, 1, 0))
-        elif t == 3:
-            print("rst", sid, int.from_bytes(payload[:4], "big"), flush=True)
-        elif t == 7:
-            print("goaway", int.from_bytes(payload[4:8], "big"), flush=True)
-        elif t == 1:
-            print("status", dict(dec.decode(payload))[":status"], flush=True)
-)PY";
 
 TEST_CASE("max_concurrent_streams: a stream past the SETTINGS limit is refused (REFUSED_STREAM), never run") {
     for_each_backend([](hop::backend b) {
