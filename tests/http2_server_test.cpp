@@ -229,6 +229,8 @@ TEST_CASE("h2load -n 2000 -c 4 -m 32: every request succeeds, over 4 connections
 //          "goaway <code>" and "closed".
 //   continuation: a HEADERS frame and 30 CONTINUATIONs; prints "goaway
 //          <code>" and "closed".
+//   zerowindow: SETTINGS_INITIAL_WINDOW_SIZE 0 and a GET it never opens
+//          a window for; prints "status <s>", "goaway <code>", "closed".
 //   bigbody: a POST without Content-Length whose DATA passes 1000 bytes;
 //          prints "status <s>" and ends.
 constexpr const char* raw_client = R"PY(
@@ -240,7 +242,11 @@ def frame(t, flags, sid, payload=b""):
     return len(payload).to_bytes(3, "big") + bytes([t, flags]) + sid.to_bytes(4, "big") + payload
 def get(path):
     return enc.encode([(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "t")])
-out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)
+out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+if mode == "zerowindow":
+    out += frame(4, 0, 0, (4).to_bytes(2, "big") + (0).to_bytes(4, "big")) + frame(1, 5, 1, get("/size/100000"))
+else:
+    out += frame(4, 0, 0)
 if mode == "limit":
     for sid in (1, 3, 5, 7):
         out += frame(1, 5, sid, get("/block"))
@@ -550,7 +556,7 @@ TEST_CASE("rapid reset and CONTINUATION floods: GOAWAY and the close; other conn
     });
 }
 
-TEST_CASE("idle_timeout closes an HTTP/2 connection with no stream open, with GOAWAY") {
+TEST_CASE("idle_timeout: GOAWAY for a connection with no stream open, and for one whose window never opens") {
     for_each_backend([](hop::backend b) {
         hop::io_loop loop{options_for(b)};
         auto o = hop_test::test_options();
@@ -566,6 +572,15 @@ TEST_CASE("idle_timeout closes an HTTP/2 connection with no stream open, with GO
             REQUIRE(!frames.empty());
             REQUIRE(frames.back().type == 7);
             CHECK(goaway_code(frames.back().payload) == 0);  // NO_ERROR
+            // A stream whose window never opens holds a response that
+            // cannot move: idle too (GOAWAY), then closed after another
+            // idle_timeout.
+            const std::string port = std::to_string(srv.local_endpoint().port());
+            auto zero_run = run_peer({"/usr/bin/python3", "-c", raw_client, port, "zerowindow"});
+            peer_result zero = co_await std::move(zero_run);
+            REQUIRE_MESSAGE(zero.exited_ok(), zero.describe());
+            CHECK(zero.out == "status 200\ngoaway 0\nclosed\n");
+            CHECK(srv.stats().connections == 0);
         }));
     });
 }
