@@ -156,7 +156,20 @@ private:
     // the client: a request, a body, a window to send in); `progress`
     // (HEADERS or DATA moved) starts it again.
     void update_timer(bool progress) noexcept;
-    void wake() noexcept { m_wake.set(); }
+    task<void> wake_later() {
+        wake();
+        co_return;
+    }
+    // Wakes the writer. hop::event resumes a waiter on this loop inline,
+    // and nghttp2 must not be entered again from its own callbacks: inside
+    // mem_recv the wake waits until it returns.
+    void wake() noexcept {
+        if (m_receiving) {
+            m_wake_pending = true;
+        } else {
+            m_wake.set();
+        }
+    }
 
     static h2_session& self(void* p) noexcept { return *static_cast<h2_session*>(p); }
     static int on_begin_headers(nghttp2_session*, const nghttp2_frame* f, void* p);
@@ -181,6 +194,8 @@ private:
     bool m_broken = false;      // the peer left or broke the protocol: flush, then end
     bool m_going_away = false;  // GOAWAY submitted
     bool m_timer_armed = false;
+    bool m_receiving = false;     // inside nghttp2_session_mem_recv
+    bool m_wake_pending = false;  // a wake() came meanwhile
     // The connection ends on an error of the client's (a GOAWAY with an
     // error code, or a preface that was none): a lingering close, so the
     // GOAWAY is not lost to the reset a close with unread input would be.
@@ -270,13 +285,23 @@ bool h2_session::stop() noexcept {
     // when the idle timeout comes again (or the shutdown's grace ends).
     m_c.arm_idle();
     m_timer_armed = true;
-    wake();
+    // The writer is woken from a task of its own: stop() is called from
+    // the server's loops over its connections, which an inline wake could
+    // end under them.
+    try {
+        m_group.spawn(wake_later());
+    } catch (...) {
+        return false;
+    }
     return true;
 }
 
 bool h2_session::receive(std::string_view bytes) {
+    m_receiving = true;
     const ssize_t rv = nghttp2_session_mem_recv(m_session, reinterpret_cast<const std::uint8_t*>(bytes.data()),
                                                 bytes.size());
+    m_receiving = false;
+    m_wake_pending = false;
     if (rv < 0) {
         // A connection error nghttp2 did not answer itself (a flood of
         // CONTINUATIONs, a bad preface): GOAWAY says why, if the session
