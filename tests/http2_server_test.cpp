@@ -585,6 +585,34 @@ TEST_CASE("idle_timeout: GOAWAY for a connection with no stream open, and for on
     });
 }
 
+TEST_CASE("http2 = false, or a streaming handler: HTTP/1.1 only (ALPN http/1.1, the preface answered as HTTP/1)") {
+    for_each_backend([](hop::backend b) {
+        hop::io_loop loop{options_for(b)};
+        const auto& certs = hop_test::test_certs();
+        auto o = hop_test::test_options();
+        o.http2 = false;
+        o.tls = hop::tls::context::server(certs.localhost.cert, certs.localhost.key);
+        run_on(loop, hop_test::with_server(hop_test::test_app, std::move(o), [&certs](http::server& srv)
+                                                                                  -> hop::task<void> {
+            auto r_run = run_peer({"curl", "-sS", "--http2", "--cacert", certs.ca, "-w", "|%{http_version}",
+                                   https_url(srv, "/x")});
+            peer_result r = co_await std::move(r_run);
+            REQUIRE_MESSAGE(r.exited_ok(), r.describe());
+            CHECK(r.out == "hello GET /x|1.1");
+        }));
+        auto streaming = [](http::request&, http::response_writer& w) -> hop::task<void> {
+            co_await w.write("streamed");
+        };
+        run_on(loop, hop_test::with_server(streaming, hop_test::test_options(), [](http::server& srv)
+                                                                                    -> hop::task<void> {
+            std::string bytes(preface);
+            bytes += std::string("\0\0\0\4\0\0\0\0\0", 9);
+            const std::string got = co_await hop_test::exchange(srv.local_endpoint(), bytes);
+            CHECK(hop_test::starts_with(got, "HTTP/1.1 "));
+        }));
+    });
+}
+
 TEST_CASE("options: max_concurrent_streams 0 is refused, naming it") {
     auto o = hop_test::test_options();
     o.max_concurrent_streams = 0;
