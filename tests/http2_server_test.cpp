@@ -450,7 +450,10 @@ TEST_CASE("graceful shutdown: GOAWAY with the last stream id, the stream in flig
             }
             co_return http::response{.status = 200, .headers = {}, .body = "other"};
         };
-        auto srv = http::server::bind(hop::endpoint::loopback_v4(0), handler, hop_test::test_options());
+        // idle_timeout far below the grace: a handler running holds it off.
+        auto o = hop_test::test_options();
+        o.idle_timeout = 50ms;
+        auto srv = http::server::bind(hop::endpoint::loopback_v4(0), handler, std::move(o));
         const std::string port = std::to_string(srv.local_endpoint().port());
         run_on(loop, [](http::server& srv, std::string port, std::shared_ptr<hop::event> entered,
                         std::shared_ptr<hop::event> release) -> hop::task<void> {

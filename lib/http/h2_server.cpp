@@ -282,9 +282,12 @@ bool h2_session::stop() noexcept {
                                          nullptr, 0);
     if (rv != 0) return false;
     // A peer that never reads the GOAWAY nor ends its streams is closed
-    // when the idle timeout comes again (or the shutdown's grace ends).
-    m_c.arm_idle();
-    m_timer_armed = true;
+    // when the idle timeout comes again (a handler running holds it off:
+    // then the shutdown's grace bounds it).
+    if (m_running == 0) {
+        m_c.arm_idle();
+        m_timer_armed = true;
+    }
     // The writer is woken from a task of its own: stop() is called from
     // the server's loops over its connections, which an inline wake could
     // end under them.
@@ -380,7 +383,7 @@ void h2_session::update_timer(bool progress) noexcept {
             m_c.arm_idle();
             m_timer_armed = true;
         }
-    } else if (m_timer_armed && !m_going_away) {
+    } else if (m_timer_armed) {
         m_c.disarm();
         m_timer_armed = false;
     }
