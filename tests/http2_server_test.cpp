@@ -214,6 +214,8 @@ TEST_CASE("h2load -n 2000 -c 4 -m 32: every request succeeds, over 4 connections
                               std::string::npos,
                           r.out);
             CHECK_MESSAGE(r.out.find("status codes: 2000 2xx") != std::string::npos, r.out);
+            const auto finished = r.out.find("finished in");
+            if (finished != std::string::npos) MESSAGE(r.out.substr(finished, r.out.find('\n', finished) - finished));
             CHECK(srv.stats().accepted == 4);
             CHECK(srv.stats().requests == 2000);
         }));
