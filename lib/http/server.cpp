@@ -54,6 +54,9 @@ void validate(const server_options& o) {
         throw std::invalid_argument(std::string(where) + "accept is " + std::to_string(static_cast<int>(o.accept)) +
                                     ": it must be hop::accept_mode::least_loaded or reuse_port");
     }
+    if (o.max_concurrent_streams == 0) {
+        throw std::invalid_argument(std::string(where) + "max_concurrent_streams is 0: at least 1 stream is needed");
+    }
     if (o.tls && !o.tls->is_server()) {
         throw std::invalid_argument(std::string(where) +
                                     "tls is a client context: use hop::tls::context::server(cert, key)");
@@ -104,6 +107,8 @@ server server::bind_plain(const endpoint& local, handler h, server_options optio
     if (!h) throw std::invalid_argument("hop::http::server::bind: the handler is empty");
     auto st = detail::make_state(local, std::move(options));
     st->m_plain = std::move(h);
+    // HTTP/2 serves the plain handler (lib/http/h2_server.hpp): offered in ALPN.
+    if (st->m_options.http2 && st->m_options.tls) st->m_options.tls->set_alpn({"h2", "http/1.1"});
     return server(std::move(st));
 }
 

@@ -197,21 +197,25 @@ task<void> server_connection::serve_connection(std::unique_ptr<server_connection
     bool cancelled = false;
     try {
         if (!c.m_st->m_options.tls || co_await c.handshake()) {
-            for (;;) {
-                error_status = co_await c.request_loop();
-                if (error_status != between_requests) break;
-                error_status = 0;
-                // Between requests with nothing buffered: the connection
-                // waits here, in its outermost frame, so an idle one holds
-                // no request_loop or fill frame. On a readiness loop it
-                // holds no input buffer either: it waits for the first
-                // byte, then reads.
-                if (!c.m_out.empty()) co_await c.flush();
-                if (!c.enter_idle()) break;
-                std::size_t n;
-                while ((n = co_await c.m_h1.next_bytes(small_read)) == h1_connection::next_bytes_operation::again) {
+            if (h2_negotiated(c.m_h1.io, *c.m_st)) {
+                co_await serve_h2(c, c.m_h1.io, std::string());  // ALPN h2 (lib/http/h2_server.hpp)
+            } else {
+                for (;;) {
+                    error_status = co_await c.request_loop();
+                    if (error_status != between_requests) break;
+                    error_status = 0;
+                    // Between requests with nothing buffered: the connection
+                    // waits here, in its outermost frame, so an idle one holds
+                    // no request_loop or fill frame. On a readiness loop it
+                    // holds no input buffer either: it waits for the first
+                    // byte, then reads.
+                    if (!c.m_out.empty()) co_await c.flush();
+                    if (!c.enter_idle()) break;
+                    std::size_t n;
+                    while ((n = co_await c.m_h1.next_bytes(small_read)) == h1_connection::next_bytes_operation::again) {
+                    }
+                    if (!c.took(n, small_read)) break;
                 }
-                if (!c.took(n, small_read)) break;
             }
         }
     } catch (const cancelled_error&) {
@@ -270,6 +274,20 @@ task<int> server_connection::request_loop() {
     parser& p = m_h1.parse;
     request req;
     for (;;) {
+        if (m_fresh && !p.started() && h2_enabled(*m_st)) {
+            // HTTP/2 by prior knowledge: the client preface (lib/http/h2_server.hpp).
+            const h2_preface pre = match_h2_preface(m_h1.in.view());
+            if (pre == h2_preface::whole) {
+                h1_connection::handed h = m_h1.hand_over();
+                m_h1.io = std::move(h.io);  // the connection's transport again, for its close
+                co_await serve_h2(*this, m_h1.io, std::move(h.unread));
+                co_return 0;
+            }
+            if (pre == h2_preface::partial) {
+                if (!co_await fill(p)) co_return 0;
+                continue;
+            }
+        }
         parser::event ev = parser::event::need_more;
         int bad = 0;
         try {

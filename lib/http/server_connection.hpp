@@ -6,6 +6,7 @@
 
 #include "../metrics_impl.hpp"
 #include "h1_connection.hpp"
+#include "h2_server.hpp"
 #include "server_state.hpp"
 
 #include <hop/future.hpp>
@@ -70,6 +71,7 @@ public:
 
     // Ends the connection's coroutine at its next await (loop thread).
     void stop(stop_reason why) noexcept {
+        if (m_h2 != nullptr && h2_stop(*m_h2)) return;  // HTTP/2: GOAWAY first
         if (m_stop_reason == stop_reason::none) m_stop_reason = why;
         try {
             if (m_future.valid()) m_future.cancel();
@@ -97,6 +99,7 @@ public:
     future<void> m_future;
 
 private:
+    friend class h2_session;
     // Serves requests until one ends the connection (0, or the status of
     // a refusal to answer) or the connection is between requests with
     // nothing buffered (between_requests: serve_connection waits).
@@ -138,6 +141,7 @@ private:
     h1_connection m_h1;
     server_connection* m_prev = nullptr;
     server_connection* m_next = nullptr;
+    h2_session* m_h2 = nullptr;  // set while the connection speaks HTTP/2
     // The one timeout running (header, idle or lingering): it stops the
     // connection.
     struct timeout_entry final : deadline {

@@ -85,7 +85,23 @@
 ///   descriptor is taken first), and its run ends at its next connection.
 ///
 /// Upgrade requests (WebSocket, h2c) are answered as plain requests and the
-/// connection is then closed; there is no TLS yet.
+/// connection is then closed.
+///
+/// HTTP/2 (server_options::http2, on by default; on nghttp2) serves the
+/// plain handler: over TLS when ALPN picks "h2", and in cleartext when a
+/// connection opens with the HTTP/2 preface (prior knowledge; h2c Upgrade
+/// is not offered). Each stream runs the handler in a coroutine of its
+/// own, at most max_concurrent_streams per connection (SETTINGS; more are
+/// refused with RST_STREAM REFUSED_STREAM). A header list over
+/// max_header_bytes gets 431, a body over max_body_bytes 413 (then
+/// RST_STREAM NO_ERROR if the client still sends). nghttp2's rapid-reset
+/// and CONTINUATION-flood limits are on (GOAWAY and close). idle_timeout
+/// runs while no handler does and nothing moves (HEADERS or DATA either
+/// way): then GOAWAY, and the close if the client still holds on after
+/// another idle_timeout. A graceful shutdown sends GOAWAY with the last
+/// stream id taken; the streams in flight finish within shutdown_grace. An
+/// HTTP/2 connection counts once against max_connections. With the
+/// streaming or body handler the server speaks HTTP/1.x only.
 
 #include <hop/http/message.hpp>
 #include <hop/io_pool.hpp>
@@ -183,6 +199,15 @@ struct server_options {
     /// (server) context before its first request; a failed handshake closes
     /// the connection (and is logged). Empty (the default): plain HTTP.
     std::optional<tls::context> tls{};
+    /// HTTP/2 (on nghttp2) besides HTTP/1.1, with the plain handler
+    /// (`request& -> task<response>`): over TLS the context offers ALPN
+    /// "h2" and "http/1.1"; in cleartext a connection that opens with the
+    /// HTTP/2 preface (prior knowledge) is served as HTTP/2. Off, or with
+    /// another kind of handler: HTTP/1.x only.
+    bool http2 = true;
+    /// HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS, the streams a client may
+    /// have open at once on one connection. At least 1.
+    std::uint32_t max_concurrent_streams = 100;
 };
 
 /// What a server has done so far; see server::stats().
