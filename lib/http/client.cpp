@@ -20,6 +20,7 @@
 #include "client_pool.hpp"
 #include "codec.hpp"
 #include "grammar.hpp"
+#include "proxy.hpp"
 
 #include <hop/detail/assert.hpp>
 #include <hop/file.hpp>
@@ -169,8 +170,18 @@ std::optional<endpoint> ip_literal(const std::string& host, std::uint16_t port) 
 }
 
 // The pool's key: scheme, host and port (an https and an http connection to
-// one host are never interchangeable).
-std::string origin_of(const url& u) { return u.scheme + "://" + u.host + ":" + std::to_string(u.port); }
+// one host are never interchangeable). Through a proxy: the proxy, for
+// http:// (one connection carries requests to any origin); the origin and
+// the proxy for a tunnel (it reaches one origin only).
+std::string origin_of(const url& u, const proxy_endpoint* via) {
+    std::string o = u.scheme + "://" + u.host + ":" + std::to_string(u.port);
+    if (!via) return o;
+    if (u.scheme == "http") return "proxy " + via->key;
+    return o + " via " + via->key;
+}
+
+// " through the proxy http://host:port" for messages, or "".
+std::string through(const proxy_endpoint* via) { return via ? " through the proxy " + via->shown : std::string(); }
 
 }  // namespace
 
@@ -272,6 +283,9 @@ struct stream_state {
     io_loop* loop = nullptr;
     request_timers timers;
     bool head_request = false;
+    // The proxy the current target goes through (null: direct); the
+    // client's table owns it.
+    const proxy_endpoint* via = nullptr;
 
     // The connection in use.
     std::unique_ptr<connection> conn;
@@ -348,7 +362,7 @@ void stream_state::throw_timeout(timeout_kind k) const {
         }
         case timeout_kind::connect:
             throw connect_timeout(prefix + "connect timeout (" + format_duration(o.connect_timeout) +
-                                  ") connecting to " + shown(url_text));
+                                  ") connecting to " + shown(url_text) + through(via));
         case timeout_kind::read:
             throw read_timeout(prefix + "read timeout (" + format_duration(o.read_timeout) + ") waiting for " +
                                shown(url_text));
@@ -477,8 +491,14 @@ void build_head(stream_state& s, std::optional<std::uint64_t> length, bool chunk
     if (!chunked && length && !p.fields.contains("Content-Length") && (*length > 0 || expects_body(p.method))) {
         h.add_unchecked("Content-Length", std::to_string(*length));
     }
+    // Through a proxy, http:// goes in absolute form with the proxy's
+    // credentials (a tunnel's requests are the origin's own).
+    const bool proxied = s.via && p.target.scheme == "http";
+    if (proxied && !s.via->authorization.empty() && !p.fields.contains("Proxy-Authorization")) {
+        h.add_unchecked("Proxy-Authorization", s.via->authorization);
+    }
     s.wire.clear();
-    write_request_head(s.wire, p.method, p.target.target, h);
+    write_request_head(s.wire, p.method, proxied ? p.target.to_string() : p.target.target, h);
 }
 
 void build_wire(stream_state& s) {
@@ -640,18 +660,24 @@ task<void> connect(stream_state& s, const pool_key& key) {
     const client_options& o = s.st->opts;
     s.timers.arm_phase(timeout_kind::connect, o.connect_timeout);
     const url& u = s.req.target;
+    // The TCP connection goes to the proxy, if there is one.
+    const std::string& host = s.via ? s.via->host : u.host;
+    const std::uint16_t port = s.via ? s.via->port : u.port;
     std::vector<endpoint> candidates;
-    if (auto lit = ip_literal(u.host, u.port)) {
+    if (auto lit = ip_literal(host, port)) {
         candidates.push_back(*lit);
     } else {
-        future<std::vector<endpoint>> lookup = s.st->lookup(u.host, u.port);
+        future<std::vector<endpoint>> lookup = s.st->lookup(host, port);
         try {
             // Shielded: the lookup is shared with other requests to this
             // host, so a stop on this one leaves it running for them.
             candidates = co_await hop::shield(lookup);
-        } catch (const std::system_error&) {
-            s.st->forget_lookup(u.host, u.port, lookup);
-            throw;
+        } catch (const std::system_error& e) {
+            s.st->forget_lookup(host, port, lookup);
+            if (!s.via) throw;
+            throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) +
+                                                  ": looking up the proxy " + s.via->shown + ": " +
+                                                  hop::detail::without_code_text(e));
         }
     }
     tcp_stream t;
@@ -662,17 +688,30 @@ task<void> connect(stream_state& s, const pool_key& key) {
             t = co_await tcp_stream::connect(std::move(candidates));
         }
     } catch (const std::system_error& e) {
-        throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " + hop::detail::without_code_text(e));
+        const std::string to_proxy = s.via ? "connecting to the proxy " + s.via->shown + ": " : "";
+        throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " +
+                                              to_proxy + hop::detail::without_code_text(e));
     }
     t.set_nodelay(true);
     transport io(std::move(t));
+    if (s.via && u.scheme == "https") {
+        // The tunnel is part of connecting: under connect_timeout.
+        try {
+            co_await open_tunnel(io, *s.via, u, o.user_agent, o.max_header_bytes);
+        } catch (const std::system_error& e) {
+            throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) +
+                                                  ": CONNECT through the proxy " + s.via->shown + ": " +
+                                                  hop::detail::without_code_text(e));
+        }
+    }
     if (u.scheme == "https") {
         // The handshake is part of connecting: under connect_timeout.
         try {
             co_await io.start_tls_client(s.st->tls_context(), u.host);
             if (io.tls()->session_reused()) s.st->tls_resumed.fetch_add(1, std::memory_order_relaxed);
         } catch (const tls::error& e) {
-            throw tls::error("hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " + e.what(),
+            throw tls::error("hop::http::client: " + s.req.method + " " + shown(s.url_text) + through(s.via) + ": " +
+                                 e.what(),
                              e.verify_result());
         }
     }
@@ -696,7 +735,8 @@ task<void> acquire(stream_state& s, bool force_new) {
     // No timeout of an earlier phase (a failed attempt's read) runs on into
     // the pool wait, which arms none when pool_timeout is 0.
     s.timers.disarm_phase();
-    const pool_key key{s.loop, origin_of(s.req.target)};
+    s.via = s.st->proxies.route(s.req.target);
+    const pool_key key{s.loop, origin_of(s.req.target, s.via)};
     for (;;) {
         pool_wait w(*s.st, key, force_new);
         if (!s.st->try_acquire(w)) {
@@ -872,6 +912,14 @@ task<void> open_head(stream_state& s) {
     int redirects = 0;
     for (;;) {
         co_await exchange_head(s);
+        if (s.status == 407 && s.via && s.req.target.scheme == "http") {
+            throw proxy_error("hop::http::client: the proxy " + s.via->shown + " refused " + s.req.method + " " +
+                                  shown(s.url_text) + ": 407 Proxy Authentication Required" +
+                                  (s.via->authorization.empty() && !s.req.fields.contains("Proxy-Authorization")
+                                       ? " (it wants credentials: http://user:password@host:port)"
+                                       : " (it did not accept the credentials)"),
+                              407);
+        }
         if (!o.follow_redirects || !is_redirect(s.status)) co_return;
         // A body that can be sent once is not sent again: the 307 or 308
         // is the answer.

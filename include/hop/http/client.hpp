@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -73,6 +74,40 @@ struct client_options {
     /// http/1.1). Give one to trust a private CA (context::load_ca_file) or
     /// to present a client certificate. Sessions are resumed per host:port.
     std::optional<tls::context> tls{};
+    /// An HTTP proxy for every request, "http://[user:password@]host:port"
+    /// (credentials percent-decoded, sent as Proxy-Authorization: Basic).
+    /// http:// URLs are sent to it in absolute form; https:// ones through
+    /// a CONNECT tunnel, TLS running inside it to the origin (whose
+    /// certificate and name are checked, not the proxy's). "" (the
+    /// default): no proxy unless trust_env finds one.
+    std::string proxy{};
+    /// Hosts reached directly despite `proxy`, in NO_PROXY's syntax (curl's):
+    /// "example.org,.internal,10.0.0.0/8,[::1],host:8080", or "*" for all.
+    /// Each name matches itself and its subdomains, with or without a
+    /// leading dot. Loopback is not special: list it to bypass the proxy.
+    std::string no_proxy{};
+    /// When `proxy` is "": take the proxies from the environment, read when
+    /// the client is made: http_proxy / HTTP_PROXY for http:// URLs,
+    /// https_proxy / HTTPS_PROXY for https://, all_proxy / ALL_PROXY for
+    /// both, no_proxy / NO_PROXY (or `no_proxy` if set) for the exceptions;
+    /// lower-case forms win, as in curl and Python. HTTP_PROXY is ignored
+    /// when REQUEST_METHOD is set (a CGI program's "Proxy:" request field).
+    bool trust_env = false;
+};
+
+/// A proxy refused a request: a 407 (Proxy Authentication Required), a
+/// CONNECT answered with anything but 2xx, or a proxy that closed the
+/// connection before it answered a CONNECT. The message names the proxy
+/// (never its password), the target and the status.
+class proxy_error : public std::runtime_error {
+public:
+    /// `status`: the proxy's answer, 0 if it gave none.
+    proxy_error(const std::string& what, int status) : std::runtime_error(what), m_status(status) {}
+    /// The proxy's status; 0 if it closed without answering.
+    int status() const noexcept { return m_status; }
+
+private:
+    int m_status;
 };
 
 /// A snapshot of a client's pool, for tests and monitoring.
@@ -195,6 +230,7 @@ private:
 ///   resent once on a new connection instead);
 /// - redirect_error after max_redirects redirects, naming the count and
 ///   the last URL;
+/// - proxy_error when a proxy refuses (client_options::proxy);
 /// - cancelled_error when stopped.
 class client {
 public:
@@ -202,7 +238,9 @@ public:
     client();
     /// @throws std::invalid_argument naming the bad value: max_connections
     ///         0, a negative duration, max_redirects < 0, max_body_bytes or
-    ///         max_header_bytes 0, CR/LF/NUL in user_agent.
+    ///         max_header_bytes 0, CR/LF/NUL in user_agent, a bad proxy URL
+    ///         or no_proxy entry (from the options or, with trust_env, the
+    ///         environment: the variable is named).
     explicit client(client_options options);
     /// Closes the idle connections. Requests still running keep theirs
     /// until they end (then it is closed, not pooled).
