@@ -18,6 +18,7 @@
 
 #include "../error_text.hpp"
 #include "client_pool.hpp"
+#include "client_url.hpp"
 #include "codec.hpp"
 #include "grammar.hpp"
 #include "proxy.hpp"
@@ -204,9 +205,12 @@ prepared_request prepare(request&& r) {
     if (!is_token(r.method)) {
         throw std::invalid_argument("hop::http::client: the method '" + shown(r.method) + "' is not an HTTP token");
     }
-    p.target = url::parse(r.url);
+    // Credentials out (they become Authorization), spaces and UTF-8 encoded.
+    written_url written = write_url(r.url);
+    p.target = url::parse(written.text);
     if (p.target.scheme != "http" && p.target.scheme != "https") {
-        throw std::invalid_argument("hop::http::client: the URL '" + shown(r.url) + "' is not http:// or https://");
+        throw std::invalid_argument("hop::http::client: the URL '" + shown(written.text) +
+                                    "' is not http:// or https://");
     }
     std::size_t te_fields = 0;
     for (const auto& f : r.headers) {
@@ -258,6 +262,10 @@ prepared_request prepare(request&& r) {
     }
     p.method = std::move(r.method);
     p.fields = std::move(r.headers);
+    // The request's own Authorization wins over the URL's credentials.
+    if (written.authorization && !p.fields.contains("Authorization")) {
+        p.fields.add_unchecked("Authorization", *written.authorization);
+    }
     p.body = std::move(r.body);
     p.source = std::move(r.body_source);
     return p;
@@ -933,14 +941,22 @@ task<void> open_head(stream_state& s) {
                                  "; the last one, from " + shown(s.url_text) + ", was to " + shown(where));
         }
         url next;
+        std::optional<std::string> location_auth;
         try {
-            next = s.req.target.resolve(where);
+            // Encoded as a URL the user gave; credentials in it are its own.
+            written_url written = write_url(where);
+            location_auth = std::move(written.authorization);
+            next = s.req.target.resolve(written.text);
         } catch (const std::invalid_argument& e) {
             throw protocol_error("hop::http::client: " + shown(s.url_text) + " redirected to a bad Location '" + shown(where) +
                                  "': " + e.what());
         }
         co_await skip_body(s);
         follow(s, std::move(next));
+        if (location_auth) {
+            s.req.fields.erase("Authorization");
+            s.req.fields.add_unchecked("Authorization", *location_auth);
+        }
         ++redirects;
     }
 }

@@ -211,6 +211,16 @@ private:
 /// and throws cancelled_error. A status of 400 or more is a response, not
 /// an exception. The client must outlive the requests made with it.
 ///
+/// URLs are taken as browsers and Python's requests take them: credentials
+/// (`http://user:password@host/`, percent-decoded) are sent as
+/// "Authorization: Basic" unless the request sets its own Authorization,
+/// and, like that field, never to another origin after a redirect; a
+/// space, a byte of 0x80 or more (UTF-8) and "<>\^`{|} in the path and
+/// query are percent-encoded (a '%' not starting an escape as %25),
+/// escapes already there are kept. A control character is still refused,
+/// naming the byte; a non-ASCII host is refused (no IDNA). A redirect's
+/// Location is taken the same way.
+///
 /// What the request functions throw:
 /// - std::invalid_argument (at once, before any IO) for a bad URL (or a
 ///   scheme other than http:// and https://), a method that is not a
