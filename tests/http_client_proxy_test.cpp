@@ -460,6 +460,16 @@ TEST_CASE("proxy credentials: accepted, and a 407 is a proxy_error naming the pr
                     CHECK(s.status == 200);
                     CHECK(has(s.body, "server=a\n"));
                 }
+                // A Proxy-Authorization of the caller's goes with the CONNECT,
+                // not into the tunnel.
+                {
+                    http::client c({.tls = trusting_client(), .proxy = proxy.url()});
+                    http::headers own;
+                    own.add("Proxy-Authorization", "Basic YWxpY2U6czNjcmV0");  // alice:s3cret
+                    http::response s = co_await c.get(tls_url(secure, "/own"), std::move(own));
+                    CHECK(s.status == 200);
+                    CHECK(has(s.body, "target=/own\nvia=\nproxy-authorization=\n"));
+                }
                 // No credentials: a 407, for http:// and for CONNECT.
                 {
                     http::client c({.tls = trusting_client(), .proxy = proxy.url()});

@@ -17,6 +17,7 @@
 #include <hop/http/client.hpp>
 
 #include "../error_text.hpp"
+#include "body_decoder.hpp"
 #include "client_pool.hpp"
 #include "client_url.hpp"
 #include "codec.hpp"
@@ -316,7 +317,7 @@ struct stream_state {
     bool drain_on_close = false;
 
     // Streaming the body.
-    std::unique_ptr<decompressor> decoder;
+    std::unique_ptr<body_decoder> decoder;
     std::string decoded;
     std::size_t decoded_pos = 0;
     std::string_view pending;  // raw body bytes not handed out yet (in the connection's buffer)
@@ -493,8 +494,15 @@ void build_head(stream_state& s, std::optional<std::uint64_t> length, bool chunk
     headers h;
     if (!p.fields.contains("Host")) h.add_unchecked("Host", p.target.authority());
     if (!o.user_agent.empty() && !p.fields.contains("User-Agent")) h.add_unchecked("User-Agent", o.user_agent);
-    if (o.decompress && !p.fields.contains("Accept-Encoding")) h.add_unchecked("Accept-Encoding", "gzip, deflate");
-    for (const auto& f : p.fields) h.add_unchecked(f.name, f.value);
+    if (o.decompress && !p.fields.contains("Accept-Encoding")) {
+        h.add_unchecked("Accept-Encoding", std::string(accepted_encodings));
+    }
+    // A Proxy-Authorization of the caller's is the proxy's: it went with the
+    // CONNECT, never into the tunnel to the origin.
+    const bool tunnelled = s.via && p.target.scheme == "https";
+    for (const auto& f : p.fields) {
+        if (!tunnelled || !iequals(f.name, "Proxy-Authorization")) h.add_unchecked(f.name, f.value);
+    }
     if (chunked && !p.chunked) h.add_unchecked("Transfer-Encoding", "chunked");
     if (!chunked && length && !p.fields.contains("Content-Length") && (*length > 0 || expects_body(p.method))) {
         h.add_unchecked("Content-Length", std::to_string(*length));
@@ -705,7 +713,12 @@ task<void> connect(stream_state& s, const pool_key& key) {
     if (s.via && u.scheme == "https") {
         // The tunnel is part of connecting: under connect_timeout.
         try {
-            co_await open_tunnel(io, *s.via, u, o.user_agent, o.max_header_bytes);
+            // The proxy URL's credentials, else the caller's Proxy-Authorization.
+            const auto field = s.req.fields.get("Proxy-Authorization");
+            const std::string auth = !s.via->authorization.empty() ? s.via->authorization
+                                     : field                       ? std::string(*field)
+                                                                   : std::string();
+            co_await open_tunnel(io, *s.via, u, o.user_agent, auth, o.max_header_bytes);
         } catch (const std::system_error& e) {
             throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) +
                                                   ": CONNECT through the proxy " + s.via->shown + ": " +
@@ -961,14 +974,14 @@ task<void> open_head(stream_state& s) {
     }
 }
 
-// Sets up decoding of a gzip / deflate body.
+// Sets up decoding of a gzip, deflate, br or zstd body. Another coding
+// (or a list of several) is left as it came, its Content-Encoding kept.
 void prepare_decoder(stream_state& s) {
     if (!s.st->opts.decompress || s.head_request || s.status == 204 || s.status == 304) return;
     const auto ce = s.head_fields.get("Content-Encoding");
     if (!ce) return;
-    const auto format = decompressor::for_encoding(trim(*ce));
-    if (!format) return;
-    s.decoder = std::make_unique<decompressor>(*format);
+    s.decoder = body_decoder::for_encoding(*ce);
+    if (!s.decoder) return;
     s.head_fields.erase("Content-Encoding");
     s.head_fields.erase("Content-Length");
 }

@@ -344,11 +344,11 @@ const proxy_endpoint* proxy_table::route(const url& target) const {
 // ---- CONNECT -------------------------------------------------------------------------------
 
 task<void> open_tunnel(transport& io, const proxy_endpoint& proxy, const url& target, const std::string& user_agent,
-                       std::size_t max_head) {
+                       const std::string& authorization, std::size_t max_head) {
     const std::string authority = bracketed(target.host) + ":" + std::to_string(target.port);
     std::string out = "CONNECT " + authority + " HTTP/1.1\r\nHost: " + authority + "\r\n";
     if (!user_agent.empty()) out += "User-Agent: " + user_agent + "\r\n";
-    if (!proxy.authorization.empty()) out += "Proxy-Authorization: " + proxy.authorization + "\r\n";
+    if (!authorization.empty()) out += "Proxy-Authorization: " + authorization + "\r\n";
     out += "\r\n";
     co_await io.write_all(std::string_view(out));
     const std::string where = "the proxy " + proxy.shown + " ";
@@ -383,7 +383,7 @@ task<void> open_tunnel(transport& io, const proxy_endpoint& proxy, const url& ta
         std::string why = "hop::http::client: " + where + "refused CONNECT " + authority + ": " +
                           std::to_string(status) + (reason.empty() ? "" : " " + without_password(reason));
         if (status == 407) {
-            why += proxy.authorization.empty() ? " (it wants credentials: http://user:password@host:port)"
+            why += authorization.empty() ? " (it wants credentials: http://user:password@host:port)"
                                                : " (it did not accept the credentials in the proxy URL)";
         }
         throw proxy_error(why, status);

@@ -113,12 +113,12 @@ std::string percent_decode(std::string_view s);
 
 /// Sends `CONNECT host:port` on `io` (connected to `proxy`) and reads the
 /// answer. Returns once the tunnel is open (a 2xx); the transport then
-/// carries the bytes to and from host:port. `max_head` bounds the answer's
-/// head.
+/// carries the bytes to and from host:port. `authorization` (if not empty)
+/// is sent as Proxy-Authorization; `max_head` bounds the answer's head.
 /// @throws proxy_error naming the proxy, the target and the status (a 407,
 ///         any other refusal) or the proxy closing before it answered;
 ///         protocol_error for an answer that is not HTTP.
 task<void> open_tunnel(transport& io, const proxy_endpoint& proxy, const url& target, const std::string& user_agent,
-                       std::size_t max_head);
+                       const std::string& authorization, std::size_t max_head);
 
 }  // namespace hop::http::detail

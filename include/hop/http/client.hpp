@@ -57,8 +57,10 @@ struct client_options {
     std::chrono::milliseconds idle_timeout = std::chrono::seconds(30);
     /// Redirects followed for one request; one more is a redirect_error.
     int max_redirects = 10;
-    /// Decode gzip and deflate bodies (and ask for them with
-    /// "Accept-Encoding: gzip, deflate" unless the request sets its own).
+    /// Decode gzip, deflate, br (brotli) and zstd bodies (and ask for them
+    /// with "Accept-Encoding: gzip, deflate, br, zstd" unless the request
+    /// sets its own). A body in another coding, or in several, is left as
+    /// it came, with its Content-Encoding.
     bool decompress = true;
     /// The largest body get(), fetch() and response_stream::read_all()
     /// read, as sent and after decoding; more is a protocol_error.
