@@ -80,8 +80,10 @@ struct client_options {
     /// (credentials percent-decoded, sent as Proxy-Authorization: Basic).
     /// http:// URLs are sent to it in absolute form; https:// ones through
     /// a CONNECT tunnel, TLS running inside it to the origin (whose
-    /// certificate and name are checked, not the proxy's). "" (the
-    /// default): no proxy unless trust_env finds one.
+    /// certificate and name are checked, not the proxy's). Connections to
+    /// the proxy are pooled by route: one for http:// to any origin, one
+    /// tunnel per https:// origin (max_connections_per_host counts them so).
+    /// "" (the default): no proxy unless trust_env finds one.
     std::string proxy{};
     /// Hosts reached directly despite `proxy`, in NO_PROXY's syntax (curl's):
     /// "example.org,.internal,10.0.0.0/8,[::1],host:8080", or "*" for all.
