@@ -108,8 +108,9 @@ public:
     }
     /// Whether the proxy logs a CONNECT to 127.0.0.1:`port` (tinyproxy
     /// logs it when the request comes; squid once the tunnel has closed).
-    bool logged_connect(std::uint16_t port) const {
-        const std::string needle = "CONNECT 127.0.0.1:" + std::to_string(port);
+    bool logged_connect(std::uint16_t port) const { return logged_connect("127.0.0.1:" + std::to_string(port)); }
+    bool logged_connect(const std::string& authority) const {
+        const std::string needle = "CONNECT " + authority;
         return hop_test::poll_until([&] { return log().find(needle) != std::string::npos; }, [] { return false; },
                                     hop_test::scaled(std::chrono::seconds(20)));
     }
@@ -423,9 +424,30 @@ TEST_CASE("http:// and https:// through tinyproxy and squid") {
 
 TEST_CASE("https through a proxy checks the origin's certificate and name, not the proxy's") {
     proxy_peer proxy(proxy_kind::tinyproxy);
+    const auto& certs = hop_test::test_certs();
+    // A certificate for the name "localhost" only (no address): it passes
+    // for https://localhost:P through the proxy at 127.0.0.1 only if the
+    // name checked is the origin's.
+    hop_test::detail_tls::make_leaf(certs.dir, "proxy_name_only", "localhost", "DNS:localhost", "ca", 4242);
+    const auto name_only = hop_test::detail_tls::files_of(certs.dir, "proxy_name_only");
     for_each_backend([&](hop::backend b) {
         hop::io_loop loop{options_for(b)};
-        const auto& certs = hop_test::test_certs();
+        std::uint16_t name_port = 0;
+        run_on(loop, hop_test::with_server(origin_a, tls_options(name_only), [&](http::server& secure) -> hop::task<void> {
+            name_port = secure.local_endpoint().port();
+            http::client c({.tls = trusting_client(), .proxy = proxy.url()});
+            const std::string by_name = "https://localhost:" + std::to_string(secure.local_endpoint().port()) + "/n";
+            http::response r = co_await c.get(by_name);
+            CHECK(r.status == 200);
+            CHECK(has(r.body, "server=a\ntarget=/n\nvia=\n"));
+            // The same origin by address: the certificate does not name it.
+            const failure f = co_await failure_of(c, tls_url(secure, "/a"));
+            INFO(f.what);
+            CHECK(f.type == "tls::error");
+            CHECK(has(f.what, "through the proxy " + proxy.url()));
+        }));
+        // The tunnel was asked for by name: the proxy resolved it.
+        CHECK_MESSAGE(proxy.logged_connect("localhost:" + std::to_string(name_port)), proxy.log());
         run_on(loop, hop_test::with_server(origin_a, tls_options(certs.wrong_host),
                                            [&](http::server& secure) -> hop::task<void> {
             http::client c({.tls = trusting_client(), .proxy = proxy.url()});
