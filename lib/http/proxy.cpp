@@ -179,9 +179,6 @@ proxy_endpoint parse_proxy_url(std::string_view text, std::string_view what) {
             throw fail(std::string("its credentials hold ") + e.what());
         }
         if (user.empty()) throw fail("credentials without a user name");
-        if (p.authorization.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
-            throw fail("its credentials hold CR, LF or NUL");
-        }
     }
     if (authority.empty()) throw fail("no host");
     url u;
