@@ -396,7 +396,7 @@ hop::task<void> request_bodies_case(hop::backend) {
     CHECK(seen[1].header("Content-Length") == std::to_string(big.size()));
     CHECK(seen[2].header("Content-Length") == "0");  // an empty POST still says so
     CHECK(seen[0].header("Host") == "127.0.0.1:" + std::to_string(lis.local_endpoint().port()));
-    CHECK(seen[0].header("Accept-Encoding") == "gzip, deflate");
+    CHECK(seen[0].header("Accept-Encoding") == "gzip, deflate, br, zstd");
 }
 
 // ---- redirects across origins ---------------------------------------------------------------

@@ -17,9 +17,12 @@
 #include <hop/http/client.hpp>
 
 #include "../error_text.hpp"
+#include "body_decoder.hpp"
 #include "client_pool.hpp"
+#include "client_url.hpp"
 #include "codec.hpp"
 #include "grammar.hpp"
+#include "proxy.hpp"
 
 #include <hop/detail/assert.hpp>
 #include <hop/file.hpp>
@@ -169,8 +172,18 @@ std::optional<endpoint> ip_literal(const std::string& host, std::uint16_t port) 
 }
 
 // The pool's key: scheme, host and port (an https and an http connection to
-// one host are never interchangeable).
-std::string origin_of(const url& u) { return u.scheme + "://" + u.host + ":" + std::to_string(u.port); }
+// one host are never interchangeable). Through a proxy: the proxy, for
+// http:// (one connection carries requests to any origin); the origin and
+// the proxy for a tunnel (it reaches one origin only).
+std::string origin_of(const url& u, const proxy_endpoint* via) {
+    std::string o = u.scheme + "://" + u.host + ":" + std::to_string(u.port);
+    if (!via) return o;
+    if (u.scheme == "http") return "proxy " + via->key;
+    return o + " via " + via->key;
+}
+
+// " through the proxy http://host:port" for messages, or "".
+std::string through(const proxy_endpoint* via) { return via ? " through the proxy " + via->shown : std::string(); }
 
 }  // namespace
 
@@ -193,9 +206,12 @@ prepared_request prepare(request&& r) {
     if (!is_token(r.method)) {
         throw std::invalid_argument("hop::http::client: the method '" + shown(r.method) + "' is not an HTTP token");
     }
-    p.target = url::parse(r.url);
+    // Credentials out (they become Authorization), spaces and UTF-8 encoded.
+    written_url written = write_url(r.url);
+    p.target = url::parse(written.text);
     if (p.target.scheme != "http" && p.target.scheme != "https") {
-        throw std::invalid_argument("hop::http::client: the URL '" + shown(r.url) + "' is not http:// or https://");
+        throw std::invalid_argument("hop::http::client: the URL '" + shown(written.text) +
+                                    "' is not http:// or https://");
     }
     std::size_t te_fields = 0;
     for (const auto& f : r.headers) {
@@ -247,6 +263,10 @@ prepared_request prepare(request&& r) {
     }
     p.method = std::move(r.method);
     p.fields = std::move(r.headers);
+    // The request's own Authorization wins over the URL's credentials.
+    if (written.authorization && !p.fields.contains("Authorization")) {
+        p.fields.add_unchecked("Authorization", *written.authorization);
+    }
     p.body = std::move(r.body);
     p.source = std::move(r.body_source);
     return p;
@@ -272,6 +292,9 @@ struct stream_state {
     io_loop* loop = nullptr;
     request_timers timers;
     bool head_request = false;
+    // The proxy the current target goes through (null: direct); the
+    // client's table owns it.
+    const proxy_endpoint* via = nullptr;
 
     // The connection in use.
     std::unique_ptr<connection> conn;
@@ -294,7 +317,7 @@ struct stream_state {
     bool drain_on_close = false;
 
     // Streaming the body.
-    std::unique_ptr<decompressor> decoder;
+    std::unique_ptr<body_decoder> decoder;
     std::string decoded;
     std::size_t decoded_pos = 0;
     std::string_view pending;  // raw body bytes not handed out yet (in the connection's buffer)
@@ -348,7 +371,7 @@ void stream_state::throw_timeout(timeout_kind k) const {
         }
         case timeout_kind::connect:
             throw connect_timeout(prefix + "connect timeout (" + format_duration(o.connect_timeout) +
-                                  ") connecting to " + shown(url_text));
+                                  ") connecting to " + shown(url_text) + through(via));
         case timeout_kind::read:
             throw read_timeout(prefix + "read timeout (" + format_duration(o.read_timeout) + ") waiting for " +
                                shown(url_text));
@@ -471,14 +494,27 @@ void build_head(stream_state& s, std::optional<std::uint64_t> length, bool chunk
     headers h;
     if (!p.fields.contains("Host")) h.add_unchecked("Host", p.target.authority());
     if (!o.user_agent.empty() && !p.fields.contains("User-Agent")) h.add_unchecked("User-Agent", o.user_agent);
-    if (o.decompress && !p.fields.contains("Accept-Encoding")) h.add_unchecked("Accept-Encoding", "gzip, deflate");
-    for (const auto& f : p.fields) h.add_unchecked(f.name, f.value);
+    if (o.decompress && !p.fields.contains("Accept-Encoding")) {
+        h.add_unchecked("Accept-Encoding", std::string(accepted_encodings));
+    }
+    // A Proxy-Authorization of the caller's is the proxy's: it went with the
+    // CONNECT, never into the tunnel to the origin.
+    const bool tunnelled = s.via && p.target.scheme == "https";
+    for (const auto& f : p.fields) {
+        if (!tunnelled || !iequals(f.name, "Proxy-Authorization")) h.add_unchecked(f.name, f.value);
+    }
     if (chunked && !p.chunked) h.add_unchecked("Transfer-Encoding", "chunked");
     if (!chunked && length && !p.fields.contains("Content-Length") && (*length > 0 || expects_body(p.method))) {
         h.add_unchecked("Content-Length", std::to_string(*length));
     }
+    // Through a proxy, http:// goes in absolute form with the proxy's
+    // credentials (a tunnel's requests are the origin's own).
+    const bool proxied = s.via && p.target.scheme == "http";
+    if (proxied && !s.via->authorization.empty() && !p.fields.contains("Proxy-Authorization")) {
+        h.add_unchecked("Proxy-Authorization", s.via->authorization);
+    }
     s.wire.clear();
-    write_request_head(s.wire, p.method, p.target.target, h);
+    write_request_head(s.wire, p.method, proxied ? p.target.to_string() : p.target.target, h);
 }
 
 void build_wire(stream_state& s) {
@@ -640,18 +676,24 @@ task<void> connect(stream_state& s, const pool_key& key) {
     const client_options& o = s.st->opts;
     s.timers.arm_phase(timeout_kind::connect, o.connect_timeout);
     const url& u = s.req.target;
+    // The TCP connection goes to the proxy, if there is one.
+    const std::string& host = s.via ? s.via->host : u.host;
+    const std::uint16_t port = s.via ? s.via->port : u.port;
     std::vector<endpoint> candidates;
-    if (auto lit = ip_literal(u.host, u.port)) {
+    if (auto lit = ip_literal(host, port)) {
         candidates.push_back(*lit);
     } else {
-        future<std::vector<endpoint>> lookup = s.st->lookup(u.host, u.port);
+        future<std::vector<endpoint>> lookup = s.st->lookup(host, port);
         try {
             // Shielded: the lookup is shared with other requests to this
             // host, so a stop on this one leaves it running for them.
             candidates = co_await hop::shield(lookup);
-        } catch (const std::system_error&) {
-            s.st->forget_lookup(u.host, u.port, lookup);
-            throw;
+        } catch (const std::system_error& e) {
+            s.st->forget_lookup(host, port, lookup);
+            if (!s.via) throw;
+            throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) +
+                                                  ": looking up the proxy " + s.via->shown + ": " +
+                                                  hop::detail::without_code_text(e));
         }
     }
     tcp_stream t;
@@ -662,17 +704,35 @@ task<void> connect(stream_state& s, const pool_key& key) {
             t = co_await tcp_stream::connect(std::move(candidates));
         }
     } catch (const std::system_error& e) {
-        throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " + hop::detail::without_code_text(e));
+        const std::string to_proxy = s.via ? "connecting to the proxy " + s.via->shown + ": " : "";
+        throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " +
+                                              to_proxy + hop::detail::without_code_text(e));
     }
     t.set_nodelay(true);
     transport io(std::move(t));
+    if (s.via && u.scheme == "https") {
+        // The tunnel is part of connecting: under connect_timeout.
+        try {
+            // The proxy URL's credentials, else the caller's Proxy-Authorization.
+            const auto field = s.req.fields.get("Proxy-Authorization");
+            const std::string auth = !s.via->authorization.empty() ? s.via->authorization
+                                     : field                       ? std::string(*field)
+                                                                   : std::string();
+            co_await open_tunnel(io, *s.via, u, o.user_agent, auth, o.max_header_bytes);
+        } catch (const std::system_error& e) {
+            throw std::system_error(e.code(), "hop::http::client: " + s.req.method + " " + shown(s.url_text) +
+                                                  ": CONNECT through the proxy " + s.via->shown + ": " +
+                                                  hop::detail::without_code_text(e));
+        }
+    }
     if (u.scheme == "https") {
         // The handshake is part of connecting: under connect_timeout.
         try {
             co_await io.start_tls_client(s.st->tls_context(), u.host);
             if (io.tls()->session_reused()) s.st->tls_resumed.fetch_add(1, std::memory_order_relaxed);
         } catch (const tls::error& e) {
-            throw tls::error("hop::http::client: " + s.req.method + " " + shown(s.url_text) + ": " + e.what(),
+            throw tls::error("hop::http::client: " + s.req.method + " " + shown(s.url_text) + through(s.via) + ": " +
+                                 e.what(),
                              e.verify_result());
         }
     }
@@ -696,7 +756,8 @@ task<void> acquire(stream_state& s, bool force_new) {
     // No timeout of an earlier phase (a failed attempt's read) runs on into
     // the pool wait, which arms none when pool_timeout is 0.
     s.timers.disarm_phase();
-    const pool_key key{s.loop, origin_of(s.req.target)};
+    s.via = s.st->proxies.route(s.req.target);
+    const pool_key key{s.loop, origin_of(s.req.target, s.via)};
     for (;;) {
         pool_wait w(*s.st, key, force_new);
         if (!s.st->try_acquire(w)) {
@@ -872,6 +933,14 @@ task<void> open_head(stream_state& s) {
     int redirects = 0;
     for (;;) {
         co_await exchange_head(s);
+        if (s.status == 407 && s.via && s.req.target.scheme == "http") {
+            throw proxy_error("hop::http::client: the proxy " + s.via->shown + " refused " + s.req.method + " " +
+                                  shown(s.url_text) + ": 407 Proxy Authentication Required" +
+                                  (s.via->authorization.empty() && !s.req.fields.contains("Proxy-Authorization")
+                                       ? " (it wants credentials: http://user:password@host:port)"
+                                       : " (it did not accept the credentials)"),
+                              407);
+        }
         if (!o.follow_redirects || !is_redirect(s.status)) co_return;
         // A body that can be sent once is not sent again: the 307 or 308
         // is the answer.
@@ -885,26 +954,34 @@ task<void> open_head(stream_state& s) {
                                  "; the last one, from " + shown(s.url_text) + ", was to " + shown(where));
         }
         url next;
+        std::optional<std::string> location_auth;
         try {
-            next = s.req.target.resolve(where);
+            // Encoded as a URL the user gave; credentials in it are its own.
+            written_url written = write_url(where);
+            location_auth = std::move(written.authorization);
+            next = s.req.target.resolve(written.text);
         } catch (const std::invalid_argument& e) {
             throw protocol_error("hop::http::client: " + shown(s.url_text) + " redirected to a bad Location '" + shown(where) +
                                  "': " + e.what());
         }
         co_await skip_body(s);
         follow(s, std::move(next));
+        if (location_auth) {
+            s.req.fields.erase("Authorization");
+            s.req.fields.add_unchecked("Authorization", *location_auth);
+        }
         ++redirects;
     }
 }
 
-// Sets up decoding of a gzip / deflate body.
+// Sets up decoding of a gzip, deflate, br or zstd body. Another coding
+// (or a list of several) is left as it came, its Content-Encoding kept.
 void prepare_decoder(stream_state& s) {
     if (!s.st->opts.decompress || s.head_request || s.status == 204 || s.status == 304) return;
     const auto ce = s.head_fields.get("Content-Encoding");
     if (!ce) return;
-    const auto format = decompressor::for_encoding(trim(*ce));
-    if (!format) return;
-    s.decoder = std::make_unique<decompressor>(*format);
+    s.decoder = body_decoder::for_encoding(*ce);
+    if (!s.decoder) return;
     s.head_fields.erase("Content-Encoding");
     s.head_fields.erase("Content-Length");
 }

@@ -153,7 +153,8 @@ bool pool_wait::try_complete(hop::detail::list_waiter*&) { return m_state->try_a
 
 // ---- client_state -----------------------------------------------------------------------
 
-client_state::client_state(client_options o) : opts(std::move(o)) {}
+client_state::client_state(client_options o)
+    : opts(std::move(o)), proxies(proxy_table::make(opts.proxy, opts.no_proxy, opts.trust_env)) {}
 
 tls::context client_state::tls_context() {
     if (opts.tls) return *opts.tls;

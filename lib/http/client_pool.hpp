@@ -21,6 +21,7 @@
 
 #include "deadlines.hpp"
 #include "h1_connection.hpp"
+#include "proxy.hpp"
 #include "stop_scope.hpp"
 
 #include <hop/detail/loop_op.hpp>
@@ -132,7 +133,9 @@ private:
 // ---- connections ----------------------------------------------------------------
 
 /// Where a pooled connection may be reused: the loop it was made on and
-/// host:port.
+/// `origin`: scheme://host:port, for a direct connection; the proxy (and
+/// its credentials) for http:// through one; the origin and the proxy for
+/// a CONNECT tunnel. A connection is never shared between these kinds.
 struct pool_key {
     io_loop* loop = nullptr;
     std::string origin;
@@ -207,6 +210,8 @@ public:
     client_state& operator=(const client_state&) = delete;
 
     const client_options opts;
+    /// The proxies (client_options::proxy, no_proxy, trust_env), read once.
+    const proxy_table proxies;
     /// The context for https: opts.tls, or a default client context made
     /// on first use (system CAs, ALPN http/1.1).
     tls::context tls_context();

@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -56,8 +57,10 @@ struct client_options {
     std::chrono::milliseconds idle_timeout = std::chrono::seconds(30);
     /// Redirects followed for one request; one more is a redirect_error.
     int max_redirects = 10;
-    /// Decode gzip and deflate bodies (and ask for them with
-    /// "Accept-Encoding: gzip, deflate" unless the request sets its own).
+    /// Decode gzip, deflate, br (brotli) and zstd bodies (and ask for them
+    /// with "Accept-Encoding: gzip, deflate, br, zstd" unless the request
+    /// sets its own). A body in another coding, or in several, is left as
+    /// it came, with its Content-Encoding.
     bool decompress = true;
     /// The largest body get(), fetch() and response_stream::read_all()
     /// read, as sent and after decoding; more is a protocol_error.
@@ -73,6 +76,42 @@ struct client_options {
     /// http/1.1). Give one to trust a private CA (context::load_ca_file) or
     /// to present a client certificate. Sessions are resumed per host:port.
     std::optional<tls::context> tls{};
+    /// An HTTP proxy for every request, "http://[user:password@]host:port"
+    /// (credentials percent-decoded, sent as Proxy-Authorization: Basic).
+    /// http:// URLs are sent to it in absolute form; https:// ones through
+    /// a CONNECT tunnel, TLS running inside it to the origin (whose
+    /// certificate and name are checked, not the proxy's). Connections to
+    /// the proxy are pooled by route: one for http:// to any origin, one
+    /// tunnel per https:// origin (max_connections_per_host counts them so).
+    /// "" (the default): no proxy unless trust_env finds one.
+    std::string proxy{};
+    /// Hosts reached directly despite `proxy`, in NO_PROXY's syntax (curl's):
+    /// "example.org,.internal,10.0.0.0/8,[::1],host:8080", or "*" for all.
+    /// Each name matches itself and its subdomains, with or without a
+    /// leading dot. Loopback is not special: list it to bypass the proxy.
+    std::string no_proxy{};
+    /// When `proxy` is "": take the proxies from the environment, read when
+    /// the client is made: http_proxy / HTTP_PROXY for http:// URLs,
+    /// https_proxy / HTTPS_PROXY for https://, all_proxy / ALL_PROXY for
+    /// both, no_proxy / NO_PROXY (or `no_proxy` if set) for the exceptions;
+    /// lower-case forms win, as in curl and Python. HTTP_PROXY is ignored
+    /// when REQUEST_METHOD is set (a CGI program's "Proxy:" request field).
+    bool trust_env = false;
+};
+
+/// A proxy refused a request: a 407 (Proxy Authentication Required), a
+/// CONNECT answered with anything but 2xx, or a proxy that closed the
+/// connection before it answered a CONNECT. The message names the proxy
+/// (never its password), the target and the status.
+class proxy_error : public std::runtime_error {
+public:
+    /// `status`: the proxy's answer, 0 if it gave none.
+    proxy_error(const std::string& what, int status) : std::runtime_error(what), m_status(status) {}
+    /// The proxy's status; 0 if it closed without answering.
+    int status() const noexcept { return m_status; }
+
+private:
+    int m_status;
 };
 
 /// A snapshot of a client's pool, for tests and monitoring.
@@ -176,6 +215,16 @@ private:
 /// and throws cancelled_error. A status of 400 or more is a response, not
 /// an exception. The client must outlive the requests made with it.
 ///
+/// URLs are taken as browsers and Python's requests take them: credentials
+/// (`http://user:password@host/`, percent-decoded) are sent as
+/// "Authorization: Basic" unless the request sets its own Authorization,
+/// and, like that field, never to another origin after a redirect; a
+/// space, a byte of 0x80 or more (UTF-8) and "<>\^`{|} in the path and
+/// query are percent-encoded (a '%' not starting an escape as %25),
+/// escapes already there are kept. A control character is still refused,
+/// naming the byte; a non-ASCII host is refused (no IDNA). A redirect's
+/// Location is taken the same way.
+///
 /// What the request functions throw:
 /// - std::invalid_argument (at once, before any IO) for a bad URL (or a
 ///   scheme other than http:// and https://), a method that is not a
@@ -195,6 +244,7 @@ private:
 ///   resent once on a new connection instead);
 /// - redirect_error after max_redirects redirects, naming the count and
 ///   the last URL;
+/// - proxy_error when a proxy refuses (client_options::proxy);
 /// - cancelled_error when stopped.
 class client {
 public:
@@ -202,7 +252,9 @@ public:
     client();
     /// @throws std::invalid_argument naming the bad value: max_connections
     ///         0, a negative duration, max_redirects < 0, max_body_bytes or
-    ///         max_header_bytes 0, CR/LF/NUL in user_agent.
+    ///         max_header_bytes 0, CR/LF/NUL in user_agent, a bad proxy URL
+    ///         or no_proxy entry (from the options or, with trust_env, the
+    ///         environment: the variable is named).
     explicit client(client_options options);
     /// Closes the idle connections. Requests still running keep theirs
     /// until they end (then it is closed, not pooled).
