@@ -59,15 +59,25 @@ constexpr std::array<double, 14> duration_bounds{0.0005, 0.001, 0.0025, 0.005, 0
                                                  0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 constexpr std::size_t counter_count = static_cast<std::size_t>(counter::count_);
 
+constexpr std::size_t histogram_count = static_cast<std::size_t>(histogram_id::count_);
+
+struct thread_histogram {
+    relaxed_counter buckets[duration_bounds.size() + 1];
+    relaxed_counter sum_ns;
+};
+
 struct thread_block {
     relaxed_counter counters[counter_count];
-    relaxed_counter buckets[duration_bounds.size() + 1];
-    relaxed_counter duration_ns;
+    thread_histogram histograms[histogram_count];
 
     void add_to(thread_block& total) const noexcept {
         for (std::size_t i = 0; i < counter_count; ++i) total.counters[i].add(counters[i].get());
-        for (std::size_t i = 0; i < std::size(buckets); ++i) total.buckets[i].add(buckets[i].get());
-        total.duration_ns.add(duration_ns.get());
+        for (std::size_t h = 0; h < histogram_count; ++h) {
+            const thread_histogram& from = histograms[h];
+            thread_histogram& to = total.histograms[h];
+            for (std::size_t i = 0; i < std::size(from.buckets); ++i) to.buckets[i].add(from.buckets[i].get());
+            to.sum_ns.add(from.sum_ns.get());
+        }
     }
 };
 
@@ -125,12 +135,12 @@ thread_block& local_block() {
 
 void count(counter c, std::uint64_t n) noexcept { local_block().counters[static_cast<std::size_t>(c)].add(n); }
 
-void observe_http_duration(std::chrono::nanoseconds d) noexcept {
-    thread_block& b = local_block();
+void observe(histogram_id h, std::chrono::nanoseconds d) noexcept {
+    thread_histogram& b = local_block().histograms[static_cast<std::size_t>(h)];
     const double s = std::chrono::duration<double>(d).count();
     const auto it = std::lower_bound(duration_bounds.begin(), duration_bounds.end(), s);
     b.buckets[static_cast<std::size_t>(it - duration_bounds.begin())].add();
-    b.duration_ns.add(static_cast<std::uint64_t>(d.count() < 0 ? 0 : d.count()));
+    b.sum_ns.add(static_cast<std::uint64_t>(d.count() < 0 ? 0 : d.count()));
 }
 
 void register_loop(loop_core& c) noexcept {
@@ -500,6 +510,17 @@ const labelled_kind all_kinds[] = {
     {&detail::io_kind_fsync, "fsync"}};
 static_assert(std::size(all_kinds) == detail::io_kind_slots);
 
+histogram read_histogram(const detail::thread_histogram& t) {
+    histogram h;
+    h.bounds.assign(detail::duration_bounds.begin(), detail::duration_bounds.end());
+    for (const auto& b : t.buckets) h.counts.push_back(b.get());
+    h.sum = static_cast<double>(t.sum_ns.get()) / 1e9;
+    // The count is the buckets' sum: each read alone, the two could differ
+    // by an observation in progress, and Prometheus wants them equal.
+    for (std::uint64_t c : h.counts) h.count += c;
+    return h;
+}
+
 loop_figures read_loop(detail::loop_core& c) {
     detail::loop_stats& s = c.stats();
     loop_figures f;
@@ -556,13 +577,33 @@ snapshot read() {
     h.active_handlers = started > ended ? started - ended : 0;
     h.bytes_received = get(detail::counter::http_bytes_in);
     h.bytes_sent = get(detail::counter::http_bytes_out);
-    h.request_duration.bounds.assign(detail::duration_bounds.begin(), detail::duration_bounds.end());
-    for (const auto& b : total.buckets) h.request_duration.counts.push_back(b.get());
-    h.request_duration.sum = static_cast<double>(total.duration_ns.get()) / 1e9;
-    // The count is the buckets' sum: each read alone, the two could differ
-    // by an observation in progress, and Prometheus wants them equal.
-    h.request_duration.count = 0;
-    for (std::uint64_t c : h.request_duration.counts) h.request_duration.count += c;
+    h.request_duration = read_histogram(total.histograms[static_cast<std::size_t>(detail::histogram_id::http_server)]);
+
+    const detail::http_client_counts c = detail::read_http_clients();
+    http_client_figures& hc = s.http_client;
+    hc.connections_open = c.open;
+    hc.connections_idle = c.idle;
+    hc.connections_in_use = c.open > c.idle ? c.open - c.idle : 0;
+    hc.requests_waiting = c.waiting;
+    hc.connects = c.connects;
+    hc.reused = c.reuses;
+    hc.retried = c.retries;
+    for (std::size_t k = 0; k < std::size(detail::client_error_kinds); ++k) {
+        hc.errors.push_back({detail::client_error_kinds[k],
+                             total.counters[static_cast<std::size_t>(detail::counter::client_error_first_) + k].get()});
+    }
+    hc.request_duration = read_histogram(total.histograms[static_cast<std::size_t>(detail::histogram_id::http_client)]);
+
+    s.tls.client_handshakes = get(detail::counter::tls_handshakes_client);
+    s.tls.server_handshakes = get(detail::counter::tls_handshakes_server);
+    s.tls.client_resumed = get(detail::counter::tls_resumed_client);
+    s.tls.server_resumed = get(detail::counter::tls_resumed_server);
+    s.tls.client_failed = get(detail::counter::tls_failed_client);
+    s.tls.server_failed = get(detail::counter::tls_failed_server);
+
+    for (const detail::cpu_pool_counts& p : detail::read_cpu_pools()) {
+        s.cpu_pools.push_back({p.id, p.threads, p.jobs, p.steals, p.parks, p.queued});
+    }
     return s;
 }
 
@@ -589,6 +630,19 @@ public:
     }
     void sample(std::string_view name, std::string_view labels, std::uint64_t value) {
         sample(name, labels, std::to_string(value));
+    }
+    void histogram_family(std::string_view name, std::string_view help, const histogram& d) {
+        family(name, "histogram", help);
+        const std::string base(name);
+        std::uint64_t cumulative = 0;
+        for (std::size_t i = 0; i < d.counts.size(); ++i) {
+            cumulative += d.counts[i];
+            const std::string le =
+                i < d.bounds.size() ? number(d.bounds[i], std::chars_format::fixed) : std::string("+Inf");
+            sample(base + "_bucket", "le=\"" + le + "\"", cumulative);
+        }
+        sample(base + "_sum", "", number(d.sum));
+        sample(base + "_count", "", d.count);
     }
 
 private:
@@ -663,17 +717,56 @@ std::string prometheus(const snapshot& s) {
     w.family("hop_http_server_sent_bytes_total", "counter", "Bytes hop::http::server wrote to clients.");
     w.sample("hop_http_server_sent_bytes_total", "", h.bytes_sent);
 
-    const histogram& d = h.request_duration;
-    constexpr std::string_view hist = "hop_http_server_request_duration_seconds";
-    w.family(hist, "histogram", "Time from a request handed to its handler to the response queued or written.");
-    std::uint64_t cumulative = 0;
-    for (std::size_t i = 0; i < d.counts.size(); ++i) {
-        cumulative += d.counts[i];
-        const std::string le = i < d.bounds.size() ? number(d.bounds[i], std::chars_format::fixed) : std::string("+Inf");
-        w.sample(std::string(hist) + "_bucket", "le=\"" + le + "\"", cumulative);
-    }
-    w.sample(std::string(hist) + "_sum", "", number(d.sum));
-    w.sample(std::string(hist) + "_count", "", d.count);
+    w.histogram_family("hop_http_server_request_duration_seconds",
+                       "Time from a request handed to its handler to the response queued or written.",
+                       h.request_duration);
+
+    const http_client_figures& c = s.http_client;
+    w.family("hop_http_client_connections", "gauge",
+             "Connections of hop::http::client by state: in_use (connecting or carrying a request) or idle.");
+    w.sample("hop_http_client_connections", "state=\"in_use\"", c.connections_in_use);
+    w.sample("hop_http_client_connections", "state=\"idle\"", c.connections_idle);
+    w.family("hop_http_client_requests_waiting", "gauge", "Requests of hop::http::client waiting for a connection slot.");
+    w.sample("hop_http_client_requests_waiting", "", c.requests_waiting);
+    w.family("hop_http_client_connects_total", "counter", "Connections hop::http::client made.");
+    w.sample("hop_http_client_connects_total", "", c.connects);
+    w.family("hop_http_client_reused_total", "counter", "Requests hop::http::client sent on a kept-alive connection.");
+    w.sample("hop_http_client_reused_total", "", c.reused);
+    w.family("hop_http_client_retried_total", "counter",
+             "Idempotent requests hop::http::client resent after a stale kept-alive connection.");
+    w.sample("hop_http_client_retried_total", "", c.retried);
+    w.family("hop_http_client_errors_total", "counter", "Requests of hop::http::client that failed, by kind.");
+    for (const auto& e : c.errors) w.sample("hop_http_client_errors_total", "kind=\"" + e.kind + "\"", e.count);
+    w.histogram_family("hop_http_client_request_duration_seconds",
+                       "Time from a request started to its response read (fetch) or its head read (open).",
+                       c.request_duration);
+
+    const tls_figures& t = s.tls;
+    w.family("hop_tls_handshakes_total", "counter", "TLS handshakes completed, by side.");
+    w.sample("hop_tls_handshakes_total", "side=\"client\"", t.client_handshakes);
+    w.sample("hop_tls_handshakes_total", "side=\"server\"", t.server_handshakes);
+    w.family("hop_tls_resumed_total", "counter", "TLS handshakes that resumed a session, by side.");
+    w.sample("hop_tls_resumed_total", "side=\"client\"", t.client_resumed);
+    w.sample("hop_tls_resumed_total", "side=\"server\"", t.server_resumed);
+    w.family("hop_tls_handshake_failures_total", "counter", "TLS handshakes that failed, by side.");
+    w.sample("hop_tls_handshake_failures_total", "side=\"client\"", t.client_failed);
+    w.sample("hop_tls_handshake_failures_total", "side=\"server\"", t.server_failed);
+
+    auto pool_labels = [](const cpu_pool_figures& p) { return "pool=\"" + std::to_string(p.id) + "\""; };
+    auto per_pool = [&](std::string_view name, std::string_view type, std::string_view help, auto get) {
+        w.family(name, type, help);
+        for (const auto& p : s.cpu_pools) w.sample(name, pool_labels(p), get(p));
+    };
+    per_pool("hop_cpu_pool_threads", "gauge", "Worker threads of the cpu_pool.",
+             [](const cpu_pool_figures& p) { return p.threads; });
+    per_pool("hop_cpu_pool_jobs_total", "counter", "Work items the cpu_pool's workers took from a queue and ran.",
+             [](const cpu_pool_figures& p) { return p.jobs; });
+    per_pool("hop_cpu_pool_steals_total", "counter", "Work items a worker of the cpu_pool stole from another's deque.",
+             [](const cpu_pool_figures& p) { return p.steals; });
+    per_pool("hop_cpu_pool_parks_total", "counter", "Times a worker of the cpu_pool found no work and slept.",
+             [](const cpu_pool_figures& p) { return p.parks; });
+    per_pool("hop_cpu_pool_queued", "gauge", "Work items queued on the cpu_pool (its deques and injection queues).",
+             [](const cpu_pool_figures& p) { return p.queued; });
     return out;
 }
 
