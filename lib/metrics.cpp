@@ -35,6 +35,8 @@
 
 namespace hop::detail {
 
+std::atomic<bool> g_counting{true};
+
 namespace {
 
 // ---- live loops ----------------------------------------------------------------
@@ -71,12 +73,12 @@ struct thread_block {
     thread_histogram histograms[histogram_count];
 
     void add_to(thread_block& total) const noexcept {
-        for (std::size_t i = 0; i < counter_count; ++i) total.counters[i].add(counters[i].get());
+        for (std::size_t i = 0; i < counter_count; ++i) total.counters[i].add_always(counters[i].get());
         for (std::size_t h = 0; h < histogram_count; ++h) {
             const thread_histogram& from = histograms[h];
             thread_histogram& to = total.histograms[h];
-            for (std::size_t i = 0; i < std::size(from.buckets); ++i) to.buckets[i].add(from.buckets[i].get());
-            to.sum_ns.add(from.sum_ns.get());
+            for (std::size_t i = 0; i < std::size(from.buckets); ++i) to.buckets[i].add_always(from.buckets[i].get());
+            to.sum_ns.add_always(from.sum_ns.get());
         }
     }
 };
@@ -771,6 +773,10 @@ std::string prometheus(const snapshot& s) {
 }
 
 std::string prometheus() { return prometheus(read()); }
+
+void set_enabled(bool on) noexcept { detail::g_counting.store(on, std::memory_order_relaxed); }
+
+bool enabled() noexcept { return detail::counting(); }
 
 }  // namespace metrics
 

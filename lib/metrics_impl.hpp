@@ -19,11 +19,22 @@ namespace hop::detail {
 
 class loop_core;
 
+/// Whether figures are counted (hop::metrics::set_enabled; on unless turned
+/// off, for measuring what counting costs).
+extern std::atomic<bool> g_counting;
+inline bool counting() noexcept { return g_counting.load(std::memory_order_relaxed); }
+
 /// A counter with one writer thread at a time.
 class relaxed_counter {
 public:
-    void add(std::uint64_t n = 1) noexcept { m_v.store(m_v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
-    void set(std::uint64_t v) noexcept { m_v.store(v, std::memory_order_relaxed); }
+    void add(std::uint64_t n = 1) noexcept {
+        if (counting()) m_v.store(m_v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+    void set(std::uint64_t v) noexcept {
+        if (counting()) m_v.store(v, std::memory_order_relaxed);
+    }
+    /// Folds another counter in (reads; counts whether counting is on or not).
+    void add_always(std::uint64_t n) noexcept { m_v.store(m_v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
     std::uint64_t get() const noexcept { return m_v.load(std::memory_order_relaxed); }
 
 private:
@@ -163,8 +174,13 @@ std::vector<cpu_pool_counts> read_cpu_pools();
 /// counts it as active meanwhile (one line in the server's respond()).
 class http_handler_timing {
 public:
-    http_handler_timing() noexcept : m_start(std::chrono::steady_clock::now()) { count(counter::http_handlers_started); }
+    http_handler_timing() noexcept {
+        if (!counting()) return;
+        m_start = std::chrono::steady_clock::now();
+        count(counter::http_handlers_started);
+    }
     ~http_handler_timing() {
+        if (m_start == std::chrono::steady_clock::time_point{}) return;  // not counting when made
         count(counter::http_handlers_ended);
         observe_http_duration(std::chrono::steady_clock::now() - m_start);
     }

@@ -357,6 +357,22 @@ TEST_SUITE("metrics") {
         for (const auto& p : hop::metrics::read().cpu_pools) CHECK(p.id != id);
     }
 
+    TEST_CASE("with counting off (set_enabled(false)) the figures stand still; back on, they move again") {
+        struct restore {
+            ~restore() { hop::metrics::set_enabled(true); }
+        } restored;
+        hop::cpu_pool pool(1);
+        const auto start = newest_pool();
+        hop::metrics::set_enabled(false);
+        CHECK(!hop::metrics::enabled());
+        for (int i = 0; i < 10; ++i) CHECK(pool.submit([i] { return i; }).get() == i);
+        CHECK(newest_pool().jobs == start.jobs);
+        hop::metrics::set_enabled(true);
+        CHECK(hop::metrics::enabled());
+        for (int i = 0; i < 10; ++i) CHECK(pool.submit([i] { return i; }).get() == i);
+        CHECK(newest_pool().jobs - start.jobs == 10);
+    }
+
     TEST_CASE("the HTTP client counts connections, reuse, errors by kind and latency") {
         hop_test::for_each_backend([](hop::backend b) {
             serving srv(b);

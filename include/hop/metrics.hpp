@@ -199,6 +199,19 @@ std::string prometheus();
 /// `s` in the Prometheus text exposition format (see prometheus()).
 std::string prometheus(const snapshot& s);
 
+/// Turns counting on (the default) or off, process-wide. Off, the counters
+/// and histograms are not written and the loops read no clock for their
+/// busy time: what is left is one predicted branch per count. For
+/// measuring what the figures cost (bench/echo_bench, http_server_bench
+/// --only metrics); switch it before any loop, pool, client or server
+/// exists, since a gauge made of two counters (in flight = started -
+/// completed) is wrong across a switch. Stall detection is separate
+/// (set_stall_threshold).
+void set_enabled(bool on) noexcept;
+
+/// Whether counting is on.
+bool enabled() noexcept;
+
 /// The Content-Type a `/metrics` response carries.
 inline constexpr std::string_view prometheus_content_type = "text/plain; version=0.0.4; charset=utf-8";
 
