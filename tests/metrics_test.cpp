@@ -19,6 +19,13 @@
 
 #include <doctest/doctest.h>
 
+#include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 #include <algorithm>
 #include <atomic>
 #include <latch>
@@ -707,6 +714,65 @@ TEST_SUITE("metrics") {
             REQUIRE(ticks.wait_for(guard));
             CHECK(log.about(loop).empty());
             CHECK(figures_of(loop).stalls == 0);
+        });
+    }
+
+    TEST_CASE("a child forked while the watchdog waits for a stalled loop's backtrace can make, run and read loops") {
+        // The loop's handler holds it with the backtrace signal blocked, so
+        // the watchdog, which asks for the stack 1 ms in, waits for it as
+        // long as the handler runs, and this thread forks meanwhile. Each
+        // child makes a loop (the loop registry's lock), reads the figures
+        // (the counter blocks' lock) and exits 0; a lock held across the
+        // fork would hang it until its alarm.
+        hop_test::for_each_backend([](hop::backend b) {
+            stall_log log(1ms);
+            hop_test::running_loop rl(b);
+            std::atomic<bool> started{false};
+            std::atomic<bool> forked{false};
+            rl.loop().post([&started, &forked] {
+                sigset_t sig;
+                sigemptyset(&sig);
+                sigaddset(&sig, SIGRTMIN + 5);  // the stall signal (metrics.hpp)
+                ::pthread_sigmask(SIG_BLOCK, &sig, nullptr);
+                started.store(true);
+                hop_test_spinning_handler(std::chrono::milliseconds(0), forked);
+                ::pthread_sigmask(SIG_UNBLOCK, &sig, nullptr);
+            });
+            REQUIRE(eventually([&] { return started.load(); }));
+            const unsigned alarm_s = static_cast<unsigned>(scaled(std::chrono::seconds(10)).count());
+            constexpr int children = 20;
+            int ok = 0;
+            for (int i = 0; i < children; ++i) {
+                std::fflush(nullptr);
+                const pid_t pid = ::fork();
+                REQUIRE(pid >= 0);
+                if (pid == 0) {
+                    ::alarm(alarm_s);  // a hang becomes SIGALRM
+                    int code = 1;
+                    try {
+                        hop::io_loop child{hop_test::options_for(b)};
+                        bool listed = false;
+                        for (const auto& l : hop::metrics::read().loops) listed = listed || l.id == child.id();
+                        std::atomic<bool> ran{false};
+                        child.post([&ran] { ran.store(true); });
+                        child.run_once();
+                        code = listed && ran.load() ? 0 : 2;
+                    } catch (...) {
+                        code = 3;
+                    }
+                    std::_Exit(code);
+                }
+                int status = 0;
+                while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+                }
+                INFO("child " << i << ": wait status " << status);
+                CHECK(WIFEXITED(status));
+                if (WIFEXITED(status) && WEXITSTATUS(status) == 0) ++ok;
+            }
+            forked.store(true);
+            CHECK(ok == children);
+            REQUIRE(eventually([&] { return !log.about(rl.loop()).empty(); }));
+            CHECK(figures_of(rl.loop()).stalls == 1);
         });
     }
 

@@ -217,24 +217,28 @@ inline constexpr std::string_view prometheus_content_type = "text/plain; version
 
 }  // namespace metrics
 
-/// The stall threshold, 0 (off) unless set: a loop whose one handler (a
+/// The stall threshold, 100 ms unless set: a loop whose one handler (a
 /// coroutine step, a posted callable, a timer) runs longer is reported once
 /// per handler, with a backtrace of the loop thread taken while it is still
 /// held, by a watchdog thread that looks at every loop every threshold / 4.
 /// The backtrace is taken by a signal (SIGRTMIN + 5) sent to the loop
 /// thread; a program that handles that signal itself keeps its handler and
 /// gets reports without a backtrace. Function names come from the symbol
-/// tables of the program and its libraries (.symtab, else .dynsym): a
-/// stripped program shows offsets for its own functions.
+/// tables of the program and its libraries (.symtab, else .dynsym), read
+/// when the watchdog starts and when libraries are loaded, never while a
+/// report is taken (a report opens no file): a stripped program shows
+/// offsets for its own functions.
 ///
-/// Off by default for now: the watchdog's scans take the loop registry's
-/// lock, which a fork() from another thread can leave held in the child
-/// (fork handlers are not in yet), and its symbolizer opens files, which a
-/// process at its descriptor limit has none for. 100 ms is the value to
-/// use: a handler normally runs for microseconds, so 100 ms is a loop held
-/// thousands of times too long, and a delay a user sees (as asyncio's
+/// 100 ms: a handler normally runs for microseconds, so 100 ms is a loop
+/// held thousands of times too long, and a delay a user sees (as asyncio's
 /// slow_callback_duration); it stays above what a preempted thread on a
 /// busy machine loses (a few scheduler slices).
+///
+/// fork(): the watchdog's locks are taken around a fork (pthread_atfork),
+/// so the child finds none held. A forked child has no watchdog thread
+/// until it calls set_stall_threshold (a fork is often followed by exec,
+/// and some tools refuse threads started in the child of a threaded
+/// process); its loops are counted as usual.
 /// @param threshold 0: the detector is off.
 /// @throws std::invalid_argument if `threshold` is negative (naming it).
 void set_stall_threshold(std::chrono::milliseconds threshold);
