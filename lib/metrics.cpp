@@ -567,13 +567,22 @@ void start_watchdog(bool asked) {
         ::pthread_atfork(&fork_prepare, &fork_parent, &fork_child);
     });
     auto& r = loops();
-    std::lock_guard lock(r.mutex);
-    if (g_watchdog_running || !(g_watchdog_auto || asked)) return;
+    {
+        std::lock_guard lock(r.mutex);
+        if (g_watchdog_running || !(g_watchdog_auto || asked)) return;
+        g_watchdog_running = true;
+    }
+    // The symbol tables are read here, on the thread making the first loop,
+    // before the program goes on: a program that lowers its descriptor
+    // limit next (or uses its last descriptors) finds the files closed
+    // again, and the watchdog opens none later unless libraries are loaded.
+    if (g_threshold_ms.load(std::memory_order_acquire) != 0) load_new_symbols();
     try {
         std::thread(&watchdog_main, &watchdog()).detach();
-        g_watchdog_running = true;
     } catch (const std::system_error&) {
         // No thread for the watchdog: stalls go unreported.
+        std::lock_guard lock(r.mutex);
+        g_watchdog_running = false;
     }
 }
 }  // namespace
