@@ -353,6 +353,21 @@ inline void print_row(const std::string& name, double hop, double asio, better b
     std::printf("%-46s | %14.*f | %14.*f | %6.2fx\n", name.c_str(), decimals, hop, decimals, asio, ratio);
 }
 
+/// The header of a table of hop with hop::metrics counting against hop with
+/// it switched off (hop::metrics::set_enabled), in the same run.
+inline void print_overhead_header(const char* title) {
+    std::printf("\n%s\n", title);
+    std::printf("%-46s | %14s | %14s | %7s\n", "benchmark", "metrics on", "metrics off", "on/off");
+    std::printf("%s\n", std::string(46 + 3 + 14 + 3 + 14 + 3 + 7, '-').c_str());
+}
+
+/// "name | on | off | on/off": the ratio is the cost of counting (above 1:
+/// slower or more CPU with metrics on), whichever way the figure goes.
+inline void print_overhead_row(const std::string& name, double on, double off, better b, int decimals = 1) {
+    const double cost = b == better::lower ? on / off : off / on;
+    std::printf("%-46s | %14.*f | %14.*f | %6.3fx\n", name.c_str(), decimals, on, decimals, off, cost);
+}
+
 /// A row where hop and asio share one figure (a common baseline).
 inline void print_note_row(const std::string& name, double value, int decimals = 1) {
     std::printf("%-46s | %14.*f | %14.*f | %7s\n", name.c_str(), decimals, value, decimals, value, "-");

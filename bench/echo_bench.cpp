@@ -13,6 +13,9 @@
 //                close; wall time until every server session has ended
 //   idle_memory  N idle connections (2N sockets in the process), each server
 //                session waiting in read_some: RSS growth / N
+//   metrics      hop only: "one" and "hundred" with hop::metrics counting
+//                against switched off (hop::metrics::set_enabled(false) in
+//                the child before its loop exists): what the figures cost
 //
 // Each side runs in its own child process (bench::run_rounds), rounds
 // interleaved; every figure is the median over the rounds.
@@ -34,7 +37,7 @@
 
 namespace {
 
-constexpr const char* sections[] = {"one", "hundred", "ten_k", "idle_memory"};
+constexpr const char* sections[] = {"one", "hundred", "ten_k", "idle_memory", "metrics"};
 
 constexpr std::size_t msg_size = 64;
 // The listen backlog on both sides (the kernel caps it at somaxconn).
@@ -445,7 +448,7 @@ const char* label(hop::backend b) { return b == hop::backend::io_uring ? "io_uri
 }  // namespace
 
 int main(int argc, char** argv) try {
-    auto opt = bench::parse_options(argc, argv, {sections[0], sections[1], sections[2], sections[3]});
+    auto opt = bench::parse_options(argc, argv, {sections[0], sections[1], sections[2], sections[3], sections[4]});
     const std::size_t rounds = opt.quick ? 1 : 3;
     const bool uring = uring_available();
     const std::size_t hard = fd_hard_limit();
@@ -544,6 +547,43 @@ int main(int argc, char** argv) try {
             auto bytes = [](const bench::measured& m) { return m.s.value; };
             bench::print_row(std::string("bytes per idle connection [hop ") + label(b) + "]", bench::median_of(r[0], bytes),
                              bench::median_of(r[1], bytes), bench::better::lower, 0);
+        }
+    }
+    if (opt.wants("metrics")) {
+        // More rounds than the other sections: the difference sought is a
+        // few percent at most, less than a shared machine's drift between
+        // two runs, so on and off alternate and the medians are compared.
+        const std::size_t metric_rounds = opt.quick ? 1 : 7;
+        struct load {
+            std::string title;
+            std::size_t conns, rts_each;
+        };
+        const std::size_t one_n = opt.quick ? 5'000 : 200'000;
+        const std::size_t hundred_n = opt.quick ? 200 : 2'000;
+        const load loads[] = {{"one connection, " + std::to_string(one_n) + " round trips", 1, one_n},
+                              {"100 connections, " + std::to_string(hundred_n) + " round trips each", 100, hundred_n}};
+        bench::print_overhead_header(("hop::metrics on against off, same run, " + std::to_string(metric_rounds) +
+                                      " rounds each, median shown")
+                                         .c_str());
+        for (const load& l : loads) {
+            const double rts = static_cast<double>(l.conns * l.rts_each);
+            for (auto b : backends) {
+                auto hop_make = [&l](hop::io_loop* loop) { return hop_pingpong(loop, l.conns, l.rts_each); };
+                auto r = bench::run_rounds(
+                    metric_rounds, [&] { return hop_side(b, hop_make); },
+                    [&] {
+                        hop::metrics::set_enabled(false);
+                        return hop_side(b, hop_make);
+                    });
+                if (r[0].front().s.check != r[1].front().s.check) throw std::runtime_error("the two runs echoed different bytes");
+                auto rate = [&](const bench::measured& m) { return rts / m.s.seconds; };
+                auto cpu = [&](const bench::measured& m) { return per_rt(m.s.user_seconds + m.s.system_seconds, rts); };
+                const std::string tag = std::string(" [") + label(b) + ", " + (l.conns == 1 ? "1" : "100") + " conn]";
+                bench::print_overhead_row("round trips/s" + tag, bench::median_of(r[0], rate), bench::median_of(r[1], rate),
+                                          bench::better::higher, 0);
+                bench::print_overhead_row("CPU us/round trip" + tag, bench::median_of(r[0], cpu),
+                                          bench::median_of(r[1], cpu), bench::better::lower, 3);
+            }
         }
     }
     return 0;

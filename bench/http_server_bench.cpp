@@ -13,9 +13,13 @@
 //    accept mode (least_loaded, reuse_port), against nginx with as many
 //    workers (one shared listener, as nginx does by default, and with
 //    `listen ... reuseport`): `wrk -t<loops> -c100`.
+// 3. what hop::metrics costs: case 1's hop server twice, one counting and
+//    one with hop::metrics::set_enabled(false), loaded in turn (wrk -t1
+//    -c100, --metrics-rounds runs each, default 5), median requests/s of
+//    each and their ratio. --only-metrics runs this case alone.
 //
 //   http_server_bench [--quick] [--backend auto|io_uring|epoll] [--connections N] [--duration S] [--loops N]
-//                     [--settle S] [--idle-trim MS]
+//                     [--settle S] [--idle-trim MS] [--only-metrics] [--metrics-rounds N]
 //
 // Each server runs in its own process: hop in a forked child of this
 // program, nginx as itself (a config in a temporary directory, `daemon
@@ -28,6 +32,7 @@
 #include "../tests/support/nginx.hpp"
 
 #include <hop/http.hpp>
+#include <hop/metrics.hpp>
 #include <hop/io_loop.hpp>
 #include <hop/io_pool.hpp>
 
@@ -71,6 +76,8 @@ struct bench_options {
     std::size_t loops = 2;  // the pool case
     int settle_s = 8;       // idle after the connections close, before VmRSS is read
     long idle_trim_ms = -1;  // hop's io_loop_options::idle_trim; -1: its default
+    bool only_metrics = false;
+    int metrics_rounds = 5;
 };
 
 bench_options parse(int argc, char** argv) {
@@ -105,6 +112,11 @@ bench_options parse(int argc, char** argv) {
             if (o.idle_trim_ms < 0) throw std::invalid_argument("--idle-trim: expected 0 or more milliseconds");
         } else if (a == "--duration") {
             o.duration_s = std::stoi(value());
+        } else if (a == "--only-metrics") {
+            o.only_metrics = true;
+        } else if (a == "--metrics-rounds") {
+            o.metrics_rounds = std::stoi(value());
+            if (o.metrics_rounds < 1 || o.metrics_rounds > 100) throw std::invalid_argument("--metrics-rounds: expected 1 to 100");
         } else if (a == "--loops") {
             o.loops = std::stoul(value());
             if (o.loops < 1 || o.loops > 256) throw std::invalid_argument("--loops: expected 1 to 256");
@@ -132,7 +144,7 @@ long rss_kib(pid_t pid) {
 /// loops (serve(pool)) spreading connections by `mode`. SIGTERM stops it
 /// (gracefully).
 pid_t start_hop(hop::backend backend, std::size_t loops, hop::accept_mode mode, std::uint16_t& port,
-                long idle_trim_ms = -1) {
+                long idle_trim_ms = -1, bool metrics = true) {
     int pipe_fd[2];
     if (::pipe(pipe_fd) != 0) throw std::runtime_error("pipe failed");
     std::fflush(nullptr);
@@ -151,6 +163,7 @@ pid_t start_hop(hop::backend backend, std::size_t loops, hop::accept_mode mode, 
         sigemptyset(&sigs);
         sigaddset(&sigs, SIGTERM);
         pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+        hop::metrics::set_enabled(metrics);  // before any loop or server exists
         const std::string body(body_size, 'x');
         auto handler = [&body](hop::http::request&) -> hop::task<hop::http::response> {
             hop::http::response r;
@@ -398,7 +411,7 @@ int main(int argc, char** argv) {
                     static_cast<std::size_t>(std::max(1u, std::thread::hardware_concurrency())), load_average().c_str());
 
         // ---- 1. one loop against one worker --------------------------------------
-        {
+        if (!o.only_metrics) {
             std::uint16_t hop_port = 0;
             const pid_t hop_pid = start_hop(o.backend, 0, hop::accept_mode::least_loaded, hop_port);
             auto nginx = start_nginx(1, false);
@@ -422,7 +435,7 @@ int main(int argc, char** argv) {
         }
 
         // ---- 1b. memory: idle keep-alive connections, and after they close ------
-        {
+        if (!o.only_metrics) {
             std::printf("\nmemory: %zu idle keep-alive connections (one request each), then all closed and the "
                         "server idle %d s; VmRSS\n",
                         o.idle_connections, o.settle_s);
@@ -452,7 +465,7 @@ int main(int argc, char** argv) {
         }
 
         // ---- 2. every core: an io_pool against nginx's workers -------------------
-        {
+        if (!o.only_metrics) {
             const std::size_t k = o.loops;
             std::uint16_t least_port = 0, reuse_port = 0;
             const pid_t least_pid = start_hop(o.backend, k, hop::accept_mode::least_loaded, least_port);
@@ -487,6 +500,43 @@ int main(int argc, char** argv) {
             stop(reuse_pid);
             shared.reset();
             per_worker.reset();
+        }
+
+        // ---- 3. what hop::metrics costs ------------------------------------------
+        {
+            std::uint16_t on_port = 0, off_port = 0;
+            const pid_t on_pid = start_hop(o.backend, 0, hop::accept_mode::least_loaded, on_port, -1, true);
+            const pid_t off_pid = start_hop(o.backend, 0, hop::accept_mode::least_loaded, off_port, -1, false);
+            std::printf("\nhop::metrics on against off: 1 loop each, wrk -t1 -c100 -d%ds, in turn, %d runs each, "
+                        "median shown\n",
+                        o.duration_s, o.metrics_rounds);
+            run_wrk(on_port, 1);
+            run_wrk(off_port, 1);
+            std::vector<double> on_rps, off_rps, on_p99, off_p99;
+            for (int r = 0; r < o.metrics_rounds; ++r) {
+                // Alternate which goes first, so drift over a round favours neither.
+                const bool on_first = r % 2 == 0;
+                for (int k = 0; k < 2; ++k) {
+                    const bool on = (k == 0) == on_first;
+                    const wrk_result w = run_wrk(on ? on_port : off_port, o.duration_s);
+                    if (!w.errors.empty()) std::printf("wrk errors (metrics %s): %s\n", on ? "on" : "off", w.errors.c_str());
+                    (on ? on_rps : off_rps).push_back(w.requests_per_s);
+                    (on ? on_p99 : off_p99).push_back(w.p99_ms);
+                }
+            }
+            auto median = [](std::vector<double> v) {
+                std::sort(v.begin(), v.end());
+                const std::size_t n = v.size();
+                return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+            };
+            std::printf("%-28s | %12s | %12s | %s\n", "", "metrics on", "metrics off", "on/off");
+            const double ron = median(on_rps), roff = median(off_rps);
+            const double pon = median(on_p99), poff = median(off_p99);
+            std::printf("%-28s | %12.0f | %12.0f | %.3f\n", "requests/s", ron, roff, ron / roff);
+            std::printf("%-28s | %12.2f | %12.2f | %.3f\n", "p99 latency (ms)", pon, poff, pon / poff);
+            std::printf("(requests/s cost of counting: %.2f%%)\n", (1.0 - ron / roff) * 100.0);
+            stop(on_pid);
+            stop(off_pid);
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "http_server_bench: %s\n", e.what());

@@ -25,6 +25,7 @@
 #include <hop/detail/fork.hpp>
 #include <hop/detail/spawned.hpp>
 
+#include "metrics_impl.hpp"
 #include "spin.hpp"
 
 #include <algorithm>
@@ -37,7 +38,9 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 namespace hop {
 
@@ -167,6 +170,13 @@ public:
         return m_top.load(std::memory_order_seq_cst) >= m_bottom.load(std::memory_order_seq_cst);
     }
 
+    /// Any thread: how many items it holds, as of a moment (for metrics).
+    std::uint64_t size_hint() const {
+        const auto t = m_top.load(std::memory_order_relaxed);
+        const auto b = m_bottom.load(std::memory_order_relaxed);
+        return b > t ? static_cast<std::uint64_t>(b - t) : 0;
+    }
+
 private:
     struct ring {
         explicit ring(std::int64_t cap) : capacity(cap), slots(new std::atomic<work_item*>[static_cast<std::size_t>(cap)]) {}
@@ -255,6 +265,8 @@ struct cpu_pool::impl {
         std::uint64_t rng = 0;
         std::size_t next_shard = 0;  // where pop_injected looks first
         std::thread thread;
+        // hop::metrics: written by this worker only, summed when read.
+        detail::relaxed_counter jobs, steals, parks;
     };
 
     cpu_pool* owner = nullptr;
@@ -385,7 +397,10 @@ struct cpu_pool::impl {
             for (std::size_t k = 0; k < n; ++k) {
                 auto& victim = *workers[(start + k) % n];
                 if (&victim == &self) continue;
-                if (auto* w = victim.deque.steal()) return w;
+                if (auto* w = victim.deque.steal()) {
+                    self.steals.add();
+                    return w;
+                }
             }
         }
         return nullptr;
@@ -475,6 +490,7 @@ struct cpu_pool::impl {
                 return;
             }
         }
+        self.parks.add();
         while (self.wake.load(std::memory_order_acquire) == 0) detail::futex_wait(self.wake, 0);
         self.wake.store(0, std::memory_order_relaxed);
         self.searching = true;  // the waker counted us
@@ -544,6 +560,7 @@ struct cpu_pool::impl {
             }
             if (w) {
                 stop_searching(self);
+                self.jobs.add();
                 w->run(w);
                 continue;
             }
@@ -578,6 +595,36 @@ struct cpu_pool::impl {
 
 [[gnu::tls_model("initial-exec")]] thread_local cpu_pool::impl::worker* cpu_pool::impl::tl_worker = nullptr;
 [[gnu::tls_model("initial-exec")]] thread_local cpu_pool::impl* cpu_pool::impl::tl_pool = nullptr;
+
+namespace {
+// hop::metrics: the live pools (detail::read_cpu_pools), each with the
+// function that sums its workers' figures.
+struct pool_entry {
+    const void* pool;
+    std::uint64_t id;
+    detail::cpu_pool_counts (*read)(const void*);
+};
+struct pool_list {
+    std::mutex mutex;
+    std::vector<pool_entry> live;
+    std::uint64_t next_id = 0;
+};
+pool_list& live_pools() {
+    static auto* l = new pool_list;  // never destroyed: pools may outlive static destruction (cpu())
+    return *l;
+}
+}  // namespace
+
+std::vector<detail::cpu_pool_counts> detail::read_cpu_pools() {
+    std::vector<cpu_pool_counts> out;
+    auto& l = live_pools();
+    std::lock_guard lock(l.mutex);
+    for (const pool_entry& e : l.live) {
+        out.push_back(e.read(e.pool));
+        out.back().id = e.id;
+    }
+    return out;
+}
 
 cpu_pool::cpu_pool() : cpu_pool(std::max(1u, std::thread::hardware_concurrency())) {}
 
@@ -617,9 +664,31 @@ cpu_pool::cpu_pool(std::size_t threads) : m_impl(std::make_unique<impl>()) {
             throw;
         }
     }
+    auto& l = live_pools();
+    std::lock_guard lock(l.mutex);
+    l.live.push_back({&i, ++l.next_id, [](const void* p) {
+                          const auto& pool = *static_cast<const impl*>(p);
+                          detail::cpu_pool_counts c;
+                          c.threads = pool.workers.size();
+                          for (const auto& w : pool.workers) {
+                              c.jobs += w->jobs.get();
+                              c.steals += w->steals.get();
+                              c.parks += w->parks.get();
+                              c.queued += w->deque.size_hint();
+                          }
+                          for (std::size_t k = 0; k < pool.shard_count; ++k) {
+                              c.queued += pool.shards[k].len.load(std::memory_order_relaxed);
+                          }
+                          return c;
+                      }});
 }
 
 cpu_pool::~cpu_pool() {
+    {
+        auto& l = live_pools();
+        std::lock_guard lock(l.mutex);
+        std::erase_if(l.live, [this](const pool_entry& e) { return e.pool == m_impl.get(); });
+    }
     shutdown(true);
     auto& i = *m_impl;
     if (impl::tl_pool == &i) {

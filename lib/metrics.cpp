@@ -21,12 +21,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <charconv>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <thread>
 #include <map>
@@ -34,6 +36,8 @@
 #include <utility>
 
 namespace hop::detail {
+
+std::atomic<bool> g_counting{true};
 
 namespace {
 
@@ -50,7 +54,7 @@ loop_registry& loops() {
     return *r;
 }
 
-void start_watchdog();
+void start_watchdog(bool asked = false);
 
 // ---- per-thread blocks ---------------------------------------------------------
 
@@ -59,15 +63,25 @@ constexpr std::array<double, 14> duration_bounds{0.0005, 0.001, 0.0025, 0.005, 0
                                                  0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 constexpr std::size_t counter_count = static_cast<std::size_t>(counter::count_);
 
+constexpr std::size_t histogram_count = static_cast<std::size_t>(histogram_id::count_);
+
+struct thread_histogram {
+    relaxed_counter buckets[duration_bounds.size() + 1];
+    relaxed_counter sum_ns;
+};
+
 struct thread_block {
     relaxed_counter counters[counter_count];
-    relaxed_counter buckets[duration_bounds.size() + 1];
-    relaxed_counter duration_ns;
+    thread_histogram histograms[histogram_count];
 
     void add_to(thread_block& total) const noexcept {
-        for (std::size_t i = 0; i < counter_count; ++i) total.counters[i].add(counters[i].get());
-        for (std::size_t i = 0; i < std::size(buckets); ++i) total.buckets[i].add(buckets[i].get());
-        total.duration_ns.add(duration_ns.get());
+        for (std::size_t i = 0; i < counter_count; ++i) total.counters[i].add_always(counters[i].get());
+        for (std::size_t h = 0; h < histogram_count; ++h) {
+            const thread_histogram& from = histograms[h];
+            thread_histogram& to = total.histograms[h];
+            for (std::size_t i = 0; i < std::size(from.buckets); ++i) to.buckets[i].add_always(from.buckets[i].get());
+            to.sum_ns.add_always(from.sum_ns.get());
+        }
     }
 };
 
@@ -125,12 +139,13 @@ thread_block& local_block() {
 
 void count(counter c, std::uint64_t n) noexcept { local_block().counters[static_cast<std::size_t>(c)].add(n); }
 
-void observe_http_duration(std::chrono::nanoseconds d) noexcept {
-    thread_block& b = local_block();
+void observe(histogram_id h, std::chrono::nanoseconds d) noexcept {
+    if (!counting()) return;
+    thread_histogram& b = local_block().histograms[static_cast<std::size_t>(h)];
     const double s = std::chrono::duration<double>(d).count();
     const auto it = std::lower_bound(duration_bounds.begin(), duration_bounds.end(), s);
     b.buckets[static_cast<std::size_t>(it - duration_bounds.begin())].add();
-    b.duration_ns.add(static_cast<std::uint64_t>(d.count() < 0 ? 0 : d.count()));
+    b.sum_ns.add(static_cast<std::uint64_t>(d.count() < 0 ? 0 : d.count()));
 }
 
 void register_loop(loop_core& c) noexcept {
@@ -160,7 +175,7 @@ void unregister_loop(loop_core& c) noexcept {
 
 namespace {
 
-std::atomic<std::int64_t> g_threshold_ms{0};  // off until set (see metrics.hpp)
+std::atomic<std::int64_t> g_threshold_ms{100};  // see metrics.hpp
 std::atomic<std::uint64_t> g_scans{0};
 
 struct log_sink {
@@ -205,11 +220,14 @@ void on_stall_signal(int) {
 struct elf_function {
     std::uintptr_t start = 0;
     std::uintptr_t size = 0;
-    std::string name;
+    const char* name = nullptr;  // in the file's mapping, kept for good
+    std::size_t name_len = 0;
 };
 
 // The functions of the ELF file at `path`, sorted by address (link-time
-// addresses); empty if it cannot be read.
+// addresses); empty if it cannot be read. The file stays mapped (read-only,
+// paged in as names are read) while any are found: a report reads names
+// from it without opening anything.
 std::vector<elf_function> read_functions(const std::string& path) {
     std::vector<elf_function> out;
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -244,12 +262,12 @@ std::vector<elf_function> read_functions(const std::string& path) {
                 const Elf64_Sym& s = syms[i];
                 if (ELF64_ST_TYPE(s.st_info) != STT_FUNC || s.st_value == 0 || s.st_name >= strings.sh_size) continue;
                 const char* name = reinterpret_cast<const char*>(base + strings.sh_offset + s.st_name);
-                out.push_back({static_cast<std::uintptr_t>(s.st_value), static_cast<std::uintptr_t>(s.st_size),
-                               std::string(name, ::strnlen(name, strings.sh_size - s.st_name))});
+                out.push_back({static_cast<std::uintptr_t>(s.st_value), static_cast<std::uintptr_t>(s.st_size), name,
+                               ::strnlen(name, strings.sh_size - s.st_name)});
             }
         }
     }
-    ::munmap(map, size);
+    if (out.empty()) ::munmap(map, size);
     std::sort(out.begin(), out.end(), [](const elf_function& a, const elf_function& b) { return a.start < b.start; });
     return out;
 }
@@ -276,11 +294,47 @@ std::string hex(std::uintptr_t v) {
     return "0x" + std::string(buf, r.ptr);
 }
 
+// The symbol tables of the loaded objects, by the name the dynamic linker
+// gives them ("" is the program). Watchdog thread only. Read when the
+// watchdog starts and again between scans when objects were loaded (never
+// while a report is taken: the report opens no files, so a process at its
+// descriptor limit is reported as well as any).
+std::map<std::string, std::vector<elf_function>>& symbol_cache() {
+    static auto* c = new std::map<std::string, std::vector<elf_function>>;
+    return *c;
+}
+
+// Reads the symbol tables of objects loaded since the last call.
+void load_new_symbols() {
+    static unsigned long long seen_adds = ~0ull;
+    struct walk {
+        unsigned long long adds = 0;
+        std::vector<std::string> names;
+    } w;
+    ::dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t size, void* arg) -> int {
+            auto& w = *static_cast<walk*>(arg);
+            if (size >= offsetof(dl_phdr_info, dlpi_adds) + sizeof info->dlpi_adds) w.adds = info->dlpi_adds;
+            w.names.emplace_back(info->dlpi_name != nullptr ? info->dlpi_name : "");
+            return 0;
+        },
+        &w);
+    if (w.adds == seen_adds) return;
+    seen_adds = w.adds;
+    auto& cache = symbol_cache();
+    for (const std::string& name : w.names) {
+        if (cache.count(name) != 0) continue;
+        // The vDSO has no file; the program is "" (read through /proc/self/exe).
+        cache.emplace(name, name.empty() ? read_functions("/proc/self/exe")
+                                         : (name.front() == '/' ? read_functions(name) : std::vector<elf_function>{}));
+    }
+}
+
 // "function+0x1f", or "object+0x1234" where no symbol covers the address.
 // `return_address`: the frame's address is after a call, so the call
-// itself (one byte earlier) is what is looked up.
+// itself (one byte earlier) is what is looked up. Opens no file.
 std::string describe_frame(void* frame, bool return_address) {
-    static std::map<std::string, std::vector<elf_function>> cache;  // watchdog thread only
+    const auto& cache = symbol_cache();
     const auto addr = reinterpret_cast<std::uintptr_t>(frame) - (return_address ? 1 : 0);
     Dl_info info{};
     link_map* lm = nullptr;
@@ -288,17 +342,18 @@ std::string describe_frame(void* frame, bool return_address) {
         lm == nullptr) {
         return hex(reinterpret_cast<std::uintptr_t>(frame));
     }
-    const std::string path = lm->l_name != nullptr && lm->l_name[0] != '\0' ? lm->l_name : "/proc/self/exe";
-    auto it = cache.find(path);
-    if (it == cache.end()) it = cache.emplace(path, read_functions(path)).first;
+    static const std::vector<elf_function> none;
+    const auto it = cache.find(lm->l_name != nullptr ? lm->l_name : "");
     const std::uintptr_t rel = addr - lm->l_addr;
-    const auto& fns = it->second;
+    const auto& fns = it != cache.end() ? it->second : none;
     auto f = std::upper_bound(fns.begin(), fns.end(), rel,
                               [](std::uintptr_t a, const elf_function& e) { return a < e.start; });
     const std::uintptr_t offset = rel + (return_address ? 1 : 0);
     if (f != fns.begin()) {
         --f;
-        if (rel < f->start + std::max<std::uintptr_t>(f->size, 1)) return demangle(f->name) + "+" + hex(offset - f->start);
+        if (rel < f->start + std::max<std::uintptr_t>(f->size, 1)) {
+            return demangle(std::string(f->name, f->name_len)) + "+" + hex(offset - f->start);
+        }
     }
     if (info.dli_sname != nullptr && info.dli_saddr != nullptr) {
         return demangle(info.dli_sname) + "+" + hex(reinterpret_cast<std::uintptr_t>(frame) -
@@ -308,17 +363,24 @@ std::string describe_frame(void* frame, bool return_address) {
     return std::string(object ? object + 1 : (info.dli_fname ? info.dli_fname : "?")) + "+" + hex(offset);
 }
 
-// Stack of the thread `thread` while it is still held, symbolized; "" if
-// it could not be taken (the program handles the signal itself, or the
-// thread did not answer within a bound).
-std::string capture_backtrace(unsigned long thread) {
-    if (!g_handler_installed || thread == 0) return {};
+// Asks the loop thread `thread` for its stack (the stall signal); false if
+// it cannot be asked (the program handles the signal itself). Called with
+// the loop registry's lock held: the loop is registered, so its thread is
+// alive.
+bool request_backtrace(unsigned long thread) {
+    if (!g_handler_installed || thread == 0) return false;
     g_capture_target.store(thread, std::memory_order_release);
     g_capture.store(cap_requested, std::memory_order_release);
     if (::pthread_kill(static_cast<pthread_t>(thread), stall_signal()) != 0) {
         g_capture.store(cap_idle, std::memory_order_release);
-        return {};
+        return false;
     }
+    return true;
+}
+
+// The stack request_backtrace asked for, symbolized; "" if the thread did
+// not answer within a bound. Takes no lock and opens no file.
+std::string take_backtrace() {
     // The handler runs when the kernel next schedules the thread (at once,
     // unless the machine is very busy or a sanitizer defers the signal).
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
@@ -366,17 +428,40 @@ struct watchdog_state {
         std::chrono::steady_clock::time_point since{};
         bool reported = false;
     };
-    std::unordered_map<loop_core*, entry> seen;
+    std::unordered_map<loop_core*, entry> seen;  // watchdog thread only
 };
 
+// Replaced in a forked child (fork_child): the parent's watchdog thread is
+// not there, and a condition variable it waited on is not safe to use.
+std::atomic<watchdog_state*> g_watchdog{nullptr};
+
 watchdog_state& watchdog() {
-    static auto* w = new watchdog_state;
-    return *w;
+    static const bool made = [] {
+        g_watchdog.store(new watchdog_state, std::memory_order_release);
+        return true;
+    }();
+    (void)made;
+    return *g_watchdog.load(std::memory_order_acquire);
 }
 
+// Whether this process has its watchdog thread, and whether a loop made
+// starts it (under loops().mutex). A forked child has none until it calls
+// set_stall_threshold: a fork is often followed by exec, and a thread
+// started in the child of a threaded process is what some tools refuse
+// (ThreadSanitizer's die_after_fork).
+bool g_watchdog_running = false;
+bool g_watchdog_auto = true;
+
+// One scan: the loops are looked at under the registry's lock, and the
+// first newly stalled one has its stack asked for there (its thread is
+// alive while it is registered); the lock is let go before the stack is
+// awaited, symbolized and logged, so a fork() or a loop made or destroyed
+// meanwhile waits for nothing slow. Another loop stalled in the same scan
+// is reported at the next.
 void scan(std::chrono::milliseconds threshold) {
     auto& w = watchdog();
-    std::vector<std::string> lines;
+    std::string head;
+    bool asked = false;
     {
         auto& r = loops();
         std::lock_guard lock(r.mutex);
@@ -391,26 +476,27 @@ void scan(std::chrono::milliseconds threshold) {
             watchdog_state::entry e = it != w.seen.end() && it->second.id == id ? it->second : watchdog_state::entry{};
             if (e.id != id || !busy || e.progress != progress) {
                 e = {id, progress, now, false};
-            } else if (!e.reported && now - e.since >= threshold) {
+            } else if (!e.reported && head.empty() && now - e.since >= threshold) {
                 e.reported = true;
                 const auto held = std::chrono::duration_cast<std::chrono::milliseconds>(now - e.since);
-                const std::string where = capture_backtrace(sw.thread.load(std::memory_order_relaxed));
                 c->stats().stalls.fetch_add(1, std::memory_order_relaxed);
-                lines.push_back("hop: stall: io_loop #" + std::to_string(id) + " (" + c->backend_label() +
-                                ") has run one handler for " + std::to_string(held.count()) +
-                                " ms (threshold " + std::to_string(threshold.count()) + " ms); backtrace: " +
-                                (where.empty() ? std::string("(not available)") : where));
+                asked = request_backtrace(sw.thread.load(std::memory_order_relaxed));
+                head = "hop: stall: io_loop #" + std::to_string(id) + " (" + c->backend_label() +
+                       ") has run one handler for " + std::to_string(held.count()) + " ms (threshold " +
+                       std::to_string(threshold.count()) + " ms); backtrace: ";
             }
             next.emplace(c, e);
         }
         w.seen = std::move(next);
     }
     g_scans.fetch_add(1, std::memory_order_release);
-    for (const auto& l : lines) emit(l);
+    if (head.empty()) return;
+    const std::string where = asked ? take_backtrace() : std::string();
+    emit(head + (where.empty() ? std::string("(not available)") : where));
 }
 
-void watchdog_main() {
-    auto& w = watchdog();
+void watchdog_main(watchdog_state* state) {
+    auto& w = *state;
     std::unique_lock lock(w.mutex);
     for (;;) {
         const auto threshold = std::chrono::milliseconds(g_threshold_ms.load(std::memory_order_acquire));
@@ -421,12 +507,45 @@ void watchdog_main() {
         const auto period = std::max(std::chrono::milliseconds(1), threshold / 4);
         w.cv.wait_for(lock, period);
         lock.unlock();
+        load_new_symbols();  // between scans: never while a report is taken
         scan(threshold);
         lock.lock();
     }
 }
 
-void start_watchdog() {
+// fork(): the registries' locks are taken before it and let go after, in
+// the parent and the child, so the child finds none held by a thread it
+// does not have. The child has no watchdog thread: it gets a fresh state,
+// and its first loop starts its own.
+void fork_prepare() noexcept {
+    sink().mutex.lock();
+    watchdog().mutex.lock();
+    loops().mutex.lock();
+    blocks().mutex.lock();
+}
+void fork_parent() noexcept {
+    blocks().mutex.unlock();
+    loops().mutex.unlock();
+    watchdog().mutex.unlock();
+    sink().mutex.unlock();
+}
+void fork_child() noexcept {
+    blocks().mutex.unlock();
+    loops().mutex.unlock();
+    // The old state's mutex stays locked and its condition variable unused
+    // (the parent's watchdog thread waited on it): left behind.
+    if (auto* fresh = new (std::nothrow) watchdog_state) {
+        g_watchdog.store(fresh, std::memory_order_release);
+        g_watchdog_running = false;
+        g_watchdog_auto = false;
+    }  // else the child goes without a watchdog
+    g_capture.store(cap_idle, std::memory_order_relaxed);
+    sink().mutex.unlock();
+}
+
+// Starts the watchdog thread if the process has none: at its first loop,
+// or (`asked`) from set_stall_threshold.
+void start_watchdog(bool asked) {
     static std::once_flag once;
     std::call_once(once, [] {
         // backtrace() loads libgcc's unwinder at its first call, which is not
@@ -442,14 +561,30 @@ void start_watchdog() {
             sigemptyset(&sa.sa_mask);
             g_handler_installed = ::sigaction(stall_signal(), &sa, nullptr) == 0;
         }
-        try {
-            std::thread(&watchdog_main).detach();
-        } catch (const std::system_error&) {
-            // No thread for the watchdog: stalls go unreported.
-        }
+        (void)watchdog();
+        (void)sink();
+        (void)blocks();
+        ::pthread_atfork(&fork_prepare, &fork_parent, &fork_child);
     });
+    auto& r = loops();
+    {
+        std::lock_guard lock(r.mutex);
+        if (g_watchdog_running || !(g_watchdog_auto || asked)) return;
+        g_watchdog_running = true;
+    }
+    // The symbol tables are read here, on the thread making the first loop,
+    // before the program goes on: a program that lowers its descriptor
+    // limit next (or uses its last descriptors) finds the files closed
+    // again, and the watchdog opens none later unless libraries are loaded.
+    if (g_threshold_ms.load(std::memory_order_acquire) != 0) load_new_symbols();
+    try {
+        std::thread(&watchdog_main, &watchdog()).detach();
+    } catch (const std::system_error&) {
+        // No thread for the watchdog: stalls go unreported.
+        std::lock_guard lock(r.mutex);
+        g_watchdog_running = false;
+    }
 }
-
 }  // namespace
 
 std::uint64_t stall_scans() noexcept { return g_scans.load(std::memory_order_acquire); }
@@ -469,6 +604,7 @@ void set_stall_threshold(std::chrono::milliseconds threshold) {
         detail::g_threshold_ms.store(threshold.count(), std::memory_order_release);
     }
     w.cv.notify_all();
+    if (threshold.count() != 0) detail::start_watchdog(true);
 }
 
 std::chrono::milliseconds stall_threshold() noexcept {
@@ -499,6 +635,17 @@ const labelled_kind all_kinds[] = {
     {&detail::io_kind_read_at, "read"},       {&detail::io_kind_write_at, "write"},
     {&detail::io_kind_fsync, "fsync"}};
 static_assert(std::size(all_kinds) == detail::io_kind_slots);
+
+histogram read_histogram(const detail::thread_histogram& t) {
+    histogram h;
+    h.bounds.assign(detail::duration_bounds.begin(), detail::duration_bounds.end());
+    for (const auto& b : t.buckets) h.counts.push_back(b.get());
+    h.sum = static_cast<double>(t.sum_ns.get()) / 1e9;
+    // The count is the buckets' sum: each read alone, the two could differ
+    // by an observation in progress, and Prometheus wants them equal.
+    for (std::uint64_t c : h.counts) h.count += c;
+    return h;
+}
 
 loop_figures read_loop(detail::loop_core& c) {
     detail::loop_stats& s = c.stats();
@@ -556,13 +703,33 @@ snapshot read() {
     h.active_handlers = started > ended ? started - ended : 0;
     h.bytes_received = get(detail::counter::http_bytes_in);
     h.bytes_sent = get(detail::counter::http_bytes_out);
-    h.request_duration.bounds.assign(detail::duration_bounds.begin(), detail::duration_bounds.end());
-    for (const auto& b : total.buckets) h.request_duration.counts.push_back(b.get());
-    h.request_duration.sum = static_cast<double>(total.duration_ns.get()) / 1e9;
-    // The count is the buckets' sum: each read alone, the two could differ
-    // by an observation in progress, and Prometheus wants them equal.
-    h.request_duration.count = 0;
-    for (std::uint64_t c : h.request_duration.counts) h.request_duration.count += c;
+    h.request_duration = read_histogram(total.histograms[static_cast<std::size_t>(detail::histogram_id::http_server)]);
+
+    const detail::http_client_counts c = detail::read_http_clients();
+    http_client_figures& hc = s.http_client;
+    hc.connections_open = c.open;
+    hc.connections_idle = c.idle;
+    hc.connections_in_use = c.open > c.idle ? c.open - c.idle : 0;
+    hc.requests_waiting = c.waiting;
+    hc.connects = c.connects;
+    hc.reused = c.reuses;
+    hc.retried = c.retries;
+    for (std::size_t k = 0; k < std::size(detail::client_error_kinds); ++k) {
+        hc.errors.push_back({detail::client_error_kinds[k],
+                             total.counters[static_cast<std::size_t>(detail::counter::client_error_first_) + k].get()});
+    }
+    hc.request_duration = read_histogram(total.histograms[static_cast<std::size_t>(detail::histogram_id::http_client)]);
+
+    s.tls.client_handshakes = get(detail::counter::tls_handshakes_client);
+    s.tls.server_handshakes = get(detail::counter::tls_handshakes_server);
+    s.tls.client_resumed = get(detail::counter::tls_resumed_client);
+    s.tls.server_resumed = get(detail::counter::tls_resumed_server);
+    s.tls.client_failed = get(detail::counter::tls_failed_client);
+    s.tls.server_failed = get(detail::counter::tls_failed_server);
+
+    for (const detail::cpu_pool_counts& p : detail::read_cpu_pools()) {
+        s.cpu_pools.push_back({p.id, p.threads, p.jobs, p.steals, p.parks, p.queued});
+    }
     return s;
 }
 
@@ -589,6 +756,19 @@ public:
     }
     void sample(std::string_view name, std::string_view labels, std::uint64_t value) {
         sample(name, labels, std::to_string(value));
+    }
+    void histogram_family(std::string_view name, std::string_view help, const histogram& d) {
+        family(name, "histogram", help);
+        const std::string base(name);
+        std::uint64_t cumulative = 0;
+        for (std::size_t i = 0; i < d.counts.size(); ++i) {
+            cumulative += d.counts[i];
+            const std::string le =
+                i < d.bounds.size() ? number(d.bounds[i], std::chars_format::fixed) : std::string("+Inf");
+            sample(base + "_bucket", "le=\"" + le + "\"", cumulative);
+        }
+        sample(base + "_sum", "", number(d.sum));
+        sample(base + "_count", "", d.count);
     }
 
 private:
@@ -663,21 +843,64 @@ std::string prometheus(const snapshot& s) {
     w.family("hop_http_server_sent_bytes_total", "counter", "Bytes hop::http::server wrote to clients.");
     w.sample("hop_http_server_sent_bytes_total", "", h.bytes_sent);
 
-    const histogram& d = h.request_duration;
-    constexpr std::string_view hist = "hop_http_server_request_duration_seconds";
-    w.family(hist, "histogram", "Time from a request handed to its handler to the response queued or written.");
-    std::uint64_t cumulative = 0;
-    for (std::size_t i = 0; i < d.counts.size(); ++i) {
-        cumulative += d.counts[i];
-        const std::string le = i < d.bounds.size() ? number(d.bounds[i], std::chars_format::fixed) : std::string("+Inf");
-        w.sample(std::string(hist) + "_bucket", "le=\"" + le + "\"", cumulative);
-    }
-    w.sample(std::string(hist) + "_sum", "", number(d.sum));
-    w.sample(std::string(hist) + "_count", "", d.count);
+    w.histogram_family("hop_http_server_request_duration_seconds",
+                       "Time from a request handed to its handler to the response queued or written.",
+                       h.request_duration);
+
+    const http_client_figures& c = s.http_client;
+    w.family("hop_http_client_connections", "gauge",
+             "Connections of hop::http::client by state: in_use (connecting or carrying a request) or idle.");
+    w.sample("hop_http_client_connections", "state=\"in_use\"", c.connections_in_use);
+    w.sample("hop_http_client_connections", "state=\"idle\"", c.connections_idle);
+    w.family("hop_http_client_requests_waiting", "gauge", "Requests of hop::http::client waiting for a connection slot.");
+    w.sample("hop_http_client_requests_waiting", "", c.requests_waiting);
+    w.family("hop_http_client_connects_total", "counter", "Connections hop::http::client made.");
+    w.sample("hop_http_client_connects_total", "", c.connects);
+    w.family("hop_http_client_reused_total", "counter", "Requests hop::http::client sent on a kept-alive connection.");
+    w.sample("hop_http_client_reused_total", "", c.reused);
+    w.family("hop_http_client_retried_total", "counter",
+             "Idempotent requests hop::http::client resent after a stale kept-alive connection.");
+    w.sample("hop_http_client_retried_total", "", c.retried);
+    w.family("hop_http_client_errors_total", "counter", "Requests of hop::http::client that failed, by kind.");
+    for (const auto& e : c.errors) w.sample("hop_http_client_errors_total", "kind=\"" + e.kind + "\"", e.count);
+    w.histogram_family("hop_http_client_request_duration_seconds",
+                       "Time from a request started to its response read (fetch) or its head read (open).",
+                       c.request_duration);
+
+    const tls_figures& t = s.tls;
+    w.family("hop_tls_handshakes_total", "counter", "TLS handshakes completed, by side.");
+    w.sample("hop_tls_handshakes_total", "side=\"client\"", t.client_handshakes);
+    w.sample("hop_tls_handshakes_total", "side=\"server\"", t.server_handshakes);
+    w.family("hop_tls_resumed_total", "counter", "TLS handshakes that resumed a session, by side.");
+    w.sample("hop_tls_resumed_total", "side=\"client\"", t.client_resumed);
+    w.sample("hop_tls_resumed_total", "side=\"server\"", t.server_resumed);
+    w.family("hop_tls_handshake_failures_total", "counter", "TLS handshakes that failed, by side.");
+    w.sample("hop_tls_handshake_failures_total", "side=\"client\"", t.client_failed);
+    w.sample("hop_tls_handshake_failures_total", "side=\"server\"", t.server_failed);
+
+    auto pool_labels = [](const cpu_pool_figures& p) { return "pool=\"" + std::to_string(p.id) + "\""; };
+    auto per_pool = [&](std::string_view name, std::string_view type, std::string_view help, auto get) {
+        w.family(name, type, help);
+        for (const auto& p : s.cpu_pools) w.sample(name, pool_labels(p), get(p));
+    };
+    per_pool("hop_cpu_pool_threads", "gauge", "Worker threads of the cpu_pool.",
+             [](const cpu_pool_figures& p) { return p.threads; });
+    per_pool("hop_cpu_pool_jobs_total", "counter", "Work items the cpu_pool's workers took from a queue and ran.",
+             [](const cpu_pool_figures& p) { return p.jobs; });
+    per_pool("hop_cpu_pool_steals_total", "counter", "Work items a worker of the cpu_pool stole from another's deque.",
+             [](const cpu_pool_figures& p) { return p.steals; });
+    per_pool("hop_cpu_pool_parks_total", "counter", "Times a worker of the cpu_pool found no work and slept.",
+             [](const cpu_pool_figures& p) { return p.parks; });
+    per_pool("hop_cpu_pool_queued", "gauge", "Work items queued on the cpu_pool (its deques and injection queues).",
+             [](const cpu_pool_figures& p) { return p.queued; });
     return out;
 }
 
 std::string prometheus() { return prometheus(read()); }
+
+void set_enabled(bool on) noexcept { detail::g_counting.store(on, std::memory_order_relaxed); }
+
+bool enabled() noexcept { return detail::counting(); }
 
 }  // namespace metrics
 

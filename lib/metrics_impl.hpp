@@ -12,16 +12,29 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
+#include <vector>
 
 namespace hop::detail {
 
 class loop_core;
 
+/// Whether figures are counted (hop::metrics::set_enabled; on unless turned
+/// off, for measuring what counting costs).
+extern std::atomic<bool> g_counting;
+inline bool counting() noexcept { return g_counting.load(std::memory_order_relaxed); }
+
 /// A counter with one writer thread at a time.
 class relaxed_counter {
 public:
-    void add(std::uint64_t n = 1) noexcept { m_v.store(m_v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
-    void set(std::uint64_t v) noexcept { m_v.store(v, std::memory_order_relaxed); }
+    void add(std::uint64_t n = 1) noexcept {
+        if (counting()) m_v.store(m_v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+    void set(std::uint64_t v) noexcept {
+        if (counting()) m_v.store(v, std::memory_order_relaxed);
+    }
+    /// Folds another counter in (reads; counts whether counting is on or not).
+    void add_always(std::uint64_t n) noexcept { m_v.store(m_v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
     std::uint64_t get() const noexcept { return m_v.load(std::memory_order_relaxed); }
 
 private:
@@ -81,8 +94,34 @@ enum class counter : unsigned {
     http_5xx,
     http_bytes_in,
     http_bytes_out,
+    // hop::http::client: requests that failed, by kind (client_error_kind order)
+    client_error_first_,
+    client_error_last_ = client_error_first_ + 9,
+    // hop::tls handshakes: [client, server] each
+    tls_handshakes_client,
+    tls_handshakes_server,
+    tls_resumed_client,
+    tls_resumed_server,
+    tls_failed_client,
+    tls_failed_server,
     count_
 };
+
+/// Kinds of hop::http::client failure, in counter order (metrics label).
+inline constexpr const char* client_error_kinds[] = {"pool_timeout", "connect_timeout", "read_timeout",
+                                                     "total_timeout", "cancelled",      "tls",
+                                                     "protocol",      "redirect",       "network",
+                                                     "other"};
+static_assert(std::size(client_error_kinds) ==
+              static_cast<std::size_t>(counter::client_error_last_) - static_cast<std::size_t>(counter::client_error_first_) + 1);
+
+/// Counts a hop::http::client failure of kind `k` (an index into client_error_kinds).
+inline void count_client_error(std::size_t k) noexcept;
+
+/// Histograms kept per thread.
+enum class histogram_id : unsigned { http_server, http_client, count_ };
+/// Adds one observation of `d` to the calling thread's `h`.
+void observe(histogram_id h, std::chrono::nanoseconds d) noexcept;
 /// Adds `n` to the calling thread's `c`.
 void count(counter c, std::uint64_t n = 1) noexcept;
 /// A response with `status` (100-999) was started.
@@ -91,14 +130,57 @@ inline void count_http_status(int status) noexcept {
     if (cls >= 1 && cls <= 5) count(static_cast<counter>(static_cast<unsigned>(counter::http_1xx) + cls - 1));
 }
 /// One handler's latency.
-void observe_http_duration(std::chrono::nanoseconds d) noexcept;
+inline void observe_http_duration(std::chrono::nanoseconds d) noexcept { observe(histogram_id::http_server, d); }
+
+inline void count_client_error(std::size_t k) noexcept {
+    count(static_cast<counter>(static_cast<std::size_t>(counter::client_error_first_) + k));
+}
+
+/// One TLS handshake of a client (`server` false) or server stream: its
+/// end counts it, as resumed if ok(true) said so, as failed without ok().
+class tls_handshake_count {
+public:
+    explicit tls_handshake_count(bool server) noexcept : m_server(server) {}
+    ~tls_handshake_count() {
+        if (!m_ok) count(m_server ? counter::tls_failed_server : counter::tls_failed_client);
+    }
+    tls_handshake_count(const tls_handshake_count&) = delete;
+    tls_handshake_count& operator=(const tls_handshake_count&) = delete;
+    void ok(bool resumed) noexcept {
+        m_ok = true;
+        count(m_server ? counter::tls_handshakes_server : counter::tls_handshakes_client);
+        if (resumed) count(m_server ? counter::tls_resumed_server : counter::tls_resumed_client);
+    }
+
+private:
+    bool m_server;
+    bool m_ok = false;
+};
+
+/// Every hop::http::client of the process, summed (lib/http/client_pool.cpp):
+/// gauges of the live ones, counters of all that ever were.
+struct http_client_counts {
+    std::uint64_t open = 0, idle = 0, waiting = 0, connects = 0, reuses = 0, retries = 0;
+};
+http_client_counts read_http_clients();
+
+/// One cpu_pool's figures (lib/cpu_pool.cpp).
+struct cpu_pool_counts {
+    std::uint64_t id = 0, threads = 0, jobs = 0, steals = 0, parks = 0, queued = 0;
+};
+std::vector<cpu_pool_counts> read_cpu_pools();
 
 /// Times one HTTP handler from its construction to its destruction and
 /// counts it as active meanwhile (one line in the server's respond()).
 class http_handler_timing {
 public:
-    http_handler_timing() noexcept : m_start(std::chrono::steady_clock::now()) { count(counter::http_handlers_started); }
+    http_handler_timing() noexcept {
+        if (!counting()) return;
+        m_start = std::chrono::steady_clock::now();
+        count(counter::http_handlers_started);
+    }
     ~http_handler_timing() {
+        if (m_start == std::chrono::steady_clock::time_point{}) return;  // not counting when made
         count(counter::http_handlers_ended);
         observe_http_duration(std::chrono::steady_clock::now() - m_start);
     }

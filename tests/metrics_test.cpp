@@ -1,6 +1,10 @@
 #include <hop/metrics.hpp>
 
+#include <hop/combinators.hpp>
+#include <hop/cpu_pool.hpp>
+#include <hop/http/client.hpp>
 #include <hop/http/server.hpp>
+#include <hop/tls.hpp>
 #include <hop/io_loop.hpp>
 #include <hop/net.hpp>
 #include <hop/time.hpp>
@@ -11,10 +15,21 @@
 #include "support/http_server_fixture.hpp"
 #include "support/peer.hpp"
 #include "support/sockets.hpp"
+#include "support/tls_certs.hpp"
 
 #include <doctest/doctest.h>
 
+#include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <algorithm>
 #include <atomic>
+#include <latch>
+#include <system_error>
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
@@ -218,9 +233,237 @@ std::string query_value(const std::string& json) {
     return json.substr(q + 2, end - q - 2);
 }
 
+// The newest live cpu_pool's figures (ids grow with each pool made).
+hop::metrics::cpu_pool_figures newest_pool() {
+    const auto s = hop::metrics::read();
+    REQUIRE_MESSAGE(!s.cpu_pools.empty(), "no cpu_pool in hop::metrics::read()");
+    return *std::max_element(s.cpu_pools.begin(), s.cpu_pools.end(),
+                             [](const auto& a, const auto& b) { return a.id < b.id; });
+}
+
+std::uint64_t client_errors(const hop::metrics::http_client_figures& c, const std::string& kind) {
+    for (const auto& e : c.errors) {
+        if (e.kind == kind) return e.count;
+    }
+    FAIL("no error kind '" << kind << "' in the client's figures");
+    return 0;
+}
+
+// GETs `url` `n` times, one after the other, each answered 200.
+hop::task<void> get_n(hop::http::client& c, std::string url, int n) {
+    for (int i = 0; i < n; ++i) {
+        hop::http::response r = co_await c.get(url);
+        CHECK(r.status == 200);
+    }
+}
+
+// What a GET of `url` threw: "system_error", "other", or "answered".
+hop::task<std::string> get_failure(hop::http::client& c, std::string url) {
+    try {
+        (void)co_await c.get(std::move(url));
+    } catch (const std::system_error&) {
+        co_return "system_error";
+    } catch (...) {
+        co_return "other";
+    }
+    co_return "answered";
+}
+
+// One TLS connection through `lis`: a round trip (so TLS 1.3 tickets are
+// taken in), then a clean close on both sides (a session ended otherwise is
+// not kept). Returns whether each side resumed: {client, server}.
+hop::task<bool> tls_server_side(hop::tcp_listener& lis, hop::tls::context ctx) {
+    hop::tcp_stream tcp = co_await lis.accept();
+    hop::tls::stream s = co_await hop::tls::stream::accept(std::move(ctx), std::move(tcp));
+    std::array<char, 4> buf{};
+    co_await s.read_exact(buf);
+    co_await s.write_all(std::string_view("pong"));
+    while (co_await s.read_some(buf) != 0) {
+    }
+    co_await s.shutdown(0ms);
+    co_return s.session_reused();
+}
+hop::task<bool> tls_client_side(hop::endpoint to, hop::tls::context ctx) {
+    hop::tcp_stream tcp = co_await hop::tcp_stream::connect(to);
+    hop::tls::stream s = co_await hop::tls::stream::connect(std::move(ctx), std::move(tcp), "localhost");
+    co_await s.write_all(std::string_view("ping"));
+    std::array<char, 4> buf{};
+    co_await s.read_exact(buf);
+    const bool reused = s.session_reused();
+    co_await s.shutdown(5s);
+    co_return reused;
+}
+hop::task<std::pair<bool, bool>> tls_session(hop::tcp_listener& lis, hop::tls::context cctx, hop::tls::context sctx) {
+    auto server = tls_server_side(lis, std::move(sctx));
+    auto client = tls_client_side(lis.local_endpoint(), std::move(cctx));
+    auto r = co_await hop::when_all(std::move(server), std::move(client));
+    co_return std::make_pair(std::get<1>(r), std::get<0>(r));
+}
+
+// A handshake both sides fail (the client does not trust the server):
+// whether each side threw, {client, server}.
+hop::task<bool> threw(hop::task<bool> t) {
+    try {
+        (void)co_await std::move(t);
+    } catch (const std::exception&) {
+        co_return true;
+    }
+    co_return false;
+}
+hop::task<std::pair<bool, bool>> tls_refused(hop::tcp_listener& lis, hop::tls::context cctx, hop::tls::context sctx) {
+    auto server = threw(tls_server_side(lis, std::move(sctx)));
+    auto client = threw(tls_client_side(lis.local_endpoint(), std::move(cctx)));
+    auto r = co_await hop::when_all(std::move(server), std::move(client));
+    co_return std::make_pair(std::get<1>(r), std::get<0>(r));
+}
+
 }  // namespace
 
 TEST_SUITE("metrics") {
+    TEST_CASE("a cpu_pool's figures count the jobs its workers ran, the ones stolen, its parks and its queue") {
+        std::uint64_t id = 0;
+        {
+            hop::cpu_pool pool(2);
+            const auto start = newest_pool();
+            id = start.id;
+            CHECK(start.threads == 2);
+            CHECK(start.jobs == 0);
+            CHECK(start.steals == 0);
+
+            constexpr int n = 1000;
+            std::vector<hop::future<int>> fs;
+            for (int i = 0; i < n; ++i) fs.push_back(pool.submit([i] { return i; }));
+            long sum = 0;
+            for (auto& f : fs) sum += f.get();
+            CHECK(sum == long{n} * (n - 1) / 2);
+            const auto ran = newest_pool();
+            REQUIRE(ran.id == id);
+            CHECK(ran.jobs - start.jobs == n);
+
+            // One job queues m more on its own worker's deque (where a
+            // worker's posts go) and blocks until they have run: only the
+            // other worker can have taken them, each by a steal.
+            constexpr int m = 50;
+            std::latch done(m);
+            pool.submit([&pool, &done] {
+                    for (int i = 0; i < m; ++i) pool.post([&done] { done.count_down(); });
+                    done.wait();
+                })
+                .get();
+            const auto stolen = newest_pool();
+            CHECK(stolen.jobs - ran.jobs == m + 1);
+            CHECK(stolen.steals - ran.steals == m);
+            // Nothing left to run: the queue is empty. A worker that runs a
+            // job parks when it finds no more.
+            CHECK(stolen.queued == 0);
+            const std::uint64_t parked = newest_pool().parks;
+            CHECK(pool.submit([] { return 1; }).get() == 1);
+            CHECK(eventually([&] { return newest_pool().parks > parked; }));
+
+            const std::uint64_t jobs = newest_pool().jobs;  // nothing runs any more
+            CHECK(jobs == stolen.jobs + 1);
+            const std::string text = hop::metrics::prometheus();
+            CHECK(text.find("hop_cpu_pool_jobs_total{pool=\"" + std::to_string(id) + "\"} " + std::to_string(jobs)) !=
+                  std::string::npos);
+        }
+        for (const auto& p : hop::metrics::read().cpu_pools) CHECK(p.id != id);
+    }
+
+    TEST_CASE("with counting off (set_enabled(false)) the figures stand still; back on, they move again") {
+        struct restore {
+            ~restore() { hop::metrics::set_enabled(true); }
+        } restored;
+        hop::cpu_pool pool(1);
+        const auto start = newest_pool();
+        hop::metrics::set_enabled(false);
+        CHECK(!hop::metrics::enabled());
+        for (int i = 0; i < 10; ++i) CHECK(pool.submit([i] { return i; }).get() == i);
+        CHECK(newest_pool().jobs == start.jobs);
+        hop::metrics::set_enabled(true);
+        CHECK(hop::metrics::enabled());
+        for (int i = 0; i < 10; ++i) CHECK(pool.submit([i] { return i; }).get() == i);
+        CHECK(newest_pool().jobs - start.jobs == 10);
+    }
+
+    TEST_CASE("the HTTP client counts connections, reuse, errors by kind and latency") {
+        hop_test::for_each_backend([](hop::backend b) {
+            serving srv(b);
+            const auto before = hop::metrics::read().http_client;
+            hop::io_loop loop{hop_test::options_for(b)};
+            std::uint16_t closed_port = 0;
+            {
+                auto lis = hop::tcp_listener::bind(hop::endpoint::loopback_v4(0));
+                closed_port = lis.local_endpoint().port();
+            }
+            {
+                hop::http::client c;
+                constexpr int n = 5;
+                hop_test::run_on(loop, get_n(c, "http://" + srv.endpoint().to_string() + "/status/200", n));
+                const auto mid = hop::metrics::read().http_client;
+                CHECK(mid.connects - before.connects == 1);
+                CHECK(mid.reused - before.reused == n - 1);
+                CHECK(mid.retried == before.retried);
+                CHECK(mid.request_duration.count - before.request_duration.count == n);
+                CHECK(mid.request_duration.sum > before.request_duration.sum);
+                CHECK(mid.connections_open - before.connections_open == 1);
+                CHECK(mid.connections_idle - before.connections_idle == 1);
+                CHECK(mid.connections_in_use == before.connections_in_use);
+                CHECK(mid.requests_waiting == 0);
+
+                // A refused connect fails as "network", and nothing else.
+                CHECK(hop_test::run_on(loop, get_failure(c, "http://127.0.0.1:" + std::to_string(closed_port) + "/")) ==
+                      "system_error");
+                const auto after = hop::metrics::read().http_client;
+                for (const auto& e : after.errors) {
+                    INFO("error kind " << e.kind);
+                    CHECK(e.count - client_errors(before, e.kind) == (e.kind == "network" ? 1u : 0u));
+                }
+                CHECK(after.request_duration.count == mid.request_duration.count);
+                CHECK(after.connects == mid.connects);
+                CHECK(after.connections_open == mid.connections_open);
+            }
+            // The client gone: its connection leaves the gauges, its counts stay.
+            const auto gone = hop::metrics::read().http_client;
+            CHECK(gone.connections_open == before.connections_open);
+            CHECK(gone.connections_idle == before.connections_idle);
+            CHECK(gone.connects - before.connects == 1);
+            CHECK(gone.reused - before.reused == 4);
+        });
+    }
+
+    TEST_CASE("TLS handshakes are counted by side, resumed ones and failed ones too") {
+        hop_test::for_each_backend([](hop::backend b) {
+            const auto& certs = hop_test::test_certs();
+            auto trusting = hop::tls::context::client();
+            trusting.load_ca_file(certs.ca);
+            auto sctx = hop::tls::context::server(certs.localhost.cert, certs.localhost.key);
+            hop::io_loop loop{hop_test::options_for(b)};
+            auto lis = hop::tcp_listener::bind(hop::endpoint::loopback_v4(0));
+
+            const auto before = hop::metrics::read().tls;
+            const auto first = hop_test::run_on(loop, tls_session(lis, trusting, sctx));
+            const auto second = hop_test::run_on(loop, tls_session(lis, trusting, sctx));
+            CHECK(first == std::make_pair(false, false));
+            CHECK(second == std::make_pair(true, true));
+            const auto after = hop::metrics::read().tls;
+            CHECK(after.client_handshakes - before.client_handshakes == 2);
+            CHECK(after.server_handshakes - before.server_handshakes == 2);
+            CHECK(after.client_resumed - before.client_resumed == 1);
+            CHECK(after.server_resumed - before.server_resumed == 1);
+            CHECK(after.client_failed == before.client_failed);
+            CHECK(after.server_failed == before.server_failed);
+
+            // A client that trusts nobody: its handshake fails, and the server's.
+            const auto refused = hop_test::run_on(loop, tls_refused(lis, hop::tls::context::client(), sctx));
+            CHECK(refused == std::make_pair(true, true));
+            const auto failed = hop::metrics::read().tls;
+            CHECK(failed.client_failed - after.client_failed == 1);
+            CHECK(failed.server_failed - after.server_failed == 1);
+            CHECK(failed.client_handshakes == after.client_handshakes);
+            CHECK(failed.server_handshakes == after.server_handshakes);
+        });
+    }
+
     TEST_CASE("a loop's figures count its turns, handlers, posts from other threads, sleeps and wakes") {
         hop_test::for_each_backend([](hop::backend b) {
             hop_test::running_loop rl(b);
@@ -348,10 +591,15 @@ TEST_SUITE("metrics") {
             serving srv(b);
             srv.load("/status/200", 2);
             srv.load("/nothing", 1);
+            hop::cpu_pool pool(1);  // the pool families with a sample
             const std::string text = hop::metrics::prometheus();
             CHECK(text.find("# TYPE hop_loop_turns_total counter") != std::string::npos);
             CHECK(text.find("# TYPE hop_http_server_request_duration_seconds histogram") != std::string::npos);
             CHECK(text.find("hop_http_server_request_duration_seconds_bucket{le=\"+Inf\"}") != std::string::npos);
+            CHECK(text.find("# TYPE hop_http_client_request_duration_seconds histogram") != std::string::npos);
+            CHECK(text.find("# TYPE hop_http_client_errors_total counter") != std::string::npos);
+            CHECK(text.find("# TYPE hop_tls_handshakes_total counter") != std::string::npos);
+            CHECK(text.find("# TYPE hop_cpu_pool_jobs_total counter") != std::string::npos);
             CHECK(text.find("hop_loop_operations_in_flight{loop=\"" + std::to_string(srv.loop().id()) + "\",backend=\"" +
                             hop_test::backend_label(b) + "\",kind=\"accept\"} 1") != std::string::npos);
             hop_test::peer promtool(hop_test::peer_options::piped({"promtool", "check", "metrics"}, text));
@@ -471,6 +719,65 @@ TEST_SUITE("metrics") {
             REQUIRE(ticks.wait_for(guard));
             CHECK(log.about(loop).empty());
             CHECK(figures_of(loop).stalls == 0);
+        });
+    }
+
+    TEST_CASE("a child forked while the watchdog waits for a stalled loop's backtrace can make, run and read loops") {
+        // The loop's handler holds it with the backtrace signal blocked, so
+        // the watchdog, which asks for the stack 1 ms in, waits for it as
+        // long as the handler runs, and this thread forks meanwhile. Each
+        // child makes a loop (the loop registry's lock), reads the figures
+        // (the counter blocks' lock) and exits 0; a lock held across the
+        // fork would hang it until its alarm.
+        hop_test::for_each_backend([](hop::backend b) {
+            stall_log log(1ms);
+            hop_test::running_loop rl(b);
+            std::atomic<bool> started{false};
+            std::atomic<bool> forked{false};
+            rl.loop().post([&started, &forked] {
+                sigset_t sig;
+                sigemptyset(&sig);
+                sigaddset(&sig, SIGRTMIN + 5);  // the stall signal (metrics.hpp)
+                ::pthread_sigmask(SIG_BLOCK, &sig, nullptr);
+                started.store(true);
+                hop_test_spinning_handler(std::chrono::milliseconds(0), forked);
+                ::pthread_sigmask(SIG_UNBLOCK, &sig, nullptr);
+            });
+            REQUIRE(eventually([&] { return started.load(); }));
+            const unsigned alarm_s = static_cast<unsigned>(scaled(std::chrono::seconds(10)).count());
+            constexpr int children = 20;
+            int ok = 0;
+            for (int i = 0; i < children; ++i) {
+                std::fflush(nullptr);
+                const pid_t pid = ::fork();
+                REQUIRE(pid >= 0);
+                if (pid == 0) {
+                    ::alarm(alarm_s);  // a hang becomes SIGALRM
+                    int code = 1;
+                    try {
+                        hop::io_loop child{hop_test::options_for(b)};
+                        bool listed = false;
+                        for (const auto& l : hop::metrics::read().loops) listed = listed || l.id == child.id();
+                        std::atomic<bool> ran{false};
+                        child.post([&ran] { ran.store(true); });
+                        child.run_once();
+                        code = listed && ran.load() ? 0 : 2;
+                    } catch (...) {
+                        code = 3;
+                    }
+                    std::_Exit(code);
+                }
+                int status = 0;
+                while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+                }
+                INFO("child " << i << ": wait status " << status);
+                CHECK(WIFEXITED(status));
+                if (WIFEXITED(status) && WEXITSTATUS(status) == 0) ++ok;
+            }
+            forked.store(true);
+            CHECK(ok == children);
+            REQUIRE(eventually([&] { return !log.about(rl.loop()).empty(); }));
+            CHECK(figures_of(rl.loop()).stalls == 1);
         });
     }
 

@@ -17,6 +17,7 @@
 #include <hop/http/client.hpp>
 
 #include "../error_text.hpp"
+#include "../metrics_impl.hpp"
 #include "body_decoder.hpp"
 #include "client_pool.hpp"
 #include "client_url.hpp"
@@ -1050,31 +1051,51 @@ task<response> fetch_all(stream_state& s) {
     co_return r;
 }
 
+// Rethrows a request's failure, a cancellation as the timeout that caused
+// it if one did; counted by its kind for hop::metrics.
+[[noreturn]] void rethrow_failure(const stream_state& s, std::exception_ptr failure) {
+    try {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const cancelled_error&) {
+            s.rethrow_timeout_if_fired();
+            throw;
+        }
+    } catch (...) {
+        count_client_failure(std::current_exception());
+        throw;
+    }
+}
+
+void observe_latency(std::chrono::steady_clock::time_point started) noexcept {
+    hop::detail::observe(hop::detail::histogram_id::http_client, std::chrono::steady_clock::now() - started);
+}
+
 task<response> run_fetch(std::unique_ptr<stream_state> s) {
     s->begin();
+    const auto started = std::chrono::steady_clock::now();
     std::exception_ptr failure;
     try {
         response r = co_await stop_scope<response>(s->timers.stop, fetch_all(*s));
+        observe_latency(started);
         co_return r;
-    } catch (const cancelled_error&) {
+    } catch (...) {
         failure = std::current_exception();
     }
-    s->rethrow_timeout_if_fired();
-    std::rethrow_exception(failure);
+    rethrow_failure(*s, failure);
 }
 
 task<response_stream> run_open(std::unique_ptr<stream_state> s) {
     s->begin();
+    const auto started = std::chrono::steady_clock::now();
     std::exception_ptr failure;
     try {
         co_await stop_scope<void>(s->timers.stop, open_head(*s));
-    } catch (const cancelled_error&) {
+    } catch (...) {
         failure = std::current_exception();
     }
-    if (failure) {
-        s->rethrow_timeout_if_fired();
-        std::rethrow_exception(failure);
-    }
+    if (failure) rethrow_failure(*s, failure);
+    observe_latency(started);
     // Nobody waits for the body until read_some: only total_timeout runs on.
     s->timers.disarm_phase();
     s->drain_on_close = true;

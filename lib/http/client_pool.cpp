@@ -3,6 +3,8 @@
 
 #include "client_pool.hpp"
 
+#include "../metrics_impl.hpp"
+
 #include <hop/time.hpp>
 
 #include <sys/socket.h>
@@ -11,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <system_error>
 
 namespace hop::http::detail {
 
@@ -466,4 +469,77 @@ void client_state::forget_lookup(const std::string& host, std::uint16_t port, co
     if (it != m_names.end() && it->second.lookup.native_state() == f.native_state()) m_names.erase(it);
 }
 
+// ---- hop::metrics ---------------------------------------------------------------------------
+
+namespace {
+struct client_list {
+    std::mutex mutex;
+    std::vector<const client_state*> live;
+    hop::detail::http_client_counts gone;  // the counters of clients destroyed
+};
+client_list& clients() {
+    static auto* l = new client_list;  // never destroyed: clients may outlive static destruction
+    return *l;
+}
+}  // namespace
+
+metrics_listing::metrics_listing(const client_state* s) : m_state(s) {
+    auto& l = clients();
+    std::lock_guard lock(l.mutex);
+    l.live.push_back(s);
+}
+
+metrics_listing::~metrics_listing() {
+    auto& l = clients();
+    std::lock_guard lock(l.mutex);
+    l.gone.connects += m_state->connects.load(std::memory_order_relaxed);
+    l.gone.reuses += m_state->reuses.load(std::memory_order_relaxed);
+    l.gone.retries += m_state->retries.load(std::memory_order_relaxed);
+    std::erase(l.live, m_state);
+}
+
+void count_client_failure(std::exception_ptr e) noexcept {
+    std::size_t kind = 9;  // other (the order of hop::detail::client_error_kinds)
+    try {
+        std::rethrow_exception(std::move(e));
+    } catch (const pool_timeout&) {
+        kind = 0;
+    } catch (const connect_timeout&) {
+        kind = 1;
+    } catch (const read_timeout&) {
+        kind = 2;
+    } catch (const timeout_error&) {
+        kind = 3;
+    } catch (const cancelled_error&) {
+        kind = 4;
+    } catch (const tls::error&) {
+        kind = 5;
+    } catch (const protocol_error&) {
+        kind = 6;
+    } catch (const redirect_error&) {
+        kind = 7;
+    } catch (const std::system_error&) {
+        kind = 8;
+    } catch (...) {
+    }
+    hop::detail::count_client_error(kind);
+}
+
 }  // namespace hop::http::detail
+
+// Lock order: the list's mutex, then each client's (stats()).
+hop::detail::http_client_counts hop::detail::read_http_clients() {
+    auto& l = http::detail::clients();
+    std::lock_guard lock(l.mutex);
+    http_client_counts c = l.gone;
+    for (const http::detail::client_state* st : l.live) {
+        const http::client_stats s = st->stats();
+        c.open += s.open;
+        c.idle += s.idle;
+        c.waiting += s.waiting;
+        c.connects += s.connects;
+        c.reuses += s.reuses;
+        c.retries += s.retries;
+    }
+    return c;
+}

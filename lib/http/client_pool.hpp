@@ -202,6 +202,22 @@ private:
     bool m_force_new;
 };
 
+/// hop::metrics: a client_state is listed for read_http_clients while it
+/// lives; its counters are kept when it goes (lib/http/client_pool.cpp).
+class metrics_listing {
+public:
+    explicit metrics_listing(const client_state* s);
+    ~metrics_listing();
+    metrics_listing(const metrics_listing&) = delete;
+    metrics_listing& operator=(const metrics_listing&) = delete;
+
+private:
+    const client_state* m_state;
+};
+
+/// Counts a failed request by its kind (std::current_exception() of a catch).
+void count_client_failure(std::exception_ptr e) noexcept;
+
 /// The pool, shared by the client, its agents and its requests.
 class client_state : public std::enable_shared_from_this<client_state> {
 public:
@@ -282,6 +298,8 @@ private:
     };
     std::mutex m_names_mutex;
     std::unordered_map<std::string, name_entry> m_names;
+
+    metrics_listing m_listed{this};  // last: unlisted first, while the rest is whole
 };
 
 }  // namespace hop::http::detail

@@ -34,6 +34,8 @@
 #include <hop/time.hpp>
 #include <hop/tls.hpp>
 
+#include "../metrics_impl.hpp"
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -702,11 +704,13 @@ task<void> stream::impl::handshake(std::string who) {
     auto rd = co_await read_mutex.lock();
     auto call = [this] { return SSL_do_handshake(ssl); };
     const op_name name{who};
+    hop::detail::tls_handshake_count counted(ctx->server);  // hop::metrics
     if (co_await drive(role::handshake, name, call) == outcome::closed) {
         std::string reasons = take_ssl_errors();
         throw error(who + ": the peer closed the connection during the handshake" +
                     (reasons.empty() ? std::string() : " (" + reasons + ")"));
     }
+    counted.ok(SSL_session_reused(ssl) == 1);
 }
 
 // ---- stream: making one ----------------------------------------------------
