@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cerrno>
 #include <cstddef>
 #include <charconv>
@@ -175,7 +176,26 @@ void unregister_loop(loop_core& c) noexcept {
 
 namespace {
 
-std::atomic<std::int64_t> g_threshold_ms{100};  // see metrics.hpp
+// HOP_STALL_THRESHOLD_MS, read once at start: the threshold before any
+// set_stall_threshold (see metrics.hpp).
+std::int64_t initial_threshold_ms() noexcept {
+    constexpr std::int64_t fallback = 100;
+    const char* v = std::getenv("HOP_STALL_THRESHOLD_MS");
+    if (v == nullptr || *v == '\0') return fallback;
+    char* end = nullptr;
+    errno = 0;
+    const long long ms = std::strtoll(v, &end, 10);
+    if (*end != '\0' || errno != 0 || ms < 0) {
+        std::fprintf(stderr,
+                     "hop: HOP_STALL_THRESHOLD_MS='%s' is not a number of milliseconds (0 or more, 0: off); "
+                     "the stall threshold stays %lld ms\n",
+                     v, static_cast<long long>(fallback));
+        return fallback;
+    }
+    return ms;
+}
+
+std::atomic<std::int64_t> g_threshold_ms{initial_threshold_ms()};  // see metrics.hpp
 std::atomic<std::uint64_t> g_scans{0};
 
 struct log_sink {

@@ -12,6 +12,7 @@
 #include "lib/loop_core.hpp"
 #include "lib/metrics_impl.hpp"
 #include "support/backend.hpp"
+#include "support/child.hpp"
 #include "support/http_server_fixture.hpp"
 #include "support/peer.hpp"
 #include "support/sockets.hpp"
@@ -19,12 +20,15 @@
 
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 
 #include <algorithm>
 #include <atomic>
@@ -655,6 +659,54 @@ TEST_SUITE("metrics") {
             CHECK_MESSAGE(stored, "Prometheus did not store hop_http_server_requests_total{code=\"4xx\"} == "
                                       << want << "; its last answer: " << last << "\nits log: " << prom->output());
         });
+    }
+
+    // Run by the case below in a child: prints the threshold it started with.
+    TEST_CASE("stall threshold at start (child)" * doctest::skip()) {
+        if (std::getenv("HOP_STALL_CHILD") == nullptr) return;
+        std::printf("threshold %lld\n", static_cast<long long>(hop::stall_threshold().count()));
+        std::fflush(stdout);
+    }
+
+    TEST_CASE("HOP_STALL_THRESHOLD_MS sets the threshold a program starts with; a bad value is named and ignored") {
+        struct row {
+            const char* value;
+            long long want;
+            bool named;  // the value is named on stderr
+        };
+        for (const row r : {row{"250", 250, false}, row{"0", 0, false}, row{"", 100, false}, row{"abc", 100, true},
+                            row{"-3", 100, true}, row{"12ms", 100, true}}) {
+            CAPTURE(r.value);
+            int out[2], err[2];
+            REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+            REQUIRE(::pipe2(err, O_CLOEXEC) == 0);
+            const pid_t pid = hop_test::spawn_self("stall threshold at start*",
+                                                   {"HOP_STALL_CHILD=1", std::string("HOP_STALL_THRESHOLD_MS=") + r.value},
+                                                   out[1], err[1]);
+            ::close(out[1]);
+            ::close(err[1]);
+            const auto drain = [](int fd) {
+                std::string text;
+                char buf[4096];
+                ssize_t n;
+                while ((n = ::read(fd, buf, sizeof buf)) != 0) {
+                    if (n < 0 && errno == EINTR) continue;
+                    if (n < 0) break;
+                    text.append(buf, static_cast<std::size_t>(n));
+                }
+                ::close(fd);
+                return text;
+            };
+            const std::string printed = drain(out[0]);
+            const std::string said = drain(err[0]);
+            int status = 0;
+            while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+            }
+            CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+            CHECK_MESSAGE(printed.find("threshold " + std::to_string(r.want) + "\n") != std::string::npos, printed);
+            const bool named = said.find(std::string("HOP_STALL_THRESHOLD_MS='") + r.value + "'") != std::string::npos;
+            CHECK_MESSAGE(named == r.named, said);
+        }
     }
 
     TEST_CASE("set_stall_threshold refuses a negative threshold, naming it") {

@@ -217,7 +217,10 @@ inline constexpr std::string_view prometheus_content_type = "text/plain; version
 
 }  // namespace metrics
 
-/// The stall threshold, 100 ms unless set: a loop whose one handler (a
+/// The stall threshold, 100 ms unless set (here, or before the program
+/// starts by the environment: HOP_STALL_THRESHOLD_MS=<ms>, 0 for off; a
+/// value that is not a number is named on stderr and 100 ms kept): a loop
+/// whose one handler (a
 /// coroutine step, a posted callable, a timer) runs longer is reported once
 /// per handler, with a backtrace of the loop thread taken while it is still
 /// held, by a watchdog thread that looks at every loop every threshold / 4.
