@@ -65,8 +65,6 @@ void validate(const server_options& o) {
 
 std::shared_ptr<server_state> make_state(const endpoint& local, server_options options) {
     validate(options);
-    // This server speaks HTTP/1.1 only: that is what it agrees to in ALPN.
-    if (options.tls) options.tls->set_alpn({"http/1.1"});
     // reuse_port: serve(io_pool&) binds more listeners to the same port.
     const listen_options lo{.backlog = options.backlog,
                             .reuse_port = options.reuse_port || options.accept == accept_mode::reuse_port,
@@ -103,12 +101,30 @@ task<std::string> request_body::read_all() {
 
 // ---- server -------------------------------------------------------------------
 
+namespace {
+
+// What the server agrees to in ALPN, set once per bind: a context shared by
+// servers of one kind, already shaking hands on other loops, then sees the
+// same list again, which set_alpn leaves alone (no write to race with the
+// handshakes that read it). Servers of different kinds (HTTP/2 and not)
+// sharing one context would rewrite each other's list: each needs its own.
+void offer_alpn(detail::server_state& st, bool h2) {
+    if (!st.m_options.tls) return;
+    if (h2) {
+        st.m_options.tls->set_alpn({"h2", "http/1.1"});
+    } else {
+        st.m_options.tls->set_alpn({"http/1.1"});
+    }
+}
+
+}  // namespace
+
 server server::bind_plain(const endpoint& local, handler h, server_options options) {
     if (!h) throw std::invalid_argument("hop::http::server::bind: the handler is empty");
     auto st = detail::make_state(local, std::move(options));
     st->m_plain = std::move(h);
     // HTTP/2 serves the plain handler (lib/http/h2_server.hpp): offered in ALPN.
-    if (st->m_options.http2 && st->m_options.tls) st->m_options.tls->set_alpn({"h2", "http/1.1"});
+    offer_alpn(*st, st->m_options.http2);
     return server(std::move(st));
 }
 
@@ -116,6 +132,7 @@ server server::bind_streaming(const endpoint& local, stream_handler h, server_op
     if (!h) throw std::invalid_argument("hop::http::server::bind: the handler is empty");
     auto st = detail::make_state(local, std::move(options));
     st->m_streaming = std::move(h);
+    offer_alpn(*st, false);
     return server(std::move(st));
 }
 
@@ -123,6 +140,7 @@ server server::bind_body(const endpoint& local, body_handler h, server_options o
     if (!h) throw std::invalid_argument("hop::http::server::bind: the handler is empty");
     auto st = detail::make_state(local, std::move(options));
     st->m_body_stream = std::move(h);
+    offer_alpn(*st, false);
     return server(std::move(st));
 }
 
