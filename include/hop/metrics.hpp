@@ -136,14 +136,18 @@ struct http_client_figures {
 
 /// hop::tls handshakes of the process.
 struct tls_figures {
-    /// Handshakes completed as a client / a server.
+    /// Handshakes completed as a client.
     std::uint64_t client_handshakes = 0;
+    /// Handshakes completed as a server.
     std::uint64_t server_handshakes = 0;
-    /// Of those, the ones that resumed a session.
+    /// Of the client's handshakes, the ones that resumed a session.
     std::uint64_t client_resumed = 0;
+    /// Of the server's handshakes, the ones that resumed a session.
     std::uint64_t server_resumed = 0;
-    /// Handshakes that failed (an alert, a bad certificate, the peer gone, cancelled).
+    /// Handshakes that failed as a client (an alert, a bad certificate,
+    /// the peer gone, cancelled).
     std::uint64_t client_failed = 0;
+    /// Handshakes that failed as a server (as client_failed).
     std::uint64_t server_failed = 0;
 };
 
