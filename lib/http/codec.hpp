@@ -139,6 +139,9 @@ void write_request_head(std::string& out, std::string_view method, std::string_v
 /// Appends "HTTP/1.x status reason\r\n", the fields and the blank line.
 /// @throws std::invalid_argument for a status outside 100-999.
 void write_response_head(std::string& out, int status, const headers& fields, int version_minor = 1);
+/// Now as an HTTP date ("Sun, 06 Nov 1994 08:49:37 GMT"), for a Date field:
+/// formatted once a second per thread; valid until the thread's next call.
+std::string_view http_date();
 /// Appends one chunk's size line ("1a\r\n"); the data and "\r\n" follow.
 /// @throws std::invalid_argument for size 0 (that is last_chunk: it would
 ///         end the body).

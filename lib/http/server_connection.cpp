@@ -32,27 +32,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// "Sun, 06 Nov 1994 08:49:37 GMT", formatted once a second per thread.
-std::string_view http_date() {
-    thread_local std::time_t cached = -1;
-    thread_local char text[40];
-    thread_local std::size_t length = 0;
-    const std::time_t now = std::time(nullptr);
-    if (now != cached) {
-        static constexpr const char* days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-        static constexpr const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                                 "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-        std::tm tm{};
-        ::gmtime_r(&now, &tm);
-        const int n = std::snprintf(text, sizeof text, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday % 7],
-                                    tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                                    tm.tm_sec);
-        length = n > 0 ? static_cast<std::size_t>(n) : 0;
-        cached = now;
-    }
-    return {text, length};
-}
-
 
 // True if the comma-separated `value` holds `token` (case-insensitive).
 bool has_token(std::string_view value, std::string_view token) {
